@@ -1,0 +1,20 @@
+//! `dmore`: the command line. It parses arguments and calls library entry points, nothing more.
+
+use clap::Parser;
+
+/// dmore keeps a VM's out-of-band console (VNC) alive across QEMU live migration.
+///
+/// A small console process per VM attaches to QEMU's own VNC server and QMP, serves viewers,
+/// and moves with its VM: the viewer never reconnects and no key is lost.
+#[derive(Parser, Debug)]
+#[command(name = "dmore", version)]
+struct Cli {}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let _cli = Cli::parse();
+    Ok(())
+}

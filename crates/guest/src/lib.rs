@@ -1,0 +1,2 @@
+//! dmore's tiny test guest (task C writes this).
+#![warn(missing_docs)]

@@ -1,0 +1,1 @@
+//! Test hosts in network namespaces (task E writes this).

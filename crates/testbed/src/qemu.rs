@@ -1,0 +1,1 @@
+//! The QEMU launcher (task C writes this).

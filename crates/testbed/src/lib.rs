@@ -4,3 +4,4 @@
 
 pub mod hosts;
 pub mod qemu;
+pub mod sweep;

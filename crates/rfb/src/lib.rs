@@ -5,6 +5,8 @@
 //! clock: callers feed bytes in and take typed messages and bytes out.
 #![warn(missing_docs)]
 
+pub mod encoding;
 pub mod pixel_format;
+pub mod translate;
 
 pub use pixel_format::PixelFormat;

@@ -96,3 +96,134 @@ impl PixelFormat {
         }
     }
 }
+
+/// One colour channel of a true-colour pixel format, named in [`PixelFormatError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// The red field.
+    Red,
+    /// The green field.
+    Green,
+    /// The blue field.
+    Blue,
+}
+
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Channel::Red => "red",
+            Channel::Green => "green",
+            Channel::Blue => "blue",
+        })
+    }
+}
+
+/// Why dmore cannot serve (or read) pixels in a given [`PixelFormat`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PixelFormatError {
+    /// Only 8, 16 and 32 bits per pixel exist in RFB.
+    #[error("{0} bits per pixel is not supported (only 8, 16 or 32)")]
+    BitsPerPixel(u8),
+    /// Depth must be 1..=bits_per_pixel.
+    #[error("depth {depth} does not fit {bits_per_pixel} bits per pixel")]
+    Depth {
+        /// The depth asked for.
+        depth: u8,
+        /// The pixel size asked for.
+        bits_per_pixel: u8,
+    },
+    /// Colour-map (indexed) formats are out of dmore's scope: it serves true colour only.
+    #[error("colour-map pixel formats are not supported (true colour only)")]
+    ColourMap,
+    /// A channel's maximum is not 2^n - 1 (n ≤ 16).
+    #[error("{channel} maximum {max} is not of the form 2^n - 1")]
+    Max {
+        /// The channel.
+        channel: Channel,
+        /// Its maximum.
+        max: u16,
+    },
+    /// A channel's bits, shifted, reach past the pixel's size.
+    #[error("{channel} field (shift {shift}, {bits} bits) does not fit in {bits_per_pixel} bits")]
+    FieldOutOfRange {
+        /// The channel.
+        channel: Channel,
+        /// Its shift.
+        shift: u8,
+        /// Its number of bits.
+        bits: u32,
+        /// The pixel size.
+        bits_per_pixel: u8,
+    },
+    /// Two channels share bits, so colours could not be told apart.
+    #[error("{0} and {1} fields overlap")]
+    FieldsOverlap(Channel, Channel),
+}
+
+impl PixelFormat {
+    /// Checks that dmore can translate pixels to and from this format: a true-colour format of
+    /// 8, 16 or 32 bits per pixel, depth 1..=bpp, maxima 2^n - 1 and channel fields that fit
+    /// in the pixel without overlapping. Viewers' SetPixelFormat must pass this before use.
+    pub fn validate(&self) -> Result<(), PixelFormatError> {
+        let bpp = self.bits_per_pixel;
+        if !matches!(bpp, 8 | 16 | 32) {
+            return Err(PixelFormatError::BitsPerPixel(bpp));
+        }
+        if self.depth == 0 || self.depth > bpp {
+            return Err(PixelFormatError::Depth {
+                depth: self.depth,
+                bits_per_pixel: bpp,
+            });
+        }
+        if !self.true_colour {
+            return Err(PixelFormatError::ColourMap);
+        }
+        let mut masks = [(Channel::Red, 0u32); 3];
+        for (slot, (channel, max, shift)) in masks.iter_mut().zip(self.channels()) {
+            if max & max.wrapping_add(1) != 0 {
+                return Err(PixelFormatError::Max { channel, max });
+            }
+            let bits = channel_bits(max);
+            if u32::from(shift) + bits > u32::from(bpp) {
+                return Err(PixelFormatError::FieldOutOfRange {
+                    channel,
+                    shift,
+                    bits,
+                    bits_per_pixel: bpp,
+                });
+            }
+            // shift + bits <= 32 was checked above, so this shift cannot overflow.
+            *slot = (channel, u32::from(max).checked_shl(u32::from(shift)).unwrap_or(0));
+        }
+        for i in 0..masks.len() {
+            for j in i + 1..masks.len() {
+                if masks[i].1 & masks[j].1 != 0 {
+                    return Err(PixelFormatError::FieldsOverlap(masks[i].0, masks[j].0));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The three channels as (channel, max, shift), red first.
+    pub fn channels(&self) -> [(Channel, u16, u8); 3] {
+        [
+            (Channel::Red, self.red_max, self.red_shift),
+            (Channel::Green, self.green_max, self.green_shift),
+            (Channel::Blue, self.blue_max, self.blue_shift),
+        ]
+    }
+
+    /// The bits of a pixel value that carry colour: the union of every max << shift (bits
+    /// shifted past bit 31, possible only in formats [`PixelFormat::validate`] rejects, drop).
+    pub fn colour_mask(&self) -> u32 {
+        self.channels().iter().fold(0, |acc, &(_, max, shift)| {
+            acc | u32::from(max).checked_shl(u32::from(shift)).unwrap_or(0)
+        })
+    }
+}
+
+/// Number of bits of a maximum of the form 2^n - 1.
+fn channel_bits(max: u16) -> u32 {
+    16 - max.leading_zeros()
+}

@@ -1,0 +1,95 @@
+//! Encoding numbers (RFC 6143 §7.7 and the community rfbproto registry).
+
+/// An encoding or pseudo-encoding number, as listed in SetEncodings and carried by each
+/// rectangle of a FramebufferUpdate. Unknown numbers are kept as [`Encoding::Other`], never
+/// dropped, so a client's list survives a decode/encode round trip unchanged.
+///
+/// `Encoding::from(n)` never yields `Other(n)` for a number that has a named variant, so
+/// `i32 -> Encoding -> i32` is the identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// 0: pixels as they are (§7.7.1).
+    Raw,
+    /// 1: copy from elsewhere in the framebuffer (§7.7.2).
+    CopyRect,
+    /// 16: zlib-compressed run-length tiles (§7.7.6).
+    Zrle,
+    /// -223: the framebuffer changed size (§7.8.2).
+    DesktopSize,
+    /// -224: ends a FramebufferUpdate sent with 0xFFFF rectangles (rfbproto).
+    LastRect,
+    /// -239: the cursor shape, pixels and bit mask (§7.8.1).
+    Cursor,
+    /// -257: QEMU pointer motion change (the rectangle's x says absolute or relative).
+    QemuPointerMotionChange,
+    /// -258: QEMU extended key events (client message 255/0) are understood.
+    QemuExtendedKeyEvent,
+    /// -261: QEMU keyboard LED state, one byte.
+    QemuLedState,
+    /// -308: extended desktop size with a screen layout (rfbproto).
+    ExtendedDesktopSize,
+    /// -312: Fence messages are understood (rfbproto).
+    Fence,
+    /// -313: continuous updates are understood (rfbproto).
+    ContinuousUpdates,
+    /// 0x574d5668: VMware keyboard LED state, four bytes.
+    VmwareLedState,
+    /// Any other number, kept as received.
+    Other(i32),
+}
+
+/// Every named variant with its number: the single table both directions use.
+const TABLE: [(Encoding, i32); 13] = [
+    (Encoding::Raw, 0),
+    (Encoding::CopyRect, 1),
+    (Encoding::Zrle, 16),
+    (Encoding::DesktopSize, -223),
+    (Encoding::LastRect, -224),
+    (Encoding::Cursor, -239),
+    (Encoding::QemuPointerMotionChange, -257),
+    (Encoding::QemuExtendedKeyEvent, -258),
+    (Encoding::QemuLedState, -261),
+    (Encoding::ExtendedDesktopSize, -308),
+    (Encoding::Fence, -312),
+    (Encoding::ContinuousUpdates, -313),
+    (Encoding::VmwareLedState, 0x574d_5668),
+];
+
+impl From<i32> for Encoding {
+    fn from(n: i32) -> Self {
+        TABLE
+            .iter()
+            .find(|(_, v)| *v == n)
+            .map_or(Encoding::Other(n), |(e, _)| *e)
+    }
+}
+
+impl From<Encoding> for i32 {
+    fn from(e: Encoding) -> i32 {
+        match e {
+            Encoding::Other(n) => n,
+            named => TABLE
+                .iter()
+                .find(|(e, _)| *e == named)
+                .map_or(0, |(_, v)| *v),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_match_rfbproto() {
+        assert_eq!(i32::from(Encoding::Zrle), 16);
+        assert_eq!(i32::from(Encoding::Cursor), -239);
+        assert_eq!(i32::from(Encoding::VmwareLedState), 0x574d5668);
+        assert_eq!(Encoding::from(-258), Encoding::QemuExtendedKeyEvent);
+        assert_eq!(Encoding::from(5), Encoding::Other(5));
+        for (e, n) in TABLE {
+            assert_eq!(Encoding::from(n), e);
+            assert_eq!(i32::from(e), n);
+        }
+    }
+}

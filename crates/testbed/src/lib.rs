@@ -3,5 +3,6 @@
 #![warn(missing_docs)]
 
 pub mod hosts;
+pub mod migrate;
 pub mod qemu;
 pub mod sweep;

@@ -15,16 +15,16 @@
 mod client_msg;
 mod common;
 mod decoder;
+pub mod encoding;
 mod encoding_type;
 mod error;
 pub mod handshake;
 mod limits;
-pub mod encoding;
 pub mod pixel_format;
-pub mod translate;
 mod rect;
 mod security;
 mod server_msg;
+pub mod translate;
 mod version;
 mod wire;
 
@@ -34,7 +34,8 @@ pub use decoder::{ClientMessageDecoder, ServerMessageDecoder};
 pub use encoding_type::Encoding;
 pub use error::{HandshakeError, MessageError};
 pub use handshake::{
-    ClientConfig, ClientDone, ClientHandshake, Password, ServerConfig, ServerDone, ServerHandshake, ServerInit,
+    ClientConfig, ClientDone, ClientHandshake, Password, ServerConfig, ServerDone, ServerHandshake,
+    ServerInit,
 };
 pub use limits::Limits;
 pub use pixel_format::PixelFormat;

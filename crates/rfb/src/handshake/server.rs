@@ -121,6 +121,12 @@ impl ServerHandshake {
         self.io.poll_output()
     }
 
+    /// Whether the handshake has finished and its outcome is waiting in
+    /// [`poll_done`](Self::poll_done). Bytes fed from then on are added to its `leftover`.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done(_))
+    }
+
     /// The outcome, once the handshake has finished (returned once).
     pub fn poll_done(&mut self) -> Option<ServerDone> {
         match std::mem::replace(&mut self.state, State::Over) {

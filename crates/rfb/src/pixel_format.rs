@@ -193,7 +193,10 @@ impl PixelFormat {
                 });
             }
             // shift + bits <= 32 was checked above, so this shift cannot overflow.
-            *slot = (channel, u32::from(max).checked_shl(u32::from(shift)).unwrap_or(0));
+            *slot = (
+                channel,
+                u32::from(max).checked_shl(u32::from(shift)).unwrap_or(0),
+            );
         }
         for i in 0..masks.len() {
             for j in i + 1..masks.len() {

@@ -218,7 +218,8 @@ impl Translator {
         let mut fields = [(0u32, 0u32, 0u32); 3];
         for (i, &(_, max, shift)) in format.channels().iter().enumerate() {
             let max = u32::from(max);
-            let shift = u32::from(shift);
+            // A channel with no bits may sit at shift 32; park it at 0 so shifts stay < 32.
+            let shift = if max == 0 { 0 } else { u32::from(shift) };
             let bits = 32 - max.leading_zeros();
             let down = bits.saturating_sub(8);
             if let (Some(tw), Some(fw), Some(field)) =
@@ -289,7 +290,7 @@ impl Translator {
         for ((&(shift, max, down), table), out_shift) in
             self.fields.iter().zip(&self.from_wire).zip([16u32, 8, 0])
         {
-            let top = ((value >> shift) & max) >> down;
+            let top = (value.wrapping_shr(shift) & max) >> down;
             // top <= 255 because max >> down < 256.
             let c = table.get(top as usize).copied().unwrap_or(0);
             out |= u32::from(c) << out_shift;

@@ -1,0 +1,320 @@
+//! Properties of pixel translation and the encodings, for any true-colour format dmore serves:
+//! translate→decode keeps colours up to the format's precision, Raw and ZRLE round-trip, a
+//! ZRLE stream survives freeze/continue, and hostile ZRLE data never panics.
+
+use proptest::prelude::*;
+use rfb::encoding::zrle::{max_inflated_len, ZrleDecoder, ZrleEncoder, ZrleEncoderState};
+use rfb::encoding::{cursor, raw, Error};
+use rfb::translate::{Pixels, PixelsMut, Translator};
+use rfb::PixelFormat;
+
+/// A valid true-colour format: channel widths that fit the pixel, placed in any order with
+/// gaps, any byte order and depth.
+fn any_format() -> impl Strategy<Value = PixelFormat> {
+    prop_oneof![Just(8u8), Just(16u8), Just(32u8)]
+        .prop_flat_map(|bpp| {
+            let cap = bpp.min(16);
+            (Just(bpp), 0..=cap).prop_flat_map(move |(bpp, r)| {
+                (Just(bpp), Just(r), 0..=(bpp - r).min(16)).prop_flat_map(move |(bpp, r, g)| {
+                    (
+                        Just(bpp),
+                        Just([r, g]),
+                        0..=(bpp - r - g).min(16),
+                        Just([0usize, 1, 2]).prop_shuffle(),
+                        [0u8..=32, 0u8..=32, 0u8..=32],
+                        any::<bool>(),
+                        1..=bpp,
+                    )
+                })
+            })
+        })
+        .prop_map(|(bpp, [r, g], b, order, gaps, big_endian, depth)| {
+            let bits = [r, g, b];
+            let mut free = bpp - r - g - b;
+            let (mut at, mut shift) = (0u8, [0u8; 3]);
+            for (&c, gap) in order.iter().zip(gaps) {
+                let gap = gap.min(free);
+                free -= gap;
+                at += gap;
+                shift[c] = at;
+                at += bits[c];
+            }
+            let max = |n: u8| ((1u32 << n) - 1) as u16;
+            PixelFormat {
+                bits_per_pixel: bpp,
+                depth,
+                big_endian,
+                true_colour: true,
+                red_max: max(r),
+                green_max: max(g),
+                blue_max: max(b),
+                red_shift: shift[0],
+                green_shift: shift[1],
+                blue_shift: shift[2],
+            }
+        })
+}
+
+/// What an 8-bit intensity becomes after a trip through an n-bit channel with maximum `max`,
+/// computed the slow, obvious way.
+fn reduce_channel(c: u32, max: u32) -> u32 {
+    if max == 0 {
+        return 0;
+    }
+    if max >= 255 {
+        return c; // 8 or more bits keep every 8-bit value.
+    }
+    let v = (f64::from(c) * f64::from(max) / 255.0).round();
+    (v * 255.0 / f64::from(max)).round() as u32
+}
+
+fn reduce(p: u32, f: &PixelFormat) -> u32 {
+    let r = reduce_channel(p >> 16 & 0xff, u32::from(f.red_max));
+    let g = reduce_channel(p >> 8 & 0xff, u32::from(f.green_max));
+    let b = reduce_channel(p & 0xff, u32::from(f.blue_max));
+    r << 16 | g << 8 | b
+}
+
+/// Deterministic pixels for a rectangle: `kind` 0 noise, 1 a few colours scattered, 2 runs of
+/// a few colours, 3 solid with a stripe.
+fn pixels(kind: u8, colours: usize, seed: u64, n: usize) -> Vec<u32> {
+    let mut s = seed | 1;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let palette: Vec<u32> = (0..colours.max(1))
+        .map(|_| next() as u32 & 0xff_ffff)
+        .collect();
+    let pick = |x: u64| palette[x as usize % palette.len()];
+    match kind {
+        0 => (0..n).map(|_| next() as u32 & 0xff_ffff).collect(),
+        1 => (0..n).map(|_| pick(next())).collect(),
+        2 => {
+            let mut out = Vec::with_capacity(n);
+            while out.len() < n {
+                let run = 1 + next() as usize % 300;
+                let c = pick(next());
+                out.resize(out.len() + run.min(n - out.len()), c);
+            }
+            out
+        }
+        _ => (0..n)
+            .map(|i| {
+                if i % 97 < 3 {
+                    palette[0] ^ 0xff
+                } else {
+                    palette[0]
+                }
+            })
+            .collect(),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct RectSpec {
+    w: usize,
+    h: usize,
+    kind: u8,
+    colours: usize,
+    seed: u64,
+}
+
+impl RectSpec {
+    fn pixels(&self) -> Vec<u32> {
+        pixels(self.kind, self.colours, self.seed, self.w * self.h)
+    }
+}
+
+fn any_rect() -> impl Strategy<Value = RectSpec> {
+    (
+        1usize..=200,
+        1usize..=200,
+        0u8..4,
+        1usize..=200,
+        any::<u64>(),
+    )
+        .prop_map(|(w, h, kind, colours, seed)| RectSpec {
+            w,
+            h,
+            kind,
+            colours,
+            seed,
+        })
+}
+
+/// Encodes `rect` with `enc` and decodes it with `dec`, checking the colours.
+fn zrle_trip(enc: &mut ZrleEncoder, dec: &mut ZrleDecoder, tr: &Translator, rect: &RectSpec) {
+    let src = rect.pixels();
+    let mut data = Vec::new();
+    enc.encode(tr, Pixels::packed(&src, rect.w, rect.h).unwrap(), &mut data)
+        .unwrap();
+    let mut got = vec![0u32; src.len()];
+    dec.decode(
+        tr,
+        &data,
+        &mut PixelsMut::packed(&mut got, rect.w, rect.h).unwrap(),
+    )
+    .unwrap();
+    let want: Vec<u32> = src.iter().map(|&p| reduce(p, tr.format())).collect();
+    assert!(
+        got == want,
+        "rect {}x{} kind {} differs",
+        rect.w,
+        rect.h,
+        rect.kind
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn generated_formats_are_valid(f in any_format()) {
+        prop_assert_eq!(f.validate(), Ok(()));
+    }
+
+    #[test]
+    fn translate_then_decode_keeps_colours_to_precision(
+        f in any_format(),
+        px in proptest::collection::vec(0u32..=0xff_ffff, 1..64),
+    ) {
+        let tr = Translator::new(f).unwrap();
+        let mut wire = Vec::new();
+        raw::encode(&tr, Pixels::packed(&px, px.len(), 1).unwrap(), &mut wire);
+        prop_assert_eq!(wire.len(), px.len() * tr.bytes_per_pixel());
+        let mut back = vec![0u32; px.len()];
+        raw::decode(&tr, &wire, &mut PixelsMut::packed(&mut back, px.len(), 1).unwrap()).unwrap();
+        for (&p, &b) in px.iter().zip(&back) {
+            prop_assert_eq!(b, reduce(p, &f), "pixel {:06x}", p);
+            // CPIXELs carry the same value.
+            let mut c = Vec::new();
+            tr.put_cpixel(tr.pixel_value(p), &mut c);
+            prop_assert_eq!(c.len(), tr.bytes_per_cpixel());
+            prop_assert_eq!(tr.rgbx(tr.read_cpixel(&c)), reduce(p, &f));
+        }
+    }
+
+    #[test]
+    fn eight_bit_channels_in_32_bits_are_exact(
+        order in Just([0u8, 8, 16]).prop_shuffle(),
+        high in any::<bool>(),
+        big_endian in any::<bool>(),
+        px in proptest::collection::vec(0u32..=0xff_ffff, 1..64),
+    ) {
+        let o = if high { 8 } else { 0 };
+        let f = PixelFormat {
+            bits_per_pixel: 32, depth: 24, big_endian, true_colour: true,
+            red_max: 255, green_max: 255, blue_max: 255,
+            red_shift: order[0] + o, green_shift: order[1] + o, blue_shift: order[2] + o,
+        };
+        let tr = Translator::new(f).unwrap();
+        prop_assert_eq!(tr.bytes_per_cpixel(), 3);
+        for &p in &px {
+            prop_assert_eq!(tr.rgbx(tr.pixel_value(p)), p);
+        }
+    }
+
+    #[test]
+    fn cursor_round_trips(f in any_format(), w in 0usize..40, h in 0usize..40, seed in any::<u64>()) {
+        let tr = Translator::new(f).unwrap();
+        let image = pixels(0, 1, seed, w * h);
+        let mask = cursor::mask_from_fn(w, h, |x, y| (x * 7 + y * 3 + seed as usize) % 5 < 2);
+        let (wire_px, wire_mask) =
+            cursor::encode(&tr, Pixels::packed(&image, w, h).unwrap(), &mask).unwrap();
+        let c = cursor::decode(&tr, w, h, &wire_px, &wire_mask).unwrap();
+        let want: Vec<u32> = image.iter().map(|&p| reduce(p, &f)).collect();
+        prop_assert_eq!(&c.pixels, &want);
+        for y in 0..h {
+            for x in 0..w {
+                prop_assert_eq!(c.visible(x, y), (x * 7 + y * 3 + seed as usize) % 5 < 2);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Three rectangles through one encoder and one decoder: the stream stays in step.
+    #[test]
+    fn zrle_round_trips(f in any_format(), rects in proptest::collection::vec(any_rect(), 1..4)) {
+        let tr = Translator::new(f).unwrap();
+        let mut enc = ZrleEncoder::new(ZrleEncoder::DEFAULT_LEVEL);
+        let mut dec = ZrleDecoder::new();
+        for r in &rects {
+            zrle_trip(&mut enc, &mut dec, &tr, r);
+        }
+    }
+
+    /// Rects A, B from encoder 1; freeze; C, D from an encoder resumed from the state in
+    /// another "process": one decoder reads all four.
+    #[test]
+    fn zrle_freeze_and_continue(
+        f in any_format(),
+        level in 0u32..=9,
+        ab in proptest::collection::vec(any_rect(), 0..3),
+        cd in proptest::collection::vec(any_rect(), 1..3),
+    ) {
+        let tr = Translator::new(f).unwrap();
+        let mut dec = ZrleDecoder::new();
+        let mut first = ZrleEncoder::new(level);
+        for r in &ab {
+            zrle_trip(&mut first, &mut dec, &tr, r);
+        }
+        let state = first.freeze();
+        prop_assert_eq!(state, ZrleEncoderState { level, header_sent: !ab.is_empty() });
+        let one = [0u32; 1];
+        let frozen = first.encode(&tr, Pixels::packed(&one, 1, 1).unwrap(), &mut Vec::new());
+        prop_assert!(matches!(frozen, Err(Error::Frozen)));
+        drop(first);
+        let mut second = ZrleEncoder::resume_after_freeze(&state);
+        for r in &cd {
+            zrle_trip(&mut second, &mut dec, &tr, r);
+        }
+        // And a second hand-over on top of the first.
+        let mut third = ZrleEncoder::resume_after_freeze(&second.freeze());
+        zrle_trip(&mut third, &mut dec, &tr, &cd[0]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Random bytes as ZRLE data: an error or some pixels, never a panic.
+    #[test]
+    fn hostile_zrle_data_never_panics(
+        f in any_format(),
+        w in 1usize..80, h in 1usize..80,
+        data in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        let tr = Translator::new(f).unwrap();
+        let mut px = vec![0u32; w * h];
+        let _ = ZrleDecoder::new().decode(&tr, &data, &mut PixelsMut::packed(&mut px, w, h).unwrap());
+    }
+
+    /// Random *tile* bytes inside a valid zlib stream reach the tile parser: an error or
+    /// pixels, never a panic, and inflating stops at the rectangle's bound.
+    #[test]
+    fn hostile_tiles_never_panic(
+        f in any_format(),
+        w in 1usize..140, h in 1usize..140,
+        mut tiles in proptest::collection::vec(any::<u8>(), 0..4096),
+        sub in any::<u8>(),
+    ) {
+        let tr = Translator::new(f).unwrap();
+        if let Some(first) = tiles.first_mut() {
+            *first = sub;
+        }
+        let mut c = flate2::Compress::new(flate2::Compression::fast(), true);
+        let mut data = Vec::with_capacity(tiles.len() * 2 + 64);
+        c.compress_vec(&tiles, &mut data, flate2::FlushCompress::Sync).unwrap();
+        let mut px = vec![0u32; w * h];
+        let r = ZrleDecoder::new().decode(&tr, &data, &mut PixelsMut::packed(&mut px, w, h).unwrap());
+        if tiles.len() > max_inflated_len(&tr, w, h).unwrap() {
+            prop_assert!(r.is_err());
+        }
+    }
+}

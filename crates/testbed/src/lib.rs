@@ -6,3 +6,4 @@ pub mod hosts;
 pub mod migrate;
 pub mod qemu;
 pub mod sweep;
+pub mod viewers;

@@ -1,0 +1,241 @@
+//! The output side of the journal: which action comes next, lane choice, pacing, batching.
+
+use super::Confirm;
+use super::{
+    Action, BatchId, Control, Entry, FenceId, InFlight, InputEvent, Journal, Pending, PressLane,
+    ProbeId, SeqRange, Stage, VncEvent,
+};
+use std::time::Instant;
+
+impl Journal {
+    /// The next thing the shell must do, or `None` until something happens or
+    /// [`Journal::poll_timeout`] passes. Call it until it returns `None`.
+    pub fn poll_action(&mut self, now: Instant) -> Option<Action> {
+        self.maybe_reopen();
+        if self.fast_open {
+            if let Some(p) = self.pending.front() {
+                if self.needs_qmp(&p.entry) {
+                    self.close_fast("release of a key pressed on another lane");
+                }
+            }
+        }
+        if let Some(action) = self.poll_confirm() {
+            return Some(action);
+        }
+        let head = self.pending.front()?;
+        if self.due(head) > now {
+            return None;
+        }
+        if self.fast_open {
+            Some(self.send_fast(now))
+        } else if self.qmp_ready() {
+            Some(self.send_qmp(now))
+        } else {
+            None
+        }
+    }
+
+    /// When the next held event becomes due, if a lane could take it then. `None`: nothing
+    /// is waiting on time (only on input or replies).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let head = self.pending.front()?;
+        let lane_ready = if self.fast_open {
+            !self.needs_qmp(&head.entry)
+        } else {
+            self.qmp_ready()
+        };
+        lane_ready.then(|| self.due(head))
+    }
+
+    /// Fence and probe actions of the fast lane's confirmation.
+    fn poll_confirm(&mut self) -> Option<Action> {
+        match &self.confirm {
+            Some(c) if c.stage == Stage::NeedProbe => {
+                let probe = ProbeId(self.next_id());
+                if let Some(c) = &mut self.confirm {
+                    c.stage = Stage::Probe(probe);
+                }
+                Some(Action::Status { probe })
+            }
+            Some(_) => None,
+            // While open, only key/button events need confirming; closing needs everything
+            // (motion included) proven handled before the QMP lane may follow.
+            None if self.unfenced.dirty && (!self.fast_open || self.unfenced.range.is_some()) => {
+                let fence = FenceId(self.next_id());
+                let u = std::mem::take(&mut self.unfenced);
+                self.confirm = Some(Confirm {
+                    range: u.range,
+                    stop_seen: u.stop_seen,
+                    stage: Stage::Fence(fence),
+                });
+                self.stats.fences += 1;
+                Some(Action::Fence { fence })
+            }
+            None => None,
+        }
+    }
+
+    /// The QMP lane may send: fast lane closed and fully confirmed (so nothing written there
+    /// can be handled after what QMP delivers), VM running, nothing else in flight.
+    fn qmp_ready(&self) -> bool {
+        !self.fast_open
+            && self.vm_running
+            && self.blocked.is_none()
+            && self.qmp.is_none()
+            && self.fast_resolved()
+    }
+
+    /// A release whose press did not go on the fast lane in its current open period.
+    fn needs_qmp(&self, entry: &Entry) -> bool {
+        match Control::of(&entry.event) {
+            Some((control, false)) => {
+                self.down.get(&control) != Some(&PressLane::Fast { epoch: self.epoch })
+            }
+            _ => false,
+        }
+    }
+
+    /// When `p` may be sent: motion at once; keys and buttons keep their original gap (capped
+    /// at `max_gap`) and at least `min_interval` after the previous key or button.
+    fn due(&self, p: &Pending) -> Instant {
+        if p.entry.seq.is_none() {
+            return p.available;
+        }
+        let Some(last) = self.last_paced else {
+            return p.available;
+        };
+        let wait = p.gap.min(self.config.max_gap).max(self.config.min_interval);
+        last.checked_add(wait).unwrap_or(last).max(p.available)
+    }
+
+    /// Takes the due events at the head for one lane write, keeping the batch limits. Always
+    /// takes at least the head (the caller checked it is due).
+    fn take_due(&mut self, now: Instant, fast: bool) -> Vec<Pending> {
+        let mut taken: Vec<Pending> = Vec::new();
+        let mut paced = 0;
+        while let Some(p) = self.pending.front() {
+            let seqd = p.entry.seq.is_some();
+            if !taken.is_empty()
+                && (taken.len() >= self.config.max_batch
+                    || (seqd && paced >= self.config.max_paced_per_batch)
+                    || self.due(p) > now
+                    || (fast && self.needs_qmp(&p.entry)))
+            {
+                break;
+            }
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            if seqd {
+                paced += 1;
+                self.pending_seqd = self.pending_seqd.saturating_sub(1);
+                self.last_paced = Some(now);
+            }
+            taken.push(p);
+        }
+        taken
+    }
+
+    fn send_fast(&mut self, now: Instant) -> Action {
+        let taken = self.take_due(now, true);
+        let mut events = Vec::with_capacity(taken.len() + 1);
+        for p in &taken {
+            let entry = p.entry;
+            self.unfenced.dirty = true;
+            if let Some(seq) = entry.seq {
+                SeqRange::extend(&mut self.unfenced.range, seq);
+                self.stats.fast_sent += 1;
+            }
+            self.record_press(&entry, PressLane::Fast { epoch: self.epoch });
+            self.push_vnc(entry, &mut events);
+        }
+        Action::Vnc { events }
+    }
+
+    fn send_qmp(&mut self, now: Instant) -> Action {
+        let taken = self.take_due(now, false);
+        let batch = BatchId(self.next_id());
+        let events: Vec<Entry> = taken.iter().map(|p| p.entry).collect();
+        for entry in &events {
+            self.record_press(entry, PressLane::Qmp);
+            if let InputEvent::Motion { x, y } = entry.event {
+                self.pointer = (x, y);
+            }
+        }
+        self.stats.qmp_batches += 1;
+        self.qmp = Some(InFlight {
+            batch,
+            pending: taken,
+        });
+        Action::Qmp { batch, events }
+    }
+
+    /// Remembers which lane a press went on; a release forgets the control.
+    fn record_press(&mut self, entry: &Entry, lane: PressLane) {
+        match Control::of(&entry.event) {
+            Some((control, true)) => {
+                self.down.insert(control, lane);
+            }
+            Some((control, false)) => {
+                self.down.remove(&control);
+            }
+            None => {}
+        }
+    }
+
+    /// Turns an entry into the RFB messages QEMU's VNC server must read.
+    fn push_vnc(&mut self, entry: Entry, out: &mut Vec<VncEvent>) {
+        let (x, y) = self.pointer;
+        match (entry.event, entry.seq) {
+            (
+                InputEvent::Key {
+                    down,
+                    keysym,
+                    scancode,
+                },
+                Some(seq),
+            ) => out.push(VncEvent::Key {
+                seq,
+                down,
+                keysym,
+                scancode,
+            }),
+            (InputEvent::Button { down, button }, seq) => {
+                let bit = button.rfb_mask();
+                if down && self.vnc_mask & bit != 0 {
+                    // Pressed here before, released through QMP: QEMU's VNC server still
+                    // thinks it is down and would see no change. Clear it first.
+                    self.vnc_mask &= !bit;
+                    out.push(VncEvent::Pointer {
+                        seq: None,
+                        x,
+                        y,
+                        mask: self.vnc_mask,
+                    });
+                }
+                if down {
+                    self.vnc_mask |= bit;
+                } else {
+                    self.vnc_mask &= !bit;
+                }
+                out.push(VncEvent::Pointer {
+                    seq,
+                    x,
+                    y,
+                    mask: self.vnc_mask,
+                });
+            }
+            (InputEvent::Motion { x, y }, _) => {
+                self.pointer = (x, y);
+                out.push(VncEvent::Pointer {
+                    seq: None,
+                    x,
+                    y,
+                    mask: self.vnc_mask,
+                });
+            }
+            // A key always has a seq (push gives it one).
+            (InputEvent::Key { .. }, None) => {}
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The console's input journal: a pure (sans-I/O) core that decides which viewer input goes to
+//! QEMU on which lane, and when, so that every key and button event reaches the guest exactly
+//! once and in order.
+//!
+//! Two lanes lead into QEMU (DESIGN.md, "Input journal"):
+//! - the **fast lane**, RFB messages written into QEMU's own VNC socket (~0.15–0.4 ms), which
+//!   QEMU drops silently while the VM is paused and never acknowledges. Its events are confirmed
+//!   after the fact: a *fence* (an RFB message QEMU answers at once, in order) proves they were
+//!   handled, and a following QMP `query-status` proves the VM was running when they were —
+//!   unless a `STOP` came first, in which case they are **uncertain**: reported, never re-sent.
+//! - the **QMP lane**, `input-send-event`, slow (~1.2 ms) but answered: delivered, or `VM not
+//!   running` and then held and re-sent after `RESUME`.
+//!
+//! ```text
+//!  fast lane (new events go here only while OPEN)
+//!
+//!   +------+  migration started | STOP | a release whose press     +--------+
+//!   | OPEN |  did not go on this fast lane (epoch += 1)             | CLOSED |  events go to
+//!   |      | ------------------------------------------------->    |        |  the QMP lane,
+//!   |      | <-------------------------------------------------    |        |  held while the
+//!   +------+  VM running, no migration, nothing held, no QMP       +--------+  VM is stopped
+//!             batch in flight, every fast event confirmed
+//!
+//!  confirming fast-lane events (one fence at a time, also while OPEN):
+//!
+//!   sent --Fence--> fence answered --Status--> running, no STOP seen --> delivered
+//!                                          \-> otherwise --------------> uncertain
+//!
+//!  QMP lane (one batch in flight; only once every fast event is confirmed, to keep order):
+//!
+//!   held --Qmp--> Delivered ---------------------------------------> done
+//!                 VmNotRunning | Failed --> held again, at the front, until handle_vm_resumed
+//! ```
+//!
+//! # Call order
+//! The shell owns the sockets and the clock. After anything happens — a viewer event
+//! ([`Journal::push`]), a QMP event (`handle_vm_*`, `handle_migration_*`), a reply
+//! (`handle_qmp_reply`, `handle_fence_answered`, `handle_status`) — it calls
+//! [`Journal::poll_action`] until it returns `None`, executes each [`Action`] in order, drains
+//! [`Journal::poll_uncertain`] into its logs, and sleeps until [`Journal::poll_timeout`] (or
+//! the next input). QMP events and replies must be handed over in the order the QMP connection
+//! delivered them: that order is what tells "a `STOP` came before this reply".
+//!
+//! Time is passed in as `now: Instant`; the journal never reads a clock.
+//!
+//! # Pacing
+//! QEMU runs with `key-delay-ms=0`, so the journal paces keys itself: a key or button event
+//! goes out no sooner than `min_interval` after the previous one, and held events keep the
+//! viewer's original gaps (capped at `max_gap`). See [`Config`].
+//!
+//! # Key releases
+//! QEMU's VNC server drops a release whose press it did not see (`ui/kbd-state.c`), so a
+//! release goes on the fast lane only if its press went on the fast lane during the same open
+//! period (epoch); otherwise it goes through QMP, closing the fast lane first if need be.
+
+mod dispatch;
+mod replies;
+mod state;
+#[cfg(test)]
+mod tests;
+mod types;
+
+pub use state::{JournalState, RestoreError, STATE_VERSION};
+pub use types::{
+    Action, BatchId, Button, Config, Entry, FenceId, InputEvent, JournalError, JournalFull,
+    Outcome, ProbeId, Seq, SeqRange, Stats, ViewerId, VncEvent,
+};
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// At most this many uncertain ranges wait for [`Journal::poll_uncertain`]; older ones are
+/// dropped from the queue (they stay counted in [`Stats::uncertain`]).
+const MAX_UNCERTAIN_REPORTS: usize = 256;
+
+/// A key or button, as tracked while it is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum Control {
+    /// A key known by its QEMU key number.
+    Code(u16),
+    /// A key known only by its keysym.
+    Sym(u32),
+    /// A pointer button.
+    Button(Button),
+}
+
+impl Control {
+    /// The control an event presses or releases, with `down`; `None` for motion.
+    fn of(event: &InputEvent) -> Option<(Control, bool)> {
+        match *event {
+            InputEvent::Key {
+                down,
+                keysym,
+                scancode,
+            } => Some((scancode.map_or(Control::Sym(keysym), Control::Code), down)),
+            InputEvent::Button { down, button } => Some((Control::Button(button), down)),
+            InputEvent::Motion { .. } => None,
+        }
+    }
+}
+
+/// The lane a control's latest press went on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PressLane {
+    /// The fast lane, during its open period number `epoch`.
+    Fast { epoch: u64 },
+    /// The QMP lane.
+    Qmp,
+}
+
+/// An event not yet written to either lane.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    entry: Entry,
+    /// Time since the previous key/button push (zero for motion).
+    gap: Duration,
+    /// Not to be sent before this (its push time, or the restore time).
+    available: Instant,
+}
+
+/// Fast-lane events written since the last fence.
+#[derive(Debug, Default)]
+struct Unfenced {
+    /// Their key/button sequence numbers.
+    range: Option<SeqRange>,
+    /// A STOP was seen after they were written.
+    stop_seen: bool,
+    /// Anything (motion included) was written since the last fence.
+    dirty: bool,
+}
+
+/// The one outstanding confirmation of fast-lane events.
+#[derive(Debug)]
+struct Confirm {
+    range: Option<SeqRange>,
+    stop_seen: bool,
+    stage: Stage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Fence(FenceId),
+    NeedProbe,
+    Probe(ProbeId),
+}
+
+/// The one QMP batch in flight.
+#[derive(Debug)]
+struct InFlight {
+    batch: BatchId,
+    pending: Vec<Pending>,
+}
+
+/// The input journal. See the module docs for the state machine and the call order.
+#[derive(Debug)]
+pub struct Journal {
+    config: Config,
+    next_seq: u64,
+    next_id: u64,
+    vm_running: bool,
+    migrating: bool,
+    /// Set by a failed QMP batch; the QMP lane waits for `handle_vm_resumed`.
+    blocked: Option<String>,
+    pending: VecDeque<Pending>,
+    /// Key/button entries in `pending`.
+    pending_seqd: usize,
+    last_push: Option<Instant>,
+    last_paced: Option<Instant>,
+    fast_open: bool,
+    /// Counts the fast lane's open periods.
+    epoch: u64,
+    unfenced: Unfenced,
+    confirm: Option<Confirm>,
+    qmp: Option<InFlight>,
+    down: BTreeMap<Control, PressLane>,
+    /// The button mask QEMU's VNC server holds for our connection.
+    vnc_mask: u8,
+    /// The latest pointer position written to either lane.
+    pointer: (u16, u16),
+    uncertain: VecDeque<SeqRange>,
+    stats: Stats,
+}
+
+impl Journal {
+    /// A fresh journal for a QEMU whose VM is (or is not) running right now.
+    pub fn new(config: Config, vm_running: bool) -> Self {
+        Journal {
+            config,
+            next_seq: 1,
+            next_id: 1,
+            vm_running,
+            migrating: false,
+            blocked: None,
+            pending: VecDeque::new(),
+            pending_seqd: 0,
+            last_push: None,
+            last_paced: None,
+            fast_open: false,
+            epoch: 0,
+            unfenced: Unfenced::default(),
+            confirm: None,
+            qmp: None,
+            down: BTreeMap::new(),
+            vnc_mask: 0,
+            pointer: (0, 0),
+            uncertain: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Takes one viewer event. Keys and buttons get a [`Seq`]; motion (`Ok(None)`) replaces a
+    /// motion still waiting at the tail. Refuses key/button events while `max_held` are held:
+    /// the shell then stops reading from that viewer (TCP backpressure) and retries later.
+    pub fn push(
+        &mut self,
+        viewer: ViewerId,
+        event: InputEvent,
+        now: Instant,
+    ) -> Result<Option<Seq>, JournalFull> {
+        self.maybe_reopen();
+        let entry = |seq| Entry { seq, viewer, event };
+        if let InputEvent::Motion { .. } = event {
+            match self.pending.back_mut() {
+                Some(tail) if tail.entry.seq.is_none() => tail.entry = entry(None),
+                _ => self.pending.push_back(Pending {
+                    entry: entry(None),
+                    gap: Duration::ZERO,
+                    available: now,
+                }),
+            }
+            return Ok(None);
+        }
+        let held = self.held();
+        if held >= self.config.max_held {
+            self.stats.refused += 1;
+            return Err(JournalFull {
+                held,
+                max: self.config.max_held,
+            });
+        }
+        let seq = Seq(self.next_seq);
+        self.next_seq += 1;
+        let gap = self
+            .last_push
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.last_push = Some(now);
+        self.pending.push_back(Pending {
+            entry: entry(Some(seq)),
+            gap,
+            available: now,
+        });
+        self.pending_seqd += 1;
+        self.stats.pushed += 1;
+        tracing::trace!(?viewer, ?seq, ?event, "input pushed");
+        Ok(Some(seq))
+    }
+
+    /// QMP `STOP`: the VM paused. Fast-lane events not yet confirmed become uncertain; new
+    /// events are held on the QMP lane until [`Journal::handle_vm_resumed`].
+    pub fn handle_vm_stopped(&mut self) {
+        self.vm_running = false;
+        if self.unfenced.range.is_some() {
+            self.unfenced.stop_seen = true;
+        }
+        if let Some(c) = &mut self.confirm {
+            c.stop_seen = true;
+        }
+        self.close_fast("VM stopped");
+    }
+
+    /// QMP `RESUME`: the VM runs again; held events go out (paced). Also lifts a QMP failure.
+    pub fn handle_vm_resumed(&mut self) {
+        self.vm_running = true;
+        self.blocked = None;
+        self.maybe_reopen();
+    }
+
+    /// A migration started (dmore's own `migrate`, or `MIGRATION` `setup`/`active`): the fast
+    /// lane is fenced and new events take the QMP lane.
+    pub fn handle_migration_started(&mut self) {
+        self.migrating = true;
+        self.close_fast("migration started");
+    }
+
+    /// The migration ended here (failed or cancelled: the source carries on).
+    pub fn handle_migration_ended(&mut self) {
+        self.migrating = false;
+        self.maybe_reopen();
+    }
+
+    /// The next range of fast-lane events that may or may not have reached the guest (a pause
+    /// nobody announced caught them in flight). They are never re-sent; log and count them.
+    pub fn poll_uncertain(&mut self) -> Option<SeqRange> {
+        self.uncertain.pop_front()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            held: self.held(),
+            ..self.stats
+        }
+    }
+
+    /// Key and button events held: waiting for a lane or in flight on QMP.
+    pub fn held(&self) -> usize {
+        self.pending_seqd + self.qmp.as_ref().map_or(0, |f| f.seq_count())
+    }
+
+    /// No reply outstanding: no QMP batch in flight, no fence or probe, nothing on the fast
+    /// lane unconfirmed. Freeze once settled so nothing in flight turns uncertain.
+    pub fn is_settled(&self) -> bool {
+        self.qmp.is_none() && self.fast_resolved()
+    }
+
+    /// Whether new events would take the fast lane right now (for tracing and tests).
+    pub fn fast_lane_open(&self) -> bool {
+        self.fast_open
+    }
+
+    fn fast_resolved(&self) -> bool {
+        self.confirm.is_none() && !self.unfenced.dirty
+    }
+
+    fn close_fast(&mut self, why: &'static str) {
+        if self.fast_open {
+            self.fast_open = false;
+            self.epoch += 1;
+            tracing::debug!(why, "fast input lane closed");
+        }
+    }
+
+    /// Opens the fast lane when that cannot reorder anything.
+    fn maybe_reopen(&mut self) {
+        if !self.fast_open
+            && self.vm_running
+            && !self.migrating
+            && self.blocked.is_none()
+            && self.pending.is_empty()
+            && self.qmp.is_none()
+            && self.fast_resolved()
+        {
+            self.fast_open = true;
+            tracing::debug!("fast input lane open");
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+}
+
+impl InFlight {
+    fn seq_count(&self) -> usize {
+        self.pending
+            .iter()
+            .filter(|p| p.entry.seq.is_some())
+            .count()
+    }
+}

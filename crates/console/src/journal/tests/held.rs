@@ -1,0 +1,241 @@
+//! Rules 3 to 6: held events, pacing, bounds, freeze and restore.
+
+use super::*;
+#[test]
+fn vm_not_running_holds_the_batch_and_later_events_in_order() {
+    let mut j = Journal::new(Config::default(), true);
+    j.handle_migration_started();
+    for (i, t) in [(0, 0), (1, 10), (2, 20)] {
+        j.push(V, key(true, i), at(t)).unwrap();
+    }
+    let Some(Action::Qmp { batch, events }) = j.poll_action(at(0)) else {
+        panic!("expected Qmp")
+    };
+    assert_eq!(events[0].seq, Some(Seq(1)));
+    j.handle_vm_stopped();
+    j.handle_qmp_reply(batch, Outcome::VmNotRunning).unwrap();
+    assert_eq!(j.stats().held, 3);
+    assert_eq!(j.poll_action(at(30)), None);
+    assert_eq!(
+        j.poll_timeout(),
+        None,
+        "nothing is waiting on time while stopped"
+    );
+    j.handle_vm_resumed();
+    let sent = lanes(&run_until_idle(&mut j, at(40)));
+    assert_eq!(sent, [(Lane::Qmp, 1), (Lane::Qmp, 2), (Lane::Qmp, 3)]);
+    assert_eq!(j.stats().delivered, 3);
+}
+
+#[test]
+fn failed_batch_is_held_until_resume() {
+    let mut j = Journal::new(Config::default(), true);
+    j.handle_migration_started();
+    j.push(V, key(true, 0), at(0)).unwrap();
+    let Some(Action::Qmp { batch, .. }) = j.poll_action(at(0)) else {
+        panic!("expected Qmp")
+    };
+    j.handle_qmp_reply(batch, Outcome::Failed("QMP closed".into()))
+        .unwrap();
+    assert_eq!(j.poll_action(at(10)), None);
+    assert_eq!(j.stats().qmp_failed, 1);
+    j.handle_vm_resumed();
+    assert_eq!(lanes(&run(&mut j, at(20))), [(Lane::Qmp, 1)]);
+}
+
+#[test]
+fn held_events_keep_viewer_gaps_but_never_faster_than_min_interval() {
+    let mut j = Journal::new(Config::default(), false);
+    for (i, t) in [(0, 0), (1, 1), (2, 100), (3, 5000)] {
+        j.push(V, key(true, i), at(t)).unwrap();
+    }
+    j.handle_vm_resumed();
+    let sent = run_until_idle(&mut j, at(10_000));
+    let gaps: Vec<Duration> = sent.windows(2).map(|w| w[1].2 - w[0].2).collect();
+    // 1 ms raised to the 4 ms minimum, 99 ms kept, 4900 ms capped at max_gap (500 ms).
+    assert_eq!(
+        gaps,
+        [
+            Duration::from_millis(4),
+            Duration::from_millis(99),
+            Duration::from_millis(500)
+        ]
+    );
+}
+
+#[test]
+fn a_batch_never_holds_more_keys_than_the_ps2_queue_takes() {
+    let config = Config {
+        min_interval: Duration::ZERO,
+        ..Config::default()
+    };
+    let mut j = Journal::new(config, false);
+    for i in 0..10 {
+        j.push(V, key(i % 2 == 0, 0), at(0)).unwrap();
+    }
+    j.handle_vm_resumed();
+    let mut sizes = Vec::new();
+    while let Some(a) = j.poll_action(at(0)) {
+        let Action::Qmp { batch, events } = a else {
+            panic!("expected Qmp")
+        };
+        sizes.push(events.len());
+        j.handle_qmp_reply(batch, Outcome::Delivered).unwrap();
+    }
+    assert_eq!(sizes, [4, 4, 2]);
+}
+
+#[test]
+fn backlog_is_bounded_and_motion_coalesces_in_order_with_clicks() {
+    let config = Config {
+        max_held: 3,
+        ..Config::default()
+    };
+    let mut j = Journal::new(config, false);
+    let motion = |x| InputEvent::Motion { x, y: x };
+    j.push(V, motion(10), at(0)).unwrap();
+    j.push(V, btn(true), at(1)).unwrap();
+    for x in 11..1000 {
+        assert_eq!(j.push(V, motion(x), at(2)), Ok(None));
+    }
+    j.push(V, btn(false), at(3)).unwrap();
+    j.push(V, key(true, 0), at(4)).unwrap();
+    assert_eq!(
+        j.push(V, key(false, 0), at(5)),
+        Err(JournalFull { held: 3, max: 3 })
+    );
+    assert_eq!(j.stats().refused, 1);
+    assert_eq!(
+        j.pending.len(),
+        5,
+        "motion coalesced into one entry between the clicks"
+    );
+    j.handle_vm_resumed();
+    let mut events = Vec::new();
+    let mut now = at(10);
+    loop {
+        while let Some(a) = j.poll_action(now) {
+            let Action::Qmp { batch, events: e } = a else {
+                panic!("expected Qmp")
+            };
+            events.extend(e.into_iter().map(|e| e.event));
+            j.handle_qmp_reply(batch, Outcome::Delivered).unwrap();
+        }
+        match j.poll_timeout() {
+            Some(t) => now = t,
+            None => break,
+        }
+    }
+    assert_eq!(
+        events,
+        [motion(10), btn(true), motion(999), btn(false), key(true, 0)]
+    );
+}
+
+#[test]
+fn freeze_and_restore_hold_until_resume_and_release_fast_keys_through_qmp() {
+    let mut j = Journal::new(Config::default(), true);
+    j.push(V, key(true, 0), at(0)).unwrap();
+    assert_eq!(lanes(&run(&mut j, at(0))), [(Lane::Fast, 1)]);
+    j.handle_migration_started();
+    j.handle_vm_stopped();
+    j.push(V, key(true, 1), at(10)).unwrap();
+    j.push(V, key(false, 0), at(20)).unwrap();
+    run(&mut j, at(20));
+    assert!(j.is_settled());
+    let json = serde_json::to_string(&j.freeze()).unwrap();
+    let state: JournalState = serde_json::from_str(&json).unwrap();
+    assert_eq!(state.held(), 2);
+    assert!(state.uncertain().is_empty());
+    let mut d = Journal::restore(state, at(30)).unwrap();
+    assert_eq!(
+        d.poll_action(at(30)),
+        None,
+        "a restored journal holds until RESUME"
+    );
+    d.handle_vm_resumed();
+    let sent = lanes(&run_until_idle(&mut d, at(40)));
+    assert_eq!(sent, [(Lane::Qmp, 2), (Lane::Qmp, 3)]);
+    // Key 1 was pressed through QMP here: its release must not take the fast lane.
+    assert!(d.fast_lane_open());
+    assert_eq!(d.push(V, key(false, 1), at(100)), Ok(Some(Seq(4))));
+    assert_eq!(lanes(&run_until_idle(&mut d, at(100))), [(Lane::Qmp, 4)]);
+    assert_eq!(d.stats().pushed, 4);
+}
+
+#[test]
+fn freeze_while_in_flight_records_uncertain_never_held() {
+    let mut j = Journal::new(Config::default(), true);
+    j.push(V, key(true, 0), at(0)).unwrap();
+    j.poll_action(at(0));
+    j.handle_migration_started();
+    j.push(V, key(true, 1), at(10)).unwrap();
+    let Some(Action::Fence { fence }) = j.poll_action(at(10)) else {
+        panic!("expected Fence")
+    };
+    j.handle_fence_answered(fence).unwrap();
+    let Some(Action::Status { probe }) = j.poll_action(at(10)) else {
+        panic!("expected Status")
+    };
+    j.handle_status(probe, true, false).unwrap();
+    assert!(matches!(j.poll_action(at(10)), Some(Action::Qmp { .. })));
+    let state = j.freeze();
+    assert_eq!(state.held(), 0);
+    assert_eq!(
+        state.uncertain(),
+        [SeqRange {
+            first: Seq(2),
+            last: Seq(2)
+        }]
+    );
+    let mut d = Journal::restore(state, at(20)).unwrap();
+    assert_eq!(
+        d.poll_uncertain(),
+        Some(SeqRange {
+            first: Seq(2),
+            last: Seq(2)
+        })
+    );
+    assert_eq!(d.stats().uncertain, 1);
+}
+
+#[test]
+fn restore_refuses_other_versions_and_disordered_state() {
+    let j = Journal::new(Config::default(), false);
+    let json = serde_json::to_string(&j.freeze()).unwrap();
+    let other: JournalState =
+        serde_json::from_str(&json.replace("\"version\":1", "\"version\":9")).unwrap();
+    assert_eq!(
+        Journal::restore(other, at(0)).unwrap_err(),
+        RestoreError::Version {
+            found: 9,
+            expected: 1
+        }
+    );
+    let mut j = Journal::new(Config::default(), false);
+    j.push(V, key(true, 0), at(0)).unwrap();
+    let json = serde_json::to_string(&j.freeze()).unwrap();
+    let bad: JournalState =
+        serde_json::from_str(&json.replace("\"next_seq\":2", "\"next_seq\":1")).unwrap();
+    assert!(matches!(
+        Journal::restore(bad, at(0)),
+        Err(RestoreError::Invalid(_))
+    ));
+}
+
+#[test]
+fn replies_for_unknown_ids_are_errors() {
+    let mut j = Journal::new(Config::default(), true);
+    assert_eq!(
+        j.handle_qmp_reply(BatchId(9), Outcome::Delivered),
+        Err(JournalError::UnknownBatch(BatchId(9)))
+    );
+    assert_eq!(
+        j.handle_fence_answered(FenceId(9)),
+        Err(JournalError::UnknownFence(FenceId(9)))
+    );
+    assert_eq!(
+        j.handle_status(ProbeId(9), true, false),
+        Err(JournalError::UnknownProbe(ProbeId(9)))
+    );
+}

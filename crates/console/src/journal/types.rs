@@ -1,0 +1,289 @@
+//! The journal's vocabulary: identifiers, input events, actions for the shell, configuration,
+//! counters and errors.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A viewer connection as numbered by the console; recorded per event for tracing only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ViewerId(pub u32);
+
+/// Sequence number of a key or button event: these are delivered exactly once, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Seq(pub u64);
+
+/// Names one `input-send-event` command in flight on the QMP lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchId(pub u64);
+
+/// Names one fence message written to QEMU's VNC socket after fast-lane events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FenceId(pub u64);
+
+/// Names one `query-status` round trip that follows an answered fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProbeId(pub u64);
+
+/// A pointer button. Each has a bit in the RFB PointerEvent button mask (RFC 6143 §7.5.5 and
+/// QEMU's horizontal-wheel bits), so every button can travel on either lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Button {
+    /// Button 1.
+    Left,
+    /// Button 2.
+    Middle,
+    /// Button 3.
+    Right,
+    /// Wheel up (button 4).
+    WheelUp,
+    /// Wheel down (button 5).
+    WheelDown,
+    /// Wheel left (button 6).
+    WheelLeft,
+    /// Wheel right (button 7).
+    WheelRight,
+}
+
+impl Button {
+    /// This button's bit in an RFB PointerEvent button mask.
+    pub fn rfb_mask(self) -> u8 {
+        match self {
+            Button::Left => 0x01,
+            Button::Middle => 0x02,
+            Button::Right => 0x04,
+            Button::WheelUp => 0x08,
+            Button::WheelDown => 0x10,
+            Button::WheelLeft => 0x20,
+            Button::WheelRight => 0x40,
+        }
+    }
+}
+
+/// One viewer input event, as the console's front decoded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputEvent {
+    /// A key press or release. `scancode` is QEMU's XT "qnum" from the QEMU extended key
+    /// event (0x1e = a; an 0xe0 prefix becomes the 0x80 bit, so 0x9c = keypad enter); viewers
+    /// that send plain KeyEvents give only the keysym.
+    Key {
+        /// Press (true) or release.
+        down: bool,
+        /// X11 keysym.
+        keysym: u32,
+        /// QEMU key number, when the viewer sent one.
+        scancode: Option<u16>,
+    },
+    /// A button press or release, at the latest pointer position.
+    Button {
+        /// Press (true) or release.
+        down: bool,
+        /// Which button.
+        button: Button,
+    },
+    /// Pointer motion to an absolute framebuffer position: latest position wins.
+    Motion {
+        /// Column.
+        x: u16,
+        /// Row.
+        y: u16,
+    },
+}
+
+/// An event in the journal: keys and buttons carry a [`Seq`], motion does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Sequence number (`None` for motion).
+    pub seq: Option<Seq>,
+    /// The viewer that sent it (for tracing).
+    pub viewer: ViewerId,
+    /// The event itself.
+    pub event: InputEvent,
+}
+
+/// One RFB message for QEMU's VNC socket (fast lane), ready to encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VncEvent {
+    /// A KeyEvent, or a QEMU extended key event when `scancode` is known.
+    Key {
+        /// The journal's sequence number.
+        seq: Seq,
+        /// Press (true) or release.
+        down: bool,
+        /// X11 keysym.
+        keysym: u32,
+        /// QEMU key number.
+        scancode: Option<u16>,
+    },
+    /// A PointerEvent. `mask` is the full button mask QEMU's VNC server must see (it diffs it
+    /// against the previous one); `seq` names the button event this message carries, if any.
+    Pointer {
+        /// The button event carried, `None` for motion or a mask correction.
+        seq: Option<Seq>,
+        /// Column.
+        x: u16,
+        /// Row.
+        y: u16,
+        /// RFB button mask.
+        mask: u8,
+    },
+}
+
+/// What the shell must do next, returned by [`Journal::poll_action`](super::Journal::poll_action).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write these messages to QEMU's VNC socket (fast lane).
+    Vnc {
+        /// The messages, in order.
+        events: Vec<VncEvent>,
+    },
+    /// Write a fence to QEMU's VNC socket (a SetEncodings that QEMU answers at once) and call
+    /// `handle_fence_answered(fence)` when its answer arrives.
+    Fence {
+        /// Names the fence.
+        fence: FenceId,
+    },
+    /// Send `query-status` on QMP; call `handle_status(probe, ..)` with its reply.
+    Status {
+        /// Names the probe.
+        probe: ProbeId,
+    },
+    /// Send one `input-send-event` with these events; call `handle_qmp_reply(batch, ..)`.
+    Qmp {
+        /// Names the batch.
+        batch: BatchId,
+        /// The events, in order.
+        events: Vec<Entry>,
+    },
+}
+
+/// The answer to a QMP batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `{"return":{}}`: the events reached QEMU's input layer.
+    Delivered,
+    /// The error `VM not running`: nothing was delivered.
+    VmNotRunning,
+    /// Any other failure (an error reply, QMP closed); the events stay held.
+    Failed(String),
+}
+
+/// An inclusive range of sequence numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqRange {
+    /// First in the range.
+    pub first: Seq,
+    /// Last in the range (inclusive).
+    pub last: Seq,
+}
+
+impl SeqRange {
+    /// How many sequence numbers the range holds.
+    pub fn len(&self) -> u64 {
+        self.last.0.saturating_sub(self.first.0).saturating_add(1)
+    }
+
+    /// Never true (a range holds at least `first`); here for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.last < self.first
+    }
+
+    /// Whether `seq` lies in the range.
+    pub fn contains(&self, seq: Seq) -> bool {
+        self.first <= seq && seq <= self.last
+    }
+
+    /// Grows `range` (or starts it) to end at `seq`; callers add seqs in increasing order.
+    pub(crate) fn extend(range: &mut Option<SeqRange>, seq: Seq) {
+        match range {
+            Some(r) => r.last = seq,
+            None => {
+                *range = Some(SeqRange {
+                    first: seq,
+                    last: seq,
+                })
+            }
+        }
+    }
+}
+
+/// Tunables of the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Minimum time between two key or button events on either lane. QEMU's PS/2 keyboard
+    /// queue holds 16 bytes and a key event is at most 4 bytes in set 2: at 4 ms a guest that
+    /// drains even 1 byte per ms has emptied the queue before the next key, so the queue never
+    /// holds more than one key's bytes (4x headroom for drain jitter). 250 keys/s is still far
+    /// faster than any typist (typematic repeat is ≥ 30 ms per key).
+    pub min_interval: Duration,
+    /// Longest viewer gap kept when replaying held events; longer idle gaps shrink to this so
+    /// the lag a pause causes drains away instead of persisting.
+    pub max_gap: Duration,
+    /// Most key/button events in one lane write (4 x 4 bytes fill the PS/2 queue). With a
+    /// non-zero `min_interval` each write holds one anyway.
+    pub max_paced_per_batch: usize,
+    /// Most events per lane write (bounds the size of one `input-send-event`).
+    pub max_batch: usize,
+    /// Most key/button events held (queued or in flight on QMP); `push` refuses beyond it.
+    pub max_held: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            min_interval: Duration::from_millis(4),
+            max_gap: Duration::from_millis(500),
+            max_paced_per_batch: 4,
+            max_batch: 32,
+            max_held: 4096,
+        }
+    }
+}
+
+/// Counters, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Key and button events accepted by `push`.
+    pub pushed: u64,
+    /// `push` calls refused because the backlog was full.
+    pub refused: u64,
+    /// Key and button events known delivered (QMP success, or fast lane fenced clean).
+    pub delivered: u64,
+    /// Key and button events that may or may not have reached the guest (never re-sent).
+    pub uncertain: u64,
+    /// Key and button events written to the fast lane.
+    pub fast_sent: u64,
+    /// QMP batches sent.
+    pub qmp_batches: u64,
+    /// QMP batches answered `VM not running`.
+    pub qmp_not_running: u64,
+    /// QMP batches that failed otherwise.
+    pub qmp_failed: u64,
+    /// Fences written.
+    pub fences: u64,
+    /// Key and button events held right now (queued or in flight on QMP).
+    pub held: usize,
+}
+
+/// `push` refused: the held backlog is at its bound. Stop reading from that viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("input journal full: {held} events held (bound {max})")]
+pub struct JournalFull {
+    /// Events held.
+    pub held: usize,
+    /// The bound.
+    pub max: usize,
+}
+
+/// A reply named something the journal is not waiting for: a bug in the shell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JournalError {
+    /// No such QMP batch in flight.
+    #[error("no QMP batch {0:?} in flight")]
+    UnknownBatch(BatchId),
+    /// No such fence outstanding.
+    #[error("no fence {0:?} outstanding")]
+    UnknownFence(FenceId),
+    /// No such status probe outstanding.
+    #[error("no status probe {0:?} outstanding")]
+    UnknownProbe(ProbeId),
+}

@@ -166,6 +166,8 @@ pub struct Journal {
     /// Key/button entries in `pending`.
     pending_seqd: usize,
     last_push: Option<Instant>,
+    /// `push` refused something since the last accepted push.
+    refused_since_push: bool,
     last_paced: Option<Instant>,
     fast_open: bool,
     /// Counts the fast lane's open periods.
@@ -195,6 +197,7 @@ impl Journal {
             pending: VecDeque::new(),
             pending_seqd: 0,
             last_push: None,
+            refused_since_push: false,
             last_paced: None,
             fast_open: false,
             epoch: 0,
@@ -234,6 +237,7 @@ impl Journal {
         let held = self.held();
         if held >= self.config.max_held {
             self.stats.refused += 1;
+            self.refused_since_push = true;
             return Err(JournalFull {
                 held,
                 max: self.config.max_held,
@@ -241,9 +245,13 @@ impl Journal {
         }
         let seq = Seq(self.next_seq);
         self.next_seq += 1;
-        let gap = self
-            .last_push
-            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        // After a refusal the viewer's events waited in its socket: their own gaps are lost,
+        // and the time spent waiting for room is no gap to replay (that would feed back).
+        let gap = match self.last_push {
+            Some(t) if !self.refused_since_push => now.saturating_duration_since(t),
+            _ => Duration::ZERO,
+        };
+        self.refused_since_push = false;
         self.last_push = Some(now);
         self.pending.push_back(Pending {
             entry: entry(Some(seq)),
@@ -311,7 +319,16 @@ impl Journal {
     /// No reply outstanding: no QMP batch in flight, no fence or probe, nothing on the fast
     /// lane unconfirmed. Freeze once settled so nothing in flight turns uncertain.
     pub fn is_settled(&self) -> bool {
-        self.qmp.is_none() && self.fast_resolved()
+        self.qmp.is_none() && self.fast_lane_confirmed()
+    }
+
+    /// No fast-lane event awaits its fence or probe. A migration's `STOP` that comes after
+    /// this leaves nothing uncertain (the announced case).
+    /// (Motion written to an open fast lane needs no confirmation.)
+    pub fn fast_lane_confirmed(&self) -> bool {
+        self.confirm.is_none()
+            && self.unfenced.range.is_none()
+            && (self.fast_open || !self.unfenced.dirty)
     }
 
     /// Whether new events would take the fast lane right now (for tracing and tests).

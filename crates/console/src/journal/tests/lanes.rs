@@ -219,3 +219,34 @@ fn button_released_through_qmp_is_cleared_before_its_next_fast_press() {
         ]
     );
 }
+
+#[test]
+fn short_unannounced_pause_makes_every_unconfirmed_fast_event_uncertain() {
+    // STOP and RESUME both arrive before the probes: only the journal's own record of the
+    // STOP can tell that the fast-lane events may have been dropped.
+    let mut j = Journal::new(Config::default(), true);
+    j.push(V, key(true, 0), at(0)).unwrap();
+    j.push(V, key(false, 0), at(10)).unwrap();
+    assert!(matches!(j.poll_action(at(0)), Some(Action::Vnc { .. })));
+    let Some(Action::Fence { fence }) = j.poll_action(at(0)) else {
+        panic!("expected Fence")
+    };
+    assert!(matches!(j.poll_action(at(10)), Some(Action::Vnc { .. })));
+    j.handle_vm_stopped();
+    j.handle_vm_resumed();
+    j.handle_fence_answered(fence).unwrap();
+    let Some(Action::Status { probe }) = j.poll_action(at(20)) else {
+        panic!("expected Status")
+    };
+    j.handle_status(probe, true, false).unwrap();
+    let Some(Action::Fence { fence }) = j.poll_action(at(20)) else {
+        panic!("second Fence")
+    };
+    j.handle_fence_answered(fence).unwrap();
+    let Some(Action::Status { probe }) = j.poll_action(at(20)) else {
+        panic!("second Status")
+    };
+    j.handle_status(probe, true, false).unwrap();
+    assert_eq!(j.stats().uncertain, 2);
+    assert_eq!(j.stats().delivered, 0);
+}

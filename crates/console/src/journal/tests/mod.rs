@@ -2,6 +2,7 @@
 
 mod held;
 mod lanes;
+
 use super::*;
 use std::sync::OnceLock;
 

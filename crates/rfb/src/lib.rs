@@ -18,6 +18,7 @@ mod decoder;
 pub mod encoding;
 mod encoding_type;
 mod error;
+pub mod framebuffer;
 pub mod handshake;
 mod limits;
 pub mod pixel_format;

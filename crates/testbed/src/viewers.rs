@@ -4,7 +4,7 @@
 //! What a viewer shows is read back as pixels (an `xwd` dump of the viewer's window, or
 //! `vncdo capture`), never from the server's own logs, so a test sees what a person would.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -178,40 +178,65 @@ pub struct Xvfb {
 }
 
 impl Xvfb {
-    /// Starts Xvfb on the first free display number from 90 on, 1280x1024 at 24 bits.
+    /// Starts Xvfb (1280x1024 at 24 bits) on a display number it picks itself (`-displayfd`),
+    /// so parallel tests never race for one.
     pub async fn start() -> Result<Xvfb> {
-        for number in 90..190u32 {
-            let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
-            let lock = PathBuf::from(format!("/tmp/.X{number}-lock"));
-            if socket.exists() || lock.exists() {
-                continue;
-            }
-            let display = format!(":{number}");
-            let mut child = Command::new("Xvfb")
-                .args([&display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|source| spawn_error("Xvfb", "xvfb", source))?;
-            let up = poll_until("Xvfb to listen", Duration::from_secs(10), || {
-                let exited = matches!(child.try_wait(), Ok(Some(_)));
-                let listening = socket.exists();
-                async move { (exited || listening).then_some(listening) }
-            })
-            .await?;
-            if up {
-                return Ok(Xvfb {
-                    display,
-                    _child: child,
-                });
-            }
-            // Another run took this display number between our check and Xvfb's start.
+        use std::os::fd::{AsRawFd, OwnedFd};
+        use tokio::io::AsyncReadExt;
+        const DISPLAY_FD: i32 = 3;
+        let (read_end, write_end): (OwnedFd, OwnedFd) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| spawn_error("Xvfb", "xvfb", e.into()))?;
+        let write_raw = write_end.as_raw_fd();
+        let mut cmd = Command::new("Xvfb");
+        cmd.args([
+            "-displayfd",
+            "3",
+            "-screen",
+            "0",
+            "1280x1024x24",
+            "-nolisten",
+            "tcp",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+        // SAFETY: dup2 is async-signal-safe; the child gets the pipe's write end as fd 3
+        // (dup2 clears close-on-exec on the copy).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(write_raw, DISPLAY_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
-        Err(ViewerError::Failed {
+        let child = cmd
+            .spawn()
+            .map_err(|source| spawn_error("Xvfb", "xvfb", source))?;
+        drop(write_end);
+        let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end)
+            .map_err(|source| spawn_error("Xvfb", "xvfb", source))?;
+        let mut text = String::new();
+        let read = pipe.read_to_string(&mut text);
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(source)) => return Err(spawn_error("Xvfb", "xvfb", source)),
+            Err(_) => {
+                return Err(ViewerError::Timeout {
+                    what: "Xvfb to report its display".into(),
+                    waited: Duration::from_secs(10),
+                })
+            }
+        }
+        let number: u32 = text.trim().parse().map_err(|_| ViewerError::Failed {
             program: "Xvfb".into(),
-            stderr: "no free display number in :90..:189".into(),
+            stderr: format!("reported display {text:?}"),
+        })?;
+        Ok(Xvfb {
+            display: format!(":{number}"),
+            _child: child,
         })
     }
 
@@ -453,29 +478,63 @@ pub fn parse_xwd(data: &[u8]) -> Result<Image> {
     })
 }
 
+/// The pixel encoding `vncdo` asks for. vncdotool announces Raw alone unless told otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VncdoEncoding {
+    /// Raw pixels: vncdotool's default.
+    Raw,
+    /// ZRLE, which vncdotool decodes but does not ask for by itself.
+    Zrle,
+}
+
 /// `vncdotool`'s command-line client, `vncdo`: a scripted viewer that knows nothing of dmore.
 pub struct Vncdo {
     server: String,
     password: Option<String>,
+    encoding: VncdoEncoding,
 }
 
 impl Vncdo {
     /// A `vncdo` aimed at `server` (`HOST::PORT`), with an optional VNC password.
-    pub fn new(server: impl Into<String>, password: Option<String>) -> Vncdo {
+    pub fn new(
+        server: impl Into<String>,
+        password: Option<String>,
+        encoding: VncdoEncoding,
+    ) -> Vncdo {
         Vncdo {
             server: server.into(),
             password,
+            encoding,
         }
     }
 
     /// Runs one `vncdo` session with these actions (e.g. `["type", "abc", "key", "enter"]`).
     pub async fn run(&self, actions: &[&str]) -> Result<()> {
-        let mut args = vec!["-s", self.server.as_str(), "-t", "60"];
+        let python = Path::new(VNCDO).with_file_name("python3");
+        let python = python.display().to_string();
+        // vncdo's own entry point, with the client's class attribute set to the encoding.
+        let encoding = match self.encoding {
+            VncdoEncoding::Raw => "RAW",
+            VncdoEncoding::Zrle => "ZRLE",
+        };
+        let script = format!(
+            "import sys; from vncdotool import rfb, client, command; \
+             client.VNCDoToolClient.encoding = rfb.Encoding.{encoding}; \
+             sys.exit(command.vncdo(sys.argv[1:]))"
+        );
+        let mut args = vec![
+            "-c",
+            script.as_str(),
+            "-s",
+            self.server.as_str(),
+            "-t",
+            "60",
+        ];
         if let Some(password) = &self.password {
             args.extend(["-p", password.as_str()]);
         }
         args.extend_from_slice(actions);
-        run_output(VNCDO, "vncdotool (pip, via .ci/setup)", &args, None).await?;
+        run_output(&python, "vncdotool (pip, via .ci/setup)", &args, None).await?;
         Ok(())
     }
 
@@ -597,5 +656,26 @@ mod tests {
         assert_eq!(cropped.pixels, vec![2, 3, 5, 6]);
         assert!(image.crop(2, 0, 2, 1).is_none());
         assert_eq!(image.colour_count(), 6);
+    }
+}
+
+impl Image {
+    /// Writes the image as a PNG file (for a person to look at when a test fails).
+    pub fn save_png(&self, path: &Path) -> std::io::Result<()> {
+        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let width = u32::try_from(self.width).map_err(std::io::Error::other)?;
+        let height = u32::try_from(self.height).map_err(std::io::Error::other)?;
+        let mut encoder = png::Encoder::new(file, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
+        let data: Vec<u8> = self
+            .pixels
+            .iter()
+            .flat_map(|p| [(p >> 16) as u8, (p >> 8) as u8, *p as u8])
+            .collect();
+        writer
+            .write_image_data(&data)
+            .map_err(std::io::Error::other)
     }
 }

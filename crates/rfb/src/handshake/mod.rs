@@ -20,6 +20,33 @@
 //! pipelining SetEncodings after ClientInit) are kept in the outcome's `leftover`, to feed to
 //! the message decoder. After an error, `poll_output` may still hold the failure notice to
 //! send before closing (a failed SecurityResult).
+//!
+//! ```
+//! use rfb::*;
+//! let init = ServerInit { width: 720, height: 400, pixel_format: PixelFormat::RGBX32_LE, name: "vm".into() };
+//! let mut server = ServerHandshake::new(ServerConfig {
+//!     version: Version::V3_8,
+//!     security: vec![SecurityType::VncAuth],
+//!     password: Some(Password(b"secret".to_vec())),
+//!     challenge: [42; 16], // from the caller's RNG
+//!     init: init.clone(),
+//! })?;
+//! let mut client = ClientHandshake::new(ClientConfig {
+//!     version: Version::V3_8,
+//!     security: vec![SecurityType::VncAuth],
+//!     password: Some(Password(b"secret".to_vec())),
+//!     shared: true,
+//!     limits: Limits::default(),
+//! });
+//! // In real use each side reads and writes a socket; here bytes go straight across.
+//! while !(server.is_done() && client.is_done()) {
+//!     while let Some(bytes) = server.poll_output() { client.feed(&bytes)?; }
+//!     while let Some(bytes) = client.poll_output() { server.feed(&bytes)?; }
+//! }
+//! assert_eq!(client.poll_done().unwrap().server_init, init);
+//! assert!(server.poll_done().unwrap().shared);
+//! # Ok::<(), HandshakeError>(())
+//! ```
 
 mod client;
 mod server;

@@ -1,0 +1,29 @@
+//! ServerMessageDecoder on arbitrary bytes fed in chunks: no panic, and every decoded message
+//! re-encodes to bytes that decode to the same message.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rfb::{ServerMessage, ServerMessageDecoder};
+use rfb_fuzz::{chunk_size, pixel_format, split, LIMITS};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((sel, stream)) = split(data) else {
+        return;
+    };
+    let pf = pixel_format(sel);
+    let mut dec = ServerMessageDecoder::new(pf, LIMITS);
+    for chunk in stream.chunks(chunk_size(sel)) {
+        dec.feed(chunk);
+        loop {
+            match dec.next_message() {
+                Ok(Some(msg)) => {
+                    let bytes = msg.to_bytes();
+                    let again = ServerMessage::decode(&bytes, &pf, &LIMITS);
+                    assert_eq!(again, Ok(Some((msg, bytes.len()))));
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+});

@@ -1,0 +1,62 @@
+//! Shared set-up for the fuzz targets: input layout and small limits.
+//!
+//! Every target reads its first input byte as a selector (pixel format or handshake
+//! configuration, and the chunk size the rest is fed in), so recorded byte streams make
+//! seeds by prepending one byte. Limits are small so a run spends its time parsing, not
+//! allocating.
+
+use rfb::{Limits, PixelFormat};
+
+/// Limits for fuzzing: real checks, small numbers.
+pub const LIMITS: Limits = Limits {
+    max_cut_text: 1 << 16,
+    max_dimension: 2048,
+    max_rect_payload: 1 << 20,
+    max_message: 4 << 20,
+    max_name: 256,
+};
+
+/// Splits an input into (selector, stream); `None` for an empty input.
+pub fn split(data: &[u8]) -> Option<(u8, &[u8])> {
+    data.split_first().map(|(s, rest)| (*s, rest))
+}
+
+/// Chunk size chosen by the selector's high bits: 1, 2, 4, ... 128 bytes.
+pub fn chunk_size(sel: u8) -> usize {
+    1usize << (sel >> 5)
+}
+
+/// One of four pixel formats, chosen by the selector's low two bits.
+pub fn pixel_format(sel: u8) -> PixelFormat {
+    let rgb565 = PixelFormat {
+        bits_per_pixel: 16,
+        depth: 16,
+        red_max: 31,
+        green_max: 63,
+        blue_max: 31,
+        red_shift: 11,
+        green_shift: 5,
+        blue_shift: 0,
+        ..PixelFormat::RGBX32_LE
+    };
+    let bgr233 = PixelFormat {
+        bits_per_pixel: 8,
+        depth: 8,
+        red_max: 7,
+        green_max: 7,
+        blue_max: 3,
+        red_shift: 0,
+        green_shift: 3,
+        blue_shift: 6,
+        ..PixelFormat::RGBX32_LE
+    };
+    match sel & 3 {
+        0 => PixelFormat::RGBX32_LE,
+        1 => rgb565,
+        2 => bgr233,
+        _ => PixelFormat {
+            big_endian: true,
+            ..PixelFormat::RGBX32_LE
+        },
+    }
+}

@@ -1,6 +1,11 @@
 //! The dmore console process (DomR): one per VM, between the viewers and QEMU.
 //!
-//! So far it holds the pure decision core of the input path, [`journal`].
+//! Its pure (sans-I/O) cores: the input path's decisions ([`journal`]), the screen cache with
+//! each viewer's pending damage ([`screen`]), one viewer connection's state machine
+//! ([`session`]), and the versioned snapshot of all of them ([`snapshot`]).
 #![warn(missing_docs)]
 
 pub mod journal;
+pub mod screen;
+pub mod session;
+pub mod snapshot;

@@ -1,0 +1,355 @@
+//! What one viewer has not received yet, in bounded memory whatever the viewer does.
+//!
+//! ```text
+//!   screen 1024x768  ->  16 x 12 tiles of 64x64 = 192 bits
+//!
+//!   row 0  . . X X X . . .        rects: (2..5, rows 0..2)   one 192x128 rectangle
+//!   row 1  . . X X X . . .               (0..1, row 2)       one 64x64 rectangle
+//!   row 2  X . . . . . . .
+//! ```
+//!
+//! A dirty tile stays one bit however often it changes, so a viewer that never reads costs
+//! at most one bit per tile plus [`MAX_COPIES`] queued CopyRects.
+
+use serde::{Deserialize, Serialize};
+
+/// Side of a damage tile in pixels (the same as ZRLE's tiles).
+pub const TILE: u16 = 64;
+
+/// Most CopyRects queued for one viewer; beyond it a copy's destination is marked dirty.
+pub const MAX_COPIES: usize = 16;
+
+/// A pixel rectangle of the screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Area {
+    /// Left edge.
+    pub x: u16,
+    /// Top edge.
+    pub y: u16,
+    /// Width.
+    pub width: u16,
+    /// Height.
+    pub height: u16,
+}
+
+impl Area {
+    /// The rectangle `(x, y, width, height)`.
+    pub fn new(x: u16, y: u16, width: u16, height: u16) -> Self {
+        Area {
+            x,
+            y,
+            width,
+            height,
+        }
+    }
+
+    /// This area cut to a `width x height` screen (`None` if nothing is left).
+    pub fn clip(&self, width: u16, height: u16) -> Option<Area> {
+        let x1 = (u32::from(self.x) + u32::from(self.width)).min(u32::from(width));
+        let y1 = (u32::from(self.y) + u32::from(self.height)).min(u32::from(height));
+        let w = u16::try_from(x1.checked_sub(u32::from(self.x))?).ok()?;
+        let h = u16::try_from(y1.checked_sub(u32::from(self.y))?).ok()?;
+        (w > 0 && h > 0).then_some(Area::new(self.x, self.y, w, h))
+    }
+
+    /// Whether it lies wholly inside a `width x height` screen.
+    pub fn inside(&self, width: u16, height: u16) -> bool {
+        u32::from(self.x) + u32::from(self.width) <= u32::from(width)
+            && u32::from(self.y) + u32::from(self.height) <= u32::from(height)
+    }
+}
+
+/// A CopyRect queued for a viewer: copy `width x height` from (`src_x`, `src_y`) to `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyOp {
+    /// Source left edge.
+    pub src_x: u16,
+    /// Source top edge.
+    pub src_y: u16,
+    /// Destination (and size).
+    pub dst: Area,
+}
+
+/// One viewer's pending damage on a screen of a given size: a bitmap of dirty tiles and a
+/// short queue of CopyRects to replay before the dirty tiles.
+///
+/// Invariant: the viewer's framebuffer, once the queued copies are applied in order, equals
+/// the screen cache in every clean tile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Damage {
+    width: u16,
+    height: u16,
+    cols: u16,
+    rows: u16,
+    bits: Vec<u64>,
+    copies: Vec<CopyOp>,
+}
+
+impl Damage {
+    /// Damage for a `width x height` screen, all dirty or all clean.
+    pub fn new(width: u16, height: u16, dirty: bool) -> Self {
+        let cols = width.div_ceil(TILE);
+        let rows = height.div_ceil(TILE);
+        let words = (usize::from(cols) * usize::from(rows)).div_ceil(64);
+        let mut d = Damage {
+            width,
+            height,
+            cols,
+            rows,
+            bits: vec![0; words],
+            copies: Vec::new(),
+        };
+        if dirty {
+            d.mark_all();
+        }
+        d
+    }
+
+    /// The screen size this damage covers.
+    pub fn size(&self) -> (u16, u16) {
+        (self.width, self.height)
+    }
+
+    /// The screen changed size: everything is dirty, queued copies are void.
+    pub fn resize(&mut self, width: u16, height: u16) {
+        *self = Damage::new(width, height, true);
+    }
+
+    /// Marks every tile dirty (the copies stay valid: the tiles will be sent after them).
+    pub fn mark_all(&mut self) {
+        for t in 0..self.tile_count() {
+            self.set(t);
+        }
+    }
+
+    /// Marks the tiles `area` touches dirty (the part outside the screen is ignored).
+    pub fn mark(&mut self, area: Area) {
+        let Some(a) = area.clip(self.width, self.height) else {
+            return;
+        };
+        let (c0, c1, r0, r1) = tile_span(a);
+        for r in r0..r1 {
+            for c in c0..c1 {
+                self.set(self.index(c, r));
+            }
+        }
+    }
+
+    /// The screen copied `dst.width x dst.height` from (`src_x`, `src_y`) to `dst`. Queued as
+    /// a CopyRect when `allowed` (the viewer accepts CopyRect and sees this screen size), the
+    /// whole source is clean (the viewer holds it), and the queue has room; otherwise the
+    /// destination is marked dirty. Returns whether it was queued.
+    pub fn copy(&mut self, src_x: u16, src_y: u16, dst: Area, allowed: bool) -> bool {
+        let src = Area::new(src_x, src_y, dst.width, dst.height);
+        let ok = allowed
+            && self.copies.len() < MAX_COPIES
+            && src.inside(self.width, self.height)
+            && dst.inside(self.width, self.height)
+            && !self.any_dirty(src);
+        if ok {
+            self.copies.push(CopyOp { src_x, src_y, dst });
+        } else {
+            self.mark(dst);
+        }
+        ok
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_clean(&self) -> bool {
+        self.copies.is_empty() && self.bits.iter().all(|w| *w == 0)
+    }
+
+    /// How many tiles are dirty.
+    pub fn dirty_tiles(&self) -> usize {
+        self.bits.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Bytes of heap this damage holds (for the bounded-memory tests).
+    pub fn heap_bytes(&self) -> usize {
+        self.bits.capacity() * 8 + self.copies.capacity() * std::mem::size_of::<CopyOp>()
+    }
+
+    /// Takes everything pending: the queued copies in order, then the dirty tiles as few
+    /// rectangles (runs of tiles in a row; equal runs in consecutive rows merged), cut to the
+    /// `clip_w x clip_h` framebuffer the viewer has. Leaves the damage clean.
+    pub fn take(&mut self, clip_w: u16, clip_h: u16) -> (Vec<CopyOp>, Vec<Area>) {
+        let copies = std::mem::take(&mut self.copies);
+        let (w, h) = (self.width.min(clip_w), self.height.min(clip_h));
+        let mut rects = Vec::new();
+        // Open rectangles: (first col, end col, first row, end row).
+        let mut open: Vec<(u16, u16, u16, u16)> = Vec::new();
+        for r in 0..self.rows {
+            let runs = self.runs(r);
+            let mut next = Vec::with_capacity(runs.len());
+            for (c0, c1) in runs {
+                let rows_cap = max_rows(c1 - c0);
+                match open.iter().position(|o| o.0 == c0 && o.1 == c1) {
+                    Some(i) if open[i].3 - open[i].2 < rows_cap => {
+                        let o = open.swap_remove(i);
+                        next.push((o.0, o.1, o.2, r + 1));
+                    }
+                    _ => next.push((c0, c1, r, r + 1)),
+                }
+            }
+            rects.append(&mut open);
+            open = next;
+        }
+        rects.extend(open);
+        self.bits.iter_mut().for_each(|b| *b = 0);
+        let areas = rects
+            .into_iter()
+            .filter_map(|(c0, c1, r0, r1)| {
+                let area = Area::new(
+                    c0.saturating_mul(TILE),
+                    r0.saturating_mul(TILE),
+                    (c1 - c0).saturating_mul(TILE),
+                    (r1 - r0).saturating_mul(TILE),
+                );
+                area.clip(w, h)
+            })
+            .collect();
+        (copies, areas)
+    }
+
+    /// Checks a restored damage for the invariants `new` establishes.
+    pub(crate) fn validate(&self) -> Result<(), &'static str> {
+        let fresh = Damage::new(self.width, self.height, false);
+        if (fresh.cols, fresh.rows, fresh.bits.len()) != (self.cols, self.rows, self.bits.len()) {
+            return Err("damage bitmap does not match the screen size");
+        }
+        if self.copies.len() > MAX_COPIES {
+            return Err("too many queued copies");
+        }
+        let fits = |c: &CopyOp| {
+            c.dst.inside(self.width, self.height)
+                && Area::new(c.src_x, c.src_y, c.dst.width, c.dst.height)
+                    .inside(self.width, self.height)
+        };
+        if !self.copies.iter().all(fits) {
+            return Err("queued copy outside the screen");
+        }
+        Ok(())
+    }
+
+    fn tile_count(&self) -> usize {
+        usize::from(self.cols) * usize::from(self.rows)
+    }
+
+    fn index(&self, c: u16, r: u16) -> usize {
+        usize::from(r) * usize::from(self.cols) + usize::from(c)
+    }
+
+    fn set(&mut self, t: usize) {
+        if let Some(w) = self.bits.get_mut(t / 64) {
+            *w |= 1 << (t % 64);
+        }
+    }
+
+    fn get(&self, t: usize) -> bool {
+        self.bits.get(t / 64).is_some_and(|w| w & (1 << (t % 64)) != 0)
+    }
+
+    fn any_dirty(&self, area: Area) -> bool {
+        let Some(a) = area.clip(self.width, self.height) else {
+            return false;
+        };
+        let (c0, c1, r0, r1) = tile_span(a);
+        (r0..r1).any(|r| (c0..c1).any(|c| self.get(self.index(c, r))))
+    }
+
+    /// Runs of dirty tiles in row `r`, as (first col, end col).
+    fn runs(&self, r: u16) -> Vec<(u16, u16)> {
+        let mut runs = Vec::new();
+        let mut start = None;
+        for c in 0..=self.cols {
+            let dirty = c < self.cols && self.get(self.index(c, r));
+            match (dirty, start) {
+                (true, None) => start = Some(c),
+                (false, Some(s)) => {
+                    runs.push((s, c));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        runs
+    }
+}
+
+/// Tiles an in-screen area touches: (first col, end col, first row, end row).
+fn tile_span(a: Area) -> (u16, u16, u16, u16) {
+    let end = |start: u16, len: u16| {
+        u16::try_from((u32::from(start) + u32::from(len)).div_ceil(u32::from(TILE)))
+            .unwrap_or(u16::MAX)
+    };
+    (a.x / TILE, end(a.x, a.width), a.y / TILE, end(a.y, a.height))
+}
+
+/// Most tile rows merged into one rectangle `cols` tiles wide, so that no rectangle holds
+/// more than 4 Mi pixels (16 MiB raw at 32 bpp, well inside a viewer's limits).
+fn max_rows(cols: u16) -> u16 {
+    let px_per_row = u32::from(cols.max(1)) * u32::from(TILE) * u32::from(TILE);
+    u16::try_from(((4u32 << 20) / px_per_row).max(1)).unwrap_or(u16::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_in_a_row_and_equal_rows_merge() {
+        let mut d = Damage::new(1024, 768, false);
+        d.mark(Area::new(130, 10, 150, 100)); // cols 2..5, rows 0..2
+        d.mark(Area::new(0, 140, 1, 1)); // col 0, row 2
+        let (copies, rects) = d.take(1024, 768);
+        assert!(copies.is_empty());
+        assert_eq!(
+            rects,
+            vec![Area::new(128, 0, 192, 128), Area::new(0, 128, 64, 64)]
+        );
+        assert!(d.is_clean());
+    }
+
+    #[test]
+    fn edge_tiles_are_clipped_to_the_screen_and_the_viewer() {
+        let mut d = Damage::new(720, 400, true);
+        assert_eq!(d.dirty_tiles(), 12 * 7);
+        let (_, rects) = d.take(720, 400);
+        assert_eq!(rects, vec![Area::new(0, 0, 720, 400)]);
+        d.mark_all();
+        let (_, rects) = d.take(640, 480);
+        assert_eq!(rects, vec![Area::new(0, 0, 640, 400)]);
+    }
+
+    #[test]
+    fn copy_is_queued_only_from_a_clean_source() {
+        let mut d = Damage::new(256, 256, false);
+        assert!(d.copy(0, 0, Area::new(64, 64, 64, 64), true));
+        d.mark(Area::new(0, 0, 1, 1));
+        assert!(!d.copy(0, 0, Area::new(128, 128, 64, 64), true), "dirty source");
+        assert!(!d.copy(64, 0, Area::new(128, 0, 64, 64), false), "not allowed");
+        let (copies, rects) = d.take(256, 256);
+        assert_eq!(copies.len(), 1);
+        assert_eq!(rects.len(), 3);
+    }
+
+    #[test]
+    fn copy_queue_is_bounded() {
+        let mut d = Damage::new(256, 256, false);
+        for _ in 0..MAX_COPIES {
+            assert!(d.copy(0, 0, Area::new(64, 0, 8, 8), true));
+        }
+        assert!(!d.copy(0, 0, Area::new(64, 0, 8, 8), true));
+        assert_eq!(d.dirty_tiles(), 1);
+    }
+
+    #[test]
+    fn tall_rectangles_are_split() {
+        let mut d = Damage::new(16384, 1024, true);
+        let (_, rects) = d.take(16384, 1024);
+        assert!(rects.len() > 1);
+        assert!(rects
+            .iter()
+            .all(|r| u32::from(r.width) * u32::from(r.height) <= 4 << 20));
+    }
+}

@@ -54,6 +54,20 @@ pub enum MonitorError {
     Connection(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl Monitor for qmp::Client {
+    async fn execute(&self, command: &str, args: Value) -> Result<Value, MonitorError> {
+        qmp::Client::execute(self, command, args)
+            .await
+            .map_err(|e| match e.qmp_error() {
+                Some(q) => MonitorError::Qmp {
+                    class: q.class.clone(),
+                    desc: q.desc.clone(),
+                },
+                None => MonitorError::Connection(Box::new(e)),
+            })
+    }
+}
+
 /// Errors of a migration. The source VM has been put back to running unless
 /// [`MigrateError::SourceNotRunning`] says otherwise.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +235,12 @@ impl<S: Monitor, D: Monitor> fmt::Debug for Migration<'_, S, D> {
             .field("polls", &self.polls)
             .finish()
     }
+}
+
+/// A `tcp:IP:PORT` migration address on `host` (the destination's host): a port free there
+/// now, so it also works in loopback mode where hosts share 127.0.0.1.
+pub fn incoming_uri(host: &crate::hosts::Host) -> Result<String, crate::hosts::HostsError> {
+    Ok(format!("tcp:{}:{}", host.ip(), host.free_port()?))
 }
 
 /// Migrates and, at `pre-switchover` (if asked for), continues at once; returns the report.

@@ -413,6 +413,7 @@ impl<'m, S: Monitor, D: Monitor> Migration<'m, S, D> {
             match status {
                 MigrationStatus::Completed => {
                     self.wait_destination_running().await?;
+                    self.settle_figures().await?;
                     self.phase = Phase::Completed;
                     tracing::info!(report = ?self.report(), "migration completed");
                     return Ok(Phase::Completed);
@@ -436,6 +437,19 @@ impl<'m, S: Monitor, D: Monitor> Migration<'m, S, D> {
             }
             tokio::time::sleep(self.opts.poll_interval).await;
         }
+    }
+
+    /// QEMU 7.2 sets `completed` before it computes `total-time` and `downtime`, so a poll
+    /// right at completion can read zeros; re-read a few times until they are filled in.
+    async fn settle_figures(&mut self) -> Result<(), MigrateError> {
+        for _ in 0..FIGURE_RETRIES {
+            if self.last.total_time_ms.unwrap_or(0) > 0 {
+                break;
+            }
+            tokio::time::sleep(self.opts.poll_interval).await;
+            self.last = self.query().await?;
+        }
+        Ok(())
     }
 
     /// Cancels after `cause` and makes sure the source runs; returns the error to report.
@@ -481,6 +495,9 @@ impl<'m, S: Monitor, D: Monitor> Migration<'m, S, D> {
         }
     }
 }
+
+/// How many times [`Migration::settle_figures`] re-reads `query-migrate`.
+const FIGURE_RETRIES: u32 = 20;
 
 /// How long a side may take to settle into `running` after a migration ends.
 const SETTLE: Duration = Duration::from_secs(10);
@@ -634,6 +651,24 @@ mod tests {
             log[1..],
             ["migrate", "query-migrate", "query-migrate", "query-migrate"]
         );
+    }
+
+    #[test]
+    fn figures_read_as_zero_at_completion_are_read_again() {
+        let src = Fake::with_migrate(vec![
+            json!({"status": "completed", "total-time": 0, "downtime": 0}),
+            json!({"status": "completed"}),
+            json!({"status": "completed", "total-time": 16, "downtime": 7}),
+        ]);
+        let dst = Fake::default();
+        let report = rt()
+            .block_on(migrate(&src, &dst, "tcp:x:1", fast()))
+            .unwrap();
+        assert_eq!(
+            (report.total_time_ms, report.downtime_ms),
+            (Some(16), Some(7))
+        );
+        assert_eq!(report.polls, 3);
     }
 
     #[test]

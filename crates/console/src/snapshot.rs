@@ -399,7 +399,10 @@ impl ConsoleSnapshot {
         for (kind, id) in ids {
             let s: SessionState = r.require(&kind, SESSION_STATE_VERSION)?;
             if s.id() != id {
-                return Err(SnapshotError::SessionId { kind, found: s.id() });
+                return Err(SnapshotError::SessionId {
+                    kind,
+                    found: s.id(),
+                });
             }
             sessions.insert(id, s);
         }

@@ -64,9 +64,10 @@ impl Viewer {
     fn apply(&mut self, msg: &ServerMessage) {
         // Through the wire bytes, as a real viewer reads them.
         let bytes = msg.to_bytes();
-        let (decoded, n) = ServerMessage::decode(&bytes, &PixelFormat::RGBX32_LE, &Default::default())
-            .expect("decodes")
-            .expect("complete");
+        let (decoded, n) =
+            ServerMessage::decode(&bytes, &PixelFormat::RGBX32_LE, &Default::default())
+                .expect("decodes")
+                .expect("complete");
         assert_eq!(n, bytes.len());
         let ServerMessage::FramebufferUpdate(rects) = decoded else {
             panic!("not an update: {decoded:?}");
@@ -166,8 +167,14 @@ fn run(encodings: Vec<Encoding>, ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert!(session.damage().heap_bytes() <= bound);
     }
     read(&screen, &mut session, &mut viewer);
-    prop_assert_eq!((viewer.fb.width(), viewer.fb.height()), (screen.width(), screen.height()));
-    prop_assert!(viewer.fb == *screen.framebuffer(), "viewer differs from the cache");
+    prop_assert_eq!(
+        (viewer.fb.width(), viewer.fb.height()),
+        (screen.width(), screen.height())
+    );
+    prop_assert!(
+        viewer.fb == *screen.framebuffer(),
+        "viewer differs from the cache"
+    );
     prop_assert!(session.damage().is_clean());
     Ok(())
 }
@@ -252,7 +259,10 @@ fn copyrect_is_forwarded_only_for_a_clean_source() {
         height: 40,
         payload: RectPayload::CopyRect { src_x: 0, src_y: 0 },
     };
-    let c = screen.apply(&mut qemu, &copy).expect("copy").expect("change");
+    let c = screen
+        .apply(&mut qemu, &copy)
+        .expect("copy")
+        .expect("change");
     session.handle_screen_change(&c);
     let items = read(&screen, &mut session, &mut viewer).expect("update");
     assert_eq!(
@@ -264,12 +274,20 @@ fn copyrect_is_forwarded_only_for_a_clean_source() {
         }]
     );
     // Now dirty the source first: the copy must turn into pixels.
-    let p = screen.apply(&mut qemu, &paint(10, 10, 5, 5, 0xff)).expect("paint");
+    let p = screen
+        .apply(&mut qemu, &paint(10, 10, 5, 5, 0xff))
+        .expect("paint");
     session.handle_screen_change(&p.expect("pixels"));
-    let c = screen.apply(&mut qemu, &copy).expect("copy").expect("change");
+    let c = screen
+        .apply(&mut qemu, &copy)
+        .expect("copy")
+        .expect("change");
     session.handle_screen_change(&c);
     let items = read(&screen, &mut session, &mut viewer).expect("update");
-    assert!(items.iter().all(|i| matches!(i, PlanItem::Pixels(_))), "{items:?}");
+    assert!(
+        items.iter().all(|i| matches!(i, PlanItem::Pixels(_))),
+        "{items:?}"
+    );
     assert!(viewer.fb == *screen.framebuffer());
 }
 
@@ -284,13 +302,23 @@ fn viewer_without_desktop_size_keeps_its_size_and_gets_clipped_pixels() {
         height: 129,
         payload: RectPayload::DesktopSize,
     };
-    let c = screen.apply(&mut qemu, &grow).expect("resize").expect("change");
-    assert_eq!(c, Change::Resized { width: 257, height: 129 });
+    let c = screen
+        .apply(&mut qemu, &grow)
+        .expect("resize")
+        .expect("change");
+    assert_eq!(
+        c,
+        Change::Resized {
+            width: 257,
+            height: 129
+        }
+    );
     session.handle_screen_change(&c);
     let items = read(&screen, &mut session, &mut viewer).expect("update");
-    assert!(!items
-        .iter()
-        .any(|i| matches!(i, PlanItem::DesktopSize { .. } | PlanItem::ExtendedDesktopSize { .. })));
+    assert!(!items.iter().any(|i| matches!(
+        i,
+        PlanItem::DesktopSize { .. } | PlanItem::ExtendedDesktopSize { .. }
+    )));
     assert_eq!((viewer.fb.width(), viewer.fb.height()), (200, 130));
 }
 
@@ -298,7 +326,9 @@ fn viewer_without_desktop_size_keeps_its_size_and_gets_clipped_pixels() {
 fn same_size_desktop_size_does_not_blank_the_cache() {
     let (mut screen, _session, _viewer) = setup(vec![Encoding::Raw]);
     let mut qemu = UpdateDecoder::new(PixelFormat::RGBX32_LE).expect("format");
-    screen.apply(&mut qemu, &paint(0, 0, 10, 10, 0xabcdef)).expect("paint");
+    screen
+        .apply(&mut qemu, &paint(0, 0, 10, 10, 0xabcdef))
+        .expect("paint");
     let same = Rectangle {
         x: 0,
         y: 0,

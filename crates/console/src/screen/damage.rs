@@ -246,7 +246,9 @@ impl Damage {
     }
 
     fn get(&self, t: usize) -> bool {
-        self.bits.get(t / 64).is_some_and(|w| w & (1 << (t % 64)) != 0)
+        self.bits
+            .get(t / 64)
+            .is_some_and(|w| w & (1 << (t % 64)) != 0)
     }
 
     fn any_dirty(&self, area: Area) -> bool {
@@ -282,7 +284,12 @@ fn tile_span(a: Area) -> (u16, u16, u16, u16) {
         u16::try_from((u32::from(start) + u32::from(len)).div_ceil(u32::from(TILE)))
             .unwrap_or(u16::MAX)
     };
-    (a.x / TILE, end(a.x, a.width), a.y / TILE, end(a.y, a.height))
+    (
+        a.x / TILE,
+        end(a.x, a.width),
+        a.y / TILE,
+        end(a.y, a.height),
+    )
 }
 
 /// Most tile rows merged into one rectangle `cols` tiles wide, so that no rectangle holds
@@ -326,8 +333,14 @@ mod tests {
         let mut d = Damage::new(256, 256, false);
         assert!(d.copy(0, 0, Area::new(64, 64, 64, 64), true));
         d.mark(Area::new(0, 0, 1, 1));
-        assert!(!d.copy(0, 0, Area::new(128, 128, 64, 64), true), "dirty source");
-        assert!(!d.copy(64, 0, Area::new(128, 0, 64, 64), false), "not allowed");
+        assert!(
+            !d.copy(0, 0, Area::new(128, 128, 64, 64), true),
+            "dirty source"
+        );
+        assert!(
+            !d.copy(64, 0, Area::new(128, 0, 64, 64), false),
+            "not allowed"
+        );
         let (copies, rects) = d.take(256, 256);
         assert_eq!(copies.len(), 1);
         assert_eq!(rects.len(), 3);

@@ -109,7 +109,9 @@ impl Screen {
             .read_to_end(&mut rgb)
             .map_err(ScreenRestoreError::Inflate)?;
         if rgb.len() != want {
-            return Err(ScreenRestoreError::Invalid("pixel data has the wrong length"));
+            return Err(ScreenRestoreError::Invalid(
+                "pixel data has the wrong length",
+            ));
         }
         let mut fb = Framebuffer::new(state.width, state.height);
         if let Some(mut view) = fb.view_mut(0, 0, state.width, state.height) {
@@ -139,7 +141,9 @@ fn restore_cursor(c: CursorState) -> Result<CursorShape, ScreenRestoreError> {
     }
     let (w, h) = (usize::from(c.width), usize::from(c.height));
     if c.pixels.len() != w * h || Some(c.mask.len()) != mask_len(w, h) {
-        return Err(ScreenRestoreError::Invalid("cursor data has the wrong length"));
+        return Err(ScreenRestoreError::Invalid(
+            "cursor data has the wrong length",
+        ));
     }
     Ok(CursorShape {
         hotspot_x: c.hotspot_x,

@@ -258,7 +258,8 @@ impl Session {
                 // A Fence without the request flag answers ours: nothing waits on it.
             }
             ClientMessage::SetDesktopSize { .. } => {
-                if !self.seen.ext_desktop_size {
+                // Its answer is an ExtendedDesktopSize rectangle: the current list must have it.
+                if !self.accepts(Encoding::ExtendedDesktopSize) {
                     return Err(SessionError::NotNegotiated {
                         message: "SetDesktopSize",
                         encoding: Encoding::ExtendedDesktopSize,

@@ -128,7 +128,10 @@ impl Session {
         if state.encodings.len() > MAX_ENCODINGS {
             return Err(SessionRestoreError::Invalid("too many encodings"));
         }
-        state.damage.validate().map_err(SessionRestoreError::Invalid)?;
+        state
+            .damage
+            .validate()
+            .map_err(SessionRestoreError::Invalid)?;
         let encodings: Vec<Encoding> = state.encodings.iter().map(|n| Encoding::from(*n)).collect();
         let mut encoder = UpdateEncoder::new();
         encoder

@@ -5,6 +5,7 @@
 //! ([`session`]), and the versioned snapshot of all of them ([`snapshot`]).
 #![warn(missing_docs)]
 
+pub mod back;
 pub mod journal;
 pub mod screen;
 pub mod session;

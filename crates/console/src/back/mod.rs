@@ -1,0 +1,379 @@
+//! The console's back end: its link to one QEMU, through QEMU's own VNC server (the screen,
+//! and the fast input lane) and a QMP monitor of its own (the exactly-once input lane and the
+//! VM's run state).
+//!
+//! ```text
+//!   console                         link task (one per QEMU)                        QEMU
+//!  QemuLink::push ──mpsc──▶  select!{ shutdown, QMP (events+replies in order), ◀─▶ -vnc unix:V,key-delay-ms=0
+//!  LinkEvents::recv ◀─mpsc─  VNC inbound, requests, journal timer, outbox }    ◀─▶ -qmp unix:Q,server=on,wait=off
+//!                                  │
+//!                                  └─ Journal (sans-I/O): poll_action → Vnc | Fence | Status | Qmp
+//! ```
+//!
+//! QEMU options: `-vnc unix:PATH,key-delay-ms=0` (the journal paces keys itself, and QEMU's
+//! per-key delay would let a fence overtake keys; DESIGN.md) and a second
+//! `-qmp unix:PATH,server=on,wait=off` for the console alone. `lock-key-sync=off` is advised:
+//! with it on, QEMU's VNC server injects Caps Lock presses to match a keysym's case, which the
+//! QMP lane never does, so the lanes would differ.
+//!
+//! # Screen
+//! The link owns the framebuffer (the RFB client's, in [`rfb::PixelFormat::RGBX32_LE`]). It
+//! keeps exactly one incremental FramebufferUpdateRequest outstanding: after each update it
+//! asks again, unless the previous [`LinkEvent::ScreenChanged`] still waits in the event
+//! queue — then QEMU coalesces the damage until the console catches up (bounded memory). Each
+//! update is handed over decoded: every changed area as a **Raw** rectangle in RGBX32_LE, read
+//! from the link's framebuffer after the whole update was applied (so ZRLE's stream stays in
+//! the link and CopyRect order cannot matter); apply them in order with a fresh
+//! `rfb::framebuffer::UpdateDecoder::new(RGBX32_LE)`, e.g. through `console::screen::Screen`.
+//! A size change is [`LinkEvent::Resized`] (followed by a full update), the cursor
+//! [`LinkEvent::Cursor`], keyboard LEDs [`LinkEvent::Leds`] (QEMU's LED pseudo-encoding -261).
+//!
+//! # Input
+//! [`QemuLink::push`] hands an event to the journal (see [`crate::journal`] for the lanes and
+//! the fence). The link executes its actions: fast-lane events as RFB KeyEvent, QEMU extended
+//! key event (when the viewer gave a scancode and QEMU acknowledged -258) or PointerEvent; a
+//! fence as a SetEncodings repeating the link's whole encoding list (QEMU answers each with a
+//! QEMU-extended-key-event pseudo-rectangle; answers match fences in order, the first one
+//! answering the link's own SetEncodings at connect); a status probe as `query-status`; a QMP
+//! batch as one compact `input-send-event` (keys as QEMU key numbers: the viewer's scancode,
+//! else the keysym's key on a US layout). QMP events reach the journal in QEMU's order relative
+//! to the replies: `STOP` → `handle_vm_stopped`, `RESUME` → `handle_vm_resumed`, `MIGRATION`
+//! `setup`/`active`/... → `handle_migration_started`, `failed`/`cancelled` →
+//! `handle_migration_ended`. Without the `events` capability (which the console must not set
+//! under a manager) a `STOP` is classified by `query-status`: `finish-migrate`/`postmigrate`
+//! mean a migration's switchover, and the next `RESUME` ends that migration here.
+//!
+//! # Faults
+//! QEMU's VNC or QMP socket closing ends the task with a [`LinkError`] naming the cause;
+//! [`LinkEvents::recv`] then returns `None` and [`QemuLink::shutdown`] returns the error.
+
+mod convert;
+pub mod keymap;
+mod qmp_port;
+mod run;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rfb::encoding::cursor::Cursor;
+use rfb::framebuffer::Framebuffer;
+use rfb::Rectangle;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::journal::{self, InputEvent, JournalFull, Seq, SeqRange, ViewerId};
+
+/// How to reach one QEMU.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// QEMU's VNC server socket (`-vnc unix:PATH,key-delay-ms=0`).
+    pub vnc_socket: PathBuf,
+    /// The console's own QMP monitor socket (`-qmp unix:PATH,server=on,wait=off`).
+    pub qmp_socket: PathBuf,
+    /// VNC password, when QEMU's VNC server asks for VNC Authentication.
+    pub vnc_password: Option<rfb::Password>,
+    /// The input journal's tunables.
+    pub journal: journal::Config,
+    /// Events queued for the console before the link holds back (screen updates wait).
+    pub event_queue: usize,
+    /// Longest wait for each socket to connect and finish its handshake.
+    pub connect_timeout: Duration,
+}
+
+impl LinkConfig {
+    /// Defaults for these two sockets: no password, the journal's defaults.
+    pub fn new(vnc_socket: impl Into<PathBuf>, qmp_socket: impl Into<PathBuf>) -> Self {
+        LinkConfig {
+            vnc_socket: vnc_socket.into(),
+            qmp_socket: qmp_socket.into(),
+            vnc_password: None,
+            journal: journal::Config::default(),
+            event_queue: 64,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the link tells the console, in the order it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkEvent {
+    /// Pixels changed: Raw rectangles in RGBX32_LE, to apply in order (module docs).
+    ScreenChanged {
+        /// The changed areas with their pixels.
+        rects: Vec<Rectangle>,
+    },
+    /// The screen has a new size; it is black until the following full update.
+    Resized {
+        /// New width.
+        width: u16,
+        /// New height.
+        height: u16,
+    },
+    /// The cursor shape changed.
+    Cursor {
+        /// Hotspot column.
+        hotspot_x: u16,
+        /// Hotspot row.
+        hotspot_y: u16,
+        /// Image and mask.
+        cursor: Cursor,
+    },
+    /// Keyboard LEDs changed: bit 0 scroll lock, 1 num lock, 2 caps lock.
+    Leds(u8),
+    /// The guest rang the bell.
+    Bell,
+    /// The VM's run state or a migration moved.
+    Vm(VmEvent),
+    /// Fast-lane input that may or may not have reached the guest (a pause nobody announced
+    /// caught it in flight); never re-sent.
+    Uncertain(SeqRange),
+}
+
+/// Run-state changes, as the console must act on them (freeze, thaw, hand over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmEvent {
+    /// `STOP`: the VM paused (any reason). Input is held from here on.
+    Stopped,
+    /// The pause is a migration's switchover (`query-status`: `finish-migrate`/`postmigrate`).
+    StoppedForMigration,
+    /// `RESUME`: the VM runs again here.
+    Resumed,
+    /// A migration started (`MIGRATION` `setup` or later).
+    MigrationStarted,
+    /// The migration completed: the VM now runs elsewhere.
+    MigrationCompleted,
+    /// The migration failed or was cancelled: the VM stays here.
+    MigrationEnded,
+}
+
+/// Counters of one link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// The journal's counters (pushed, delivered, uncertain, fast_sent, QMP batches, ...).
+    pub journal: journal::Stats,
+    /// Key and button events QEMU acknowledged through QMP (`{"return":{}}`).
+    pub qmp_delivered: u64,
+    /// Fence answers received (the connect-time acknowledgement not counted).
+    pub fences_answered: u64,
+    /// Keys dropped on the QMP lane for want of a key number (keysym not in the US table).
+    pub unmapped_keys: u64,
+    /// FramebufferUpdates received from QEMU.
+    pub updates: u64,
+}
+
+/// Why the link failed. QEMU going away is one of the socket variants; the console then
+/// closes its viewers and exits non-zero with this as the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The VNC socket could not be connected.
+    #[error("cannot connect to QEMU's VNC socket {path}")]
+    VncConnect {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The RFB handshake with QEMU's VNC server failed.
+    #[error("RFB handshake with QEMU's VNC server failed")]
+    VncHandshake(#[source] vnc::Error),
+    /// The VNC connection failed or QEMU closed it.
+    #[error("QEMU's VNC connection failed")]
+    Vnc(#[source] vnc::Error),
+    /// Attaching to the QMP monitor failed.
+    #[error("cannot attach to QEMU's QMP monitor")]
+    QmpConnect(#[source] qmp::Error),
+    /// A QMP command failed for want of a connection (QEMU closed it or it broke).
+    #[error("QEMU's QMP connection failed")]
+    Qmp(#[source] qmp::Error),
+    /// QEMU closed the QMP connection (its event stream ended).
+    #[error("QEMU closed the QMP connection")]
+    QmpClosed,
+    /// A socket did not connect or finish its handshake in time.
+    #[error("timed out attaching to QEMU's {what}")]
+    Timeout {
+        /// Which socket.
+        what: &'static str,
+    },
+    /// The journal refused a reply: a bug in the link.
+    #[error("the input journal refused a reply")]
+    Journal(#[from] journal::JournalError),
+    /// The link task panicked or was cancelled.
+    #[error("the link task ended abnormally")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// Why an input event was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// The journal holds its maximum: stop reading this viewer and try again later
+    /// ([`QemuLink::try_push`] only; [`QemuLink::push`] waits for room instead).
+    #[error(transparent)]
+    Full(#[from] JournalFull),
+    /// The link has ended.
+    #[error("the QEMU link has ended")]
+    Closed,
+}
+
+/// Requests from handles to the link task.
+enum Request {
+    Push {
+        viewer: ViewerId,
+        event: InputEvent,
+        wait: bool,
+        reply: oneshot::Sender<Result<Option<Seq>, PushError>>,
+    },
+    Framebuffer(oneshot::Sender<Framebuffer>),
+    Stats(oneshot::Sender<LinkStats>),
+}
+
+/// A cloneable handle for pushing input (one per viewer task, say).
+#[derive(Debug, Clone)]
+pub struct LinkInput {
+    requests: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Input is not logged above trace (STYLE.md): no keysyms here.
+        f.write_str(match self {
+            Request::Push { .. } => "Push",
+            Request::Framebuffer(_) => "Framebuffer",
+            Request::Stats(_) => "Stats",
+        })
+    }
+}
+
+impl LinkInput {
+    /// Journals one viewer event; waits while the journal is full (the caller, not reading
+    /// its viewer meanwhile, gives TCP backpressure). Keys and buttons get their [`Seq`].
+    pub async fn push(
+        &self,
+        viewer: ViewerId,
+        event: InputEvent,
+    ) -> Result<Option<Seq>, PushError> {
+        self.request(viewer, event, true).await
+    }
+
+    /// Journals one viewer event, or refuses at once with [`PushError::Full`].
+    pub async fn try_push(
+        &self,
+        viewer: ViewerId,
+        event: InputEvent,
+    ) -> Result<Option<Seq>, PushError> {
+        self.request(viewer, event, false).await
+    }
+
+    async fn request(
+        &self,
+        viewer: ViewerId,
+        event: InputEvent,
+        wait: bool,
+    ) -> Result<Option<Seq>, PushError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Push {
+                viewer,
+                event,
+                wait,
+                reply,
+            })
+            .await
+            .map_err(|_| PushError::Closed)?;
+        rx.await.map_err(|_| PushError::Closed)?
+    }
+}
+
+/// The console's events from the link. Ends (`None`) when the link task ends.
+#[derive(Debug)]
+pub struct LinkEvents {
+    rx: mpsc::Receiver<LinkEvent>,
+}
+
+impl LinkEvents {
+    /// The next event, or `None` once the link has ended. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<LinkEvent> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&mut self) -> Option<LinkEvent> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// The link to one QEMU: owns its task. Dropping it stops the task (its shutdown signal
+/// goes with it).
+#[derive(Debug)]
+pub struct QemuLink {
+    input: LinkInput,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<LinkStats, LinkError>>,
+}
+
+impl QemuLink {
+    /// Attaches to QEMU's QMP monitor and VNC server and starts the link task.
+    pub async fn connect(config: LinkConfig) -> Result<(QemuLink, LinkEvents), LinkError> {
+        run::start(config).await
+    }
+
+    /// A cloneable input handle.
+    pub fn input(&self) -> LinkInput {
+        self.input.clone()
+    }
+
+    /// [`LinkInput::push`]: journals an event, waiting while the journal is full.
+    pub async fn push(
+        &self,
+        viewer: ViewerId,
+        event: InputEvent,
+    ) -> Result<Option<Seq>, PushError> {
+        self.input.push(viewer, event).await
+    }
+
+    /// [`LinkInput::try_push`]: journals an event or reports the journal full.
+    pub async fn try_push(
+        &self,
+        viewer: ViewerId,
+        event: InputEvent,
+    ) -> Result<Option<Seq>, PushError> {
+        self.input.try_push(viewer, event).await
+    }
+
+    /// A copy of the link's framebuffer as of now (for a console's first fill, and tests).
+    pub async fn framebuffer(&self) -> Result<Framebuffer, PushError> {
+        let (tx, rx) = oneshot::channel();
+        self.input
+            .requests
+            .send(Request::Framebuffer(tx))
+            .await
+            .map_err(|_| PushError::Closed)?;
+        rx.await.map_err(|_| PushError::Closed)
+    }
+
+    /// The link's counters as of now.
+    pub async fn stats(&self) -> Result<LinkStats, PushError> {
+        let (tx, rx) = oneshot::channel();
+        self.input
+            .requests
+            .send(Request::Stats(tx))
+            .await
+            .map_err(|_| PushError::Closed)?;
+        rx.await.map_err(|_| PushError::Closed)
+    }
+
+    /// Whether the task has ended (a fault, or shutdown).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the task and waits for it. Returns the final counters, or the fault that had
+    /// already ended it.
+    pub async fn shutdown(mut self) -> Result<LinkStats, LinkError> {
+        if let Some(tx) = self.shutdown.take() {
+            // The task may have ended already; its result says why.
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.map_err(LinkError::Task)?
+    }
+}

@@ -1,0 +1,627 @@
+//! The link task: attaching to QEMU, then one `select!` loop that owns both sockets and the
+//! journal.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use rfb::translate::Translator;
+use rfb::{
+    ClientConfig, ClientMessage, Encoding, Limits, PixelFormat, RectPayload, Rectangle,
+    SecurityType, ServerMessage, Version,
+};
+use serde_json::Value;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
+use tracing::Instrument;
+use vnc::client::{ClientReader, ClientWriter, Setup};
+
+use super::convert::{qmp_events, vnc_message};
+use super::qmp_port::{Item, Kind, QmpPort};
+use super::{
+    LinkConfig, LinkError, LinkEvent, LinkEvents, LinkInput, LinkStats, PushError, QemuLink,
+    Request, VmEvent,
+};
+use crate::journal::{Action, FenceId, InputEvent, Journal, Outcome, Seq, ViewerId};
+
+/// Requests queued from handles before senders wait.
+const REQUEST_QUEUE: usize = 256;
+
+/// The encodings the link announces, at connect and again with every fence. Raw only for
+/// pixels: on a local unix socket it costs QEMU and the link the least CPU and latency.
+/// QEMU answers the -258 entry of each SetEncodings with a pseudo-rectangle: the fence.
+const ENCODINGS: [Encoding; 5] = [
+    Encoding::Raw,
+    Encoding::DesktopSize,
+    Encoding::Cursor,
+    Encoding::QemuExtendedKeyEvent,
+    Encoding::QemuLedState,
+];
+
+/// How the link learned that a migration is under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Migration {
+    None,
+    /// From `MIGRATION` events (the `events` capability is on).
+    Announced,
+    /// From `query-status` after a `STOP` (`finish-migrate`/`postmigrate`); the next
+    /// `RESUME` ends it, since QEMU resumes a source only when its migration is over.
+    Inferred,
+}
+
+/// A `push` waiting for room in the journal.
+struct Waiting {
+    viewer: ViewerId,
+    event: InputEvent,
+    reply: oneshot::Sender<Result<Option<Seq>, PushError>>,
+}
+
+/// Attaches to QEMU and spawns the link task.
+pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), LinkError> {
+    let limit = config.connect_timeout;
+    let (conn, events) = timeout(limit, qmp::Connection::connect(&config.qmp_socket))
+        .await
+        .map_err(|_| LinkError::Timeout {
+            what: "QMP monitor",
+        })?
+        .map_err(LinkError::QmpConnect)?;
+    let status = timeout(limit, conn.client().query_status())
+        .await
+        .map_err(|_| LinkError::Timeout {
+            what: "QMP monitor",
+        })?
+        .map_err(LinkError::Qmp)?;
+
+    let stream = timeout(limit, UnixStream::connect(&config.vnc_socket))
+        .await
+        .map_err(|_| LinkError::Timeout { what: "VNC server" })?
+        .map_err(|source| LinkError::VncConnect {
+            path: config.vnc_socket.clone(),
+            source,
+        })?;
+    let client = ClientConfig {
+        version: Version::V3_8,
+        security: vec![SecurityType::None, SecurityType::VncAuth],
+        password: config.vnc_password.clone(),
+        shared: true,
+        limits: Limits::DEFAULT,
+    };
+    let setup = Setup {
+        pixel_format: Some(PixelFormat::RGBX32_LE),
+        encodings: ENCODINGS.to_vec(),
+    };
+    let (done, reader, writer) = timeout(limit, vnc::client::connect(stream, client, &setup))
+        .await
+        .map_err(|_| LinkError::Timeout { what: "VNC server" })?
+        .map_err(LinkError::VncHandshake)?;
+    let translator = Translator::new(PixelFormat::RGBX32_LE)
+        .map_err(|e| LinkError::Vnc(vnc::Error::Update(e.into())))?;
+    tracing::debug!(
+        width = done.server_init.width,
+        height = done.server_init.height,
+        running = status.running,
+        "attached to QEMU"
+    );
+
+    let link = Link {
+        reader,
+        writer,
+        qmp: QmpPort::new(conn.client().clone(), events),
+        _conn: conn,
+        journal: Journal::new(config.journal, status.running),
+        max_held: config.journal.max_held,
+        translator,
+        // The connect-time SetEncodings is answered like a fence.
+        fences: VecDeque::from([None]),
+        ext_keys: false,
+        out: Vec::new(),
+        outbox: VecDeque::new(),
+        events_gone: false,
+        want_update: Some(false),
+        leds: None,
+        migration: Migration::None,
+        waiting: VecDeque::new(),
+        stats: LinkStats::default(),
+    };
+    let (events_tx, events_rx) = mpsc::channel(config.event_queue.max(1));
+    let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE);
+    let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let span = tracing::info_span!(
+        "qemu_link",
+        vnc = %config.vnc_socket.display(),
+        qmp = %config.qmp_socket.display()
+    );
+    let task = tokio::spawn(
+        link.run(requests_rx, events_tx, shutdown_rx)
+            .instrument(span),
+    );
+    Ok((
+        QemuLink {
+            input: LinkInput {
+                requests: requests_tx,
+            },
+            shutdown: Some(shutdown_tx),
+            task,
+        },
+        LinkEvents { rx: events_rx },
+    ))
+}
+
+/// What woke the loop.
+enum Wake<'a> {
+    Shutdown,
+    Qmp,
+    Vnc(Result<ServerMessage, vnc::Error>),
+    Request(Option<Request>),
+    Timer,
+    Permit(Result<mpsc::Permit<'a, LinkEvent>, mpsc::error::SendError<()>>),
+}
+
+/// The link task's state.
+struct Link {
+    reader: ClientReader<UnixStream>,
+    writer: ClientWriter<UnixStream>,
+    qmp: QmpPort,
+    /// Keeps the QMP connection task alive.
+    _conn: qmp::Connection,
+    journal: Journal,
+    max_held: usize,
+    translator: Translator,
+    /// SetEncodings written and not yet answered, oldest first (`None`: the connect one).
+    fences: VecDeque<Option<FenceId>>,
+    /// QEMU acknowledged QEMU extended key events.
+    ext_keys: bool,
+    /// RFB messages to write at the end of this turn, in order.
+    out: Vec<ClientMessage>,
+    /// Events for the console not yet in its channel.
+    outbox: VecDeque<LinkEvent>,
+    /// The console dropped its events receiver.
+    events_gone: bool,
+    /// An update request to send (`true`: incremental) once the console took the last one.
+    want_update: Option<bool>,
+    leds: Option<u8>,
+    migration: Migration,
+    waiting: VecDeque<Waiting>,
+    stats: LinkStats,
+}
+
+impl Link {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        events: mpsc::Sender<LinkEvent>,
+        mut shutdown: oneshot::Receiver<()>,
+    ) -> Result<LinkStats, LinkError> {
+        let mut requests_open = true;
+        let result = loop {
+            if let Err(e) = self.turn(&events).await {
+                break Err(e);
+            }
+            let timer = self.journal.poll_timeout();
+            let deadline = timer.map_or_else(tokio::time::Instant::now, |t| {
+                tokio::time::Instant::from_std(t)
+            });
+            let wake = tokio::select! {
+                biased;
+                _ = &mut shutdown => Wake::Shutdown,
+                () = self.qmp.wait() => Wake::Qmp,
+                msg = self.reader.read_message() => Wake::Vnc(msg),
+                req = requests.recv(), if requests_open => Wake::Request(req),
+                () = tokio::time::sleep_until(deadline), if timer.is_some() => Wake::Timer,
+                permit = events.reserve(), if !self.outbox.is_empty() && !self.events_gone => {
+                    Wake::Permit(permit.map_err(|_| mpsc::error::SendError(())))
+                }
+            };
+            let outcome = match wake {
+                Wake::Shutdown => break Ok(()),
+                Wake::Qmp | Wake::Timer => Ok(()),
+                Wake::Vnc(Ok(msg)) => self.on_vnc(msg),
+                Wake::Vnc(Err(e)) => Err(LinkError::Vnc(e)),
+                Wake::Request(Some(req)) => {
+                    self.on_request(req, Instant::now());
+                    Ok(())
+                }
+                Wake::Request(None) => {
+                    requests_open = false;
+                    Ok(())
+                }
+                Wake::Permit(Ok(permit)) => {
+                    if let Some(event) = self.outbox.pop_front() {
+                        permit.send(event);
+                    }
+                    Ok(())
+                }
+                Wake::Permit(Err(_)) => {
+                    self.console_gone();
+                    Ok(())
+                }
+            };
+            if let Err(e) = outcome {
+                break Err(e);
+            }
+        };
+        match &result {
+            Ok(()) => tracing::debug!("QEMU link shut down"),
+            Err(e) => tracing::error!(error = %e, "QEMU link failed"),
+        }
+        result.map(|()| self.stats())
+    }
+
+    /// Everything that follows a wake-up: QMP items in QEMU's order, waiting pushes, the
+    /// journal's actions, uncertain reports, the next update request; then one VNC write.
+    async fn turn(&mut self, events: &mpsc::Sender<LinkEvent>) -> Result<(), LinkError> {
+        while let Some(item) = self.qmp.next_ready() {
+            self.on_qmp(item)?;
+        }
+        if self.qmp.ended() {
+            return Err(LinkError::QmpClosed);
+        }
+        let now = Instant::now();
+        self.retry_waiting(now);
+        while let Some(action) = self.journal.poll_action(now) {
+            self.execute(action)?;
+        }
+        while let Some(range) = self.journal.poll_uncertain() {
+            self.emit(LinkEvent::Uncertain(range));
+        }
+        let screen_queued = self
+            .outbox
+            .iter()
+            .any(|e| matches!(e, LinkEvent::ScreenChanged { .. }));
+        if !screen_queued {
+            if let Some(incremental) = self.want_update.take() {
+                let fb = self.reader.framebuffer();
+                self.out.push(ClientMessage::FramebufferUpdateRequest {
+                    incremental,
+                    x: 0,
+                    y: 0,
+                    width: fb.width(),
+                    height: fb.height(),
+                });
+            }
+        }
+        if !self.out.is_empty() {
+            self.writer
+                .send_all(&self.out)
+                .await
+                .map_err(LinkError::Vnc)?;
+            self.out.clear();
+        }
+        self.flush_outbox(events);
+        Ok(())
+    }
+
+    fn execute(&mut self, action: Action) -> Result<(), LinkError> {
+        match action {
+            Action::Vnc { events } => {
+                let ext = self.ext_keys;
+                self.out.extend(events.iter().map(|e| vnc_message(e, ext)));
+            }
+            Action::Fence { fence } => {
+                self.out
+                    .push(ClientMessage::SetEncodings(ENCODINGS.to_vec()));
+                self.fences.push_back(Some(fence));
+            }
+            Action::Status { probe } => {
+                self.qmp
+                    .send(Kind::Probe(probe), "query-status", Value::Null);
+            }
+            Action::Qmp { batch, events } => {
+                let fb = self.reader.framebuffer();
+                let (list, unmapped) = qmp_events(&events, (fb.width(), fb.height()));
+                let unmapped = u64::try_from(unmapped).unwrap_or(u64::MAX);
+                self.stats.unmapped_keys += unmapped;
+                let keys = events.iter().filter(|e| e.seq.is_some()).count();
+                let keys = u64::try_from(keys).unwrap_or(u64::MAX);
+                if list.is_empty() {
+                    // Nothing QEMU could take: done with it (logged in qmp_events).
+                    self.journal.handle_qmp_reply(batch, Outcome::Delivered)?;
+                } else {
+                    self.qmp.send(
+                        Kind::Batch {
+                            batch,
+                            keys: keys.saturating_sub(unmapped),
+                        },
+                        "input-send-event",
+                        qmp::InputEvent::arguments(&list),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_qmp(&mut self, item: Item) -> Result<(), LinkError> {
+        match item {
+            Item::Event(event) => self.on_qmp_event(&event),
+            Item::Reply(Kind::Batch { batch, keys }, result) => {
+                let outcome = match result {
+                    Ok(_) => {
+                        self.stats.qmp_delivered += keys;
+                        Outcome::Delivered
+                    }
+                    Err(e) if e.is_vm_not_running() => Outcome::VmNotRunning,
+                    Err(qmp::Error::Qmp { source, .. }) => Outcome::Failed(source.desc),
+                    Err(e) => return Err(LinkError::Qmp(e)),
+                };
+                self.journal.handle_qmp_reply(batch, outcome)?;
+            }
+            Item::Reply(Kind::Probe(probe), result) => {
+                let running = status(result)?.is_some_and(|s| s.running);
+                // Every event QEMU sent before this reply reached the journal first
+                // (QmpPort's order), so no STOP is left unpassed.
+                self.journal.handle_status(probe, running, false)?;
+            }
+            Item::Reply(Kind::Classify, result) => {
+                let migrating = status(result)?
+                    .is_some_and(|s| matches!(s.status.as_str(), "finish-migrate" | "postmigrate"));
+                if migrating {
+                    if self.migration == Migration::None {
+                        self.migration = Migration::Inferred;
+                        self.journal.handle_migration_started();
+                    }
+                    self.emit(LinkEvent::Vm(VmEvent::StoppedForMigration));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_qmp_event(&mut self, event: &qmp::Event) {
+        match event.name.as_str() {
+            "STOP" => {
+                self.journal.handle_vm_stopped();
+                self.emit(LinkEvent::Vm(VmEvent::Stopped));
+                self.qmp.send(Kind::Classify, "query-status", Value::Null);
+            }
+            "RESUME" => {
+                if self.migration == Migration::Inferred {
+                    self.end_migration(VmEvent::MigrationEnded);
+                }
+                self.journal.handle_vm_resumed();
+                self.emit(LinkEvent::Vm(VmEvent::Resumed));
+            }
+            "MIGRATION" => match event.migration_status() {
+                Some("completed") => self.end_migration(VmEvent::MigrationCompleted),
+                Some("failed" | "cancelled") => self.end_migration(VmEvent::MigrationEnded),
+                Some("none" | "cancelling") | None => {}
+                Some(_) => {
+                    if self.migration != Migration::Announced {
+                        if self.migration == Migration::None {
+                            self.journal.handle_migration_started();
+                            self.emit(LinkEvent::Vm(VmEvent::MigrationStarted));
+                        }
+                        self.migration = Migration::Announced;
+                    }
+                }
+            },
+            _ => {}
+        }
+    }
+
+    fn end_migration(&mut self, how: VmEvent) {
+        self.migration = Migration::None;
+        // After `completed` the VM stays stopped here, so the fast lane stays closed anyway.
+        self.journal.handle_migration_ended();
+        self.emit(LinkEvent::Vm(how));
+    }
+
+    fn on_vnc(&mut self, msg: ServerMessage) -> Result<(), LinkError> {
+        match msg {
+            ServerMessage::FramebufferUpdate(rects) => self.on_update(&rects),
+            ServerMessage::Bell => {
+                self.emit(LinkEvent::Bell);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// One FramebufferUpdate, already applied to the reader's framebuffer.
+    fn on_update(&mut self, rects: &[Rectangle]) -> Result<(), LinkError> {
+        self.stats.updates += 1;
+        let mut areas: Vec<(u16, u16, u16, u16)> = Vec::new();
+        let mut content = false;
+        for rect in rects {
+            match &rect.payload {
+                RectPayload::Raw(_) | RectPayload::Zrle(_) | RectPayload::CopyRect { .. } => {
+                    areas.push((rect.x, rect.y, rect.width, rect.height));
+                    content = true;
+                }
+                RectPayload::DesktopSize | RectPayload::ExtendedDesktopSize(_) => {
+                    // Earlier areas were drawn on the old screen: gone.
+                    areas.clear();
+                    content = true;
+                    self.emit(LinkEvent::Resized {
+                        width: rect.width,
+                        height: rect.height,
+                    });
+                    self.want_update = Some(false);
+                }
+                RectPayload::Cursor { .. } => {
+                    if let Some(cursor) = self.reader.cursor() {
+                        let event = LinkEvent::Cursor {
+                            hotspot_x: rect.x,
+                            hotspot_y: rect.y,
+                            cursor: cursor.clone(),
+                        };
+                        self.emit(event);
+                    }
+                }
+                RectPayload::QemuExtendedKeyEvent => self.on_fence_answer()?,
+                RectPayload::QemuLedState(leds) => self.set_leds(*leds),
+                RectPayload::VmwareLedState(leds) => {
+                    self.set_leds(u8::try_from(leds & 0x7).unwrap_or(0))
+                }
+                RectPayload::LastRect | RectPayload::QemuPointerMotionChange => {}
+            }
+        }
+        if !areas.is_empty() {
+            let rects = self.read_areas(&areas);
+            self.emit(LinkEvent::ScreenChanged { rects });
+        }
+        if content && self.want_update.is_none() {
+            self.want_update = Some(true);
+        }
+        Ok(())
+    }
+
+    /// The areas' current pixels as Raw rectangles in RGBX32_LE.
+    fn read_areas(&self, areas: &[(u16, u16, u16, u16)]) -> Vec<Rectangle> {
+        let fb = self.reader.framebuffer();
+        areas
+            .iter()
+            .filter_map(|&(x, y, width, height)| {
+                let pixels = fb.view(x, y, width, height)?;
+                let mut data = Vec::with_capacity(usize::from(width) * usize::from(height) * 4);
+                self.translator.encode_rect(pixels, &mut data);
+                Some(Rectangle {
+                    x,
+                    y,
+                    width,
+                    height,
+                    payload: RectPayload::Raw(data),
+                })
+            })
+            .collect()
+    }
+
+    fn on_fence_answer(&mut self) -> Result<(), LinkError> {
+        match self.fences.pop_front() {
+            Some(Some(fence)) => {
+                self.stats.fences_answered += 1;
+                self.journal.handle_fence_answered(fence)?;
+            }
+            Some(None) => {
+                self.ext_keys = true;
+                tracing::debug!("QEMU accepts extended key events");
+            }
+            None => tracing::warn!("QEMU sent an extended-key acknowledgement nobody asked for"),
+        }
+        Ok(())
+    }
+
+    fn set_leds(&mut self, leds: u8) {
+        let leds = leds & 0x7;
+        if self.leds != Some(leds) {
+            self.leds = Some(leds);
+            self.emit(LinkEvent::Leds(leds));
+        }
+    }
+
+    fn on_request(&mut self, request: Request, now: Instant) {
+        match request {
+            Request::Push {
+                viewer,
+                event,
+                wait,
+                reply,
+            } => {
+                if wait && !self.waiting.is_empty() {
+                    // Keep arrival order behind those already waiting.
+                    self.waiting.push_back(Waiting {
+                        viewer,
+                        event,
+                        reply,
+                    });
+                    return;
+                }
+                match self.journal.push(viewer, event, now) {
+                    Ok(seq) => {
+                        let _ = reply.send(Ok(seq));
+                    }
+                    Err(_) if wait => self.waiting.push_back(Waiting {
+                        viewer,
+                        event,
+                        reply,
+                    }),
+                    Err(full) => {
+                        let _ = reply.send(Err(PushError::Full(full)));
+                    }
+                }
+            }
+            Request::Framebuffer(reply) => {
+                let _ = reply.send(self.reader.framebuffer().clone());
+            }
+            Request::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+        }
+    }
+
+    /// Takes waiting pushes while the journal has room.
+    fn retry_waiting(&mut self, now: Instant) {
+        while let Some(w) = self.waiting.front() {
+            let sequenced = !matches!(w.event, InputEvent::Motion { .. });
+            if sequenced && self.journal.held() >= self.max_held {
+                break;
+            }
+            let Some(w) = self.waiting.pop_front() else {
+                break;
+            };
+            match self.journal.push(w.viewer, w.event, now) {
+                Ok(seq) => {
+                    let _ = w.reply.send(Ok(seq));
+                }
+                Err(_) => {
+                    self.waiting.push_front(w);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, event: LinkEvent) {
+        if !self.events_gone {
+            self.outbox.push_back(event);
+        }
+    }
+
+    fn flush_outbox(&mut self, events: &mpsc::Sender<LinkEvent>) {
+        while let Some(event) = self.outbox.pop_front() {
+            match events.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(event)) => {
+                    self.outbox.push_front(event);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.console_gone();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Nobody reads the events any more: stop queueing them (the screen keeps updating).
+    fn console_gone(&mut self) {
+        if !self.events_gone {
+            tracing::debug!("link events receiver dropped");
+        }
+        self.events_gone = true;
+        self.outbox.clear();
+    }
+
+    fn stats(&self) -> LinkStats {
+        LinkStats {
+            journal: self.journal.stats(),
+            ..self.stats
+        }
+    }
+}
+
+/// The `query-status` reply's run state; `Ok(None)` when QEMU answered an error or an
+/// unexpected shape (treated as not running: safe, events become uncertain, never re-sent
+/// twice). A broken connection is the link's end.
+fn status(result: Result<qmp::Reply, qmp::Error>) -> Result<Option<qmp::StatusInfo>, LinkError> {
+    match result {
+        Ok(reply) => Ok(serde_json::from_value(reply.value)
+            .inspect_err(|e| tracing::warn!(error = %e, "unexpected query-status reply"))
+            .ok()),
+        Err(qmp::Error::Qmp { source, .. }) => {
+            tracing::warn!(error = %source, "query-status failed");
+            Ok(None)
+        }
+        Err(e) => Err(LinkError::Qmp(e)),
+    }
+}

@@ -1,22 +1,16 @@
 //! One viewer's connection to a server built on [`rfb`]: the handshake, then a reader of the
-//! viewer's messages and a writer of updates in the viewer's own format and encodings.
+//! viewer's messages and a writer of server messages.
 //!
 //! ```text
 //!  accept(stream, config) ── handshake ──┐
 //!      ┌─────────────────────────────────┘
 //!      ├─> ViewerReader::read_message()    SetPixelFormat / SetEncodings / requests / input
-//!      │        │ every message goes through ViewerWriter::observe() first,
-//!      │        v so pixel format and encodings change at the right point
-//!      └─> ViewerWriter::send_update(fb, rects)
+//!      └─> ViewerWriter::send(&msg)        FramebufferUpdate, Bell, fences, ...
 //! ```
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
-use rfb::framebuffer::{Framebuffer, UpdateEncoder};
-use rfb::{
-    ClientMessage, Encoding, RectPayload, Rectangle, ServerConfig, ServerDone, ServerHandshake,
-    ServerMessage,
-};
+use rfb::{ClientMessage, ServerConfig, ServerDone, ServerHandshake, ServerMessage};
 
 use crate::{handshake, read_more, Error, READ_CHUNK};
 
@@ -42,7 +36,6 @@ where
         },
         ViewerWriter {
             write,
-            encoder: UpdateEncoder::new(),
             out: Vec::new(),
         },
     ))
@@ -68,68 +61,32 @@ impl<S: AsyncRead + Unpin> ViewerReader<S> {
     }
 }
 
-/// The sending half: updates for this viewer, encoded as it asked.
+/// The sending half. What to send (which rectangles, in which encoding) is the caller's
+/// business: a console's viewer session, or a test server's [`rfb::framebuffer::UpdateEncoder`].
 pub struct ViewerWriter<S> {
     write: WriteHalf<S>,
-    encoder: UpdateEncoder,
     out: Vec<u8>,
 }
 
 impl<S: AsyncWrite + Unpin> ViewerWriter<S> {
-    /// Takes note of a message from the viewer that changes how it must be sent to
-    /// (SetPixelFormat, SetEncodings). Call it for every message, in order.
-    pub fn observe(&mut self, message: &ClientMessage) -> Result<(), Error> {
-        match message {
-            ClientMessage::SetPixelFormat(pf) => self.encoder.set_pixel_format(*pf)?,
-            ClientMessage::SetEncodings(list) => self.encoder.set_encodings(list),
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// Whether the viewer listed this (pseudo-)encoding.
-    pub fn accepts(&self, encoding: Encoding) -> bool {
-        self.encoder.accepts(encoding)
-    }
-
-    /// Sends one FramebufferUpdate holding these parts of `fb`, plus any pseudo-rectangles
-    /// given in `pseudo` (sent first).
-    pub async fn send_update(
-        &mut self,
-        fb: &Framebuffer,
-        rects: &[(u16, u16, u16, u16)],
-        pseudo: Vec<Rectangle>,
-    ) -> Result<(), Error> {
-        let mut all = pseudo;
-        for &(x, y, width, height) in rects {
-            all.push(self.encoder.encode(fb, x, y, width, height)?);
-        }
-        self.send(&ServerMessage::FramebufferUpdate(all)).await
-    }
-
-    /// Sends a DesktopSize pseudo-rectangle followed by the whole new framebuffer.
-    pub async fn send_resize(&mut self, fb: &Framebuffer) -> Result<(), Error> {
-        let resize = Rectangle {
-            x: 0,
-            y: 0,
-            width: fb.width(),
-            height: fb.height(),
-            payload: RectPayload::DesktopSize,
-        };
-        self.send_update(fb, &[(0, 0, fb.width(), fb.height())], vec![resize])
-            .await
-    }
-
-    /// Sends any server message.
+    /// Sends one server message.
     pub async fn send(&mut self, message: &ServerMessage) -> Result<(), Error> {
+        self.send_all(std::slice::from_ref(message)).await
+    }
+
+    /// Sends several server messages in one write.
+    pub async fn send_all(&mut self, messages: &[ServerMessage]) -> Result<(), Error> {
         self.out.clear();
-        message.encode(&mut self.out);
+        for message in messages {
+            message.encode(&mut self.out);
+        }
         self.write.write_all(&self.out).await?;
         Ok(())
     }
 
-    /// The encoder, for a freeze of its ZRLE stream.
-    pub fn encoder_mut(&mut self) -> &mut UpdateEncoder {
-        &mut self.encoder
+    /// Shuts the connection down for writing (the viewer sees end of stream).
+    pub async fn shutdown(&mut self) -> Result<(), Error> {
+        self.write.shutdown().await?;
+        Ok(())
     }
 }

@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use rfb::framebuffer::Framebuffer;
+use rfb::framebuffer::{Framebuffer, UpdateEncoder};
 use rfb::{
-    ClientMessage, Encoding, Password, PixelFormat, SecurityType, ServerConfig, ServerInit, Version,
+    ClientMessage, Encoding, Password, PixelFormat, SecurityType, ServerConfig, ServerInit,
+    ServerMessage, Version,
 };
 use testbed::viewers::{Image, TigerVnc, ViewerAuth, Vncdo, VncdoEncoding, Xvfb};
 use tokio::net::TcpListener;
@@ -82,20 +83,24 @@ async fn serve(
             let Ok((_, mut reader, mut writer)) = vnc::server::accept(stream, config).await else {
                 return;
             };
+            let mut encoder = UpdateEncoder::new();
             while let Ok(message) = reader.read_message().await {
-                if writer.observe(&message).is_err() {
-                    return;
-                }
                 match message {
+                    ClientMessage::SetPixelFormat(pf) => {
+                        if encoder.set_pixel_format(pf).is_err() {
+                            return;
+                        }
+                    }
+                    ClientMessage::SetEncodings(list) => encoder.set_encodings(&list),
                     ClientMessage::FramebufferUpdateRequest {
                         incremental: false, ..
                     } => {
-                        let encoding = writer.encoder_mut().pixel_encoding();
-                        if writer
-                            .send_update(&fb, &[(0, 0, WIDTH, HEIGHT)], Vec::new())
-                            .await
-                            .is_err()
-                        {
+                        let Ok(rect) = encoder.encode(&fb, 0, 0, WIDTH, HEIGHT) else {
+                            return;
+                        };
+                        let encoding = rect.payload.encoding();
+                        let update = ServerMessage::FramebufferUpdate(vec![rect]);
+                        if writer.send(&update).await.is_err() {
                             return;
                         }
                         let _ = seen.send(Seen::Frame(encoding));

@@ -86,10 +86,8 @@ async fn serve(
             let mut encoder = UpdateEncoder::new();
             while let Ok(message) = reader.read_message().await {
                 match message {
-                    ClientMessage::SetPixelFormat(pf) => {
-                        if encoder.set_pixel_format(pf).is_err() {
-                            return;
-                        }
+                    ClientMessage::SetPixelFormat(pf) if encoder.set_pixel_format(pf).is_err() => {
+                        return;
                     }
                     ClientMessage::SetEncodings(list) => encoder.set_encodings(&list),
                     ClientMessage::FramebufferUpdateRequest {

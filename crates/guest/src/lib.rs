@@ -1,2 +1,119 @@
-//! dmore's tiny test guest (task C writes this).
+//! dmore's tiny test guest: a 32-bit multiboot kernel, written in GNU as (`src/guest.s`) and
+//! built by this crate's `build.rs` (`as --32`, `ld -m elf_i386 -N`) into the build directory.
+//! QEMU boots it with `-kernel` ([`kernel_path`]) and `-append` ([`GuestOptions::cmdline`]).
+//!
+//! What it does, as a small real OS would:
+//! - programs the i8042 itself: translation on (so the keyboard's scancode set 2 reaches the
+//!   guest as set 1 under qboot and SeaBIOS alike), aux port and mouse data reporting on;
+//!   remaps the 8259s, puts the local APIC in virtual-wire mode, runs the PIT at 1 kHz and
+//!   idles in `hlt`, taking IRQ0 (timer), IRQ1 (keyboard) and IRQ12 (mouse);
+//! - reports every key press and release, every mouse button edge and every LED change on
+//!   COM1 (grammar below, parsed by [`report::parse_line`]);
+//! - sends the keyboard the LED command (`0xED`, mask) when Caps, Num or Scroll Lock is
+//!   pressed, and reports the mask once the keyboard has acknowledged both bytes;
+//! - echoes printable keys (US layout, [`keymap`]) on the VGA text screen at a cursor: Enter
+//!   starts a line, Backspace rubs out, the screen scrolls; row 0 is a status line;
+//! - optionally dirties memory at a set rate and animates a screen region ([`GuestOptions`]).
+//!
+//! # Serial grammar (COM1, 115200 8N1, one report per `\n`-terminated line)
+//! ```text
+//! OPTS dirty=<MiB> rate=<MiB/s> animate=<ms>   options in force (dirty capped to memory)
+//! READY                                        interrupts on, devices programmed
+//! K <n> D|U <code>     key event n (from 1); D press, U release; code = set-1 make code in
+//!                      lowercase hex: 2 digits, or 4 (`e0xx`) for extended keys
+//! B <n> D|U L|R|M      mouse button edge n (from 1): left, right, middle
+//! L <mask>             the keyboard acknowledged LED mask <mask> (hex digit: scroll 1,
+//!                      num 2, caps 4)
+//! NOACK <sent> <got>   a device answered a setup byte with something else than ACK (hex)
+//! FAULT <vector>       CPU exception (hex); the guest stops
+//! ```
+//! `<n>` is decimal and counts keys and buttons separately. Pause (`E1 ..`) is not reported.
+//! Reports for one device come in the order of its events; an `L` line comes after the lock
+//! key's press, possibly after later key reports.
+//!
+//! # Options (`-append`, the multiboot command line)
+//! `dirty=<MiB> rate=<MiB/s> animate=<ms>`; QEMU puts the kernel's path first, unknown words
+//! are ignored, numbers saturate at 1,000,000 (rate at 65,536).
+//! - `dirty`/`rate`: from the 1 kHz timer the guest writes one word into each of `rate` MiB of
+//!   pages per second, cycling through a `dirty` MiB region above the kernel (capped to the
+//!   memory multiboot reports). One write per 4 KiB page is what makes a page dirty for
+//!   migration, so this is a page-dirty rate of `rate × 256` pages/s.
+//! - `animate`: every `<ms>` ms the top right 8 cells of the screen show the tick count in hex
+//!   on a new background colour, so every update changes the region (frame-rate tests).
+//!
+//! # Migration convergence (128 MiB guest, QEMU 7.2 defaults, loopback)
+//! QEMU 7.2's defaults are `max-bandwidth` 32 MiB/s and `downtime-limit` 300 ms.
+//! MIGRATION_TABLE
+//!
+//! # A note on `iret`
+//! On the nested KVM (AMD) these machines run, a 32-bit `iret` never completes (the vCPU spins
+//! on it). The interrupt handlers therefore return by restoring flags with IF clear and
+//! `sti; ret`; see `irq_return` in `guest.s`.
 #![warn(missing_docs)]
+
+pub mod keymap;
+pub mod report;
+
+use std::path::Path;
+
+/// The guest kernel built by this crate's build script: a multiboot ELF for QEMU's `-kernel`.
+pub fn kernel_path() -> &'static Path {
+    Path::new(concat!(env!("OUT_DIR"), "/guest.elf"))
+}
+
+/// The guest's command-line options (see the crate docs for what each does).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestOptions {
+    /// Size of the memory region the guest keeps rewriting, MiB (0: no dirtying).
+    pub dirty_mib: u32,
+    /// Rate at which the region is rewritten, MiB/s (page-dirty rate / 256).
+    pub dirty_rate_mib_s: u32,
+    /// Whether the top right 8 screen cells change on every 1 ms timer tick.
+    pub animate: bool,
+}
+
+impl GuestOptions {
+    /// The multiboot command line for QEMU's `-append`, e.g. `dirty=64 rate=100 animate=1`.
+    pub fn cmdline(&self) -> String {
+        format!(
+            "dirty={} rate={} animate={}",
+            self.dirty_mib,
+            self.dirty_rate_mib_s,
+            u8::from(self.animate)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_is_built_as_one_segment_multiboot_elf() {
+        let elf = std::fs::read(kernel_path()).expect("the build script writes the kernel");
+        assert_eq!(elf.get(..4), Some(&b"\x7fELF"[..]));
+        assert_eq!(elf.get(4), Some(&1), "32-bit ELF");
+        // e_phnum at offset 44 (u16, little endian): one LOAD segment, or KVM fails to boot it.
+        assert_eq!(elf.get(44..46), Some(&[1u8, 0][..]));
+        // The multiboot header (magic 0x1BADB002) must sit in the first 8 KiB, 4-aligned.
+        let head = &elf[..elf.len().min(8192)];
+        let found = head
+            .chunks_exact(4)
+            .any(|w| w == 0x1bad_b002u32.to_le_bytes());
+        assert!(found, "no multiboot header in the first 8 KiB");
+    }
+
+    #[test]
+    fn cmdline_lists_every_option() {
+        let opts = GuestOptions {
+            dirty_mib: 64,
+            dirty_rate_mib_s: 100,
+            animate: true,
+        };
+        assert_eq!(opts.cmdline(), "dirty=64 rate=100 animate=1");
+        assert_eq!(
+            GuestOptions::default().cmdline(),
+            "dirty=0 rate=0 animate=0"
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! The console process: viewers in front, one hub in the middle, the QEMU link behind.
+//!
+//! ```text
+//!  viewer ─TCP─ reader task ─(channel of 4)─┐                   ┌─ QemuLink (back) ─ QEMU
+//!  viewer ─TCP─ reader task ────────────────┤                   │   push / events
+//!                                           ▼                   ▼
+//!                          hub task: Screen, every Session, the hold journal, the link
+//!                                           │  one batch at a time, only when the writer is idle
+//!  viewer ◀TCP─ writer task ◀(channel of 1)─┘
+//!  control socket (unix): "status" → one JSON line; "freeze" → hand-over, then exit 0
+//! ```
+//!
+//! **Backpressure.** An update is encoded for a viewer only when its writer has finished the
+//! previous batch, so a slow viewer's damage coalesces in its session's bounded tile map and
+//! the hub never waits on a socket. When the input journal is full (`JournalFull`), the hub
+//! stops polling that viewer's reader (its events wait in order in the slot, then in the
+//! channel, then in the socket: TCP backpressure) and retries every few milliseconds.
+//!
+//! **Access.** Without passwords, security type None. With `password`, VNC Authentication;
+//! with `view_only_password` too, the same VNC Authentication accepts either and the second
+//! makes the viewer view-only (its input and clipboard are ignored). A viewer whose ClientInit
+//! has `shared = 0` disconnects every other viewer (RFC 6143 §7.3.1).
+//!
+//! **Hold.** While the link reports the VM stopped, the hub keeps new input in its own
+//! [`Journal`](crate::journal::Journal) (the *hold*) rather than in the link's, so a freeze can
+//! put it into the snapshot; when the VM runs again, or right after a restore, the hold drains
+//! into the link in order. (The link has no freeze of its own journal yet: events it already
+//! holds when a freeze comes cannot be carried; the freeze waits for them and logs any left.)
+//!
+//! **Freeze / restore.** [`run`] with `restore_from` connects to the old console's control
+//! socket and asks it to freeze: it stops reading viewers, writes pending replies, waits for
+//! the link's journal to settle, snapshots screen, sessions (their ZRLE streams end at a
+//! flush boundary by construction) and hold, and passes each viewer's socket with the bytes
+//! read but not handled ([`handover`]). The new console restores them and carries on.
+
+pub mod handover;
+mod hub;
+pub mod viewer;
+
+use crate::back::{LinkConfig, LinkError};
+use crate::screen::{ScreenError, ScreenRestoreError};
+use crate::session::SessionRestoreError;
+use crate::snapshot::SnapshotError;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use handover::{HandedViewer, Handover, HandoverError};
+pub use viewer::ViewerError;
+
+/// Who may connect, and with which rights.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Full-access password (VNC Authentication); `None` with no view-only password: no auth.
+    pub password: Option<rfb::Password>,
+    /// View-only password; needs `password` too.
+    pub view_only_password: Option<rfb::Password>,
+    /// Every viewer is view-only whatever it authenticated with.
+    pub all_view_only: bool,
+}
+
+/// Everything one console needs.
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    /// How to reach QEMU.
+    pub link: LinkConfig,
+    /// TCP address for viewers (port 0 picks one; the bound address is printed on stdout).
+    pub listen: SocketAddr,
+    /// Passwords and rights.
+    pub access: Access,
+    /// Desktop name shown to viewers.
+    pub name: String,
+    /// Control socket (`status`, `freeze`), if any.
+    pub control: Option<PathBuf>,
+    /// Take over from the console whose control socket this is (freeze it, restore here).
+    pub restore_from: Option<PathBuf>,
+}
+
+/// How a console ended without a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to stop (SIGTERM, SIGINT).
+    Stopped,
+    /// Frozen and handed over to another console.
+    HandedOver,
+}
+
+/// Why the console stopped with a fault (the process exits non-zero with this as the cause).
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// Attaching to QEMU failed.
+    #[error(
+        "cannot attach to QEMU through {vnc} and {qmp}: is QEMU running with \
+         -vnc unix:{vnc},key-delay-ms=0,lock-key-sync=off and -qmp unix:{qmp},server=on,wait=off?"
+    )]
+    Attach {
+        /// The VNC socket path.
+        vnc: String,
+        /// The QMP socket path.
+        qmp: String,
+        /// What failed.
+        #[source]
+        source: LinkError,
+    },
+    /// The link to QEMU failed while serving (QEMU exited or closed a socket).
+    #[error("lost QEMU")]
+    Link(#[source] LinkError),
+    /// The viewer address could not be bound.
+    #[error("cannot listen for viewers on {addr} (address in use? use another --listen)")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The control socket could not be bound.
+    #[error("cannot create the control socket {path} (remove a stale one, or pick another)")]
+    Control {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU's screen size is beyond the cache's limits.
+    #[error("QEMU's screen cannot be cached")]
+    Screen(#[from] ScreenError),
+    /// Taking over from the old console failed.
+    #[error("cannot take over from the console at {path}")]
+    TakeOver {
+        /// Its control socket.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: HandoverError,
+    },
+    /// Sending the hand-over to the new console failed (the viewers are lost).
+    #[error("handing over to the new console failed")]
+    HandOver(#[source] HandoverError),
+    /// The snapshot could not be written or read.
+    #[error("console snapshot")]
+    Snapshot(#[from] SnapshotError),
+    /// The snapshot's screen could not be restored.
+    #[error("restoring the screen cache")]
+    RestoreScreen(#[from] ScreenRestoreError),
+    /// A snapshot's session could not be restored.
+    #[error("restoring a viewer session")]
+    RestoreSession(#[from] SessionRestoreError),
+    /// The snapshot's journal could not be restored.
+    #[error("restoring the input journal")]
+    RestoreJournal(#[from] crate::journal::RestoreError),
+    /// The configuration is contradictory.
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+}
+
+/// Runs one console until it is stopped, hands over, or QEMU goes away. With `restore_from`,
+/// first takes over the console listening on that control socket.
+pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
+    if config.access.view_only_password.is_some() && config.access.password.is_none() {
+        return Err(ConsoleError::Config(
+            "a view-only password needs a full-access password too",
+        ));
+    }
+    let taken = match &config.restore_from {
+        Some(path) => Some(hub::take_over(path).await.map_err(|source| {
+            ConsoleError::TakeOver {
+                path: path.clone(),
+                source,
+            }
+        })?),
+        None => None,
+    };
+    hub::Hub::start(config, taken).await?.run().await
+}

@@ -2,19 +2,32 @@
 
 use clap::Parser;
 
+mod console_cmd;
+
 /// dmore keeps a VM's out-of-band console (VNC) alive across QEMU live migration.
 ///
 /// A small console process per VM attaches to QEMU's own VNC server and QMP, serves viewers,
 /// and moves with its VM: the viewer never reconnects and no key is lost.
 #[derive(Parser, Debug)]
 #[command(name = "dmore", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// What to run.
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Run the console of one VM (viewers in front, QEMU's VNC and QMP behind).
+    Console(console_cmd::ConsoleArgs),
+}
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let _cli = Cli::parse();
-    Ok(())
+    match Cli::parse().command {
+        Command::Console(args) => console_cmd::run(args),
+    }
 }

@@ -1,0 +1,111 @@
+//! `dmore console`: the arguments of one console process, turned into a
+//! [`console::front::ConsoleConfig`].
+
+use anyhow::Context as _;
+use console::back::LinkConfig;
+use console::front::{Access, ConsoleConfig, Exit};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Run the console of one VM: viewers connect here, QEMU is reached through two unix sockets.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Example:
+  qemu-system-x86_64 ... \\
+      -vnc unix:/run/vm1/vnc.sock,key-delay-ms=0,lock-key-sync=off \\
+      -qmp unix:/run/vm1/console-qmp.sock,server=on,wait=off
+  DMORE_VNC_PASSWORD=secret dmore console --vnc-socket /run/vm1/vnc.sock \\
+      --qmp-socket /run/vm1/console-qmp.sock --listen 0.0.0.0:5901 \\
+      --view-only-password-file /etc/dmore/vm1.viewonly --control /run/vm1/console.ctl
+
+QEMU's key-delay-ms=0 lets dmore pace keys itself; lock-key-sync=off keeps QEMU from
+injecting Caps Lock presses. The QMP monitor is the console's own (a second -qmp).
+Passwords come from files or DMORE_VNC_PASSWORD, never from the command line.
+`echo status | socat - UNIX:/run/vm1/console.ctl` prints the console's state as JSON.
+A new console started with --restore-from /run/vm1/console.ctl freezes that console and
+takes over its viewers' connections, held input and screen.")]
+pub struct ConsoleArgs {
+    /// QEMU's VNC server socket (`-vnc unix:PATH,key-delay-ms=0,lock-key-sync=off`).
+    #[arg(long, value_name = "PATH")]
+    vnc_socket: PathBuf,
+    /// A QMP monitor socket for the console alone (`-qmp unix:PATH,server=on,wait=off`).
+    #[arg(long, value_name = "PATH")]
+    qmp_socket: PathBuf,
+    /// TCP address viewers connect to (port 0 picks one; the bound address is printed).
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// File holding the viewers' full-access password (else env DMORE_VNC_PASSWORD; with
+    /// neither, viewers connect without authentication).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// File holding a second password that admits view-only viewers (input ignored).
+    #[arg(long, value_name = "FILE")]
+    view_only_password_file: Option<PathBuf>,
+    /// File holding the password of QEMU's own VNC server, if it has one.
+    #[arg(long, value_name = "FILE")]
+    qemu_vnc_password_file: Option<PathBuf>,
+    /// Desktop name shown to viewers.
+    #[arg(long, default_value = "dmore")]
+    name: String,
+    /// Control socket to create (`status`, `freeze`).
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Take over from the console with this control socket (it freezes and hands over).
+    #[arg(long, value_name = "PATH")]
+    restore_from: Option<PathBuf>,
+}
+
+fn read_password(path: &Path) -> anyhow::Result<rfb::Password> {
+    let text = std::fs::read(path)
+        .with_context(|| format!("reading the password file {}", path.display()))?;
+    let line = text.split(|b| *b == b'\n').next().unwrap_or_default();
+    anyhow::ensure!(
+        !line.is_empty(),
+        "the password file {} is empty: put the password on its first line",
+        path.display()
+    );
+    Ok(rfb::Password(line.to_vec()))
+}
+
+/// Runs the console until it stops; an error names the cause.
+pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
+    let password = match (&args.password_file, std::env::var_os("DMORE_VNC_PASSWORD")) {
+        (Some(f), _) => Some(read_password(f)?),
+        (None, Some(p)) => Some(rfb::Password(p.into_encoded_bytes())),
+        (None, None) => None,
+    };
+    let view_only_password = args
+        .view_only_password_file
+        .as_deref()
+        .map(read_password)
+        .transpose()?;
+    anyhow::ensure!(
+        view_only_password.is_none() || password.is_some(),
+        "--view-only-password-file needs a full-access password too \
+         (--password-file or DMORE_VNC_PASSWORD)"
+    );
+    let mut link = LinkConfig::new(&args.vnc_socket, &args.qmp_socket);
+    link.vnc_password = args
+        .qemu_vnc_password_file
+        .as_deref()
+        .map(read_password)
+        .transpose()?;
+    let config = ConsoleConfig {
+        link,
+        listen: args.listen,
+        access: Access {
+            password,
+            view_only_password,
+            all_view_only: false,
+        },
+        name: args.name,
+        control: args.control,
+        restore_from: args.restore_from,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match runtime.block_on(console::front::run(config))? {
+        Exit::Stopped => tracing::info!("console stopped"),
+        Exit::HandedOver => tracing::info!("console handed over"),
+    }
+    Ok(())
+}

@@ -225,6 +225,8 @@ enum Request {
     },
     Framebuffer(oneshot::Sender<Framebuffer>),
     Stats(oneshot::Sender<LinkStats>),
+    /// The console itself started (true) or ended (false) a migration.
+    Migration(bool),
 }
 
 /// A cloneable handle for pushing input (one per viewer task, say).
@@ -240,6 +242,7 @@ impl std::fmt::Debug for Request {
             Request::Push { .. } => "Push",
             Request::Framebuffer(_) => "Framebuffer",
             Request::Stats(_) => "Stats",
+            Request::Migration(_) => "Migration",
         })
     }
 }
@@ -360,6 +363,25 @@ impl QemuLink {
             .await
             .map_err(|_| PushError::Closed)?;
         rx.await.map_err(|_| PushError::Closed)
+    }
+
+    /// dmore's own `migrate` is about to start: fence the fast lane and move input to QMP now,
+    /// before QEMU's `MIGRATION` events (which need the `events` capability) could say so.
+    pub async fn migration_started(&self) -> Result<(), PushError> {
+        self.send(Request::Migration(true)).await
+    }
+
+    /// dmore's own migration ended without moving the VM (failed or cancelled).
+    pub async fn migration_ended(&self) -> Result<(), PushError> {
+        self.send(Request::Migration(false)).await
+    }
+
+    async fn send(&self, request: Request) -> Result<(), PushError> {
+        self.input
+            .requests
+            .send(request)
+            .await
+            .map_err(|_| PushError::Closed)
     }
 
     /// Whether the task has ended (a fault, or shutdown).

@@ -546,6 +546,18 @@ impl Link {
             Request::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
+            Request::Migration(true) => {
+                if self.migration == Migration::None {
+                    self.journal.handle_migration_started();
+                    self.emit(LinkEvent::Vm(VmEvent::MigrationStarted));
+                }
+                self.migration = Migration::Announced;
+            }
+            Request::Migration(false) => {
+                if self.migration != Migration::None {
+                    self.end_migration(VmEvent::MigrationEnded);
+                }
+            }
         }
     }
 

@@ -1,0 +1,142 @@
+//! 300 keys typed while the VM is held paused by a migration at `pre-switchover`: through the
+//! link every one arrives once, in order, after `migrate_cancel` resumes the VM; sent straight
+//! to QEMU's VNC socket they are all lost.
+//!
+//! The test sets only `pause-before-switchover` (not `events`), so the link must tell the
+//! migration's stop from a plain one by itself (`query-status` → `finish-migrate`).
+
+mod back_support;
+
+use back_support::*;
+use console::back::{LinkConfig, QemuLink, VmEvent};
+use console::journal::ViewerId;
+use rfb::ClientMessage;
+use serde_json::json;
+
+#[tokio::test]
+async fn keys_typed_during_a_held_migration_arrive_once_after_cancel() -> anyhow::Result<()> {
+    let mut src = Vm::launch(false).await?;
+    let dst = Vm::launch(true).await?;
+    let (link, events) = QemuLink::connect(LinkConfig::new(&src.vnc, &src.qmp)).await?;
+    let mut vm_rx = vm_events(events);
+
+    // A warm-up key on the fast lane, so the link is known to work before the migration.
+    for down in [true, false] {
+        link.push(ViewerId(0), key_event(ENTER, down, false))
+            .await?;
+    }
+    assert_eq!(seen(&src.serial().keys(2).await?), expected(&[ENTER]));
+
+    let port = Vm::free_port()?;
+    let uri = format!("tcp:127.0.0.1:{port}");
+    dst.qmp().migrate_incoming(&uri).await?;
+    src.qmp()
+        .migrate_set_capabilities(&[("pause-before-switchover", true)])
+        .await?;
+    src.qmp().migrate(&uri).await?;
+    src.wait_migration("pre-switchover").await?;
+    assert_eq!(src.qmp().query_status().await?.status, "finish-migrate");
+    wait_vm(&mut vm_rx, VmEvent::Stopped).await?;
+    wait_vm(&mut vm_rx, VmEvent::StoppedForMigration).await?;
+
+    // Straight to QEMU's VNC: 300 digits, then a fence proving QEMU handled (dropped) them.
+    let direct = digits(300);
+    let (mut reader, mut writer) = plain_client(&src).await?;
+    for key in &direct {
+        for down in [true, false] {
+            writer
+                .send(&ClientMessage::KeyEvent {
+                    down,
+                    keysym: key.keysym,
+                })
+                .await?;
+        }
+    }
+    vnc_fence(&mut reader, &mut writer).await?;
+
+    // Through the link: 300 letters, half of them with scancodes.
+    let keys = letters(300);
+    for (i, &key) in keys.iter().enumerate() {
+        for down in [true, false] {
+            link.push(ViewerId(1), key_event(key, down, i % 2 == 0))
+                .await?;
+        }
+    }
+    let held = link.stats().await?;
+    assert_eq!(held.journal.held, 600, "all held while paused: {held:?}");
+    assert_eq!(
+        src.serial().pending_keys().await,
+        vec![],
+        "nothing reaches a paused guest"
+    );
+
+    src.qmp().migrate_cancel().await?;
+    let before_resume = wait_vm(&mut vm_rx, VmEvent::Resumed).await?;
+    println!("link events before RESUME: {before_resume:?}");
+    let t_resume = std::time::Instant::now();
+    let reports = src.serial().keys(600).await?;
+    assert_eq!(seen(&reports), expected(&keys), "every key once, in order");
+    for down in [true, false] {
+        link.push(ViewerId(0), key_event(ENTER, down, false))
+            .await?;
+    }
+    assert_eq!(
+        src.serial().keys_until(ENTER.code).await?,
+        vec![],
+        "no duplicates, and none of the 600 direct VNC events arrived"
+    );
+    let stats = link.stats().await?;
+    println!(
+        "[{}] held 600 events, replayed in {:?} after RESUME; direct VNC: 0 of 600 arrived; {:?}",
+        accel(),
+        reports
+            .last()
+            .map(|r| r.at.saturating_duration_since(t_resume)),
+        stats
+    );
+    assert!(
+        (600..=602).contains(&stats.qmp_delivered),
+        "the held keys went through QMP"
+    );
+    assert_eq!(stats.journal.uncertain, 0);
+    link.shutdown().await?;
+    drop(dst);
+    Ok(())
+}
+
+#[tokio::test]
+async fn migration_events_capability_also_moves_input_to_qmp() -> anyhow::Result<()> {
+    let mut src = Vm::launch(false).await?;
+    let dst = Vm::launch(true).await?;
+    let (link, events) = QemuLink::connect(LinkConfig::new(&src.vnc, &src.qmp)).await?;
+    let mut vm_rx = vm_events(events);
+    let port = Vm::free_port()?;
+    let uri = format!("tcp:127.0.0.1:{port}");
+    dst.qmp().migrate_incoming(&uri).await?;
+    src.qmp()
+        .execute(
+            "migrate-set-capabilities",
+            json!({"capabilities": [
+                {"capability": "events", "state": true},
+                {"capability": "pause-before-switchover", "state": true}]}),
+        )
+        .await?;
+    src.qmp().migrate(&uri).await?;
+    wait_vm(&mut vm_rx, VmEvent::MigrationStarted).await?;
+    src.wait_migration("pre-switchover").await?;
+    let keys = letters(20);
+    for &key in &keys {
+        for down in [true, false] {
+            link.push(ViewerId(0), key_event(key, down, true)).await?;
+        }
+    }
+    src.qmp().migrate_cancel().await?;
+    wait_vm(&mut vm_rx, VmEvent::MigrationEnded).await?;
+    let reports = src.serial().keys(40).await?;
+    assert_eq!(seen(&reports), expected(&keys));
+    let stats = link.stats().await?;
+    assert_eq!(stats.journal.fast_sent, 0);
+    assert_eq!(stats.qmp_delivered, 40);
+    link.shutdown().await?;
+    Ok(())
+}

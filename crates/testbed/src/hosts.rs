@@ -22,9 +22,10 @@
 //! - what a SIGKILLed run left behind is removed by [`crate::sweep::sweep`], which
 //!   [`Testbed::create`] calls first. It never touches a run whose owner is alive.
 //!
-//! Without root (or with `DMORE_TESTBED_MODE=loopback`) the testbed falls back to
-//! [`Mode::Loopback`]: every host is 127.0.0.1 with its own runtime directory, and services
-//! must use distinct ports ([`Host::free_port`]).
+//! Without root, where namespaces cannot be made, or with `DMORE_TESTBED_MODE=loopback`, the
+//! testbed falls back to [`Mode::Loopback`]: every host is 127.0.0.1 with its own runtime
+//! directory, and services must use distinct ports ([`Host::free_port`]). The runs' root is
+//! made sticky and world-writable (like `/tmp`) so root and unprivileged runs can share it.
 
 mod netns;
 mod owner;
@@ -33,6 +34,7 @@ mod signals;
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -245,18 +247,24 @@ pub struct Testbed {
 
 impl Testbed {
     /// Sweeps what dead runs left behind, then creates hosts A, B and client: in network
-    /// namespaces when root (or `DMORE_TESTBED_MODE=namespaces`), else on loopback.
+    /// namespaces when root and the kernel lets us, else on loopback. `DMORE_TESTBED_MODE`
+    /// (`loopback` or `namespaces`) forces a mode; forced namespaces fail rather than fall back.
     pub fn create() -> Result<Self, HostsError> {
-        let wanted = std::env::var(MODE_ENV).ok();
-        let mode = match wanted.as_deref() {
-            Some("loopback") => Mode::Loopback,
-            Some("namespaces") if !nix::unistd::geteuid().is_root() => {
-                return Err(HostsError::NamespacesUnavailable)
-            }
-            _ if nix::unistd::geteuid().is_root() => Mode::Namespaces,
-            _ => Mode::Loopback,
-        };
-        Self::create_in_mode(mode)
+        let root = nix::unistd::geteuid().is_root();
+        match std::env::var(MODE_ENV).ok().as_deref() {
+            Some("loopback") => Self::create_in_mode(Mode::Loopback),
+            Some("namespaces") if !root => Err(HostsError::NamespacesUnavailable),
+            Some("namespaces") => Self::create_in_mode(Mode::Namespaces),
+            _ if !root => Self::create_in_mode(Mode::Loopback),
+            // Root may still lack the right to make namespaces (a restricted container).
+            _ => Self::create_in_mode(Mode::Namespaces).or_else(|e| match e {
+                HostsError::Ip { .. } | HostsError::Setns { .. } => {
+                    tracing::warn!(error = %e, "no network namespaces here; using loopback");
+                    Self::create_in_mode(Mode::Loopback)
+                }
+                other => Err(other),
+            }),
+        }
     }
 
     /// Like [`Testbed::create`], in the given mode.
@@ -404,6 +412,9 @@ fn make_run_dir() -> Result<(String, PathBuf), HostsError> {
     let root = Path::new(RUNS_ROOT);
     std::fs::create_dir_all(root)
         .map_err(|e| HostsError::io(format!("creating {}", root.display()), e))?;
+    // Shared like /tmp: anyone may add runs, nobody may remove another user's (sticky bit).
+    // Only the directory's owner can set this; for others it fails, harmlessly.
+    let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o1777));
     let owner = OwnerRecord::of_self()
         .map_err(|e| HostsError::io("reading this process's start time", e))?;
     loop {

@@ -222,6 +222,15 @@ impl Host {
             .map_err(|_| HostsError::Panicked(self.name().to_string()))?
     }
 
+    /// A launcher configuration for a QEMU named `vm` on this host: its runtime directory is
+    /// `<host dir>/<vm>` (one QEMU per directory, so the sweeper finds its pidfile) and it
+    /// runs in the host's namespace.
+    pub fn qemu_config(&self, vm: &str) -> crate::qemu::QemuConfig {
+        let mut cfg = crate::qemu::QemuConfig::new(self.dir.join(vm));
+        cfg.netns = self.netns().map(str::to_string);
+        cfg
+    }
+
     /// A TCP port free on this host's address right now. In [`Mode::Loopback`] hosts share one
     /// address, so every service needs a port of its own; this picks one from the kernel.
     pub fn free_port(&self) -> Result<u16, HostsError> {

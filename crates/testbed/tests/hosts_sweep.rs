@@ -4,6 +4,8 @@
 //! The test re-executes its own binary as the "killed run" (`DMORE_SWEEP_HELPER=1` selects
 //! the helper test): it creates a namespace testbed with a QEMU on host A, a loopback testbed
 //! with a QEMU too (found only through its pidfile), prints `HOLDING ...` and waits to die.
+//! Its QEMUs are started directly, not through `testbed::qemu`: the launcher's QEMUs die with
+//! their parent (`PR_SET_PDEATHSIG`), and the sweeper is there for those that do not.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;

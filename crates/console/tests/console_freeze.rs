@@ -1,0 +1,50 @@
+//! Freeze and restore across processes: a console holding input for a paused VM is frozen and
+//! taken over by a fresh console process, which receives the viewer's live socket. Every held
+//! key reaches the guest exactly once after the VM runs, and the viewer's ZRLE stream (one
+//! inflater across both processes) keeps decoding to QEMU's exact screen.
+
+mod console_support;
+
+use console_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_freeze_restore_in_a_fresh_process() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("dmI-").tempdir()?;
+    let mut vm = launch_vm(dir.path(), false).await?;
+    let mut old = ConsoleProc::spawn(&vm, dir.path(), "old", None, None).await?;
+    let viewer = Viewer::tcp(old.addr, None).await?;
+    let direct = Viewer::direct(&vm).await?;
+
+    // Some ZRLE traffic before the freeze, so the viewer's inflater has history.
+    viewer.type_text("pre").await?;
+    assert_eq!(read_keys(&mut vm, 6).await?, expected_keys("pre"));
+    screens_match(&direct, &[&viewer]).await?;
+
+    // Pause the VM; once the console has seen it, typed keys are held.
+    vm.qmp().stop().await?;
+    old.wait_status("VM stopped", |s| s["vm_running"] == false).await?;
+    let held = "heldkeys";
+    viewer.type_text(held).await?;
+    let s = old
+        .wait_status("all keys held", |s| s["held"] == 2 * held.len())
+        .await?;
+    eprintln!("old console before the freeze: {s}");
+
+    // A fresh process takes over: it freezes the old one and receives the viewer's socket.
+    let new = ConsoleProc::spawn(&vm, dir.path(), "new", None, Some(&old.control)).await?;
+    let exit = old.wait_exit().await?;
+    assert!(exit.success(), "old console: {exit}");
+    let s = new.wait_status("viewer restored", |s| s["viewers"] == 1).await?;
+    eprintln!("new console after the restore: {s}");
+
+    vm.qmp().cont().await?;
+    assert_eq!(read_keys(&mut vm, 2 * held.len()).await?, expected_keys(held));
+    // Nothing twice: the next report is the marker's.
+    assert_no_more_keys(&mut vm, &viewer, "post").await?;
+    // The same viewer connection, its inflater continuing across both processes.
+    screens_match(&direct, &[&viewer]).await?;
+    assert!(viewer.alive());
+    let s = new.status().await?;
+    eprintln!("new console at the end: {s}");
+    Ok(())
+}

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 
+mod baseline_cmd;
 mod console_cmd;
 
 /// dmore keeps a VM's out-of-band console (VNC) alive across QEMU live migration.
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the console of one VM (viewers in front, QEMU's VNC and QMP behind).
     Console(console_cmd::ConsoleArgs),
+    /// Measure what a plain QEMU console loses across live migrations (the "before" column).
+    Baseline(baseline_cmd::BaselineArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +32,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Console(args) => console_cmd::run(args),
+        Command::Baseline(args) => baseline_cmd::run(args),
     }
 }

@@ -589,6 +589,27 @@ pub fn decode_png(data: &[u8]) -> Result<Image> {
     })
 }
 
+impl Image {
+    /// Writes the image as a PNG file (for a person to look at when a test fails).
+    pub fn save_png(&self, path: &Path) -> std::io::Result<()> {
+        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let width = u32::try_from(self.width).map_err(std::io::Error::other)?;
+        let height = u32::try_from(self.height).map_err(std::io::Error::other)?;
+        let mut encoder = png::Encoder::new(file, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
+        let data: Vec<u8> = self
+            .pixels
+            .iter()
+            .flat_map(|p| [(p >> 16) as u8, (p >> 8) as u8, *p as u8])
+            .collect();
+        writer
+            .write_image_data(&data)
+            .map_err(std::io::Error::other)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -656,26 +677,5 @@ mod tests {
         assert_eq!(cropped.pixels, vec![2, 3, 5, 6]);
         assert!(image.crop(2, 0, 2, 1).is_none());
         assert_eq!(image.colour_count(), 6);
-    }
-}
-
-impl Image {
-    /// Writes the image as a PNG file (for a person to look at when a test fails).
-    pub fn save_png(&self, path: &Path) -> std::io::Result<()> {
-        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
-        let width = u32::try_from(self.width).map_err(std::io::Error::other)?;
-        let height = u32::try_from(self.height).map_err(std::io::Error::other)?;
-        let mut encoder = png::Encoder::new(file, width, height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
-        let data: Vec<u8> = self
-            .pixels
-            .iter()
-            .flat_map(|p| [(p >> 16) as u8, (p >> 8) as u8, *p as u8])
-            .collect();
-        writer
-            .write_image_data(&data)
-            .map_err(std::io::Error::other)
     }
 }

@@ -1,0 +1,6 @@
+//! End-to-end scenarios on real hosts and real QEMU, and the scripted viewers they use:
+//! the baseline (a plain QEMU console across a live migration, the "before" column).
+#![warn(missing_docs)]
+
+pub mod baseline;
+pub mod typist;

@@ -8,6 +8,7 @@
 pub mod back;
 pub mod front;
 pub mod journal;
+pub mod keymap;
 pub mod screen;
 pub mod session;
 pub mod snapshot;

@@ -3,8 +3,8 @@
 
 use rfb::ClientMessage;
 
-use super::keymap;
 use crate::journal::{Button, Entry, InputEvent, VncEvent};
+use crate::keymap::keysym_to_qnum;
 
 /// The RFB message for one fast-lane event. A key with a scancode goes as a QEMU extended key
 /// event once QEMU acknowledged them (`ext_keys`), so the guest gets the viewer's physical key
@@ -45,7 +45,7 @@ pub fn qmp_events(entries: &[Entry], size: (u16, u16)) -> (Vec<qmp::InputEvent>,
                 down,
                 keysym,
                 scancode,
-            } => match scancode.or_else(|| keymap::qnum(keysym)) {
+            } => match scancode.or_else(|| keysym_to_qnum(keysym).map(|(qnum, _shift)| qnum)) {
                 Some(code) => out.push(qmp::InputEvent::number(u32::from(code), down)),
                 None => {
                     tracing::debug!(keysym, "no QEMU key number for keysym; event dropped");

@@ -48,7 +48,6 @@
 //! [`LinkEvents::recv`] then returns `None` and [`QemuLink::shutdown`] returns the error.
 
 mod convert;
-pub mod keymap;
 mod qmp_port;
 mod run;
 

@@ -28,11 +28,10 @@
 //! slow viewer just accumulates (bounded) damage. Updates cover the whole screen's damage
 //! whatever area a request names (as QEMU does).
 
-mod keymap;
 mod state;
 mod update;
 
-pub use keymap::keysym_to_qnum;
+pub use crate::keymap::keysym_to_qnum;
 pub use state::{SessionRestoreError, SessionState, SESSION_STATE_VERSION};
 pub use update::{LedKind, PlanItem, UpdatePlan};
 

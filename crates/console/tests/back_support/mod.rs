@@ -199,7 +199,7 @@ pub fn letters(n: usize) -> Vec<Key> {
         .take(n)
         .map(|c| Key {
             keysym: u32::from(c),
-            code: console::back::keymap::qnum(u32::from(c)).unwrap_or(0),
+            code: console::keymap::keysym_to_qnum(u32::from(c)).map_or(0, |(qnum, _)| qnum),
         })
         .collect()
 }
@@ -212,7 +212,7 @@ pub fn digits(n: usize) -> Vec<Key> {
         .take(n)
         .map(|c| Key {
             keysym: u32::from(c),
-            code: console::back::keymap::qnum(u32::from(c)).unwrap_or(0),
+            code: console::keymap::keysym_to_qnum(u32::from(c)).map_or(0, |(qnum, _)| qnum),
         })
         .collect()
 }

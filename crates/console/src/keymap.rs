@@ -1,5 +1,10 @@
 //! X11 keysyms to QEMU key numbers ("qnum": the XT set 1 make code, an 0xe0 prefix folded
 //! into bit 7) on a US layout, for viewers that send only keysyms (vncdotool, plain RFB).
+//!
+//! Needed on the QMP lane: `input-send-event` takes key numbers, while the fast lane sends
+//! keysyms as they are and lets QEMU's own keymap translate them. A shifted character maps to
+//! its key (`'A'` and `'a'` are both `0x1e`) with `needs_shift`: a viewer sends Shift itself,
+//! as a keyboard would, so the QMP lane ignores that flag.
 
 /// US layout rows: each character on a key, unshifted and shifted, with the key's qnum.
 const CHAR_KEYS: &[(u8, u8, u16)] = &[
@@ -56,6 +61,24 @@ const CHAR_KEYS: &[(u8, u8, u16)] = &[
 /// Function, editing and modifier keysyms (X11 `keysymdef.h`) with their qnum.
 const SPECIAL_KEYS: &[(u32, u16)] = &[
     (0xff1b, 0x01), // Escape
+    (0xff13, 0xc6), // Pause (QEMU's number for it)
+    (0xff61, 0xb7), // Print
+    (0xffaa, 0x37), // KP_Multiply
+    (0xffab, 0x4e), // KP_Add
+    (0xffad, 0x4a), // KP_Subtract
+    (0xffae, 0x53), // KP_Decimal
+    (0xffaf, 0xb5), // KP_Divide
+    (0xffb0, 0x52), // KP_0
+    (0xffb1, 0x4f), // KP_1
+    (0xffb2, 0x50), // KP_2
+    (0xffb3, 0x51), // KP_3
+    (0xffb4, 0x4b), // KP_4
+    (0xffb5, 0x4c), // KP_5
+    (0xffb6, 0x4d), // KP_6
+    (0xffb7, 0x47), // KP_7
+    (0xffb8, 0x48), // KP_8
+    (0xffb9, 0x49), // KP_9
+    (0xffe8, 0xb8), // Meta_R
     (0xff08, 0x0e), // BackSpace
     (0xff09, 0x0f), // Tab
     (0xff0d, 0x1c), // Return

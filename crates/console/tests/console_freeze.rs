@@ -22,7 +22,8 @@ async fn console_freeze_restore_in_a_fresh_process() -> anyhow::Result<()> {
 
     // Pause the VM; once the console has seen it, typed keys are held.
     vm.qmp().stop().await?;
-    old.wait_status("VM stopped", |s| s["vm_running"] == false).await?;
+    old.wait_status("VM stopped", |s| s["vm_running"] == false)
+        .await?;
     let held = "heldkeys";
     viewer.type_text(held).await?;
     let s = old
@@ -34,11 +35,16 @@ async fn console_freeze_restore_in_a_fresh_process() -> anyhow::Result<()> {
     let new = ConsoleProc::spawn(&vm, dir.path(), "new", None, Some(&old.control)).await?;
     let exit = old.wait_exit().await?;
     assert!(exit.success(), "old console: {exit}");
-    let s = new.wait_status("viewer restored", |s| s["viewers"] == 1).await?;
+    let s = new
+        .wait_status("viewer restored", |s| s["viewers"] == 1)
+        .await?;
     eprintln!("new console after the restore: {s}");
 
     vm.qmp().cont().await?;
-    assert_eq!(read_keys(&mut vm, 2 * held.len()).await?, expected_keys(held));
+    assert_eq!(
+        read_keys(&mut vm, 2 * held.len()).await?,
+        expected_keys(held)
+    );
     // Nothing twice: the next report is the marker's.
     assert_no_more_keys(&mut vm, &viewer, "post").await?;
     // The same viewer connection, its inflater continuing across both processes.

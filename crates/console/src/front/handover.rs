@@ -132,7 +132,9 @@ pub fn recv_handover(sock: &mut UnixStream) -> Result<Handover, HandoverError> {
         return Err(HandoverError::Malformed("bad magic"));
     }
     let count = usize::try_from(u32::from_be_bytes(
-        count.try_into().map_err(|_| HandoverError::Malformed("count"))?,
+        count
+            .try_into()
+            .map_err(|_| HandoverError::Malformed("count"))?,
     ))
     .map_err(|_| HandoverError::Malformed("count"))?;
     if count != fds.len() {
@@ -178,8 +180,7 @@ fn take_u32(rest: &mut &[u8]) -> Result<u32, HandoverError> {
     }
     let (head, tail) = rest.split_at(4);
     *rest = tail;
-    Ok(u32::from_be_bytes(
-        head.try_into()
-            .map_err(|_| HandoverError::Malformed("truncated viewer entry"))?,
-    ))
+    Ok(u32::from_be_bytes(head.try_into().map_err(|_| {
+        HandoverError::Malformed("truncated viewer entry")
+    })?))
 }

@@ -5,7 +5,9 @@ use super::handover::{recv_handover, send_handover, HandedViewer, Handover, Hand
 use super::viewer::{self, FromViewer, ReaderParts, ViewerError, Written, FROM_VIEWER_QUEUE};
 use super::{ConsoleConfig, ConsoleError, Exit};
 use crate::back::{LinkEvent, LinkEvents, PushError, QemuLink, VmEvent};
-use crate::journal::{Action, Config as JournalConfig, Entry, InputEvent, Journal, Outcome, ViewerId};
+use crate::journal::{
+    Action, Config as JournalConfig, Entry, InputEvent, Journal, Outcome, ViewerId,
+};
 use crate::screen::{Change, Screen};
 use crate::session::{Negotiated, Session, SessionOutput};
 use crate::snapshot::ConsoleSnapshot;
@@ -37,6 +39,8 @@ struct Slot {
     from: mpsc::Receiver<FromViewer>,
     to: mpsc::Sender<Vec<ServerMessage>>,
     writer_idle: bool,
+    /// FramebufferUpdates handed to the writer (for status and tests).
+    updates_sent: u64,
     replies: Vec<ServerMessage>,
     /// Input the journal refused (full), in order; the viewer is not read meanwhile.
     blocked: VecDeque<InputEvent>,
@@ -128,23 +132,28 @@ impl Hub {
                 qmp: config.link.qmp_socket.display().to_string(),
                 source,
             })?;
-        let listener = TcpListener::bind(config.listen)
-            .await
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ConsoleError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local = listener
+            .local_addr()
             .map_err(|source| ConsoleError::Listen {
                 addr: config.listen,
                 source,
             })?;
-        let local = listener.local_addr().map_err(|source| ConsoleError::Listen {
-            addr: config.listen,
-            source,
-        })?;
         let control = match &config.control {
-            Some(path) => Some(UnixListener::bind(path).map_err(|source| {
-                ConsoleError::Control {
-                    path: path.clone(),
-                    source,
-                }
-            })?),
+            Some(path) => {
+                Some(
+                    UnixListener::bind(path).map_err(|source| ConsoleError::Control {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         let (control_tx, control_rx) = mpsc::channel(4);
@@ -206,7 +215,10 @@ impl Hub {
         }
         for HandedViewer { id, stream, unread } in h.viewers {
             let Some(session) = sessions.remove(&id) else {
-                tracing::warn!(viewer = id.0, "handed a connection without a session: closed");
+                tracing::warn!(
+                    viewer = id.0,
+                    "handed a connection without a session: closed"
+                );
                 continue;
             };
             let stream = match stream
@@ -255,6 +267,7 @@ impl Hub {
                 from,
                 to,
                 writer_idle: true,
+                updates_sent: 0,
                 replies: Vec::new(),
                 blocked: VecDeque::new(),
                 stop_reader: Some(stop_tx),
@@ -268,7 +281,11 @@ impl Hub {
         if let Some(slot) = self.viewers.remove(&id) {
             tracing::info!(viewer = id.0, peer = %slot.peer, %reason, "viewer closed");
             if !slot.blocked.is_empty() {
-                tracing::warn!(viewer = id.0, events = slot.blocked.len(), "closed viewer's refused input dropped");
+                tracing::warn!(
+                    viewer = id.0,
+                    events = slot.blocked.len(),
+                    "closed viewer's refused input dropped"
+                );
             }
             slot.close();
         }
@@ -283,7 +300,8 @@ impl Hub {
         loop {
             self.drain_hold().await;
             self.flush_writers();
-            let retry = self.viewers.values().any(|s| !s.blocked.is_empty()) || !self.drain.is_empty();
+            let retry =
+                self.viewers.values().any(|s| !s.blocked.is_empty()) || !self.drain.is_empty();
             tokio::select! {
                 _ = term.recv() => return self.stop("SIGTERM").await,
                 _ = tokio::signal::ctrl_c() => return self.stop("SIGINT").await,
@@ -409,7 +427,10 @@ impl Hub {
             let mut batch = std::mem::take(&mut slot.replies);
             if let Some(plan) = slot.session.poll_update(&self.screen) {
                 match slot.session.encode_update(&self.screen, &plan) {
-                    Ok(m) => batch.push(m),
+                    Ok(m) => {
+                        batch.push(m);
+                        slot.updates_sent += 1;
+                    }
                     Err(e) => {
                         failed.push((*id, error_chain(&e)));
                         continue;
@@ -482,7 +503,11 @@ impl Hub {
     async fn retry_blocked(&mut self) {
         let ids: Vec<ViewerId> = self.viewers.keys().copied().collect();
         for id in ids {
-            while let Some(ev) = self.viewers.get(&id).and_then(|s| s.blocked.front().copied()) {
+            while let Some(ev) = self
+                .viewers
+                .get(&id)
+                .and_then(|s| s.blocked.front().copied())
+            {
                 if !self.offer(id, ev).await {
                     break;
                 }
@@ -587,7 +612,11 @@ impl Hub {
                 }
             }
             LinkEvent::Uncertain(range) => {
-                tracing::warn!(first = range.first.0, last = range.last.0, "input may or may not have reached the guest");
+                tracing::warn!(
+                    first = range.first.0,
+                    last = range.last.0,
+                    "input may or may not have reached the guest"
+                );
             }
         }
     }
@@ -617,6 +646,15 @@ impl Hub {
             "link_pushed": link.map(|l| l.journal.pushed),
             "link_delivered": link.map(|l| l.journal.delivered),
             "updates": link.map(|l| l.updates),
+            "viewer_list": self.viewers.iter().map(|(id, s)| serde_json::json!({
+                "id": id.0,
+                "writer_idle": s.writer_idle,
+                "updates_sent": s.updates_sent,
+                "dirty_tiles": s.session.damage().dirty_tiles(),
+                "damage_bytes": s.session.damage().heap_bytes(),
+                "replies": s.replies.len(),
+                "blocked": s.blocked.len(),
+            })).collect::<Vec<_>>(),
         })
         .to_string()
     }
@@ -685,12 +723,19 @@ impl Hub {
         let deadline = Instant::now() + FREEZE_WAIT;
         loop {
             let held = self.link.stats().await.map_or(0, |s| s.journal.held);
-            let busy = self.viewers.values().any(|s| !s.writer_idle || !s.replies.is_empty());
+            let busy = self
+                .viewers
+                .values()
+                .any(|s| !s.writer_idle || !s.replies.is_empty());
             if held == 0 && !busy {
                 break;
             }
             if Instant::now() > deadline {
-                tracing::warn!(held, busy, "freeze: link or writers not settled; carried on");
+                tracing::warn!(
+                    held,
+                    busy,
+                    "freeze: link or writers not settled; carried on"
+                );
                 break;
             }
             for slot in self.viewers.values_mut() {
@@ -717,7 +762,10 @@ impl Hub {
             let write = match tokio::time::timeout(FREEZE_WAIT, writer).await {
                 Ok(Ok(w)) => w,
                 _ => {
-                    tracing::warn!(viewer = id.0, "writer did not finish: viewer not handed over");
+                    tracing::warn!(
+                        viewer = id.0,
+                        "writer did not finish: viewer not handed over"
+                    );
                     sessions.remove(&id);
                     continue;
                 }
@@ -777,7 +825,10 @@ async fn control_client(sock: UnixStream, hub: mpsc::Sender<Control>) {
                 }
             }
         }
-        "freeze" => match sock.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)) {
+        "freeze" => match sock
+            .into_std()
+            .and_then(|s| s.set_nonblocking(false).map(|()| s))
+        {
             Ok(s) => {
                 let _ = hub.send(Control::Freeze(s)).await;
             }

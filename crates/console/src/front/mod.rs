@@ -163,12 +163,16 @@ pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
         ));
     }
     let taken = match &config.restore_from {
-        Some(path) => Some(hub::take_over(path).await.map_err(|source| {
-            ConsoleError::TakeOver {
-                path: path.clone(),
-                source,
-            }
-        })?),
+        Some(path) => {
+            Some(
+                hub::take_over(path)
+                    .await
+                    .map_err(|source| ConsoleError::TakeOver {
+                        path: path.clone(),
+                        source,
+                    })?,
+            )
+        }
         None => None,
     };
     hub::Hub::start(config, taken).await?.run().await

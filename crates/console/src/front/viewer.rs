@@ -79,8 +79,8 @@ pub(crate) async fn handshake(
         challenge,
         init: init.clone(),
     };
-    let mut full = ServerHandshake::new(config(access.password.clone()))
-        .map_err(ViewerError::Handshake)?;
+    let mut full =
+        ServerHandshake::new(config(access.password.clone())).map_err(ViewerError::Handshake)?;
     let mut view = match (&access.password, &access.view_only_password) {
         (Some(_), Some(p)) => {
             Some(ServerHandshake::new(config(Some(p.clone()))).map_err(ViewerError::Handshake)?)

@@ -130,7 +130,7 @@ impl Hub {
             .map_err(|source| ConsoleError::Attach {
                 vnc: config.link.vnc_socket.display().to_string(),
                 qmp: config.link.qmp_socket.display().to_string(),
-                source,
+                source: Box::new(source),
             })?;
         let listener =
             TcpListener::bind(config.listen)
@@ -682,7 +682,7 @@ impl Hub {
             slot.close();
         }
         tracing::error!(%reason, "console exiting");
-        Err(ConsoleError::Link(err))
+        Err(ConsoleError::Link(Box::new(err)))
     }
 
     /// Freezes the console into a hand-over (see `front`'s module docs for the steps).

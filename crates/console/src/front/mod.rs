@@ -99,11 +99,11 @@ pub enum ConsoleError {
         qmp: String,
         /// What failed.
         #[source]
-        source: LinkError,
+        source: Box<LinkError>,
     },
     /// The link to QEMU failed while serving (QEMU exited or closed a socket).
     #[error("lost QEMU")]
-    Link(#[source] LinkError),
+    Link(#[source] Box<LinkError>),
     /// The viewer address could not be bound.
     #[error("cannot listen for viewers on {addr} (address in use? use another --listen)")]
     Listen {

@@ -36,7 +36,7 @@ fn console_child() {
         listen: "127.0.0.1:0".parse().expect("addr"),
         access: console::front::Access {
             password: s("password").map(|p| rfb::Password(p.into_bytes())),
-            view_only_password: None,
+            view_only_password: s("view_only_password").map(|p| rfb::Password(p.into_bytes())),
             all_view_only: false,
         },
         name: "dmore-test".into(),
@@ -91,12 +91,24 @@ impl ConsoleProc {
         password: Option<&str>,
         restore_from: Option<&Path>,
     ) -> anyhow::Result<ConsoleProc> {
+        Self::spawn_with(vm, dir, name, (password, None), restore_from).await
+    }
+
+    /// [`ConsoleProc::spawn`] with a (full, view-only) password pair.
+    pub async fn spawn_with(
+        vm: &Qemu,
+        dir: &Path,
+        name: &str,
+        (password, view_only): (Option<&str>, Option<&str>),
+        restore_from: Option<&Path>,
+    ) -> anyhow::Result<ConsoleProc> {
         let control = dir.join(format!("{name}.ctl"));
         let spec = serde_json::json!({
             "vnc": vm.vnc_path(),
             "qmp": vm.qmp2_path().context("no second QMP monitor")?,
             "control": control,
             "password": password,
+            "view_only_password": view_only,
             "restore_from": restore_from,
         });
         let mut child = Command::new(std::env::current_exe()?)
@@ -244,11 +256,23 @@ pub async fn connect_viewer<S>(stream: S, password: Option<&str>) -> anyhow::Res
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    connect_viewer_shared(stream, password, true).await
+}
+
+/// [`connect_viewer`] with ClientInit's shared flag.
+pub async fn connect_viewer_shared<S>(
+    stream: S,
+    password: Option<&str>,
+    shared: bool,
+) -> anyhow::Result<Viewer>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let config = ClientConfig {
         version: Version::V3_8,
         security: vec![SecurityType::None, SecurityType::VncAuth],
         password: password.map(|p| rfb::Password(p.as_bytes().to_vec())),
-        shared: true,
+        shared,
         limits: Limits::default(),
     };
     let (done, mut reader, mut writer) =

@@ -184,3 +184,72 @@ fn take_u32(rest: &mut &[u8]) -> Result<u32, HandoverError> {
         HandoverError::Malformed("truncated viewer entry")
     })?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let a = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (b, _) = l.accept().expect("accept");
+        (a, b)
+    }
+
+    #[test]
+    fn sockets_unread_bytes_and_snapshot_cross_intact() {
+        let (mut viewer1, console1) = tcp_pair();
+        let (mut viewer2, console2) = tcp_pair();
+        let h = Handover {
+            snapshot: (0..=255u8).cycle().take(100_000).collect(),
+            viewers: vec![
+                HandedViewer {
+                    id: ViewerId(3),
+                    stream: console1,
+                    unread: b"half a message".to_vec(),
+                },
+                HandedViewer {
+                    id: ViewerId(9),
+                    stream: console2,
+                    unread: Vec::new(),
+                },
+            ],
+        };
+        let (mut tx, mut rx) = UnixStream::pair().expect("pair");
+        let sender = std::thread::spawn(move || send_handover(&mut tx, &h).map(|()| h.snapshot));
+        let got = recv_handover(&mut rx).expect("received");
+        let snapshot = sender.join().expect("join").expect("sent");
+        assert_eq!(got.snapshot, snapshot);
+        assert_eq!(got.viewers.len(), 2);
+        assert_eq!(got.viewers[0].id, ViewerId(3));
+        assert_eq!(got.viewers[0].unread, b"half a message");
+        assert_eq!(got.viewers[1].id, ViewerId(9));
+        // The received sockets are the same connections.
+        let mut s = &got.viewers[1].stream;
+        s.write_all(b"hi").expect("write");
+        let mut buf = [0u8; 2];
+        viewer2.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"hi");
+        viewer1.write_all(b"x").expect("write");
+        let mut s = &got.viewers[0].stream;
+        s.read_exact(&mut buf[..1]).expect("read");
+        assert_eq!(buf[0], b'x');
+    }
+
+    #[test]
+    fn garbage_is_a_typed_error() {
+        for bytes in [
+            &b"NOTAHAND\0\0\0\0"[..],
+            &b"DMOREHO1\0\0\0\x02"[..], // two viewers announced, no sockets passed
+            &b"DMOREHO1\0\0\0\0\xff\xff\xff\xff"[..], // body far too large
+            &b"DMOREHO1\0\0\0\0\0\0\0\x10abc"[..], // truncated body
+            &b"DMO"[..],
+        ] {
+            let (mut tx, mut rx) = UnixStream::pair().expect("pair");
+            tx.write_all(bytes).expect("write");
+            drop(tx);
+            assert!(recv_handover(&mut rx).is_err(), "{bytes:?} accepted");
+        }
+    }
+}

@@ -244,3 +244,83 @@ pub(crate) async fn writer(
     }
     write
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (b, _) = l.accept().await.expect("accept");
+        (a, b)
+    }
+
+    fn key(keysym: u32) -> ClientMessage {
+        ClientMessage::KeyEvent { down: true, keysym }
+    }
+
+    /// Stopping a reader loses nothing: a decoded message the hub had no room for comes back
+    /// as `unsent`, a partial one as `buffered`, in the stream's order.
+    #[tokio::test]
+    async fn a_stopped_reader_hands_back_everything_it_read() {
+        let (mut viewer, console) = pair().await;
+        let (read, _write) = console.into_split();
+        let (tx, mut rx) = mpsc::channel(1);
+        let (stop, stop_rx) = oneshot::channel();
+        let leftover = key(1).to_bytes();
+        let task = tokio::spawn(reader(read, leftover, tx, stop_rx));
+        let mut bytes = key(2).to_bytes();
+        bytes.extend_from_slice(&key(3).to_bytes());
+        let half = key(4).to_bytes();
+        bytes.extend_from_slice(half.get(..3).expect("a KeyEvent is 8 bytes"));
+        viewer.write_all(&bytes).await.expect("write");
+        // Key 1 fills the channel; key 2 then waits for room, decoded.
+        match rx.recv().await {
+            Some(FromViewer::Message(m)) => assert_eq!(m, key(1)),
+            other => panic!("unexpected {other:?}"),
+        }
+        match rx.recv().await {
+            Some(FromViewer::Message(m)) => assert_eq!(m, key(2)),
+            other => panic!("unexpected {other:?}"),
+        }
+        // Key 3 is in the channel, waiting in the reader, or still in the socket.
+        let _ = stop.send(());
+        let parts = task.await.expect("reader");
+        let mut rest = Vec::new();
+        while let Ok(FromViewer::Message(m)) = rx.try_recv() {
+            m.encode(&mut rest);
+        }
+        if let Some(m) = &parts.unsent {
+            m.encode(&mut rest);
+        }
+        rest.extend_from_slice(&parts.buffered);
+        // Whatever the reader had not read yet stays in the socket, which travels too.
+        let mut buf = [0u8; 64];
+        if let Ok(n) = parts.read.try_read(&mut buf) {
+            rest.extend_from_slice(buf.get(..n).unwrap_or_default());
+        }
+        let mut want = key(3).to_bytes();
+        want.extend_from_slice(half.get(..3).expect("prefix"));
+        assert_eq!(rest, want);
+    }
+
+    /// Bytes that are no RFB message end the reader with a typed error for the hub.
+    #[tokio::test]
+    async fn a_malformed_message_ends_the_reader_with_its_reason() {
+        let (mut viewer, console) = pair().await;
+        let (read, _write) = console.into_split();
+        let (tx, mut rx) = mpsc::channel(4);
+        let (_stop, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(reader(read, Vec::new(), tx, stop_rx));
+        viewer.write_all(&[7, 0, 0, 0]).await.expect("write");
+        match rx.recv().await {
+            Some(FromViewer::Ended(ViewerError::Message(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        task.await.expect("reader ends");
+    }
+}

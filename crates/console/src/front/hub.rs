@@ -297,11 +297,20 @@ impl Hub {
                 path: "SIGTERM".into(),
                 source,
             })?;
+        // When refused input is next retried: a fixed deadline, so a busy screen (events
+        // every few ms) cannot keep postponing it.
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             self.drain_hold().await;
             self.flush_writers();
-            let retry =
+            let waiting =
                 self.viewers.values().any(|s| !s.blocked.is_empty()) || !self.drain.is_empty();
+            if !waiting {
+                retry_at = None;
+            } else if retry_at.is_none() {
+                retry_at = Some(tokio::time::Instant::now() + RETRY);
+            }
+            let retry_deadline = retry_at.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 _ = term.recv() => return self.stop("SIGTERM").await,
                 _ = tokio::signal::ctrl_c() => return self.stop("SIGINT").await,
@@ -345,7 +354,10 @@ impl Hub {
                         FromViewer::Ended(e) => self.close_viewer(id, &error_chain(&e)),
                     }
                 }
-                _ = tokio::time::sleep(RETRY), if retry => self.retry_blocked().await,
+                _ = tokio::time::sleep_until(retry_deadline), if retry_at.is_some() => {
+                    retry_at = None;
+                    self.retry_blocked().await;
+                }
             }
         }
     }

@@ -64,6 +64,7 @@ _start:
     call read_multiboot                     # %ebx = info; options and memory size
     call setup_dirty_region
     call print_options
+    call vbe_init
     call idt_init
     call lapic_init
     call pic_init
@@ -126,9 +127,20 @@ parse_cmdline:
     jmp 8f
 3:  mov $kw_animate, %edi
     call match_prefix
-    jnz 8f
+    jnz 4f
     call parse_dec
     mov %eax, opt_animate
+    jmp 8f
+4:  mov $kw_vbe, %edi                       # vbe=<width>x<height>
+    call match_prefix
+    jnz 8f
+    call parse_dec
+    mov %eax, opt_vbe_w
+    cmpb $'x', (%esi)
+    jne 8f
+    inc %esi
+    call parse_dec
+    mov %eax, opt_vbe_h
 8:  movb (%esi), %al                        # skip the rest of the token
     test %al, %al
     jz 9f
@@ -410,6 +422,8 @@ vga_update_cursor:
 # The animated region: the tick count in hex on a background colour that changes with every
 # update, so every frame a viewer takes of it differs from the one before.
 vga_animate:
+    cmpl $0, vbe_lfb
+    jne vbe_animate
     push %ebx
     push %edi
     mov ticks, %ebx
@@ -719,7 +733,11 @@ kbd_byte:
     jmp 8f
 7:  test $0x80, %bl
     jnz 8f                                  # releases do nothing more
-    mov $4, %eax                            # lock keys: toggle the LED bit and tell the keyboard
+    cmp $0x3b, %esi                         # F1 repaints the whole screen
+    jne 74f
+    call screen_flood
+    jmp 8f
+74: mov $4, %eax                            # lock keys: toggle the LED bit and tell the keyboard
     cmp $0x3a, %esi
     je 71f
     mov $2, %eax
@@ -1014,6 +1032,142 @@ expect_ack:
     ret
 
 # ---------------------------------------------------------------------------------------------
+# Graphics mode (option vbe=<w>x<h>): Bochs VBE through ports 0x1CE/0x1CF, 32 bpp, linear
+# framebuffer at BAR0 of the VGA at 00:02.0 (assigned here if the firmware left it unset).
+# Text echo does not show there; the animation and F1's repaint do.
+vbe_init:
+    cmpl $0, opt_vbe_w
+    je 9f
+    cmpl $0, opt_vbe_h
+    je 9f
+    cmpl $1920, opt_vbe_w                   # 1920x1200x4 fits QEMU's 16 MiB of VRAM
+    jbe 1f
+    movl $1920, opt_vbe_w
+1:  cmpl $1200, opt_vbe_h
+    jbe 2f
+    movl $1200, opt_vbe_h
+2:  mov $0x80001000, %eax                   # 00:02.0 vendor/device: QEMU's std VGA?
+    mov $0xcf8, %dx
+    out %eax, %dx
+    mov $0xcfc, %dx
+    in %dx, %eax
+    cmp $0x11111234, %eax
+    jne 9f
+    mov $0x80001010, %eax                   # BAR0
+    mov $0xcf8, %dx
+    out %eax, %dx
+    mov $0xcfc, %dx
+    in %dx, %eax
+    and $0xfffffff0, %eax
+    jnz 3f
+    mov $0xe0000000, %eax
+    out %eax, %dx
+3:  mov %eax, vbe_lfb
+    mov $0x80001004, %eax                   # command: memory space on
+    mov $0xcf8, %dx
+    out %eax, %dx
+    mov $0xcfc, %dx
+    in %dx, %ax
+    or $2, %ax
+    out %ax, %dx
+    mov $4, %eax                            # ENABLE = 0 while the mode changes
+    xor %ecx, %ecx
+    call vbe_write
+    mov $1, %eax                            # XRES
+    mov opt_vbe_w, %ecx
+    call vbe_write
+    mov $2, %eax                            # YRES
+    mov opt_vbe_h, %ecx
+    call vbe_write
+    mov $3, %eax                            # BPP
+    mov $32, %ecx
+    call vbe_write
+    mov $4, %eax                            # ENABLE: enabled, linear framebuffer
+    mov $0x41, %ecx
+    call vbe_write
+    mov $0x3da, %dx                         # reset the attribute flip-flop, then unblank
+    in %dx, %al
+    mov $0x3c0, %dx
+    mov $0x20, %al
+    out %al, %dx
+9:  ret
+
+# Writes %cx to VBE register %ax.
+vbe_write:
+    mov $0x1ce, %dx
+    out %ax, %dx
+    mov $0x1cf, %dx
+    mov %cx, %ax
+    out %ax, %dx
+    ret
+
+# Fills %ecx pixels x %edx rows from address %edi with colour %eax (row stride: the mode's).
+vbe_fill:
+    push %ebx
+    push %esi
+    push %edi
+    mov opt_vbe_w, %ebx
+    shl $2, %ebx
+    mov %ecx, %esi
+0:  push %edi
+    mov %esi, %ecx
+    rep stosl
+    pop %edi
+    add %ebx, %edi
+    dec %edx
+    jnz 0b
+    pop %edi
+    pop %esi
+    pop %ebx
+    ret
+
+# A new colour for frame %eax (a multiplicative hash, so consecutive frames differ).
+frame_colour:
+    imul $0x9e3779b1, %eax, %eax
+    shr $8, %eax
+    ret
+
+# The animated region in graphics mode: the top right 64x16 pixels, a new colour each frame.
+vbe_animate:
+    push %edi
+    mov anim_frame, %eax
+    incl anim_frame
+    call frame_colour
+    mov opt_vbe_w, %edi
+    sub $64, %edi
+    shl $2, %edi
+    add vbe_lfb, %edi
+    mov $64, %ecx
+    mov $16, %edx
+    call vbe_fill
+    pop %edi
+    ret
+
+# F1: repaint the whole screen in a new colour (text mode: a new background in every cell),
+# so a viewer receives a full-screen update.
+screen_flood:
+    push %edi
+    incl flood_count
+    mov flood_count, %eax
+    cmpl $0, vbe_lfb
+    je 1f
+    call frame_colour
+    mov vbe_lfb, %edi
+    mov opt_vbe_w, %ecx
+    mov opt_vbe_h, %edx
+    call vbe_fill
+    pop %edi
+    ret
+1:  and $7, %eax
+    shl $12, %eax
+    or $0x0f20, %eax                        # ' ', white on background (count mod 8)
+    mov $VGA_TEXT, %edi
+    mov $(VGA_COLS * VGA_ROWS), %ecx
+    rep stosw
+    pop %edi
+    ret
+
+# ---------------------------------------------------------------------------------------------
     .section .rodata
 str_ready:        .asciz "READY\n"
 str_fault:        .asciz "FAULT "
@@ -1028,6 +1182,7 @@ str_title:        .asciz " dmore test guest"
 kw_dirty:         .asciz "dirty="
 kw_rate:          .asciz "rate="
 kw_animate:       .asciz "animate="
+kw_vbe:           .asciz "vbe="
 hex_digits:       .ascii "0123456789abcdef"
 
 # keymap_plain / keymap_shift: 128 bytes each, generated by build.rs from src/keymap_table.rs.
@@ -1066,6 +1221,10 @@ dirty_cursor:   .skip 4
 ticks:          .skip 4
 anim_countdown: .skip 4
 anim_frame:     .skip 4
+opt_vbe_w:      .skip 4
+opt_vbe_h:      .skip 4
+vbe_lfb:        .skip 4
+flood_count:    .skip 4
 cursor_row:     .skip 4
 cursor_col:     .skip 4
 key_count:      .skip 4

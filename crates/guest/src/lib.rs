@@ -40,6 +40,13 @@
 //!   migration, so this is a page-dirty rate of `rate × 256` pages/s.
 //! - `animate`: every `<ms>` ms the top right 8 cells of the screen show the tick count in hex
 //!   on a new background colour, so every update changes the region (frame-rate tests).
+//! - `vbe=<w>x<h>` (e.g. [`vbe_option`]`(1024, 768)`; not part of [`GuestOptions`], append it
+//!   to [`GuestOptions::cmdline`]): a 32 bpp graphics mode through the Bochs VBE ports, for
+//!   firmware-independent screen sizes (works under qboot). The text echo does not show there;
+//!   the animation fills the top right 64x16 pixels with a new colour per frame.
+//!
+//! The F1 key (make code `3b`) repaints the whole screen in a new colour (text mode: a new
+//! background in every cell), so a viewer receives a full-screen update on demand.
 //!
 //! # Migration convergence (128 MiB guest, QEMU 7.2 defaults, loopback)
 //! QEMU 7.2's defaults are `max-bandwidth` 32 MiB/s and `downtime-limit` 300 ms.
@@ -82,6 +89,12 @@ impl GuestOptions {
             u8::from(self.animate)
         )
     }
+}
+
+/// The command-line word that puts the guest in a `width` x `height` 32 bpp graphics mode
+/// (crate docs, "Options"); append it to [`GuestOptions::cmdline`].
+pub fn vbe_option(width: u16, height: u16) -> String {
+    format!("vbe={width}x{height}")
 }
 
 #[cfg(test)]

@@ -216,6 +216,13 @@ setup_dirty_region:
     mov opt_rate, %eax
     shl $8, %eax
     mov %eax, dirty_pages_per_s
+    mov dirty_pages, %ecx                   # touch every page once: the whole region is
+    mov dirty_base, %edx                    # resident and non-zero from the start, so a
+    test %ecx, %ecx                         # migration has all of it to copy at any rate
+    jz 9f
+3:  movl $0xd1d1d1d1, (%edx)
+    add $4096, %edx
+    loop 3b
 9:  ret
 
 # OPTS dirty=<MiB in use> rate=<MiB/s> animate=<ms>

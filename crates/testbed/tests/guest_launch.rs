@@ -127,3 +127,65 @@ impl Either {
         }
     }
 }
+
+/// Env var that turns [`holder`] into a QEMU holder for [`qemu_dies_with_the_test_process`].
+const HOLDER_DIR: &str = "DMORE_TEST_QEMU_HOLDER_DIR";
+
+/// Does nothing in a normal run. As the child of [`qemu_dies_with_the_test_process`]: launches
+/// QEMU, prints `HOLDING <pid>` and waits to be killed.
+#[tokio::test]
+async fn holder() -> anyhow::Result<()> {
+    let Some(dir) = std::env::var_os(HOLDER_DIR) else {
+        return Ok(());
+    };
+    let mut qemu = Qemu::launch(QemuConfig::new(dir)).await?;
+    qemu.wait_ready(WAIT).await?;
+    println!("HOLDING {}", qemu.pid().expect("running"));
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// A test process killed with SIGKILL (no destructor runs) takes its QEMU with it.
+#[test]
+fn qemu_dies_with_the_test_process() -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir()?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["holder", "--exact", "--nocapture", "--test-threads=1"])
+        .env(HOLDER_DIR, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut pid = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        // libtest prints `test holder ... ` on the same line first.
+        let line = line?;
+        if let Some((_, p)) = line.split_once("HOLDING ") {
+            pid = Some(p.trim().parse::<u32>()?);
+            break;
+        }
+    }
+    let Some(pid) = pid else {
+        let status = child.wait()?;
+        anyhow::bail!("the holder exited ({status}) without starting QEMU");
+    };
+    child.kill()?; // SIGKILL
+    child.wait()?;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        // Gone, or a zombie waiting for init to reap it: either way QEMU no longer runs.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next());
+        if matches!(state, None | Some("Z")) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "QEMU {pid} still runs after its test process was SIGKILLed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -195,6 +195,9 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    /// QEMU 7.2 puts a TCP VNC display at port 5900 + display number only.
+    #[error("VNC on TCP needs a port of 5900 or above (QEMU takes a display number), not {0}")]
+    VncPort(u16),
     /// QEMU exited during start-up.
     #[error("QEMU exited during start-up ({status}); its stderr:\n{stderr}")]
     Exited {
@@ -250,6 +253,9 @@ impl Qemu {
     /// is up: see [`wait_ready`](Self::wait_ready).
     pub async fn launch(cfg: QemuConfig) -> Result<Qemu, LaunchError> {
         let binary = resolve_binary(&cfg.qemu_binary)?;
+        if let Some(port) = cfg.vnc_tcp.map(|a| a.port()).filter(|p| *p < 5900) {
+            return Err(LaunchError::VncPort(port));
+        }
         let accel = match cfg.accel {
             AccelChoice::Auto if kvm_usable() => Accel::Kvm,
             AccelChoice::Auto | AccelChoice::Tcg => Accel::Tcg,

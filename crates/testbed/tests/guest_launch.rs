@@ -35,6 +35,18 @@ async fn a_missing_binary_names_the_package() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_vnc_port_below_5900_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = QemuConfig::new(dir.path());
+    cfg.vnc_tcp = Some(([127, 0, 0, 1], 5800).into());
+    let err = Qemu::launch(cfg)
+        .await
+        .expect_err("QEMU cannot listen there");
+    assert!(matches!(err, LaunchError::VncPort(5800)), "{err:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_bad_option_reports_qemus_stderr() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut cfg = QemuConfig::new(dir.path());

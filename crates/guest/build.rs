@@ -27,8 +27,9 @@ fn build() -> Result<(), String> {
     }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
     let inc = out.join("keymap.inc");
-    std::fs::write(&inc, keymap_include())
-        .map_err(|e| format!("writing {}: {e}", inc.display()))?;
+    let mut include = keymap_include();
+    include.push_str(&font_include()?);
+    std::fs::write(&inc, include).map_err(|e| format!("writing {}: {e}", inc.display()))?;
     let obj = out.join("guest.o");
     let elf = out.join("guest.elf");
     run(Command::new("as")
@@ -72,6 +73,41 @@ fn keymap_include() -> String {
         }
     }
     s
+}
+
+/// SeaBIOS's VGA BIOS, installed with QEMU: its 8x16 font is the guest's, since qboot runs no
+/// VGA BIOS that would load one.
+const VGA_ROM: &str = "/usr/share/seabios/vgabios-stdvga.bin";
+
+/// `vga_font`: the 8x16 font (256 glyphs of 16 bytes) found in the VGA BIOS by its first two
+/// glyphs (blank, smiley).
+fn font_include() -> Result<String, String> {
+    let rom = std::env::var("DMORE_VGA_ROM").unwrap_or_else(|_| VGA_ROM.to_owned());
+    println!("cargo:rerun-if-env-changed=DMORE_VGA_ROM");
+    let bytes = std::fs::read(&rom).map_err(|e| {
+        format!(
+            "reading {rom}: {e}: the guest takes its VGA font from SeaBIOS's VGA BIOS; install \
+             the Debian package `seabios` (it comes with qemu-system-x86)"
+        )
+    })?;
+    let smiley = [
+        0, 0, 0x7e, 0x81, 0xa5, 0x81, 0x81, 0xbd, 0x99, 0x81, 0x81, 0x7e, 0, 0, 0, 0,
+    ];
+    let mut start_pattern = [0u8; 32];
+    start_pattern[16..].copy_from_slice(&smiley);
+    let start = bytes
+        .windows(32)
+        .position(|w| w == start_pattern)
+        .ok_or_else(|| format!("no 8x16 font found in {rom}"))?;
+    let font = bytes
+        .get(start..start + 4096)
+        .ok_or_else(|| format!("the font in {rom} is cut short"))?;
+    let mut s = String::from("vga_font:\n");
+    for glyph in font.chunks(16) {
+        let row: Vec<String> = glyph.iter().map(|b| format!("0x{b:02x}")).collect();
+        let _ = writeln!(s, "    .byte {}", row.join(", "));
+    }
+    Ok(s)
 }
 
 fn ascii(c: Option<char>) -> u8 {

@@ -140,7 +140,41 @@ async fn exercise(qemu: &mut Qemu) -> anyhow::Result<()> {
         &[key(keys + 1, true, a), key(keys + 2, false, a)],
     )
     .await?;
+
+    // The guest echoed the text on screen row 1, and the last `a` as `A` (Caps Lock is on).
+    // Known gap: under KVM+qboot QEMU still shows its "not initialized" placeholder and reads
+    // the text buffer as zeros, so the screen is checked under TCG (SeaBIOS) only.
+    if qemu.accel() != Accel::Tcg {
+        return Ok(());
+    }
+    let row = screen_row(qemu, 1).await?;
+    assert_eq!(
+        row.trim_end_matches([' ', '\0']),
+        format!("{TEXT}A"),
+        "screen row 1"
+    );
     Ok(())
+}
+
+/// The characters of VGA text row `row`, read from the guest's text buffer through the monitor.
+async fn screen_row(qemu: &Qemu, row: u32) -> anyhow::Result<String> {
+    let addr = 0xb8000 + row * 160;
+    let out = qemu
+        .qmp()
+        .execute(
+            "human-monitor-command",
+            serde_json::json!({"command-line": format!("xp /80hx {addr:#x}")}),
+        )
+        .await?;
+    let text = out.as_str().unwrap_or_default();
+    // Lines like `00000000000b80a0: 0x0764 0x076d ...`: character in the low byte.
+    let mut chars = String::new();
+    for word in text.lines().flat_map(|l| l.split_whitespace().skip(1)) {
+        let cell = u16::from_str_radix(word.trim_start_matches("0x"), 16)?;
+        chars.push(char::from(cell.to_le_bytes()[0]));
+    }
+    anyhow::ensure!(chars.len() == 80, "unexpected xp output: {text}");
+    Ok(chars)
 }
 
 #[tokio::test]

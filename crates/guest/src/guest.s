@@ -59,7 +59,6 @@ _start:
     mov $stack_top, %esp
 
     call serial_init
-    call vga_pci_enable
     call vga_setmode
     call vga_init
     mov %esi, %eax
@@ -337,9 +336,13 @@ serial_hex:
     ret
 
 # ---------------------------------------------------------------------------------------------
-# VGA mode 3 (80x25 text), set up by hand: qboot runs no VGA BIOS, so without this the screen
-# stays uninitialised under KVM+qboot. Registers as a PC BIOS sets them, the DAC loaded with the
-# EGA palette, and the 8x16 font (build.rs takes it from SeaBIOS's VGA BIOS) put in plane 2.
+# VGA mode 3 (80x25 text), set up by hand: qboot runs no VGA BIOS, so under KVM+qboot the VGA
+# is in its reset state. There QEMU draws nothing (attribute index bit 5, "palette on", is clear:
+# vga_update_display blanks, and a blank never replaces the 640x480 "Guest has not initialized
+# the display" placeholder) and drops writes to 0xb8000 (sequencer map mask 0, planar access).
+# Registers as a PC BIOS sets them, the DAC loaded with the EGA palette, and the 8x16 font
+# (build.rs takes it from SeaBIOS's VGA BIOS) put in plane 2. No PCI set-up is needed: QEMU's
+# std VGA decodes the legacy ports and the 0xa0000 window whatever its PCI command register says.
 vga_setmode:
     push %ebx
     push %esi
@@ -426,34 +429,6 @@ vga_setmode:
     pop %edi
     pop %esi
     pop %ebx
-    ret
-
-# Turns on I/O and memory decoding of the PCI display controller (class 0300) on bus 0: QEMU
-# routes the legacy VGA ports and 0xa0000 window to it only then, and qboot leaves it off.
-vga_pci_enable:
-    xor %ecx, %ecx                          # device number
-0:  mov %ecx, %eax
-    shl $11, %eax
-    or $0x80000008, %eax                    # class code / revision
-    mov $0xcf8, %dx
-    out %eax, %dx
-    mov $0xcfc, %dx
-    in %dx, %eax
-    shr $16, %eax
-    cmp $0x0300, %ax
-    jne 1f
-    mov %ecx, %eax
-    shl $11, %eax
-    or $0x80000004, %eax                    # command register
-    mov $0xcf8, %dx
-    out %eax, %dx
-    mov $0xcfc, %dx
-    in %dx, %ax
-    or $0x0003, %ax                         # I/O space, memory space
-    out %ax, %dx
-1:  inc %ecx
-    cmp $32, %ecx
-    jb 0b
     ret
 
 # Writes %ecx bytes from %esi to the index/data pair at %dx, indices from 0.

@@ -11,6 +11,10 @@
 //!   COM1 (grammar below, parsed by [`report::parse_line`]);
 //! - sends the keyboard the LED command (`0xED`, mask) when Caps, Num or Scroll Lock is
 //!   pressed, and reports the mask once the keyboard has acknowledged both bytes;
+//! - sets VGA text mode 3 itself (registers, EGA palette, the 8x16 font `build.rs` takes from
+//!   SeaBIOS's VGA BIOS): qboot runs no VGA BIOS, and a VGA left in its reset state shows
+//!   QEMU's 640x480 "Guest has not initialized the display" placeholder and drops text writes;
+//!   so the screen is the same 720x400 text under KVM+qboot as under SeaBIOS;
 //! - echoes printable keys (US layout, [`keymap`]) on the VGA text screen at a cursor: Enter
 //!   starts a line, Backspace rubs out, the screen scrolls; row 0 is a status line;
 //! - optionally dirties memory at a set rate and animates a screen region ([`GuestOptions`]).

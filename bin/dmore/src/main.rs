@@ -3,6 +3,7 @@
 use clap::Parser;
 
 mod baseline_cmd;
+mod bench_cmd;
 mod console_cmd;
 
 /// dmore keeps a VM's out-of-band console (VNC) alive across QEMU live migration.
@@ -23,6 +24,8 @@ enum Command {
     Console(console_cmd::ConsoleArgs),
     /// Measure what a plain QEMU console loses across live migrations (the "before" column).
     Baseline(baseline_cmd::BaselineArgs),
+    /// Benchmarks (`dmore bench console`: the console against QEMU's own VNC).
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +36,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Console(args) => console_cmd::run(args),
         Command::Baseline(args) => baseline_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
     }
 }

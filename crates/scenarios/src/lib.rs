@@ -3,4 +3,5 @@
 #![warn(missing_docs)]
 
 pub mod baseline;
+pub mod bench;
 pub mod typist;

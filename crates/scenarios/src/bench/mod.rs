@@ -1,0 +1,317 @@
+//! `dmore bench console`: the console's overhead against QEMU's own VNC server, measured side
+//! by side on one guest, in one run (issue 5, "Benchmark"). Not a timed test: it prints figures.
+//!
+//! ```text
+//!                      ┌── TCP display (key-delay-ms=0) ──────────── direct typist / screen client
+//!  QEMU (test guest) ──┤
+//!   serial: K n D|U    └── unix VNC (key-delay-ms=0) + QMP ── dmore console ── typist / screen
+//!                                                              process       client / N viewers
+//! ```
+//!
+//! 1. **Key response**: a KeyEvent until the guest's serial report of that key; keys alternate
+//!    between the direct and the console path, one at a time, each after the previous key's
+//!    release was reported and a gap longer than the console's default pacing (so a key
+//!    measures the path, as for a typist, not the 4 ms pacing). The console runs with its
+//!    default journal `Config`, as an operator runs it.
+//! 2. **Screen path**: a Raw client on each path keeps an incremental request outstanding;
+//!    the same update is recognised on both by content (the animated corner's pixels; the
+//!    fill colour of an F1 full-screen repaint) and its console arrival minus its direct
+//!    arrival recorded. QEMU refreshes both VNC displays in the same timer callback, so the
+//!    difference is the console's own delay (plus QEMU's order between its two displays).
+//! 3. **Footprint**: the console process's `VmRSS` and CPU (utime + stime over a window) with
+//!    1, 4 and 16 subscribed viewers (ZRLE, as TigerVNC asks), on an animated screen, in VGA
+//!    text mode (720x400) and in the guest's `vbe=1024x768` graphics mode.
+//!
+//! The guest runs on KVM where it works. Text mode needs SeaBIOS's VGA BIOS (qboot leaves
+//! the VGA in a blank graphics mode), so the 720x400 guest boots SeaBIOS (~5 s); the 1024x768
+//! guest sets its mode itself and boots qboot. Build with `--release`: a debug console
+//! measures the wrong thing.
+
+mod keys;
+mod process;
+mod report;
+mod screen;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use testbed::qemu::{AccelChoice, Qemu, QemuConfig};
+
+pub use keys::KeyResults;
+pub use process::{ConsoleProcess, ConsoleSockets, ProcessError};
+pub use report::{
+    percentile, BenchReport, LoadRow, TARGET_KEY_P50_US, TARGET_RSS_KIB, TARGET_SMALL_P50_US,
+};
+pub use screen::FrameResults;
+
+/// SeaBIOS, whose VGA BIOS puts the screen in 80x25 text mode (720x400).
+const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
+/// Longest wait for QEMU's guest or the console to come up (a hang guard).
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Keys in total, half on each path.
+    pub keys: usize,
+    /// Matched updates per screen-path measurement (small, and full screen).
+    pub frames: usize,
+    /// CPU measurement window per viewer count.
+    pub window: Duration,
+    /// Viewer counts of the footprint phase, ascending.
+    pub viewer_counts: Vec<usize>,
+    /// Guest memory, MiB.
+    pub memory_mib: u32,
+}
+
+impl Default for BenchOptions {
+    /// 1000 keys, 200 frames, 5 s windows, 1/4/16 viewers, a 128 MiB guest.
+    fn default() -> Self {
+        BenchOptions {
+            keys: 1000,
+            frames: 200,
+            window: Duration::from_secs(5),
+            viewer_counts: vec![1, 4, 16],
+            memory_mib: 128,
+        }
+    }
+}
+
+/// Why the benchmark could not run to the end.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The scratch directory could not be made.
+    #[error("cannot create the scratch directory {0}")]
+    Scratch(PathBuf, #[source] std::io::Error),
+    /// No port for QEMU's TCP VNC display.
+    #[error("no free VNC port (5900-5999) on 127.0.0.1")]
+    NoVncPort,
+    /// QEMU did not start.
+    #[error("starting QEMU")]
+    Launch(#[from] testbed::qemu::LaunchError),
+    /// The guest did not come up or stopped reporting.
+    #[error("the guest's serial port")]
+    Guest(#[from] testbed::qemu::SerialError),
+    /// The console process failed.
+    #[error("the console process")]
+    Console(#[from] ProcessError),
+    /// A TCP connection failed.
+    #[error("connecting to {addr}")]
+    Connect {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An RFB connection failed.
+    #[error("RFB connection")]
+    Vnc(#[from] vnc::Error),
+    /// The typed character has no scancode in the guest's keymap.
+    #[error("keysym {0:#x} has no scancode in the guest's keymap")]
+    NoScancode(u32),
+    /// The guest reported another key than the one sent.
+    #[error("the guest reported key {got:?} while waiting for {expected:?} (down, code)")]
+    UnexpectedKey {
+        /// What was sent.
+        expected: (bool, u16),
+        /// What came.
+        got: (bool, u16),
+    },
+    /// Something expected never came (a hang guard, not a timed assertion).
+    #[error("gave up waiting for {0}")]
+    Timeout(&'static str),
+    /// A client task panicked or was cancelled.
+    #[error("a client task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A directory removed with everything in it on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn create() -> Result<Scratch, BenchError> {
+        let dir = std::env::temp_dir().join(format!("dmore-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| BenchError::Scratch(dir.clone(), e))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_vnc_port() -> Result<u16, BenchError> {
+    (5900..6000)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .ok_or(BenchError::NoVncPort)
+}
+
+/// One guest with its console.
+struct Rig {
+    // Field order is drop order: the console goes before its QEMU.
+    console: ConsoleProcess,
+    vm: Qemu,
+    direct: SocketAddr,
+}
+
+async fn rig<L>(
+    dir: &Path,
+    name: &str,
+    vbe: Option<(u16, u16)>,
+    options: &BenchOptions,
+    launch: &L,
+) -> Result<(Rig, String), BenchError>
+where
+    L: Fn(&ConsoleSockets<'_>) -> Command,
+{
+    let direct = SocketAddr::from(([127, 0, 0, 1], free_vnc_port()?));
+    let mut cfg = QemuConfig::new(dir.join(name));
+    cfg.memory_mib = options.memory_mib;
+    cfg.guest.animate = true;
+    cfg.key_delay_ms = Some(0);
+    cfg.extra_qmp = true;
+    cfg.vnc_tcp = Some(direct);
+    let kvm = testbed::qemu::kvm_usable();
+    cfg.accel = if kvm {
+        AccelChoice::Kvm
+    } else {
+        AccelChoice::Tcg
+    };
+    let firmware = match vbe {
+        // The last -append wins: the guest's options plus its graphics mode.
+        Some((w, h)) => {
+            cfg.extra_args.push("-append".into());
+            let line = format!("{} {}", cfg.guest.cmdline(), guest::vbe_option(w, h));
+            cfg.extra_args.push(line.into());
+            if kvm {
+                "qboot"
+            } else {
+                "SeaBIOS"
+            }
+        }
+        // The last -bios wins: SeaBIOS instead of the launcher's qboot, for text mode.
+        None if kvm && Path::new(SEABIOS).exists() => {
+            cfg.extra_args.push("-bios".into());
+            cfg.extra_args.push(SEABIOS.into());
+            "SeaBIOS"
+        }
+        None => "SeaBIOS",
+    };
+    let mut vm = Qemu::launch(cfg).await?;
+    vm.wait_ready(START_DEADLINE).await?;
+    let qmp2 = vm
+        .qmp2_path()
+        .ok_or(BenchError::Timeout("QEMU's second QMP monitor"))?;
+    let sockets = ConsoleSockets {
+        vnc: vm.vnc_path(),
+        qmp: qmp2,
+    };
+    let console = ConsoleProcess::spawn(launch(&sockets), START_DEADLINE).await?;
+    let machine = format!(
+        "{} + {firmware}, {} MiB guest, QEMU 7.2 VNC key-delay-ms=0 on both displays, \
+         console with its default journal config (4 ms pacing)",
+        vm.accel(),
+        options.memory_mib
+    );
+    Ok((
+        Rig {
+            console,
+            vm,
+            direct,
+        },
+        machine,
+    ))
+}
+
+/// Runs the whole benchmark. `launch` builds the command that runs one console attached to
+/// the given sockets and listening on `127.0.0.1:0` (e.g. `dmore console --vnc-socket V
+/// --qmp-socket Q --listen 127.0.0.1:0`); `progress` hears what is being measured.
+pub async fn run<L>(
+    options: &BenchOptions,
+    launch: L,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport, BenchError>
+where
+    L: Fn(&ConsoleSockets<'_>) -> Command,
+{
+    let scratch = Scratch::create()?;
+    let mut report = BenchReport::default();
+
+    progress("booting the 720x400 (text mode) guest and its console");
+    let (mut rig0, machine) = rig(&scratch.0, "t", None, options, &launch).await?;
+    report.machine = machine;
+    let console_addr = rig0.console.addr();
+
+    progress(&format!("key response: {} keys, alternating", options.keys));
+    report.keys = keys::measure(&mut rig0.vm, rig0.direct, console_addr, options.keys).await?;
+
+    progress(&format!(
+        "screen path: {} small and {} full-screen updates",
+        options.frames, options.frames
+    ));
+    {
+        let guard = Duration::from_secs(60)
+            + Duration::from_secs(1) * u32::try_from(options.frames).unwrap_or(u32::MAX);
+        let mut watchers = screen::Watchers::start(rig0.direct, console_addr).await?;
+        report.small = watchers
+            .small(options.frames, Instant::now() + guard)
+            .await?;
+        let (_, mut key_reader, mut key_writer) =
+            screen::connect(rig0.direct, &screen::raw_setup()).await?;
+        let drain = tokio::spawn(async move { while key_reader.read_message().await.is_ok() {} });
+        let full = watchers
+            .full(&mut key_writer, options.frames, Instant::now() + guard)
+            .await;
+        drain.abort();
+        report.full = full?;
+    }
+    report.screen = (720, 400);
+
+    load(&rig0, options, &mut report, (720, 400), &mut progress).await?;
+    drop(rig0);
+
+    progress("booting the 1024x768 (vbe) guest and its console");
+    let (rig1, _) = rig(&scratch.0, "g", Some((1024, 768)), options, &launch).await?;
+    load(&rig1, options, &mut report, (1024, 768), &mut progress).await?;
+    drop(rig1);
+    Ok(report)
+}
+
+async fn load(
+    rig: &Rig,
+    options: &BenchOptions,
+    report: &mut BenchReport,
+    (width, height): (u16, u16),
+    progress: &mut impl FnMut(&str),
+) -> Result<(), BenchError> {
+    let mut viewers = screen::Viewers::default();
+    for &n in &options.viewer_counts {
+        progress(&format!(
+            "footprint at {width}x{height} with {n} viewers, {:?} window",
+            options.window
+        ));
+        viewers.grow_to(rig.console.addr(), n).await?;
+        tokio::time::sleep(screen::SETTLE).await;
+        let (cpu0, updates0, t0) = (rig.console.cpu_time()?, viewers.updates(), Instant::now());
+        tokio::time::sleep(options.window).await;
+        let (cpu1, updates1, t1) = (rig.console.cpu_time()?, viewers.updates(), Instant::now());
+        if viewers.ended() > 0 {
+            return Err(BenchError::Timeout("viewers that stay connected"));
+        }
+        let secs = t1.duration_since(t0).as_secs_f64();
+        report.load.push(LoadRow {
+            width,
+            height,
+            viewers: n,
+            rss_kib: rig.console.rss_kib()?,
+            cpu_percent: cpu1.saturating_sub(cpu0).as_secs_f64() / secs * 100.0,
+            updates_per_viewer_s: updates1.saturating_sub(updates0) as f64 / secs / n.max(1) as f64,
+        });
+    }
+    Ok(())
+}

@@ -62,12 +62,10 @@ async fn console_stalled_viewer_does_not_block_typing_and_memory_stays_bounded(
         height: h,
     };
     let sent = |s: &serde_json::Value| s["viewer_list"][0]["updates_sent"].as_u64().unwrap_or(0);
+    // 16 x 1.1 MB is far beyond the socket buffers (4 MiB send, 4 KiB receive): once these are
+    // answered or merged, the writer is stuck for good.
     for _ in 0..16 {
-        let s = console.status().await?;
-        if stuck(&s) {
-            break;
-        }
-        let before = sent(&s);
+        let before = sent(&console.status().await?);
         stalled.send(&full).await?;
         console
             .wait_status("the request answered", |s| stuck(s) || sent(s) > before)
@@ -117,6 +115,7 @@ async fn console_stalled_viewer_does_not_block_typing_and_memory_stays_bounded(
     );
     // The typing viewer still gets every change: its screen ends as QEMU's.
     let direct = Viewer::direct(&vm).await?;
-    screens_match(&direct, &[&typer]).await?;
+    // (Except the guest's animated cells, which change every millisecond.)
+    screens_match_except(&direct, &[&typer], Some(ANIMATION)).await?;
     Ok(())
 }

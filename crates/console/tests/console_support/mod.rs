@@ -399,15 +399,41 @@ pub async fn assert_no_more_keys(
     Ok(())
 }
 
+/// The guest's animated region (top right 8 text cells of 720x400): x >= 648, y < 16.
+pub const ANIMATION: (u16, u16) = (648, 16);
+
 /// Waits until every viewer's framebuffer equals the direct one's (pixel-exact).
 pub async fn screens_match(direct: &Viewer, viewers: &[&Viewer]) -> anyhow::Result<()> {
+    screens_match_except(direct, viewers, None).await
+}
+
+fn same(f: &Framebuffer, w: &Framebuffer, except: Option<(u16, u16)>) -> bool {
+    if (f.width(), f.height()) != (w.width(), w.height()) {
+        return false;
+    }
+    let Some((x0, y1)) = except else {
+        return f.pixels() == w.pixels();
+    };
+    let width = usize::from(w.width()).max(1);
+    f.pixels()
+        .iter()
+        .zip(w.pixels())
+        .enumerate()
+        .all(|(i, (a, b))| a == b || (i % width >= usize::from(x0) && i / width < usize::from(y1)))
+}
+
+/// [`screens_match`] ignoring the region right of x and above y given by `except`.
+pub async fn screens_match_except(
+    direct: &Viewer,
+    viewers: &[&Viewer],
+    except: Option<(u16, u16)>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + DEADLINE;
     loop {
         if let Some(want) = direct.framebuffer() {
-            let all = viewers.iter().all(|v| {
-                v.framebuffer()
-                    .is_some_and(|f| f.width() == want.width() && f.pixels() == want.pixels())
-            });
+            let all = viewers
+                .iter()
+                .all(|v| v.framebuffer().is_some_and(|f| same(&f, &want, except)));
             if all {
                 return Ok(());
             }
@@ -415,13 +441,52 @@ pub async fn screens_match(direct: &Viewer, viewers: &[&Viewer]) -> anyhow::Resu
         for v in viewers {
             anyhow::ensure!(v.alive(), "a viewer's connection ended");
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "viewers' screens never matched QEMU's"
-        );
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "viewers' screens never matched QEMU's: {:?}",
+                viewers
+                    .iter()
+                    .map(|v| describe_diff(v.framebuffer().as_ref(), direct.framebuffer().as_ref()))
+                    .collect::<Vec<_>>()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Unused import guard for encodings in tests.
 pub const ZRLE: Encoding = Encoding::Zrle;
+
+/// Where two framebuffers differ, for failure messages.
+pub fn describe_diff(got: Option<&Framebuffer>, want: Option<&Framebuffer>) -> String {
+    let (Some(f), Some(w)) = (got, want) else {
+        return "no framebuffer yet".into();
+    };
+    if (f.width(), f.height()) != (w.width(), w.height()) {
+        return format!(
+            "size {}x{} vs {}x{}",
+            f.width(),
+            f.height(),
+            w.width(),
+            w.height()
+        );
+    }
+    let width = usize::from(w.width()).max(1);
+    let bad: Vec<usize> = f
+        .pixels()
+        .iter()
+        .zip(w.pixels())
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, _)| i)
+        .collect();
+    let x = (
+        bad.iter().map(|i| i % width).min(),
+        bad.iter().map(|i| i % width).max(),
+    );
+    let y = (
+        bad.iter().map(|i| i / width).min(),
+        bad.iter().map(|i| i / width).max(),
+    );
+    format!("{} pixels differ, x {x:?}, y {y:?}", bad.len())
+}

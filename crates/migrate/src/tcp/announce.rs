@@ -228,6 +228,9 @@ impl Relay {
                 head[..6].copy_from_slice(&to.0);
                 head[6..].copy_from_slice(&self.mac.0);
             }
+            // A segment from a local or virtual sender may carry only a partial checksum (the
+            // NIC was to finish it); the new owner verifies it, so make it whole.
+            fix_tcp_checksum(&mut frame);
             send_frame(&self.sock, &dst, &frame).map_err(link_err(what()))?;
         }
         Ok(frames.len())
@@ -280,6 +283,61 @@ impl Relay {
     }
 }
 
+/// One's-complement sum of 16-bit big-endian words (an odd last byte padded with zero).
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    let mut words = data.chunks_exact(2);
+    for w in &mut words {
+        acc = acc.wrapping_add(u32::from(u16::from_be_bytes([w[0], w[1]])));
+    }
+    if let [last] = words.remainder() {
+        acc = acc.wrapping_add(u32::from(*last) << 8);
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    // `acc` fits 16 bits after folding.
+    u16::try_from(acc).unwrap_or(0)
+}
+
+/// Recomputes the TCP checksum of an Ethernet frame holding an unfragmented IPv4 segment;
+/// leaves anything else untouched.
+fn fix_tcp_checksum(frame: &mut [u8]) {
+    let Some(ip) = frame.get_mut(ETH_HLEN..) else {
+        return;
+    };
+    let Some(&first) = ip.first() else { return };
+    let ihl = usize::from(first & 0x0f) * 4;
+    let Some(total) = ip
+        .get(2..4)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    else {
+        return;
+    };
+    let fragmented = ip.get(6..8).is_some_and(|b| b[0] & 0x3f != 0 || b[1] != 0);
+    if ihl < 20 || total < ihl + 20 || total > ip.len() || fragmented {
+        return;
+    }
+    let (header, rest) = ip.split_at_mut(ihl);
+    let Some(segment) = rest.get_mut(..total - ihl) else {
+        return;
+    };
+    let Ok(seg_len) = u16::try_from(segment.len()) else {
+        return;
+    };
+    segment[16] = 0;
+    segment[17] = 0;
+    let mut acc = sum16(&header[12..20], 0); // source and destination addresses
+    acc = acc.wrapping_add(u32::from(IPPROTO_TCP));
+    acc = acc.wrapping_add(u32::from(seg_len));
+    acc = sum16(segment, acc);
+    let sum = !fold(acc);
+    segment[16..18].copy_from_slice(&sum.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +354,32 @@ mod tests {
         assert_eq!(&f[28..32], &[10, 0, 0, 5]);
         assert_eq!(&f[38..42], &[10, 0, 0, 5]);
         assert_eq!(mac.to_string(), "02:00:00:00:00:01");
+    }
+
+    #[test]
+    fn tcp_checksum_is_recomputed() {
+        // A SYN from 10.0.0.1:12345 to 10.0.0.2:80 carrying a wrong checksum (0xabcd).
+        let mut frame = vec![0u8; ETH_HLEN];
+        frame[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        let ip = [
+            0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        let tcp = [
+            0x30, 0x39, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0xab, 0xcd, 0, 0,
+        ];
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&tcp);
+        fix_tcp_checksum(&mut frame);
+        let seg = &frame[ETH_HLEN + 20..];
+        // Verifying: the sum over pseudo-header and segment (checksum included) is 0xffff.
+        let mut acc = sum16(&frame[ETH_HLEN + 12..ETH_HLEN + 20], 0);
+        acc = acc.wrapping_add(6).wrapping_add(20);
+        assert_eq!(fold(sum16(seg, acc)), 0xffff);
+        assert_ne!(&seg[16..18], &[0xab, 0xcd]);
+        // A truncated frame is left alone and does not panic.
+        let mut short = frame[..ETH_HLEN + 25].to_vec();
+        let before = short.clone();
+        fix_tcp_checksum(&mut short);
+        assert_eq!(short, before);
     }
 }

@@ -218,12 +218,10 @@ impl ConsoleProc {
     }
 }
 
-/// The test guest on real QEMU with a second QMP monitor for the console. On TCG (SeaBIOS),
-/// because under KVM+qboot the VGA stays in a 640x480 graphics mode and the guest's text echo
-/// and animation never show (measured: 2 colours, no updates); SeaBIOS sets 720x400 text.
+/// The test guest on real QEMU (KVM+qboot where it works, else TCG) with a second QMP
+/// monitor for the console.
 pub async fn launch_vm(dir: &Path, animate: bool) -> anyhow::Result<Qemu> {
     let mut cfg = QemuConfig::new(dir.join("vm"));
-    cfg.accel = testbed::qemu::AccelChoice::Tcg;
     cfg.key_delay_ms = Some(0);
     cfg.extra_qmp = true;
     cfg.guest.animate = animate;

@@ -37,7 +37,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 pub use announce::{announce, hardware_address, MacAddr, Relay};
-pub use repair::{abandon, checkpoint, restore, resume};
+pub use repair::{abandon, checkpoint, restore, restore_with, resume, RestoreOptions};
 
 /// Version of [`Checkpoint`]'s encoding, written first by [`Checkpoint::encode`]. Bump it on
 /// any change of the struct; [`Checkpoint::decode`] refuses other versions.

@@ -188,6 +188,26 @@ pub fn resume(sock: &TcpStream) -> Result<(), TcpRepairError> {
 /// with the same addresses must be closed first (on the source: [`abandon`]). On error nothing
 /// is left behind (the half-made socket is closed while still in repair mode).
 pub fn restore(cp: &Checkpoint) -> Result<TcpStream, TcpRepairError> {
+    restore_with(cp, &RestoreOptions::default())
+}
+
+/// Choices of [`restore_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// Queue the checkpoint's sent-but-unacknowledged bytes as never sent, so they go out at
+    /// once instead of after the restored socket's first retransmission timeout (1 s: the
+    /// round-trip estimate is not part of the state `TCP_REPAIR` restores). The peer discards
+    /// what it already had. The default (`false`) is CRIU's: restored as sent, so a peer's
+    /// acknowledgement of them is accepted at once (the window probe sent when repair mode ends
+    /// draws one), and only bytes really lost wait for the timer.
+    pub resend_unacked: bool,
+}
+
+/// [`restore`] with options.
+pub fn restore_with(
+    cp: &Checkpoint,
+    options: &RestoreOptions,
+) -> Result<TcpStream, TcpRepairError> {
     cp.validate()?;
     let owned: OwnedFd = sys::tcp_socket(&cp.local).map_err(TcpRepairError::sys(Step::Socket))?;
     let fd = owned.as_fd();
@@ -235,8 +255,13 @@ pub fn restore(cp: &Checkpoint) -> Result<TcpStream, TcpRepairError> {
     ensure_buffers(fd, cp)?;
     select_queue(fd, sys::TCP_RECV_QUEUE)?;
     sys::send_all(fd, &cp.recv_queue).map_err(TcpRepairError::sys(Step::RefillRecvQueue))?;
+    let (as_sent, unsent): (&[u8], Vec<u8>) = if options.resend_unacked {
+        (&[], [cp.send_unacked.as_slice(), &cp.send_unsent].concat())
+    } else {
+        (&cp.send_unacked, cp.send_unsent.clone())
+    };
     select_queue(fd, sys::TCP_SEND_QUEUE)?;
-    sys::send_all(fd, &cp.send_unacked).map_err(TcpRepairError::sys(Step::RefillSendQueue))?;
+    sys::send_all(fd, as_sent).map_err(TcpRepairError::sys(Step::RefillSendQueue))?;
     select_queue(fd, sys::TCP_NO_QUEUE)?;
 
     // After the queues: the kernel checks the window against the restored rcv_nxt.
@@ -251,7 +276,7 @@ pub fn restore(cp: &Checkpoint) -> Result<TcpStream, TcpRepairError> {
         .map_err(TcpRepairError::sys(Step::SetWindow))?;
 
     set_int(fd, libc::TCP_REPAIR, sys::TCP_REPAIR_OFF, Step::RepairOff)?;
-    if let Err(e) = sys::send_all(fd, &cp.send_unsent) {
+    if let Err(e) = sys::send_all(fd, &unsent) {
         // Back in repair mode so that dropping the socket stays silent.
         let _ = set_int(fd, libc::TCP_REPAIR, sys::TCP_REPAIR_ON, Step::RepairOn);
         return Err(TcpRepairError::sys(Step::SendUnsent)(e));

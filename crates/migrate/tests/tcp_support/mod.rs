@@ -13,6 +13,9 @@ use anyhow::{bail, ensure, Context, Result};
 use migrate::tcp::{self, Checkpoint, Relay};
 use testbed::hosts::{Host, Mode, Testbed};
 
+/// UDP port of the capture's end marker (discard).
+const MARKER_PORT: u16 = 9;
+
 /// Port the service listens on.
 pub const PORT: u16 = 5901;
 /// Read timeout on every test socket, so a broken hand-over fails instead of hanging.
@@ -107,9 +110,11 @@ impl Capture {
         let file = client.runtime_dir().join("client.pcap");
         let mut child = client
             .command("tcpdump")
-            .args(["-i", "eth0", "-nn", "-U", "-w"])
+            // Immediate mode: libpcap's default ring hands packets over only when a block
+            // fills or times out, and those still in the ring are lost on SIGINT.
+            .args(["-i", "eth0", "-nn", "-U", "--immediate-mode", "-w"])
             .arg(&file)
-            .arg("tcp")
+            .arg(format!("tcp or (udp and dst port {MARKER_PORT})"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -135,14 +140,41 @@ impl Capture {
         Ok(cap)
     }
 
-    /// Stops tcpdump (SIGINT: it flushes) and returns `tcpdump -r FILE -nn`'s text.
-    pub fn finish(mut self, client: &Host) -> Result<String> {
+    /// Waits until tcpdump has written everything sent so far (a UDP marker sent after it
+    /// shows up in the file), stops it and returns `tcpdump -r FILE -nn`'s text (TCP only).
+    pub fn finish(mut self, client: &Host, peer: Ipv4Addr) -> Result<String> {
+        let marker = client.run(|| std::net::UdpSocket::bind("0.0.0.0:0"))??;
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            marker.send_to(b"end of test", (peer, MARKER_PORT))?;
+            if self
+                .read(client, false)?
+                .contains(&format!(".{MARKER_PORT}: UDP"))
+            {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "tcpdump never wrote the end marker"
+            );
+        }
         if let Some(mut child) = self.child.take() {
             let pid = libc::pid_t::try_from(child.id()).context("tcpdump pid")?;
             // SAFETY: signalling our own child.
             unsafe { libc::kill(pid, libc::SIGINT) };
             child.wait().context("waiting for tcpdump")?;
         }
+        let text = self.read(client, true)?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.contains(" UDP"))
+            .map(|l| format!("{l}\n"))
+            .collect())
+    }
+
+    /// The capture as text; `strict`: fail if tcpdump does (a file still being written may
+    /// end in a partial record).
+    fn read(&self, client: &Host, strict: bool) -> Result<String> {
         let out = client
             .command("tcpdump")
             .args(["-nn", "-r"])
@@ -150,7 +182,7 @@ impl Capture {
             .stderr(Stdio::null())
             .output()
             .context("reading the capture")?;
-        ensure!(out.status.success(), "tcpdump -r failed");
+        ensure!(!strict || out.status.success(), "tcpdump -r failed");
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -201,6 +233,9 @@ pub fn assert_one_clean_connection(text: &str) {
         "capture: {} segments, {} with SYN, {} with FIN, {} with RST",
         c.segments, c.syn, c.fin, c.rst
     );
+    if std::env::var_os("TCP_TEST_SHOW_CAPTURE").is_some() {
+        println!("{text}");
+    }
     assert_eq!(c.syn, 2, "exactly one SYN and one SYN-ACK:\n{text}");
     assert_eq!(c.fin, 0, "no FIN:\n{text}");
     assert_eq!(c.rst, 0, "no RST:\n{text}");

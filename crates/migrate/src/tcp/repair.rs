@@ -69,9 +69,10 @@ fn ensure_buffers(fd: BorrowedFd<'_>, cp: &Checkpoint) -> Result<(), TcpRepairEr
 ///
 /// The socket **stays in repair mode**: it sends nothing from now on, and closing it sends no
 /// FIN or RST. Before this call the caller should already have stopped the service address's
-/// packets on this host (`ip addr del`, or a firewall drop): a segment reaching a socket in
-/// repair mode is still acknowledged by the kernel, so it would be acknowledged here and
-/// missing from the checkpoint. Then close the socket with [`abandon`], or return to normal
+/// packets on this host (`ip addr del`, or a firewall drop, as CRIU does while it dumps):
+/// repair mode freezes what the application can do, not what arrives from the network, so a
+/// segment received after the checkpoint could be acknowledged here and be missing from it, and
+/// once the socket is closed the host would answer with a RST. Then close the socket with [`abandon`], or return to normal
 /// with [`resume`] if the move is aborted.
 pub fn checkpoint(sock: &impl AsFd) -> Result<Checkpoint, TcpRepairError> {
     let fd = sock.as_fd();

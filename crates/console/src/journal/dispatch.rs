@@ -22,6 +22,9 @@ impl Journal {
         if let Some(action) = self.poll_confirm() {
             return Some(action);
         }
+        if self.delivery_frozen {
+            return None;
+        }
         let head = self.pending.front()?;
         if self.due(head) > now {
             return None;
@@ -38,6 +41,9 @@ impl Journal {
     /// When the next held event becomes due, if a lane could take it then. `None`: nothing
     /// is waiting on time (only on input or replies).
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.delivery_frozen {
+            return None;
+        }
         let head = self.pending.front()?;
         let lane_ready = if self.fast_open {
             !self.needs_qmp(&head.entry)

@@ -48,6 +48,13 @@
 //! goes out no sooner than `min_interval` after the previous one, and held events keep the
 //! viewer's original gaps (capped at `max_gap`). See [`Config`].
 //!
+//! # Freezing delivery
+//! [`Journal::freeze_delivery`] stops delivery (a console about to snapshot itself): the fast
+//! lane closes and no new `Vnc` or `Qmp` action comes, but fences and status probes still do,
+//! so what is in flight can resolve before [`Journal::freeze`]. While frozen, `push` accepts up
+//! to what [`Journal::restore`] takes (input a viewer had sent and the console already read
+//! must travel in the snapshot). [`Journal::thaw_delivery`] carries on (an aborted migration).
+//!
 //! # Key releases
 //! QEMU's VNC server drops a release whose press it did not see (`ui/kbd-state.c`), so a
 //! release goes on the fast lane only if its press went on the fast lane during the same open
@@ -162,6 +169,8 @@ pub struct Journal {
     migrating: bool,
     /// Set by a failed QMP batch; the QMP lane waits for `handle_vm_resumed`.
     blocked: Option<String>,
+    /// [`Journal::freeze_delivery`] was called and not yet thawed.
+    delivery_frozen: bool,
     pending: VecDeque<Pending>,
     /// Key/button entries in `pending`.
     pending_seqd: usize,
@@ -194,6 +203,7 @@ impl Journal {
             vm_running,
             migrating: false,
             blocked: None,
+            delivery_frozen: false,
             pending: VecDeque::new(),
             pending_seqd: 0,
             last_push: None,
@@ -215,6 +225,8 @@ impl Journal {
     /// Takes one viewer event. Keys and buttons get a [`Seq`]; motion (`Ok(None)`) replaces a
     /// motion still waiting at the tail. Refuses key/button events while `max_held` are held:
     /// the shell then stops reading from that viewer (TCP backpressure) and retries later.
+    /// While delivery is frozen the bound is what [`Journal::restore`] accepts instead:
+    /// `2 * max_held + 1` events of any kind, queued or in flight.
     pub fn push(
         &mut self,
         viewer: ViewerId,
@@ -223,6 +235,18 @@ impl Journal {
     ) -> Result<Option<Seq>, JournalFull> {
         self.maybe_reopen();
         let entry = |seq| Entry { seq, viewer, event };
+        if self.delivery_frozen && self.entries() >= self.restore_bound() {
+            let coalesces = matches!(event, InputEvent::Motion { .. })
+                && self.pending.back().is_some_and(|t| t.entry.seq.is_none());
+            if !coalesces {
+                self.stats.refused += 1;
+                self.refused_since_push = true;
+                return Err(JournalFull {
+                    held: self.held(),
+                    max: self.restore_bound(),
+                });
+            }
+        }
         if let InputEvent::Motion { .. } = event {
             match self.pending.back_mut() {
                 Some(tail) if tail.entry.seq.is_none() => tail.entry = entry(None),
@@ -235,7 +259,7 @@ impl Journal {
             return Ok(None);
         }
         let held = self.held();
-        if held >= self.config.max_held {
+        if held >= self.config.max_held && !self.delivery_frozen {
             self.stats.refused += 1;
             self.refused_since_push = true;
             return Err(JournalFull {
@@ -297,6 +321,27 @@ impl Journal {
         self.maybe_reopen();
     }
 
+    /// Stops delivery until [`Journal::thaw_delivery`]: the fast lane closes (its unconfirmed
+    /// events still get their fence and probe) and `poll_action` gives no `Vnc` or `Qmp`
+    /// action; a QMP batch already in flight still takes its reply. Call it, wait until
+    /// [`Journal::is_settled`] (or give up), then [`Journal::freeze`].
+    pub fn freeze_delivery(&mut self) {
+        self.delivery_frozen = true;
+        self.close_fast("delivery frozen");
+    }
+
+    /// Delivery carries on after [`Journal::freeze_delivery`] (the migration was aborted and
+    /// the snapshot will not be used).
+    pub fn thaw_delivery(&mut self) {
+        self.delivery_frozen = false;
+        self.maybe_reopen();
+    }
+
+    /// Whether delivery is frozen.
+    pub fn delivery_frozen(&self) -> bool {
+        self.delivery_frozen
+    }
+
     /// The next range of fast-lane events that may or may not have reached the guest (a pause
     /// nobody announced caught them in flight). They are never re-sent; log and count them.
     pub fn poll_uncertain(&mut self) -> Option<SeqRange> {
@@ -336,6 +381,16 @@ impl Journal {
         self.fast_open
     }
 
+    /// Events of any kind queued or in flight on QMP (what a snapshot's `held` may list).
+    fn entries(&self) -> usize {
+        self.pending.len() + self.qmp.as_ref().map_or(0, |f| f.pending.len())
+    }
+
+    /// The most entries [`Journal::restore`] accepts.
+    fn restore_bound(&self) -> usize {
+        state::restore_bound(&self.config)
+    }
+
     fn fast_resolved(&self) -> bool {
         self.confirm.is_none() && !self.unfenced.dirty
     }
@@ -351,6 +406,7 @@ impl Journal {
     /// Opens the fast lane when that cannot reorder anything.
     fn maybe_reopen(&mut self) {
         if !self.fast_open
+            && !self.delivery_frozen
             && self.vm_running
             && !self.migrating
             && self.blocked.is_none()

@@ -59,6 +59,12 @@ pub enum RestoreError {
     Invalid(&'static str),
 }
 
+/// The most held events (of any kind) a snapshot may list: a full journal holds `max_held`
+/// keys and buttons with at most one motion between each two, plus one at the tail.
+pub(super) fn restore_bound(config: &Config) -> usize {
+    config.max_held.saturating_mul(2).saturating_add(1)
+}
+
 impl JournalState {
     /// Key and button events the snapshot holds for re-delivery.
     pub fn held(&self) -> usize {
@@ -143,8 +149,7 @@ impl Journal {
                 expected: STATE_VERSION,
             });
         }
-        let bound = state.config.max_held.saturating_mul(2).saturating_add(1);
-        if state.held.len() > bound {
+        if state.held.len() > restore_bound(&state.config) {
             return Err(RestoreError::Invalid(
                 "more held events than the bound allows",
             ));

@@ -239,3 +239,92 @@ fn replies_for_unknown_ids_are_errors() {
         Err(JournalError::UnknownProbe(ProbeId(9)))
     );
 }
+
+#[test]
+fn frozen_delivery_confirms_in_flight_events_but_sends_nothing_new() {
+    let mut j = Journal::new(Config::default(), true);
+    j.push(V, key(true, 0), at(0)).unwrap();
+    // The fast lane is open: the key leaves on it, unconfirmed.
+    assert!(matches!(j.poll_action(at(0)), Some(Action::Vnc { .. })));
+    j.push(V, key(true, 1), at(1)).unwrap();
+    j.freeze_delivery();
+    assert!(!j.fast_lane_open());
+    assert!(!j.is_settled());
+    let Some(Action::Fence { fence }) = j.poll_action(at(10)) else {
+        panic!("the unconfirmed key still gets its fence")
+    };
+    j.handle_fence_answered(fence).unwrap();
+    let Some(Action::Status { probe }) = j.poll_action(at(10)) else {
+        panic!("and its probe")
+    };
+    j.handle_status(probe, true, false).unwrap();
+    assert_eq!(j.poll_action(at(20)), None, "nothing new is delivered");
+    assert_eq!(j.poll_timeout(), None);
+    assert!(j.is_settled());
+    let state = j.freeze();
+    assert_eq!(state.held(), 1);
+    assert!(state.uncertain().is_empty());
+    assert_eq!(j.stats().delivered, 1);
+    // An aborted migration: the same journal carries on.
+    j.thaw_delivery();
+    // Held events leave on QMP (the fast lane reopens once nothing is held).
+    assert_eq!(lanes(&run_until_idle(&mut j, at(30))), [(Lane::Qmp, 2)]);
+}
+
+#[test]
+fn frozen_delivery_holds_a_batch_refused_in_flight() {
+    let mut j = Journal::new(Config::default(), true);
+    j.handle_migration_started();
+    j.push(V, key(true, 0), at(0)).unwrap();
+    let Some(Action::Qmp { batch, .. }) = j.poll_action(at(0)) else {
+        panic!("expected Qmp")
+    };
+    j.push(V, key(true, 1), at(5)).unwrap();
+    j.freeze_delivery();
+    assert!(!j.is_settled(), "a batch is in flight");
+    j.handle_vm_stopped();
+    j.handle_qmp_reply(batch, Outcome::VmNotRunning).unwrap();
+    assert!(j.is_settled());
+    let state = j.freeze();
+    assert_eq!(state.held(), 2, "the refused batch is held again, in front");
+    assert!(state.uncertain().is_empty());
+    let mut k = Journal::restore(state, at(10)).unwrap();
+    k.handle_vm_resumed();
+    assert_eq!(
+        lanes(&run_until_idle(&mut k, at(10))),
+        [(Lane::Qmp, 1), (Lane::Qmp, 2)]
+    );
+}
+
+#[test]
+fn frozen_push_takes_input_beyond_max_held_up_to_what_restore_accepts() {
+    let config = Config {
+        max_held: 3,
+        ..Config::default()
+    };
+    let mut j = Journal::new(config, false);
+    for i in 0..3 {
+        j.push(V, key(true, i), at(0)).unwrap();
+    }
+    assert!(
+        j.push(V, key(true, 3), at(0)).is_err(),
+        "full while delivering"
+    );
+    j.freeze_delivery();
+    // 2 * 3 + 1 = 7 entries of any kind.
+    for i in 3..7 {
+        j.push(V, key(true, i), at(0)).unwrap();
+    }
+    assert_eq!(j.held(), 7);
+    assert!(j.push(V, key(true, 7), at(0)).is_err());
+    assert!(
+        j.push(V, InputEvent::Motion { x: 1, y: 1 }, at(0)).is_err(),
+        "motion that would not coalesce is refused too"
+    );
+    let state = j.freeze();
+    assert_eq!(state.held(), 7);
+    let mut k = Journal::restore(state, at(1)).expect("restore accepts what a frozen push took");
+    k.handle_vm_resumed();
+    let seqs: Vec<u64> = run_until_idle(&mut k, at(1)).iter().map(|s| s.1).collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+}

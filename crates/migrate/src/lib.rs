@@ -9,4 +9,6 @@
 
 #![warn(missing_docs)]
 
+pub mod phase;
+pub mod protocol;
 pub mod tcp;

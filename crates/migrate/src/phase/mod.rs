@@ -1,0 +1,1 @@
+//! Phase machines (in progress).

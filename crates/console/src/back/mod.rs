@@ -43,6 +43,28 @@
 //! under a manager) a `STOP` is classified by `query-status`: `finish-migrate`/`postmigrate`
 //! mean a migration's switchover, and the next `RESUME` ends that migration here.
 //!
+//! # Freeze, thaw, restore
+//! [`QemuLink::freeze`] stops delivery (the journal's `freeze_delivery`: no new input reaches
+//! QEMU), lets the QMP batch and the fence or status probe in flight resolve — for at most
+//! [`LinkConfig::freeze_timeout`]; what is still unresolved then is recorded as uncertain by
+//! [`Journal::freeze`](crate::journal::Journal::freeze) — and returns the journal's state. The
+//! link stays frozen, taking no input, until [`QemuLink::thaw`] (an aborted migration: the
+//! same journal carries on) or shutdown. A link started with [`LinkConfig::restore`] begins
+//! from such a state: it holds its input until the VM runs, and releases keys that were down
+//! through QMP (the journal's restore rules).
+//!
+//! ```text
+//!   running ──freeze──▶ settling ──(settled | freeze_timeout)──▶ frozen ──thaw──▶ running
+//!                       (no delivery; replies, fences, probes still handled)
+//! ```
+//!
+//! # Room and run state
+//! When [`QemuLink::try_push`] was refused (journal full, or frozen), [`LinkInput::room`]
+//! completes once the journal takes input again, so a caller never polls. The VM's run state
+//! is asked (`query-status`) at connect and followed through `STOP`/`RESUME`: a link attached
+//! to a paused VM holds input from the first event and never uses the fast lane;
+//! [`LinkStats::vm_running`] says what the link believes.
+//!
 //! # Faults
 //! QEMU's VNC or QMP socket closing ends the task with a [`LinkError`] naming the cause;
 //! [`LinkEvents::recv`] then returns `None` and [`QemuLink::shutdown`] returns the error.
@@ -52,15 +74,16 @@ mod qmp_port;
 mod run;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rfb::encoding::cursor::Cursor;
 use rfb::framebuffer::Framebuffer;
 use rfb::Rectangle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
-use crate::journal::{self, InputEvent, JournalFull, Seq, SeqRange, ViewerId};
+use crate::journal::{self, InputEvent, JournalFull, JournalState, Seq, SeqRange, ViewerId};
 
 /// How to reach one QEMU.
 #[derive(Debug, Clone)]
@@ -77,6 +100,12 @@ pub struct LinkConfig {
     pub event_queue: usize,
     /// Longest wait for each socket to connect and finish its handshake.
     pub connect_timeout: Duration,
+    /// Longest a freeze waits for the QMP batch, fence and probe in flight to resolve; what
+    /// has not resolved by then is recorded as uncertain in the frozen state.
+    pub freeze_timeout: Duration,
+    /// Begin from this frozen journal (a console taking over) instead of a fresh one; its
+    /// own tunables replace `journal`.
+    pub restore: Option<JournalState>,
 }
 
 impl LinkConfig {
@@ -89,6 +118,8 @@ impl LinkConfig {
             journal: journal::Config::default(),
             event_queue: 64,
             connect_timeout: Duration::from_secs(10),
+            freeze_timeout: Duration::from_secs(2),
+            restore: None,
         }
     }
 }
@@ -158,6 +189,10 @@ pub struct LinkStats {
     pub unmapped_keys: u64,
     /// FramebufferUpdates received from QEMU.
     pub updates: u64,
+    /// The VM runs, as the link knows it (`query-status` at connect, then `STOP`/`RESUME`).
+    pub vm_running: bool,
+    /// The link is frozen or freezing: it delivers no input.
+    pub frozen: bool,
 }
 
 /// Why the link failed. QEMU going away is one of the socket variants; the console then
@@ -197,6 +232,12 @@ pub enum LinkError {
     /// The journal refused a reply: a bug in the link.
     #[error("the input journal refused a reply")]
     Journal(#[from] journal::JournalError),
+    /// [`LinkConfig::restore`] holds a state this link cannot take over.
+    #[error("cannot restore the input journal")]
+    Restore(#[from] journal::RestoreError),
+    /// The link had already ended when asked to freeze ([`QemuLink::shutdown`] says why).
+    #[error("the QEMU link has ended")]
+    Ended,
     /// The link task panicked or was cancelled.
     #[error("the link task ended abnormally")]
     Task(#[source] tokio::task::JoinError),
@@ -226,12 +267,20 @@ enum Request {
     Stats(oneshot::Sender<LinkStats>),
     /// The console itself started (true) or ended (false) a migration.
     Migration(bool),
+    /// Freeze, journaling these events first (beyond the usual bound), and answer the state.
+    Freeze {
+        extra: Vec<(ViewerId, InputEvent)>,
+        reply: oneshot::Sender<JournalState>,
+    },
+    /// Carry on after a freeze.
+    Thaw,
 }
 
 /// A cloneable handle for pushing input (one per viewer task, say).
 #[derive(Debug, Clone)]
 pub struct LinkInput {
     requests: mpsc::Sender<Request>,
+    room: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Request {
@@ -242,6 +291,8 @@ impl std::fmt::Debug for Request {
             Request::Framebuffer(_) => "Framebuffer",
             Request::Stats(_) => "Stats",
             Request::Migration(_) => "Migration",
+            Request::Freeze { .. } => "Freeze",
+            Request::Thaw => "Thaw",
         })
     }
 }
@@ -264,6 +315,14 @@ impl LinkInput {
         event: InputEvent,
     ) -> Result<Option<Seq>, PushError> {
         self.request(viewer, event, false).await
+    }
+
+    /// Completes once the journal takes input again after a [`try_push`](Self::try_push) was
+    /// refused (full, or the link frozen). One wake-up is kept if nobody waits yet, so
+    /// refuse-then-wait never misses it; a wake-up may be spurious (try again, wait again).
+    /// Cancel-safe.
+    pub async fn room(&self) {
+        self.room.notified().await;
     }
 
     async fn request(
@@ -362,6 +421,37 @@ impl QemuLink {
             .await
             .map_err(|_| PushError::Closed)?;
         rx.await.map_err(|_| PushError::Closed)
+    }
+
+    /// [`LinkInput::room`]: waits until a refused push could succeed.
+    pub async fn room(&self) {
+        self.input.room().await;
+    }
+
+    /// Freezes the link and returns its journal's state (module docs, "Freeze, thaw,
+    /// restore"). The link delivers and takes no input until [`thaw`](Self::thaw).
+    pub async fn freeze(&self) -> Result<JournalState, LinkError> {
+        self.freeze_with(Vec::new()).await
+    }
+
+    /// [`freeze`](Self::freeze), journaling `extra` first: input the caller read from viewers
+    /// but could not push (the journal was full). While frozen the journal accepts up to what
+    /// a restore takes (twice its bound); anything beyond is logged as lost.
+    pub async fn freeze_with(
+        &self,
+        extra: Vec<(ViewerId, InputEvent)>,
+    ) -> Result<JournalState, LinkError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Freeze { extra, reply })
+            .await
+            .map_err(|_| LinkError::Ended)?;
+        rx.await.map_err(|_| LinkError::Ended)
+    }
+
+    /// Ends a freeze: the journal delivers again (held input once the VM runs). A no-op when
+    /// not frozen.
+    pub async fn thaw(&self) -> Result<(), PushError> {
+        self.send(Request::Thaw).await
     }
 
     /// dmore's own `migrate` is about to start: fence the fast lane and move input to QMP now,

@@ -2,7 +2,8 @@
 //! journal.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rfb::translate::Translator;
 use rfb::{
@@ -11,7 +12,7 @@ use rfb::{
 };
 use serde_json::Value;
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::timeout;
 use tracing::Instrument;
 use vnc::client::{ClientReader, ClientWriter, Setup};
@@ -22,7 +23,9 @@ use super::{
     LinkConfig, LinkError, LinkEvent, LinkEvents, LinkInput, LinkStats, PushError, QemuLink,
     Request, VmEvent,
 };
-use crate::journal::{Action, FenceId, InputEvent, Journal, Outcome, Seq, ViewerId};
+use crate::journal::{
+    Action, FenceId, InputEvent, Journal, JournalFull, JournalState, Outcome, Seq, ViewerId,
+};
 
 /// Requests queued from handles before senders wait.
 const REQUEST_QUEUE: usize = 256;
@@ -49,6 +52,19 @@ enum Migration {
     Inferred,
 }
 
+/// Where the link is between delivering and frozen (module docs of `back`).
+enum Freeze {
+    /// Delivering.
+    Running,
+    /// Delivery stopped; waiting for what is in flight to resolve, until `deadline`.
+    Settling {
+        deadline: Instant,
+        replies: Vec<oneshot::Sender<JournalState>>,
+    },
+    /// The state was taken; no input is delivered or taken until a thaw.
+    Frozen,
+}
+
 /// A `push` waiting for room in the journal.
 struct Waiting {
     viewer: ViewerId,
@@ -65,12 +81,19 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
             what: "QMP monitor",
         })?
         .map_err(LinkError::QmpConnect)?;
-    let status = timeout(limit, conn.client().query_status())
+    let reply = timeout(limit, conn.client().execute_at("query-status", Value::Null))
         .await
         .map_err(|_| LinkError::Timeout {
             what: "QMP monitor",
         })?
         .map_err(LinkError::Qmp)?;
+    let status_seq = reply.seq;
+    let status: qmp::StatusInfo = serde_json::from_value(reply.value).map_err(|source| {
+        LinkError::Qmp(qmp::Error::Decode {
+            command: "query-status".to_owned(),
+            source,
+        })
+    })?;
 
     let stream = timeout(limit, UnixStream::connect(&config.vnc_socket))
         .await
@@ -103,13 +126,37 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         "attached to QEMU"
     );
 
+    let journal = match config.restore {
+        Some(state) => {
+            let mut j = Journal::restore(state, Instant::now())?;
+            // The restored journal holds until the VM runs; if it already does, no RESUME
+            // will come to say so.
+            if status.running {
+                j.handle_vm_resumed();
+            }
+            tracing::info!(
+                held = j.held(),
+                running = status.running,
+                "journal restored"
+            );
+            j
+        }
+        None => Journal::new(config.journal, status.running),
+    };
+    let room = Arc::new(Notify::new());
     let link = Link {
         reader,
         writer,
         qmp: QmpPort::new(conn.client().clone(), events),
         _conn: conn,
-        journal: Journal::new(config.journal, status.running),
-        max_held: config.journal.max_held,
+        max_held: journal.config().max_held,
+        journal,
+        vm_running: status.running,
+        status_seq,
+        freeze: Freeze::Running,
+        freeze_timeout: config.freeze_timeout,
+        room: room.clone(),
+        room_wanted: false,
         translator,
         // The connect-time SetEncodings is answered like a fence.
         fences: VecDeque::from([None]),
@@ -139,6 +186,7 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         QemuLink {
             input: LinkInput {
                 requests: requests_tx,
+                room,
             },
             shutdown: Some(shutdown_tx),
             task,
@@ -166,6 +214,17 @@ struct Link {
     _conn: qmp::Connection,
     journal: Journal,
     max_held: usize,
+    /// The VM runs (`query-status` at connect, then `STOP`/`RESUME`).
+    vm_running: bool,
+    /// Position of the connect-time `query-status` reply: run-state events before it are
+    /// already reflected in its answer.
+    status_seq: qmp::Seq,
+    freeze: Freeze,
+    freeze_timeout: Duration,
+    /// Signalled when the journal takes input again after a refusal.
+    room: Arc<Notify>,
+    /// A push was refused since the last signal.
+    room_wanted: bool,
     translator: Translator,
     /// SetEncodings written and not yet answered, oldest first (`None`: the connect one).
     fences: VecDeque<Option<FenceId>>,
@@ -197,7 +256,10 @@ impl Link {
             if let Err(e) = self.turn(&events).await {
                 break Err(e);
             }
-            let timer = self.journal.poll_timeout();
+            let timer = match &self.freeze {
+                Freeze::Settling { deadline, .. } => Some(*deadline),
+                _ => self.journal.poll_timeout(),
+            };
             let deadline = timer.map_or_else(tokio::time::Instant::now, |t| {
                 tokio::time::Instant::from_std(t)
             });
@@ -261,9 +323,11 @@ impl Link {
         while let Some(action) = self.journal.poll_action(now) {
             self.execute(action)?;
         }
+        self.settle(now);
         while let Some(range) = self.journal.poll_uncertain() {
             self.emit(LinkEvent::Uncertain(range));
         }
+        self.signal_room();
         let screen_queued = self
             .outbox
             .iter()
@@ -368,8 +432,14 @@ impl Link {
     }
 
     fn on_qmp_event(&mut self, event: &qmp::Event) {
+        let run_state = matches!(event.name.as_str(), "STOP" | "RESUME");
+        if run_state && event.seq < self.status_seq {
+            tracing::debug!(event = %event.name, "run-state event older than the connect status");
+            return;
+        }
         match event.name.as_str() {
             "STOP" => {
+                self.vm_running = false;
                 self.journal.handle_vm_stopped();
                 self.emit(LinkEvent::Vm(VmEvent::Stopped));
                 self.qmp.send(Kind::Classify, "query-status", Value::Null);
@@ -378,6 +448,7 @@ impl Link {
                 if self.migration == Migration::Inferred {
                     self.end_migration(VmEvent::MigrationEnded);
                 }
+                self.vm_running = true;
                 self.journal.handle_vm_resumed();
                 self.emit(LinkEvent::Vm(VmEvent::Resumed));
             }
@@ -517,6 +588,24 @@ impl Link {
                 wait,
                 reply,
             } => {
+                if matches!(self.freeze, Freeze::Frozen) {
+                    // Not in the state already taken: nothing enters until a thaw.
+                    self.room_wanted = true;
+                    if wait {
+                        self.waiting.push_back(Waiting {
+                            viewer,
+                            event,
+                            reply,
+                        });
+                    } else {
+                        let full = JournalFull {
+                            held: self.journal.held(),
+                            max: self.max_held,
+                        };
+                        let _ = reply.send(Err(PushError::Full(full)));
+                    }
+                    return;
+                }
                 if wait && !self.waiting.is_empty() {
                     // Keep arrival order behind those already waiting.
                     self.waiting.push_back(Waiting {
@@ -536,6 +625,7 @@ impl Link {
                         reply,
                     }),
                     Err(full) => {
+                        self.room_wanted = true;
                         let _ = reply.send(Err(PushError::Full(full)));
                     }
                 }
@@ -558,14 +648,114 @@ impl Link {
                     self.end_migration(VmEvent::MigrationEnded);
                 }
             }
+            Request::Freeze { extra, reply } => self.start_freeze(extra, reply, now),
+            Request::Thaw => self.thaw(),
+        }
+    }
+
+    /// Stops delivery and takes in everything already handed to the link: waiting pushes,
+    /// then the caller's extra events (the journal accepts up to its restore bound now).
+    fn start_freeze(
+        &mut self,
+        extra: Vec<(ViewerId, InputEvent)>,
+        reply: oneshot::Sender<JournalState>,
+        now: Instant,
+    ) {
+        match &mut self.freeze {
+            Freeze::Frozen => {
+                let _ = reply.send(self.journal.freeze());
+                return;
+            }
+            Freeze::Settling { replies, .. } => {
+                replies.push(reply);
+                return;
+            }
+            Freeze::Running => {}
+        }
+        tracing::info!(held = self.journal.held(), "freezing input");
+        self.journal.freeze_delivery();
+        self.freeze = Freeze::Settling {
+            deadline: now + self.freeze_timeout,
+            replies: vec![reply],
+        };
+        self.retry_waiting(now);
+        let mut lost = 0usize;
+        for (viewer, event) in extra {
+            if self.journal.push(viewer, event, now).is_err() {
+                lost += 1;
+            }
+        }
+        if lost > 0 || !self.waiting.is_empty() {
+            tracing::error!(
+                lost,
+                waiting = self.waiting.len(),
+                "freeze: the journal cannot carry this input (beyond its restore bound)"
+            );
+        }
+    }
+
+    /// Takes the journal's state once nothing is in flight, or at the deadline (the rest
+    /// recorded uncertain by the journal).
+    fn settle(&mut self, now: Instant) {
+        let Freeze::Settling { deadline, .. } = &self.freeze else {
+            return;
+        };
+        let settled = self.journal.is_settled();
+        if !settled && now < *deadline {
+            return;
+        }
+        let Freeze::Settling { replies, .. } = std::mem::replace(&mut self.freeze, Freeze::Frozen)
+        else {
+            return;
+        };
+        if !settled {
+            tracing::warn!("freeze: replies still outstanding at the deadline; recorded uncertain");
+        }
+        let state = self.journal.freeze();
+        tracing::info!(
+            held = state.held(),
+            uncertain = state.uncertain().len(),
+            "input frozen"
+        );
+        for reply in replies {
+            let _ = reply.send(state.clone());
+        }
+    }
+
+    fn thaw(&mut self) {
+        if let Freeze::Settling { .. } = self.freeze {
+            // Those waiting for the state get none: the freeze was called off.
+            tracing::info!("freeze called off before it settled");
+        }
+        if !matches!(self.freeze, Freeze::Running) {
+            tracing::info!("input thawed");
+        }
+        self.freeze = Freeze::Running;
+        self.journal.thaw_delivery();
+    }
+
+    /// Wakes a refused pusher once the journal takes input again.
+    fn signal_room(&mut self) {
+        if self.room_wanted
+            && matches!(self.freeze, Freeze::Running)
+            && self.waiting.is_empty()
+            && self.journal.held() < self.max_held
+        {
+            self.room_wanted = false;
+            self.room.notify_one();
         }
     }
 
     /// Takes waiting pushes while the journal has room.
     fn retry_waiting(&mut self, now: Instant) {
+        if matches!(self.freeze, Freeze::Frozen) {
+            return;
+        }
         while let Some(w) = self.waiting.front() {
             let sequenced = !matches!(w.event, InputEvent::Motion { .. });
-            if sequenced && self.journal.held() >= self.max_held {
+            // (While delivery is frozen the journal decides: its bound is the restore's.)
+            if sequenced && !self.journal.delivery_frozen() && self.journal.held() >= self.max_held
+            {
                 break;
             }
             let Some(w) = self.waiting.pop_front() else {
@@ -617,6 +807,8 @@ impl Link {
     fn stats(&self) -> LinkStats {
         LinkStats {
             journal: self.journal.stats(),
+            vm_running: self.vm_running,
+            frozen: !matches!(self.freeze, Freeze::Running),
             ..self.stats
         }
     }

@@ -1,15 +1,14 @@
-//! The hub task: owns the screen cache, every viewer's session, the hold journal and the link,
+//! The hub task: owns the screen cache, every viewer's session and the link (whose journal is
+//! the console's one input journal),
 //! and decides everything; viewer tasks only move bytes (see the module docs of `front`).
 
 use super::handover::{recv_handover, send_handover, HandedViewer, Handover, HandoverError};
 use super::viewer::{self, FromViewer, ReaderParts, ViewerError, Written, FROM_VIEWER_QUEUE};
 use super::{ConsoleConfig, ConsoleError, Exit};
-use crate::back::{LinkEvent, LinkEvents, PushError, QemuLink, VmEvent};
-use crate::journal::{
-    Action, Config as JournalConfig, Entry, InputEvent, Journal, Outcome, ViewerId,
-};
-use crate::screen::{Change, Screen};
-use crate::session::{Negotiated, Session, SessionOutput};
+use crate::back::{LinkError, LinkEvent, LinkEvents, LinkInput, PushError, QemuLink};
+use crate::journal::{InputEvent, ViewerId};
+use crate::screen::{Change, Screen, ScreenState};
+use crate::session::{Negotiated, Session, SessionOutput, SessionState};
 use crate::snapshot::ConsoleSnapshot;
 use rfb::framebuffer::{UpdateDecoder, UpdateEncoder};
 use rfb::{ClientMessage, PixelFormat, RectPayload, Rectangle, ServerInit, ServerMessage};
@@ -25,11 +24,9 @@ use tokio::task::JoinHandle;
 
 /// Replies (fence answers, ...) queued for a viewer before the hub stops reading it.
 const MAX_REPLIES: usize = 16;
-/// How often input refused by a full journal is retried.
-const RETRY: Duration = Duration::from_millis(5);
 /// Longest a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest a freeze waits for the link's journal and the viewers' writers.
+/// Longest a freeze waits for the viewers' writers.
 const FREEZE_WAIT: Duration = Duration::from_secs(10);
 
 /// One viewer as the hub sees it.
@@ -91,9 +88,6 @@ pub(super) struct Hub {
     admit_rx: mpsc::Receiver<Admission>,
     written_tx: mpsc::UnboundedSender<Written>,
     written_rx: mpsc::UnboundedReceiver<Written>,
-    hold: Journal,
-    vm_running: bool,
-    drain: VecDeque<Entry>,
 }
 
 /// Asks the console at `path` to freeze and receives its hand-over.
@@ -107,30 +101,37 @@ pub(super) async fn take_over(path: &Path) -> Result<Handover, HandoverError> {
         .map_err(|e| HandoverError::Io(std::io::Error::other(e)))?
 }
 
-fn hold_journal() -> Journal {
-    // The hold only keeps order; the link's own journal paces delivery.
-    let config = JournalConfig {
-        min_interval: Duration::ZERO,
-        max_gap: Duration::ZERO,
-        ..JournalConfig::default()
-    };
-    let mut j = Journal::new(config, false);
-    // Never opens a fast lane: everything leaves as ordered batches the hub pushes on.
-    j.handle_migration_started();
-    j
-}
-
 impl Hub {
     pub(super) async fn start(
-        config: ConsoleConfig,
+        mut config: ConsoleConfig,
         taken: Option<Handover>,
     ) -> Result<Hub, ConsoleError> {
+        // A hand-over's journal starts the link: one journal, carried whole.
+        let taken = match taken {
+            Some(h) => {
+                let ConsoleSnapshot {
+                    journal,
+                    screen,
+                    sessions,
+                } = ConsoleSnapshot::decode(&h.snapshot)?;
+                tracing::info!(
+                    held = journal.held(),
+                    "taking over the frozen input journal"
+                );
+                config.link.restore = Some(journal);
+                Some((screen, sessions, h.viewers))
+            }
+            None => None,
+        };
         let (link, events) = QemuLink::connect(config.link.clone())
             .await
-            .map_err(|source| ConsoleError::Attach {
-                vnc: config.link.vnc_socket.display().to_string(),
-                qmp: config.link.qmp_socket.display().to_string(),
-                source: Box::new(source),
+            .map_err(|source| match source {
+                LinkError::Restore(e) => ConsoleError::RestoreJournal(e),
+                source => ConsoleError::Attach {
+                    vnc: config.link.vnc_socket.display().to_string(),
+                    qmp: config.link.qmp_socket.display().to_string(),
+                    source: Box::new(source),
+                },
             })?;
         let listener =
             TcpListener::bind(config.listen)
@@ -177,12 +178,9 @@ impl Hub {
             admit_rx,
             written_tx,
             written_rx,
-            hold: hold_journal(),
-            vm_running: true,
-            drain: VecDeque::new(),
         };
         match taken {
-            Some(h) => hub.restore(h)?,
+            Some((screen, sessions, viewers)) => hub.restore(screen, sessions, viewers)?,
             None => hub.fill_screen().await?,
         }
         // The one line a supervisor or test reads to learn the bound port.
@@ -204,16 +202,18 @@ impl Hub {
         Ok(())
     }
 
-    fn restore(&mut self, h: Handover) -> Result<(), ConsoleError> {
-        let snap = ConsoleSnapshot::decode(&h.snapshot)?;
-        self.screen = Screen::restore(snap.screen)?;
-        self.hold = Journal::restore(snap.journal, Instant::now())?;
-        self.hold.handle_migration_started();
+    fn restore(
+        &mut self,
+        screen: ScreenState,
+        states: BTreeMap<ViewerId, SessionState>,
+        handed: Vec<HandedViewer>,
+    ) -> Result<(), ConsoleError> {
+        self.screen = Screen::restore(screen)?;
         let mut sessions = BTreeMap::new();
-        for (id, state) in snap.sessions {
+        for (id, state) in states {
             sessions.insert(id, Session::restore(state)?);
         }
-        for HandedViewer { id, stream, unread } in h.viewers {
+        for HandedViewer { id, stream, unread } in handed {
             let Some(session) = sessions.remove(&id) else {
                 tracing::warn!(
                     viewer = id.0,
@@ -237,13 +237,9 @@ impl Hub {
         for id in sessions.keys() {
             tracing::warn!(viewer = id.0, "session without a connection: dropped");
         }
-        // Held input goes to the link now; the link holds it until the VM runs.
-        self.vm_running = true;
-        self.hold.handle_vm_resumed();
         tracing::info!(
             viewers = self.viewers.len(),
-            held = self.hold.held(),
-            "console restored from a hand-over"
+            "console restored from a hand-over; the link holds its input until the VM runs"
         );
         Ok(())
     }
@@ -297,20 +293,11 @@ impl Hub {
                 path: "SIGTERM".into(),
                 source,
             })?;
-        // When refused input is next retried: a fixed deadline, so a busy screen (events
-        // every few ms) cannot keep postponing it.
-        let mut retry_at: Option<tokio::time::Instant> = None;
+        // Refused input is retried when the link says its journal has room again.
+        let input: LinkInput = self.link.input();
         loop {
-            self.drain_hold().await;
             self.flush_writers();
-            let waiting =
-                self.viewers.values().any(|s| !s.blocked.is_empty()) || !self.drain.is_empty();
-            if !waiting {
-                retry_at = None;
-            } else if retry_at.is_none() {
-                retry_at = Some(tokio::time::Instant::now() + RETRY);
-            }
-            let retry_deadline = retry_at.unwrap_or_else(tokio::time::Instant::now);
+            let waiting = self.viewers.values().any(|s| !s.blocked.is_empty());
             tokio::select! {
                 _ = term.recv() => return self.stop("SIGTERM").await,
                 _ = tokio::signal::ctrl_c() => return self.stop("SIGINT").await,
@@ -354,10 +341,7 @@ impl Hub {
                         FromViewer::Ended(e) => self.close_viewer(id, &error_chain(&e)),
                     }
                 }
-                _ = tokio::time::sleep_until(retry_deadline), if retry_at.is_some() => {
-                    retry_at = None;
-                    self.retry_blocked().await;
-                }
+                () = input.room(), if waiting => self.retry_blocked().await,
             }
         }
     }
@@ -484,12 +468,8 @@ impl Hub {
         }
     }
 
-    fn holding(&self) -> bool {
-        !self.vm_running || self.hold.held() > 0 || !self.drain.is_empty()
-    }
-
-    /// One input event, in this viewer's order: behind its refused events, else into the hold
-    /// (VM stopped) or the link.
+    /// One input event, in this viewer's order: behind its refused events, else into the
+    /// link (whose journal holds it while the VM is stopped).
     async fn input(&mut self, id: ViewerId, ev: InputEvent) {
         let blocked = self.viewers.get(&id).is_some_and(|s| !s.blocked.is_empty());
         if blocked || !self.offer(id, ev).await {
@@ -501,9 +481,6 @@ impl Hub {
 
     /// Tries to journal an event; false if the journal is full.
     async fn offer(&mut self, id: ViewerId, ev: InputEvent) -> bool {
-        if self.holding() {
-            return self.hold.push(id, ev, Instant::now()).is_ok();
-        }
         match self.link.try_push(id, ev).await {
             Ok(_) => true,
             Err(PushError::Full(_)) => false,
@@ -526,32 +503,6 @@ impl Hub {
                 if let Some(slot) = self.viewers.get_mut(&id) {
                     slot.blocked.pop_front();
                 }
-            }
-        }
-    }
-
-    /// Moves the hold's events into the link, in order, once the VM runs.
-    async fn drain_hold(&mut self) {
-        if !self.vm_running {
-            return;
-        }
-        while let Some(action) = self.hold.poll_action(Instant::now()) {
-            match action {
-                Action::Qmp { batch, events } => {
-                    self.drain.extend(events);
-                    if let Err(e) = self.hold.handle_qmp_reply(batch, Outcome::Delivered) {
-                        tracing::error!(error = %e, "hold journal refused its own batch");
-                    }
-                }
-                other => tracing::error!(?other, "hold journal asked for a lane it never opens"),
-            }
-        }
-        while let Some(entry) = self.drain.front().copied() {
-            match self.link.try_push(entry.viewer, entry.event).await {
-                Ok(_) | Err(PushError::Closed) => {
-                    self.drain.pop_front();
-                }
-                Err(PushError::Full(_)) => break,
             }
         }
     }
@@ -609,20 +560,8 @@ impl Hub {
                     }
                 }
             }
-            LinkEvent::Vm(v) => {
-                tracing::info!(?v, "VM state");
-                match v {
-                    VmEvent::Stopped | VmEvent::StoppedForMigration => {
-                        self.vm_running = false;
-                        self.hold.handle_vm_stopped();
-                    }
-                    VmEvent::Resumed => {
-                        self.vm_running = true;
-                        self.hold.handle_vm_resumed();
-                    }
-                    _ => {}
-                }
-            }
+            // The link's journal follows the run state itself.
+            LinkEvent::Vm(v) => tracing::info!(?v, "VM state"),
             LinkEvent::Uncertain(range) => {
                 tracing::warn!(
                     first = range.first.0,
@@ -651,12 +590,16 @@ impl Hub {
         let link = self.link.stats().await.ok();
         serde_json::json!({
             "viewers": self.viewers.len(),
-            "vm_running": self.vm_running,
-            "held": self.hold.held() + self.drain.len(),
+            "vm_running": link.map(|l| l.vm_running),
+            "frozen": link.map(|l| l.frozen),
+            "held": link.map(|l| l.journal.held),
             "blocked": self.viewers.values().map(|s| s.blocked.len()).sum::<usize>(),
             "link_held": link.map(|l| l.journal.held),
             "link_pushed": link.map(|l| l.journal.pushed),
             "link_delivered": link.map(|l| l.journal.delivered),
+            "link_fast_sent": link.map(|l| l.journal.fast_sent),
+            "link_qmp_not_running": link.map(|l| l.journal.qmp_not_running),
+            "link_uncertain": link.map(|l| l.journal.uncertain),
             "updates": link.map(|l| l.updates),
             "viewer_list": self.viewers.iter().map(|(id, s)| serde_json::json!({
                 "id": id.0,
@@ -721,33 +664,28 @@ impl Hub {
             }
             unread.insert(*id, bytes);
         }
-        // 2. Refused input joins the hold (the journal bound doubles on restore for this).
-        self.vm_running = false;
-        self.hold.handle_vm_stopped();
+        // 2. Freeze the link with the refused input: its journal is the snapshot's.
+        let mut extra = Vec::new();
         for (id, slot) in &mut self.viewers {
-            while let Some(ev) = slot.blocked.pop_front() {
-                if self.hold.push(*id, ev, Instant::now()).is_err() {
-                    tracing::error!(viewer = id.0, "hold full at freeze: input event lost");
-                }
-            }
+            extra.extend(slot.blocked.drain(..).map(|ev| (*id, ev)));
         }
-        // 3. Wait for the link's journal to deliver what it holds, and for writers to finish.
+        let journal = self
+            .link
+            .freeze_with(extra)
+            .await
+            .map_err(|e| ConsoleError::Link(Box::new(e)))?;
+        // 3. Wait for the writers to finish.
         let deadline = Instant::now() + FREEZE_WAIT;
         loop {
-            let held = self.link.stats().await.map_or(0, |s| s.journal.held);
             let busy = self
                 .viewers
                 .values()
                 .any(|s| !s.writer_idle || !s.replies.is_empty());
-            if held == 0 && !busy {
+            if !busy {
                 break;
             }
             if Instant::now() > deadline {
-                tracing::warn!(
-                    held,
-                    busy,
-                    "freeze: link or writers not settled; carried on"
-                );
+                tracing::warn!("freeze: writers not settled; carried on");
                 break;
             }
             for slot in self.viewers.values_mut() {
@@ -797,8 +735,9 @@ impl Hub {
                 }
             }
         }
+        let held = journal.held();
         let snapshot = ConsoleSnapshot {
-            journal: self.hold.freeze(),
+            journal,
             screen: self.screen.freeze(),
             sessions,
         }
@@ -806,7 +745,7 @@ impl Hub {
         tracing::info!(
             bytes = snapshot.len(),
             viewers = viewers.len(),
-            held = self.hold.held(),
+            held,
             "frozen"
         );
         Ok(Handover { snapshot, viewers })

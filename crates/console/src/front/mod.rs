@@ -4,7 +4,7 @@
 //!  viewer ─TCP─ reader task ─(channel of 4)─┐                   ┌─ QemuLink (back) ─ QEMU
 //!  viewer ─TCP─ reader task ────────────────┤                   │   push / events
 //!                                           ▼                   ▼
-//!                          hub task: Screen, every Session, the hold journal, the link
+//!                          hub task: Screen, every Session, the link (its input journal)
 //!                                           │  one batch at a time, only when the writer is idle
 //!  viewer ◀TCP─ writer task ◀(channel of 1)─┘
 //!  control socket (unix): "status" → one JSON line; "freeze" → hand-over, then exit 0
@@ -14,24 +14,28 @@
 //! previous batch, so a slow viewer's damage coalesces in its session's bounded tile map and
 //! the hub never waits on a socket. When the input journal is full (`JournalFull`), the hub
 //! stops polling that viewer's reader (its events wait in order in the slot, then in the
-//! channel, then in the socket: TCP backpressure) and retries every few milliseconds.
+//! channel, then in the socket: TCP backpressure) and retries when the link signals room
+//! ([`LinkInput::room`](crate::back::LinkInput::room)), never on a timer.
 //!
 //! **Access.** Without passwords, security type None. With `password`, VNC Authentication;
 //! with `view_only_password` too, the same VNC Authentication accepts either and the second
 //! makes the viewer view-only (its input and clipboard are ignored). A viewer whose ClientInit
 //! has `shared = 0` disconnects every other viewer (RFC 6143 §7.3.1).
 //!
-//! **Hold.** While the link reports the VM stopped, the hub keeps new input in its own
-//! [`Journal`](crate::journal::Journal) (the *hold*) rather than in the link's, so a freeze can
-//! put it into the snapshot; when the VM runs again, or right after a restore, the hold drains
-//! into the link in order. (The link has no freeze of its own journal yet: events it already
-//! holds when a freeze comes cannot be carried; the freeze waits for them and logs any left.)
+//! **One journal.** All input goes straight into the link, whose
+//! [`Journal`](crate::journal::Journal) holds it while the VM is paused and paces it with the
+//! viewers' own gaps: exactly-once is decided in that one place. `status` reports the link's
+//! view (`vm_running` from `query-status` at connect, then `STOP`/`RESUME`; `held`).
 //!
 //! **Freeze / restore.** [`run`] with `restore_from` connects to the old console's control
-//! socket and asks it to freeze: it stops reading viewers, writes pending replies, waits for
-//! the link's journal to settle, snapshots screen, sessions (their ZRLE streams end at a
-//! flush boundary by construction) and hold, and passes each viewer's socket with the bytes
-//! read but not handled ([`handover`]). The new console restores them and carries on.
+//! socket and asks it to freeze: it stops reading viewers, freezes the link
+//! ([`QemuLink::freeze_with`](crate::back::QemuLink::freeze_with), with the input the journal
+//! had refused) — delivery stops, what is in flight resolves, the journal's state comes back —
+//! writes pending replies, snapshots screen, sessions (their ZRLE streams end at a flush
+//! boundary by construction) and that journal, and passes each viewer's socket with the bytes
+//! read but not handled ([`handover`]). The new console starts its link from the journal
+//! ([`LinkConfig::restore`](crate::back::LinkConfig::restore)), which holds the input until
+//! its VM runs, restores the viewers and carries on.
 
 pub mod handover;
 mod hub;

@@ -337,6 +337,11 @@ impl Journal {
         self.maybe_reopen();
     }
 
+    /// The tunables this journal runs with (a restored one: the snapshot's).
+    pub fn config(&self) -> Config {
+        self.config
+    }
+
     /// Whether delivery is frozen.
     pub fn delivery_frozen(&self) -> bool {
         self.delivery_frozen

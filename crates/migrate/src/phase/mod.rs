@@ -38,6 +38,14 @@
 //! with the unchanged state: a confused or hostile peer cannot make a console drop its state.
 //! Duplicate run-state reports (a `STOP` seen both as an event and by `query-status`) are
 //! legal no-ops.
+//!
+//! After a takeover the destination console is the VM's console: for the next migration its
+//! shell runs a new source machine from `Serving`, and keeps the destination machine (in
+//! `Serving`) only to answer a late or reconnecting source with `TakenOver`.
+//!
+//! What is not survivable: the destination console dying *after* the source received its
+//! `TakenOver` (the source has exited; as with any console process, the session dies with
+//! it), and the source console dying while frozen (nobody holds the checkpoint).
 
 mod destination;
 mod source;

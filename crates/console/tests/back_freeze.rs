@@ -1,0 +1,167 @@
+//! The link's freeze, thaw and restore on real QEMU: an aborted migration (freeze, then thaw
+//! in the same process) and a take-over (a fresh link restored from the frozen journal) each
+//! deliver every key exactly once, in order; a link attached to a paused VM holds input from
+//! the start and never uses the fast lane.
+
+mod back_support;
+
+use std::time::{Duration, Instant};
+
+use back_support::*;
+use console::back::{LinkConfig, LinkStats, QemuLink, VmEvent};
+use console::journal::ViewerId;
+
+async fn push_keys(link: &QemuLink, keys: &[Key]) -> anyhow::Result<()> {
+    for &key in keys {
+        for down in [true, false] {
+            link.push(ViewerId(0), key_event(key, down, false)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Pushes the ENTER marker and returns every report up to it; then checks its release.
+async fn reports_until_marker(vm: &mut Vm, link: &QemuLink) -> anyhow::Result<Vec<Report>> {
+    push_keys(link, &[ENTER]).await?;
+    let reports = vm.serial().keys_until(ENTER.code).await?;
+    let release = vm.serial().key().await?;
+    assert_eq!((release.down, release.code), (false, ENTER.code));
+    Ok(reports)
+}
+
+async fn wait_stats(
+    link: &QemuLink,
+    what: &str,
+    pred: impl Fn(&LinkStats) -> bool,
+) -> anyhow::Result<LinkStats> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let s = link.stats().await?;
+        if pred(&s) {
+            return Ok(s);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "never {what}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn freeze_then_thaw_delivers_every_key_once() -> anyhow::Result<()> {
+    let mut vm = Vm::launch(false).await?;
+    let (link, events) = QemuLink::connect(LinkConfig::new(&vm.vnc, &vm.qmp)).await?;
+    let mut vm_rx = vm_events(events);
+
+    // 1. Freeze mid-stream on a running VM: what is in flight resolves, nothing is uncertain.
+    let flowing = letters(40);
+    push_keys(&link, &flowing).await?;
+    let first = vm.serial().key().await?;
+    let state = link.freeze().await?;
+    let s = link.stats().await?;
+    assert!(s.frozen);
+    assert!(
+        state.uncertain().is_empty(),
+        "in-flight input resolved before the state was taken: {:?}",
+        state.uncertain()
+    );
+    assert_eq!(
+        state.held() as u64 + s.journal.delivered,
+        s.journal.pushed,
+        "every key is either delivered or in the state: {s:?}"
+    );
+    let held_mid_stream = state.held();
+    link.thaw().await?;
+    let mut got = vec![first];
+    got.extend(reports_until_marker(&mut vm, &link).await?);
+    assert_eq!(seen(&got), expected(&flowing), "mid-stream freeze and thaw");
+
+    // 2. The aborted migration: input held for a paused VM, frozen, the VM runs again here.
+    vm.qmp().stop().await?;
+    wait_vm(&mut vm_rx, VmEvent::Stopped).await?;
+    let held = digits(25);
+    push_keys(&link, &held).await?;
+    let state = link.freeze().await?;
+    assert_eq!(state.held(), 2 * held.len());
+    assert!(state.uncertain().is_empty());
+    let before = link.stats().await?;
+    vm.qmp().cont().await?;
+    wait_vm(&mut vm_rx, VmEvent::Resumed).await?;
+    // The turn that handled RESUME is over: a frozen link sent nothing.
+    let after = link.stats().await?;
+    assert!(after.vm_running && after.frozen);
+    assert_eq!(after.journal.held, 2 * held.len());
+    assert_eq!(after.journal.qmp_batches, before.journal.qmp_batches);
+    assert_eq!(after.journal.fast_sent, before.journal.fast_sent);
+    link.thaw().await?;
+    let got = reports_until_marker(&mut vm, &link).await?;
+    assert_eq!(seen(&got), expected(&held), "held keys after the thaw");
+    let s = link.stats().await?;
+    assert_eq!(s.journal.uncertain, 0);
+    println!(
+        "[{}] freeze mid-stream held {held_mid_stream} of {} events, thaw delivered them once; \
+         {} held for a paused VM, delivered once after RESUME + thaw. {s:?}",
+        accel(),
+        2 * flowing.len(),
+        2 * held.len()
+    );
+    link.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restored_link_holds_until_the_vm_runs_and_delivers_once() -> anyhow::Result<()> {
+    let mut vm = Vm::launch(false).await?;
+    let (old, events) = QemuLink::connect(LinkConfig::new(&vm.vnc, &vm.qmp)).await?;
+    let mut vm_rx = vm_events(events);
+    vm.qmp().stop().await?;
+    wait_vm(&mut vm_rx, VmEvent::Stopped).await?;
+    let keys = letters(30);
+    push_keys(&old, &keys).await?;
+    let state = old.freeze().await?;
+    assert_eq!(state.held(), 2 * keys.len());
+    old.shutdown().await?;
+
+    let mut config = LinkConfig::new(&vm.vnc, &vm.qmp);
+    config.restore = Some(state);
+    let (new, events) = QemuLink::connect(config).await?;
+    let mut vm_rx = vm_events(events);
+    let s = new.stats().await?;
+    assert!(!s.vm_running, "the VM is paused: {s:?}");
+    assert_eq!(s.journal.held, 2 * keys.len());
+    vm.qmp().cont().await?;
+    wait_vm(&mut vm_rx, VmEvent::Resumed).await?;
+    let got = reports_until_marker(&mut vm, &new).await?;
+    assert_eq!(seen(&got), expected(&keys));
+    new.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_link_attached_to_a_paused_vm_holds_and_never_uses_the_fast_lane() -> anyhow::Result<()> {
+    let mut vm = Vm::launch(false).await?;
+    vm.qmp().stop().await?;
+    let (link, events) = QemuLink::connect(LinkConfig::new(&vm.vnc, &vm.qmp)).await?;
+    let mut vm_rx = vm_events(events);
+    let s = link.stats().await?;
+    assert!(!s.vm_running, "query-status at connect: {s:?}");
+    let keys = letters(10);
+    push_keys(&link, &keys).await?;
+    let s = link.stats().await?;
+    assert_eq!(s.journal.held, 2 * keys.len());
+    assert_eq!(
+        s.journal.fast_sent, 0,
+        "nothing on the fast lane of a paused VM"
+    );
+    vm.qmp().cont().await?;
+    wait_vm(&mut vm_rx, VmEvent::Resumed).await?;
+    let s = wait_stats(&link, "delivered", |s| s.journal.held == 0).await?;
+    assert!(s.vm_running);
+    let got = reports_until_marker(&mut vm, &link).await?;
+    assert_eq!(seen(&got), expected(&keys));
+    assert_eq!(
+        link.stats().await?.journal.fast_sent,
+        2,
+        "only the marker, typed once the VM ran with nothing held, took the fast lane"
+    );
+    link.shutdown().await?;
+    Ok(())
+}

@@ -449,7 +449,7 @@ impl QemuLink {
     }
 
     /// Ends a freeze: the journal delivers again (held input once the VM runs). A no-op when
-    /// not frozen.
+    /// not frozen. A freeze still settling is called off: its caller gets [`LinkError::Ended`].
     pub async fn thaw(&self) -> Result<(), PushError> {
         self.send(Request::Thaw).await
     }

@@ -328,6 +328,9 @@ impl Link {
             self.emit(LinkEvent::Uncertain(range));
         }
         self.signal_room();
+        // Hand queued events over first: a ScreenChanged the console has taken must not hold
+        // back the next update request, or nothing would wake the link to send it.
+        self.flush_outbox(events);
         let screen_queued = self
             .outbox
             .iter()
@@ -351,7 +354,6 @@ impl Link {
                 .map_err(LinkError::Vnc)?;
             self.out.clear();
         }
-        self.flush_outbox(events);
         Ok(())
     }
 

@@ -52,6 +52,15 @@ impl Vm {
 
     /// [`launch`](Self::launch) on a chosen accelerator.
     pub async fn launch_on(incoming: bool, accel: AccelChoice) -> anyhow::Result<Vm> {
+        Vm::launch_with(incoming, accel, guest::GuestOptions::default()).await
+    }
+
+    /// [`launch_on`](Self::launch_on) with the guest's options (e.g. an animated screen).
+    pub async fn launch_with(
+        incoming: bool,
+        accel: AccelChoice,
+        guest: guest::GuestOptions,
+    ) -> anyhow::Result<Vm> {
         let dir = tempfile::Builder::new()
             .prefix("dmore-back-")
             .tempdir_in("/tmp")?;
@@ -60,6 +69,7 @@ impl Vm {
         cfg.key_delay_ms = Some(0);
         cfg.extra_qmp = true;
         cfg.accel = accel;
+        cfg.guest = guest;
         let mut qemu = Qemu::launch(cfg).await?;
         if !incoming {
             qemu.wait_ready(DEADLINE).await?;

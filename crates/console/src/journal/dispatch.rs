@@ -101,8 +101,9 @@ impl Journal {
         }
     }
 
-    /// When `p` may be sent: motion at once; keys and buttons keep their original gap (capped
-    /// at `max_gap`) and at least `min_interval` after the previous key or button.
+    /// When `p` may be sent: motion at once; keys and buttons at least `min_interval` after the
+    /// previous key or button, and held ones replayed with their original gap (capped at
+    /// `max_gap`).
     fn due(&self, p: &Pending) -> Instant {
         if p.entry.seq.is_none() {
             return p.available;
@@ -110,7 +111,11 @@ impl Journal {
         let Some(last) = self.last_paced else {
             return p.available;
         };
-        let wait = p.gap.min(self.config.max_gap).max(self.config.min_interval);
+        let wait = if p.replay {
+            p.gap.min(self.config.max_gap).max(self.config.min_interval)
+        } else {
+            self.config.min_interval
+        };
         last.checked_add(wait).unwrap_or(last).max(p.available)
     }
 

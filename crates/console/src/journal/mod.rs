@@ -45,8 +45,10 @@
 //!
 //! # Pacing
 //! QEMU runs with `key-delay-ms=0`, so the journal paces keys itself: a key or button event
-//! goes out no sooner than `min_interval` after the previous one, and held events keep the
-//! viewer's original gaps (capped at `max_gap`). See [`Config`].
+//! goes out no sooner than `min_interval` after the previous one, and held events (pushed or
+//! sent back while the VM could not take them, or restored from a snapshot) are replayed with
+//! the viewer's original gaps (capped at `max_gap`). Live input is not held back to its gaps.
+//! See [`Config`].
 //!
 //! # Freezing delivery
 //! [`Journal::freeze_delivery`] stops delivery (a console about to snapshot itself): the fast
@@ -124,6 +126,11 @@ struct Pending {
     gap: Duration,
     /// Not to be sent before this (its push time, or the restore time).
     available: Instant,
+    /// It was held (pushed or sent back while nothing could be delivered, or restored): it
+    /// is replayed with the viewer's original gap. Live input goes out as soon as pacing
+    /// allows — keeping gaps there would turn one late send into a lag every later key
+    /// inherits.
+    replay: bool,
 }
 
 /// Fast-lane events written since the last fence.
@@ -254,6 +261,7 @@ impl Journal {
                     entry: entry(None),
                     gap: Duration::ZERO,
                     available: now,
+                    replay: false,
                 }),
             }
             return Ok(None);
@@ -277,10 +285,12 @@ impl Journal {
         };
         self.refused_since_push = false;
         self.last_push = Some(now);
+        let replay = !self.vm_running || self.delivery_frozen || self.blocked.is_some();
         self.pending.push_back(Pending {
             entry: entry(Some(seq)),
             gap,
             available: now,
+            replay,
         });
         self.pending_seqd += 1;
         self.stats.pushed += 1;

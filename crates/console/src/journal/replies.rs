@@ -38,8 +38,9 @@ impl Journal {
                     self.stats.qmp_not_running += 1;
                     self.vm_running = false;
                 }
-                for p in inflight.pending.into_iter().rev() {
+                for mut p in inflight.pending.into_iter().rev() {
                     self.pending_seqd += usize::from(p.entry.seq.is_some());
+                    p.replay = true;
                     self.pending.push_front(p);
                 }
             }

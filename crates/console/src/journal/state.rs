@@ -182,6 +182,7 @@ impl Journal {
                 },
                 gap: h.gap,
                 available: now,
+                replay: true,
             })
             .collect::<VecDeque<_>>();
         j.pending_seqd = state.held();

@@ -328,3 +328,19 @@ fn frozen_push_takes_input_beyond_max_held_up_to_what_restore_accepts() {
     let seqs: Vec<u64> = run_until_idle(&mut k, at(1)).iter().map(|s| s.1).collect();
     assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_late_send_does_not_make_later_live_keys_wait_out_their_gaps() {
+    let mut j = Journal::new(Config::default(), true);
+    j.push(V, key(true, 0), at(0)).unwrap();
+    assert_eq!(run(&mut j, at(0)).len(), 1);
+    // The next key is sent late (the console was busy): 290 ms after its push.
+    j.push(V, key(true, 1), at(10)).unwrap();
+    assert_eq!(run(&mut j, at(300)).len(), 1);
+    // A key pushed 300 ms after that one goes out at once: its gap is no reason to wait
+    // (waiting it out from the late send would add the 290 ms lag to every key after).
+    let seq = j.push(V, key(true, 2), at(310)).unwrap().unwrap();
+    let sent = run(&mut j, at(310));
+    assert_eq!(sent.len(), 1, "the live key waited: {:?}", j.poll_timeout());
+    assert_eq!(sent[0].1, seq.0);
+}

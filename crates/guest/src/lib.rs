@@ -89,12 +89,6 @@ pub fn kernel_path() -> &'static Path {
     Path::new(concat!(env!("OUT_DIR"), "/guest.elf"))
 }
 
-/// The command-line word that puts the guest in a `width` x `height` 32 bpp graphics mode
-/// (crate docs, "Options"); append it to [`GuestOptions::cmdline`].
-pub fn vbe_option(width: u16, height: u16) -> String {
-    format!("vbe={width}x{height}")
-}
-
 /// The guest's command-line options (see the crate docs for what each does).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GuestOptions {
@@ -104,17 +98,23 @@ pub struct GuestOptions {
     pub dirty_rate_mib_s: u32,
     /// Whether the top right 8 screen cells change on every 1 ms timer tick.
     pub animate: bool,
+    /// A `width` x `height` 32 bpp graphics mode (Bochs VBE) instead of VGA text mode.
+    pub vbe: Option<(u16, u16)>,
 }
 
 impl GuestOptions {
     /// The multiboot command line for QEMU's `-append`, e.g. `dirty=64 rate=100 animate=1`.
     pub fn cmdline(&self) -> String {
-        format!(
+        let mut line = format!(
             "dirty={} rate={} animate={}",
             self.dirty_mib,
             self.dirty_rate_mib_s,
             u8::from(self.animate)
-        )
+        );
+        if let Some((width, height)) = self.vbe {
+            line.push_str(&format!(" vbe={width}x{height}"));
+        }
+        line
     }
 }
 
@@ -143,8 +143,17 @@ mod tests {
             dirty_mib: 64,
             dirty_rate_mib_s: 100,
             animate: true,
+            vbe: None,
         };
         assert_eq!(opts.cmdline(), "dirty=64 rate=100 animate=1");
+        let graphics = GuestOptions {
+            vbe: Some((1024, 768)),
+            ..opts
+        };
+        assert_eq!(
+            graphics.cmdline(),
+            "dirty=64 rate=100 animate=1 vbe=1024x768"
+        );
         assert_eq!(
             GuestOptions::default().cmdline(),
             "dirty=0 rate=0 animate=0"

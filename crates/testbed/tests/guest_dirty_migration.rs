@@ -18,7 +18,7 @@ async fn migrate_once(dirty_mib: u32, rate: u32) -> anyhow::Result<String> {
     let guest = GuestOptions {
         dirty_mib,
         dirty_rate_mib_s: rate,
-        animate: false,
+        ..GuestOptions::default()
     };
     let accel = match std::env::var("ACCEL").as_deref() {
         Ok("tcg") => AccelChoice::Tcg,

@@ -22,10 +22,8 @@
 //!    1, 4 and 16 subscribed viewers (ZRLE, as TigerVNC asks), on an animated screen, in VGA
 //!    text mode (720x400) and in the guest's `vbe=1024x768` graphics mode.
 //!
-//! The guest runs on KVM where it works. Text mode needs SeaBIOS's VGA BIOS (qboot leaves
-//! the VGA in a blank graphics mode), so the 720x400 guest boots SeaBIOS (~5 s); the 1024x768
-//! guest sets its mode itself and boots qboot. Build with `--release`: a debug console
-//! measures the wrong thing.
+//! The guest runs on KVM+qboot where KVM works (it sets its text or graphics mode itself),
+//! TCG+SeaBIOS otherwise. Build with `--release`: a debug console measures the wrong thing.
 
 mod keys;
 mod process;
@@ -46,8 +44,6 @@ pub use report::{
 };
 pub use screen::FrameResults;
 
-/// SeaBIOS, whose VGA BIOS puts the screen in 80x25 text mode (720x400).
-const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
 /// Longest wait for QEMU's guest or the console to come up (a hang guard).
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -182,26 +178,8 @@ where
     } else {
         AccelChoice::Tcg
     };
-    let firmware = match vbe {
-        // The last -append wins: the guest's options plus its graphics mode.
-        Some((w, h)) => {
-            cfg.extra_args.push("-append".into());
-            let line = format!("{} {}", cfg.guest.cmdline(), guest::vbe_option(w, h));
-            cfg.extra_args.push(line.into());
-            if kvm {
-                "qboot"
-            } else {
-                "SeaBIOS"
-            }
-        }
-        // The last -bios wins: SeaBIOS instead of the launcher's qboot, for text mode.
-        None if kvm && Path::new(SEABIOS).exists() => {
-            cfg.extra_args.push("-bios".into());
-            cfg.extra_args.push(SEABIOS.into());
-            "SeaBIOS"
-        }
-        None => "SeaBIOS",
-    };
+    cfg.guest.vbe = vbe;
+    let firmware = if kvm { "qboot" } else { "SeaBIOS" };
     let mut vm = Qemu::launch(cfg).await?;
     vm.wait_ready(START_DEADLINE).await?;
     let qmp2 = vm

@@ -51,8 +51,6 @@ enum State {
         version: Version,
         security: SecurityType,
     },
-    Done(ClientDone),
-    Over,
 }
 
 /// The client side of the handshake, as a sans-I/O state machine (see the module docs).
@@ -62,7 +60,7 @@ pub struct ClientHandshake {
     /// The version agreed, once known.
     version: Version,
     state: State,
-    io: Io,
+    io: Io<ClientDone>,
 }
 
 impl ClientHandshake {
@@ -79,27 +77,9 @@ impl ClientHandshake {
 
     /// Feeds received bytes and advances as far as they allow. An error ends the handshake.
     pub fn feed(&mut self, data: &[u8]) -> Result<(), HandshakeError> {
-        match &mut self.state {
-            State::Over => return Err(HandshakeError::Over),
-            State::Done(done) => {
-                done.leftover.extend_from_slice(data);
-                return Ok(());
-            }
-            _ => self.io.inbox.extend_from_slice(data),
-        }
         let (config, state, version) = (&self.config, &mut self.state, &mut self.version);
-        match self.io.drive(|r, out| step(config, version, state, r, out)) {
-            Ok(Some(mut done)) => {
-                done.leftover = std::mem::take(&mut self.io.inbox);
-                self.state = State::Done(done);
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(e) => {
-                self.state = State::Over;
-                Err(e)
-            }
-        }
+        self.io
+            .feed(data, |r, out| step(config, version, state, r, out))
     }
 
     /// Bytes to send to the server, if any.
@@ -110,18 +90,12 @@ impl ClientHandshake {
     /// Whether the handshake has finished and its outcome is waiting in
     /// [`poll_done`](Self::poll_done). Bytes fed from then on are added to its `leftover`.
     pub fn is_done(&self) -> bool {
-        matches!(self.state, State::Done(_))
+        self.io.is_done()
     }
 
     /// The outcome, once the handshake has finished (returned once).
     pub fn poll_done(&mut self) -> Option<ClientDone> {
-        match std::mem::replace(&mut self.state, State::Over) {
-            State::Done(done) => Some(done),
-            other => {
-                self.state = other;
-                None
-            }
-        }
+        self.io.poll_done()
     }
 }
 
@@ -244,7 +218,12 @@ fn step(
                 leftover: Vec::new(),
             }));
         }
-        State::Done(_) | State::Over => return Err(Stop::Invalid(HandshakeError::Over)),
     }
     Ok(None)
+}
+
+impl super::Outcome for ClientDone {
+    fn leftover_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.leftover
+    }
 }

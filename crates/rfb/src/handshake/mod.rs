@@ -136,24 +136,92 @@ fn parse_string(r: &mut Reader<'_>, limits: &Limits) -> Parse<String, HandshakeE
     Ok(String::from_utf8_lossy(r.take(n)?).into_owned())
 }
 
-/// Bytes in, bytes out, shared by both roles.
-#[derive(Debug, Default)]
-struct Io {
+/// Bytes in, bytes out, and where the handshake stands: what both roles share.
+#[derive(Debug)]
+struct Io<D> {
     inbox: Vec<u8>,
     outbox: Vec<u8>,
+    end: End<D>,
 }
 
-impl Io {
+/// Whether a handshake still runs, has finished with its outcome waiting, or is over (failed,
+/// or its outcome was taken).
+#[derive(Debug)]
+enum End<D> {
+    Running,
+    Done(D),
+    Over,
+}
+
+/// A handshake's outcome, which carries the peer's bytes that followed the handshake.
+trait Outcome {
+    fn leftover_mut(&mut self) -> &mut Vec<u8>;
+}
+
+impl<D> Default for Io<D> {
+    fn default() -> Self {
+        Io {
+            inbox: Vec::new(),
+            outbox: Vec::new(),
+            end: End::Running,
+        }
+    }
+}
+
+impl<D: Outcome> Io<D> {
+    /// Adds received bytes and runs `step` on them until it needs more, finishes, or fails;
+    /// bytes fed after the end go to the outcome's `leftover`. An error ends the handshake.
+    fn feed(
+        &mut self,
+        data: &[u8],
+        step: impl FnMut(&mut Reader<'_>, &mut Vec<u8>) -> Parse<Option<D>, HandshakeError>,
+    ) -> Result<(), HandshakeError> {
+        match &mut self.end {
+            End::Over => return Err(HandshakeError::Over),
+            End::Done(done) => {
+                done.leftover_mut().extend_from_slice(data);
+                return Ok(());
+            }
+            End::Running => self.inbox.extend_from_slice(data),
+        }
+        match self.drive(step) {
+            Ok(Some(mut done)) => {
+                *done.leftover_mut() = std::mem::take(&mut self.inbox);
+                self.end = End::Done(done);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                self.end = End::Over;
+                Err(e)
+            }
+        }
+    }
+
     fn poll_output(&mut self) -> Option<Vec<u8>> {
         (!self.outbox.is_empty()).then(|| std::mem::take(&mut self.outbox))
     }
 
+    fn is_done(&self) -> bool {
+        matches!(self.end, End::Done(_))
+    }
+
+    fn poll_done(&mut self) -> Option<D> {
+        match std::mem::replace(&mut self.end, End::Over) {
+            End::Done(done) => Some(done),
+            other => {
+                self.end = other;
+                None
+            }
+        }
+    }
+
     /// Runs `step` on the received bytes until it needs more, finishes (`Some`), or fails;
     /// consumes what each successful step read.
-    fn drive<T>(
+    fn drive(
         &mut self,
-        mut step: impl FnMut(&mut Reader<'_>, &mut Vec<u8>) -> Parse<Option<T>, HandshakeError>,
-    ) -> Result<Option<T>, HandshakeError> {
+        mut step: impl FnMut(&mut Reader<'_>, &mut Vec<u8>) -> Parse<Option<D>, HandshakeError>,
+    ) -> Result<Option<D>, HandshakeError> {
         loop {
             let mut r = Reader::new(&self.inbox);
             match step(&mut r, &mut self.outbox) {

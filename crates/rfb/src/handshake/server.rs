@@ -48,8 +48,6 @@ enum State {
         version: Version,
         security: SecurityType,
     },
-    Done(ServerDone),
-    Over,
 }
 
 /// The server side of the handshake, as a sans-I/O state machine (see the module docs).
@@ -57,7 +55,7 @@ enum State {
 pub struct ServerHandshake {
     config: ServerConfig,
     state: State,
-    io: Io,
+    io: Io<ServerDone>,
 }
 
 impl ServerHandshake {
@@ -93,27 +91,8 @@ impl ServerHandshake {
     /// Feeds received bytes and advances as far as they allow. An error ends the handshake;
     /// send what [`poll_output`](Self::poll_output) still holds, then close.
     pub fn feed(&mut self, data: &[u8]) -> Result<(), HandshakeError> {
-        match &mut self.state {
-            State::Over => return Err(HandshakeError::Over),
-            State::Done(done) => {
-                done.leftover.extend_from_slice(data);
-                return Ok(());
-            }
-            _ => self.io.inbox.extend_from_slice(data),
-        }
         let (config, state) = (&self.config, &mut self.state);
-        match self.io.drive(|r, out| step(config, state, r, out)) {
-            Ok(Some(mut done)) => {
-                done.leftover = std::mem::take(&mut self.io.inbox);
-                self.state = State::Done(done);
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(e) => {
-                self.state = State::Over;
-                Err(e)
-            }
-        }
+        self.io.feed(data, |r, out| step(config, state, r, out))
     }
 
     /// Bytes to send to the client, if any.
@@ -124,18 +103,12 @@ impl ServerHandshake {
     /// Whether the handshake has finished and its outcome is waiting in
     /// [`poll_done`](Self::poll_done). Bytes fed from then on are added to its `leftover`.
     pub fn is_done(&self) -> bool {
-        matches!(self.state, State::Done(_))
+        self.io.is_done()
     }
 
     /// The outcome, once the handshake has finished (returned once).
     pub fn poll_done(&mut self) -> Option<ServerDone> {
-        match std::mem::replace(&mut self.state, State::Over) {
-            State::Done(done) => Some(done),
-            other => {
-                self.state = other;
-                None
-            }
-        }
+        self.io.poll_done()
     }
 }
 
@@ -249,6 +222,11 @@ fn step(
                 leftover: Vec::new(),
             }))
         }
-        State::Done(_) | State::Over => Err(Stop::Invalid(HandshakeError::Over)),
+    }
+}
+
+impl super::Outcome for ServerDone {
+    fn leftover_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.leftover
     }
 }

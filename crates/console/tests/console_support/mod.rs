@@ -334,6 +334,20 @@ impl Viewer {
         self.send(msgs).await
     }
 
+    /// Waits until the server has handled everything sent before: re-announces the default
+    /// encodings and waits for the next update, which QEMU sends at once (the extended key
+    /// event ack) even with the VM paused. Meant for a viewer straight on QEMU's VNC.
+    pub async fn fence(&mut self) -> anyhow::Result<()> {
+        self.fb.borrow_and_update();
+        let encodings = vnc::client::Setup::default().encodings;
+        self.send(vec![ClientMessage::SetEncodings(encodings)])
+            .await?;
+        tokio::time::timeout(DEADLINE, self.fb.changed())
+            .await
+            .context("no update after SetEncodings")??;
+        Ok(())
+    }
+
     /// The latest framebuffer.
     pub fn framebuffer(&self) -> Option<Framebuffer> {
         self.fb.borrow().clone()

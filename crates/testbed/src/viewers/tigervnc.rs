@@ -1,0 +1,262 @@
+//! The TigerVNC viewer (`vncviewer`) in a headless X server (Xvfb).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use super::{parse_xwd, poll_until, run_output, spawn_error, Image, Result, ViewerError};
+
+/// A headless X server (Xvfb) for graphical viewers; killed on drop.
+pub struct Xvfb {
+    display: String,
+    _child: Child,
+}
+
+impl Xvfb {
+    /// Starts Xvfb (1280x1024 at 24 bits) on a display number it picks itself (`-displayfd`),
+    /// so parallel tests never race for one.
+    pub async fn start() -> Result<Xvfb> {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        use tokio::io::AsyncReadExt;
+        const DISPLAY_FD: i32 = 3;
+        let (read_end, write_end): (OwnedFd, OwnedFd) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| spawn_error("Xvfb", "xvfb", e.into()))?;
+        let write_raw = write_end.as_raw_fd();
+        let mut cmd = Command::new("Xvfb");
+        cmd.args([
+            "-displayfd",
+            "3",
+            "-screen",
+            "0",
+            "1280x1024x24",
+            "-nolisten",
+            "tcp",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+        // SAFETY: dup2 is async-signal-safe; the child gets the pipe's write end as fd 3
+        // (dup2 clears close-on-exec on the copy).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(write_raw, DISPLAY_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|source| spawn_error("Xvfb", "xvfb", source))?;
+        drop(write_end);
+        let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end)
+            .map_err(|source| spawn_error("Xvfb", "xvfb", source))?;
+        let mut text = String::new();
+        let read = pipe.read_to_string(&mut text);
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(source)) => return Err(spawn_error("Xvfb", "xvfb", source)),
+            Err(_) => {
+                return Err(ViewerError::Timeout {
+                    what: "Xvfb to report its display".into(),
+                    waited: Duration::from_secs(10),
+                })
+            }
+        }
+        let number: u32 = text.trim().parse().map_err(|_| ViewerError::Failed {
+            program: "Xvfb".into(),
+            stderr: format!("reported display {text:?}"),
+        })?;
+        Ok(Xvfb {
+            display: format!(":{number}"),
+            _child: child,
+        })
+    }
+
+    /// The `DISPLAY` value of this server, e.g. `:90`.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+}
+
+/// How a viewer authenticates.
+#[derive(Debug, Clone)]
+pub enum ViewerAuth {
+    /// Security type None.
+    None,
+    /// VNC Authentication with this password.
+    Password(String),
+}
+
+/// A TigerVNC viewer (`vncviewer`) connected to a server, in an [`Xvfb`]; killed on drop.
+pub struct TigerVnc {
+    display: String,
+    window: String,
+    child: Child,
+    _password_dir: Option<tempfile::TempDir>,
+}
+
+impl TigerVnc {
+    /// Starts `vncviewer` against `server` (`HOST::PORT`, or a `HOST:DISPLAY`) and waits until
+    /// its window, titled by the server's desktop `name`, exists. `netns` runs the viewer in
+    /// that network namespace (the X server's socket is a file, so it reaches across).
+    pub async fn connect(
+        xvfb: &Xvfb,
+        server: &str,
+        auth: ViewerAuth,
+        desktop_name: &str,
+        netns: Option<&str>,
+    ) -> Result<TigerVnc> {
+        let mut args: Vec<String> = Vec::new();
+        let password_dir = match &auth {
+            ViewerAuth::None => {
+                args.extend(["-SecurityTypes".into(), "None".into()]);
+                None
+            }
+            ViewerAuth::Password(password) => {
+                let dir = tempfile::Builder::new()
+                    .prefix("dmore-vncpasswd")
+                    .tempdir()
+                    .map_err(|source| spawn_error("mktemp", "coreutils", source))?;
+                let file = dir.path().join("passwd");
+                write_vnc_password_file(&file, password).await?;
+                args.extend([
+                    "-SecurityTypes".into(),
+                    "VncAuth".into(),
+                    "-PasswordFile".into(),
+                    file.display().to_string(),
+                ]);
+                Some(dir)
+            }
+        };
+        // Full-colour, so the screenshot shows the server's pixels unchanged.
+        args.extend(["-AutoSelect=0".into(), "-FullColor".into(), server.into()]);
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "vncviewer"]);
+                cmd
+            }
+            None => Command::new("vncviewer"),
+        };
+        let mut child = cmd
+            .args(&args)
+            .env("DISPLAY", xvfb.display())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| spawn_error("vncviewer", "tigervnc-viewer", source))?;
+        let display = xvfb.display().to_owned();
+        let window = poll_until("the vncviewer window", Duration::from_secs(20), || {
+            let display = display.clone();
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            async move {
+                if exited {
+                    return Some(None);
+                }
+                let out = run_output(
+                    "xdotool",
+                    "xdotool",
+                    &["search", "--name", desktop_name],
+                    Some(&display),
+                )
+                .await
+                .ok()?;
+                let text = String::from_utf8_lossy(&out);
+                text.lines().next().map(|w| Some(w.trim().to_owned()))
+            }
+        })
+        .await?;
+        let Some(window) = window else {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = pipe.read_to_string(&mut stderr).await;
+            }
+            return Err(ViewerError::Failed {
+                program: "vncviewer".into(),
+                stderr,
+            });
+        };
+        Ok(TigerVnc {
+            display,
+            window,
+            child,
+            _password_dir: password_dir,
+        })
+    }
+
+    /// Types `text` into the viewer's window with `xdotool`, as a person at the keyboard would.
+    pub async fn type_text(&self, text: &str) -> Result<()> {
+        run_output(
+            "xdotool",
+            "xdotool",
+            &["windowfocus", "--sync", &self.window],
+            Some(&self.display),
+        )
+        .await?;
+        run_output(
+            "xdotool",
+            "xdotool",
+            &["type", "--delay", "30", text],
+            Some(&self.display),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// What the viewer's window shows, read with `xwd`.
+    pub async fn screenshot(&self) -> Result<Image> {
+        let out = run_output(
+            "xwd",
+            "x11-apps",
+            &["-silent", "-id", &self.window],
+            Some(&self.display),
+        )
+        .await?;
+        parse_xwd(&out)
+    }
+
+    /// Whether the viewer process is still running (it exits when its connection drops).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Writes a TigerVNC password file (the obfuscated form `vncpasswd -f` makes).
+async fn write_vnc_password_file(path: &Path, password: &str) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new("vncpasswd")
+        .arg("-f")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| spawn_error("vncpasswd", "tigervnc-tools", source))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let input = format!("{password}\n{password}\n");
+        stdin
+            .write_all(input.as_bytes())
+            .await
+            .map_err(|source| spawn_error("vncpasswd", "tigervnc-tools", source))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|source| spawn_error("vncpasswd", "tigervnc-tools", source))?;
+    if !out.status.success() || out.stdout.is_empty() {
+        return Err(ViewerError::Failed {
+            program: "vncpasswd -f".into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    tokio::fs::write(path, &out.stdout)
+        .await
+        .map_err(|source| spawn_error("vncpasswd", "tigervnc-tools", source))
+}

@@ -3,9 +3,9 @@
 //! bit 3 preference (None or VncAuth first), bits 5-7 chunk size.
 #![no_main]
 
+use dmore_fuzz::{chunk_size, split, LIMITS};
 use libfuzzer_sys::fuzz_target;
 use rfb::{ClientConfig, ClientHandshake, Password, SecurityType, ServerMessageDecoder, Version};
-use rfb_fuzz::{chunk_size, split, LIMITS};
 
 fuzz_target!(|data: &[u8]| {
     let Some((sel, stream)) = split(data) else {

@@ -2,9 +2,9 @@
 //! re-encodes to bytes that decode to the same message.
 #![no_main]
 
+use dmore_fuzz::{chunk_size, split, LIMITS};
 use libfuzzer_sys::fuzz_target;
 use rfb::{ClientMessage, ClientMessageDecoder};
-use rfb_fuzz::{chunk_size, split, LIMITS};
 
 fuzz_target!(|data: &[u8]| {
     let Some((sel, stream)) = split(data) else {

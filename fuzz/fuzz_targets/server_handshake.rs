@@ -2,12 +2,12 @@
 //! Selector: bits 0-1 version, bits 2-3 security offered, bits 5-7 chunk size.
 #![no_main]
 
+use dmore_fuzz::{chunk_size, split, LIMITS};
 use libfuzzer_sys::fuzz_target;
 use rfb::{
     ClientMessageDecoder, Password, PixelFormat, SecurityType, ServerConfig, ServerHandshake,
     ServerInit, Version,
 };
-use rfb_fuzz::{chunk_size, split, LIMITS};
 
 fuzz_target!(|data: &[u8]| {
     let Some((sel, stream)) = split(data) else {

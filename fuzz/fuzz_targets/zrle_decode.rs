@@ -3,11 +3,11 @@
 //! chunk size.
 #![no_main]
 
+use dmore_fuzz::{chunk_size, pixel_format, split, LIMITS};
 use libfuzzer_sys::fuzz_target;
 use rfb::encoding::zrle::ZrleDecoder;
 use rfb::translate::{PixelsMut, Translator};
 use rfb::{RectPayload, ServerMessage, ServerMessageDecoder};
-use rfb_fuzz::{chunk_size, pixel_format, split, LIMITS};
 
 /// Largest rectangle decoded, in pixels: keeps each run short.
 const MAX_PIXELS: usize = 1 << 18;

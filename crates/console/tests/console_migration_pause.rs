@@ -8,7 +8,7 @@ mod console_support;
 use std::time::Instant;
 
 use console_support::*;
-use testbed::migrate::{Migration, MigrationOptions, Phase};
+use migrate::vm::{Migration, MigrationOptions, Phase};
 use testbed::qemu::{Qemu, QemuConfig};
 
 /// The destination of the migration: the same guest, started with `-incoming defer`.

@@ -231,6 +231,12 @@ impl Host {
         cfg
     }
 
+    /// A `tcp:IP:PORT` address for an incoming migration to this host: a port free here now,
+    /// so it also works in loopback mode where hosts share 127.0.0.1.
+    pub fn incoming_uri(&self) -> Result<String, HostsError> {
+        Ok(format!("tcp:{}:{}", self.ip, self.free_port()?))
+    }
+
     /// A TCP port free on this host's address right now. In [`Mode::Loopback`] hosts share one
     /// address, so every service needs a port of its own; this picks one from the kernel.
     pub fn free_port(&self) -> Result<u16, HostsError> {

@@ -67,23 +67,7 @@ pub enum Link {
     Disconnected,
 }
 
-/// Which console a [`PhaseError`] comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The console whose VM leaves.
-    Source,
-    /// The console whose VM arrives.
-    Destination,
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Source => "source",
-            Side::Destination => "destination",
-        })
-    }
-}
+pub use crate::Side;
 
 /// An event the current phase does not allow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use guest::report::Report;
 use guest::GuestOptions;
+use migrate::vm::{self as migration, MigrationOptions};
 use testbed::hosts::{Host, HostsError, Testbed};
-use testbed::migrate::{self, MigrationOptions};
 use testbed::qemu::Qemu;
 use tokio::sync::watch;
 
@@ -94,7 +94,7 @@ pub enum BaselineError {
     },
     /// The migration failed.
     #[error("migrating A -> B")]
-    Migrate(#[from] migrate::MigrateError),
+    Migrate(#[from] migration::MigrateError),
     /// No port for QEMU's VNC display was free.
     #[error("no free VNC port (5900-5999) on host {0}")]
     NoVncPort(&'static str),
@@ -210,9 +210,9 @@ async fn one_migration(
     ));
 
     tokio::time::sleep(options.typing).await;
-    let uri = migrate::incoming_uri(testbed.b())?;
+    let uri = testbed.b().incoming_uri()?;
     let migrated =
-        migrate::migrate(src.qmp(), dst.qmp(), &uri, MigrationOptions::default()).await?;
+        migration::migrate(src.qmp(), dst.qmp(), &uri, MigrationOptions::default()).await?;
     *console_at.lock().unwrap_or_else(|e| e.into_inner()) = dst_vnc;
 
     // The source QEMU exits at once, as a manager ends it after a successful migration (an

@@ -1,4 +1,5 @@
-//! Live migration of a running guest from one test host's QEMU to another's.
+//! Drives QEMU's own live migration from one host's QEMU to another's (what `dmore migrate`
+//! runs for VMs no manager owns, and what the tests and the baseline use).
 //!
 //! ```text
 //!  dst: migrate-set-capabilities (events)    src: migrate-set-capabilities
@@ -24,6 +25,8 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+pub use crate::Side;
 
 pub use info::{MigrateInfo, MigrationStatus};
 
@@ -125,24 +128,6 @@ pub enum MigrateError {
     DestinationNotRunning(String),
 }
 
-/// Which QEMU a step talked to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The source QEMU (host A).
-    Source,
-    /// The destination QEMU (host B).
-    Destination,
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Source => "source",
-            Side::Destination => "destination",
-        })
-    }
-}
-
 /// Where a [`Migration`] stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -235,12 +220,6 @@ impl<S: Monitor, D: Monitor> fmt::Debug for Migration<'_, S, D> {
             .field("polls", &self.polls)
             .finish()
     }
-}
-
-/// A `tcp:IP:PORT` migration address on `host` (the destination's host): a port free there
-/// now, so it also works in loopback mode where hosts share 127.0.0.1.
-pub fn incoming_uri(host: &crate::hosts::Host) -> Result<String, crate::hosts::HostsError> {
-    Ok(format!("tcp:{}:{}", host.ip(), host.free_port()?))
 }
 
 /// Migrates and, at `pre-switchover` (if asked for), continues at once; returns the report.

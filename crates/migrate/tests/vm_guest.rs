@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use guest::report::Report;
+use migrate::vm::{self, MigrateError, Migration, MigrationOptions, MigrationStatus, Phase};
 use qmp::InputEvent;
 use testbed::hosts::{Host, Testbed};
-use testbed::migrate::{self, MigrateError, Migration, MigrationOptions, MigrationStatus, Phase};
 use testbed::qemu::{AccelChoice, Qemu};
 
 /// How long any single wait in these tests may take before the test fails.
@@ -92,7 +92,7 @@ async fn guest_key_counter_continues_across_migrations_between_hosts() -> anyhow
     // A -> B, stopping at pre-switchover on the way.
     let mut b = launch(bed.b(), "vm1", 128, true).await?;
     assert_eq!(status(&b).await?, "inmigrate");
-    let uri = migrate::incoming_uri(bed.b())?;
+    let uri = bed.b().incoming_uri()?;
     let mut m = Migration::start(a.qmp(), b.qmp(), &uri, options(true)).await?;
     assert_eq!(m.run().await?, Phase::PreSwitchover);
     assert_eq!(
@@ -125,8 +125,8 @@ async fn guest_key_counter_continues_across_migrations_between_hosts() -> anyhow
     // And back B -> A, into a fresh QEMU on A, without the pause.
     drop(a);
     let mut a2 = launch(bed.a(), "vm2", 128, true).await?;
-    let uri = migrate::incoming_uri(bed.a())?;
-    let report = migrate::migrate(b.qmp(), a2.qmp(), &uri, options(false)).await?;
+    let uri = bed.a().incoming_uri()?;
+    let report = vm::migrate(b.qmp(), a2.qmp(), &uri, options(false)).await?;
     println!("B->A over {uri}: {report:?}");
     assert_eq!(report.status, MigrationStatus::Completed);
     let back = type_keys(&mut a2, "c", 3).await?;
@@ -141,8 +141,8 @@ async fn failed_migration_leaves_the_source_running_and_says_why() -> anyhow::Re
     let mut a = launch(bed.a(), "vm", 128, false).await?;
     // A destination with a different RAM size refuses the stream.
     let b = launch(bed.b(), "vm", 256, true).await?;
-    let uri = migrate::incoming_uri(bed.b())?;
-    let err = migrate::migrate(a.qmp(), b.qmp(), &uri, options(false))
+    let uri = bed.b().incoming_uri()?;
+    let err = vm::migrate(a.qmp(), b.qmp(), &uri, options(false))
         .await
         .expect_err("a RAM size mismatch must fail");
     println!("failure reported: {err}");
@@ -159,7 +159,7 @@ async fn cancel_at_pre_switchover_resumes_the_source() -> anyhow::Result<()> {
     let mut a = launch(bed.a(), "vm", 128, false).await?;
     let before = type_keys(&mut a, "a", 1).await?;
     let b = launch(bed.b(), "vm", 128, true).await?;
-    let uri = migrate::incoming_uri(bed.b())?;
+    let uri = bed.b().incoming_uri()?;
     let mut m = Migration::start(a.qmp(), b.qmp(), &uri, options(true)).await?;
     assert_eq!(m.run().await?, Phase::PreSwitchover);
     m.cancel().await?;

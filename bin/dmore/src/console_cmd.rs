@@ -102,7 +102,13 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
         control: args.control,
         restore_from: args.restore_from,
     };
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // One thread: a key crosses reader → hub → link tasks, and on a multi-thread runtime each
+    // hop can wake a parked worker (~25-37 µs each on this 2-core machine, against ~9-20 µs
+    // here; `dmore bench console`, "Where the time goes"). The hub encodes on one task anyway.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     match runtime.block_on(console::front::run(config))? {
         Exit::Stopped => tracing::info!("console stopped"),
         Exit::HandedOver => tracing::info!("console handed over"),

@@ -32,9 +32,10 @@
 //! [`QemuLink::push`] hands an event to the journal (see [`crate::journal`] for the lanes and
 //! the fence). The link executes its actions: fast-lane events as RFB KeyEvent, QEMU extended
 //! key event (when the viewer gave a scancode and QEMU acknowledged -258) or PointerEvent; a
-//! fence as a SetEncodings repeating the link's whole encoding list (QEMU answers each with a
-//! QEMU-extended-key-event pseudo-rectangle; answers match fences in order, the first one
-//! answering the link's own SetEncodings at connect); a status probe as `query-status`; a QMP
+//! fence as a SetEncodings repeating the link's whole encoding list, written 1 ms after the
+//! journal asks for it so it does not compete with the guest taking the key (QEMU answers
+//! each with a QEMU-extended-key-event pseudo-rectangle; answers match fences in order, the
+//! first one answering the link's own SetEncodings at connect); a status probe as `query-status`; a QMP
 //! batch as one compact `input-send-event` (keys as QEMU key numbers: the viewer's scancode,
 //! else the keysym's key on a US layout). QMP events reach the journal in QEMU's order relative
 //! to the replies: `STOP` → `handle_vm_stopped`, `RESUME` → `handle_vm_resumed`, `MIGRATION`

@@ -24,6 +24,80 @@
 //!
 //! The guest runs on KVM+qboot where KVM works (it sets its text or graphics mode itself),
 //! TCG+SeaBIOS otherwise. Build with `--release`: a debug console measures the wrong thing.
+//!
+//! # Where the time goes
+//! Measured on the 2-core bench machine (KVM + qboot, QEMU 7.2), release build, with throwaway
+//! wall-clock stamps (`SystemTime`, one clock for bench and console) at each stage, kept in
+//! memory and dumped by the console; keys matched by order (one key in flight), screen
+//! updates by a sequence carried through the link's event queue, "small" = the animated
+//! corner (1280 px), one viewer. Medians in µs over 300-600 keys / ~250 updates per run; the
+//! two columns are the old multi-thread runtime and the current-thread one now used.
+//!
+//! ```text
+//!  key (press)                                           multi-thread  current-thread
+//!  bench write → console reader's read() returns             84-97         67-97
+//!  read → decoded, queued to the hub                          3.3-3.5       3.1-3.7
+//!  reader task → hub task has it                             31-37         14-20
+//!  session handle_message                                     2.3-2.7       2.4-3.2
+//!  hub → link task has the Push (request channel)            24-34          9-12
+//!  Push → journal poll_action gives the Vnc action            9             6-8
+//!  → bytes written into QEMU's VNC socket                    13-16         17-22
+//!  console total, read → written                             95-115        56-75
+//!  then: fence written with the key; answered after 155-196; query-status answered 335-374
+//!  later; the next key comes ≥4.2 ms (median 7.5 ms) after it: never delayed by it.
+//!
+//!  small screen update                                   multi-thread  current-thread
+//!  link: read+decoded → Raw areas converted                   5.8           5.7
+//!  → event in the link's channel                              5.1           5.4
+//!  → hub task has it                                         56            24
+//!  Screen::apply                                              9.3           7.7
+//!  session poll_update + encode, handed to the writer        41            27
+//!  → writer task has it                                      40             6.6
+//!  writer: serialise + write_all to the viewer               20            38
+//!  console total, read from QEMU → written to the viewer    220           132
+//! ```
+//!
+//! **The fence cost more than the console.** The fence (SetEncodings) went out in the same
+//! write as the key, and its answer is followed by `query-status`, which QEMU's monitor reads
+//! a byte per main-loop iteration: both keep QEMU's main loop (and the big lock the guest's
+//! port I/O needs) busy exactly while the guest takes the key and writes its report. In one
+//! run, alternating per key, "written → guest report" was 970 µs with the fence in the key's
+//! write and 864 µs with it 1.5 ms later (-106); with no confirmation traffic at all
+//! (throwaway, unsafe) 684 µs against 775 µs for the whole direct path. So the link now writes
+//! a fence 1 ms after the journal asks for it (`FENCE_DELAY` in `console::back`): same
+//! order, same answers, same exactly-once rules, confirmation ~1 ms later. And `dmore
+//! console` runs a current-thread runtime: each task hop woke a parked worker thread.
+//!
+//! Before (HEAD, two runs) and after (both changes, two runs), `dmore bench console`:
+//!
+//! ```text
+//! before, run 1
+//!   key-response overhead p50                         83.1 µs >  50 µs: MISSED by 33.1 µs (1.7x)
+//!   screen-path overhead p50, small raw update       267.8 µs >  20 µs: MISSED by 247.8 µs (13.4x)
+//! before, run 2
+//!   key-response overhead p50                         53.5 µs >  50 µs: MISSED by 3.5 µs (1.1x)
+//!   screen-path overhead p50, small raw update        99.8 µs >  20 µs: MISSED by 79.8 µs (5.0x)
+//! after, run 1
+//!   key-response overhead p50                         -7.5 µs <= 50 µs: met (by 57.5 µs)
+//!   screen-path overhead p50, small raw update       -51.2 µs <= 20 µs: met (by 71.2 µs)
+//! after, run 2
+//!   key-response overhead p50                        -14.4 µs <= 50 µs: met (by 64.4 µs)
+//!   screen-path overhead p50, small raw update       -65.4 µs <= 20 µs: met (by 85.4 µs)
+//! ```
+//!
+//! **Read the screen figure with care.** It swings by ±150 µs between runs of the same binary
+//! (another run of the new one gave +200.7 µs with the console's own part at 132 µs): it is
+//! dominated by when QEMU serves each of its two displays and when each client's next request
+//! reaches it, not by the console. The console's own 132 µs per small update is the honest
+//! figure, and it misses 20 µs. What would close it: no writer task (the hub `try_write`s into
+//! the viewer's socket and hands the rest to a task only when it would block: -6..40 µs and the
+//! serialise copy), encoding straight into a reused byte buffer instead of
+//! `Vec<ServerMessage>` then bytes (most of the writer's 38 µs is that copy), and the link
+//! updating the hub's screen directly (one task, or a shared framebuffer) instead of a Raw copy
+//! through a channel (-24 µs hop, -11 µs copy). For keys the console's own 56-75 µs would shrink
+//! the same way (reader decoding inside the hub, the journal pushed without a request/reply
+//! round trip); the bench write → console read (67-97 µs) is the idle thread's wake-up, which
+//! QEMU's direct path pays too.
 
 mod keys;
 mod process;

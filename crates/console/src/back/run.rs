@@ -46,7 +46,9 @@ const ENCODINGS: [Encoding; 5] = [
 /// answer) keeps QEMU's main loop busy just while the guest takes the key, and the key reached
 /// the guest ~100 µs later (`dmore bench console`, "Where the time goes"); a little later the
 /// guest has taken it. Confirmation is only later: a fence still follows its events and is
-/// answered in order, so what is delivered, held or uncertain is decided as before.
+/// answered in order, so what is delivered, held or uncertain is decided as before. The price:
+/// a pause nobody announced finds the last fast-lane key unconfirmed ~1 ms longer, so it is
+/// counted uncertain a little more often (`console_stop` prints how often).
 const FENCE_DELAY: Duration = Duration::from_millis(1);
 
 /// How the link learned that a migration is under way.

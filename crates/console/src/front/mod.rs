@@ -23,8 +23,8 @@
 //! has `shared = 0` disconnects every other viewer (RFC 6143 §7.3.1).
 //!
 //! **One journal.** All input goes straight into the link, whose
-//! [`Journal`](crate::journal::Journal) holds it while the VM is paused and paces it with the
-//! viewers' own gaps: exactly-once is decided in that one place. `status` reports the link's
+//! [`Journal`](crate::journal::Journal) holds it while the VM is paused and paces it (held
+//! input is replayed with the viewers' own gaps): exactly-once is decided in that one place. `status` reports the link's
 //! view (`vm_running` from `query-status` at connect, then `STOP`/`RESUME`; `held`).
 //!
 //! **Freeze / restore.** [`run`] with `restore_from` connects to the old console's control

@@ -28,17 +28,7 @@ pub fn chunk_size(sel: u8) -> usize {
 
 /// One of four pixel formats, chosen by the selector's low two bits.
 pub fn pixel_format(sel: u8) -> PixelFormat {
-    let rgb565 = PixelFormat {
-        bits_per_pixel: 16,
-        depth: 16,
-        red_max: 31,
-        green_max: 63,
-        blue_max: 31,
-        red_shift: 11,
-        green_shift: 5,
-        blue_shift: 0,
-        ..PixelFormat::RGBX32_LE
-    };
+    let rgb565 = PixelFormat::RGB565_LE;
     let bgr233 = PixelFormat {
         bits_per_pixel: 8,
         depth: 8,

@@ -49,6 +49,21 @@ impl PixelFormat {
         blue_shift: 0,
     };
 
+    /// 16 bpp "RGB565", little-endian: red 5 bits at 11, green 6 at 5, blue 5 at 0 — what
+    /// low-bandwidth viewers ask for (TigerVNC's medium colour level, noVNC's low quality).
+    pub const RGB565_LE: PixelFormat = PixelFormat {
+        bits_per_pixel: 16,
+        depth: 16,
+        big_endian: false,
+        true_colour: true,
+        red_max: 31,
+        green_max: 63,
+        blue_max: 31,
+        red_shift: 11,
+        green_shift: 5,
+        blue_shift: 0,
+    };
+
     /// Bytes one pixel takes on the wire.
     pub fn bytes_per_pixel(&self) -> usize {
         usize::from(self.bits_per_pixel / 8)

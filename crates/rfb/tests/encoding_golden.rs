@@ -117,16 +117,8 @@ fn tiles_go_left_to_right_then_down() {
 #[test]
 fn sixteen_bit_big_endian_cpixels_are_whole_pixels() {
     let rgb565be = PixelFormat {
-        bits_per_pixel: 16,
-        depth: 16,
         big_endian: true,
-        true_colour: true,
-        red_max: 31,
-        green_max: 63,
-        blue_max: 31,
-        red_shift: 11,
-        green_shift: 5,
-        blue_shift: 0,
+        ..PixelFormat::RGB565_LE
     };
     let tr = Translator::new(rgb565be).unwrap();
     let mut px = [0u32; 2];

@@ -226,17 +226,7 @@ fn framebuffer_update_7_6_1() {
 
 #[test]
 fn raw_length_follows_the_pixel_format() {
-    let pf = PixelFormat {
-        bits_per_pixel: 16,
-        depth: 16,
-        red_max: 31,
-        green_max: 63,
-        blue_max: 31,
-        red_shift: 11,
-        green_shift: 5,
-        blue_shift: 0,
-        ..PixelFormat::RGBX32_LE
-    };
+    let pf = PixelFormat::RGB565_LE;
     let rects = vec![Rectangle {
         x: 0,
         y: 0,

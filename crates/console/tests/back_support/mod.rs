@@ -202,21 +202,17 @@ pub struct Key {
 
 /// `n` distinct-looking keys cycling through a..z (keysyms and their codes).
 pub fn letters(n: usize) -> Vec<Key> {
-    let alphabet = "abcdefghijklmnopqrstuvwxyz";
-    alphabet
-        .chars()
-        .cycle()
-        .take(n)
-        .map(|c| Key {
-            keysym: u32::from(c),
-            code: console::keymap::keysym_to_qnum(u32::from(c)).map_or(0, |(qnum, _)| qnum),
-        })
-        .collect()
+    cycling("abcdefghijklmnopqrstuvwxyz", n)
 }
 
 /// `n` keys cycling through the digits 1..0.
 pub fn digits(n: usize) -> Vec<Key> {
-    "1234567890"
+    cycling("1234567890", n)
+}
+
+/// `n` keys cycling through the characters of `chars`.
+fn cycling(chars: &str, n: usize) -> Vec<Key> {
+    chars
         .chars()
         .cycle()
         .take(n)

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod back;
+pub mod control;
 pub mod front;
 pub mod journal;
 pub mod keymap;

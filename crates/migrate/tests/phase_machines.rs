@@ -46,7 +46,7 @@ fn source_happy_path_hands_over_once() {
         (&SS::Sent, vec![]),
         "completion alone releases nothing"
     );
-    let (s, a) = src(s, SE::Received(Message::TakenOver));
+    let (s, a) = src(s, SE::Received(Message::TakenOver { relay_to: None }));
     assert_eq!((&s, a), (&SS::Done, vec![SA::ReleaseCheckpoint, SA::Exit]));
     let err = source_step(s, SE::Resumed).unwrap_err();
     assert_eq!(err.state, SS::Done);
@@ -163,14 +163,20 @@ fn source_refuses_what_would_break_exactly_once() {
     let cases = [
         (
             SS::Serving { peer: Connected },
-            SE::Received(Message::TakenOver),
+            SE::Received(Message::TakenOver { relay_to: None }),
         ),
         (
             SS::Precopying { peer: Connected },
-            SE::Received(Message::TakenOver),
+            SE::Received(Message::TakenOver { relay_to: None }),
         ),
-        (SS::Thawing, SE::Received(Message::TakenOver)),
-        (SS::Frozen, SE::Received(Message::TakenOver)),
+        (
+            SS::Thawing,
+            SE::Received(Message::TakenOver { relay_to: None }),
+        ),
+        (
+            SS::Frozen,
+            SE::Received(Message::TakenOver { relay_to: None }),
+        ),
         (SS::Sent, SE::PeerConnected),
         (SS::Serving { peer: Connected }, SE::PeerConnected),
         (SS::Sent, SE::MigrationStarted),
@@ -350,7 +356,10 @@ fn destination_refuses_an_abort_once_its_vm_runs() {
             DS::Waiting,
             DE::Received(Message::Snapshot { bytes: vec![] }),
         ),
-        (DS::Connected, DE::Received(Message::TakenOver)),
+        (
+            DS::Connected,
+            DE::Received(Message::TakenOver { relay_to: None }),
+        ),
         (DS::Connected, DE::PeerConnected),
         (
             DS::Serving { peer: Connected },

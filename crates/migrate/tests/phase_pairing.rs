@@ -194,7 +194,7 @@ impl Sim {
             DA::SendTakenOver => c
                 .ok_or("no connection")?
                 .to_src
-                .push_back(Message::TakenOver),
+                .push_back(Message::TakenOver { relay_to: None }),
             DA::Restore { snapshot } => {
                 self.restores_this_dst += 1;
                 if !self.dst_vm_running || snapshot != SNAP || self.restores_this_dst > 1 {

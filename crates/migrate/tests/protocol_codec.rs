@@ -71,8 +71,11 @@ fn handshake_negotiates_version_1_and_messages_flow_both_ways() {
     };
     d.feed(&s.encode(&snap).unwrap());
     assert_eq!(drain(&mut d).unwrap(), vec![snap]);
-    s.feed(&d.encode(&Message::TakenOver).unwrap());
-    assert_eq!(drain(&mut s).unwrap(), vec![Message::TakenOver]);
+    s.feed(&d.encode(&Message::TakenOver { relay_to: None }).unwrap());
+    assert_eq!(
+        drain(&mut s).unwrap(),
+        vec![Message::TakenOver { relay_to: None }]
+    );
     assert_eq!(s.end_of_stream(), Ok(()));
 }
 
@@ -212,7 +215,7 @@ fn oversized_frames_are_refused_before_buffering_them() {
         }),
         Err(ProtocolError::FrameTooLarge { max: 100, .. })
     ));
-    d.feed(&s.encode(&Message::TakenOver).unwrap());
+    d.feed(&s.encode(&Message::TakenOver { relay_to: None }).unwrap());
     assert_eq!(
         drain(&mut d).unwrap().len(),
         2,
@@ -224,7 +227,7 @@ fn oversized_frames_are_refused_before_buffering_them() {
 fn order_of_calls_is_enforced() {
     let mut s = codec(Role::Source, 1);
     assert!(matches!(
-        s.encode(&Message::TakenOver),
+        s.encode(&Message::TakenOver { relay_to: None }),
         Err(ProtocolError::Unexpected(_))
     ));
     s.start().unwrap();
@@ -260,7 +263,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
             .prop_map(|(offset, bytes)| Message::Precopy { offset, bytes }),
         proptest::collection::vec(any::<u8>(), 0..2000)
             .prop_map(|bytes| Message::Snapshot { bytes }),
-        Just(Message::TakenOver),
+        proptest::option::of(any::<[u8; 6]>()).prop_map(|relay_to| Message::TakenOver { relay_to }),
         Just(Message::ResendSnapshot),
         reason.prop_map(|reason| Message::Abort { reason }),
     ]

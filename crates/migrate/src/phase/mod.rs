@@ -111,7 +111,7 @@ fn received_name(m: &crate::protocol::Message) -> &'static str {
         Message::Hello(_) => "Received(Hello)",
         Message::Precopy { .. } => "Received(Precopy)",
         Message::Snapshot { .. } => "Received(Snapshot)",
-        Message::TakenOver => "Received(TakenOver)",
+        Message::TakenOver { .. } => "Received(TakenOver)",
         Message::ResendSnapshot => "Received(ResendSnapshot)",
         Message::Abort { .. } => "Received(Abort)",
     }

@@ -264,7 +264,7 @@ fn dispatch(state: SourceState, event: SourceEvent) -> Step {
         // Frozen, checkpoint kept: only TakenOver releases it, only Resumed thaws it.
         (S::Frozen, E::PeerConnected) => Ok((S::Sent, vec![A::SendSnapshot])),
         (S::Sent, E::Received(Message::ResendSnapshot)) => Ok((S::Sent, vec![A::SendSnapshot])),
-        (S::Sent, E::Received(Message::TakenOver)) => {
+        (S::Sent, E::Received(Message::TakenOver { .. })) => {
             Ok((S::Done, vec![A::ReleaseCheckpoint, A::Exit]))
         }
         (S::Sent, E::PeerLost | E::Received(Message::Abort { .. })) => {

@@ -57,7 +57,12 @@ pub enum Message {
     },
     /// Destination → source: its VM runs and it serves the session; the source may release
     /// its checkpoint and exit.
-    TakenOver,
+    TakenOver {
+        /// The destination host's hardware address on the service address's link, when the
+        /// viewers' connections moved with the address: the source hands it the segments it
+        /// caught for the address during the move (see `tcp::Relay`). Six bytes, or none.
+        relay_to: Option<[u8; 6]>,
+    },
     /// Destination → source: its VM runs and it has no snapshot (e.g. it was restarted);
     /// send the one kept since the freeze.
     ResendSnapshot,
@@ -75,7 +80,7 @@ impl Message {
             Message::Hello(_) => "Hello",
             Message::Precopy { .. } => "Precopy",
             Message::Snapshot { .. } => "Snapshot",
-            Message::TakenOver => "TakenOver",
+            Message::TakenOver { .. } => "TakenOver",
             Message::ResendSnapshot => "ResendSnapshot",
             Message::Abort { .. } => "Abort",
         }
@@ -105,7 +110,12 @@ impl Message {
                 out.extend_from_slice(bytes);
                 KIND_SNAPSHOT
             }
-            Message::TakenOver => KIND_TAKEN_OVER,
+            Message::TakenOver { relay_to } => {
+                if let Some(mac) = relay_to {
+                    out.extend_from_slice(mac);
+                }
+                KIND_TAKEN_OVER
+            }
             Message::ResendSnapshot => KIND_RESEND_SNAPSHOT,
             Message::Abort { reason } => {
                 let (code, detail) = match reason {
@@ -164,7 +174,18 @@ impl Message {
             KIND_SNAPSHOT => Message::Snapshot {
                 bytes: r.rest().to_vec(),
             },
-            KIND_TAKEN_OVER => Message::TakenOver,
+            KIND_TAKEN_OVER => {
+                let relay_to = match r.rest.len() {
+                    0 => None,
+                    6 => {
+                        let mut mac = [0; 6];
+                        mac.copy_from_slice(r.take(6)?);
+                        Some(mac)
+                    }
+                    _ => return Err(r.malformed("a hardware address is 6 bytes")),
+                };
+                Message::TakenOver { relay_to }
+            }
             KIND_RESEND_SNAPSHOT => Message::ResendSnapshot,
             _ => {
                 // KIND_ABORT: `kind_name` refused every other value.

@@ -5,6 +5,7 @@ use clap::Parser;
 mod baseline_cmd;
 mod bench_cmd;
 mod console_cmd;
+mod migrate_cmd;
 
 /// dmore keeps a VM's out-of-band console (VNC) alive across QEMU live migration.
 ///
@@ -24,6 +25,8 @@ enum Command {
     Console(console_cmd::ConsoleArgs),
     /// Measure what a plain QEMU console loses across live migrations (the "before" column).
     Baseline(baseline_cmd::BaselineArgs),
+    /// Live-migrate a VM and its console together (QEMU's migration plus the console's).
+    Migrate(migrate_cmd::MigrateArgs),
     /// Benchmarks (`dmore bench console`: the console against QEMU's own VNC).
     Bench(bench_cmd::BenchArgs),
 }
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Console(args) => console_cmd::run(args),
         Command::Baseline(args) => baseline_cmd::run(args),
+        Command::Migrate(args) => migrate_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
     }
 }

@@ -3,7 +3,9 @@
 //! `migrate::vm`.)
 #![warn(missing_docs)]
 
+pub mod capture;
 pub mod hosts;
 pub mod qemu;
+pub mod service;
 pub mod sweep;
 pub mod viewers;

@@ -258,6 +258,7 @@ async fn drive<S: Monitor, D: Monitor, P: FnMut(&Progress)>(
         }
     }
 
+    watch.switchover();
     emit(progress, &Progress::WaitingForConsole);
     dest.wait(
         "Serving",

@@ -212,12 +212,15 @@ fn holding_the_switchover_continues_only_once_the_destination_console_is_ready()
         let src = FakeQemu::migrating(vec![
             json!({"status": "active"}),
             json!({"status": "pre-switchover"}),
+            json!({"status": "device"}),
             json!({"status": "completed", "downtime": 30}),
         ]);
         let dst = FakeQemu::default();
-        let (result, _) = run_drive(&plan, &src, &dst).await;
+        let (result, heard) = run_drive(&plan, &src, &dst).await;
         let t = result.unwrap();
         assert!(t.held_switchover);
+        let switchovers = heard.iter().filter(|p| **p == Progress::Switchover).count();
+        assert_eq!(switchovers, 1, "{heard:?}");
         assert_eq!(
             dest.log(),
             ["wait Ready 3000", "wait Serving 3000", "status"]
@@ -334,6 +337,11 @@ fn a_console_that_does_not_take_over_is_reported_without_ending_the_source_migra
         let src = FakeQemu::migrating(vec![json!({"status": "completed", "downtime": 3})]);
         let dst = FakeQemu::default();
         let (result, heard) = run_drive(&plan, &src, &dst).await;
+        assert_eq!(
+            heard[heard.len() - 2..],
+            [Progress::Switchover, Progress::WaitingForConsole],
+            "a switchover no poll saw is still reported"
+        );
         let err = result.unwrap_err();
         assert!(matches!(err, OrchestrateError::Takeover { .. }), "{err:?}");
         assert!(err.to_string().contains("runs on the destination"), "{err}");

@@ -2,6 +2,7 @@
 //! through and reads each `query-migrate` answer on the way back, so the progress costs no
 //! extra QMP round trip and needs no hook in [`migrate::vm::Migration`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use migrate::vm::{Monitor, MonitorError};
@@ -9,16 +10,30 @@ use serde_json::Value;
 
 use crate::Progress;
 
-/// Wraps the source QEMU's monitor and reports [`Progress`] from its `query-migrate` answers.
+/// Wraps the source QEMU's monitor and reports [`Progress`] from its `query-migrate` answers
+/// ([`Progress::Switchover`] once, however many paused statuses the polls see).
 pub(crate) struct Watch<'a, M, P> {
     inner: &'a M,
     progress: &'a Mutex<P>,
+    switchover: AtomicBool,
 }
 
 impl<'a, M: Monitor, P: FnMut(&Progress)> Watch<'a, M, P> {
     /// Watches `inner`, reporting to `progress`.
     pub(crate) fn new(inner: &'a M, progress: &'a Mutex<P>) -> Self {
-        Watch { inner, progress }
+        Watch {
+            inner,
+            progress,
+            switchover: AtomicBool::new(false),
+        }
+    }
+
+    /// Reports [`Progress::Switchover`] unless it was already: a migration can complete
+    /// between two polls without any poll seeing it paused.
+    pub(crate) fn switchover(&self) {
+        if !self.switchover.swap(true, Ordering::Relaxed) {
+            emit(self.progress, &Progress::Switchover);
+        }
     }
 }
 
@@ -26,8 +41,10 @@ impl<M: Monitor, P: FnMut(&Progress)> Monitor for Watch<'_, M, P> {
     async fn execute(&self, command: &str, args: Value) -> Result<Value, MonitorError> {
         let reply = self.inner.execute(command, args).await?;
         if command == "query-migrate" {
-            if let Some(p) = progress_of(&reply) {
-                emit(self.progress, &p);
+            match progress_of(&reply) {
+                Some(Progress::Switchover) => self.switchover(),
+                Some(p) => emit(self.progress, &p),
+                None => {}
             }
         }
         Ok(reply)

@@ -3,7 +3,7 @@
 
 use anyhow::Context as _;
 use console::back::LinkConfig;
-use console::front::{Access, ConsoleConfig, Exit};
+use console::front::{Access, ConsoleConfig, Exit, MigrationConfig, PeerKey};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -23,7 +23,18 @@ injecting Caps Lock presses. The QMP monitor is the console's own (a second -qmp
 Passwords come from files or DMORE_VNC_PASSWORD, never from the command line.
 `echo status | socat - UNIX:/run/vm1/console.ctl` prints the console's state as JSON.
 A new console started with --restore-from /run/vm1/console.ctl freezes that console and
-takes over its viewers' connections, held input and screen.")]
+takes over its viewers' connections, held input and screen.
+
+Moving with the VM (co-migration): give both consoles the same --peer-key-file. On the
+destination host, next to the QEMU started with -incoming defer:
+  dmore console --vnc-socket /run/vm1/vnc.sock --qmp-socket /run/vm1/console-qmp.sock \
+      --listen 10.0.0.50:5900 --service-interface eth0 --control /run/vm1/console.ctl \
+      --peer-key-file /etc/dmore/vm1.key --incoming 10.0.0.2:4700
+then `dmore migrate ... --dest-console-addr 10.0.0.2:4700` (or libvirt) migrates the VM; the
+source console freezes when its VM stops for the switchover, the destination console takes
+over when its VM runs. With --service-interface the --listen address is a service address
+that moves with the VM (both hosts on one L2 segment, gratuitous ARP allowed, root): the
+viewers' TCP connections move too (TCP_REPAIR) and viewers notice nothing.")]
 pub struct ConsoleArgs {
     /// QEMU's VNC server socket (`-vnc unix:PATH,key-delay-ms=0,lock-key-sync=off`).
     #[arg(long, value_name = "PATH")]
@@ -53,15 +64,28 @@ pub struct ConsoleArgs {
     /// Take over from the console with this control socket (it freezes and hands over).
     #[arg(long, value_name = "PATH")]
     restore_from: Option<PathBuf>,
+    /// File whose first line is the key both consoles of a migration share (HMAC of the
+    /// console-to-console transfer). Turns co-migration on.
+    #[arg(long, value_name = "FILE")]
+    peer_key_file: Option<PathBuf>,
+    /// The VM's id in the transfer (both consoles must agree); default: --name.
+    #[arg(long, value_name = "ID", requires = "peer_key_file")]
+    vm_id: Option<String>,
+    /// The --listen address is a service address on this interface that moves with the VM.
+    #[arg(long, value_name = "IFACE", requires = "peer_key_file")]
+    service_interface: Option<String>,
+    /// Destination console: wait here for the source console's session (like QEMU's -incoming).
+    #[arg(long, value_name = "ADDR", requires = "peer_key_file")]
+    incoming: Option<SocketAddr>,
 }
 
 fn read_password(path: &Path) -> anyhow::Result<rfb::Password> {
     let text = std::fs::read(path)
-        .with_context(|| format!("reading the password file {}", path.display()))?;
+        .with_context(|| format!("reading the secret file {}", path.display()))?;
     let line = text.split(|b| *b == b'\n').next().unwrap_or_default();
     anyhow::ensure!(
         !line.is_empty(),
-        "the password file {} is empty: put the password on its first line",
+        "the secret file {} is empty: put the password or key on its first line",
         path.display()
     );
     Ok(rfb::Password(line.to_vec()))
@@ -90,6 +114,17 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(read_password)
         .transpose()?;
+    let migration = match &args.peer_key_file {
+        Some(path) => Some(MigrationConfig {
+            key: PeerKey {
+                psk: read_password(path)?.0,
+                vm_id: args.vm_id.clone().unwrap_or_else(|| args.name.clone()),
+            },
+            service_interface: args.service_interface.clone(),
+            incoming: args.incoming,
+        }),
+        None => None,
+    };
     let config = ConsoleConfig {
         link,
         listen: args.listen,
@@ -101,6 +136,7 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
         name: args.name,
         control: args.control,
         restore_from: args.restore_from,
+        migration,
     };
     // One thread: a key crosses reader → hub → link tasks, and on a multi-thread runtime each
     // hop can wake a parked worker (~25-37 µs each on this 2-core machine, against ~9-20 µs

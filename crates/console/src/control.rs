@@ -206,10 +206,7 @@ pub async fn request(path: &Path, command: &Command) -> Result<serde_json::Value
                 .to_owned(),
             reply: value,
         }),
-        None => Err(ControlError::BadReply {
-            path: shown,
-            reply,
-        }),
+        None => Err(ControlError::BadReply { path: shown, reply }),
     }
 }
 
@@ -258,8 +255,7 @@ mod tests {
             serde_json::from_str(&ok(serde_json::json!({"phase": "Ready"}))).unwrap();
         assert_eq!(r, serde_json::json!({"ok": true, "phase": "Ready"}));
         let r: serde_json::Value =
-            serde_json::from_str(&failed("timeout", serde_json::json!({"phase": "Sent"})))
-                .unwrap();
+            serde_json::from_str(&failed("timeout", serde_json::json!({"phase": "Sent"}))).unwrap();
         assert_eq!(
             r,
             serde_json::json!({"ok": false, "error": "timeout", "phase": "Sent"})

@@ -25,6 +25,7 @@ fn console_child() {
         name: "dmore-bench".into(),
         control: None,
         restore_from: None,
+        migration: None,
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let code = match rt.block_on(console::front::run(config)) {

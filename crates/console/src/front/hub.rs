@@ -2,7 +2,11 @@
 //! the console's one input journal),
 //! and decides everything; viewer tasks only move bytes (see the module docs of `front`).
 
+mod comigrate;
+
+use super::control_server::Request;
 use super::handover::{recv_handover, send_handover, HandedViewer, Handover, HandoverError};
+use super::migration::CoMigration;
 use super::viewer::{self, FromViewer, ReaderParts, ViewerError, Written, FROM_VIEWER_QUEUE};
 use super::{ConsoleConfig, ConsoleError, Exit};
 use crate::back::{LinkError, LinkEvent, LinkEvents, LinkInput, PushError, QemuLink};
@@ -14,11 +18,12 @@ use rfb::framebuffer::{UpdateDecoder, UpdateEncoder};
 use rfb::{ClientMessage, PixelFormat, RectPayload, Rectangle, ServerInit, ServerMessage};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::poll_fn;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::task::Poll;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -57,13 +62,6 @@ impl Slot {
     }
 }
 
-/// A request on the control socket.
-enum Control {
-    Status(oneshot::Sender<String>),
-    /// Freeze and send the hand-over on this (blocking) socket.
-    Freeze(std::os::unix::net::UnixStream),
-}
-
 /// A finished handshake, from its task.
 struct Admission {
     stream: TcpStream,
@@ -81,9 +79,11 @@ pub(super) struct Hub {
     link: QemuLink,
     events: LinkEvents,
     listener: TcpListener,
-    control: Option<UnixListener>,
-    control_tx: mpsc::Sender<Control>,
-    control_rx: mpsc::Receiver<Control>,
+    requests: mpsc::Receiver<Request>,
+    /// Co-migration with the VM, when configured.
+    mig: Option<CoMigration>,
+    /// The QEMU link ended while frozen: the checkpoint waits for the destination.
+    link_gone: bool,
     admit_tx: mpsc::Sender<Admission>,
     admit_rx: mpsc::Receiver<Admission>,
     written_tx: mpsc::UnboundedSender<Written>,
@@ -105,6 +105,9 @@ impl Hub {
     pub(super) async fn start(
         mut config: ConsoleConfig,
         taken: Option<Handover>,
+        listener: TcpListener,
+        requests: mpsc::Receiver<Request>,
+        mig: Option<CoMigration>,
     ) -> Result<Hub, ConsoleError> {
         // A hand-over's journal starts the link: one journal, carried whole.
         let taken = match taken {
@@ -133,31 +136,12 @@ impl Hub {
                     source: Box::new(source),
                 },
             })?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ConsoleError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
         let local = listener
             .local_addr()
             .map_err(|source| ConsoleError::Listen {
                 addr: config.listen,
                 source,
             })?;
-        let control = match &config.control {
-            Some(path) => {
-                Some(
-                    UnixListener::bind(path).map_err(|source| ConsoleError::Control {
-                        path: path.clone(),
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
-        let (control_tx, control_rx) = mpsc::channel(4);
         let (admit_tx, admit_rx) = mpsc::channel(16);
         let (written_tx, written_rx) = mpsc::unbounded_channel();
         let mut hub = Hub {
@@ -171,9 +155,9 @@ impl Hub {
             link,
             events,
             listener,
-            control,
-            control_tx,
-            control_rx,
+            requests,
+            mig,
+            link_gone: false,
             admit_tx,
             admit_rx,
             written_tx,
@@ -186,6 +170,7 @@ impl Hub {
         // The one line a supervisor or test reads to learn the bound port.
         println!("dmore console: listening on {local}");
         tracing::info!(%local, "console listening for viewers");
+        hub.arrived();
         Ok(hub)
     }
 
@@ -301,13 +286,25 @@ impl Hub {
             tokio::select! {
                 _ = term.recv() => return self.stop("SIGTERM").await,
                 _ = tokio::signal::ctrl_c() => return self.stop("SIGINT").await,
-                event = self.events.recv() => match event {
+                event = self.events.recv(), if !self.link_gone => match event {
+                    Some(LinkEvent::Vm(v)) => {
+                        tracing::info!(?v, "VM state");
+                        if let Some(exit) = self.vm_event(v).await? {
+                            return self.exit(exit).await;
+                        }
+                    }
                     Some(e) => self.link_event(e),
+                    None if self.holds_checkpoint() => {
+                        tracing::info!("QEMU went away while the session is in flight: the checkpoint waits for the destination console");
+                        self.link_gone = true;
+                    }
                     None => return self.link_lost().await,
                 },
-                Some(req) = self.control_rx.recv() => match req {
-                    Control::Status(reply) => { let _ = reply.send(self.status().await); }
-                    Control::Freeze(mut sock) => {
+                Some(req) = self.requests.recv() => match req {
+                    Request::Status(reply) => { let _ = reply.send(self.status().await); }
+                    Request::Prepare(addr, reply) => self.prepare(addr, reply),
+                    Request::Migration(started, reply) => self.announce_migration(started, reply).await,
+                    Request::Freeze(mut sock) => {
                         let h = self.freeze().await?;
                         let sent = tokio::task::spawn_blocking(move || send_handover(&mut sock, &h))
                             .await
@@ -324,9 +321,9 @@ impl Hub {
                         };
                     }
                 },
-                accepted = accept_control(self.control.as_ref()) => {
-                    if let Ok(sock) = accepted {
-                        tokio::spawn(control_client(sock, self.control_tx.clone()));
+                input = next_migration_input(self.mig.as_mut()) => {
+                    if let Some(exit) = self.migration_input(input).await? {
+                        return self.exit(exit).await;
                     }
                 }
                 accepted = self.listener.accept() => match accepted {
@@ -380,6 +377,10 @@ impl Hub {
                 return;
             }
         };
+        if !self.serves() {
+            tracing::info!(peer = %a.peer, "viewer refused: the console is moving with its VM");
+            return;
+        }
         let id = ViewerId(self.next_id);
         self.next_id = self.next_id.saturating_add(1);
         if !admitted.done.shared {
@@ -560,8 +561,8 @@ impl Hub {
                     }
                 }
             }
-            // The link's journal follows the run state itself.
-            LinkEvent::Vm(v) => tracing::info!(?v, "VM state"),
+            // Run-state changes go to `vm_event` before this.
+            LinkEvent::Vm(_) => {}
             LinkEvent::Uncertain(range) => {
                 tracing::warn!(
                     first = range.first.0,
@@ -588,7 +589,14 @@ impl Hub {
 
     async fn status(&self) -> String {
         let link = self.link.stats().await.ok();
-        serde_json::json!({
+        let (role, phase, comigration) = match &self.mig {
+            Some(m) => (m.role(), m.phase(), m.status()),
+            None => ("console", "Serving", serde_json::Value::Null),
+        };
+        crate::control::ok(serde_json::json!({
+            "role": role,
+            "phase": phase,
+            "comigration": comigration,
             "viewers": self.viewers.len(),
             "vm_running": link.map(|l| l.vm_running),
             "frozen": link.map(|l| l.frozen),
@@ -610,8 +618,7 @@ impl Hub {
                 "replies": s.replies.len(),
                 "blocked": s.blocked.len(),
             })).collect::<Vec<_>>(),
-        })
-        .to_string()
+        }))
     }
 
     async fn stop(self, why: &str) -> Result<Exit, ConsoleError> {
@@ -752,44 +759,31 @@ impl Hub {
     }
 }
 
-async fn accept_control(l: Option<&UnixListener>) -> std::io::Result<UnixStream> {
-    match l {
-        Some(l) => l.accept().await.map(|(s, _)| s),
-        None => std::future::pending().await,
+/// Binds the viewers' listener. `IP_FREEBIND`: a destination console listens on the service
+/// address before its host owns it; `SO_REUSEADDR`: the restored viewer sockets share the port.
+pub(super) fn bind_viewers(addr: SocketAddr) -> Result<TcpListener, ConsoleError> {
+    let listen_err = |source| ConsoleError::Listen { addr, source };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(listen_err)?;
+    socket.set_reuse_address(true).map_err(listen_err)?;
+    if addr.is_ipv4() {
+        socket.set_freebind(true).map_err(listen_err)?;
     }
+    socket.set_nonblocking(true).map_err(listen_err)?;
+    socket.bind(&addr.into()).map_err(listen_err)?;
+    socket.listen(128).map_err(listen_err)?;
+    TcpListener::from_std(socket.into()).map_err(listen_err)
 }
 
-/// One control client: a line in, a line (or a hand-over) out.
-async fn control_client(sock: UnixStream, hub: mpsc::Sender<Control>) {
-    let mut lines = BufReader::new(sock);
-    let mut line = String::new();
-    if lines.read_line(&mut line).await.is_err() {
-        return;
-    }
-    let mut sock = lines.into_inner();
-    match line.trim() {
-        "status" => {
-            let (tx, rx) = oneshot::channel();
-            if hub.send(Control::Status(tx)).await.is_ok() {
-                if let Ok(s) = rx.await {
-                    let _ = sock.write_all(format!("{s}\n").as_bytes()).await;
-                }
-            }
-        }
-        "freeze" => match sock
-            .into_std()
-            .and_then(|s| s.set_nonblocking(false).map(|()| s))
-        {
-            Ok(s) => {
-                let _ = hub.send(Control::Freeze(s)).await;
-            }
-            Err(e) => tracing::warn!(error = %e, "control socket unusable for a hand-over"),
-        },
-        other => {
-            let _ = sock
-                .write_all(format!("unknown command {other:?}: status | freeze\n").as_bytes())
-                .await;
-        }
+/// The next co-migration input, or never without co-migration.
+async fn next_migration_input(mig: Option<&mut CoMigration>) -> super::migration::MigrationInput {
+    match mig {
+        Some(m) => m.next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -37,8 +37,13 @@
 //! ([`LinkConfig::restore`](crate::back::LinkConfig::restore)), which holds the input until
 //! its VM runs, restores the viewers and carries on.
 
+mod control_server;
 pub mod handover;
 mod hub;
+mod incoming;
+pub mod migration;
+mod peer;
+pub mod service;
 pub mod viewer;
 
 use crate::back::{LinkConfig, LinkError};
@@ -49,7 +54,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use handover::{HandedViewer, Handover, HandoverError};
+pub use peer::PeerKey;
+pub use service::{ServiceAddress, ServiceError};
 pub use viewer::ViewerError;
+
+use control_server::Request;
+use migration::CoMigration;
+use tokio::sync::{mpsc, watch};
 
 /// Who may connect, and with which rights.
 #[derive(Debug, Clone, Default)]
@@ -77,6 +88,19 @@ pub struct ConsoleConfig {
     pub control: Option<PathBuf>,
     /// Take over from the console whose control socket this is (freeze it, restore here).
     pub restore_from: Option<PathBuf>,
+    /// Co-migration with the VM (none: the console dies with its QEMU, as QEMU's own does).
+    pub migration: Option<MigrationConfig>,
+}
+
+/// How this console moves with its VM.
+#[derive(Debug, Clone)]
+pub struct MigrationConfig {
+    /// Authenticates the console-to-console transfer.
+    pub key: PeerKey,
+    /// Transparent mode: `listen`'s address moves with the VM on this interface.
+    pub service_interface: Option<String>,
+    /// A destination console: listen here for the source console and wait for its session.
+    pub incoming: Option<SocketAddr>,
 }
 
 /// How a console ended without a fault.
@@ -156,18 +180,99 @@ pub enum ConsoleError {
     /// The configuration is contradictory.
     #[error("invalid configuration: {0}")]
     Config(&'static str),
+    /// The address for the source console could not be bound.
+    #[error(
+        "cannot listen for the source console on {addr} (address in use? use another --incoming)"
+    )]
+    Incoming {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Watching the destination VM failed.
+    #[error("cannot watch the VM through its console monitor {path} (is QEMU running with -qmp unix:{path},server=on,wait=off?)")]
+    Watch {
+        /// The QMP socket.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: qmp::Error,
+    },
+    /// The destination QEMU went away before the session arrived.
+    #[error("the destination QEMU closed its monitor {path} before the VM arrived")]
+    VmGone {
+        /// The QMP socket.
+        path: PathBuf,
+    },
+    /// The source's session could not be read.
+    #[error("the source console's session is unreadable")]
+    Moved(#[from] migration::MovedError),
+    /// The service address could not be moved.
+    #[error("moving the service address")]
+    Service(#[from] ServiceError),
 }
 
 /// Runs one console until it is stopped, hands over, or QEMU goes away. With `restore_from`,
-/// first takes over the console listening on that control socket.
+/// first takes over the console listening on that control socket; with an incoming
+/// migration, first waits for the source console's session.
 pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
     if config.access.view_only_password.is_some() && config.access.password.is_none() {
         return Err(ConsoleError::Config(
             "a view-only password needs a full-access password too",
         ));
     }
-    let taken = match &config.restore_from {
+    let incoming = config.migration.as_ref().and_then(|m| m.incoming);
+    if incoming.is_some() && config.restore_from.is_some() {
+        return Err(ConsoleError::Config(
+            "a console either arrives with its VM (--incoming) or takes over a local one (--restore-from)",
+        ));
+    }
+    // The viewers' listener first: a destination restores its viewers' sockets on the same
+    // address and port, which the kernel allows only while they are in repair mode.
+    let listener = hub::bind_viewers(config.listen)?;
+    let (phase_tx, phase_rx) = watch::channel("Serving");
+    let (requests_tx, mut requests) = mpsc::channel::<Request>(4);
+    let control = match &config.control {
         Some(path) => {
+            let l =
+                tokio::net::UnixListener::bind(path).map_err(|source| ConsoleError::Control {
+                    path: path.clone(),
+                    source,
+                })?;
+            Some(control_server::serve(l, requests_tx, phase_rx))
+        }
+        None => None,
+    };
+    let mut mig = match &config.migration {
+        Some(m) => {
+            let incoming = match m.incoming {
+                Some(addr) => Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ConsoleError::Incoming { addr, source })?,
+                ),
+                None => None,
+            };
+            let service = match (&m.service_interface, config.listen.ip()) {
+                (Some(interface), std::net::IpAddr::V4(addr)) => Some(ServiceAddress {
+                    interface: interface.clone(),
+                    addr,
+                }),
+                (Some(_), std::net::IpAddr::V6(_)) => {
+                    return Err(ConsoleError::Config(
+                        "a moving service address must be IPv4 (gratuitous ARP)",
+                    ))
+                }
+                (None, _) => None,
+            };
+            Some(CoMigration::new(m.key.clone(), service, incoming, phase_tx))
+        }
+        None => None,
+    };
+    let taken = match (&config.restore_from, incoming, mig.as_mut()) {
+        (Some(path), _, _) => {
             Some(
                 hub::take_over(path)
                     .await
@@ -177,7 +282,18 @@ pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
                     })?,
             )
         }
-        None => None,
+        (None, Some(addr), Some(m)) => {
+            println!("dmore console: waiting for the source console on {addr}");
+            Some(incoming::arrive(&config.link.qmp_socket, m, &mut requests).await?)
+        }
+        _ => None,
     };
-    hub::Hub::start(config, taken).await?.run().await
+    let result = hub::Hub::start(config, taken, listener, requests, mig)
+        .await?
+        .run()
+        .await;
+    if let Some(task) = control {
+        task.abort();
+    }
+    result
 }

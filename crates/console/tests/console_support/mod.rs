@@ -42,6 +42,7 @@ fn console_child() {
         name: "dmore-test".into(),
         control: s("control").map(PathBuf::from),
         restore_from: s("restore_from").map(PathBuf::from),
+        migration: None,
     };
     tracing_subscriber_init();
     let rt = tokio::runtime::Runtime::new().expect("runtime");

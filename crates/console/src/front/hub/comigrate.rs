@@ -1,0 +1,335 @@
+//! The hub's side of co-migration: what it does for each phase machine action (see
+//! [`super::super::migration`] for the protocol and the guarantees).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use migrate::phase::{
+    DestinationAction, DestinationEvent, DestinationState, Link, SourceAction, SourceEvent,
+    SourceState,
+};
+use migrate::protocol::Message;
+use migrate::tcp::{self, MacAddr};
+use rfb::framebuffer::UpdateEncoder;
+use rfb::{RectPayload, Rectangle};
+use tokio::sync::oneshot;
+
+use super::{error_chain, Hub};
+use crate::back::VmEvent;
+use crate::control;
+use crate::front::handover::HandedViewer;
+use crate::front::migration::{self, now_us, MigrationInput, Record};
+use crate::front::{ConsoleError, Exit};
+use crate::snapshot::ConsoleSnapshot;
+
+impl Hub {
+    /// Whether the console serves its viewers now (not frozen for a migration).
+    pub(super) fn serves(&self) -> bool {
+        self.mig.as_ref().is_none_or(|m| m.source.serves())
+    }
+
+    /// Whether a checkpoint is kept for a destination console.
+    pub(super) fn holds_checkpoint(&self) -> bool {
+        self.mig.as_ref().is_some_and(|m| m.kept.is_some())
+    }
+
+    /// A console that arrived with its VM: the session is restored here; tell the source.
+    pub(super) fn arrived(&mut self) {
+        let Some(m) = self.mig.as_mut() else {
+            return;
+        };
+        if !matches!(m.destination, Some(DestinationState::TakingOver { .. })) {
+            return;
+        }
+        m.record.taken_over_at_us = Some(now_us());
+        let actions = m.step_destination(DestinationEvent::Restored);
+        self.destination_actions(actions);
+        tracing::info!("took over the session");
+    }
+
+    fn destination_actions(&mut self, actions: Vec<DestinationAction>) {
+        let Some(m) = self.mig.as_mut() else {
+            return;
+        };
+        for action in actions {
+            match action {
+                DestinationAction::SendTakenOver => m.send_in(m.taken_over()),
+                other => {
+                    tracing::warn!(action = ?other, "ignored: this console already serves the session")
+                }
+            }
+        }
+    }
+
+    /// Something from the other console.
+    pub(super) async fn migration_input(
+        &mut self,
+        input: MigrationInput,
+    ) -> Result<Option<Exit>, ConsoleError> {
+        match input {
+            MigrationInput::Source(e) => self.source_event(e).await,
+            MigrationInput::Destination(e) => {
+                let actions = self
+                    .mig
+                    .as_mut()
+                    .map(|m| m.step_destination(e))
+                    .unwrap_or_default();
+                self.destination_actions(actions);
+                Ok(None)
+            }
+            MigrationInput::Nothing => Ok(None),
+        }
+    }
+
+    /// A run-state change of this console's VM.
+    pub(super) async fn vm_event(&mut self, v: VmEvent) -> Result<Option<Exit>, ConsoleError> {
+        if self.mig.is_none() {
+            return Ok(None);
+        }
+        let event = match v {
+            VmEvent::Stopped => SourceEvent::Stopped,
+            VmEvent::StoppedForMigration => SourceEvent::StoppedForMigration,
+            VmEvent::Resumed => SourceEvent::Resumed,
+            VmEvent::MigrationStarted => SourceEvent::MigrationStarted,
+            VmEvent::MigrationCompleted => SourceEvent::MigrationCompleted,
+            VmEvent::MigrationEnded => SourceEvent::MigrationFailed,
+        };
+        self.source_event(event).await
+    }
+
+    /// Steps the source machine and performs its actions (and their follow-up events).
+    async fn source_event(&mut self, first: SourceEvent) -> Result<Option<Exit>, ConsoleError> {
+        let mut queue = VecDeque::from([first]);
+        while let Some(event) = queue.pop_front() {
+            let Some(m) = self.mig.as_mut() else {
+                break;
+            };
+            if let SourceEvent::Received(Message::TakenOver { relay_to }) = &event {
+                m.relay_to = *relay_to;
+            }
+            for action in m.step_source(event) {
+                match action {
+                    SourceAction::StartPrecopy => tracing::debug!(
+                        "screen pre-copy is not done: the final snapshot carries the screen"
+                    ),
+                    SourceAction::Freeze => self.freeze_for_migration().await?,
+                    SourceAction::SendSnapshot => self.with_mig(|m| {
+                        if let Some(kept) = &m.kept {
+                            m.send_out(Message::Snapshot {
+                                bytes: kept.moved.clone(),
+                            });
+                        }
+                    }),
+                    SourceAction::SendAbort(reason) => {
+                        self.with_mig(|m| m.send_out(Message::Abort { reason }));
+                    }
+                    SourceAction::Connect => self.with_mig(|m| m.connect()),
+                    SourceAction::Disconnect => self.with_mig(|m| m.disconnect()),
+                    SourceAction::Thaw => {
+                        self.thaw().await?;
+                        queue.push_back(SourceEvent::Thawed);
+                    }
+                    SourceAction::ReleaseCheckpoint => self.release(),
+                    SourceAction::Exit => return Ok(Some(Exit::HandedOver)),
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn with_mig(&mut self, f: impl FnOnce(&mut migration::CoMigration)) {
+        if let Some(m) = self.mig.as_mut() {
+            f(m);
+        }
+    }
+
+    /// The freeze: relay on, hub frozen, service address off this host, sockets checkpointed.
+    async fn freeze_for_migration(&mut self) -> Result<(), ConsoleError> {
+        let frozen_at = now_us();
+        let service = self.mig.as_ref().and_then(|m| m.service.clone());
+        let relay = service.as_ref().and_then(|s| match s.relay() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "no relay: input sent during the move waits for the viewers' retransmission");
+                None
+            }
+        });
+        let handover = self.freeze().await?;
+        if let Some(s) = &service {
+            if let Err(e) = s.remove().await {
+                tracing::error!(error = %error_chain(&e), "the service address is still here: this host may reset the viewers' connections");
+            }
+        }
+        let kept = migration::checkpoint(handover, frozen_at, relay);
+        tracing::info!(
+            bytes = kept.moved.len(),
+            viewers = kept.sockets.len(),
+            "frozen for the switchover; checkpoint kept"
+        );
+        self.with_mig(|m| {
+            m.record = Record {
+                snapshot_bytes: u64::try_from(kept.moved.len()).ok(),
+                viewers_moved: u64::try_from(kept.sockets.len()).ok(),
+                frozen_at_us: Some(frozen_at),
+                taken_over_at_us: None,
+            };
+            m.kept = Some(kept);
+        });
+        Ok(())
+    }
+
+    /// The VM runs here again: the viewers come back from the checkpoint, held input flows.
+    async fn thaw(&mut self) -> Result<(), ConsoleError> {
+        let Some(kept) = self.mig.as_mut().and_then(|m| m.kept.take()) else {
+            return Ok(());
+        };
+        for (id, sock, _) in &kept.sockets {
+            if let Err(e) = tcp::resume(sock) {
+                tracing::error!(viewer = id.0, error = %error_chain(&e), "viewer socket cannot leave repair mode");
+            }
+        }
+        if let Some(s) = self.mig.as_ref().and_then(|m| m.service.clone()) {
+            let back = async {
+                s.add().await?;
+                s.announce()
+            };
+            if let Err(e) = back.await {
+                tracing::error!(error = %error_chain(&e), "the service address could not come back");
+            }
+        }
+        let ConsoleSnapshot {
+            screen, sessions, ..
+        } = ConsoleSnapshot::decode(&kept.console)?;
+        let handed = kept
+            .sockets
+            .into_iter()
+            .map(|(id, stream, unread)| HandedViewer { id, stream, unread })
+            .collect();
+        self.restore(screen, sessions, handed)?;
+        // The screen moved on while frozen; the restored sessions learn it as damage.
+        self.refresh_screen().await;
+        if self.link.thaw().await.is_err() {
+            tracing::warn!("the QEMU link ended during the thaw");
+        }
+        tracing::info!(
+            viewers = self.viewers.len(),
+            "thawed: the VM runs here again"
+        );
+        Ok(())
+    }
+
+    /// Applies the link's whole framebuffer to the screen cache (changes become damage).
+    async fn refresh_screen(&mut self) {
+        let Ok(fb) = self.link.framebuffer().await else {
+            return;
+        };
+        if (fb.width(), fb.height()) != (self.screen.width(), self.screen.height()) {
+            self.apply(&Rectangle {
+                x: 0,
+                y: 0,
+                width: fb.width(),
+                height: fb.height(),
+                payload: RectPayload::DesktopSize,
+            });
+        }
+        if let Ok(rect) = UpdateEncoder::new().encode(&fb, 0, 0, fb.width(), fb.height()) {
+            self.apply(&rect);
+        }
+    }
+
+    /// The destination serves the session: hand it what the relay caught, close the repaired
+    /// sockets silently.
+    fn release(&mut self) {
+        let Some(m) = self.mig.as_mut() else {
+            return;
+        };
+        let Some(kept) = m.kept.take() else {
+            return;
+        };
+        if let (Some(relay), Some(mac)) = (&kept.relay, m.relay_to) {
+            match relay.forward(MacAddr(mac)) {
+                Ok(n) => tracing::info!(segments = n, "relayed what viewers sent during the move"),
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "relay failed: the viewers will retransmit")
+                }
+            }
+        }
+        for (id, sock, _) in kept.sockets {
+            if let Err(e) = tcp::abandon(sock) {
+                tracing::warn!(viewer = id.0, error = %error_chain(&e), "closing a moved socket");
+            }
+        }
+    }
+
+    /// `prepare ADDR`: connect to the destination console now, so the snapshot leaves at once.
+    pub(super) fn prepare(&mut self, addr: SocketAddr, reply: oneshot::Sender<String>) {
+        let Some(m) = self.mig.as_mut() else {
+            let _ = reply.send(control::failed(
+                "co-migration is off: start the console with --peer-key-file",
+                serde_json::json!({}),
+            ));
+            return;
+        };
+        let connected = matches!(
+            m.source,
+            SourceState::Serving {
+                peer: Link::Connected
+            } | SourceState::Precopying {
+                peer: Link::Connected
+            }
+        );
+        if matches!(
+            m.source,
+            SourceState::Sent | SourceState::Thawing | SourceState::Done
+        ) {
+            let _ = reply.send(control::failed(
+                &format!("a migration is in flight (phase {})", m.source),
+                serde_json::json!({ "phase": m.phase() }),
+            ));
+            return;
+        }
+        if connected && m.to_destination == Some(addr) {
+            let _ = reply.send(control::ok(serde_json::json!({})));
+            return;
+        }
+        if connected {
+            m.disconnect();
+            m.step_source(SourceEvent::PeerLost);
+        }
+        m.to_destination = Some(addr);
+        m.prepare_reply = Some(reply);
+        m.connect();
+    }
+
+    /// `migration-started` / `migration-ended` from the orchestrator.
+    pub(super) async fn announce_migration(
+        &mut self,
+        started: bool,
+        reply: oneshot::Sender<String>,
+    ) {
+        let sent = if started {
+            self.link.migration_started().await
+        } else {
+            self.link.migration_ended().await
+        };
+        let line = match sent {
+            Ok(()) => control::ok(serde_json::json!({})),
+            Err(_) => control::failed("the QEMU link has ended", serde_json::json!({})),
+        };
+        let _ = reply.send(line);
+    }
+
+    /// Ends the console: the link is shut (if still there).
+    pub(super) async fn exit(self, exit: Exit) -> Result<Exit, ConsoleError> {
+        for (_, slot) in self.viewers {
+            slot.close();
+        }
+        if let Err(e) = self.link.shutdown().await {
+            if !self.link_gone {
+                tracing::warn!(error = %error_chain(&e), "the QEMU link had failed");
+            }
+        }
+        tracing::info!(?exit, "console exiting");
+        Ok(exit)
+    }
+}

@@ -1,0 +1,132 @@
+//! A destination console (`--incoming ADDR`) before it serves: it waits for the source
+//! console's snapshot and for its own VM to run, whichever comes first, then restores the
+//! viewers' connections here, takes the service address, and hands the session to the hub.
+//!
+//! It watches its VM on the console's own QMP monitor (`RESUME`, or `running` at start: a
+//! console restarted after the switchover) and lets go of that monitor before the hub's link
+//! attaches to it. It delivers no input (there is none before the takeover: the viewers are
+//! still the source's).
+
+use migrate::phase::{DestinationAction, DestinationEvent};
+use migrate::protocol::Message;
+use tokio::sync::mpsc;
+
+use super::control_server::Request;
+use super::handover::Handover;
+use super::migration::{self, CoMigration, MigrationInput, MovedSession};
+use super::ConsoleError;
+use crate::control;
+
+/// Waits for the session; returns it with the sockets restored and the address taken.
+pub(super) async fn arrive(
+    qmp_socket: &std::path::Path,
+    mig: &mut CoMigration,
+    requests: &mut mpsc::Receiver<Request>,
+) -> Result<Handover, ConsoleError> {
+    let watch_err = |source: qmp::Error| ConsoleError::Watch {
+        path: qmp_socket.to_path_buf(),
+        source,
+    };
+    let (qmp, mut events) = qmp::Connection::connect(qmp_socket)
+        .await
+        .map_err(watch_err)?;
+    let mut pending = Vec::new();
+    if qmp
+        .client()
+        .query_status()
+        .await
+        .map_err(watch_err)?
+        .running
+    {
+        pending.push(DestinationEvent::Resumed);
+    }
+    loop {
+        for event in pending.drain(..) {
+            for action in mig.step_destination(event) {
+                if let Some(handover) = act(mig, action).await? {
+                    if let Err(e) = qmp.close().await {
+                        tracing::debug!(error = %e, "closing the watch monitor");
+                    }
+                    return Ok(handover);
+                }
+            }
+        }
+        tokio::select! {
+            input = mig.next() => match input {
+                MigrationInput::Destination(e) => pending.push(e),
+                MigrationInput::Source(_) | MigrationInput::Nothing => {}
+            },
+            event = events.recv() => match event.as_ref().map(|e| e.name.as_str()) {
+                Some("RESUME") => pending.push(DestinationEvent::Resumed),
+                Some("STOP") => pending.push(DestinationEvent::Stopped),
+                Some(_) => {}
+                None => return Err(ConsoleError::VmGone {
+                    path: qmp_socket.to_path_buf(),
+                }),
+            },
+            Some(request) = requests.recv() => answer(mig, request),
+        }
+    }
+}
+
+/// Performs one action; `Restore` ends the wait with the session.
+async fn act(
+    mig: &mut CoMigration,
+    action: DestinationAction,
+) -> Result<Option<Handover>, ConsoleError> {
+    match action {
+        DestinationAction::KeepPrecopy { offset, bytes } => {
+            tracing::debug!(
+                offset,
+                len = bytes.len(),
+                "pre-copy ignored: the snapshot carries the whole screen"
+            );
+        }
+        DestinationAction::RequestSnapshot => {
+            tracing::info!("the VM runs here and no snapshot came: asking the source for it");
+            mig.send_in(Message::ResendSnapshot);
+        }
+        DestinationAction::SendTakenOver => mig.send_in(mig.taken_over()),
+        DestinationAction::Discard => tracing::info!("the source gave this migration up"),
+        DestinationAction::Restore { snapshot } => {
+            let moved = MovedSession::decode(&snapshot)?;
+            mig.record.snapshot_bytes = u64::try_from(snapshot.len()).ok();
+            mig.record.viewers_moved = u64::try_from(moved.viewers.len()).ok();
+            mig.record.frozen_at_us = Some(moved.frozen_at_us);
+            let handover = migration::restore(moved);
+            if let Some(service) = &mig.service {
+                service.add().await?;
+                service.announce()?;
+            }
+            tracing::info!(
+                viewers = handover.viewers.len(),
+                "viewer connections restored here; taking over"
+            );
+            return Ok(Some(handover));
+        }
+    }
+    Ok(None)
+}
+
+/// Control requests while arriving: only `status` means something yet.
+fn answer(mig: &CoMigration, request: Request) {
+    let refuse = |reply: tokio::sync::oneshot::Sender<String>, what: &str| {
+        let _ = reply.send(control::failed(
+            &format!("{what}: this console is waiting for an incoming session"),
+            serde_json::json!({ "phase": mig.phase() }),
+        ));
+    };
+    match request {
+        Request::Status(reply) => {
+            let _ = reply.send(control::ok(serde_json::json!({
+                "role": mig.role(),
+                "phase": mig.phase(),
+                "viewers": 0,
+                "comigration": mig.status(),
+            })));
+        }
+        Request::Prepare(_, reply) => refuse(reply, "cannot migrate out"),
+        Request::Migration(_, reply) => refuse(reply, "no migration to announce"),
+        Request::Freeze(_) => tracing::warn!("freeze refused: nothing to hand over yet"),
+    }
+}

@@ -1,0 +1,495 @@
+//! Co-migration, the console's side: the phase machines of [`migrate::phase`] driven by the
+//! VM's run state (from the link) and by the other console (over [`super::peer`]).
+//!
+//! ```text
+//!  source console (host A)                          destination console (host B, --incoming)
+//!  prepare B ─── TCP, Hellos (PSK, HMAC) ─────────▶ accept
+//!  VM stops for the switchover (STOP + query-status):
+//!    freeze hub, relay on, service address off A,
+//!    checkpoint viewer sockets (TCP_REPAIR, kept)
+//!  Snapshot{MovedSession} ────────────────────────▶ kept until B's VM runs
+//!                                                   RESUME: restore sockets (IP_TRANSPARENT),
+//!                                                   address on B, gratuitous ARP, hub starts
+//!                  ◀──────────────────────────────── TakenOver{B's MAC}
+//!  relay caught segments to B, close the repaired
+//!  sockets silently, exit 0
+//! ```
+//!
+//! The source keeps its checkpoint (sockets in repair mode, the snapshot) until `TakenOver`; if
+//! its own VM runs again instead, it leaves repair mode, takes the address back and serves
+//! again (thaw). A destination console restarted after its VM switched asks for the snapshot
+//! again (`ResendSnapshot`); the source, which reconnects until it is answered, resends it.
+//!
+//! **Guarantees.** Nothing in the co-migration waits on the VM: the VM's downtime is QEMU's.
+//! The session is served in exactly one place (QEMU never runs both VMs). Input typed while
+//! the console moves waits in the viewers' TCP (or in the relay) and is delivered once, on the
+//! host whose VM runs. Survivable: the destination QEMU or console dying before the
+//! switchover (the source serves on), the destination console dying after it (a restarted
+//! one takes over from the source's checkpoint). Not survivable: the source console dying
+//! while frozen (nobody holds the checkpoint), the destination console dying after the
+//! source received its `TakenOver`.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use migrate::phase::{
+    destination_step, source_step, DestinationAction, DestinationEvent, DestinationState,
+    SourceAction, SourceEvent, SourceState,
+};
+use migrate::protocol::Message;
+use migrate::tcp::{self, Checkpoint, Relay};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::handover::{HandedViewer, Handover};
+use super::peer::{Peer, PeerEvent, PeerKey};
+use super::service::ServiceAddress;
+use crate::journal::ViewerId;
+
+/// Version of [`MovedSession`]'s encoding.
+const MOVED_VERSION: u32 = 1;
+
+/// A session as it crosses hosts: the console snapshot, and each viewer's TCP checkpoint and
+/// the bytes the source had read from it but not handled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedSession {
+    /// When the source froze (µs since the Unix epoch, the source host's clock).
+    pub frozen_at_us: u64,
+    /// The [`crate::snapshot::ConsoleSnapshot`] bytes.
+    #[serde(with = "serde_bytes")]
+    pub console: Vec<u8>,
+    /// The viewers' connections.
+    pub viewers: Vec<MovedViewer>,
+}
+
+/// One viewer's connection in a [`MovedSession`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedViewer {
+    /// Its id (its session is the snapshot's `session/<id>`).
+    pub id: u32,
+    /// Bytes read from the socket and not handled: the viewer's next messages.
+    #[serde(with = "serde_bytes")]
+    pub unread: Vec<u8>,
+    /// The socket's [`Checkpoint`], encoded.
+    #[serde(with = "serde_bytes")]
+    pub checkpoint: Vec<u8>,
+}
+
+/// Why a moved session could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MovedError {
+    /// Not a moved session of this version.
+    #[error("moved session: {0}")]
+    Malformed(String),
+}
+
+impl MovedSession {
+    /// Version, then the fields (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = postcard::to_stdvec(&MOVED_VERSION).unwrap_or_default();
+        // Integers and byte strings into a Vec: cannot fail.
+        out.extend(postcard::to_stdvec(self).unwrap_or_default());
+        out
+    }
+
+    /// Reads [`MovedSession::encode`]'s bytes; refuses other versions and trailing bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, MovedError> {
+        let bad = |e: postcard::Error| MovedError::Malformed(e.to_string());
+        let (version, rest): (u32, _) = postcard::take_from_bytes(bytes).map_err(bad)?;
+        if version != MOVED_VERSION {
+            return Err(MovedError::Malformed(format!(
+                "version {version}, this dmore reads {MOVED_VERSION}"
+            )));
+        }
+        let (moved, rest): (MovedSession, _) = postcard::take_from_bytes(rest).map_err(bad)?;
+        if !rest.is_empty() {
+            return Err(MovedError::Malformed("bytes left over".into()));
+        }
+        Ok(moved)
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub(super) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// What the last co-migration measured, for `status`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(super) struct Record {
+    pub snapshot_bytes: Option<u64>,
+    pub viewers_moved: Option<u64>,
+    pub frozen_at_us: Option<u64>,
+    pub taken_over_at_us: Option<u64>,
+}
+
+/// The source's checkpoint, kept from the freeze until `TakenOver` or a thaw.
+pub(super) struct Kept {
+    /// The encoded [`MovedSession`]: what `SendSnapshot` sends.
+    pub moved: Vec<u8>,
+    /// The console snapshot (for a thaw).
+    pub console: Vec<u8>,
+    /// The viewers' sockets, in repair mode, with their unread bytes.
+    pub sockets: Vec<(ViewerId, TcpStream, Vec<u8>)>,
+    /// Segments caught for the service address during the move.
+    pub relay: Option<Relay>,
+}
+
+/// Checkpoints a frozen console's viewer sockets (they stay open, in repair mode) and builds
+/// the moved session. A socket that cannot be checkpointed is closed (its viewer must
+/// reconnect) and its session left out.
+pub(super) fn checkpoint(handover: Handover, frozen_at_us: u64, relay: Option<Relay>) -> Kept {
+    let mut viewers = Vec::new();
+    let mut sockets = Vec::new();
+    for HandedViewer { id, stream, unread } in handover.viewers {
+        match tcp::checkpoint(&stream) {
+            Ok(cp) => {
+                viewers.push(MovedViewer {
+                    id: id.0,
+                    unread: unread.clone(),
+                    checkpoint: cp.encode(),
+                });
+                sockets.push((id, stream, unread));
+            }
+            Err(e) => {
+                tracing::error!(viewer = id.0, error = %super::hub::error_chain(&e),
+                    "viewer socket cannot be checkpointed: it is closed and must reconnect");
+            }
+        }
+    }
+    let moved = MovedSession {
+        frozen_at_us,
+        console: handover.snapshot.clone(),
+        viewers,
+    }
+    .encode();
+    Kept {
+        moved,
+        console: handover.snapshot,
+        sockets,
+        relay,
+    }
+}
+
+/// Restores a moved session's sockets on this host (before the service address is here) and
+/// returns the hand-over the hub starts from. A socket that cannot be restored is left out
+/// (logged): the others still move.
+pub(super) fn restore(moved: MovedSession) -> Handover {
+    let mut viewers = Vec::new();
+    for v in moved.viewers {
+        let restored = Checkpoint::decode(&v.checkpoint).and_then(|cp| tcp::restore(&cp));
+        match restored {
+            Ok(stream) => viewers.push(HandedViewer {
+                id: ViewerId(v.id),
+                stream,
+                unread: v.unread,
+            }),
+            Err(e) => tracing::error!(viewer = v.id, error = %super::hub::error_chain(&e),
+                "viewer connection cannot be restored here"),
+        }
+    }
+    Handover {
+        snapshot: moved.console,
+        viewers,
+    }
+}
+
+/// What the co-migration machinery tells the console's loop.
+pub(super) enum MigrationInput {
+    /// An event for the source machine.
+    Source(SourceEvent),
+    /// An event for the destination machine.
+    Destination(DestinationEvent),
+    /// Nothing to do (a replaced connection's report, a new connection accepted).
+    Nothing,
+}
+
+/// The console's co-migration state: both phase machines, the peer connections, the kept
+/// checkpoint.
+pub(super) struct CoMigration {
+    pub key: PeerKey,
+    pub service: Option<ServiceAddress>,
+    pub source: SourceState,
+    /// The destination machine: while arriving, and afterwards to answer a late source.
+    pub destination: Option<DestinationState>,
+    /// The destination console to move to (`prepare`).
+    pub to_destination: Option<SocketAddr>,
+    out: Option<Peer>,
+    inbound: Option<Peer>,
+    incoming: Option<TcpListener>,
+    generation: u64,
+    events_tx: mpsc::UnboundedSender<(u64, PeerEvent)>,
+    events_rx: mpsc::UnboundedReceiver<(u64, PeerEvent)>,
+    pub kept: Option<Kept>,
+    /// Where the destination wants the relayed segments (from its `TakenOver`).
+    pub relay_to: Option<[u8; 6]>,
+    /// A `prepare` waiting for its connection.
+    pub prepare_reply: Option<oneshot::Sender<String>>,
+    pub record: Record,
+    phase: watch::Sender<&'static str>,
+}
+
+impl CoMigration {
+    /// A console that can migrate out (and, with `incoming`, is arriving).
+    pub fn new(
+        key: PeerKey,
+        service: Option<ServiceAddress>,
+        incoming: Option<TcpListener>,
+        phase: watch::Sender<&'static str>,
+    ) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let destination = incoming.as_ref().map(|_| DestinationState::Waiting);
+        let mut m = CoMigration {
+            key,
+            service,
+            source: SourceState::Serving {
+                peer: migrate::phase::Link::Disconnected,
+            },
+            destination,
+            to_destination: None,
+            out: None,
+            inbound: None,
+            incoming,
+            generation: 0,
+            events_tx,
+            events_rx,
+            kept: None,
+            relay_to: None,
+            prepare_reply: None,
+            record: Record::default(),
+            phase,
+        };
+        m.publish();
+        m
+    }
+
+    /// The phase `status` and `wait` see: the destination machine's while it has not served
+    /// yet, else the source machine's.
+    pub fn phase(&self) -> &'static str {
+        match &self.destination {
+            Some(d) if !matches!(d, DestinationState::Serving { .. }) => d.name(),
+            _ => self.source.name(),
+        }
+    }
+
+    /// Whether this console is (still) arriving: not yet serving a session.
+    pub fn role(&self) -> &'static str {
+        match &self.destination {
+            Some(d) if !d.serves() => "destination",
+            _ => "source",
+        }
+    }
+
+    fn publish(&mut self) {
+        let phase = self.phase();
+        self.phase.send_if_modified(|p| {
+            let changed = *p != phase;
+            *p = phase;
+            changed
+        });
+    }
+
+    /// The next thing that happened on a peer connection or the incoming listener.
+    pub async fn next(&mut self) -> MigrationInput {
+        let accept = async {
+            match &self.incoming {
+                Some(l) => l.accept().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some((generation, event)) = self.events_rx.recv() => self.peer_event(generation, event),
+            accepted = accept => {
+                match accepted {
+                    Ok((stream, from)) => {
+                        tracing::info!(%from, "a source console connected");
+                        self.generation += 1;
+                        self.inbound = Some(Peer::accepted(
+                            stream,
+                            self.key.clone(),
+                            self.generation,
+                            self.events_tx.clone(),
+                        ));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "accepting a source console failed"),
+                }
+                MigrationInput::Nothing
+            }
+        }
+    }
+
+    fn peer_event(&mut self, generation: u64, event: PeerEvent) -> MigrationInput {
+        let outgoing = self.out.as_ref().map(Peer::generation) == Some(generation);
+        let incoming = self.inbound.as_ref().map(Peer::generation) == Some(generation);
+        if !outgoing && !incoming {
+            return MigrationInput::Nothing;
+        }
+        if let PeerEvent::Lost(why) = &event {
+            tracing::warn!(%why, outgoing, "connection to the other console lost");
+            if outgoing {
+                self.out = None;
+            } else {
+                self.inbound = None;
+            }
+        }
+        if outgoing {
+            match &event {
+                PeerEvent::Connected => self.answer_prepare(Ok(())),
+                PeerEvent::Lost(why) => self.answer_prepare(Err(why.clone())),
+                PeerEvent::Received(_) => {}
+            }
+        }
+        let routed = |e: PeerEvent| match e {
+            PeerEvent::Connected => (SourceEvent::PeerConnected, DestinationEvent::PeerConnected),
+            PeerEvent::Lost(_) => (SourceEvent::PeerLost, DestinationEvent::PeerLost),
+            PeerEvent::Received(m) => (
+                SourceEvent::Received(m.clone()),
+                DestinationEvent::Received(m),
+            ),
+        };
+        let (s, d) = routed(event);
+        if outgoing {
+            MigrationInput::Source(s)
+        } else {
+            MigrationInput::Destination(d)
+        }
+    }
+
+    fn answer_prepare(&mut self, result: Result<(), String>) {
+        if let Some(reply) = self.prepare_reply.take() {
+            let line = match result {
+                Ok(()) => crate::control::ok(serde_json::json!({})),
+                Err(why) => crate::control::failed(
+                    &format!("the destination console refused the connection: {why}"),
+                    serde_json::json!({}),
+                ),
+            };
+            let _ = reply.send(line);
+        }
+    }
+
+    /// Steps the source machine; an illegal event leaves it as it was (logged by `step`).
+    pub fn step_source(&mut self, event: SourceEvent) -> Vec<SourceAction> {
+        let state = std::mem::replace(&mut self.source, SourceState::Done);
+        let actions = match source_step(state, event) {
+            Ok((next, actions)) => {
+                self.source = next;
+                actions
+            }
+            Err(rejected) => {
+                self.source = rejected.state;
+                Vec::new()
+            }
+        };
+        self.publish();
+        actions
+    }
+
+    /// Steps the destination machine (absent: the event is ignored).
+    pub fn step_destination(&mut self, event: DestinationEvent) -> Vec<DestinationAction> {
+        let Some(state) = self.destination.take() else {
+            return Vec::new();
+        };
+        let actions = match destination_step(state, event) {
+            Ok((next, actions)) => {
+                self.destination = Some(next);
+                actions
+            }
+            Err(rejected) => {
+                self.destination = Some(rejected.state);
+                Vec::new()
+            }
+        };
+        self.publish();
+        actions
+    }
+
+    /// Connects to the destination console (`SourceAction::Connect`).
+    pub fn connect(&mut self) {
+        let Some(addr) = self.to_destination else {
+            tracing::warn!("no destination console known yet: the snapshot waits for `prepare`");
+            return;
+        };
+        self.generation += 1;
+        self.out = Some(Peer::connect(
+            addr,
+            self.key.clone(),
+            self.generation,
+            self.events_tx.clone(),
+        ));
+    }
+
+    /// Closes the connection to the destination console.
+    pub fn disconnect(&mut self) {
+        self.out = None;
+    }
+
+    /// Sends to the destination console (source role).
+    pub fn send_out(&self, msg: Message) {
+        match &self.out {
+            Some(p) => p.send(msg),
+            None => tracing::warn!(message = msg.name(), "no destination console: not sent"),
+        }
+    }
+
+    /// Sends to the source console (destination role).
+    pub fn send_in(&self, msg: Message) {
+        match &self.inbound {
+            Some(p) => p.send(msg),
+            None => tracing::warn!(message = msg.name(), "no source console: not sent"),
+        }
+    }
+
+    /// The `TakenOver` this console sends: with its hardware address when it moved the
+    /// service address (the source relays what it caught there).
+    pub fn taken_over(&self) -> Message {
+        let relay_to = self.service.as_ref().and_then(|s| match s.hardware_address() {
+            Ok(mac) => Some(mac.0),
+            Err(e) => {
+                tracing::warn!(error = %super::hub::error_chain(&e), "no hardware address: no relay");
+                None
+            }
+        });
+        Message::TakenOver { relay_to }
+    }
+
+    /// `status`'s `comigration` object.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::to_value(self.record).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moved_session_round_trips_and_refuses_other_versions() {
+        let moved = MovedSession {
+            frozen_at_us: 1_700_000_000_000_000,
+            console: vec![1, 2, 3],
+            viewers: vec![MovedViewer {
+                id: 7,
+                unread: b"typed".to_vec(),
+                checkpoint: vec![9; 40],
+            }],
+        };
+        let bytes = moved.encode();
+        assert_eq!(MovedSession::decode(&bytes).unwrap(), moved);
+        let mut other = postcard::to_stdvec(&2u32).unwrap();
+        other.extend_from_slice(&bytes[1..]);
+        assert!(MovedSession::decode(&other)
+            .unwrap_err()
+            .to_string()
+            .contains("version 2"));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(MovedSession::decode(&longer).is_err());
+        for cut in 0..bytes.len() {
+            assert!(MovedSession::decode(&bytes[..cut]).is_err());
+        }
+    }
+}

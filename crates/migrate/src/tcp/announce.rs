@@ -198,7 +198,10 @@ impl Relay {
         let what = || format!("starting a relay for {addr} on {interface}");
         let mac = hardware_address(interface)?;
         let ifindex = if_index(interface).map_err(link_err(what()))?;
-        let sock = packet_socket(ETH_P_IP).map_err(link_err(what()))?;
+        // Made with protocol 0 (catching nothing) and given ETH_P_IP by `bind`: a socket made
+        // with the protocol is hooked to every interface at once, and re-binding it waits for
+        // an RCU grace period (`synchronize_net`, ~10 ms measured at the freeze).
+        let sock = packet_socket(0).map_err(link_err(what()))?;
         let bind_to = link_addr(ifindex, ETH_P_IP, MacAddr([0; 6]));
         // SAFETY: `bind_to` is a valid sockaddr_ll of the length passed.
         check(unsafe {

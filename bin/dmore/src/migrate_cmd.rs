@@ -199,12 +199,13 @@ fn phase_line(p: &Progress) -> Option<&'static str> {
     }
 }
 
-/// Plain progress lines: each phase once, and pre-copy at each tenth of the RAM size sent
-/// (and never more than once per tenth, however often QEMU is polled).
+/// Plain progress lines: each phase once, and pre-copy once QEMU knows the RAM size, then at
+/// each further tenth of it sent (however often QEMU is polled).
 #[derive(Default)]
 struct Lines {
     last: Option<std::mem::Discriminant<Progress>>,
-    tenths: u64,
+    /// Tenths of the RAM size sent at the last pre-copy line, once one with a size was shown.
+    tenths: Option<u64>,
 }
 
 impl Lines {
@@ -213,6 +214,8 @@ impl Lines {
         let first = self.last != Some(kind);
         self.last = Some(kind);
         match p {
+            // QEMU reports no size while setting up.
+            Progress::Precopy { total: 0, .. } => first.then(|| "pre-copying RAM".to_owned()),
             Progress::Precopy {
                 transferred,
                 total,
@@ -222,10 +225,10 @@ impl Lines {
                     .saturating_mul(10)
                     .checked_div(*total)
                     .unwrap_or(0);
-                if !first && tenths <= self.tenths {
+                if self.tenths.is_some_and(|shown| tenths <= shown) {
                     return None;
                 }
-                self.tenths = tenths;
+                self.tenths = Some(tenths);
                 Some(format!(
                     "pre-copying RAM: {} MiB of {} MiB sent, {} MiB dirty",
                     transferred >> 20,
@@ -320,19 +323,21 @@ mod tests {
     #[test]
     fn plain_lines_show_each_phase_once_and_precopy_by_tenths() {
         let mut lines = Lines::default();
-        let pre = |transferred| Progress::Precopy {
+        let pre = |transferred, total| Progress::Precopy {
             transferred,
-            total: 100 << 20,
+            total,
             remaining: 0,
         };
         let said: Vec<String> = [
             Progress::Preparing,
             Progress::Preparing,
-            pre(0),
-            pre(1 << 20),
-            pre(10 << 20),
-            pre(15 << 20),
-            pre(35 << 20),
+            pre(0, 0),
+            pre(0, 0),
+            pre(1 << 20, 100 << 20),
+            pre(5 << 20, 100 << 20),
+            pre(10 << 20, 100 << 20),
+            pre(15 << 20, 100 << 20),
+            pre(35 << 20, 100 << 20),
             Progress::Switchover,
             Progress::Switchover,
             Progress::WaitingForConsole,
@@ -341,22 +346,11 @@ mod tests {
         .iter()
         .filter_map(|p| lines.line(p))
         .collect();
-        assert_eq!(said.len(), 7, "{said:#?}");
-        assert!(said[1].contains("0 MiB of 100 MiB"), "{said:#?}");
-        assert!(said[2].contains("10 MiB of 100 MiB"), "{said:#?}");
-        assert!(said[3].contains("35 MiB"), "{said:#?}");
-        assert!(said[4].starts_with("switchover"), "{said:#?}");
-    }
-
-    #[test]
-    fn precopy_with_no_size_yet_prints_once() {
-        let mut lines = Lines::default();
-        let setup = Progress::Precopy {
-            transferred: 0,
-            total: 0,
-            remaining: 0,
-        };
-        assert!(lines.line(&setup).is_some());
-        assert!(lines.line(&setup).is_none());
+        assert_eq!(said.len(), 8, "{said:#?}");
+        assert_eq!(said[1], "pre-copying RAM", "{said:#?}");
+        assert!(said[2].contains("1 MiB of 100 MiB"), "{said:#?}");
+        assert!(said[3].contains("10 MiB of 100 MiB"), "{said:#?}");
+        assert!(said[4].contains("35 MiB"), "{said:#?}");
+        assert!(said[5].starts_with("switchover"), "{said:#?}");
     }
 }

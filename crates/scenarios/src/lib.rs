@@ -4,5 +4,6 @@
 
 pub mod baseline;
 pub mod bench;
+pub mod cobed;
 pub mod steady;
 pub mod typist;

@@ -38,16 +38,20 @@ pub use tally::{longest_gap, tally, Tally};
 pub struct SteadyConfig {
     /// Time between two keys (each a press and a release).
     pub key_interval: Duration,
-    /// Time between two clicks (each a move, a left press and a release).
+    /// Time between two clicks (each a left press and a release).
     pub click_interval: Duration,
+    /// Move the pointer to a new place before each click (else every click lands at one
+    /// place: only buttons, no motion, reach the console after the first).
+    pub move_mouse: bool,
 }
 
 impl Default for SteadyConfig {
-    /// A key every 10 ms, a click every 100 ms.
+    /// A key every 10 ms, a click every 100 ms, each at a new place.
     fn default() -> Self {
         SteadyConfig {
             key_interval: Duration::from_millis(10),
             click_interval: Duration::from_millis(100),
+            move_mouse: true,
         }
     }
 }
@@ -323,7 +327,8 @@ async fn drive(
                     continue;
                 }
                 let fb = reader.framebuffer();
-                let (x, y) = click_position(n_clicks, fb.width(), fb.height());
+                let place = if config.move_mouse { n_clicks } else { 0 };
+                let (x, y) = click_position(place, fb.width(), fb.height());
                 let sent = writer
                     .send_all(&[
                         ClientMessage::PointerEvent { buttons: 0, x, y },

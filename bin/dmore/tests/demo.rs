@@ -1,0 +1,83 @@
+//! The demo's promise on real hosts, real QEMU and real `dmore console` processes: a viewer
+//! typing a key every 10 ms and clicking every 100 ms keeps its one connection across
+//! co-migrations A → B → A, and the guest receives every key and click once, in order.
+//! Skipped (with a note) where network namespaces cannot be made (not root).
+
+use std::time::Duration;
+
+use scenarios::cobed::{CoBed, CoBedOptions};
+use scenarios::steady::tally::{key_presses, left_clicks};
+use scenarios::steady::{tally, SteadyConfig, SteadyViewer};
+
+/// The bed, or `None` (with a note) where the testbed fell back to loopback (not root).
+async fn bed() -> anyhow::Result<Option<CoBed>> {
+    match CoBed::start(CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"))).await {
+        Ok(bed) => Ok(Some(bed)),
+        Err(e) if e.needs_namespaces() => {
+            println!("skipped: the co-migration bed needs root (network namespaces, TCP_REPAIR)");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_comigrations_lose_nothing_and_keep_the_connection() -> anyhow::Result<()> {
+    let Some(mut bed) = bed().await? else {
+        return Ok(());
+    };
+    let viewer = SteadyViewer::connect_from(
+        bed.testbed().client(),
+        bed.service(),
+        SteadyConfig {
+            move_mouse: std::env::var_os("DEMO_TEST_MOVE_MOUSE").is_some(),
+            ..SteadyConfig::default()
+        },
+    )
+    .await?;
+    let before = viewer.snapshot();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 1..=2 {
+        let (from, to) = (bed.home(), bed.other());
+        let timeline = bed.migrate(false).await?;
+        println!("migration {n} {from:?} -> {to:?}:\n{}", timeline.render());
+        assert_eq!(bed.home(), to);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    viewer.set_typing(false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reports = bed
+        .collect_reports(Duration::from_millis(500), Duration::from_secs(20))
+        .await
+        .to_vec();
+    let log = viewer.stop().await;
+    let keys = tally(&log.key_codes(), &key_presses(&reports));
+    let clicks = (log.clicks.len(), left_clicks(&reports));
+    println!(
+        "keys {keys:?}; clicks sent {} received {}; updates {}; connection kept: {}",
+        clicks.0,
+        clicks.1,
+        log.updates.len(),
+        log.connection_kept()
+    );
+    if std::env::var_os("DEMO_TEST_LOGS").is_some() {
+        for host in ["a", "b"] {
+            for n in 1..=3 {
+                let path = bed
+                    .testbed()
+                    .run_dir()
+                    .join(host)
+                    .join(format!("vm{n}/console.stderr"));
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    println!("==== {}\n{text}", path.display());
+                }
+            }
+        }
+    }
+    assert!(log.connection_kept(), "dropped: {:?}", log.dropped);
+    assert_eq!(log.local, before.local, "the same 4-tuple throughout");
+    assert!(keys.sent > 100, "the viewer typed: {keys:?}");
+    assert!(keys.exact(), "every key once, in order: {keys:?}");
+    assert_eq!(clicks.0, clicks.1, "every click once");
+    Ok(())
+}

@@ -1,0 +1,566 @@
+//! The co-migration bed: hosts A, B and a client; the test guest on A under a real
+//! `dmore console` process serving a service address; and a VM that migrates with its console
+//! from host to host, as many times as asked (A → B → A …).
+//!
+//! ```text
+//!   client ── VNC ──> SERVICE:5900 (on the VM's home host's eth0, moves with the console)
+//!   home host:  QEMU (vmN: qmp.sock harness, qmp2.sock console, mig.sock orchestrator)
+//!               dmore console --service-interface eth0 --listen SERVICE:5900 --control vmN/console.ctl
+//!   other host: prepare_destination: QEMU -incoming defer (vmN+1) + dmore console --incoming IP:PORT
+//!   run_migration: orchestrate::comigrate   finish: the old QEMU quit, the old console exited 0,
+//!               its serial drained; the other host is home now
+//! ```
+//!
+//! `migrate` runs the three steps; tests that inject faults run them one by one and use the
+//! destination's pids in between. Every QEMU and console is killed on drop, on every path (and
+//! the testbed kills whatever is left in its namespaces, also on SIGINT/SIGTERM).
+//!
+//! The orchestrator needs QEMU's main monitor to itself, while the testbed's [`Qemu`] holds its
+//! own: each QEMU gets a third monitor, `mig.sock`, for the orchestrator only (never the
+//! console's).
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::Duration;
+
+use guest::report::Report;
+use guest::GuestOptions;
+use orchestrate::{OrchestrateError, Plan, Progress, Timeline};
+use testbed::hosts::{Host, HostsError, Role, Testbed};
+use testbed::qemu::{Qemu, Serial};
+use testbed::service::{ServiceAddr, ServiceError, DEFAULT_OCTET, INTERFACE};
+use tokio::time::Instant;
+
+/// How long a QEMU or console may take to come up, and a console to exit after a takeover.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the old QEMU's serial port may take to close after its `quit`.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How to build the bed.
+#[derive(Debug, Clone)]
+pub struct CoBedOptions {
+    /// The `dmore` executable that runs the consoles (`std::env::current_exe()` in the demo,
+    /// `env!("CARGO_BIN_EXE_dmore")` in bin/dmore's tests).
+    pub dmore: PathBuf,
+    /// Guest memory, MiB.
+    pub memory_mib: u32,
+    /// The guest's options (a dirtying workload, animation).
+    pub guest: GuestOptions,
+    /// The port viewers connect to on the service address.
+    pub port: u16,
+    /// The orchestrator's limit for each stage of a co-migration.
+    pub timeout: Duration,
+}
+
+impl CoBedOptions {
+    /// A 128 MiB idle guest, viewers on port 5900, 30 s per stage.
+    pub fn new(dmore: impl Into<PathBuf>) -> CoBedOptions {
+        CoBedOptions {
+            dmore: dmore.into(),
+            memory_mib: 128,
+            guest: GuestOptions::default(),
+            port: 5900,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the bed failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CoBedError {
+    /// The hosts could not be made.
+    #[error("creating the test hosts")]
+    Hosts(#[from] HostsError),
+    /// The service address could not be placed (it needs root and network namespaces).
+    #[error("placing the service address")]
+    Service(#[from] ServiceError),
+    /// A file of the bed could not be written.
+    #[error("writing {path}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU did not start.
+    #[error("starting QEMU on host {host}")]
+    Launch {
+        /// The host.
+        host: &'static str,
+        /// Why.
+        #[source]
+        source: testbed::qemu::LaunchError,
+    },
+    /// The guest did not come up.
+    #[error("the guest on host {host} did not come up")]
+    Guest {
+        /// The host.
+        host: &'static str,
+        /// Why.
+        #[source]
+        source: testbed::qemu::SerialError,
+    },
+    /// A console process could not be started.
+    #[error("starting `{dmore} console` on host {host}")]
+    ConsoleSpawn {
+        /// The host.
+        host: &'static str,
+        /// The executable.
+        dmore: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A console exited when it should have run, or failed when it should have exited 0.
+    #[error("the console on host {host} {what} ({status:?}); its stderr ends:\n{stderr}")]
+    Console {
+        /// The host.
+        host: &'static str,
+        /// What went wrong.
+        what: &'static str,
+        /// Its exit status, if it exited.
+        status: Option<ExitStatus>,
+        /// The end of its stderr.
+        stderr: String,
+    },
+    /// A step was called out of order.
+    #[error("{0}")]
+    Order(&'static str),
+    /// The co-migration failed (the VM and console stay home unless the error says otherwise).
+    #[error("co-migrating from host {from} to host {to}")]
+    Migrate {
+        /// The source host.
+        from: &'static str,
+        /// The destination host.
+        to: &'static str,
+        /// Why.
+        #[source]
+        source: OrchestrateError,
+    },
+}
+
+impl CoBedError {
+    /// Whether the bed failed only because this machine cannot make network namespaces (not
+    /// root): tests skip then.
+    pub fn needs_namespaces(&self) -> bool {
+        matches!(self, CoBedError::Service(ServiceError::Loopback))
+    }
+}
+
+/// A `dmore console` process; killed and reaped on drop.
+#[derive(Debug)]
+struct ConsoleChild {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Drop for ConsoleChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ConsoleChild {
+    fn stderr_tail(&self) -> String {
+        let bytes = std::fs::read(&self.stderr).unwrap_or_default();
+        let from = bytes.len().saturating_sub(4096);
+        String::from_utf8_lossy(bytes.get(from..).unwrap_or_default()).into_owned()
+    }
+
+    fn fail(
+        &self,
+        host: &'static str,
+        what: &'static str,
+        status: Option<ExitStatus>,
+    ) -> CoBedError {
+        CoBedError::Console {
+            host,
+            what,
+            status,
+            stderr: self.stderr_tail(),
+        }
+    }
+}
+
+/// One VM incarnation on one host: its QEMU and its console.
+#[derive(Debug)]
+struct Vm {
+    role: Role,
+    qemu: Qemu,
+    console: ConsoleChild,
+    control: PathBuf,
+    orchestrator_qmp: PathBuf,
+}
+
+/// A destination made ready by [`CoBed::prepare_destination`].
+#[derive(Debug)]
+struct Destination {
+    vm: Vm,
+    incoming_uri: String,
+    console_addr: SocketAddr,
+}
+
+/// The co-migration bed. Dropping it kills every QEMU and console and removes the hosts.
+#[derive(Debug)]
+pub struct CoBed {
+    home: Option<Vm>,
+    dest: Option<Destination>,
+    reports: Vec<Report>,
+    options: CoBedOptions,
+    key_file: PathBuf,
+    generation: u32,
+    service: ServiceAddr,
+    testbed: Testbed,
+}
+
+impl CoBed {
+    /// Creates the hosts, puts the service address on A, boots the guest on A and starts its
+    /// console there; returns once the console answers on its control socket.
+    pub async fn start(options: CoBedOptions) -> Result<CoBed, CoBedError> {
+        let testbed = Testbed::create()?;
+        let service = ServiceAddr::new(&testbed, DEFAULT_OCTET)?;
+        service.add(testbed.a())?;
+        let key_file = testbed.run_dir().join("peer.key");
+        let key = random_key().map_err(|source| CoBedError::File {
+            path: key_file.clone(),
+            source,
+        })?;
+        std::fs::write(&key_file, format!("{key}\n")).map_err(|source| CoBedError::File {
+            path: key_file.clone(),
+            source,
+        })?;
+        let mut bed = CoBed {
+            home: None,
+            dest: None,
+            reports: Vec::new(),
+            options,
+            key_file,
+            generation: 0,
+            service,
+            testbed,
+        };
+        let vm = bed.launch(Role::A, None).await?;
+        bed.home = Some(vm);
+        Ok(bed)
+    }
+
+    /// The hosts.
+    pub fn testbed(&self) -> &Testbed {
+        &self.testbed
+    }
+
+    /// Where viewers connect: the service address and port.
+    pub fn service(&self) -> SocketAddr {
+        SocketAddr::from((self.service.addr(), self.options.port))
+    }
+
+    /// The host the VM and its console run on now.
+    pub fn home(&self) -> Role {
+        self.home.as_ref().map_or(Role::A, |vm| vm.role)
+    }
+
+    /// The host the next migration goes to.
+    pub fn other(&self) -> Role {
+        match self.home() {
+            Role::A => Role::B,
+            _ => Role::A,
+        }
+    }
+
+    /// The home QEMU's and console's process ids.
+    pub fn home_pids(&self) -> Option<(u32, u32)> {
+        self.home
+            .as_ref()
+            .map(|vm| (vm.qemu.pid().unwrap_or(0), vm.console.child.id()))
+    }
+
+    /// The prepared destination's QEMU and console process ids (to inject faults).
+    pub fn destination_pids(&self) -> Option<(u32, u32)> {
+        self.dest
+            .as_ref()
+            .map(|d| (d.vm.qemu.pid().unwrap_or(0), d.vm.console.child.id()))
+    }
+
+    /// The home console's control socket.
+    pub fn home_control(&self) -> Option<&Path> {
+        self.home.as_ref().map(|vm| vm.control.as_path())
+    }
+
+    /// The prepared destination console's control socket.
+    pub fn destination_control(&self) -> Option<&Path> {
+        self.dest.as_ref().map(|d| d.vm.control.as_path())
+    }
+
+    /// The guest's serial port on its home QEMU (reports not yet taken by
+    /// [`collect_reports`](Self::collect_reports)).
+    pub fn home_serial(&mut self) -> Option<&mut Serial> {
+        self.home.as_mut().map(|vm| vm.qemu.serial())
+    }
+
+    /// Every report the guest printed so far, across its homes, in order: takes what the home
+    /// QEMU's serial has, until it is quiet for `quiet` or `max` has passed.
+    pub async fn collect_reports(&mut self, quiet: Duration, max: Duration) -> &[Report] {
+        let deadline = Instant::now() + max;
+        if let Some(vm) = self.home.as_mut() {
+            while Instant::now() < deadline {
+                let wait = quiet.min(deadline.saturating_duration_since(Instant::now()));
+                match tokio::time::timeout(wait, vm.qemu.serial().recv()).await {
+                    Ok(Some(report)) => self.reports.push(report),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        &self.reports
+    }
+
+    /// Starts the destination on the other host: QEMU with `-incoming defer` (same
+    /// configuration) and an `--incoming` console, which answers on its control socket.
+    pub async fn prepare_destination(&mut self) -> Result<(), CoBedError> {
+        if self.dest.is_some() {
+            return Err(CoBedError::Order("a destination is already prepared"));
+        }
+        let role = self.other();
+        let host = self.testbed.host(role).clone();
+        let console_addr = SocketAddr::from((host.ip(), host.free_port()?));
+        let incoming_uri = host.incoming_uri()?;
+        let vm = self.launch(role, Some(console_addr)).await?;
+        self.dest = Some(Destination {
+            vm,
+            incoming_uri,
+            console_addr,
+        });
+        Ok(())
+    }
+
+    /// The orchestrator's plan from home to the prepared destination.
+    pub fn plan(&self, hold_switchover: bool) -> Result<Plan, CoBedError> {
+        let (Some(home), Some(dest)) = (&self.home, &self.dest) else {
+            return Err(CoBedError::Order("prepare_destination first"));
+        };
+        Ok(Plan {
+            source_qmp: home.orchestrator_qmp.clone(),
+            dest_qmp: dest.vm.orchestrator_qmp.clone(),
+            incoming_uri: dest.incoming_uri.clone(),
+            source_console: home.control.clone(),
+            dest_console: dest.vm.control.clone(),
+            dest_console_addr: dest.console_addr,
+            hold_switchover,
+            events: true,
+            timeout: self.options.timeout,
+            quit_source: true,
+        })
+    }
+
+    /// Runs the co-migration to the prepared destination ([`orchestrate::comigrate`]).
+    /// Call [`finish`](Self::finish) after success, [`abandon_destination`](Self::abandon_destination)
+    /// after a failure.
+    pub async fn run_migration(
+        &mut self,
+        hold_switchover: bool,
+        progress: impl FnMut(&Progress),
+    ) -> Result<Timeline, CoBedError> {
+        let plan = self.plan(hold_switchover)?;
+        let (from, to) = (self.home().name(), self.other().name());
+        orchestrate::comigrate(&plan, progress)
+            .await
+            .map_err(|source| CoBedError::Migrate { from, to, source })
+    }
+
+    /// After a successful co-migration: takes the old QEMU's last serial reports (its
+    /// `quit` closes the port), checks that the old console exited 0, and makes the
+    /// destination the VM's home.
+    pub async fn finish(&mut self) -> Result<(), CoBedError> {
+        let Some(dest) = self.dest.take() else {
+            return Err(CoBedError::Order("no destination to finish"));
+        };
+        let Some(mut old) = self.home.replace(dest.vm) else {
+            return Err(CoBedError::Order("no home VM"));
+        };
+        let host = old.role.name();
+        let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+            while let Some(report) = old.qemu.serial().recv().await {
+                self.reports.push(report);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                host,
+                "the old QEMU's serial port stayed open after its quit"
+            );
+        }
+        let status = wait_exit(&mut old.console.child, START_DEADLINE).await;
+        match status {
+            Some(status) if status.success() => {}
+            Some(status) => {
+                return Err(old.console.fail(
+                    host,
+                    "exited with an error after the takeover",
+                    Some(status),
+                ))
+            }
+            None => {
+                return Err(old
+                    .console
+                    .fail(host, "did not exit after the takeover", None))
+            }
+        }
+        let _ = old.qemu.shutdown(Duration::from_secs(5)).await;
+        Ok(())
+    }
+
+    /// After a failed co-migration: kills the prepared destination; the VM stays home.
+    pub fn abandon_destination(&mut self) {
+        self.dest = None;
+    }
+
+    /// One co-migration to the other host: prepare, run, finish (or abandon on failure).
+    pub async fn migrate(&mut self, hold_switchover: bool) -> Result<Timeline, CoBedError> {
+        self.prepare_destination().await?;
+        match self.run_migration(hold_switchover, |_| {}).await {
+            Ok(timeline) => {
+                self.finish().await?;
+                Ok(timeline)
+            }
+            Err(e) => {
+                self.abandon_destination();
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts QEMU (incoming when `incoming` is given) and its console on `role`'s host.
+    async fn launch(&mut self, role: Role, incoming: Option<SocketAddr>) -> Result<Vm, CoBedError> {
+        self.generation += 1;
+        let host = self.testbed.host(role).clone();
+        let mut cfg = host.qemu_config(&format!("vm{}", self.generation));
+        let dir = cfg.runtime_dir.clone();
+        let orchestrator_qmp = dir.join("mig.sock");
+        let mut monitor = OsString::from("unix:");
+        monitor.push(&orchestrator_qmp);
+        monitor.push(",server=on,wait=off");
+        cfg.memory_mib = self.options.memory_mib;
+        cfg.guest = self.options.guest;
+        cfg.key_delay_ms = Some(0);
+        cfg.extra_qmp = true;
+        cfg.incoming = incoming.is_some();
+        cfg.extra_args = vec!["-qmp".into(), monitor];
+        let launch = |source| CoBedError::Launch {
+            host: host.name(),
+            source,
+        };
+        let mut qemu = Qemu::launch(cfg).await.map_err(launch)?;
+        if incoming.is_none() {
+            qemu.wait_ready(START_DEADLINE)
+                .await
+                .map_err(|source| CoBedError::Guest {
+                    host: host.name(),
+                    source,
+                })?;
+        }
+        let control = dir.join("console.ctl");
+        let console = self.spawn_console(&host, &qemu, &dir, &control, incoming)?;
+        let mut vm = Vm {
+            role,
+            qemu,
+            console,
+            control,
+            orchestrator_qmp,
+        };
+        wait_console_up(&host, &mut vm).await?;
+        Ok(vm)
+    }
+
+    fn spawn_console(
+        &self,
+        host: &Host,
+        qemu: &Qemu,
+        dir: &Path,
+        control: &Path,
+        incoming: Option<SocketAddr>,
+    ) -> Result<ConsoleChild, CoBedError> {
+        let file = |name: &str| {
+            let path = dir.join(name);
+            std::fs::File::create(&path).map_err(|source| CoBedError::File { path, source })
+        };
+        let stderr = dir.join("console.stderr");
+        let mut cmd = host.command(&self.options.dmore);
+        cmd.arg("console")
+            .arg("--vnc-socket")
+            .arg(qemu.vnc_path())
+            .arg("--qmp-socket")
+            .arg(qemu.qmp2_path().unwrap_or(Path::new("qmp2.sock")))
+            .arg("--listen")
+            .arg(self.service().to_string())
+            .arg("--service-interface")
+            .arg(INTERFACE)
+            .arg("--control")
+            .arg(control)
+            .arg("--peer-key-file")
+            .arg(&self.key_file)
+            .args(["--name", "dmore-demo"]);
+        if let Some(addr) = incoming {
+            cmd.arg("--incoming").arg(addr.to_string());
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(file("console.stdout")?)
+            .stderr(file("console.stderr")?);
+        let child = cmd.spawn().map_err(|source| CoBedError::ConsoleSpawn {
+            host: host.name(),
+            dmore: self.options.dmore.display().to_string(),
+            source,
+        })?;
+        Ok(ConsoleChild { child, stderr })
+    }
+}
+
+/// Polls the console's control socket with `version` until it answers, or fails if the
+/// console exits or stays silent.
+async fn wait_console_up(host: &Host, vm: &mut Vm) -> Result<(), CoBedError> {
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        if console::control::request(&vm.control, &console::control::Command::Version)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = vm.console.child.try_wait() {
+            return Err(vm
+                .console
+                .fail(host.name(), "exited at start", Some(status)));
+        }
+        if Instant::now() >= deadline {
+            return Err(vm
+                .console
+                .fail(host.name(), "never answered on its control socket", None));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The child's exit status once it exits, or `None` after `within`.
+async fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A fresh pre-shared key for the consoles: 16 random bytes in hex.
+fn random_key() -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut buf = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}

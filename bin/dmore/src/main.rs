@@ -5,6 +5,7 @@ use clap::Parser;
 mod baseline_cmd;
 mod bench_cmd;
 mod console_cmd;
+mod demo_cmd;
 mod migrate_cmd;
 
 /// dmore keeps a VM's out-of-band console (VNC) alive across QEMU live migration.
@@ -27,6 +28,8 @@ enum Command {
     Baseline(baseline_cmd::BaselineArgs),
     /// Live-migrate a VM and its console together (QEMU's migration plus the console's).
     Migrate(migrate_cmd::MigrateArgs),
+    /// Show a console surviving live migrations A -> B -> A, with figures, beside a plain one.
+    Demo(demo_cmd::DemoArgs),
     /// Benchmarks (`dmore bench console`: the console against QEMU's own VNC).
     Bench(bench_cmd::BenchArgs),
 }
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Command::Console(args) => console_cmd::run(args),
         Command::Baseline(args) => baseline_cmd::run(args),
         Command::Migrate(args) => migrate_cmd::run(args),
+        Command::Demo(args) => demo_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
     }
 }

@@ -95,8 +95,10 @@ async fn act(
             mig.record.frozen_at_us = Some(moved.frozen_at_us);
             let handover = migration::restore(moved);
             if let Some(service) = &mig.service {
-                service.add().await?;
+                service.add()?;
+                tracing::debug!("service address added");
                 service.announce()?;
+                tracing::debug!("service address announced");
             }
             tracing::info!(
                 viewers = handover.viewers.len(),

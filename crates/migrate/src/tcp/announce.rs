@@ -93,6 +93,18 @@ fn hw_addr(interface: &str) -> io::Result<MacAddr> {
     Ok(MacAddr(mac))
 }
 
+/// Closes a packet socket on a thread of its own: closing one waits for an RCU grace period
+/// (`packet_release` calls `synchronize_net`), measured at 10-25 ms here, which must not sit
+/// on the takeover path.
+fn close_in_background(sock: OwnedFd) {
+    if let Err(e) = std::thread::Builder::new()
+        .name("close-packet-socket".into())
+        .spawn(move || drop(sock))
+    {
+        tracing::debug!(error = %e, "no thread to close a packet socket on; it was closed here");
+    }
+}
+
 fn packet_socket(protocol: u16) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the fd is owned below.
     let fd = check(unsafe {
@@ -168,11 +180,14 @@ pub fn announce(interface: &str, addr: Ipv4Addr) -> Result<MacAddr, TcpRepairErr
     let what = || format!("announcing {addr} on {interface} (gratuitous ARP)");
     let mac = hardware_address(interface)?;
     let ifindex = if_index(interface).map_err(link_err(what()))?;
-    let sock = packet_socket(ETH_P_ARP).map_err(link_err(what()))?;
+    // Protocol 0: a send-only socket (one made with ETH_P_ARP would also receive).
+    let sock = packet_socket(0).map_err(link_err(what()))?;
     let to = link_addr(ifindex, ETH_P_ARP, MacAddr::BROADCAST);
-    for op in [1, 2] {
-        send_frame(&sock, &to, &garp_frame(mac, addr, op)).map_err(link_err(what()))?;
-    }
+    let sent = [1, 2]
+        .into_iter()
+        .try_for_each(|op| send_frame(&sock, &to, &garp_frame(mac, addr, op)));
+    close_in_background(sock);
+    sent.map_err(link_err(what()))?;
     Ok(mac)
 }
 

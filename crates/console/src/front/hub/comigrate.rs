@@ -156,7 +156,7 @@ impl Hub {
         });
         let handover = self.freeze().await?;
         if let Some(s) = &service {
-            if let Err(e) = s.remove().await {
+            if let Err(e) = s.remove() {
                 tracing::error!(error = %error_chain(&e), "the service address is still here: this host may reset the viewers' connections");
             }
         }
@@ -189,11 +189,7 @@ impl Hub {
             }
         }
         if let Some(s) = self.mig.as_ref().and_then(|m| m.service.clone()) {
-            let back = async {
-                s.add().await?;
-                s.announce()
-            };
-            if let Err(e) = back.await {
+            if let Err(e) = s.add().and_then(|()| s.announce()) {
                 tracing::error!(error = %error_chain(&e), "the service address could not come back");
             }
         }

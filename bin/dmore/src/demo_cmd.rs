@@ -83,7 +83,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     options.baseline = !args.no_baseline;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime
-        .block_on(demo::run(&options, print_event))
+        .block_on(demo::run(&options, |e| print_event(e, options.viewer)))
         .context("running the demo (as root, with QEMU installed: see .ci/setup)")?;
     if options.viewer == ViewerMode::Scripted {
         println!("\n{report}");
@@ -91,7 +91,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_event(event: DemoEvent<'_>) {
+fn print_event(event: DemoEvent<'_>, viewer: ViewerMode) {
     match event {
         DemoEvent::Ready {
             service,
@@ -106,7 +106,9 @@ fn print_event(event: DemoEvent<'_>) {
                     service.port()
                 );
             }
-            println!("\n{}", MigrationRow::header());
+            if viewer == ViewerMode::Scripted {
+                println!("\n{}", MigrationRow::header());
+            }
         }
         DemoEvent::Row(row) => println!("{row}"),
         DemoEvent::External {

@@ -130,7 +130,7 @@ impl MigrationRow {
     /// The table's header line.
     pub fn header() -> String {
         format!(
-            "{:>3} {:<6} {:>11} {:>14} {:>10} {:>17} {:>6} {:>13} {:>10}",
+            "{:>3} {:<6} {:>11} {:>14} {:>10} {:>18} {:>6} {:>13} {:>10}",
             "#",
             "move",
             "VM down ms",
@@ -159,7 +159,7 @@ impl fmt::Display for MigrationRow {
             });
         write!(
             f,
-            "{:>3} {:<6} {:>11} {:>14} {:>7.1} ms {:>17} {:>6} {:>13} {:>10}",
+            "{:>3} {:<6} {:>11} {:>14} {:>7.1} ms {:>18} {:>6} {:>13} {:>10}",
             self.n,
             format!("{}->{}", self.from.name(), self.to.name()),
             down,

@@ -155,6 +155,15 @@ impl Hub {
             }
         });
         let handover = self.freeze().await?;
+        // Acknowledge now what the viewers sent and the kernel holds (it travels in the
+        // checkpoint): a viewer with unacknowledged bytes holds its next keys back (Nagle)
+        // until an acknowledgement it accepts, and the restored socket's first segment (a
+        // window probe) is not one. Acknowledged, it sends them at once: the relay catches them.
+        for v in &handover.viewers {
+            if let Err(e) = socket2::SockRef::from(&v.stream).set_quickack(true) {
+                tracing::debug!(viewer = v.id.0, error = %e, "no quick acknowledgement");
+            }
+        }
         if let Some(s) = &service {
             if let Err(e) = s.remove() {
                 tracing::error!(error = %error_chain(&e), "the service address is still here: this host may reset the viewers' connections");

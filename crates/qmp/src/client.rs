@@ -18,7 +18,7 @@ use crate::error::{CloseReason, Error};
 use crate::input::InputEvent;
 use crate::message::{Event, Greeting};
 use crate::session::{Config, Output, Session, Token};
-use crate::types::{MigrationInfo, StatusInfo};
+use crate::types::{MigrationInfo, MouseInfo, StatusInfo};
 use crate::Seq;
 
 /// Bytes read from the socket at a time.
@@ -436,6 +436,11 @@ impl Client {
     /// `query-status`: the VM's run state.
     pub async fn query_status(&self) -> Result<StatusInfo, Error> {
         self.execute_typed("query-status", Value::Null).await
+    }
+
+    /// `query-mice`: the pointer devices, the current one (gets motion now) marked.
+    pub async fn query_mice(&self) -> Result<Vec<MouseInfo>, Error> {
+        self.execute_typed("query-mice", Value::Null).await
     }
 
     /// `query-migrate`: the current or last migration's state and statistics.

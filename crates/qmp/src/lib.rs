@@ -65,7 +65,7 @@ pub use framer::DEFAULT_MAX_LINE;
 pub use input::{InputAxis, InputButton, InputEvent, KeyValue};
 pub use message::{Event, Greeting, QmpError, Timestamp};
 pub use session::{Config, IdMode, Output, Session, SessionState, Token};
-pub use types::{MigrationInfo, RamStats, StatusInfo};
+pub use types::{MigrationInfo, MouseInfo, RamStats, StatusInfo};
 
 /// Position of a message in a connection's inbound stream (greeting = 0, then +1 for each
 /// reply or event). Comparing two `Seq`s of one connection tells which message QEMU sent

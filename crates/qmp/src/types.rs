@@ -13,6 +13,20 @@ pub struct StatusInfo {
     pub status: String,
 }
 
+/// One entry of `query-mice`'s reply: a pointer device QEMU routes motion to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MouseInfo {
+    /// The device's name (`QEMU PS/2 Mouse`, `QEMU HID Tablet`, ...).
+    pub name: String,
+    /// QEMU's handle for the device.
+    pub index: i64,
+    /// It gets motion now: the most recently activated device (QEMU's VNC server picks
+    /// absolute or relative motion by this one).
+    pub current: bool,
+    /// It takes absolute positions (`abs`); otherwise relative motion (`rel`).
+    pub absolute: bool,
+}
+
 /// `query-migrate`'s reply (`{}` before any migration: every member is optional).
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -88,6 +102,20 @@ mod tests {
             serde_json::from_value::<MigrationInfo>(serde_json::json!({})).unwrap(),
             MigrationInfo::default()
         );
+    }
+
+    #[test]
+    fn decodes_query_mice() {
+        let v = serde_json::json!([
+            {"name": "QEMU HID Tablet", "index": 1, "current": true, "absolute": true},
+            {"name": "QEMU PS/2 Mouse", "index": 0, "current": false, "absolute": false,
+             "new-member": 1},
+        ]);
+        let mice: Vec<MouseInfo> = serde_json::from_value(v).unwrap();
+        assert_eq!(mice.len(), 2);
+        assert!(mice[0].current && mice[0].absolute);
+        assert_eq!(mice[1].name, "QEMU PS/2 Mouse");
+        assert!(serde_json::from_value::<Vec<MouseInfo>>(serde_json::json!({})).is_err());
     }
 
     #[test]

@@ -84,11 +84,7 @@ impl Journal {
     /// The QMP lane may send: fast lane closed and fully confirmed (so nothing written there
     /// can be handled after what QMP delivers), VM running, nothing else in flight.
     fn qmp_ready(&self) -> bool {
-        !self.fast_open
-            && self.vm_running
-            && self.blocked.is_none()
-            && self.qmp.is_none()
-            && self.fast_resolved()
+        !self.fast_open && self.vm_running && self.qmp.is_none() && self.fast_resolved()
     }
 
     /// A release whose press did not go on the fast lane in its current open period.

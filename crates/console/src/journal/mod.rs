@@ -29,7 +29,8 @@
 //!  QMP lane (one batch in flight; only once every fast event is confirmed, to keep order):
 //!
 //!   held --Qmp--> Delivered ---------------------------------------> done
-//!                 VmNotRunning | Failed --> held again, at the front, until handle_vm_resumed
+//!                 VmNotRunning --> held again, at the front, until handle_vm_resumed
+//!                 Failed --> motion dropped; keys/buttons re-sent once, then dropped
 //! ```
 //!
 //! # Call order
@@ -131,6 +132,9 @@ struct Pending {
     /// allows — keeping gaps there would turn one late send into a lag every later key
     /// inherits.
     replay: bool,
+    /// QEMU refused it once already (see `Journal::handle_qmp_reply`); refused again, it is
+    /// dropped.
+    refused: bool,
 }
 
 /// Fast-lane events written since the last fence.
@@ -174,8 +178,6 @@ pub struct Journal {
     next_id: u64,
     vm_running: bool,
     migrating: bool,
-    /// Set by a failed QMP batch; the QMP lane waits for `handle_vm_resumed`.
-    blocked: Option<String>,
     /// [`Journal::freeze_delivery`] was called and not yet thawed.
     delivery_frozen: bool,
     pending: VecDeque<Pending>,
@@ -209,7 +211,6 @@ impl Journal {
             next_id: 1,
             vm_running,
             migrating: false,
-            blocked: None,
             delivery_frozen: false,
             pending: VecDeque::new(),
             pending_seqd: 0,
@@ -262,6 +263,7 @@ impl Journal {
                     gap: Duration::ZERO,
                     available: now,
                     replay: false,
+                    refused: false,
                 }),
             }
             return Ok(None);
@@ -285,12 +287,13 @@ impl Journal {
         };
         self.refused_since_push = false;
         self.last_push = Some(now);
-        let replay = !self.vm_running || self.delivery_frozen || self.blocked.is_some();
+        let replay = !self.vm_running || self.delivery_frozen;
         self.pending.push_back(Pending {
             entry: entry(Some(seq)),
             gap,
             available: now,
             replay,
+            refused: false,
         });
         self.pending_seqd += 1;
         self.stats.pushed += 1;
@@ -311,10 +314,9 @@ impl Journal {
         self.close_fast("VM stopped");
     }
 
-    /// QMP `RESUME`: the VM runs again; held events go out (paced). Also lifts a QMP failure.
+    /// QMP `RESUME`: the VM runs again; held events go out (paced).
     pub fn handle_vm_resumed(&mut self) {
         self.vm_running = true;
-        self.blocked = None;
         self.maybe_reopen();
     }
 
@@ -350,6 +352,12 @@ impl Journal {
     /// The tunables this journal runs with (a restored one: the snapshot's).
     pub fn config(&self) -> Config {
         self.config
+    }
+
+    /// The latest pointer position written to either lane (a restored journal: the source's),
+    /// where the guest's pointer is believed to be.
+    pub fn pointer(&self) -> (u16, u16) {
+        self.pointer
     }
 
     /// Whether delivery is frozen.
@@ -424,7 +432,6 @@ impl Journal {
             && !self.delivery_frozen
             && self.vm_running
             && !self.migrating
-            && self.blocked.is_none()
             && self.pending.is_empty()
             && self.qmp.is_none()
             && self.fast_resolved()

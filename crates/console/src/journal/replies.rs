@@ -1,7 +1,7 @@
 //! The journal's reply handlers: QMP batch outcomes, fence answers and status probes.
 
 use super::{
-    BatchId, FenceId, Journal, JournalError, Outcome, ProbeId, SeqRange, Stage,
+    BatchId, FenceId, Journal, JournalError, Outcome, Pending, ProbeId, SeqRange, Stage,
     MAX_UNCERTAIN_REPORTS,
 };
 
@@ -28,25 +28,81 @@ impl Journal {
                     .count();
                 self.stats.delivered += n as u64;
             }
-            Outcome::VmNotRunning | Outcome::Failed(_) => {
-                if let Outcome::Failed(reason) = outcome {
-                    tracing::warn!(?batch, %reason, "QMP batch failed; input held");
-                    self.stats.qmp_failed += 1;
-                    self.blocked = Some(reason);
-                } else {
-                    tracing::debug!(?batch, "VM not running; input held until RESUME");
-                    self.stats.qmp_not_running += 1;
-                    self.vm_running = false;
-                }
-                for mut p in inflight.pending.into_iter().rev() {
-                    self.pending_seqd += usize::from(p.entry.seq.is_some());
-                    p.replay = true;
-                    self.pending.push_front(p);
-                }
+            Outcome::VmNotRunning => {
+                tracing::debug!(?batch, "VM not running; input held until RESUME");
+                self.stats.qmp_not_running += 1;
+                self.vm_running = false;
+                self.hold_again(inflight.pending);
+            }
+            Outcome::Failed(reason) => {
+                self.stats.qmp_failed += 1;
+                self.handle_refused(batch, inflight.pending, &reason);
             }
         }
         self.maybe_reopen();
         Ok(())
+    }
+
+    /// A batch QEMU refused for a reason other than `VM not running`.
+    ///
+    /// QEMU checks every event of an `input-send-event` before it delivers any (`ui/input.c`,
+    /// `qmp_input_send_event`: run state, then a handler for each event's type), so nothing of
+    /// a refused batch reached the guest and re-sending it cannot deliver a key twice. What
+    /// loses the least without holding input forever (the old rule held everything until a
+    /// `RESUME`, so one refused batch stopped all later input, keys included):
+    /// - its pointer motion is dropped: the usual cause is motion the guest's mouse cannot
+    ///   take (`abs` without an absolute device), and motion is "latest position wins": the
+    ///   next motion carries the position again;
+    /// - its keys and buttons go back to the front and are re-sent: if the motion was the
+    ///   cause, they now go through;
+    /// - a key or button refused a second time is dropped, logged and counted in
+    ///   [`Stats::dropped`](super::Stats::dropped): QEMU cannot take it at all (no handler for
+    ///   its type), and holding it would hold every later event behind it for nothing.
+    fn handle_refused(&mut self, batch: BatchId, pending: Vec<Pending>, reason: &str) {
+        let mut motion = 0usize;
+        let mut dropped = None;
+        let mut dropped_count = 0u64;
+        let mut again = Vec::with_capacity(pending.len());
+        for mut p in pending {
+            match p.entry.seq {
+                None => motion += 1,
+                Some(seq) if p.refused => {
+                    SeqRange::extend(&mut dropped, seq);
+                    dropped_count += 1;
+                }
+                Some(_) => {
+                    p.refused = true;
+                    again.push(p);
+                }
+            }
+        }
+        tracing::warn!(
+            ?batch,
+            %reason,
+            motion,
+            resent = again.len(),
+            "QMP refused an input batch (nothing of it was delivered)"
+        );
+        if let Some(range) = dropped {
+            tracing::error!(
+                count = dropped_count,
+                first = range.first.0,
+                last = range.last.0,
+                %reason,
+                "input events refused twice by QEMU; dropped, never delivered"
+            );
+            self.stats.dropped += dropped_count;
+        }
+        self.hold_again(again);
+    }
+
+    /// Puts a batch that was not delivered back at the front, to be replayed.
+    fn hold_again(&mut self, pending: Vec<Pending>) {
+        for mut p in pending.into_iter().rev() {
+            self.pending_seqd += usize::from(p.entry.seq.is_some());
+            p.replay = true;
+            self.pending.push_front(p);
+        }
     }
 
     /// QEMU answered the fence: every fast-lane event before it was handled.

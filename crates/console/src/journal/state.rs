@@ -183,6 +183,7 @@ impl Journal {
                 gap: h.gap,
                 available: now,
                 replay: true,
+                refused: false,
             })
             .collect::<VecDeque<_>>();
         j.pending_seqd = state.held();

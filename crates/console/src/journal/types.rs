@@ -163,7 +163,8 @@ pub enum Outcome {
     Delivered,
     /// The error `VM not running`: nothing was delivered.
     VmNotRunning,
-    /// Any other failure (an error reply, QMP closed); the events stay held.
+    /// Any other error reply: nothing was delivered. Motion is dropped, keys and buttons are
+    /// re-sent once (see `Journal::handle_qmp_reply`).
     Failed(String),
 }
 
@@ -258,6 +259,9 @@ pub struct Stats {
     pub qmp_not_running: u64,
     /// QMP batches that failed otherwise.
     pub qmp_failed: u64,
+    /// Key and button events QEMU refused twice (never delivered; dropped, logged).
+    #[serde(default)]
+    pub dropped: u64,
     /// Fences written.
     pub fences: u64,
     /// Key and button events held right now (queued or in flight on QMP).

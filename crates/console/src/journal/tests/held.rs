@@ -28,19 +28,51 @@ fn vm_not_running_holds_the_batch_and_later_events_in_order() {
 }
 
 #[test]
-fn failed_batch_is_held_until_resume() {
+fn a_refused_batch_drops_its_motion_and_resends_its_keys_without_blocking() {
+    let mut j = Journal::new(Config::default(), true);
+    j.handle_migration_started();
+    j.push(V, InputEvent::Motion { x: 5, y: 6 }, at(0)).unwrap();
+    j.push(V, btn(true), at(0)).unwrap();
+    let Some(Action::Qmp { batch, events }) = j.poll_action(at(0)) else {
+        panic!("expected Qmp")
+    };
+    assert_eq!(events.len(), 2, "motion and button in one batch");
+    j.handle_qmp_reply(
+        batch,
+        Outcome::Failed("Input handler not found for event type abs".into()),
+    )
+    .unwrap();
+    assert_eq!(j.stats().qmp_failed, 1);
+    assert_eq!(j.stats().held, 1, "the button is held again");
+    let Some(Action::Qmp { batch, events }) = j.poll_action(at(10)) else {
+        panic!("the button is re-sent at once, not held until a RESUME")
+    };
+    assert_eq!(events.len(), 1, "without the motion: {events:?}");
+    assert_eq!(events[0].seq, Some(Seq(1)));
+    j.handle_qmp_reply(batch, Outcome::Delivered).unwrap();
+    assert_eq!(j.stats().delivered, 1);
+    assert_eq!(j.stats().dropped, 0);
+}
+
+#[test]
+fn an_event_refused_twice_is_dropped_and_later_input_flows() {
     let mut j = Journal::new(Config::default(), true);
     j.handle_migration_started();
     j.push(V, key(true, 0), at(0)).unwrap();
-    let Some(Action::Qmp { batch, .. }) = j.poll_action(at(0)) else {
-        panic!("expected Qmp")
-    };
-    j.handle_qmp_reply(batch, Outcome::Failed("QMP closed".into()))
-        .unwrap();
-    assert_eq!(j.poll_action(at(10)), None);
-    assert_eq!(j.stats().qmp_failed, 1);
-    j.handle_vm_resumed();
-    assert_eq!(lanes(&run(&mut j, at(20))), [(Lane::Qmp, 1)]);
+    for t in [0, 10] {
+        let Some(Action::Qmp { batch, events }) = j.poll_action(at(t)) else {
+            panic!("expected Qmp")
+        };
+        assert_eq!(events[0].seq, Some(Seq(1)));
+        j.handle_qmp_reply(batch, Outcome::Failed("QMP closed".into()))
+            .unwrap();
+    }
+    assert_eq!(j.stats().qmp_failed, 2);
+    assert_eq!(j.stats().dropped, 1);
+    assert_eq!(j.stats().held, 0);
+    j.push(V, key(false, 0), at(20)).unwrap();
+    assert_eq!(lanes(&run(&mut j, at(20))), [(Lane::Qmp, 2)]);
+    assert_eq!(j.stats().delivered, 1);
 }
 
 #[test]

@@ -30,15 +30,67 @@ pub fn vnc_message(event: &VncEvent, ext_keys: bool) -> ClientMessage {
     }
 }
 
-/// The `input-send-event` list for a QMP-lane batch, and how many key/button events could not
-/// be expressed (keysyms the US table does not know; they are dropped, with a log line).
+/// How the guest's current mouse takes motion, from QMP `query-mice`: the device QEMU routes
+/// motion to first (the one its VNC server also decides absolute or relative by).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mouse {
+    /// An absolute device (`usb-tablet`, `virtio-tablet`): `abs` positions.
+    Absolute,
+    /// A relative device (the PS/2 mouse every PC machine has): `rel` deltas.
+    Relative,
+    /// No pointer device: motion cannot be expressed and is dropped.
+    Missing,
+}
+
+impl Mouse {
+    /// The mode of `query-mice`'s reply, `None` if the reply is not a list of mice (odd JSON
+    /// is never a panic: the caller keeps what it knew).
+    pub fn from_reply(value: serde_json::Value) -> Option<Mouse> {
+        let mice: Vec<qmp::MouseInfo> = serde_json::from_value(value)
+            .inspect_err(|e| tracing::warn!(error = %e, "unexpected query-mice reply"))
+            .ok()?;
+        Some(match mice.iter().find(|m| m.current) {
+            Some(m) if m.absolute => Mouse::Absolute,
+            Some(_) => Mouse::Relative,
+            None => Mouse::Missing,
+        })
+    }
+}
+
+/// Whether a refused `input-send-event` names a missing input handler ("Input handler not
+/// found for event type abs"): the guest's mice changed, or were never known.
+pub fn names_input_handler(desc: &str) -> bool {
+    desc.contains("Input handler")
+}
+
+/// One QMP-lane batch as `input-send-event` events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QmpBatch {
+    /// The list to send (may be empty).
+    pub events: Vec<qmp::InputEvent>,
+    /// Key events that could not be expressed (keysyms the US table does not know; they
+    /// are dropped, with a log line).
+    pub unmapped: usize,
+    /// Where the guest's pointer is once QEMU took the batch.
+    pub pointer: (u16, u16),
+}
+
+/// The `input-send-event` list for a QMP-lane batch.
 ///
 /// Keys go as QEMU key numbers (the viewer's scancode, else the keysym's US key); buttons as
-/// `btn`; motion as `abs` x and y scaled to QEMU's 0..=0x7fff over the framebuffer `size` —
-/// which reaches the guest only through an absolute device (`usb-tablet`), DESIGN.md.
-pub fn qmp_events(entries: &[Entry], size: (u16, u16)) -> (Vec<qmp::InputEvent>, usize) {
+/// `btn`. Motion follows the guest's `mouse`: `abs` x and y scaled to QEMU's 0..=0x7fff over
+/// the framebuffer `size` for an absolute device, `rel` deltas from `pointer` (the last
+/// position written to QEMU on either lane) for a relative one — QEMU refuses the whole batch
+/// if no device takes the type (DESIGN.md) — and nothing without a mouse.
+pub fn qmp_events(
+    entries: &[Entry],
+    size: (u16, u16),
+    mouse: Mouse,
+    pointer: (u16, u16),
+) -> QmpBatch {
     let mut out = Vec::with_capacity(entries.len() * 2);
     let mut unmapped = 0;
+    let mut pointer = pointer;
     for entry in entries {
         match entry.event {
             InputEvent::Key {
@@ -56,19 +108,39 @@ pub fn qmp_events(entries: &[Entry], size: (u16, u16)) -> (Vec<qmp::InputEvent>,
                 button: qmp_button(button),
                 down,
             }),
-            InputEvent::Motion { x, y } => {
-                out.push(qmp::InputEvent::Abs {
-                    axis: qmp::InputAxis::X,
-                    value: scale(x, size.0),
-                });
-                out.push(qmp::InputEvent::Abs {
-                    axis: qmp::InputAxis::Y,
-                    value: scale(y, size.1),
-                });
-            }
+            InputEvent::Motion { x, y } => match mouse {
+                Mouse::Absolute => {
+                    out.push(qmp::InputEvent::Abs {
+                        axis: qmp::InputAxis::X,
+                        value: scale(x, size.0),
+                    });
+                    out.push(qmp::InputEvent::Abs {
+                        axis: qmp::InputAxis::Y,
+                        value: scale(y, size.1),
+                    });
+                    pointer = (x, y);
+                }
+                Mouse::Relative => {
+                    for (axis, to, from) in [
+                        (qmp::InputAxis::X, x, pointer.0),
+                        (qmp::InputAxis::Y, y, pointer.1),
+                    ] {
+                        let value = i64::from(to) - i64::from(from);
+                        if value != 0 {
+                            out.push(qmp::InputEvent::Rel { axis, value });
+                        }
+                    }
+                    pointer = (x, y);
+                }
+                Mouse::Missing => {}
+            },
         }
     }
-    (out, unmapped)
+    QmpBatch {
+        events: out,
+        unmapped,
+        pointer,
+    }
 }
 
 fn qmp_button(button: Button) -> qmp::InputButton {
@@ -166,7 +238,9 @@ mod tests {
             key(0x41, None, false),      // 'A' -> the a key
             key(0x20ac, None, true),     // EuroSign: not in the table
         ];
-        let (events, unmapped) = qmp_events(&entries, (720, 400));
+        let QmpBatch {
+            events, unmapped, ..
+        } = qmp_events(&entries, (720, 400), Mouse::Relative, (0, 0));
         assert_eq!(unmapped, 1);
         assert_eq!(
             events,
@@ -194,8 +268,10 @@ mod tests {
                 },
             },
         ];
-        let (events, unmapped) = qmp_events(&entries, (720, 400));
-        assert_eq!(unmapped, 0);
+        let batch = qmp_events(&entries, (720, 400), Mouse::Absolute, (3, 3));
+        assert_eq!(batch.unmapped, 0);
+        assert_eq!(batch.pointer, (719, 0));
+        let events = batch.events;
         assert_eq!(
             events,
             vec![
@@ -213,6 +289,96 @@ mod tests {
                 },
             ]
         );
+    }
+
+    fn motion(x: u16, y: u16) -> Entry {
+        Entry {
+            seq: None,
+            viewer: ViewerId(0),
+            event: InputEvent::Motion { x, y },
+        }
+    }
+
+    fn rel(axis: qmp::InputAxis, value: i64) -> qmp::InputEvent {
+        qmp::InputEvent::Rel { axis, value }
+    }
+
+    #[test]
+    fn relative_mouse_gets_deltas_from_the_last_position_sent() {
+        let entries = [
+            motion(110, 50),
+            motion(110, 50),
+            Entry {
+                seq: Some(Seq(4)),
+                viewer: ViewerId(0),
+                event: InputEvent::Button {
+                    down: false,
+                    button: Button::Left,
+                },
+            },
+            motion(0, 65535),
+        ];
+        let batch = qmp_events(&entries, (720, 400), Mouse::Relative, (100, 60));
+        use qmp::InputAxis::{X, Y};
+        assert_eq!(
+            batch.events,
+            vec![
+                rel(X, 10),
+                rel(Y, -10),
+                // No motion: no events (a zero delta on an axis is left out).
+                qmp::InputEvent::Btn {
+                    button: qmp::InputButton::Left,
+                    down: false
+                },
+                rel(X, -110),
+                rel(Y, 65485),
+            ]
+        );
+        assert_eq!(batch.pointer, (0, 65535));
+    }
+
+    #[test]
+    fn without_a_mouse_motion_is_left_out() {
+        let batch = qmp_events(&[motion(5, 5)], (720, 400), Mouse::Missing, (1, 2));
+        assert!(batch.events.is_empty());
+        assert_eq!(batch.pointer, (1, 2));
+    }
+
+    #[test]
+    fn query_mice_picks_the_current_mouse_and_never_panics() {
+        use serde_json::json;
+        let ps2 = json!({"name": "QEMU PS/2 Mouse", "index": 2, "current": true,
+                         "absolute": false});
+        assert_eq!(Mouse::from_reply(json!([ps2])), Some(Mouse::Relative));
+        let both = json!([
+            {"name": "QEMU HID Tablet", "index": 3, "current": true, "absolute": true},
+            {"name": "QEMU PS/2 Mouse", "index": 2, "current": false, "absolute": false},
+        ]);
+        assert_eq!(Mouse::from_reply(both), Some(Mouse::Absolute));
+        let none_current = json!([
+            {"name": "QEMU PS/2 Mouse", "index": 2, "current": false, "absolute": false},
+        ]);
+        assert_eq!(Mouse::from_reply(none_current), Some(Mouse::Missing));
+        assert_eq!(Mouse::from_reply(json!([])), Some(Mouse::Missing));
+        for odd in [
+            json!(null),
+            json!({}),
+            json!("mice"),
+            json!([1, 2]),
+            json!([{"name": "x", "current": "yes", "absolute": false, "index": 0}]),
+            json!([{"current": true}]),
+        ] {
+            assert_eq!(Mouse::from_reply(odd.clone()), None, "{odd}");
+        }
+    }
+
+    #[test]
+    fn only_missing_handler_errors_call_for_a_new_query() {
+        assert!(names_input_handler(
+            "Input handler not found for event type abs"
+        ));
+        assert!(!names_input_handler("VM not running"));
+        assert!(!names_input_handler("Invalid parameter 'events'"));
     }
 
     #[test]

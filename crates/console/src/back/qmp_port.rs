@@ -29,11 +29,15 @@ pub(super) enum Kind {
         batch: BatchId,
         /// Key and button events in it.
         keys: u64,
+        /// Where the guest's pointer is once it is delivered.
+        pointer: (u16, u16),
     },
     /// A `query-status` confirming fast-lane events after a fence.
     Probe(ProbeId),
     /// A `query-status` after `STOP`: was it a migration's stop?
     Classify,
+    /// A `query-mice` after QEMU refused motion: is the guest's mouse absolute?
+    Mice,
 }
 
 /// One inbound item, in QEMU's order.
@@ -75,7 +79,7 @@ impl QmpPort {
         let client = self.client.clone();
         let mut future: ReplyFuture = Box::pin(async move { client.execute_at(name, args).await });
         // The first poll hands the command to the connection task, so commands reach QEMU in
-        // the order they were sent (its queue holds 64; we never have more than 3 in flight).
+        // the order they were sent (its queue holds 64; we never have more than 4 in flight).
         let mut cx = Context::from_waker(Waker::noop());
         match future.as_mut().poll(&mut cx) {
             Poll::Ready(result) if self.in_flight.is_empty() && self.head.is_none() => {

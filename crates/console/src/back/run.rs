@@ -17,7 +17,7 @@ use tokio::time::timeout;
 use tracing::Instrument;
 use vnc::client::{ClientReader, ClientWriter, Setup};
 
-use super::convert::{qmp_events, vnc_message};
+use super::convert::{names_input_handler, qmp_events, vnc_message, Mouse};
 use super::qmp_port::{Item, Kind, QmpPort};
 use super::{
     LinkConfig, LinkError, LinkEvent, LinkEvents, LinkInput, LinkStats, PushError, QemuLink,
@@ -25,6 +25,7 @@ use super::{
 };
 use crate::journal::{
     Action, FenceId, InputEvent, Journal, JournalFull, JournalState, Outcome, Seq, ViewerId,
+    VncEvent,
 };
 
 /// Requests queued from handles before senders wait.
@@ -91,12 +92,29 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
             what: "QMP monitor",
         })?
         .map_err(LinkError::QmpConnect)?;
-    let reply = timeout(limit, conn.client().execute_at("query-status", Value::Null))
-        .await
-        .map_err(|_| LinkError::Timeout {
-            what: "QMP monitor",
-        })?
-        .map_err(LinkError::Qmp)?;
+    // Both in flight at once: the mice cost no extra round trip.
+    let client = conn.client();
+    let (reply, mice) = timeout(limit, async {
+        tokio::join!(
+            client.execute_at("query-status", Value::Null),
+            client.execute("query-mice", Value::Null),
+        )
+    })
+    .await
+    .map_err(|_| LinkError::Timeout {
+        what: "QMP monitor",
+    })?;
+    let reply = reply.map_err(LinkError::Qmp)?;
+    let mouse = match mice {
+        Ok(value) => Mouse::from_reply(value),
+        Err(e @ qmp::Error::Qmp { .. }) => {
+            tracing::warn!(error = %e, "query-mice failed");
+            None
+        }
+        Err(e) => return Err(LinkError::Qmp(e)),
+    }
+    // Unknown: a PS/2 mouse, which every PC machine has; a refusal asks again.
+    .unwrap_or(Mouse::Relative);
     let status_seq = reply.seq;
     let status: qmp::StatusInfo = serde_json::from_value(reply.value).map_err(|source| {
         LinkError::Qmp(qmp::Error::Decode {
@@ -133,6 +151,7 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         width = done.server_init.width,
         height = done.server_init.height,
         running = status.running,
+        ?mouse,
         "attached to QEMU"
     );
 
@@ -154,6 +173,7 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         None => Journal::new(config.journal, status.running),
     };
     let room = Arc::new(Notify::new());
+    let pointer = journal.pointer();
     let link = Link {
         reader,
         writer,
@@ -181,6 +201,9 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         stats: LinkStats::default(),
         delayed_fences: Vec::new(),
         fence_due: None,
+        mouse,
+        pointer,
+        mice_asked: false,
     };
     let (events_tx, events_rx) = mpsc::channel(config.event_queue.max(1));
     let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE);
@@ -258,6 +281,16 @@ struct Link {
     delayed_fences: Vec<FenceId>,
     /// When `delayed_fences` are written.
     fence_due: Option<Instant>,
+    /// How the guest's mouse takes QMP-lane motion (`query-mice`).
+    mouse: Mouse,
+    /// The last pointer position written to QEMU on either lane (a QMP batch's once it was
+    /// delivered): where relative QMP motion starts from. (QEMU's VNC server turns fast-lane
+    /// positions into relative motion from the last PointerEvent *it* read, so the first
+    /// fast-lane motion after QMP-lane motion repeats that difference: a relative pointer
+    /// drifts from the viewer's anyway, by the guest's acceleration.)
+    pointer: (u16, u16),
+    /// A `query-mice` is in flight.
+    mice_asked: bool,
 }
 
 impl Link {
@@ -384,7 +417,12 @@ impl Link {
         match action {
             Action::Vnc { events } => {
                 let ext = self.ext_keys;
-                self.out.extend(events.iter().map(|e| vnc_message(e, ext)));
+                for event in &events {
+                    if let VncEvent::Pointer { x, y, .. } = *event {
+                        self.pointer = (x, y);
+                    }
+                    self.out.push(vnc_message(event, ext));
+                }
             }
             Action::Fence { fence } => {
                 self.delayed_fences.push(fence);
@@ -398,19 +436,23 @@ impl Link {
             }
             Action::Qmp { batch, events } => {
                 let fb = self.reader.framebuffer();
-                let (list, unmapped) = qmp_events(&events, (fb.width(), fb.height()));
-                let unmapped = u64::try_from(unmapped).unwrap_or(u64::MAX);
+                let size = (fb.width(), fb.height());
+                let converted = qmp_events(&events, size, self.mouse, self.pointer);
+                let list = converted.events;
+                let unmapped = u64::try_from(converted.unmapped).unwrap_or(u64::MAX);
                 self.stats.unmapped_keys += unmapped;
                 let keys = events.iter().filter(|e| e.seq.is_some()).count();
                 let keys = u64::try_from(keys).unwrap_or(u64::MAX);
                 if list.is_empty() {
                     // Nothing QEMU could take: done with it (logged in qmp_events).
+                    self.pointer = converted.pointer;
                     self.journal.handle_qmp_reply(batch, Outcome::Delivered)?;
                 } else {
                     self.qmp.send(
                         Kind::Batch {
                             batch,
                             keys: keys.saturating_sub(unmapped),
+                            pointer: converted.pointer,
                         },
                         "input-send-event",
                         qmp::InputEvent::arguments(&list),
@@ -434,14 +476,30 @@ impl Link {
     fn on_qmp(&mut self, item: Item) -> Result<(), LinkError> {
         match item {
             Item::Event(event) => self.on_qmp_event(&event),
-            Item::Reply(Kind::Batch { batch, keys }, result) => {
+            Item::Reply(
+                Kind::Batch {
+                    batch,
+                    keys,
+                    pointer,
+                },
+                result,
+            ) => {
                 let outcome = match result {
                     Ok(_) => {
                         self.stats.qmp_delivered += keys;
+                        self.pointer = pointer;
                         Outcome::Delivered
                     }
                     Err(e) if e.is_vm_not_running() => Outcome::VmNotRunning,
-                    Err(qmp::Error::Qmp { source, .. }) => Outcome::Failed(source.desc),
+                    Err(qmp::Error::Qmp { source, .. }) => {
+                        if names_input_handler(&source.desc) && !self.mice_asked {
+                            // The journal re-sends the keys and buttons without the motion;
+                            // later motion takes the mode QEMU tells now.
+                            self.mice_asked = true;
+                            self.qmp.send(Kind::Mice, "query-mice", Value::Null);
+                        }
+                        Outcome::Failed(source.desc)
+                    }
                     Err(e) => return Err(LinkError::Qmp(e)),
                 };
                 self.journal.handle_qmp_reply(batch, outcome)?;
@@ -451,6 +509,23 @@ impl Link {
                 // Every event QEMU sent before this reply reached the journal first
                 // (QmpPort's order), so no STOP is left unpassed.
                 self.journal.handle_status(probe, running, false)?;
+            }
+            Item::Reply(Kind::Mice, result) => {
+                self.mice_asked = false;
+                let mouse = match result {
+                    Ok(reply) => Mouse::from_reply(reply.value),
+                    Err(qmp::Error::Qmp { source, .. }) => {
+                        tracing::warn!(error = %source, "query-mice failed");
+                        None
+                    }
+                    Err(e) => return Err(LinkError::Qmp(e)),
+                };
+                if let Some(mouse) = mouse {
+                    if mouse != self.mouse {
+                        tracing::info!(from = ?self.mouse, to = ?mouse, "guest mouse changed");
+                    }
+                    self.mouse = mouse;
+                }
             }
             Item::Reply(Kind::Classify, result) => {
                 let migrating = status(result)?

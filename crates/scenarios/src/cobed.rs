@@ -285,6 +285,30 @@ impl CoBed {
             .map(|d| (d.vm.qemu.pid().unwrap_or(0), d.vm.console.child.id()))
     }
 
+    /// The home QEMU, through the testbed's own monitor (e.g. to slow a migration down).
+    pub fn home_qemu(&self) -> Option<&Qemu> {
+        self.home.as_ref().map(|vm| &vm.qemu)
+    }
+
+    /// Starts the prepared destination's console again, with the same addresses (after it
+    /// died), and waits until it answers on its control socket.
+    pub async fn restart_destination_console(&mut self) -> Result<(), CoBedError> {
+        let Some(dest) = self.dest.as_ref() else {
+            return Err(CoBedError::Order("prepare_destination first"));
+        };
+        let host = self.testbed.host(dest.vm.role).clone();
+        let dir = dest.vm.control.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let addr = dest.console_addr;
+        // The dead console's socket file stays behind; the new one binds the same path.
+        let _ = std::fs::remove_file(&dest.vm.control);
+        let console = self.spawn_console(&host, &dest.vm.qemu, &dir, &dest.vm.control, Some(addr))?;
+        let Some(dest) = self.dest.as_mut() else {
+            return Err(CoBedError::Order("prepare_destination first"));
+        };
+        dest.vm.console = console;
+        wait_console_up(&host, &mut dest.vm).await
+    }
+
     /// The home console's control socket.
     pub fn home_control(&self) -> Option<&Path> {
         self.home.as_ref().map(|vm| vm.control.as_path())

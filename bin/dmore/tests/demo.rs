@@ -30,10 +30,7 @@ async fn two_comigrations_lose_nothing_and_keep_the_connection() -> anyhow::Resu
     let viewer = SteadyViewer::connect_from(
         bed.testbed().client(),
         bed.service(),
-        SteadyConfig {
-            move_mouse: std::env::var_os("DEMO_TEST_MOVE_MOUSE").is_some(),
-            ..SteadyConfig::default()
-        },
+        SteadyConfig::default(),
     )
     .await?;
     let before = viewer.snapshot();
@@ -84,11 +81,10 @@ async fn two_comigrations_lose_nothing_and_keep_the_connection() -> anyhow::Resu
 }
 
 /// The demo's library entry, as `dmore demo --migrations 2 --no-baseline` runs it.
-async fn demo_run(move_mouse: bool) -> anyhow::Result<()> {
+async fn demo_run() -> anyhow::Result<()> {
     let mut options = DemoOptions::new(env!("CARGO_BIN_EXE_dmore"));
     options.migrations = 2;
     options.baseline = false;
-    options.steady.move_mouse = move_mouse;
     let report = match demo::run(&options, |e| println!("{e:?}")).await {
         Err(DemoError::Bed(e)) if e.needs_namespaces() => {
             println!("skipped: the demo needs root (network namespaces, TCP_REPAIR)");
@@ -118,15 +114,6 @@ async fn demo_run(move_mouse: bool) -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_loses_nothing_over_one_connection() -> anyhow::Result<()> {
-    // Clicks at one place: see the ignored test below.
-    demo_run(false).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "console bug: pointer motion on the QMP lane is sent as `abs`, which a PS/2-only \
-            guest refuses (\"Input handler not found for event type abs\"); the batch stays \
-            held and all later input with it"]
-async fn the_demo_loses_nothing_while_the_mouse_moves() -> anyhow::Result<()> {
-    demo_run(true).await
+async fn the_demo_loses_nothing_over_one_connection_while_the_mouse_moves() -> anyhow::Result<()> {
+    demo_run().await
 }

@@ -1,7 +1,7 @@
 //! Checkpoint and restore of one socket (the recipe of CRIU's soccr, restricted to established
 //! connections with no FIN in either queue).
 
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::sys::{self, TcpRepairOpt, TcpRepairWindow};
@@ -192,6 +192,27 @@ pub fn restore(cp: &Checkpoint) -> Result<TcpStream, TcpRepairError> {
     restore_with(cp, &RestoreOptions::default())
 }
 
+/// Connects a socket in repair mode (no SYN is sent). Restored on the host it was abandoned
+/// on (an aborted move), the old socket's 4-tuple was seen still hashed for a moment after
+/// its close (`EADDRNOTAVAIL`, 1 run in 4 under load): retried for up to 100 ms.
+fn connect_repaired(fd: BorrowedFd<'_>, remote: &SocketAddr) -> Result<(), TcpRepairError> {
+    let mut tries = 0;
+    loop {
+        match sys::connect(fd, remote) {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            other => {
+                if tries > 0 {
+                    tracing::debug!(tries, "the old connection's 4-tuple was still in use");
+                }
+                return other.map_err(TcpRepairError::sys(Step::Connect));
+            }
+        }
+    }
+}
+
 /// Choices of [`restore_with`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreOptions {
@@ -222,7 +243,7 @@ pub fn restore_with(
     select_queue(fd, sys::TCP_NO_QUEUE)?;
 
     sys::bind(fd, &cp.local).map_err(TcpRepairError::sys(Step::Bind))?;
-    sys::connect(fd, &cp.remote).map_err(TcpRepairError::sys(Step::Connect))?;
+    connect_repaired(fd, &cp.remote)?;
 
     let mut opts = vec![TcpRepairOpt {
         opt_code: sys::TCPOPT_MSS,

@@ -59,11 +59,17 @@ fn dirtying(dirty_mib: u32, rate: u32) -> GuestOptions {
 
 /// A steady viewer from the client host.
 async fn viewer(bed: &CoBed) -> anyhow::Result<SteadyViewer> {
-    Ok(SteadyViewer::connect_from(bed.testbed().client(), bed.service(), SteadyConfig::default()).await?)
+    Ok(SteadyViewer::connect_from(
+        bed.testbed().client(),
+        bed.service(),
+        SteadyConfig::default(),
+    )
+    .await?)
 }
 
 /// Stops the viewer, takes every report, and checks that every key and click arrived once,
-/// in order, over the one connection it opened.
+/// in order, over the one connection it opened. A loss is located: the first key the guest
+/// did not report in order, and when it was typed (ms after the first key).
 async fn check_nothing_lost(bed: &mut CoBed, viewer: SteadyViewer) -> anyhow::Result<()> {
     viewer.set_typing(false);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -80,7 +86,23 @@ async fn check_nothing_lost(bed: &mut CoBed, viewer: SteadyViewer) -> anyhow::Re
         clicks.1,
         log.connection_kept()
     );
-    ensure!(log.connection_kept(), "the viewer's connection dropped: {:?}", log.dropped);
+    if !keys.exact() {
+        let (sent, got) = (log.key_codes(), key_presses(&reports));
+        if let Some(i) = sent.iter().zip(&got).position(|(s, g)| s != g) {
+            let first = log.keys.first().map(|k| k.at);
+            let at = log
+                .keys
+                .get(i)
+                .zip(first)
+                .map(|(k, f)| k.at.duration_since(f));
+            println!("first key out of order: #{i} typed at {at:?} after the first");
+        }
+    }
+    ensure!(
+        log.connection_kept(),
+        "the viewer's connection dropped: {:?}",
+        log.dropped
+    );
     ensure!(keys.sent > 50, "the viewer typed: {keys:?}");
     ensure!(keys.exact(), "every key once, in order: {keys:?}");
     ensure!(clicks.0 == clicks.1, "every click once: {clicks:?}");
@@ -104,10 +126,27 @@ async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()>
     };
     let capture = Capture::start(bed.testbed().client(), "comigration", service)?;
     let viewer = viewer(&bed).await?;
+    let first_key = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
     for n in 1..=migrations() {
         let (from, to) = (bed.home(), bed.other());
+        let started = first_key.elapsed();
         let t = bed.migrate(false).await?;
+        let home = request(
+            bed.home_control().context("home console")?,
+            &Command::Status,
+        )
+        .await?;
+        if home["link_uncertain"] != 0 || home["link_dropped"] != 0 {
+            println!(
+                "migration {n}: console reports uncertain {} dropped {}",
+                home["link_uncertain"], home["link_dropped"]
+            );
+        }
+        println!(
+            "migration {n} ran from {started:?} to {:?} after the viewer connected",
+            first_key.elapsed()
+        );
         println!(
             "migration {n} {from:?}->{to:?}: VM downtime {:?} ms, freeze->takeover {:?}, state {:?} B",
             t.vm_downtime_ms, t.freeze_to_takeover, t.state_bytes
@@ -130,13 +169,15 @@ async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consecutive_comigrations_of_a_128_mib_guest_dirtying_memory_lose_nothing() -> anyhow::Result<()> {
+async fn consecutive_comigrations_of_a_128_mib_guest_dirtying_memory_lose_nothing(
+) -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     consecutive(128, dirtying(64, 64)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consecutive_comigrations_of_a_1_gib_guest_dirtying_memory_lose_nothing() -> anyhow::Result<()> {
+async fn consecutive_comigrations_of_a_1_gib_guest_dirtying_memory_lose_nothing(
+) -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     consecutive(1024, dirtying(256, 64)).await
 }
@@ -152,7 +193,11 @@ async fn driven_by_a_manager(events: &str) -> anyhow::Result<()> {
     for _ in 0..2 {
         bed.prepare_destination().await?;
         let plan = bed.plan(false)?;
-        request(&plan.source_console, &Command::Prepare(plan.dest_console_addr)).await?;
+        request(
+            &plan.source_console,
+            &Command::Prepare(plan.dest_console_addr),
+        )
+        .await?;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manager/qmp_migrate.py");
         let out = tokio::process::Command::new("python3")
             .arg(script)
@@ -164,7 +209,11 @@ async fn driven_by_a_manager(events: &str) -> anyhow::Result<()> {
             .output()
             .await?;
         print!("{}", String::from_utf8_lossy(&out.stdout));
-        ensure!(out.status.success(), "the manager script failed: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "the manager script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let serving = Command::Wait {
             phase: "Serving".into(),
             timeout: WAIT,
@@ -194,10 +243,20 @@ async fn vncdotool_types_through_a_comigration() -> anyhow::Result<()> {
     let Some(mut bed) = bed(128, GuestOptions::default()).await? else {
         return Ok(());
     };
-    let letters: Vec<String> = (0..60).map(|i| char::from(b'a' + (i % 26) as u8).to_string()).collect();
-    let mut args = vec!["-s".to_owned(), format!("{}::{}", bed.service().ip(), bed.service().port())];
+    let letters: Vec<String> = (0..60)
+        .map(|i| char::from(b'a' + (i % 26) as u8).to_string())
+        .collect();
+    let mut args = vec![
+        "-s".to_owned(),
+        format!("{}::{}", bed.service().ip(), bed.service().port()),
+    ];
     for l in &letters {
-        args.extend(["key".to_owned(), l.clone(), "pause".to_owned(), "0.04".to_owned()]);
+        args.extend([
+            "key".to_owned(),
+            l.clone(),
+            "pause".to_owned(),
+            "0.04".to_owned(),
+        ]);
     }
     let mut vncdo = bed.testbed().client().command("/opt/dmore-venv/bin/vncdo");
     vncdo.args(&args);
@@ -209,22 +268,33 @@ async fn vncdotool_types_through_a_comigration() -> anyhow::Result<()> {
     let (out, migrated) = tokio::join!(typing, migrating);
     let out = out.context("running vncdo (installed by .ci/setup)")?;
     migrated?;
-    ensure!(out.status.success(), "vncdo failed: {}", String::from_utf8_lossy(&out.stderr));
-    let reports = bed.collect_reports(Duration::from_millis(500), WAIT).await.to_vec();
+    ensure!(
+        out.status.success(),
+        "vncdo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports = bed
+        .collect_reports(Duration::from_millis(500), WAIT)
+        .await
+        .to_vec();
     let expected: Vec<u16> = letters
         .iter()
         .filter_map(|l| guest::keymap::scancode(l.chars().next()?).map(u16::from))
         .collect();
     let keys = tally(&expected, &key_presses(&reports));
     println!("vncdo: {keys:?}");
-    ensure!(keys.sent == 60 && keys.exact(), "every key once, in order: {keys:?}");
+    ensure!(
+        keys.sent == 60 && keys.exact(),
+        "every key once, in order: {keys:?}"
+    );
     Ok(())
 }
 
 /// Fault: the destination QEMU is killed while RAM is pre-copied. The migration fails, the
 /// session stays on the source (nothing lost), and a retried migration succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_destination_qemu_during_precopy_leaves_the_session_on_the_source() -> anyhow::Result<()> {
+async fn killing_the_destination_qemu_during_precopy_leaves_the_session_on_the_source(
+) -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let Some(mut bed) = bed(128, dirtying(64, 32)).await? else {
         return Ok(());
@@ -233,20 +303,31 @@ async fn killing_the_destination_qemu_during_precopy_leaves_the_session_on_the_s
     let source = bed.home_qemu().context("home QEMU")?.qmp().clone();
     // Slow enough that pre-copy lasts seconds: the kill lands in it.
     source
-        .execute("migrate-set-parameters", serde_json::json!({"max-bandwidth": 8 << 20}))
+        .execute(
+            "migrate-set-parameters",
+            serde_json::json!({"max-bandwidth": 8 << 20}),
+        )
         .await?;
     bed.prepare_destination().await?;
     let (dest_qemu, _) = bed.destination_pids().context("destination")?;
     let killer = async {
         loop {
-            let info = source.execute("query-migrate", serde_json::Value::Null).await?;
-            let sent = info.pointer("/ram/transferred").and_then(|v| v.as_u64()).unwrap_or(0);
+            let info = source
+                .execute("query-migrate", serde_json::Value::Null)
+                .await?;
+            let sent = info
+                .pointer("/ram/transferred")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0);
             if info.get("status").and_then(|s| s.as_str()) == Some("active") && sent > 4 << 20 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(dest_qemu as i32), nix::sys::signal::Signal::SIGKILL)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(dest_qemu as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
         println!("destination QEMU killed during pre-copy");
         anyhow::Ok(())
     };
@@ -256,9 +337,15 @@ async fn killing_the_destination_qemu_during_precopy_leaves_the_session_on_the_s
     println!("migration failed as it must: {err}");
     bed.abandon_destination();
     let status = request(bed.home_control().context("home")?, &Command::Status).await?;
-    ensure!(status["phase"] == "Serving" && status["viewers"] == 1, "the source serves: {status}");
+    ensure!(
+        status["phase"] == "Serving" && status["viewers"] == 1,
+        "the source serves: {status}"
+    );
     source
-        .execute("migrate-set-parameters", serde_json::json!({"max-bandwidth": 128 << 20}))
+        .execute(
+            "migrate-set-parameters",
+            serde_json::json!({"max-bandwidth": 128 << 20}),
+        )
         .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     bed.migrate(false).await?;
@@ -270,7 +357,8 @@ async fn killing_the_destination_qemu_during_precopy_leaves_the_session_on_the_s
 /// at pre-switchover). The VM switches anyway; a restarted destination console takes over
 /// from the source's checkpoint and the viewer's connection survives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_destination_console_takes_over_from_the_sources_checkpoint() -> anyhow::Result<()> {
+async fn a_restarted_destination_console_takes_over_from_the_sources_checkpoint(
+) -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let Some(mut bed) = bed(128, GuestOptions::default()).await? else {
         return Ok(());
@@ -279,7 +367,11 @@ async fn a_restarted_destination_console_takes_over_from_the_sources_checkpoint(
     tokio::time::sleep(Duration::from_millis(300)).await;
     bed.prepare_destination().await?;
     let plan = bed.plan(true)?;
-    request(&plan.source_console, &Command::Prepare(plan.dest_console_addr)).await?;
+    request(
+        &plan.source_console,
+        &Command::Prepare(plan.dest_console_addr),
+    )
+    .await?;
     request(&plan.source_console, &Command::MigrationStarted).await?;
     let (src, _src_events) = qmp::Connection::connect(&plan.source_qmp).await?;
     let (dst, _dst_events) = qmp::Connection::connect(&plan.dest_qmp).await?;
@@ -288,14 +380,20 @@ async fn a_restarted_destination_console_takes_over_from_the_sources_checkpoint(
         ..MigrationOptions::default()
     };
     let mut m = Migration::start(src.client(), dst.client(), &plan.incoming_uri, options).await?;
-    ensure!(m.run().await? == Phase::PreSwitchover, "held at pre-switchover");
+    ensure!(
+        m.run().await? == Phase::PreSwitchover,
+        "held at pre-switchover"
+    );
     let ready = Command::Wait {
         phase: "Ready".into(),
         timeout: WAIT,
     };
     request(&plan.dest_console, &ready).await?;
     let (_, dest_console) = bed.destination_pids().context("destination")?;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(dest_console as i32), nix::sys::signal::Signal::SIGKILL)?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dest_console as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
     println!("destination console killed with the snapshot in hand");
     m.proceed().await?;
     println!("VM switched: {:?}", m.report());
@@ -330,20 +428,38 @@ async fn a_key_held_across_the_switch_is_released_once() -> anyhow::Result<()> {
     .await?;
     let drain = tokio::spawn(async move { while reader.read_message().await.is_ok() {} });
     let a = 0x61;
-    writer.send_all(&[ClientMessage::KeyEvent { down: true, keysym: a }]).await?;
+    writer
+        .send_all(&[ClientMessage::KeyEvent {
+            down: true,
+            keysym: a,
+        }])
+        .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     bed.migrate(false).await?;
-    writer.send_all(&[ClientMessage::KeyEvent { down: false, keysym: a }]).await?;
-    let reports = bed.collect_reports(Duration::from_millis(700), WAIT).await.to_vec();
+    writer
+        .send_all(&[ClientMessage::KeyEvent {
+            down: false,
+            keysym: a,
+        }])
+        .await?;
+    let reports = bed
+        .collect_reports(Duration::from_millis(700), WAIT)
+        .await
+        .to_vec();
     drain.abort();
     let edges: Vec<bool> = reports
         .iter()
         .filter_map(|r| match r {
-            Report::Key { down, code: 0x1e, .. } => Some(*down),
+            Report::Key {
+                down, code: 0x1e, ..
+            } => Some(*down),
             _ => None,
         })
         .collect();
     println!("the guest saw 'a': {edges:?} (true = press)");
-    ensure!(edges == [true, false], "one press, then one release: {edges:?}");
+    ensure!(
+        edges == [true, false],
+        "one press, then one release: {edges:?}"
+    );
     Ok(())
 }

@@ -297,11 +297,17 @@ impl CoBed {
             return Err(CoBedError::Order("prepare_destination first"));
         };
         let host = self.testbed.host(dest.vm.role).clone();
-        let dir = dest.vm.control.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let dir = dest
+            .vm
+            .control
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
         let addr = dest.console_addr;
         // The dead console's socket file stays behind; the new one binds the same path.
         let _ = std::fs::remove_file(&dest.vm.control);
-        let console = self.spawn_console(&host, &dest.vm.qemu, &dir, &dest.vm.control, Some(addr))?;
+        let console =
+            self.spawn_console(&host, &dest.vm.qemu, &dir, &dest.vm.control, Some(addr))?;
         let Some(dest) = self.dest.as_mut() else {
             return Err(CoBedError::Order("prepare_destination first"));
         };

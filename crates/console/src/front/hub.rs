@@ -608,6 +608,7 @@ impl Hub {
             "link_fast_sent": link.map(|l| l.journal.fast_sent),
             "link_qmp_not_running": link.map(|l| l.journal.qmp_not_running),
             "link_uncertain": link.map(|l| l.journal.uncertain),
+            "link_dropped": link.map(|l| l.journal.dropped),
             "updates": link.map(|l| l.updates),
             "viewer_list": self.viewers.iter().map(|(id, s)| serde_json::json!({
                 "id": id.0,

@@ -103,6 +103,25 @@ async fn check_nothing_lost(bed: &mut CoBed, viewer: SteadyViewer) -> anyhow::Re
         "the viewer's connection dropped: {:?}",
         log.dropped
     );
+    if clicks.0 != clicks.1 {
+        let counts: Vec<u64> = reports
+            .iter()
+            .filter_map(|r| match r {
+                Report::Button { count, .. } => Some(*count),
+                _ => None,
+            })
+            .collect();
+        let gaps: Vec<(u64, u64)> = counts
+            .windows(2)
+            .filter(|w| w[1] != w[0] + 1)
+            .map(|w| (w[0], w[1]))
+            .collect();
+        println!(
+            "button events reported {} (the guest counted {:?}); jumps in its count: {gaps:?}",
+            counts.len(),
+            counts.last()
+        );
+    }
     ensure!(keys.sent > 50, "the viewer typed: {keys:?}");
     ensure!(keys.exact(), "every key once, in order: {keys:?}");
     ensure!(clicks.0 == clicks.1, "every click once: {clicks:?}");

@@ -423,6 +423,9 @@ impl CoBed {
                 "the old QEMU's serial port stayed open after its quit"
             );
         }
+        if let Some(tail) = old.qemu.serial().unterminated_tail() {
+            self.join_split_report(&tail).await;
+        }
         let status = wait_exit(&mut old.console.child, START_DEADLINE).await;
         match status {
             Some(status) if status.success() => {}
@@ -441,6 +444,29 @@ impl CoBed {
         }
         let _ = old.qemu.shutdown(Duration::from_secs(5)).await;
         Ok(())
+    }
+
+    /// The guest stopped for the switchover in the middle of printing a report: its start
+    /// (`tail`) came out of the old QEMU's serial port, the rest is the new home's first line.
+    async fn join_split_report(&mut self, tail: &str) {
+        let Some(home) = self.home.as_mut() else {
+            return;
+        };
+        let deadline = Instant::now() + DRAIN_DEADLINE;
+        let first = loop {
+            if let Some(first) = home.qemu.serial().lines().into_iter().next() {
+                break first;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(tail, "a report cut by the switchover was never completed");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        match guest::report::parse_line(&format!("{tail}{first}")) {
+            Ok(report) => self.reports.push(report),
+            Err(e) => tracing::warn!(tail, first, error = %e, "a report cut by the switchover"),
+        }
     }
 
     /// After a failed co-migration: kills the prepared destination; the VM stays home.

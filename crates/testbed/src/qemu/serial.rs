@@ -55,6 +55,7 @@ pub enum SerialError {
 pub struct Serial {
     rx: mpsc::UnboundedReceiver<Report>,
     log: Arc<Mutex<Vec<String>>>,
+    tail: Arc<Mutex<Option<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -63,8 +64,21 @@ impl Serial {
     pub(crate) fn start(stream: UnixStream) -> Serial {
         let (tx, rx) = mpsc::unbounded_channel();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(read_lines(stream, tx, Arc::clone(&log)));
-        Serial { rx, log, task }
+        let tail = Arc::new(Mutex::new(None));
+        let task = tokio::spawn(read_lines(stream, tx, Arc::clone(&log), Arc::clone(&tail)));
+        Serial {
+            rx,
+            log,
+            tail,
+            task,
+        }
+    }
+
+    /// The guest's last line, if the port closed in the middle of it. A live migration can
+    /// stop the guest between two bytes of a line: the rest is printed on the destination
+    /// QEMU's port, as its first line (see [`Serial::lines`]); join the two.
+    pub fn unterminated_tail(&self) -> Option<String> {
+        self.tail.lock().ok().and_then(|t| t.clone())
     }
 
     /// The next report, in the order the guest printed them; `None` once the port closed and
@@ -134,6 +148,7 @@ async fn read_lines(
     mut stream: UnixStream,
     tx: mpsc::UnboundedSender<Report>,
     log: Arc<Mutex<Vec<String>>>,
+    tail: Arc<Mutex<Option<String>>>,
 ) {
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = [0u8; 4096];
@@ -151,7 +166,9 @@ async fn read_lines(
         }
     }
     if !pending.is_empty() {
-        deliver(&mut pending, &tx, &log);
+        if let Ok(mut tail) = tail.lock() {
+            *tail = Some(String::from_utf8_lossy(&pending).into_owned());
+        }
     }
 }
 
@@ -173,5 +190,35 @@ fn deliver(pending: &mut Vec<u8>, tx: &mpsc::UnboundedSender<Report>, log: &Mute
     }
     if let Ok(report) = parsed {
         let _ = tx.send(report);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_line_cut_by_the_port_closing_is_kept_as_the_tail_not_dropped() {
+        let (mut guest, harness) = UnixStream::pair().unwrap();
+        let mut serial = Serial::start(harness);
+        guest.write_all(b"K 1 D 1e\nK 2 U").await.unwrap();
+        drop(guest);
+        let mut reports = Vec::new();
+        while let Some(r) = serial.recv().await {
+            reports.push(r);
+        }
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(serial.unterminated_tail().as_deref(), Some("K 2 U"));
+    }
+
+    #[tokio::test]
+    async fn a_port_closed_after_a_whole_line_has_no_tail() {
+        let (mut guest, harness) = UnixStream::pair().unwrap();
+        let mut serial = Serial::start(harness);
+        guest.write_all(b"K 1 D 1e\n").await.unwrap();
+        drop(guest);
+        while serial.recv().await.is_some() {}
+        assert_eq!(serial.unterminated_tail(), None);
     }
 }

@@ -3,6 +3,8 @@
 //! and decides everything; viewer tasks only move bytes (see the module docs of `front`).
 
 mod comigrate;
+mod freeze;
+mod viewers;
 
 use super::control_server::Request;
 use super::handover::{recv_handover, send_handover, HandedViewer, Handover, HandoverError};
@@ -14,6 +16,7 @@ use crate::journal::{InputEvent, ViewerId};
 use crate::screen::{Change, Screen, ScreenState};
 use crate::session::{Negotiated, Session, SessionOutput, SessionState};
 use crate::snapshot::ConsoleSnapshot;
+pub(super) use freeze::take_over;
 use rfb::framebuffer::{UpdateDecoder, UpdateEncoder};
 use rfb::{ClientMessage, PixelFormat, RectPayload, Rectangle, ServerInit, ServerMessage};
 use std::collections::{BTreeMap, VecDeque};
@@ -26,48 +29,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-
-/// Replies (fence answers, ...) queued for a viewer before the hub stops reading it.
-const MAX_REPLIES: usize = 16;
-/// Longest a handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest a freeze waits for the viewers' writers.
-const FREEZE_WAIT: Duration = Duration::from_secs(10);
-
-/// One viewer as the hub sees it.
-struct Slot {
-    session: Session,
-    peer: String,
-    from: mpsc::Receiver<FromViewer>,
-    to: mpsc::Sender<Vec<ServerMessage>>,
-    writer_idle: bool,
-    /// FramebufferUpdates handed to the writer (for status and tests).
-    updates_sent: u64,
-    replies: Vec<ServerMessage>,
-    /// Input the journal refused (full), in order; the viewer is not read meanwhile.
-    blocked: VecDeque<InputEvent>,
-    stop_reader: Option<oneshot::Sender<()>>,
-    reader: JoinHandle<ReaderParts>,
-    writer: JoinHandle<tokio::net::tcp::OwnedWriteHalf>,
-}
-
-impl Slot {
-    fn readable(&self) -> bool {
-        self.blocked.is_empty() && self.replies.len() < MAX_REPLIES
-    }
-
-    fn close(self) {
-        self.reader.abort();
-        self.writer.abort();
-    }
-}
-
-/// A finished handshake, from its task.
-struct Admission {
-    stream: TcpStream,
-    peer: String,
-    result: Result<viewer::Admitted, ViewerError>,
-}
+pub(super) use viewers::bind_viewers;
+use viewers::{next_message, Admission, Slot, MAX_REPLIES};
 
 pub(super) struct Hub {
     config: ConsoleConfig,
@@ -88,17 +51,6 @@ pub(super) struct Hub {
     admit_rx: mpsc::Receiver<Admission>,
     written_tx: mpsc::UnboundedSender<Written>,
     written_rx: mpsc::UnboundedReceiver<Written>,
-}
-
-/// Asks the console at `path` to freeze and receives its hand-over.
-pub(super) async fn take_over(path: &Path) -> Result<Handover, HandoverError> {
-    let mut sock = UnixStream::connect(path).await?;
-    sock.write_all(b"freeze\n").await?;
-    let mut sock = sock.into_std()?;
-    sock.set_nonblocking(false)?;
-    tokio::task::spawn_blocking(move || recv_handover(&mut sock))
-        .await
-        .map_err(|e| HandoverError::Io(std::io::Error::other(e)))?
 }
 
 impl Hub {
@@ -229,49 +181,6 @@ impl Hub {
         Ok(())
     }
 
-    fn add_viewer(&mut self, id: ViewerId, session: Session, stream: TcpStream, leftover: Vec<u8>) {
-        let peer = stream
-            .peer_addr()
-            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
-        let (from_tx, from) = mpsc::channel(FROM_VIEWER_QUEUE);
-        let (to, to_rx) = mpsc::channel(1);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let reader = tokio::spawn(viewer::reader(read, leftover, from_tx, stop_rx));
-        let writer = tokio::spawn(viewer::writer(id, write, to_rx, self.written_tx.clone()));
-        self.viewers.insert(
-            id,
-            Slot {
-                session,
-                peer,
-                from,
-                to,
-                writer_idle: true,
-                updates_sent: 0,
-                replies: Vec::new(),
-                blocked: VecDeque::new(),
-                stop_reader: Some(stop_tx),
-                reader,
-                writer,
-            },
-        );
-    }
-
-    fn close_viewer(&mut self, id: ViewerId, reason: &dyn std::fmt::Display) {
-        if let Some(slot) = self.viewers.remove(&id) {
-            tracing::info!(viewer = id.0, peer = %slot.peer, %reason, "viewer closed");
-            if !slot.blocked.is_empty() {
-                tracing::warn!(
-                    viewer = id.0,
-                    events = slot.blocked.len(),
-                    "closed viewer's refused input dropped"
-                );
-            }
-            slot.close();
-        }
-    }
-
     pub(super) async fn run(mut self) -> Result<Exit, ConsoleError> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|source| ConsoleError::Control {
@@ -339,171 +248,6 @@ impl Hub {
                     }
                 }
                 () = input.room(), if waiting => self.retry_blocked().await,
-            }
-        }
-    }
-
-    fn handshake(&self, mut stream: TcpStream, peer: String) {
-        let access = self.config.access.clone();
-        let init = ServerInit {
-            width: self.screen.width(),
-            height: self.screen.height(),
-            pixel_format: PixelFormat::RGBX32_LE,
-            name: self.config.name.clone(),
-        };
-        let admit = self.admit_tx.clone();
-        tokio::spawn(async move {
-            let result = tokio::time::timeout(
-                HANDSHAKE_TIMEOUT,
-                viewer::handshake(&mut stream, &access, init),
-            )
-            .await
-            .unwrap_or(Err(ViewerError::HandshakeTimeout));
-            let _ = admit
-                .send(Admission {
-                    stream,
-                    peer,
-                    result,
-                })
-                .await;
-        });
-    }
-
-    fn admitted(&mut self, a: Admission) {
-        let admitted = match a.result {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::info!(peer = %a.peer, reason = %error_chain(&e), "viewer refused");
-                return;
-            }
-        };
-        if !self.serves() {
-            tracing::info!(peer = %a.peer, "viewer refused: the console is moving with its VM");
-            return;
-        }
-        let id = ViewerId(self.next_id);
-        self.next_id = self.next_id.saturating_add(1);
-        if !admitted.done.shared {
-            let others: Vec<ViewerId> = self.viewers.keys().copied().collect();
-            for other in others {
-                self.close_viewer(other, &"a non-shared viewer connected");
-            }
-        }
-        let session = Session::new(
-            id,
-            Negotiated {
-                version: admitted.done.version,
-                shared: admitted.done.shared,
-                view_only: admitted.view_only,
-                width: self.screen.width(),
-                height: self.screen.height(),
-            },
-        );
-        tracing::info!(viewer = id.0, peer = %a.peer, view_only = admitted.view_only, "viewer connected");
-        self.add_viewer(id, session, a.stream, admitted.done.leftover);
-    }
-
-    fn written(&mut self, w: Written) {
-        match w.result {
-            Ok(()) => {
-                if let Some(slot) = self.viewers.get_mut(&w.viewer) {
-                    slot.writer_idle = true;
-                }
-            }
-            Err(e) => self.close_viewer(w.viewer, &format!("writing failed: {e}")),
-        }
-    }
-
-    /// Gives every idle writer its replies and, if due, the viewer's next update.
-    fn flush_writers(&mut self) {
-        let mut failed = Vec::new();
-        for (id, slot) in &mut self.viewers {
-            if !slot.writer_idle {
-                continue;
-            }
-            let mut batch = std::mem::take(&mut slot.replies);
-            if let Some(plan) = slot.session.poll_update(&self.screen) {
-                match slot.session.encode_update(&self.screen, &plan) {
-                    Ok(m) => {
-                        batch.push(m);
-                        slot.updates_sent += 1;
-                    }
-                    Err(e) => {
-                        failed.push((*id, error_chain(&e)));
-                        continue;
-                    }
-                }
-            }
-            if batch.is_empty() {
-                continue;
-            }
-            if slot.to.try_send(batch).is_ok() {
-                slot.writer_idle = false;
-            }
-        }
-        for (id, why) in failed {
-            self.close_viewer(id, &why);
-        }
-    }
-
-    async fn message(&mut self, id: ViewerId, m: ClientMessage) {
-        let Some(slot) = self.viewers.get_mut(&id) else {
-            return;
-        };
-        let outputs = match slot.session.handle_message(m) {
-            Ok(o) => o,
-            Err(e) => return self.close_viewer(id, &error_chain(&e)),
-        };
-        for out in outputs {
-            match out {
-                SessionOutput::Input(ev) => self.input(id, ev).await,
-                SessionOutput::Reply(r) => {
-                    if let Some(slot) = self.viewers.get_mut(&id) {
-                        slot.replies.push(r);
-                    }
-                }
-                SessionOutput::CutText(text) => {
-                    tracing::trace!(viewer = id.0, len = text.len(), "clipboard ignored");
-                }
-            }
-        }
-    }
-
-    /// One input event, in this viewer's order: behind its refused events, else into the
-    /// link (whose journal holds it while the VM is stopped).
-    async fn input(&mut self, id: ViewerId, ev: InputEvent) {
-        let blocked = self.viewers.get(&id).is_some_and(|s| !s.blocked.is_empty());
-        if blocked || !self.offer(id, ev).await {
-            if let Some(slot) = self.viewers.get_mut(&id) {
-                slot.blocked.push_back(ev);
-            }
-        }
-    }
-
-    /// Tries to journal an event; false if the journal is full.
-    async fn offer(&mut self, id: ViewerId, ev: InputEvent) -> bool {
-        match self.link.try_push(id, ev).await {
-            Ok(_) => true,
-            Err(PushError::Full(_)) => false,
-            // The link has ended; the event loop sees it next and exits.
-            Err(PushError::Closed) => true,
-        }
-    }
-
-    async fn retry_blocked(&mut self) {
-        let ids: Vec<ViewerId> = self.viewers.keys().copied().collect();
-        for id in ids {
-            while let Some(ev) = self
-                .viewers
-                .get(&id)
-                .and_then(|s| s.blocked.front().copied())
-            {
-                if !self.offer(id, ev).await {
-                    break;
-                }
-                if let Some(slot) = self.viewers.get_mut(&id) {
-                    slot.blocked.pop_front();
-                }
             }
         }
     }
@@ -647,137 +391,6 @@ impl Hub {
         tracing::error!(%reason, "console exiting");
         Err(ConsoleError::Link(Box::new(err)))
     }
-
-    /// Freezes the console into a hand-over (see `front`'s module docs for the steps).
-    async fn freeze(&mut self) -> Result<Handover, ConsoleError> {
-        tracing::info!(viewers = self.viewers.len(), "freezing");
-        // 1. Stop reading every viewer; keep what was read but not handled, in order.
-        let mut unread: BTreeMap<ViewerId, Vec<u8>> = BTreeMap::new();
-        let mut reads = BTreeMap::new();
-        for (id, slot) in &mut self.viewers {
-            if let Some(stop) = slot.stop_reader.take() {
-                let _ = stop.send(());
-            }
-            let parts = (&mut slot.reader).await;
-            let mut bytes = Vec::new();
-            while let Ok(FromViewer::Message(m)) = slot.from.try_recv() {
-                m.encode(&mut bytes);
-            }
-            if let Ok(parts) = parts {
-                if let Some(m) = &parts.unsent {
-                    m.encode(&mut bytes);
-                }
-                bytes.extend_from_slice(&parts.buffered);
-                reads.insert(*id, parts.read);
-            }
-            unread.insert(*id, bytes);
-        }
-        // 2. Freeze the link with the refused input: its journal is the snapshot's.
-        let mut extra = Vec::new();
-        for (id, slot) in &mut self.viewers {
-            extra.extend(slot.blocked.drain(..).map(|ev| (*id, ev)));
-        }
-        let journal = self
-            .link
-            .freeze_with(extra)
-            .await
-            .map_err(|e| ConsoleError::Link(Box::new(e)))?;
-        // 3. Wait for the writers to finish.
-        let deadline = Instant::now() + FREEZE_WAIT;
-        loop {
-            let busy = self
-                .viewers
-                .values()
-                .any(|s| !s.writer_idle || !s.replies.is_empty());
-            if !busy {
-                break;
-            }
-            if Instant::now() > deadline {
-                tracing::warn!("freeze: writers not settled; carried on");
-                break;
-            }
-            for slot in self.viewers.values_mut() {
-                if slot.writer_idle && !slot.replies.is_empty() {
-                    let batch = std::mem::take(&mut slot.replies);
-                    if slot.to.try_send(batch).is_ok() {
-                        slot.writer_idle = false;
-                    }
-                }
-            }
-            tokio::select! {
-                Some(w) = self.written_rx.recv() => self.written(w),
-                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
-            }
-        }
-        // 4. Snapshot, then reunite each socket.
-        let mut sessions = BTreeMap::new();
-        let mut viewers = Vec::new();
-        let slots = std::mem::take(&mut self.viewers);
-        for (id, mut slot) in slots {
-            sessions.insert(id, slot.session.freeze());
-            let Slot { to, writer, .. } = slot;
-            drop(to);
-            let write = match tokio::time::timeout(FREEZE_WAIT, writer).await {
-                Ok(Ok(w)) => w,
-                _ => {
-                    tracing::warn!(
-                        viewer = id.0,
-                        "writer did not finish: viewer not handed over"
-                    );
-                    sessions.remove(&id);
-                    continue;
-                }
-            };
-            let Some(read) = reads.remove(&id) else {
-                sessions.remove(&id);
-                continue;
-            };
-            match read.reunite(write).map(|s| s.into_std()) {
-                Ok(Ok(stream)) => viewers.push(HandedViewer {
-                    id,
-                    stream,
-                    unread: unread.remove(&id).unwrap_or_default(),
-                }),
-                _ => {
-                    sessions.remove(&id);
-                }
-            }
-        }
-        let held = journal.held();
-        let snapshot = ConsoleSnapshot {
-            journal,
-            screen: self.screen.freeze(),
-            sessions,
-        }
-        .encode()?;
-        tracing::info!(
-            bytes = snapshot.len(),
-            viewers = viewers.len(),
-            held,
-            "frozen"
-        );
-        Ok(Handover { snapshot, viewers })
-    }
-}
-
-/// Binds the viewers' listener. `IP_FREEBIND`: a destination console listens on the service
-/// address before its host owns it; `SO_REUSEADDR`: the restored viewer sockets share the port.
-pub(super) fn bind_viewers(addr: SocketAddr) -> Result<TcpListener, ConsoleError> {
-    let listen_err = |source| ConsoleError::Listen { addr, source };
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .map_err(listen_err)?;
-    socket.set_reuse_address(true).map_err(listen_err)?;
-    if addr.is_ipv4() {
-        socket.set_freebind(true).map_err(listen_err)?;
-    }
-    socket.set_nonblocking(true).map_err(listen_err)?;
-    socket.bind(&addr.into()).map_err(listen_err)?;
-    socket.listen(128).map_err(listen_err)?;
-    TcpListener::from_std(socket.into()).map_err(listen_err)
 }
 
 /// The next co-migration input, or never without co-migration.
@@ -786,35 +399,6 @@ async fn next_migration_input(mig: Option<&mut CoMigration>) -> super::migration
         Some(m) => m.next().await,
         None => std::future::pending().await,
     }
-}
-
-/// The next message from any viewer the hub is willing to read, fairly.
-async fn next_message(
-    viewers: &mut BTreeMap<ViewerId, Slot>,
-    rotate: &mut usize,
-) -> (ViewerId, FromViewer) {
-    poll_fn(|cx| {
-        let n = viewers.len();
-        if n == 0 {
-            return Poll::Pending;
-        }
-        let start = *rotate % n;
-        for k in 0..n {
-            let Some((id, slot)) = viewers.iter_mut().nth((start + k) % n) else {
-                continue;
-            };
-            if !slot.readable() {
-                continue;
-            }
-            if let Poll::Ready(m) = slot.from.poll_recv(cx) {
-                *rotate = rotate.wrapping_add(1);
-                let m = m.unwrap_or(FromViewer::Ended(ViewerError::Closed));
-                return Poll::Ready((*id, m));
-            }
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 /// An error and its sources on one line, for logs.

@@ -1,0 +1,130 @@
+//! Freezing the hub into a hand-over (local, or for a migration) and taking one over.
+
+use super::*;
+
+/// Longest a freeze waits for the viewers' writers.
+const FREEZE_WAIT: Duration = Duration::from_secs(10);
+
+/// Asks the console at `path` to freeze and receives its hand-over.
+pub(in crate::front) async fn take_over(path: &Path) -> Result<Handover, HandoverError> {
+    let mut sock = UnixStream::connect(path).await?;
+    sock.write_all(b"freeze\n").await?;
+    let mut sock = sock.into_std()?;
+    sock.set_nonblocking(false)?;
+    tokio::task::spawn_blocking(move || recv_handover(&mut sock))
+        .await
+        .map_err(|e| HandoverError::Io(std::io::Error::other(e)))?
+}
+
+impl Hub {
+    /// Freezes the console into a hand-over (see `front`'s module docs for the steps).
+    pub(super) async fn freeze(&mut self) -> Result<Handover, ConsoleError> {
+        tracing::info!(viewers = self.viewers.len(), "freezing");
+        // 1. Stop reading every viewer; keep what was read but not handled, in order.
+        let mut unread: BTreeMap<ViewerId, Vec<u8>> = BTreeMap::new();
+        let mut reads = BTreeMap::new();
+        for (id, slot) in &mut self.viewers {
+            if let Some(stop) = slot.stop_reader.take() {
+                let _ = stop.send(());
+            }
+            let parts = (&mut slot.reader).await;
+            let mut bytes = Vec::new();
+            while let Ok(FromViewer::Message(m)) = slot.from.try_recv() {
+                m.encode(&mut bytes);
+            }
+            if let Ok(parts) = parts {
+                if let Some(m) = &parts.unsent {
+                    m.encode(&mut bytes);
+                }
+                bytes.extend_from_slice(&parts.buffered);
+                reads.insert(*id, parts.read);
+            }
+            unread.insert(*id, bytes);
+        }
+        // 2. Freeze the link with the refused input: its journal is the snapshot's.
+        let mut extra = Vec::new();
+        for (id, slot) in &mut self.viewers {
+            extra.extend(slot.blocked.drain(..).map(|ev| (*id, ev)));
+        }
+        let journal = self
+            .link
+            .freeze_with(extra)
+            .await
+            .map_err(|e| ConsoleError::Link(Box::new(e)))?;
+        // 3. Wait for the writers to finish.
+        let deadline = Instant::now() + FREEZE_WAIT;
+        loop {
+            let busy = self
+                .viewers
+                .values()
+                .any(|s| !s.writer_idle || !s.replies.is_empty());
+            if !busy {
+                break;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!("freeze: writers not settled; carried on");
+                break;
+            }
+            for slot in self.viewers.values_mut() {
+                if slot.writer_idle && !slot.replies.is_empty() {
+                    let batch = std::mem::take(&mut slot.replies);
+                    if slot.to.try_send(batch).is_ok() {
+                        slot.writer_idle = false;
+                    }
+                }
+            }
+            tokio::select! {
+                Some(w) = self.written_rx.recv() => self.written(w),
+                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+            }
+        }
+        // 4. Snapshot, then reunite each socket.
+        let mut sessions = BTreeMap::new();
+        let mut viewers = Vec::new();
+        let slots = std::mem::take(&mut self.viewers);
+        for (id, mut slot) in slots {
+            sessions.insert(id, slot.session.freeze());
+            let Slot { to, writer, .. } = slot;
+            drop(to);
+            let write = match tokio::time::timeout(FREEZE_WAIT, writer).await {
+                Ok(Ok(w)) => w,
+                _ => {
+                    tracing::warn!(
+                        viewer = id.0,
+                        "writer did not finish: viewer not handed over"
+                    );
+                    sessions.remove(&id);
+                    continue;
+                }
+            };
+            let Some(read) = reads.remove(&id) else {
+                sessions.remove(&id);
+                continue;
+            };
+            match read.reunite(write).map(|s| s.into_std()) {
+                Ok(Ok(stream)) => viewers.push(HandedViewer {
+                    id,
+                    stream,
+                    unread: unread.remove(&id).unwrap_or_default(),
+                }),
+                _ => {
+                    sessions.remove(&id);
+                }
+            }
+        }
+        let held = journal.held();
+        let snapshot = ConsoleSnapshot {
+            journal,
+            screen: self.screen.freeze(),
+            sessions,
+        }
+        .encode()?;
+        tracing::info!(
+            bytes = snapshot.len(),
+            viewers = viewers.len(),
+            held,
+            "frozen"
+        );
+        Ok(Handover { snapshot, viewers })
+    }
+}

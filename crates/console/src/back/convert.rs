@@ -81,7 +81,8 @@ pub struct QmpBatch {
 /// `btn`. Motion follows the guest's `mouse`: `abs` x and y scaled to QEMU's 0..=0x7fff over
 /// the framebuffer `size` for an absolute device, `rel` deltas from `pointer` (the last
 /// position written to QEMU on either lane) for a relative one — QEMU refuses the whole batch
-/// if no device takes the type (DESIGN.md) — and nothing without a mouse.
+/// if no device takes the type (DESIGN.md) — and nothing without a mouse. A
+/// [`InputEvent::Resync`] is a zero motion in the same terms: `rel` x 0, or `abs` at `pointer`.
 pub fn qmp_events(
     entries: &[Entry],
     size: (u16, u16),
@@ -132,6 +133,26 @@ pub fn qmp_events(
                     }
                     pointer = (x, y);
                 }
+                Mouse::Missing => {}
+            },
+            // A zero motion, kept even though it moves nothing: QEMU syncs the mouse after
+            // the command (only a device that took an event is synced), and the PS/2 mouse
+            // then reports its buttons again (`Config::button_settle`).
+            InputEvent::Resync => match mouse {
+                Mouse::Absolute => {
+                    out.push(qmp::InputEvent::Abs {
+                        axis: qmp::InputAxis::X,
+                        value: scale(pointer.0, size.0),
+                    });
+                    out.push(qmp::InputEvent::Abs {
+                        axis: qmp::InputAxis::Y,
+                        value: scale(pointer.1, size.1),
+                    });
+                }
+                Mouse::Relative => out.push(qmp::InputEvent::Rel {
+                    axis: qmp::InputAxis::X,
+                    value: 0,
+                }),
                 Mouse::Missing => {}
             },
         }
@@ -335,6 +356,39 @@ mod tests {
             ]
         );
         assert_eq!(batch.pointer, (0, 65535));
+    }
+
+    #[test]
+    fn a_resync_survives_as_a_zero_motion_in_the_mouse_s_terms() {
+        let resync = Entry {
+            seq: None,
+            viewer: ViewerId(0),
+            event: InputEvent::Resync,
+        };
+        use qmp::InputAxis::{X, Y};
+        // After motion in the same batch: from where that motion left the pointer.
+        let rel_batch = qmp_events(
+            &[motion(110, 50), resync],
+            (720, 400),
+            Mouse::Relative,
+            (100, 50),
+        );
+        assert_eq!(rel_batch.events, vec![rel(X, 10), rel(X, 0)]);
+        assert_eq!(rel_batch.pointer, (110, 50));
+        let abs = qmp_events(&[resync], (720, 400), Mouse::Absolute, (719, 0));
+        assert_eq!(
+            abs.events,
+            vec![
+                qmp::InputEvent::Abs {
+                    axis: X,
+                    value: 0x7fff
+                },
+                qmp::InputEvent::Abs { axis: Y, value: 0 },
+            ]
+        );
+        assert_eq!(abs.pointer, (719, 0));
+        let none = qmp_events(&[resync], (720, 400), Mouse::Missing, (1, 2));
+        assert!(none.events.is_empty());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use super::Confirm;
 use super::{
     Action, BatchId, Control, Entry, FenceId, InFlight, InputEvent, Journal, Pending, PressLane,
-    ProbeId, SeqRange, Stage, VncEvent,
+    ProbeId, SeqRange, Stage, ViewerId, VncEvent,
 };
 use std::time::Instant;
 
@@ -26,6 +26,19 @@ impl Journal {
             return None;
         }
         let head = self.pending.front()?;
+        if self.needs_resync(&head.entry) {
+            if self.resync_due(head) > now {
+                return None;
+            }
+            let viewer = head.entry.viewer;
+            return if self.fast_open {
+                Some(self.send_resync_fast(now))
+            } else if self.qmp_ready() {
+                Some(self.send_resync_qmp(viewer, now))
+            } else {
+                None
+            };
+        }
         if self.due(head) > now {
             return None;
         }
@@ -50,7 +63,12 @@ impl Journal {
         } else {
             self.qmp_ready()
         };
-        lane_ready.then(|| self.due(head))
+        let due = if self.needs_resync(&head.entry) {
+            self.resync_due(head)
+        } else {
+            self.due(head)
+        };
+        lane_ready.then_some(due)
     }
 
     /// Fence and probe actions of the fast lane's confirmation.
@@ -98,21 +116,104 @@ impl Journal {
     }
 
     /// When `p` may be sent: motion at once; keys and buttons at least `min_interval` after the
-    /// previous key or button, and held ones replayed with their original gap (capped at
-    /// `max_gap`).
+    /// previous key or button (and after the latest re-sync), and held ones replayed with their
+    /// original gap (capped at `max_gap`).
     fn due(&self, p: &Pending) -> Instant {
         if p.entry.seq.is_none() {
             return p.available;
         }
-        let Some(last) = self.last_paced else {
-            return p.available;
-        };
-        let wait = if p.replay {
-            p.gap.min(self.config.max_gap).max(self.config.min_interval)
-        } else {
-            self.config.min_interval
-        };
-        last.checked_add(wait).unwrap_or(last).max(p.available)
+        let mut due = p.available;
+        if let Some(last) = self.last_paced {
+            let wait = if p.replay {
+                p.gap.min(self.config.max_gap).max(self.config.min_interval)
+            } else {
+                self.config.min_interval
+            };
+            due = due.max(last.checked_add(wait).unwrap_or(last));
+        }
+        if let Some(resync) = self.buttons.last_resync {
+            let after = resync.checked_add(self.config.min_interval);
+            due = due.max(after.unwrap_or(resync));
+        }
+        due
+    }
+
+    /// The RFB mask bit of the state-holding button `entry` presses or releases, else 0.
+    fn state_bit(entry: &Entry) -> u8 {
+        match entry.event {
+            InputEvent::Button { button, .. } if button.holds_state() => button.rfb_mask(),
+            _ => 0,
+        }
+    }
+
+    /// `entry` is an event of a button whose previous event QEMU may not have reported yet: a
+    /// re-sync goes first ([`Config::button_settle`](super::Config::button_settle)).
+    fn needs_resync(&self, entry: &Entry) -> bool {
+        Self::state_bit(entry) & self.buttons.unsynced != 0
+    }
+
+    /// When the re-sync before `head` may go: `button_settle` after the latest button event.
+    fn resync_due(&self, head: &Pending) -> Instant {
+        let settled = self
+            .buttons
+            .last_button
+            .and_then(|t| t.checked_add(self.config.button_settle));
+        settled.unwrap_or(head.available).max(head.available)
+    }
+
+    /// Remembers a state-holding button's event written to a lane (QEMU may not report it
+    /// before the next sync with room in its queue).
+    fn note_button(&mut self, entry: &Entry, now: Instant) {
+        let bit = Self::state_bit(entry);
+        if bit != 0 {
+            self.buttons.unsynced |= bit;
+            self.buttons.last_button = Some(now);
+        }
+    }
+
+    /// A re-sync goes to a lane now: every button's state is reported again.
+    fn note_resync(&mut self, now: Instant) {
+        self.buttons.unsynced = 0;
+        self.buttons.last_resync = Some(now);
+        tracing::trace!("pointer re-sync");
+    }
+
+    /// A re-sync on the fast lane: a PointerEvent where the pointer is, buttons unchanged
+    /// (QEMU's VNC server queues a zero motion and syncs).
+    fn send_resync_fast(&mut self, now: Instant) -> Action {
+        let (x, y) = self.pointer;
+        self.unfenced.dirty = true;
+        self.note_resync(now);
+        Action::Vnc {
+            events: vec![VncEvent::Pointer {
+                seq: None,
+                x,
+                y,
+                mask: self.vnc_mask,
+            }],
+        }
+    }
+
+    /// A re-sync on the QMP lane: a batch of its own, so the next event keeps its pacing.
+    fn send_resync_qmp(&mut self, viewer: ViewerId, now: Instant) -> Action {
+        let batch = BatchId(self.next_id());
+        let buttons_before = self.buttons;
+        self.note_resync(now);
+        self.stats.qmp_batches += 1;
+        self.qmp = Some(InFlight {
+            batch,
+            pending: Vec::new(),
+            resync: true,
+            buttons_before,
+        });
+        Action::Qmp {
+            batch,
+            events: vec![Entry {
+                seq: None,
+                viewer,
+                event: InputEvent::Resync,
+            }],
+        }
     }
 
     /// Takes the due events at the head for one lane write, keeping the batch limits. Always
@@ -120,16 +221,21 @@ impl Journal {
     fn take_due(&mut self, now: Instant, fast: bool) -> Vec<Pending> {
         let mut taken: Vec<Pending> = Vec::new();
         let mut paced = 0;
+        // Buttons this write changes: a second event of one needs a re-sync between.
+        let mut changed = self.buttons.unsynced;
         while let Some(p) = self.pending.front() {
             let seqd = p.entry.seq.is_some();
+            let bit = Self::state_bit(&p.entry);
             if !taken.is_empty()
                 && (taken.len() >= self.config.max_batch
                     || (seqd && paced >= self.config.max_paced_per_batch)
                     || self.due(p) > now
+                    || bit & changed != 0
                     || (fast && self.needs_qmp(&p.entry)))
             {
                 break;
             }
+            changed |= bit;
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
@@ -154,17 +260,20 @@ impl Journal {
                 self.stats.fast_sent += 1;
             }
             self.record_press(&entry, PressLane::Fast { epoch: self.epoch });
+            self.note_button(&entry, now);
             self.push_vnc(entry, &mut events);
         }
         Action::Vnc { events }
     }
 
     fn send_qmp(&mut self, now: Instant) -> Action {
+        let buttons_before = self.buttons;
         let taken = self.take_due(now, false);
         let batch = BatchId(self.next_id());
         let events: Vec<Entry> = taken.iter().map(|p| p.entry).collect();
         for entry in &events {
             self.record_press(entry, PressLane::Qmp);
+            self.note_button(entry, now);
             if let InputEvent::Motion { x, y } = entry.event {
                 self.pointer = (x, y);
             }
@@ -173,6 +282,8 @@ impl Journal {
         self.qmp = Some(InFlight {
             batch,
             pending: taken,
+            resync: false,
+            buttons_before,
         });
         Action::Qmp { batch, events }
     }
@@ -232,6 +343,13 @@ impl Journal {
                     mask: self.vnc_mask,
                 });
             }
+            // (Never queued: `send_resync_fast` writes it.)
+            (InputEvent::Resync, _) => out.push(VncEvent::Pointer {
+                seq: None,
+                x,
+                y,
+                mask: self.vnc_mask,
+            }),
             (InputEvent::Motion { x, y }, _) => {
                 self.pointer = (x, y);
                 out.push(VncEvent::Pointer {

@@ -63,6 +63,14 @@
 //! release goes on the fast lane only if its press went on the fast lane during the same open
 //! period (epoch); otherwise it goes through QMP, closing the fast lane first if need be.
 
+//!
+//! # Pointer buttons
+//! QEMU's PS/2 mouse reports button *state* only at an input sync with room in its queue, so
+//! a press undone (released) before such a sync never reaches the guest. The next event of a
+//! left, middle or right button therefore waits [`Config::button_settle`] after the previous
+//! one and follows a re-sync ([`InputEvent::Resync`], a zero motion on the lane that event
+//! takes; no [`Seq`], neither delivered nor uncertain), itself `min_interval` ahead of it.
+
 mod dispatch;
 mod replies;
 mod state;
@@ -105,7 +113,7 @@ impl Control {
                 scancode,
             } => Some((scancode.map_or(Control::Sym(keysym), Control::Code), down)),
             InputEvent::Button { down, button } => Some((Control::Button(button), down)),
-            InputEvent::Motion { .. } => None,
+            InputEvent::Motion { .. } | InputEvent::Resync => None,
         }
     }
 }
@@ -168,6 +176,24 @@ enum Stage {
 struct InFlight {
     batch: BatchId,
     pending: Vec<Pending>,
+    /// A re-sync batch (its `pending` is empty).
+    resync: bool,
+    /// The button bookkeeping before this batch went: back to it if QEMU did not take the
+    /// batch (nothing else goes out while it is in flight).
+    buttons_before: ButtonSync,
+}
+
+/// Which buttons' latest events QEMU may not have reported yet, and since when.
+#[derive(Debug, Clone, Copy, Default)]
+struct ButtonSync {
+    /// RFB mask bits of the state-holding buttons whose latest event went to a lane after the
+    /// latest re-sync: the next event of such a button waits for a re-sync
+    /// ([`Config::button_settle`]).
+    unsynced: u8,
+    /// When the latest event of a state-holding button went to a lane.
+    last_button: Option<Instant>,
+    /// When the latest re-sync went to a lane.
+    last_resync: Option<Instant>,
 }
 
 /// The input journal. See the module docs for the state machine and the call order.
@@ -198,6 +224,7 @@ pub struct Journal {
     vnc_mask: u8,
     /// The latest pointer position written to either lane.
     pointer: (u16, u16),
+    buttons: ButtonSync,
     uncertain: VecDeque<SeqRange>,
     stats: Stats,
 }
@@ -225,13 +252,14 @@ impl Journal {
             down: BTreeMap::new(),
             vnc_mask: 0,
             pointer: (0, 0),
+            buttons: ButtonSync::default(),
             uncertain: VecDeque::new(),
             stats: Stats::default(),
         }
     }
 
     /// Takes one viewer event. Keys and buttons get a [`Seq`]; motion (`Ok(None)`) replaces a
-    /// motion still waiting at the tail. Refuses key/button events while `max_held` are held:
+    /// motion still waiting at the tail. [`InputEvent::Resync`] is the journal's own: ignored. Refuses key/button events while `max_held` are held:
     /// the shell then stops reading from that viewer (TCP backpressure) and retries later.
     /// While delivery is frozen the bound is what [`Journal::restore`] accepts instead:
     /// `2 * max_held + 1` events of any kind, queued or in flight.
@@ -241,6 +269,9 @@ impl Journal {
         event: InputEvent,
         now: Instant,
     ) -> Result<Option<Seq>, JournalFull> {
+        if event == InputEvent::Resync {
+            return Ok(None);
+        }
         self.maybe_reopen();
         let entry = |seq| Entry { seq, viewer, event };
         if self.delivery_frozen && self.entries() >= self.restore_bound() {

@@ -32,10 +32,19 @@ impl Journal {
                 tracing::debug!(?batch, "VM not running; input held until RESUME");
                 self.stats.qmp_not_running += 1;
                 self.vm_running = false;
+                // None of its button events happened. A re-sync is not held: it is owed
+                // again, and made afresh before the button's event.
+                self.buttons = inflight.buttons_before;
                 self.hold_again(inflight.pending);
+            }
+            Outcome::Failed(reason) if inflight.resync => {
+                // Not owed again: QEMU would refuse it again and hold the button forever.
+                self.stats.qmp_failed += 1;
+                tracing::warn!(?batch, %reason, "QMP refused a pointer re-sync; going on without");
             }
             Outcome::Failed(reason) => {
                 self.stats.qmp_failed += 1;
+                self.buttons = inflight.buttons_before;
                 self.handle_refused(batch, inflight.pending, &reason);
             }
         }

@@ -1,7 +1,8 @@
 //! The journal's snapshot: everything that must cross to the destination console.
 
 use super::{
-    Config, Control, Entry, InputEvent, Journal, Pending, PressLane, Seq, SeqRange, Stats, ViewerId,
+    Button, Config, Control, Entry, InputEvent, Journal, Pending, PressLane, Seq, SeqRange, Stats,
+    ViewerId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -105,6 +106,7 @@ impl Journal {
         let held = self
             .pending
             .iter()
+            .filter(|p| p.entry.event != InputEvent::Resync)
             .map(|p| HeldEvent {
                 seq: p.entry.seq,
                 viewer: p.entry.viewer,
@@ -129,7 +131,11 @@ impl Journal {
             .collect();
         JournalState {
             version: STATE_VERSION,
-            config: self.config,
+            // What a decoded snapshot would hold (button_settle is not in the layout).
+            config: Config {
+                button_settle: Config::default().button_settle,
+                ..self.config
+            },
             next_seq: self.next_seq,
             held,
             down,
@@ -141,7 +147,11 @@ impl Journal {
 
     /// Takes over a snapshot (on the destination). The restored journal holds everything
     /// until [`Journal::handle_vm_resumed`], and releases every key or button that is down
-    /// through QMP: the destination's VNC server never saw those presses.
+    /// through QMP: the destination's VNC server never saw those presses. Every button counts
+    /// as not yet reported (the source may have written its last event just before the VM
+    /// stopped, into a full PS/2 queue that migrated): the next event of each comes after a
+    /// re-sync ([`Config::button_settle`]). The snapshot does not carry the settle time: the
+    /// restored journal uses the default.
     pub fn restore(state: JournalState, now: Instant) -> Result<Journal, RestoreError> {
         if state.version != STATE_VERSION {
             return Err(RestoreError::Version {
@@ -171,6 +181,10 @@ impl Journal {
             .map(|(c, _)| (*c, PressLane::Qmp))
             .collect::<BTreeMap<_, _>>();
         j.pointer = state.pointer;
+        j.buttons.unsynced = [Button::Left, Button::Middle, Button::Right]
+            .iter()
+            .fold(0, |mask, b| mask | b.rfb_mask());
+        j.buttons.last_button = Some(now);
         j.pending = state
             .held
             .iter()

@@ -57,9 +57,16 @@ impl Button {
             Button::WheelRight => 0x40,
         }
     }
+
+    /// Whether the guest's mouse keeps this button as state (left, middle, right), so that a
+    /// press undone before QEMU reports it is lost (see [`Config::button_settle`]). A wheel
+    /// "button" is a step of motion in QEMU's mice (`dz`), summed until reported: never lost.
+    pub fn holds_state(self) -> bool {
+        matches!(self, Button::Left | Button::Middle | Button::Right)
+    }
 }
 
-/// One viewer input event, as the console's front decoded it.
+/// One viewer input event, as the console's front decoded it — or a re-sync the journal makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InputEvent {
     /// A key press or release. `scancode` is QEMU's XT "qnum" from the QEMU extended key
@@ -87,6 +94,12 @@ pub enum InputEvent {
         /// Row.
         y: u16,
     },
+    /// Made by the journal only, never by a viewer ([`Journal::push`](super::Journal::push)
+    /// ignores it): have QEMU report the pointer device's current state again — a motion of
+    /// zero (`rel` 0 for a relative mouse, `abs` at the current position for an absolute one,
+    /// nothing without a mouse), which ends in an input sync, with buttons as they are. It
+    /// moves nothing and carries no [`Seq`]; see [`Config::button_settle`].
+    Resync,
 }
 
 /// An event in the journal: keys and buttons carry a [`Seq`], motion does not.
@@ -226,6 +239,35 @@ pub struct Config {
     pub max_batch: usize,
     /// Most key/button events held (queued or in flight on QMP); `push` refuses beyond it.
     pub max_held: usize,
+    /// How long after a pointer button's press (or release) the journal waits before the
+    /// next event of the same button, to send an [`InputEvent::Resync`] first (and that
+    /// event at least `min_interval` after it). Left, middle and right only
+    /// ([`Button::holds_state`]).
+    ///
+    /// Why: QEMU's PS/2 mouse (`hw/input/ps2.c`) keeps only the current button state and
+    /// reports it in packets (3 bytes here) at each input sync, while its 16-byte queue has
+    /// room; a large motion is cut into packets of at most ±127, so a move of ~600 px fills
+    /// the queue with 5 packets. A press that comes then changes the state but sends no
+    /// packet, and QEMU does not report again when room frees up: only at the next sync. If
+    /// that is the release, the guest never sees the press. Traced (QEMU 7.2, s): .7858 five
+    /// motion packets fill the queue; .7909 left down, no packet; the guest reads the queue
+    /// .7911–.7936; .7959 left up, packet "released": a click lost, about once in 400–1300
+    /// clicks that follow a far move. The re-sync after the settle time lets QEMU report the
+    /// press once the guest has read the queue; if the press was reported already, the guest
+    /// gets the same state again (packets carry state, not edges): no extra click. The same
+    /// holds for a release undone by the next press. QMP `input-send-event` and QEMU's VNC
+    /// PointerEvent both end in one sync, so both lanes need it.
+    ///
+    /// Not carried in a [`JournalState`](super::JournalState) (its layout stays that of
+    /// version 1): a restored journal uses the default.
+    #[serde(skip, default = "default_button_settle")]
+    pub button_settle: Duration,
+}
+
+/// [`Config::button_settle`]'s default: the guest read the full queue 5–8 ms after it filled
+/// in the trace; twice that.
+fn default_button_settle() -> Duration {
+    Duration::from_millis(15)
 }
 
 impl Default for Config {
@@ -236,6 +278,7 @@ impl Default for Config {
             max_paced_per_batch: 4,
             max_batch: 32,
             max_held: 4096,
+            button_settle: default_button_settle(),
         }
     }
 }

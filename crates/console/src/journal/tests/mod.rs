@@ -1,5 +1,6 @@
 //! Unit tests, one or more per rule of the journal, in simulated time.
 
+mod buttons;
 mod held;
 mod lanes;
 

@@ -1,0 +1,427 @@
+//! Rule 4: a pointer button's next event waits `button_settle` and a re-sync
+//! ([`Config::button_settle`]); keys and wheel steps do not.
+
+use super::*;
+use proptest::prelude::*;
+
+fn button(down: bool, button: Button) -> InputEvent {
+    InputEvent::Button { down, button }
+}
+
+/// What reached QEMU, in order: a key or button event (its seq and event), or a re-sync.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Got {
+    Event(u64, InputEvent, Instant),
+    Resync(Instant),
+}
+
+/// A shell that answers every fence, probe and batch at once: batches `Delivered` while the
+/// VM runs, `VmNotRunning` otherwise. Records what QEMU took.
+struct Shell {
+    j: Journal,
+    running: bool,
+    now: Instant,
+    events: BTreeMap<u64, InputEvent>,
+    got: Vec<Got>,
+}
+
+impl Shell {
+    fn new(config: Config) -> Self {
+        Shell {
+            j: Journal::new(config, true),
+            running: true,
+            now: at(0),
+            events: BTreeMap::new(),
+            got: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, event: InputEvent) {
+        if let Some(seq) = self.j.push(V, event, self.now).unwrap() {
+            self.events.insert(seq.0, event);
+        }
+    }
+
+    /// Executes every action due now.
+    fn pump(&mut self) {
+        let now = self.now;
+        loop {
+            let resyncs_before = self.j.buttons.last_resync;
+            let head = self.j.pending.front().map(|p| p.entry.event);
+            let Some(a) = self.j.poll_action(now) else {
+                break;
+            };
+            let resync = self.j.buttons.last_resync != resyncs_before;
+            if resync {
+                // Only ever right before an event of a state-holding button.
+                assert!(
+                    matches!(head, Some(InputEvent::Button { button, .. }) if button.holds_state()),
+                    "re-sync before {head:?}"
+                );
+            }
+            match a {
+                Action::Vnc { events } => {
+                    assert!(self.running, "fast lane written while stopped");
+                    if resync {
+                        assert!(matches!(events[..], [VncEvent::Pointer { seq: None, .. }]));
+                        self.got.push(Got::Resync(now));
+                    }
+                    for e in events {
+                        if let VncEvent::Key { seq, .. }
+                        | VncEvent::Pointer { seq: Some(seq), .. } = e
+                        {
+                            self.got.push(Got::Event(seq.0, self.events[&seq.0], now));
+                        }
+                    }
+                }
+                Action::Fence { fence } => self.j.handle_fence_answered(fence).unwrap(),
+                Action::Status { probe } => self.j.handle_status(probe, true, false).unwrap(),
+                Action::Qmp { batch, events } => {
+                    assert_eq!(resync, events.iter().any(|e| e.event == InputEvent::Resync));
+                    if self.running {
+                        for e in &events {
+                            match e.seq {
+                                Some(s) => self.got.push(Got::Event(s.0, e.event, now)),
+                                None if e.event == InputEvent::Resync => {
+                                    self.got.push(Got::Resync(now))
+                                }
+                                None => {}
+                            }
+                        }
+                        self.j.handle_qmp_reply(batch, Outcome::Delivered).unwrap();
+                    } else {
+                        self.j
+                            .handle_qmp_reply(batch, Outcome::VmNotRunning)
+                            .unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs until `until`, waking at each `poll_timeout`.
+    fn run_to(&mut self, until: Instant) {
+        self.pump();
+        while let Some(t) = self.j.poll_timeout() {
+            assert!(t > self.now, "poll_timeout must lie ahead");
+            if t > until {
+                break;
+            }
+            self.now = t;
+            self.pump();
+        }
+        self.now = self.now.max(until);
+        self.pump();
+    }
+
+    fn run_until_idle(&mut self) {
+        self.pump();
+        while let Some(t) = self.j.poll_timeout() {
+            assert!(t > self.now, "poll_timeout must lie ahead");
+            self.now = t;
+            self.pump();
+        }
+    }
+}
+
+/// Checks what QEMU took: every event exactly once, in order; between two events of one
+/// state-holding button, a re-sync at least `button_settle` after the first and at least
+/// `min_interval` before the second.
+fn check(got: &[Got], pushed: usize, config: &Config) {
+    let seqs: Vec<u64> = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Event(s, ..) => Some(*s),
+            Got::Resync(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=pushed as u64).collect::<Vec<_>>(),
+        "exactly once, in order"
+    );
+    let mut last: BTreeMap<Button, usize> = BTreeMap::new();
+    for (i, g) in got.iter().enumerate() {
+        let Got::Event(_, InputEvent::Button { button, .. }, t) = *g else {
+            continue;
+        };
+        if !button.holds_state() {
+            continue;
+        }
+        if let Some(&p) = last.get(&button) {
+            let Got::Event(_, _, t0) = got[p] else {
+                unreachable!()
+            };
+            let ok = got[p + 1..i].iter().any(|g| match *g {
+                Got::Resync(r) => r >= t0 + config.button_settle && t >= r + config.min_interval,
+                Got::Event(..) => false,
+            });
+            assert!(
+                ok,
+                "button event {i} at +{:?} after {p} at +{:?} without a settled re-sync: {got:?}",
+                t - at(0),
+                t0 - at(0)
+            );
+            assert!(t >= t0 + config.button_settle + config.min_interval);
+        }
+        last.insert(button, i);
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Key(u16, bool),
+    Btn(usize, bool),
+    Move(u16, u16),
+    Wait(u64),
+    MigStart,
+    MigEnd,
+    Stop,
+    Resume,
+}
+
+const BUTTONS: [Button; 3] = [Button::Left, Button::Right, Button::WheelUp];
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u16..3, any::<bool>()).prop_map(|(k, d)| Op::Key(k, d)),
+        6 => (0usize..3, any::<bool>()).prop_map(|(b, d)| Op::Btn(b, d)),
+        4 => (0u16..800, 0u16..600).prop_map(|(x, y)| Op::Move(x, y)),
+        6 => (0u64..30).prop_map(Op::Wait),
+        1 => Just(Op::MigStart),
+        1 => Just(Op::MigEnd),
+        1 => Just(Op::Stop),
+        1 => Just(Op::Resume),
+    ]
+}
+
+fn simulate(ops: &[Op], config: Config) -> Vec<Got> {
+    let mut s = Shell::new(config);
+    for op in ops {
+        match *op {
+            Op::Key(k, d) => s.push(key(d, k)),
+            Op::Btn(b, d) => s.push(button(d, BUTTONS[b])),
+            Op::Move(x, y) => s.push(InputEvent::Motion { x, y }),
+            Op::Wait(ms) => s.run_to(s.now + Duration::from_millis(ms)),
+            Op::MigStart => s.j.handle_migration_started(),
+            Op::MigEnd => s.j.handle_migration_ended(),
+            Op::Stop => {
+                s.running = false;
+                s.j.handle_vm_stopped();
+            }
+            Op::Resume => {
+                s.running = true;
+                s.j.handle_vm_resumed();
+            }
+        }
+        s.pump();
+    }
+    s.running = true;
+    s.j.handle_vm_resumed();
+    s.j.handle_migration_ended();
+    s.run_until_idle();
+    assert_eq!(s.j.stats().uncertain, 0);
+    check(&s.got, s.events.len(), &config);
+    s.got
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_button_s_next_event_waits_for_a_settled_resync(
+        ops in proptest::collection::vec(op(), 0..60),
+        settle in 0u64..40,
+    ) {
+        let config = Config {
+            button_settle: Duration::from_millis(settle),
+            ..Config::default()
+        };
+        let got = simulate(&ops, config);
+        let state_buttons = ops
+            .iter()
+            .any(|o| matches!(o, Op::Btn(b, _) if BUTTONS[*b].holds_state()));
+        if !state_buttons {
+            // Keys, motion and wheel steps alone: never a re-sync, nothing waits for one.
+            prop_assert!(!got.iter().any(|g| matches!(g, Got::Resync(_))));
+        }
+    }
+}
+
+#[test]
+fn keys_and_wheel_steps_go_at_the_pace_they_always_had() {
+    let mut s = Shell::new(Config::default());
+    for k in 0..3 {
+        s.push(key(true, k));
+        s.push(button(true, Button::WheelUp));
+        s.push(button(false, Button::WheelUp));
+        s.push(key(false, k));
+    }
+    s.run_until_idle();
+    let times: Vec<Duration> = s
+        .got
+        .iter()
+        .map(|g| match *g {
+            Got::Event(_, _, t) => t - at(0),
+            Got::Resync(_) => panic!("no re-sync for keys and wheels: {:?}", s.got),
+        })
+        .collect();
+    let paced: Vec<Duration> = (0..12).map(|i| Duration::from_millis(4 * i)).collect();
+    assert_eq!(times, paced);
+}
+
+#[test]
+fn a_fast_click_after_a_far_move_releases_after_a_resync_where_the_pointer_is() {
+    let mut j = Journal::new(Config::default(), true);
+    j.push(V, InputEvent::Motion { x: 10, y: 10 }, at(0))
+        .unwrap();
+    j.push(V, btn(true), at(0)).unwrap();
+    j.push(V, InputEvent::Motion { x: 610, y: 10 }, at(1))
+        .unwrap();
+    j.push(V, btn(false), at(1)).unwrap();
+    let Some(Action::Vnc { events }) = j.poll_action(at(1)) else {
+        panic!("expected Vnc")
+    };
+    assert_eq!(events.len(), 3, "motion, press, motion: {events:?}");
+    assert!(matches!(
+        events[1],
+        VncEvent::Pointer {
+            seq: Some(Seq(1)),
+            mask: 1,
+            ..
+        }
+    ));
+    let Some(Action::Fence { fence }) = j.poll_action(at(1)) else {
+        panic!("expected Fence")
+    };
+    assert_eq!(j.poll_action(at(14)), None, "the release waits");
+    assert_eq!(
+        j.poll_timeout(),
+        Some(at(16)),
+        "the press went at 1 ms; settle 15 ms"
+    );
+    j.handle_fence_answered(fence).unwrap();
+    let Some(Action::Status { probe }) = j.poll_action(at(16)) else {
+        panic!("expected Status")
+    };
+    j.handle_status(probe, true, false).unwrap();
+    assert_eq!(
+        j.poll_action(at(16)),
+        Some(Action::Vnc {
+            events: vec![VncEvent::Pointer {
+                seq: None,
+                x: 610,
+                y: 10,
+                mask: 1
+            }]
+        }),
+        "the re-sync: where the pointer is, the button still down"
+    );
+    assert_eq!(j.poll_action(at(19)), None);
+    assert_eq!(
+        j.poll_action(at(20)),
+        Some(Action::Vnc {
+            events: vec![VncEvent::Pointer {
+                seq: Some(Seq(2)),
+                x: 610,
+                y: 10,
+                mask: 0
+            }]
+        })
+    );
+}
+
+#[test]
+fn a_resync_on_qmp_is_owed_again_after_vm_not_running_and_skipped_when_refused() {
+    let mut j = Journal::new(Config::default(), true);
+    j.handle_migration_started();
+    j.push(V, btn(true), at(0)).unwrap();
+    j.push(V, btn(false), at(0)).unwrap();
+    let Some(Action::Qmp { batch, events }) = j.poll_action(at(0)) else {
+        panic!("expected Qmp")
+    };
+    assert_eq!(events.len(), 1, "the release is not in the press's batch");
+    j.handle_qmp_reply(batch, Outcome::Delivered).unwrap();
+    let Some(Action::Qmp { batch, events }) = j.poll_action(at(15)) else {
+        panic!("expected the re-sync")
+    };
+    assert_eq!(events[0].event, InputEvent::Resync);
+    assert_eq!(events[0].seq, None);
+    j.handle_qmp_reply(batch, Outcome::VmNotRunning).unwrap();
+    assert_eq!(j.held(), 1, "a re-sync is not held");
+    j.handle_vm_resumed();
+    let Some(Action::Qmp { batch, events }) = j.poll_action(at(30)) else {
+        panic!("expected the re-sync again")
+    };
+    assert_eq!(events[0].event, InputEvent::Resync);
+    j.handle_qmp_reply(batch, Outcome::Failed("no handler".into()))
+        .unwrap();
+    assert_eq!(
+        j.poll_action(at(33)),
+        None,
+        "min_interval after the re-sync"
+    );
+    let Some(Action::Qmp { batch, events }) = j.poll_action(at(34)) else {
+        panic!("the release goes without")
+    };
+    assert_eq!(events[0].seq, Some(Seq(2)));
+    j.handle_qmp_reply(batch, Outcome::Delivered).unwrap();
+    assert_eq!(j.stats().delivered, 2);
+    assert_eq!(j.stats().dropped, 0);
+    assert!(j.is_settled());
+}
+
+/// [`Config`] as `STATE_VERSION` 1 laid it out, before `button_settle`.
+#[derive(Serialize)]
+struct ConfigV1 {
+    min_interval: Duration,
+    max_gap: Duration,
+    max_paced_per_batch: usize,
+    max_batch: usize,
+    max_held: usize,
+}
+
+#[test]
+fn snapshots_keep_their_layout_and_a_restored_journal_resyncs_first() {
+    let config = Config {
+        max_held: 77,
+        button_settle: Duration::from_millis(30),
+        ..Config::default()
+    };
+    let v1 = ConfigV1 {
+        min_interval: config.min_interval,
+        max_gap: config.max_gap,
+        max_paced_per_batch: config.max_paced_per_batch,
+        max_batch: config.max_batch,
+        max_held: config.max_held,
+    };
+    assert_eq!(
+        postcard::to_allocvec(&config).unwrap(),
+        postcard::to_allocvec(&v1).unwrap(),
+        "Config's snapshot layout is version 1's"
+    );
+
+    let mut j = Journal::new(config, true);
+    j.push(V, btn(true), at(0)).unwrap();
+    run(&mut j, at(0));
+    j.handle_migration_started();
+    j.handle_vm_stopped();
+    j.push(V, btn(false), at(1)).unwrap();
+    run(&mut j, at(1));
+    let bytes = postcard::to_allocvec(&j.freeze()).unwrap();
+    let state: JournalState = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(state, j.freeze(), "round trip");
+    let mut d = Journal::restore(state, at(100)).unwrap();
+    assert_eq!(d.config().max_held, 77);
+    assert_eq!(d.config().button_settle, Config::default().button_settle);
+    d.handle_vm_resumed();
+    assert_eq!(d.poll_action(at(114)), None);
+    let Some(Action::Qmp { batch, events }) = d.poll_action(at(115)) else {
+        panic!("expected the re-sync, settle after the restore")
+    };
+    assert_eq!(events[0].event, InputEvent::Resync);
+    d.handle_qmp_reply(batch, Outcome::Delivered).unwrap();
+    let sent = run_until_idle(&mut d, at(115));
+    assert_eq!(lanes(&sent), [(Lane::Qmp, 2)]);
+    assert!(sent[0].2 >= at(119));
+}

@@ -151,6 +151,10 @@ async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()>
         let (from, to) = (bed.home(), bed.other());
         let started = first_key.elapsed();
         let t = bed.migrate(false).await?;
+        ensure!(
+            bed.service_is_on(to)? && !bed.service_is_on(from)?,
+            "migration {n}: the service address must be on {to:?} alone"
+        );
         let home = request(
             bed.home_control().context("home console")?,
             &Command::Status,

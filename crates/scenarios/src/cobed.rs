@@ -258,6 +258,11 @@ impl CoBed {
         SocketAddr::from((self.service.addr(), self.options.port))
     }
 
+    /// Whether the service address is on `role`'s host now (it must be on the VM's home only).
+    pub fn service_is_on(&self, role: Role) -> Result<bool, CoBedError> {
+        Ok(self.service.is_on(self.testbed.host(role))?)
+    }
+
     /// The host the VM and its console run on now.
     pub fn home(&self) -> Role {
         self.home.as_ref().map_or(Role::A, |vm| vm.role)

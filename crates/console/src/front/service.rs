@@ -95,7 +95,10 @@ mod netlink {
     const IFADDRMSG: usize = 8;
     const RTA_ADDR: usize = 8;
 
-    /// Sends `RTM_NEWADDR`/`RTM_DELADDR` for `addr`/32 on `interface` and waits for the ack.
+    /// Sends `RTM_NEWADDR` for `addr`/32, or `RTM_DELADDR` for `addr` whatever its prefix, on
+    /// `interface`, and waits for the ack. A delete names only the local address: with
+    /// `IFA_ADDRESS` too the kernel matches the prefix length as well, and an address added
+    /// as /24 by an operator would stay (both hosts would then answer for it).
     pub(super) fn address(kind: u16, interface: &str, addr: Ipv4Addr) -> io::Result<()> {
         let name = std::ffi::CString::new(interface)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -105,10 +108,13 @@ mod netlink {
             return Err(io::Error::last_os_error());
         }
         let mut flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-        if kind == libc::RTM_NEWADDR {
+        let attrs: &[u16] = if kind == libc::RTM_NEWADDR {
             flags |= (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
-        }
-        let total = NLMSG_HDR + IFADDRMSG + 2 * RTA_ADDR;
+            &[libc::IFA_LOCAL, libc::IFA_ADDRESS]
+        } else {
+            &[libc::IFA_LOCAL]
+        };
+        let total = NLMSG_HDR + IFADDRMSG + attrs.len() * RTA_ADDR;
         let mut msg = Vec::with_capacity(total);
         msg.extend_from_slice(&(total as u32).to_ne_bytes());
         msg.extend_from_slice(&kind.to_ne_bytes());
@@ -118,7 +124,7 @@ mod netlink {
                                                     // struct ifaddrmsg: family, prefix length, flags, scope, interface index.
         msg.extend_from_slice(&[libc::AF_INET as u8, 32, 0, libc::RT_SCOPE_UNIVERSE]);
         msg.extend_from_slice(&index.to_ne_bytes());
-        for attr in [libc::IFA_LOCAL, libc::IFA_ADDRESS] {
+        for attr in attrs {
             msg.extend_from_slice(&(RTA_ADDR as u16).to_ne_bytes());
             msg.extend_from_slice(&attr.to_ne_bytes());
             msg.extend_from_slice(&addr.octets());

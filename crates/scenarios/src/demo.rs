@@ -357,24 +357,38 @@ async fn scripted(
         tokio::task::spawn_blocking(move || Capture::start(&client, "demo", service_v4)).await??;
     let viewer =
         SteadyViewer::connect_from(bed.testbed().client(), bed.service(), options.steady).await?;
+    // The first row counts from the first key.
+    let mut row_start = Instant::now();
     tokio::time::sleep(options.settle).await;
     let mut report = DemoReport::default();
     let mut previous = Tally::default();
     let mut previous_clicks = 0usize;
-    let mut row_start = Instant::now();
     for n in 1..=options.migrations {
         let (from, to) = (bed.home(), bed.other());
         let started = Instant::now();
         let timeline = bed.migrate(options.hold_switchover).await?;
         let ended = Instant::now();
         tokio::time::sleep(options.settle).await;
-        let reports = bed
-            .collect_reports(Duration::from_millis(100), Duration::from_millis(300))
-            .await;
-        let log = viewer.snapshot();
+        // This row covers what was typed until now; the guest's reports of it are awaited
+        // (the viewer types on meanwhile, so "quiet" never comes): a key counts as lost only
+        // once a later one arrived.
         let now = Instant::now();
-        let keys = tally(&log.key_codes(), &key_presses(reports));
-        let clicks = left_clicks(reports);
+        let log = viewer.snapshot();
+        let typed = log.keys.iter().filter(|k| k.at < now).count();
+        let sent_codes: Vec<u16> = log.keys.iter().take(typed).map(|k| k.code).collect();
+        let clicked = log.clicks.iter().filter(|at| **at < now).count();
+        let deadline = Instant::now() + ROW_WAIT;
+        let reports = loop {
+            let reports = bed
+                .collect_reports(Duration::from_millis(50), Duration::from_millis(100))
+                .await;
+            if key_presses(reports).len() >= typed || Instant::now() >= deadline {
+                break reports;
+            }
+        };
+        let presses = key_presses(reports);
+        let keys = tally(&sent_codes, presses.get(..typed).unwrap_or(&presses));
+        let clicks = left_clicks(reports).min(clicked);
         let row = MigrationRow {
             n,
             from,
@@ -411,6 +425,9 @@ async fn scripted(
     report.local = log.local;
     Ok(report)
 }
+
+/// Longest a row waits for the guest to report what was typed before it.
+const ROW_WAIT: Duration = Duration::from_secs(3);
 
 /// The external-viewer part: migrate every few seconds until Ctrl-C, printing what the guest
 /// received in between.

@@ -224,10 +224,12 @@ impl SeqRange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
     /// Minimum time between two key or button events on either lane. QEMU's PS/2 keyboard
-    /// queue holds 16 bytes and a key event is at most 4 bytes in set 2: at 4 ms a guest that
-    /// drains even 1 byte per ms has emptied the queue before the next key, so the queue never
-    /// holds more than one key's bytes (4x headroom for drain jitter). 250 keys/s is still far
-    /// faster than any typist (typematic repeat is ≥ 30 ms per key).
+    /// queue holds 16 bytes and a key event is at most 4 bytes in set 2 (2 with the i8042's
+    /// translation, as guests run it): at 3 ms a guest that drains even 1 byte per ms keeps up
+    /// with every event, so the queue never holds more than a key's bytes. 3 ms rather than
+    /// more so that a steady 100 keys/s with 10 clicks/s (the demo's viewer) fits with room to
+    /// spare: 20 key events x 3 ms + a click (3 ms + `button_settle` + 3 ms) = 76 ms of every
+    /// 100 ms (at 4 ms and a 15 ms settle it was 103 ms: the journal fell behind the viewer).
     pub min_interval: Duration,
     /// Longest viewer gap kept when replaying held events; longer idle gaps shrink to this so
     /// the lag a pause causes drains away instead of persisting.
@@ -264,16 +266,17 @@ pub struct Config {
     pub button_settle: Duration,
 }
 
-/// [`Config::button_settle`]'s default: the guest read the full queue 5–8 ms after it filled
-/// in the trace; twice that.
+/// [`Config::button_settle`]'s default: in the trace the guest had read the full queue
+/// 2.7 ms after the press (5–8 ms after the motion that filled it); about 4x that, and short
+/// enough for the pacing budget of [`Config::min_interval`].
 fn default_button_settle() -> Duration {
-    Duration::from_millis(15)
+    Duration::from_millis(10)
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            min_interval: Duration::from_millis(4),
+            min_interval: Duration::from_millis(3),
             max_gap: Duration::from_millis(500),
             max_paced_per_batch: 4,
             max_batch: 32,

@@ -250,7 +250,7 @@ proptest! {
 
 #[test]
 fn keys_and_wheel_steps_go_at_the_pace_they_always_had() {
-    let mut s = Shell::new(Config::default());
+    let mut s = Shell::new(timing());
     for k in 0..3 {
         s.push(key(true, k));
         s.push(button(true, Button::WheelUp));
@@ -272,7 +272,7 @@ fn keys_and_wheel_steps_go_at_the_pace_they_always_had() {
 
 #[test]
 fn a_fast_click_after_a_far_move_releases_after_a_resync_where_the_pointer_is() {
-    let mut j = Journal::new(Config::default(), true);
+    let mut j = Journal::new(timing(), true);
     j.push(V, InputEvent::Motion { x: 10, y: 10 }, at(0))
         .unwrap();
     j.push(V, btn(true), at(0)).unwrap();
@@ -333,7 +333,7 @@ fn a_fast_click_after_a_far_move_releases_after_a_resync_where_the_pointer_is() 
 
 #[test]
 fn a_resync_on_qmp_is_owed_again_after_vm_not_running_and_skipped_when_refused() {
-    let mut j = Journal::new(Config::default(), true);
+    let mut j = Journal::new(timing(), true);
     j.handle_migration_started();
     j.push(V, btn(true), at(0)).unwrap();
     j.push(V, btn(false), at(0)).unwrap();
@@ -415,13 +415,23 @@ fn snapshots_keep_their_layout_and_a_restored_journal_resyncs_first() {
     assert_eq!(d.config().max_held, 77);
     assert_eq!(d.config().button_settle, Config::default().button_settle);
     d.handle_vm_resumed();
-    assert_eq!(d.poll_action(at(114)), None);
-    let Some(Action::Qmp { batch, events }) = d.poll_action(at(115)) else {
+    let settled = 100 + Config::default().button_settle.as_millis() as u64;
+    assert_eq!(d.poll_action(at(settled - 1)), None);
+    let Some(Action::Qmp { batch, events }) = d.poll_action(at(settled)) else {
         panic!("expected the re-sync, settle after the restore")
     };
     assert_eq!(events[0].event, InputEvent::Resync);
     d.handle_qmp_reply(batch, Outcome::Delivered).unwrap();
-    let sent = run_until_idle(&mut d, at(115));
+    let sent = run_until_idle(&mut d, at(settled));
     assert_eq!(lanes(&sent), [(Lane::Qmp, 2)]);
-    assert!(sent[0].2 >= at(119));
+    assert!(sent[0].2 >= at(settled) + d.config().min_interval);
+}
+
+/// The timings these tests' figures were written for: 4 ms pacing, a 15 ms settle.
+fn timing() -> Config {
+    Config {
+        min_interval: Duration::from_millis(4),
+        button_settle: Duration::from_millis(15),
+        ..Config::default()
+    }
 }

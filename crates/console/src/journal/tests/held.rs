@@ -77,7 +77,11 @@ fn an_event_refused_twice_is_dropped_and_later_input_flows() {
 
 #[test]
 fn held_events_keep_viewer_gaps_but_never_faster_than_min_interval() {
-    let mut j = Journal::new(Config::default(), false);
+    let config = Config {
+        min_interval: Duration::from_millis(4),
+        ..Config::default()
+    };
+    let mut j = Journal::new(config, false);
     for (i, t) in [(0, 0), (1, 1), (2, 100), (3, 5000)] {
         j.push(V, key(true, i), at(t)).unwrap();
     }

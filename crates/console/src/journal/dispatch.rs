@@ -82,6 +82,16 @@ impl Journal {
                 Some(Action::Status { probe })
             }
             Some(_) => None,
+            None if self.recheck_run_state => {
+                self.recheck_run_state = false;
+                let probe = ProbeId(self.next_id());
+                self.confirm = Some(Confirm {
+                    range: None,
+                    stop_seen: false,
+                    stage: Stage::Probe(probe),
+                });
+                Some(Action::Status { probe })
+            }
             // While open, only key/button events need confirming; closing needs everything
             // (motion included) proven handled before the QMP lane may follow.
             None if self.unfenced.dirty && (!self.fast_open || self.unfenced.range.is_some()) => {

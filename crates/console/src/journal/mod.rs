@@ -206,6 +206,8 @@ pub struct Journal {
     migrating: bool,
     /// [`Journal::freeze_delivery`] was called and not yet thawed.
     delivery_frozen: bool,
+    /// A migration ended: the run state is asked again before the fast lane reopens.
+    recheck_run_state: bool,
     pending: VecDeque<Pending>,
     /// Key/button entries in `pending`.
     pending_seqd: usize,
@@ -239,6 +241,7 @@ impl Journal {
             vm_running,
             migrating: false,
             delivery_frozen: false,
+            recheck_run_state: false,
             pending: VecDeque::new(),
             pending_seqd: 0,
             last_push: None,
@@ -358,9 +361,14 @@ impl Journal {
         self.close_fast("migration started");
     }
 
-    /// The migration ended here (failed or cancelled: the source carries on).
+    /// The migration ended here (failed or cancelled: the source carries on). The fast lane
+    /// reopens only after a `query-status` asked from now on says the VM runs: a `STOP` may
+    /// still be on its way (the migration failed after the switchover's stop, or dmore's own
+    /// orchestrator said so before QEMU's events arrived), and a key written to QEMU's VNC
+    /// while the VM is stopped is dropped there. QEMU answers the probe after any such `STOP`.
     pub fn handle_migration_ended(&mut self) {
         self.migrating = false;
+        self.recheck_run_state = true;
         self.maybe_reopen();
     }
 
@@ -461,6 +469,7 @@ impl Journal {
     fn maybe_reopen(&mut self) {
         if !self.fast_open
             && !self.delivery_frozen
+            && !self.recheck_run_state
             && self.vm_running
             && !self.migrating
             && self.pending.is_empty()

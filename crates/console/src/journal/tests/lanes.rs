@@ -58,7 +58,7 @@ fn migration_fences_fast_lane_and_qmp_waits_for_the_fence() {
     j.handle_qmp_reply(batch, Outcome::Delivered).unwrap();
     assert_eq!(j.stats().delivered, 2);
     assert!(!j.fast_lane_open(), "no fast lane during a migration");
-    j.handle_migration_ended();
+    end_migration(&mut j, at(20));
     assert!(j.fast_lane_open());
 }
 
@@ -160,7 +160,7 @@ fn release_goes_on_its_press_lane_or_through_qmp_after_a_fence() {
     j.push(V, key(true, 1), at(100)).unwrap();
     assert_eq!(lanes(&run(&mut j, at(100))), [(Lane::Fast, 3)]);
     j.handle_migration_started();
-    j.handle_migration_ended();
+    end_migration(&mut j, at(100));
     assert!(j.fast_lane_open(), "reopened: nothing held");
     j.push(V, key(false, 1), at(110)).unwrap();
     j.push(V, key(true, 2), at(120)).unwrap();
@@ -196,7 +196,7 @@ fn button_released_through_qmp_is_cleared_before_its_next_fast_press() {
     j.handle_migration_started();
     j.push(V, btn(false), at(10)).unwrap();
     assert_eq!(lanes(&run_until_idle(&mut j, at(10))), [(Lane::Qmp, 2)]);
-    j.handle_migration_ended();
+    end_migration(&mut j, at(100));
     j.push(V, btn(true), at(100)).unwrap();
     // The release went through QMP after its re-sync; the press waits for one too (fast lane
     // now, buttons as QEMU's VNC server knows them: no change for it).
@@ -268,4 +268,38 @@ fn short_unannounced_pause_makes_every_unconfirmed_fast_event_uncertain() {
     j.handle_status(probe, true, false).unwrap();
     assert_eq!(j.stats().uncertain, 2);
     assert_eq!(j.stats().delivered, 0);
+}
+
+/// The migration ends; the fast lane stays closed until a `query-status` asked from then on
+/// says the VM runs (a `STOP` may still be on its way).
+fn end_migration(j: &mut Journal, now: Instant) {
+    j.handle_migration_ended();
+    assert!(
+        !j.fast_lane_open(),
+        "not before the run state is asked again"
+    );
+    let Some(Action::Status { probe }) = j.poll_action(now) else {
+        panic!("expected the run-state probe")
+    };
+    j.handle_status(probe, true, false).unwrap();
+}
+
+#[test]
+fn a_stop_still_on_its_way_when_the_migration_ends_keeps_the_fast_lane_closed() {
+    let mut j = Journal::new(Config::default(), true);
+    j.handle_migration_started();
+    j.handle_migration_ended();
+    let Some(Action::Status { probe }) = j.poll_action(at(0)) else {
+        panic!("expected the run-state probe")
+    };
+    // QEMU sends the STOP before its reply to a later query-status.
+    j.handle_vm_stopped();
+    j.handle_status(probe, false, true).unwrap();
+    assert!(!j.fast_lane_open(), "the VM is stopped");
+    j.push(V, key(true, 0), at(1)).unwrap();
+    assert!(
+        !matches!(j.poll_action(at(1)), Some(Action::Vnc { .. })),
+        "nothing into QEMU's VNC, which drops input while the VM is stopped"
+    );
+    assert_eq!(j.held(), 1, "held until the VM runs");
 }

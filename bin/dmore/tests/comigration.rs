@@ -426,7 +426,14 @@ async fn a_restarted_destination_console_takes_over_from_the_sources_checkpoint(
         phase: "Serving".into(),
         timeout: WAIT,
     };
-    request(&plan.dest_console, &serving).await?;
+    if let Err(e) = request(&plan.dest_console, &serving).await {
+        let log = |path: &Path| std::fs::read_to_string(path.with_file_name("console.stderr"));
+        bail!(
+            "{e}\nsource console:\n{}\nrestarted destination console:\n{}",
+            log(&plan.source_console).unwrap_or_default(),
+            log(&plan.dest_console).unwrap_or_default()
+        );
+    }
     println!("the restarted destination console serves the session");
     src.client().quit().await.ok();
     drop((src, dst));

@@ -327,6 +327,13 @@ impl CoMigration {
         if !outgoing && !incoming {
             return MigrationInput::Nothing;
         }
+        if let PeerEvent::Refused(why) = &event {
+            // Still trying (the phase machine's Connect lasts until the peer answers); a
+            // `prepare` waiting learns why now rather than after its timeout.
+            tracing::warn!(%why, "the destination console refused the connection; retrying");
+            self.answer_prepare(Err(why.clone()));
+            return MigrationInput::Nothing;
+        }
         if let PeerEvent::Lost(why) = &event {
             tracing::warn!(%why, outgoing, "connection to the other console lost");
             if outgoing {
@@ -339,12 +346,14 @@ impl CoMigration {
             match &event {
                 PeerEvent::Connected => self.answer_prepare(Ok(())),
                 PeerEvent::Lost(why) => self.answer_prepare(Err(why.clone())),
-                PeerEvent::Received(_) => {}
+                PeerEvent::Received(_) | PeerEvent::Refused(_) => {}
             }
         }
         let routed = |e: PeerEvent| match e {
             PeerEvent::Connected => (SourceEvent::PeerConnected, DestinationEvent::PeerConnected),
-            PeerEvent::Lost(_) => (SourceEvent::PeerLost, DestinationEvent::PeerLost),
+            PeerEvent::Lost(_) | PeerEvent::Refused(_) => {
+                (SourceEvent::PeerLost, DestinationEvent::PeerLost)
+            }
             PeerEvent::Received(m) => (
                 SourceEvent::Received(m.clone()),
                 DestinationEvent::Received(m),

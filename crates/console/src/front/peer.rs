@@ -51,6 +51,9 @@ pub(super) enum PeerEvent {
     Received(Message),
     /// The connection ended (closed, failed, or refused by the protocol).
     Lost(String),
+    /// An attempt to reach the destination console failed during the Hellos; the source
+    /// tries again.
+    Refused(String),
 }
 
 /// One live (or connecting) connection, as the hub holds it.
@@ -61,7 +64,10 @@ pub(super) struct Peer {
 }
 
 impl Peer {
-    /// Connects to a destination console at `addr`, retrying until it answers.
+    /// Connects to a destination console at `addr`, retrying until it answers and the Hellos
+    /// are exchanged (the phase machines' `Connect`: "until it answers"). A refused attempt
+    /// (wrong key, another VM, a console that died during the Hellos) is reported as
+    /// [`PeerEvent::Refused`] and retried.
     pub(super) fn connect(
         addr: SocketAddr,
         key: PeerKey,
@@ -70,16 +76,25 @@ impl Peer {
     ) -> Peer {
         let (to, from_hub) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
-            let stream = loop {
-                match TcpStream::connect(addr).await {
-                    Ok(s) => break s,
+            loop {
+                let mut stream = match TcpStream::connect(addr).await {
+                    Ok(s) => s,
                     Err(e) => {
                         tracing::debug!(%addr, error = %e, "destination console not reachable yet");
                         tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                };
+                match handshake(&mut stream, Role::Source, key.clone()).await {
+                    Ok(codec) => {
+                        return serve(stream, codec, generation, &events, from_hub).await;
+                    }
+                    Err(why) => {
+                        let _ = events.send((generation, PeerEvent::Refused(why)));
+                        tokio::time::sleep(RETRY).await;
                     }
                 }
-            };
-            run(stream, Role::Source, key, generation, events, from_hub).await;
+            }
         });
         Peer {
             generation,
@@ -96,14 +111,15 @@ impl Peer {
         events: mpsc::UnboundedSender<(u64, PeerEvent)>,
     ) -> Peer {
         let (to, from_hub) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(
-            stream,
-            Role::Destination,
-            key,
-            generation,
-            events,
-            from_hub,
-        ));
+        let task = tokio::spawn(async move {
+            let mut stream = stream;
+            match handshake(&mut stream, Role::Destination, key).await {
+                Ok(codec) => serve(stream, codec, generation, &events, from_hub).await,
+                Err(why) => {
+                    let _ = events.send((generation, PeerEvent::Lost(why)));
+                }
+            }
+        });
         Peer {
             generation,
             to,
@@ -128,21 +144,16 @@ impl Drop for Peer {
     }
 }
 
-async fn run(
+/// Runs a connection whose Hellos are exchanged until it ends.
+async fn serve(
     mut stream: TcpStream,
-    role: Role,
-    key: PeerKey,
+    mut codec: Codec,
     generation: u64,
-    events: mpsc::UnboundedSender<(u64, PeerEvent)>,
+    events: &mpsc::UnboundedSender<(u64, PeerEvent)>,
     mut from_hub: mpsc::UnboundedReceiver<Message>,
 ) {
     let report = |e: PeerEvent| {
         let _ = events.send((generation, e));
-    };
-    let _ = stream.set_nodelay(true);
-    let mut codec = match handshake(&mut stream, role, key).await {
-        Ok(c) => c,
-        Err(why) => return report(PeerEvent::Lost(why)),
     };
     report(PeerEvent::Connected);
     if let Err(e) = drain(&mut codec, &report) {
@@ -181,6 +192,7 @@ async fn run(
 
 /// Exchanges Hellos; the codec is then ready for messages.
 async fn handshake(stream: &mut TcpStream, role: Role, key: PeerKey) -> Result<Codec, String> {
+    let _ = stream.set_nodelay(true);
     let nonce: [u8; migrate::protocol::NONCE_LEN] = rand::random();
     let mut codec =
         Codec::new(Config::new(role, key.psk, key.vm_id), nonce).map_err(|e| e.to_string())?;

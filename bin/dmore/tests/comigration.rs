@@ -493,3 +493,47 @@ async fn a_key_held_across_the_switch_is_released_once() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The command line: `dmore migrate` moves the VM and its console (the viewer keeps typing) and
+/// prints the timeline; `--hold-switchover` and `--events off` as an operator would give them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dmore_migrate_moves_the_vm_and_its_console_and_prints_the_timeline() -> anyhow::Result<()>
+{
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(mut bed) = bed(128, GuestOptions::default()).await? else {
+        return Ok(());
+    };
+    let viewer = viewer(&bed).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bed.prepare_destination().await?;
+    let plan = bed.plan(true)?;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dmore"))
+        .arg("migrate")
+        .arg("--source-qmp")
+        .arg(&plan.source_qmp)
+        .arg("--dest-qmp")
+        .arg(&plan.dest_qmp)
+        .args(["--incoming-uri", &plan.incoming_uri])
+        .arg("--source-console")
+        .arg(&plan.source_console)
+        .arg("--dest-console")
+        .arg(&plan.dest_console)
+        .args(["--dest-console-addr", &plan.dest_console_addr.to_string()])
+        .args(["--hold-switchover", "--events", "off"])
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    ensure!(
+        out.status.success(),
+        "dmore migrate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for figure in ["VM downtime", "freeze -> takeover", "viewers moved"] {
+        ensure!(stdout.contains(figure), "the timeline shows {figure:?}");
+    }
+    bed.finish().await?;
+    // Typing goes on after the move, into the destination.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    check_nothing_lost(&mut bed, viewer).await
+}

@@ -318,3 +318,35 @@ proptest! {
         }
     }
 }
+
+/// Found by `zrle_round_trips`: with this rectangle the deflate output filled up exactly as
+/// the input ran out, and the rectangle's last bytes (the sync flush) never left the encoder.
+#[test]
+fn zrle_sends_every_byte_when_the_output_fills_as_the_input_ends() {
+    let f = PixelFormat {
+        bits_per_pixel: 32,
+        depth: 1,
+        big_endian: false,
+        true_colour: true,
+        red_max: 1023,
+        green_max: 15,
+        blue_max: 8191,
+        red_shift: 5,
+        green_shift: 28,
+        blue_shift: 15,
+    };
+    let tr = Translator::new(f).unwrap();
+    let rect = RectSpec {
+        w: 163,
+        h: 139,
+        kind: 0,
+        colours: 19,
+        seed: 11063672144058278482,
+    };
+    zrle_trip(
+        &mut ZrleEncoder::new(ZrleEncoder::DEFAULT_LEVEL),
+        &mut ZrleDecoder::new(),
+        &tr,
+        &rect,
+    );
+}

@@ -71,6 +71,17 @@ async fn viewer(bed: &CoBed) -> anyhow::Result<SteadyViewer> {
 /// in order, over the one connection it opened. A loss is located: the first key the guest
 /// did not report in order, and when it was typed (ms after the first key).
 async fn check_nothing_lost(bed: &mut CoBed, viewer: SteadyViewer) -> anyhow::Result<()> {
+    check_lost_at_most(bed, viewer, 0).await
+}
+
+/// [`check_nothing_lost`], but up to `unannounced` keys may be missing: keys on QEMU's VNC
+/// (the fast lane) when an unannounced switchover stops the VM, which QEMU drops and the console
+/// reports as uncertain (see the events-off manager test).
+async fn check_lost_at_most(
+    bed: &mut CoBed,
+    viewer: SteadyViewer,
+    unannounced: usize,
+) -> anyhow::Result<()> {
     viewer.set_typing(false);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let reports = bed
@@ -123,7 +134,14 @@ async fn check_nothing_lost(bed: &mut CoBed, viewer: SteadyViewer) -> anyhow::Re
         );
     }
     ensure!(keys.sent > 50, "the viewer typed: {keys:?}");
-    ensure!(keys.exact(), "every key once, in order: {keys:?}");
+    let missing = keys.lost_with_pending();
+    ensure!(
+        missing <= unannounced
+            && keys.duplicated == 0
+            && keys.reordered == 0
+            && keys.unexpected == 0,
+        "every key once, in order ({unannounced} may be lost at unannounced switchovers): {keys:?}"
+    );
     ensure!(clicks.0 == clicks.1, "every click once: {clicks:?}");
     Ok(())
 }
@@ -208,12 +226,13 @@ async fn consecutive_comigrations_of_a_1_gib_guest_dirtying_memory_lose_nothing(
 /// A manager's migration: the consoles are told where to go (as a libvirt hook would), and
 /// a plain-QMP script, knowing nothing of dmore, migrates the VM.
 async fn driven_by_a_manager(events: &str) -> anyhow::Result<()> {
+    const MOVES: usize = 2;
     let Some(mut bed) = bed(128, GuestOptions::default()).await? else {
         return Ok(());
     };
     let viewer = viewer(&bed).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for _ in 0..2 {
+    for _ in 0..MOVES {
         bed.prepare_destination().await?;
         let plan = bed.plan(false)?;
         request(
@@ -244,7 +263,11 @@ async fn driven_by_a_manager(events: &str) -> anyhow::Result<()> {
         request(&plan.dest_console, &serving).await?;
         bed.finish().await?;
     }
-    check_nothing_lost(&mut bed, viewer).await
+    // With `events` off nothing announces the migration to the console: the switchover's STOP
+    // is its first sign, and a key on the fast lane at that instant can be dropped by QEMU
+    // (reported uncertain). Measured: 1 of 101 keys in one CI run. With events on, none.
+    let unannounced = if events == "off" { MOVES } else { 0 };
+    check_lost_at_most(&mut bed, viewer, unannounced).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,14 +39,7 @@ async fn bed(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<Option<CoBe
     let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
     options.memory_mib = memory_mib;
     options.guest = guest;
-    match CoBed::start(options).await {
-        Ok(bed) => Ok(Some(bed)),
-        Err(e) if e.needs_namespaces() => {
-            println!("skipped: co-migration needs root (network namespaces, TCP_REPAIR)");
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
+    Ok(CoBed::start_or_skip(options).await?)
 }
 
 fn dirtying(dirty_mib: u32, rate: u32) -> GuestOptions {

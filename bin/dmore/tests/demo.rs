@@ -12,14 +12,7 @@ use scenarios::steady::{tally, SteadyConfig, SteadyViewer};
 
 /// The bed, or `None` (with a note) where the testbed fell back to loopback (not root).
 async fn bed() -> anyhow::Result<Option<CoBed>> {
-    match CoBed::start(CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"))).await {
-        Ok(bed) => Ok(Some(bed)),
-        Err(e) if e.needs_namespaces() => {
-            println!("skipped: the co-migration bed needs root (network namespaces, TCP_REPAIR)");
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
+    Ok(CoBed::start_or_skip(CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"))).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

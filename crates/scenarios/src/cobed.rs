@@ -248,6 +248,19 @@ impl CoBed {
         Ok(bed)
     }
 
+    /// [`CoBed::start`], or `None` with a note on stdout where the bed cannot be made here
+    /// (not root: no network namespaces, no `TCP_REPAIR`), so tests skip rather than fail.
+    pub async fn start_or_skip(options: CoBedOptions) -> Result<Option<CoBed>, CoBedError> {
+        match CoBed::start(options).await {
+            Ok(bed) => Ok(Some(bed)),
+            Err(e) if e.needs_namespaces() => {
+                println!("skipped: co-migration needs root (network namespaces, TCP_REPAIR)");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The hosts.
     pub fn testbed(&self) -> &Testbed {
         &self.testbed

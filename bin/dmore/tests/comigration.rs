@@ -8,7 +8,7 @@
 //!   answers `pre-switchover` itself), with the `events` capability on and off;
 //! - an unmodified viewer, vncdotool, typing through a co-migration;
 //! - faults (SIGKILL): the destination QEMU during RAM pre-copy; the destination console
-//!   after it received the snapshot;
+//!   after it received the snapshot; a takeover failing late (QEMU's VNC unreachable);
 //! - a key held down across the switch is released once.
 //!
 //! Skipped (with a note) where network namespaces cannot be made (not root).
@@ -450,6 +450,68 @@ async fn a_restarted_destination_console_takes_over_from_the_sources_checkpoint(
             log(&plan.dest_console).unwrap_or_default()
         );
     }
+    println!("the restarted destination console serves the session");
+    src.client().quit().await.ok();
+    drop((src, dst));
+    bed.finish().await?;
+    check_nothing_lost(&mut bed, viewer).await
+}
+
+/// Fault: the destination console's takeover fails late — its VM runs, the snapshot is in, and
+/// QEMU's VNC socket cannot be reached (hidden for the test). The console must fail before it
+/// restores a viewer socket: the connections stay with the source's checkpoint, and a console
+/// restarted once the socket is back takes over with nothing lost and no reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_that_fails_late_leaves_the_session_to_a_restarted_console() -> anyhow::Result<()>
+{
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(mut bed) = bed(128, GuestOptions::default()).await? else {
+        return Ok(());
+    };
+    let viewer = viewer(&bed).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bed.prepare_destination().await?;
+    let plan = bed.plan(false)?;
+    request(
+        &plan.source_console,
+        &Command::Prepare(plan.dest_console_addr),
+    )
+    .await?;
+    request(&plan.source_console, &Command::MigrationStarted).await?;
+    let vnc = bed
+        .destination_qemu()
+        .context("destination")?
+        .vnc_path()
+        .to_path_buf();
+    let hidden = vnc.with_extension("hidden");
+    std::fs::rename(&vnc, &hidden)?;
+    let (src, _src_events) = qmp::Connection::connect(&plan.source_qmp).await?;
+    let (dst, _dst_events) = qmp::Connection::connect(&plan.dest_qmp).await?;
+    let mut m = Migration::start(
+        src.client(),
+        dst.client(),
+        &plan.incoming_uri,
+        MigrationOptions::default(),
+    )
+    .await?;
+    ensure!(m.run().await? == Phase::Completed, "the VM switched");
+    let (status, stderr) = bed
+        .destination_console_exit(WAIT)
+        .await
+        .context("the destination console did not fail without QEMU's VNC socket")?;
+    println!("destination console failed as it must ({status}):\n{stderr}");
+    ensure!(!status.success(), "it exits non-zero");
+    ensure!(
+        stderr.contains(&vnc.display().to_string()),
+        "its error names the VNC socket it could not reach"
+    );
+    std::fs::rename(&hidden, &vnc)?;
+    bed.restart_destination_console().await?;
+    let serving = Command::Wait {
+        phase: "Serving".into(),
+        timeout: WAIT,
+    };
+    request(&plan.dest_console, &serving).await?;
     println!("the restarted destination console serves the session");
     src.client().quit().await.ok();
     drop((src, dst));

@@ -308,6 +308,25 @@ impl CoBed {
         self.home.as_ref().map(|vm| &vm.qemu)
     }
 
+    /// The prepared destination's QEMU (e.g. to make its sockets unreachable for a while).
+    pub fn destination_qemu(&self) -> Option<&Qemu> {
+        self.dest.as_ref().map(|d| &d.vm.qemu)
+    }
+
+    /// Waits up to `within` for the prepared destination's console to exit, and returns its
+    /// status and what it wrote to stderr; `None` if it still runs.
+    pub async fn destination_console_exit(
+        &mut self,
+        within: Duration,
+    ) -> Option<(ExitStatus, String)> {
+        let console = &mut self.dest.as_mut()?.vm.console;
+        let status = wait_exit(&mut console.child, within).await?;
+        Some((
+            status,
+            std::fs::read_to_string(&console.stderr).unwrap_or_default(),
+        ))
+    }
+
     /// Starts the prepared destination's console again, with the same addresses (after it
     /// died), and waits until it answers on its control socket.
     pub async fn restart_destination_console(&mut self) -> Result<(), CoBedError> {

@@ -8,7 +8,7 @@ mod viewers;
 
 use super::control_server::Request;
 use super::handover::{recv_handover, send_handover, HandedViewer, Handover, HandoverError};
-use super::migration::CoMigration;
+use super::migration::{self, CoMigration, MovedSession};
 use super::viewer::{self, FromViewer, ReaderParts, ViewerError, Written, FROM_VIEWER_QUEUE};
 use super::{ConsoleConfig, ConsoleError, Exit};
 use crate::back::{LinkError, LinkEvent, LinkEvents, LinkInput, PushError, QemuLink};
@@ -53,31 +53,61 @@ pub(super) struct Hub {
     written_rx: mpsc::UnboundedReceiver<Written>,
 }
 
+/// A session the console starts from instead of a fresh one.
+pub(super) enum Taken {
+    /// A local console's hand-over (`--restore-from`): its sockets are live.
+    Local(Handover),
+    /// A session that moved here with its VM: its sockets are checkpoints, restored only once
+    /// nothing else can fail (a restored socket dropped would end the viewer's connection).
+    Moved(MovedSession),
+}
+
+impl Taken {
+    fn snapshot(&self) -> &[u8] {
+        match self {
+            Taken::Local(h) => &h.snapshot,
+            Taken::Moved(m) => &m.console,
+        }
+    }
+}
+
 impl Hub {
+    /// Attaches to QEMU and starts serving: fresh, or from a taken session.
+    ///
+    /// Everything that can fail (decoding the snapshot, attaching to QEMU, restoring the screen
+    /// and the sessions, binding facts) runs before a moved session's sockets are restored: a
+    /// failure before then leaves the viewers' connections to the source's checkpoint, which a
+    /// restarted destination console takes over (the source keeps it until `TakenOver`).
     pub(super) async fn start(
         mut config: ConsoleConfig,
-        taken: Option<Handover>,
+        taken: Option<Taken>,
         listener: TcpListener,
         requests: mpsc::Receiver<Request>,
         mig: Option<CoMigration>,
     ) -> Result<Hub, ConsoleError> {
-        // A hand-over's journal starts the link: one journal, carried whole.
-        let taken = match taken {
-            Some(h) => {
+        // A taken session's journal starts the link: one journal, carried whole.
+        let restored = match &taken {
+            Some(t) => {
                 let ConsoleSnapshot {
                     journal,
                     screen,
                     sessions,
-                } = ConsoleSnapshot::decode(&h.snapshot)?;
+                } = ConsoleSnapshot::decode(t.snapshot())?;
                 tracing::info!(
                     held = journal.held(),
                     "taking over the frozen input journal"
                 );
                 config.link.restore = Some(journal);
-                Some((screen, sessions, h.viewers))
+                Some((screen, sessions))
             }
             None => None,
         };
+        let local = listener
+            .local_addr()
+            .map_err(|source| ConsoleError::Listen {
+                addr: config.listen,
+                source,
+            })?;
         let (link, events) = QemuLink::connect(config.link.clone())
             .await
             .map_err(|source| match source {
@@ -87,12 +117,6 @@ impl Hub {
                     qmp: config.link.qmp_socket.display().to_string(),
                     source: Box::new(source),
                 },
-            })?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| ConsoleError::Listen {
-                addr: config.listen,
-                source,
             })?;
         let (admit_tx, admit_rx) = mpsc::channel(16);
         let (written_tx, written_rx) = mpsc::unbounded_channel();
@@ -115,9 +139,16 @@ impl Hub {
             written_tx,
             written_rx,
         };
-        match taken {
-            Some((screen, sessions, viewers)) => hub.restore(screen, sessions, viewers)?,
-            None => hub.fill_screen().await?,
+        match (taken, restored) {
+            (Some(taken), Some((screen, sessions))) => {
+                let sessions = hub.restore_sessions(screen, sessions)?;
+                let handed = match taken {
+                    Taken::Local(h) => h.viewers,
+                    Taken::Moved(moved) => hub.restore_moved_sockets(moved)?,
+                };
+                hub.attach_viewers(sessions, handed);
+            }
+            _ => hub.fill_screen().await?,
         }
         // The one line a supervisor or test reads to learn the bound port.
         println!("dmore console: listening on {local}");
@@ -139,17 +170,58 @@ impl Hub {
         Ok(())
     }
 
-    fn restore(
+    /// The screen cache and the viewers' sessions from a snapshot (nothing attached yet).
+    fn restore_sessions(
         &mut self,
         screen: ScreenState,
         states: BTreeMap<ViewerId, SessionState>,
-        handed: Vec<HandedViewer>,
-    ) -> Result<(), ConsoleError> {
-        self.screen = Screen::restore(screen)?;
+    ) -> Result<BTreeMap<ViewerId, Session>, ConsoleError> {
+        let screen = Screen::restore(screen)?;
         let mut sessions = BTreeMap::new();
         for (id, state) in states {
             sessions.insert(id, Session::restore(state)?);
         }
+        self.screen = screen;
+        Ok(sessions)
+    }
+
+    /// Restores a moved session's sockets here and takes the service address: the last step
+    /// of a takeover that can fail. If the address cannot be taken, the restored sockets are
+    /// closed silently and the error returned: the connections stay with the source's
+    /// checkpoint for a restarted console.
+    fn restore_moved_sockets(
+        &mut self,
+        moved: MovedSession,
+    ) -> Result<Vec<HandedViewer>, ConsoleError> {
+        let handed = migration::restore_sockets(moved.viewers);
+        if let Some(service) = self.mig.as_ref().and_then(|m| m.service.as_ref()) {
+            if let Err(e) = service.add() {
+                migration::abandon_sockets(handed);
+                return Err(e.into());
+            }
+            tracing::debug!("service address added");
+            // Best effort: without the announcement the viewers find the address here once
+            // their neighbour entry for it goes stale.
+            match service.announce() {
+                Ok(_) => tracing::debug!("service address announced"),
+                Err(e) => tracing::warn!(error = %error_chain(&e),
+                    "the service address could not be announced: viewers find it here late"),
+            }
+        }
+        tracing::info!(
+            viewers = handed.len(),
+            "viewer connections restored here; taking over"
+        );
+        Ok(handed)
+    }
+
+    /// Serves the handed connections with their restored sessions. Cannot fail: a connection
+    /// without a session, or whose socket tokio cannot take, is closed and logged.
+    fn attach_viewers(
+        &mut self,
+        mut sessions: BTreeMap<ViewerId, Session>,
+        handed: Vec<HandedViewer>,
+    ) {
         for HandedViewer { id, stream, unread } in handed {
             let Some(session) = sessions.remove(&id) else {
                 tracing::warn!(
@@ -178,7 +250,6 @@ impl Hub {
             viewers = self.viewers.len(),
             "console restored from a hand-over; the link holds its input until the VM runs"
         );
-        Ok(())
     }
 
     pub(super) async fn run(mut self) -> Result<Exit, ConsoleError> {

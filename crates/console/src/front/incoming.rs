@@ -1,6 +1,7 @@
 //! A destination console (`--incoming ADDR`) before it serves: it waits for the source
-//! console's snapshot and for its own VM to run, whichever comes first, then restores the
-//! viewers' connections here, takes the service address, and hands the session to the hub.
+//! console's snapshot and for its own VM to run, whichever comes first, and hands the session
+//! to the hub, which restores the viewers' connections and takes the service address only once
+//! nothing else can fail (see `Hub::start`).
 //!
 //! It watches its VM on the console's own QMP monitor (`RESUME`, or `running` at start: a
 //! console restarted after the switchover) and lets go of that monitor before the hub's link
@@ -12,17 +13,16 @@ use migrate::protocol::Message;
 use tokio::sync::mpsc;
 
 use super::control_server::Request;
-use super::handover::Handover;
-use super::migration::{self, CoMigration, MigrationInput, MovedSession};
+use super::migration::{CoMigration, MigrationInput, MovedSession};
 use super::ConsoleError;
 use crate::control;
 
-/// Waits for the session; returns it with the sockets restored and the address taken.
+/// Waits for the session; returns it as it came (nothing restored yet).
 pub(super) async fn arrive(
     qmp_socket: &std::path::Path,
     mig: &mut CoMigration,
     requests: &mut mpsc::Receiver<Request>,
-) -> Result<Handover, ConsoleError> {
+) -> Result<MovedSession, ConsoleError> {
     let watch_err = |source: qmp::Error| ConsoleError::Watch {
         path: qmp_socket.to_path_buf(),
         source,
@@ -43,11 +43,11 @@ pub(super) async fn arrive(
     loop {
         for event in pending.drain(..) {
             for action in mig.step_destination(event) {
-                if let Some(handover) = act(mig, action).await? {
+                if let Some(moved) = act(mig, action)? {
                     if let Err(e) = qmp.close().await {
                         tracing::debug!(error = %e, "closing the watch monitor");
                     }
-                    return Ok(handover);
+                    return Ok(moved);
                 }
             }
         }
@@ -70,10 +70,10 @@ pub(super) async fn arrive(
 }
 
 /// Performs one action; `Restore` ends the wait with the session.
-async fn act(
+fn act(
     mig: &mut CoMigration,
     action: DestinationAction,
-) -> Result<Option<Handover>, ConsoleError> {
+) -> Result<Option<MovedSession>, ConsoleError> {
     match action {
         DestinationAction::KeepPrecopy { offset, bytes } => {
             tracing::debug!(
@@ -93,18 +93,11 @@ async fn act(
             mig.record.snapshot_bytes = u64::try_from(snapshot.len()).ok();
             mig.record.viewers_moved = u64::try_from(moved.viewers.len()).ok();
             mig.record.frozen_at_us = Some(moved.frozen_at_us);
-            let handover = migration::restore(moved);
-            if let Some(service) = &mig.service {
-                service.add()?;
-                tracing::debug!("service address added");
-                service.announce()?;
-                tracing::debug!("service address announced");
-            }
             tracing::info!(
-                viewers = handover.viewers.len(),
-                "viewer connections restored here; taking over"
+                viewers = moved.viewers.len(),
+                "the session is here and the VM runs: taking over"
             );
-            return Ok(Some(handover));
+            return Ok(Some(moved));
         }
     }
     Ok(None)

@@ -174,15 +174,17 @@ pub(super) fn checkpoint(handover: Handover, frozen_at_us: u64, relay: Option<Re
     }
 }
 
-/// Restores a moved session's sockets on this host (before the service address is here) and
-/// returns the hand-over the hub starts from. A socket that cannot be restored is left out
-/// (logged): the others still move.
-pub(super) fn restore(moved: MovedSession) -> Handover {
-    let mut viewers = Vec::new();
-    for v in moved.viewers {
+/// Restores a moved session's viewer sockets on this host (before the service address is
+/// here). A socket that cannot be restored is left out (logged): the others still move.
+///
+/// Call it only once nothing else can fail before the takeover: a restored socket is back in
+/// normal mode, and dropping it would end the viewer's connection.
+pub(super) fn restore_sockets(viewers: Vec<MovedViewer>) -> Vec<HandedViewer> {
+    let mut handed = Vec::new();
+    for v in viewers {
         let restored = Checkpoint::decode(&v.checkpoint).and_then(|cp| tcp::restore(&cp));
         match restored {
-            Ok(stream) => viewers.push(HandedViewer {
+            Ok(stream) => handed.push(HandedViewer {
                 id: ViewerId(v.id),
                 stream,
                 unread: v.unread,
@@ -191,9 +193,18 @@ pub(super) fn restore(moved: MovedSession) -> Handover {
                 "viewer connection cannot be restored here"),
         }
     }
-    Handover {
-        snapshot: moved.console,
-        viewers,
+    handed
+}
+
+/// Closes restored sockets without a word to their viewers (repair mode): a takeover that
+/// failed after [`restore_sockets`] leaves the connections to the source's checkpoint, which a
+/// restarted destination console takes over.
+pub(super) fn abandon_sockets(viewers: Vec<HandedViewer>) {
+    for v in viewers {
+        if let Err(e) = tcp::abandon(v.stream) {
+            tracing::warn!(viewer = v.id.0, error = %super::hub::error_chain(&e),
+                "a restored socket could not be closed silently");
+        }
     }
 }
 

@@ -272,19 +272,17 @@ pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
         None => None,
     };
     let taken = match (&config.restore_from, incoming, mig.as_mut()) {
-        (Some(path), _, _) => {
-            Some(
-                hub::take_over(path)
-                    .await
-                    .map_err(|source| ConsoleError::TakeOver {
-                        path: path.clone(),
-                        source,
-                    })?,
-            )
-        }
+        (Some(path), _, _) => Some(hub::Taken::Local(hub::take_over(path).await.map_err(
+            |source| ConsoleError::TakeOver {
+                path: path.clone(),
+                source,
+            },
+        )?)),
         (None, Some(addr), Some(m)) => {
             println!("dmore console: waiting for the source console on {addr}");
-            Some(incoming::arrive(&config.link.qmp_socket, m, &mut requests).await?)
+            Some(hub::Taken::Moved(
+                incoming::arrive(&config.link.qmp_socket, m, &mut requests).await?,
+            ))
         }
         _ => None,
     };

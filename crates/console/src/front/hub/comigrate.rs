@@ -188,13 +188,34 @@ impl Hub {
     }
 
     /// The VM runs here again: the viewers come back from the checkpoint, held input flows.
+    /// The sessions are restored before the sockets leave repair mode: if that fails, the
+    /// sockets are closed silently (the error ends the console, and the viewers' connections
+    /// end with their retransmission timers, not with a reset from here).
     async fn thaw(&mut self) -> Result<(), ConsoleError> {
         let Some(kept) = self.mig.as_mut().and_then(|m| m.kept.take()) else {
             return Ok(());
         };
-        for (id, sock, _) in &kept.sockets {
-            if let Err(e) = tcp::resume(sock) {
-                tracing::error!(viewer = id.0, error = %error_chain(&e), "viewer socket cannot leave repair mode");
+        let handed: Vec<HandedViewer> = kept
+            .sockets
+            .into_iter()
+            .map(|(id, stream, unread)| HandedViewer { id, stream, unread })
+            .collect();
+        let sessions = match ConsoleSnapshot::decode(&kept.console)
+            .map_err(ConsoleError::from)
+            .and_then(
+                |ConsoleSnapshot {
+                     screen, sessions, ..
+                 }| { self.restore_sessions(screen, sessions) },
+            ) {
+            Ok(sessions) => sessions,
+            Err(e) => {
+                migration::abandon_sockets(handed);
+                return Err(e);
+            }
+        };
+        for v in &handed {
+            if let Err(e) = tcp::resume(&v.stream) {
+                tracing::error!(viewer = v.id.0, error = %error_chain(&e), "viewer socket cannot leave repair mode");
             }
         }
         if let Some(s) = self.mig.as_ref().and_then(|m| m.service.clone()) {
@@ -202,15 +223,7 @@ impl Hub {
                 tracing::error!(error = %error_chain(&e), "the service address could not come back");
             }
         }
-        let ConsoleSnapshot {
-            screen, sessions, ..
-        } = ConsoleSnapshot::decode(&kept.console)?;
-        let handed = kept
-            .sockets
-            .into_iter()
-            .map(|(id, stream, unread)| HandedViewer { id, stream, unread })
-            .collect();
-        self.restore(screen, sessions, handed)?;
+        self.attach_viewers(sessions, handed);
         // The screen moved on while frozen; the restored sessions learn it as damage.
         self.refresh_screen().await;
         if self.link.thaw().await.is_err() {

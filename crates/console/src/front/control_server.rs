@@ -1,8 +1,15 @@
 //! The control socket's server side: one task accepts, one task per client parses its line
 //! ([`crate::control::Command`]) and either answers itself (`version`, `wait`) or asks the
 //! console's loop, which owns the state.
+//!
+//! **Who may ask.** The socket file is the console user's alone (mode 0600, made so before it
+//! is bound, and removed when the console ends), and every client's credentials are checked
+//! (`SO_PEERCRED`): the console's own user, or root, may ask; `freeze`, which hands over the
+//! viewers' live sockets, only the console's own user.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -27,17 +34,75 @@ pub(super) enum Request {
     Migration(bool, oneshot::Sender<String>),
 }
 
-/// Accepts control clients until the console ends.
+/// The bound control socket: its accept task, and the file, removed when this is dropped.
+pub(super) struct ControlSocket {
+    path: PathBuf,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::debug!(path = %self.path.display(), error = %e, "control socket not removed");
+        }
+    }
+}
+
+/// Binds the control socket at `path`, readable and writable by this user alone. A socket
+/// file nobody answers on (a console that was killed) is replaced; a live one is not.
+pub(super) fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+        tracing::info!(path = %path.display(), "replacing a stale control socket");
+        std::fs::remove_file(path)?;
+    }
+    // Bound in a private directory beside it, then renamed into place: the socket is never
+    // reachable with wider permissions than 0600.
+    let private = tempfile::Builder::new()
+        .prefix(".dmore-control-")
+        .tempdir_in(
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        )?;
+    let staged = private.path().join("control.sock");
+    let listener = UnixListener::bind(&staged)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+    if path.exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another console answers on this control socket",
+        ));
+    }
+    std::fs::rename(&staged, path)?;
+    Ok(listener)
+}
+
+/// Accepts control clients until the returned socket is dropped.
 pub(super) fn serve(
     listener: UnixListener,
+    path: PathBuf,
     console: mpsc::Sender<Request>,
     phase: watch::Receiver<&'static str>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
+) -> ControlSocket {
+    let owner = nix::unistd::geteuid().as_raw();
+    let task = tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((sock, _)) => {
-                    tokio::spawn(client(sock, console.clone(), phase.clone()));
+                    let caller = match sock.peer_cred() {
+                        Ok(cred) => cred.uid(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "control client without credentials: refused");
+                            continue;
+                        }
+                    };
+                    if caller != owner && caller != 0 {
+                        tracing::warn!(caller, "control client of another user: refused");
+                        continue;
+                    }
+                    let may_freeze = caller == owner;
+                    tokio::spawn(client(sock, may_freeze, console.clone(), phase.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "control socket accept failed");
@@ -45,11 +110,13 @@ pub(super) fn serve(
                 }
             }
         }
-    })
+    });
+    ControlSocket { path, task }
 }
 
 async fn client(
     sock: UnixStream,
+    may_freeze: bool,
     console: mpsc::Sender<Request>,
     mut phase: watch::Receiver<&'static str>,
 ) {
@@ -119,6 +186,10 @@ async fn client(
                 ),
             }
         }
+        Command::Freeze if !may_freeze => control::failed(
+            "freeze hands over the viewers' connections: only the console's own user may ask",
+            empty(),
+        ),
         Command::Freeze => {
             match sock
                 .into_std()

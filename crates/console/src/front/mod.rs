@@ -142,7 +142,9 @@ pub enum ConsoleError {
         source: std::io::Error,
     },
     /// The control socket could not be bound.
-    #[error("cannot create the control socket {path} (remove a stale one, or pick another)")]
+    #[error(
+        "cannot create the control socket {path} (is another console using it? pick another path)"
+    )]
     Control {
         /// The path.
         path: PathBuf,
@@ -236,12 +238,16 @@ pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
     let (requests_tx, mut requests) = mpsc::channel::<Request>(4);
     let control = match &config.control {
         Some(path) => {
-            let l =
-                tokio::net::UnixListener::bind(path).map_err(|source| ConsoleError::Control {
-                    path: path.clone(),
-                    source,
-                })?;
-            Some(control_server::serve(l, requests_tx, phase_rx))
+            let l = control_server::bind(path).map_err(|source| ConsoleError::Control {
+                path: path.clone(),
+                source,
+            })?;
+            Some(control_server::serve(
+                l,
+                path.clone(),
+                requests_tx,
+                phase_rx,
+            ))
         }
         None => None,
     };
@@ -290,8 +296,6 @@ pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
         .await?
         .run()
         .await;
-    if let Some(task) = control {
-        task.abort();
-    }
+    drop(control);
     result
 }

@@ -67,7 +67,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .arg("--qmp-socket")
             .arg(s.qmp)
             .arg("--listen")
-            .arg("127.0.0.1:0");
+            .arg("127.0.0.1:0")
+            .arg("--insecure-no-auth");
         c
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

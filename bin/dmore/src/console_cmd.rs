@@ -45,11 +45,16 @@ pub struct ConsoleArgs {
     /// TCP address viewers connect to (port 0 picks one; the bound address is printed).
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
-    /// File holding the viewers' full-access password (else env DMORE_VNC_PASSWORD; with
-    /// neither, viewers connect without authentication).
+    /// File holding the viewers' full-access password (else env DMORE_VNC_PASSWORD). A
+    /// console refuses to start with no password unless --insecure-no-auth.
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
-    /// File holding a second password that admits view-only viewers (input ignored).
+    /// Let viewers connect with no password: only where nobody untrusted can reach --listen
+    /// (a gateway in front, a private network). Logged as a warning.
+    #[arg(long, conflicts_with_all = ["password_file", "view_only_password_file"])]
+    insecure_no_auth: bool,
+    /// File holding a second password that admits view-only viewers (input ignored); its
+    /// first 8 bytes must differ from the full-access password's (VNC uses only those).
     #[arg(long, value_name = "FILE")]
     view_only_password_file: Option<PathBuf>,
     /// File holding the password of QEMU's own VNC server, if it has one.
@@ -65,7 +70,8 @@ pub struct ConsoleArgs {
     #[arg(long, value_name = "PATH")]
     restore_from: Option<PathBuf>,
     /// File whose first line is the key both consoles of a migration share (HMAC of the
-    /// console-to-console transfer). Turns co-migration on.
+    /// console-to-console transfer; at least 16 bytes, e.g. `openssl rand -hex 32`). Turns
+    /// co-migration on.
     #[arg(long, value_name = "FILE")]
     peer_key_file: Option<PathBuf>,
     /// The VM's id in the transfer (both consoles must agree); default: --name.
@@ -132,6 +138,7 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
             password,
             view_only_password,
             all_view_only: false,
+            insecure_no_auth: args.insecure_no_auth,
         },
         name: args.name,
         control: args.control,

@@ -96,6 +96,7 @@ fn console_config(
             password: None,
             view_only_password: None,
             all_view_only: false,
+            insecure_no_auth: true,
         },
         name: "e2e".into(),
         control: Some(control.to_path_buf()),

@@ -595,6 +595,8 @@ impl CoBed {
             .arg(control)
             .arg("--peer-key-file")
             .arg(&self.key_file)
+            // The bed's viewers reach the service address only from its own namespaces.
+            .arg("--insecure-no-auth")
             .args(["--name", "dmore-demo"]);
         if let Some(addr) = incoming {
             cmd.arg("--incoming").arg(addr.to_string());

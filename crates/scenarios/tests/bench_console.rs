@@ -21,7 +21,10 @@ fn console_child() {
     let config = console::front::ConsoleConfig {
         link: console::back::LinkConfig::new(PathBuf::from(vnc), PathBuf::from(qmp)),
         listen: "127.0.0.1:0".parse().expect("address"),
-        access: console::front::Access::default(),
+        access: console::front::Access {
+            insecure_no_auth: true,
+            ..console::front::Access::default()
+        },
         name: "dmore-bench".into(),
         control: None,
         restore_from: None,

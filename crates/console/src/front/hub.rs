@@ -47,6 +47,8 @@ pub(super) struct Hub {
     mig: Option<CoMigration>,
     /// The QEMU link ended while frozen: the checkpoint waits for the destination.
     link_gone: bool,
+    /// Bounds on viewers and handshakes, and the back-off after failed passwords.
+    gate: super::gate::Gate,
     admit_tx: mpsc::Sender<Admission>,
     admit_rx: mpsc::Receiver<Admission>,
     written_tx: mpsc::UnboundedSender<Written>,
@@ -134,6 +136,7 @@ impl Hub {
             requests,
             mig,
             link_gone: false,
+            gate: super::gate::Gate::default(),
             admit_tx,
             admit_rx,
             written_tx,
@@ -307,7 +310,7 @@ impl Hub {
                     }
                 }
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.handshake(stream, peer.to_string()),
+                    Ok((stream, peer)) => self.handshake(stream, peer),
                     Err(e) => tracing::warn!(error = %e, "accepting a viewer failed"),
                 },
                 Some(a) = self.admit_rx.recv() => self.admitted(a),
@@ -413,6 +416,7 @@ impl Hub {
             "phase": phase,
             "comigration": comigration,
             "viewers": self.viewers.len(),
+            "handshakes": self.gate.handshakes(),
             "vm_running": link.map(|l| l.vm_running),
             "frozen": link.map(|l| l.frozen),
             "held": link.map(|l| l.journal.held),

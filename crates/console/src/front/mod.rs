@@ -38,6 +38,7 @@
 //! its VM runs, restores the viewers and carries on.
 
 mod control_server;
+pub mod gate;
 pub mod handover;
 mod hub;
 mod incoming;
@@ -71,6 +72,56 @@ pub struct Access {
     pub view_only_password: Option<rfb::Password>,
     /// Every viewer is view-only whatever it authenticated with.
     pub all_view_only: bool,
+    /// Viewers may connect with no password at all: anyone who reaches the listen address can
+    /// type into the VM. The operator's explicit choice (`--insecure-no-auth`); without it, a
+    /// console with no password refuses to start.
+    pub insecure_no_auth: bool,
+}
+
+/// The shortest pre-shared key the console-to-console transfer accepts, in bytes.
+pub const MIN_PEER_KEY_LEN: usize = 16;
+
+impl Access {
+    /// Checks that the rights make sense before anyone connects; the error names the fix.
+    fn validate(&self) -> Result<(), ConsoleError> {
+        match (&self.password, &self.view_only_password) {
+            (None, Some(_)) => Err(ConsoleError::Config(
+                "a view-only password needs a full-access password too",
+            )),
+            (None, None) if !self.insecure_no_auth => Err(ConsoleError::Config(
+                "no viewer password: anyone who reaches the listen address could type into the \
+                 VM; give a password (--password-file or DMORE_VNC_PASSWORD), or say \
+                 --insecure-no-auth if the address is reachable only by trusted viewers",
+            )),
+            (Some(_), _) if self.insecure_no_auth => Err(ConsoleError::Config(
+                "--insecure-no-auth and a password contradict each other: drop one",
+            )),
+            (Some(full), Some(view)) if vnc_auth_key(full) == vnc_auth_key(view) => {
+                Err(ConsoleError::Config(
+                    "the view-only password equals the full-access one in its first 8 bytes, \
+                     the only ones VNC Authentication uses: a view-only viewer would get full \
+                     access; pick passwords that differ early",
+                ))
+            }
+            (None, None) => {
+                tracing::warn!(
+                    "--insecure-no-auth: viewers connect without a password; anyone who \
+                     reaches the listen address can type into the VM"
+                );
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The bytes of a password VNC Authentication uses: the first 8, zero-padded.
+fn vnc_auth_key(p: &rfb::Password) -> [u8; 8] {
+    let mut key = [0; 8];
+    for (k, b) in key.iter_mut().zip(&p.0) {
+        *k = *b;
+    }
+    key
 }
 
 /// Everything one console needs.
@@ -220,10 +271,15 @@ pub enum ConsoleError {
 /// first takes over the console listening on that control socket; with an incoming
 /// migration, first waits for the source console's session.
 pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
-    if config.access.view_only_password.is_some() && config.access.password.is_none() {
-        return Err(ConsoleError::Config(
-            "a view-only password needs a full-access password too",
-        ));
+    config.access.validate()?;
+    if let Some(m) = &config.migration {
+        if m.key.psk.len() < MIN_PEER_KEY_LEN {
+            return Err(ConsoleError::Config(
+                "the peer key is shorter than 16 bytes: a guessable key lets anyone who reaches \
+                 the console-to-console port take the session; use e.g. \
+                 `openssl rand -hex 32 > KEYFILE`",
+            ));
+        }
     }
     let incoming = config.migration.as_ref().and_then(|m| m.incoming);
     if incoming.is_some() && config.restore_from.is_some() {
@@ -298,4 +354,43 @@ pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
         .await;
     drop(control);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(full: Option<&str>, view: Option<&str>, insecure: bool) -> Access {
+        let pw = |p: &str| rfb::Password(p.as_bytes().to_vec());
+        Access {
+            password: full.map(pw),
+            view_only_password: view.map(pw),
+            all_view_only: false,
+            insecure_no_auth: insecure,
+        }
+    }
+
+    #[test]
+    fn no_password_needs_the_operators_explicit_word() {
+        assert!(access(None, None, false).validate().is_err());
+        assert!(access(None, None, true).validate().is_ok());
+        assert!(access(Some("secret12"), None, true).validate().is_err());
+        assert!(access(Some("secret12"), None, false).validate().is_ok());
+        assert!(access(None, Some("viewonly"), false).validate().is_err());
+    }
+
+    #[test]
+    fn a_view_only_password_must_differ_in_the_bytes_vnc_uses() {
+        assert!(
+            access(Some("samefirst8-full"), Some("samefirst8-view"), false)
+                .validate()
+                .is_err()
+        );
+        assert!(access(Some("short"), Some("short"), false)
+            .validate()
+            .is_err());
+        assert!(access(Some("full-pass"), Some("view-pass"), false)
+            .validate()
+            .is_ok());
+    }
 }

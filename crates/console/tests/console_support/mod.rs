@@ -38,6 +38,7 @@ fn console_child() {
             password: s("password").map(|p| rfb::Password(p.into_bytes())),
             view_only_password: s("view_only_password").map(|p| rfb::Password(p.into_bytes())),
             all_view_only: false,
+            insecure_no_auth: s("password").is_none(),
         },
         name: "dmore-test".into(),
         control: s("control").map(PathBuf::from),

@@ -39,7 +39,7 @@ impl Slot {
 /// A finished handshake, from its task.
 pub(super) struct Admission {
     pub(super) stream: TcpStream,
-    pub(super) peer: String,
+    pub(super) peer: SocketAddr,
     pub(super) result: Result<viewer::Admitted, ViewerError>,
 }
 
@@ -93,7 +93,15 @@ impl Hub {
         }
     }
 
-    pub(super) fn handshake(&self, mut stream: TcpStream, peer: String) {
+    /// A new connection: its handshake runs on a task of its own, if the gate lets it.
+    pub(super) fn handshake(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        if let Err(refusal) = self
+            .gate
+            .start(peer.ip(), self.viewers.len(), Instant::now())
+        {
+            tracing::info!(%peer, %refusal, "viewer refused before its handshake");
+            return;
+        }
         let access = self.config.access.clone();
         let init = ServerInit {
             width: self.screen.width(),
@@ -120,6 +128,12 @@ impl Hub {
     }
 
     pub(super) fn admitted(&mut self, a: Admission) {
+        let wrong_password = matches!(
+            a.result,
+            Err(ViewerError::Handshake(rfb::HandshakeError::WrongPassword))
+        );
+        self.gate
+            .finished(a.peer.ip(), wrong_password, Instant::now());
         let admitted = match a.result {
             Ok(x) => x,
             Err(e) => {
@@ -127,13 +141,20 @@ impl Hub {
                 return;
             }
         };
+        if self.viewers.len() >= super::super::gate::MAX_VIEWERS {
+            tracing::info!(peer = %a.peer, "viewer refused: the console serves its maximum of viewers");
+            return;
+        }
         if !self.serves() {
             tracing::info!(peer = %a.peer, "viewer refused: the console is moving with its VM");
             return;
         }
         let id = ViewerId(self.next_id);
         self.next_id = self.next_id.saturating_add(1);
-        if !admitted.done.shared {
+        if !admitted.done.shared && admitted.view_only {
+            tracing::info!(viewer = id.0, peer = %a.peer,
+                "a view-only viewer asked for an exclusive session: it shares instead");
+        } else if !admitted.done.shared {
             let others: Vec<ViewerId> = self.viewers.keys().copied().collect();
             for other in others {
                 self.close_viewer(other, &"a non-shared viewer connected");

@@ -188,6 +188,33 @@ fn reorder_drop_and_replay_within_a_connection_fail() {
 }
 
 #[test]
+fn before_the_hello_only_a_hello_sized_frame_is_buffered() {
+    // The largest Hello a peer may send fits.
+    let longest = "v".repeat(migrate::protocol::MAX_VM_ID);
+    let versions: Vec<u16> = (1..=migrate::protocol::MAX_VERSIONS as u16).collect();
+    let hello = foreign_hello(&versions, &longest);
+    assert!(hello.len() - 4 <= migrate::protocol::MAX_HELLO_FRAME as usize);
+    let mut d = Codec::new(Config::new(Role::Destination, PSK, &longest), [2; 32]).unwrap();
+    d.start().unwrap();
+    d.feed(&hello);
+    assert!(
+        matches!(d.poll_message(), Ok(Some(Message::Hello(_)))),
+        "the largest Hello is accepted"
+    );
+    // A bigger frame before the Hello is refused from its length alone.
+    let mut d = codec(Role::Destination, 2);
+    d.start().unwrap();
+    d.feed(&(migrate::protocol::MAX_HELLO_FRAME + 1).to_be_bytes());
+    assert_eq!(
+        d.poll_message(),
+        Err(ProtocolError::FrameTooLarge {
+            len: migrate::protocol::MAX_HELLO_FRAME + 1,
+            max: migrate::protocol::MAX_HELLO_FRAME
+        })
+    );
+}
+
+#[test]
 fn oversized_frames_are_refused_before_buffering_them() {
     let mut cfg = Config::new(Role::Destination, PSK, VM);
     cfg.max_frame = 100;

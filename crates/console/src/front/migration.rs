@@ -47,6 +47,9 @@ use super::peer::{Peer, PeerEvent, PeerKey};
 use super::service::ServiceAddress;
 use crate::journal::ViewerId;
 
+/// Most connections to the incoming port exchanging Hellos at once.
+const MAX_CANDIDATES: usize = 4;
+
 /// Version of [`MovedSession`]'s encoding.
 const MOVED_VERSION: u32 = 1;
 
@@ -230,6 +233,9 @@ pub(super) struct CoMigration {
     pub to_destination: Option<SocketAddr>,
     out: Option<Peer>,
     inbound: Option<Peer>,
+    /// Connections accepted on `incoming` whose Hellos are not done: one replaces `inbound`
+    /// only once it has authenticated, so a stranger cannot cut the source's connection.
+    candidates: Vec<Peer>,
     incoming: Option<TcpListener>,
     generation: u64,
     events_tx: mpsc::UnboundedSender<(u64, PeerEvent)>,
@@ -263,6 +269,7 @@ impl CoMigration {
             to_destination: None,
             out: None,
             inbound: None,
+            candidates: Vec::new(),
             incoming,
             generation: 0,
             events_tx,
@@ -315,10 +322,13 @@ impl CoMigration {
             Some((generation, event)) = self.events_rx.recv() => self.peer_event(generation, event),
             accepted = accept => {
                 match accepted {
+                    Ok((_, from)) if self.candidates.len() >= MAX_CANDIDATES => {
+                        tracing::warn!(%from, "a connection to the incoming port refused: {MAX_CANDIDATES} are still exchanging Hellos");
+                    }
                     Ok((stream, from)) => {
-                        tracing::info!(%from, "a source console connected");
+                        tracing::info!(%from, "a connection to the incoming port: exchanging Hellos");
                         self.generation += 1;
-                        self.inbound = Some(Peer::accepted(
+                        self.candidates.push(Peer::accepted(
                             stream,
                             self.key.clone(),
                             self.generation,
@@ -333,6 +343,23 @@ impl CoMigration {
     }
 
     fn peer_event(&mut self, generation: u64, event: PeerEvent) -> MigrationInput {
+        if let Some(i) = self
+            .candidates
+            .iter()
+            .position(|c| c.generation() == generation)
+        {
+            let candidate = self.candidates.swap_remove(i);
+            match &event {
+                PeerEvent::Connected => {
+                    tracing::info!("a source console authenticated: it is the peer now");
+                    self.inbound = Some(candidate);
+                }
+                other => {
+                    tracing::warn!(event = ?other, "a connection to the incoming port failed its Hellos: ignored");
+                    return MigrationInput::Nothing;
+                }
+            }
+        }
         let outgoing = self.out.as_ref().map(Peer::generation) == Some(generation);
         let incoming = self.inbound.as_ref().map(Peer::generation) == Some(generation);
         if !outgoing && !incoming {
@@ -485,6 +512,45 @@ impl CoMigration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_stranger_on_the_incoming_port_does_not_replace_the_source() {
+        let key = PeerKey {
+            psk: vec![7; 32],
+            vm_id: "vm".into(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (phase, _) = watch::channel("Waiting");
+        let mut dest = CoMigration::new(key.clone(), None, Some(listener), phase);
+        let (source_tx, mut source_rx) = mpsc::unbounded_channel();
+        let _source = Peer::connect(addr, key, 1, source_tx);
+        while !matches!(
+            dest.next().await,
+            MigrationInput::Destination(DestinationEvent::PeerConnected)
+        ) {}
+        assert!(matches!(
+            source_rx.recv().await,
+            Some((1, PeerEvent::Connected))
+        ));
+
+        // A stranger connects and sends a frame far over the Hello bound.
+        let mut stranger = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stranger.write_all(&[0xff; 64]).await.unwrap();
+        for _ in 0..2 {
+            // Its connection accepted, then its failed Hellos: neither reaches the machine.
+            assert!(matches!(dest.next().await, MigrationInput::Nothing));
+        }
+        dest.send_in(Message::ResendSnapshot);
+        assert!(
+            matches!(
+                source_rx.recv().await,
+                Some((1, PeerEvent::Received(Message::ResendSnapshot)))
+            ),
+            "the source's connection is still the peer"
+        );
+    }
 
     #[test]
     fn a_moved_session_round_trips_and_refuses_other_versions() {

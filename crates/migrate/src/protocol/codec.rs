@@ -5,7 +5,8 @@ use sha2::Sha256;
 
 use super::message::KIND_HELLO;
 use super::{
-    Hello, Message, ProtocolError, DEFAULT_MAX_FRAME, MAC_LEN, NONCE_LEN, SUPPORTED_VERSIONS,
+    Hello, Message, ProtocolError, DEFAULT_MAX_FRAME, MAC_LEN, MAX_HELLO_FRAME, NONCE_LEN,
+    SUPPORTED_VERSIONS,
 };
 
 type HmacSha256 = Hmac<Sha256>;
@@ -245,7 +246,10 @@ impl Codec {
         let mut lb = [0; 4];
         lb.copy_from_slice(len_bytes);
         let len = u32::from_be_bytes(lb);
-        let max = self.config.max_frame;
+        let max = match self.session {
+            None => self.config.max_frame.min(MAX_HELLO_FRAME),
+            Some(_) => self.config.max_frame,
+        };
         if !(MIN_FRAME..=max).contains(&len) {
             return Err(ProtocolError::FrameTooLarge { len, max });
         }

@@ -76,6 +76,11 @@ pub const MAC_LEN: usize = 32;
 /// socket checkpoints fits well below it.
 pub const DEFAULT_MAX_FRAME: u32 = 128 << 20;
 
+/// Bound on a frame before the peer's Hello authenticated it: the largest Hello (every
+/// version, the longest VM id) and no more, so an unauthenticated peer cannot make a console
+/// buffer megabytes (the frame's HMAC is checked only once it is whole).
+pub const MAX_HELLO_FRAME: u32 = 1024;
+
 /// Most versions one Hello may list.
 pub const MAX_VERSIONS: usize = 16;
 

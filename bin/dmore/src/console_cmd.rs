@@ -33,8 +33,13 @@ destination host, next to the QEMU started with -incoming defer:
 then `dmore migrate ... --dest-console-addr 10.0.0.2:4700` (or libvirt) migrates the VM; the
 source console freezes when its VM stops for the switchover, the destination console takes
 over when its VM runs. With --service-interface the --listen address is a service address
-that moves with the VM (both hosts on one L2 segment, gratuitous ARP allowed, root): the
-viewers' TCP connections move too (TCP_REPAIR) and viewers notice nothing.")]
+that moves with the VM (both hosts on one L2 segment, gratuitous ARP allowed): the
+viewers' TCP connections move too (TCP_REPAIR) and viewers notice nothing. That mode needs
+CAP_NET_ADMIN and CAP_NET_RAW, and only those: run the console as its own user with
+  setpriv --reuid=dmore --regid=dmore --init-groups --inh-caps=+net_admin,+net_raw \
+      --ambient-caps=+net_admin,+net_raw -- dmore console ...
+Whatever it starts with, the console keeps only the capabilities its mode needs.
+Without a password the console refuses to start unless --insecure-no-auth.")]
 pub struct ConsoleArgs {
     /// QEMU's VNC server socket (`-vnc unix:PATH,key-delay-ms=0,lock-key-sync=off`).
     #[arg(long, value_name = "PATH")]
@@ -99,6 +104,14 @@ fn read_password(path: &Path) -> anyhow::Result<rfb::Password> {
 
 /// Runs the console until it stops; an error names the cause.
 pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
+    // Before any thread exists: capabilities are per thread, and inherited when one is made.
+    let transparent = args.service_interface.is_some();
+    let dropped = console::privilege::keep_only(&console::privilege::needed(transparent))?;
+    tracing::debug!(
+        dropped = dropped.len(),
+        transparent,
+        "capabilities kept: only what the mode needs"
+    );
     let password = match (&args.password_file, std::env::var_os("DMORE_VNC_PASSWORD")) {
         (Some(f), _) => Some(read_password(f)?),
         (None, Some(p)) => Some(rfb::Password(p.into_encoded_bytes())),

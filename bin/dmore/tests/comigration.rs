@@ -139,6 +139,34 @@ async fn check_lost_at_most(
     Ok(())
 }
 
+/// The serving console runs as `nobody` with only CAP_NET_ADMIN and CAP_NET_RAW (bits 12 and
+/// 13 of CapEff), whatever the test itself runs as: dmore never needs root.
+fn check_unprivileged(bed: &CoBed) -> anyhow::Result<()> {
+    let (_, pid) = bed.home_pids().context("home console")?;
+    let ps = std::process::Command::new("ps")
+        .args(["-o", "user,pid,args", "-p", &pid.to_string()])
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&ps.stdout));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or_else(String::new, |v| v.trim().to_owned())
+    };
+    let (uid, caps) = (field("Uid:"), field("CapEff:"));
+    println!("console pid {pid}: Uid {uid}; CapEff {caps}");
+    ensure!(
+        uid.split_whitespace().all(|u| u == "65534"),
+        "the console runs as nobody: Uid {uid}"
+    );
+    ensure!(
+        caps == "0000000000003000",
+        "only CAP_NET_ADMIN and CAP_NET_RAW: CapEff {caps}"
+    );
+    Ok(())
+}
+
 fn migrations() -> usize {
     std::env::var("DMORE_MIGRATIONS")
         .ok()
@@ -199,6 +227,7 @@ async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()>
     );
     ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
     ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
+    check_unprivileged(&bed)?;
     check_nothing_lost(&mut bed, viewer).await
 }
 

@@ -10,6 +10,7 @@ pub mod control;
 pub mod front;
 pub mod journal;
 pub mod keymap;
+pub mod privilege;
 pub mod screen;
 pub mod session;
 pub mod snapshot;

@@ -52,7 +52,14 @@ pub struct CoBedOptions {
     pub port: u16,
     /// The orchestrator's limit for each stage of a co-migration.
     pub timeout: Duration,
+    /// Run the consoles as this user (uid, gid) with only `CAP_NET_ADMIN` and `CAP_NET_RAW`
+    /// (through `setpriv`), as an operator would; `None`: as the test's own user. Default:
+    /// `nobody` when the bed runs as root, as dmore must never need root.
+    pub console_user: Option<(u32, u32)>,
 }
+
+/// The user and group `nobody` and `nogroup` on Debian.
+pub const NOBODY: (u32, u32) = (65534, 65534);
 
 impl CoBedOptions {
     /// A 128 MiB idle guest, viewers on port 5900, 30 s per stage.
@@ -63,6 +70,7 @@ impl CoBedOptions {
             guest: GuestOptions::default(),
             port: 5900,
             timeout: Duration::from_secs(30),
+            console_user: nix::unistd::geteuid().is_root().then_some(NOBODY),
         }
     }
 }
@@ -207,6 +215,9 @@ struct Destination {
 /// The co-migration bed. Dropping it kills every QEMU and console and removes the hosts.
 #[derive(Debug)]
 pub struct CoBed {
+    /// The `dmore` the consoles run: [`CoBedOptions::dmore`], or a link to it in the bed's
+    /// own directory that the console user can reach.
+    dmore: PathBuf,
     home: Option<Vm>,
     dest: Option<Destination>,
     reports: Vec<Report>,
@@ -233,7 +244,15 @@ impl CoBed {
             path: key_file.clone(),
             source,
         })?;
+        let dmore = match options.console_user {
+            Some(user) => {
+                give(&key_file, user)?;
+                reachable_copy(&options.dmore, &testbed.run_dir().join("dmore"))?
+            }
+            None => options.dmore.clone(),
+        };
         let mut bed = CoBed {
+            dmore,
             home: None,
             dest: None,
             reports: Vec::new(),
@@ -556,6 +575,16 @@ impl CoBed {
                 })?;
         }
         let control = dir.join("console.ctl");
+        if let Some(user) = self.options.console_user {
+            // What an operator does for a console user: QEMU's sockets and the console's
+            // directory are its.
+            for path in [Some(dir.as_path()), Some(qemu.vnc_path()), qemu.qmp2_path()]
+                .into_iter()
+                .flatten()
+            {
+                give(path, user)?;
+            }
+        }
         let console = self.spawn_console(&host, &qemu, &dir, &control, incoming)?;
         let mut vm = Vm {
             role,
@@ -581,7 +610,20 @@ impl CoBed {
             std::fs::File::create(&path).map_err(|source| CoBedError::File { path, source })
         };
         let stderr = dir.join("console.stderr");
-        let mut cmd = host.command(&self.options.dmore);
+        let mut cmd = match self.options.console_user {
+            Some((uid, gid)) => {
+                let mut cmd = host.command("setpriv");
+                cmd.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--clear-groups")
+                    .arg("--inh-caps=+net_admin,+net_raw")
+                    .arg("--ambient-caps=+net_admin,+net_raw")
+                    .arg("--")
+                    .arg(&self.dmore);
+                cmd
+            }
+            None => host.command(&self.dmore),
+        };
         cmd.arg("console")
             .arg("--vnc-socket")
             .arg(qemu.vnc_path())
@@ -606,7 +648,7 @@ impl CoBed {
             .stderr(file("console.stderr")?);
         let child = cmd.spawn().map_err(|source| CoBedError::ConsoleSpawn {
             host: host.name(),
-            dmore: self.options.dmore.display().to_string(),
+            dmore: self.dmore.display().to_string(),
             source,
         })?;
         Ok(ConsoleChild { child, stderr })
@@ -650,6 +692,27 @@ async fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Makes `path` belong to `user` (uid, gid).
+fn give(path: &Path, (uid, gid): (u32, u32)) -> Result<(), CoBedError> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|source| CoBedError::File {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// `dmore` at `at`, where any user can run it (its own directory may not be reachable: a
+/// checkout under /root): a hard link, or a copy across file systems.
+fn reachable_copy(dmore: &Path, at: &Path) -> Result<PathBuf, CoBedError> {
+    let file = |source| CoBedError::File {
+        path: at.to_path_buf(),
+        source,
+    };
+    if std::fs::hard_link(dmore, at).is_err() {
+        std::fs::copy(dmore, at).map_err(file)?;
+    }
+    Ok(at.to_path_buf())
 }
 
 /// A fresh pre-shared key for the consoles: 16 random bytes in hex.

@@ -53,7 +53,9 @@ pub fn vnc_auth_response(password: &[u8], challenge: &[u8; CHALLENGE_LEN]) -> [u
     out
 }
 
-/// Compares two responses without an early exit, so timing does not reveal a prefix match.
+/// Compares two responses in constant time (`subtle`, which keeps the optimiser from adding
+/// an early exit), so timing does not reveal a prefix match.
 pub(crate) fn responses_match(a: &[u8; CHALLENGE_LEN], b: &[u8; CHALLENGE_LEN]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq as _;
+    bool::from(a.ct_eq(b))
 }

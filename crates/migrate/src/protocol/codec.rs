@@ -206,6 +206,18 @@ impl Codec {
         self.frame(&key, kind, &payload)
     }
 
+    /// Frames any `kind` and `payload`, signed as [`Codec::encode`] signs: how a fuzzer plays
+    /// an authenticated peer that sends malformed messages. Only with the `fuzzing` feature.
+    #[cfg(feature = "fuzzing")]
+    pub fn encode_raw(&mut self, kind: u8, payload: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+        let Some((_, key)) = self.session else {
+            return Err(ProtocolError::Unexpected(
+                "a message before the Hello exchange",
+            ));
+        };
+        self.frame(&key, kind, payload)
+    }
+
     /// At end of stream: an error if a frame was cut short.
     pub fn end_of_stream(&self) -> Result<(), ProtocolError> {
         if self.buf.is_empty() {

@@ -52,6 +52,8 @@ pub struct CoBedOptions {
     pub port: u16,
     /// The orchestrator's limit for each stage of a co-migration.
     pub timeout: Duration,
+    /// The keyboard layout of both QEMUs (`-k`) and consoles (`--keymap`).
+    pub keymap: Option<String>,
 }
 
 impl CoBedOptions {
@@ -63,6 +65,7 @@ impl CoBedOptions {
             guest: GuestOptions::default(),
             port: 5900,
             timeout: Duration::from_secs(30),
+            keymap: None,
         }
     }
 }
@@ -522,6 +525,7 @@ impl CoBed {
         cfg.key_delay_ms = Some(0);
         cfg.extra_qmp = true;
         cfg.incoming = incoming.is_some();
+        cfg.keymap.clone_from(&self.options.keymap);
         cfg.extra_args = vec!["-qmp".into(), monitor];
         let launch = |source| CoBedError::Launch {
             host: host.name(),
@@ -579,6 +583,9 @@ impl CoBed {
             .args(["--name", "dmore-demo"]);
         if let Some(addr) = incoming {
             cmd.arg("--incoming").arg(addr.to_string());
+        }
+        if let Some(layout) = &self.options.keymap {
+            cmd.arg("--keymap").arg(layout);
         }
         cmd.stdin(Stdio::null())
             .stdout(file("console.stdout")?)

@@ -90,7 +90,7 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// The file is not one QEMU would take.
-    #[error("the keymap file {path} is not one QEMU 7.2 accepts: {source}")]
+    #[error("the keymap file {path} is not one QEMU 7.2 accepts")]
     Parse {
         /// The file.
         path: PathBuf,

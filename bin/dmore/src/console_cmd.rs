@@ -11,15 +11,16 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
 Example:
-  qemu-system-x86_64 ... \\
+  qemu-system-x86_64 ... -k de \\
       -vnc unix:/run/vm1/vnc.sock,key-delay-ms=0,lock-key-sync=off \\
       -qmp unix:/run/vm1/console-qmp.sock,server=on,wait=off
-  DMORE_VNC_PASSWORD=secret dmore console --vnc-socket /run/vm1/vnc.sock \\
+  DMORE_VNC_PASSWORD=secret dmore console --vnc-socket /run/vm1/vnc.sock --keymap de \\
       --qmp-socket /run/vm1/console-qmp.sock --listen 0.0.0.0:5901 \\
       --view-only-password-file /etc/dmore/vm1.viewonly --control /run/vm1/console.ctl
 
 QEMU's key-delay-ms=0 lets dmore pace keys itself; lock-key-sync=off keeps QEMU from
-injecting Caps Lock presses. The QMP monitor is the console's own (a second -qmp).
+injecting Caps Lock presses. If QEMU runs with -k LAYOUT, give dmore --keymap LAYOUT too:
+keys dmore sends through QMP then get the same key numbers QEMU's VNC server gives them. The QMP monitor is the console's own (a second -qmp).
 Passwords come from files or DMORE_VNC_PASSWORD, never from the command line.
 `echo status | socat - UNIX:/run/vm1/console.ctl` prints the console's state as JSON.
 A new console started with --restore-from /run/vm1/console.ctl freezes that console and
@@ -44,6 +45,10 @@ pub struct ConsoleArgs {
     /// QEMU's VNC server socket (`-vnc unix:PATH,key-delay-ms=0,lock-key-sync=off`).
     #[arg(long, value_name = "PATH")]
     vnc_socket: PathBuf,
+    /// QEMU's keyboard layout: the same value as its `-k` (a name in /usr/share/qemu/keymaps
+    /// or a file); absent when QEMU has no `-k` (then the viewer's keycodes, else en-us).
+    #[arg(long, value_name = "LAYOUT")]
+    keymap: Option<String>,
     /// A QMP monitor socket for the console alone (`-qmp unix:PATH,server=on,wait=off`).
     #[arg(long, value_name = "PATH")]
     qmp_socket: PathBuf,
@@ -128,6 +133,7 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
          (--password-file or DMORE_VNC_PASSWORD)"
     );
     let mut link = LinkConfig::new(&args.vnc_socket, &args.qmp_socket);
+    link.layout = Some(console::keymap::Layout::load(args.keymap.as_deref())?);
     link.vnc_password = args
         .qemu_vnc_password_file
         .as_deref()

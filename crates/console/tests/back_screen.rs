@@ -86,7 +86,7 @@ async fn link_framebuffer_matches_a_fresh_client_after_the_echo() -> anyhow::Res
         .chars()
         .map(|c| Key {
             keysym: u32::from(c),
-            code: console::keymap::keysym_to_qnum(u32::from(c)).map_or(0, |(qnum, _)| qnum),
+            code: guest::keymap::scancode(c).map_or(0, u16::from),
         })
         .collect();
     for &key in &keys {

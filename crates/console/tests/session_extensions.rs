@@ -3,10 +3,10 @@
 //! rules for input, view-only and illegal transitions, and the US keysym table.
 
 use console::journal::{Button, InputEvent, ViewerId};
+use console::keymap::{Keyboard, Layout};
 use console::screen::{Area, Screen};
 use console::session::{
-    keysym_to_qnum, LedKind, Negotiated, PlanItem, Session, SessionError, SessionOutput,
-    FENCE_REQUEST,
+    LedKind, Negotiated, PlanItem, Session, SessionError, SessionOutput, FENCE_REQUEST,
 };
 use proptest::prelude::*;
 use rfb::framebuffer::UpdateDecoder;
@@ -388,46 +388,52 @@ fn leds_follow_the_guest_and_prefer_qemus_encoding() {
 }
 
 #[test]
-fn us_keysym_table() {
-    let table: &[(u32, Option<(u16, bool)>)] = &[
-        (u32::from(b'a'), Some((0x1e, false))),
-        (u32::from(b'A'), Some((0x1e, true))),
-        (u32::from(b'z'), Some((0x2c, false))),
-        (u32::from(b'1'), Some((0x02, false))),
-        (u32::from(b'!'), Some((0x02, true))),
-        (u32::from(b'0'), Some((0x0b, false))),
-        (u32::from(b')'), Some((0x0b, true))),
-        (u32::from(b'-'), Some((0x0c, false))),
-        (u32::from(b'_'), Some((0x0c, true))),
-        (u32::from(b'/'), Some((0x35, false))),
-        (u32::from(b'?'), Some((0x35, true))),
-        (u32::from(b'"'), Some((0x28, true))),
-        (u32::from(b'~'), Some((0x29, true))),
-        (u32::from(b' '), Some((0x39, false))),
-        (0xff0d, Some((0x1c, false))), // Return
-        (0xff08, Some((0x0e, false))), // BackSpace
-        (0xff09, Some((0x0f, false))), // Tab
-        (0xff1b, Some((0x01, false))), // Escape
-        (0xff52, Some((0xc8, false))), // Up
-        (0xff54, Some((0xd0, false))), // Down
-        (0xff51, Some((0xcb, false))), // Left
-        (0xff53, Some((0xcd, false))), // Right
-        (0xffbe, Some((0x3b, false))), // F1
-        (0xffc7, Some((0x44, false))), // F10
-        (0xffc8, Some((0x57, false))), // F11
-        (0xffc9, Some((0x58, false))), // F12
-        (0xffe1, Some((0x2a, false))), // Shift_L
-        (0xffe3, Some((0x1d, false))), // Control_L
-        (0xffe9, Some((0x38, false))), // Alt_L
-        (0xffe5, Some((0x3a, false))), // Caps_Lock
-        (0x00e9, None),                // eacute: no key on a US layout
-        (0x20ac, None),                // EuroSign
+/// QEMU's en-us keymap (its default for plain KeyEvents) gives the US keys; a shifted
+/// character is its key (the viewer sends Shift itself).
+fn en_us_keymap_gives_the_us_keys() {
+    let Ok(layout) = Layout::load(None) else {
+        panic!("QEMU's en-us keymap is missing (install qemu-system-data)");
+    };
+    let kb = Keyboard::new(layout);
+    let table: &[(u32, Option<u16>)] = &[
+        (u32::from(b'a'), Some(0x1e)),
+        (u32::from(b'A'), Some(0x1e)),
+        (u32::from(b'z'), Some(0x2c)),
+        (u32::from(b'1'), Some(0x02)),
+        (u32::from(b'!'), Some(0x02)),
+        (u32::from(b'0'), Some(0x0b)),
+        (u32::from(b')'), Some(0x0b)),
+        (u32::from(b'-'), Some(0x0c)),
+        (u32::from(b'_'), Some(0x0c)),
+        (u32::from(b'/'), Some(0x35)),
+        (u32::from(b'?'), Some(0x35)),
+        (u32::from(b'"'), Some(0x28)),
+        (u32::from(b'~'), Some(0x29)),
+        (u32::from(b' '), Some(0x39)),
+        (0xff0d, Some(0x1c)), // Return
+        (0xff08, Some(0x0e)), // BackSpace
+        (0xff09, Some(0x0f)), // Tab
+        (0xff1b, Some(0x01)), // Escape
+        (0xff52, Some(0xc8)), // Up
+        (0xff54, Some(0xd0)), // Down
+        (0xff51, Some(0xcb)), // Left
+        (0xff53, Some(0xcd)), // Right
+        (0xffbe, Some(0x3b)), // F1
+        (0xffc7, Some(0x44)), // F10
+        (0xffc8, Some(0x57)), // F11
+        (0xffc9, Some(0x58)), // F12
+        (0xffe1, Some(0x2a)), // Shift_L
+        (0xffe3, Some(0x1d)), // Control_L
+        (0xffe9, Some(0x38)), // Alt_L
+        (0xffe5, Some(0x3a)), // Caps_Lock
+        (0x00e9, None),       // eacute: no key on a US layout
+        (0x20ac, None),       // EuroSign
     ];
     for &(keysym, want) in table {
-        assert_eq!(keysym_to_qnum(keysym), want, "keysym {keysym:#x}");
+        assert_eq!(kb.translate(true, keysym, None), want, "keysym {keysym:#x}");
     }
     // Every printable ASCII character has a key.
-    assert!((0x20u32..0x7f).all(|c| keysym_to_qnum(c).is_some()));
+    assert!((0x20u32..0x7f).all(|c| kb.translate(true, c, None).is_some()));
 }
 
 /// Messages a well-behaved TigerVNC or noVNC may send, in any order the extension rules

@@ -56,6 +56,8 @@ pub struct CoBedOptions {
     /// (through `setpriv`), as an operator would; `None`: as the test's own user. Default:
     /// `nobody` when the bed runs as root, as dmore must never need root.
     pub console_user: Option<(u32, u32)>,
+    /// The keyboard layout of both QEMUs (`-k`) and consoles (`--keymap`).
+    pub keymap: Option<String>,
 }
 
 /// The user and group `nobody` and `nogroup` on Debian.
@@ -71,6 +73,7 @@ impl CoBedOptions {
             port: 5900,
             timeout: Duration::from_secs(30),
             console_user: nix::unistd::geteuid().is_root().then_some(NOBODY),
+            keymap: None,
         }
     }
 }
@@ -560,6 +563,7 @@ impl CoBed {
         cfg.key_delay_ms = Some(0);
         cfg.extra_qmp = true;
         cfg.incoming = incoming.is_some();
+        cfg.keymap.clone_from(&self.options.keymap);
         cfg.extra_args = vec!["-qmp".into(), monitor];
         let launch = |source| CoBedError::Launch {
             host: host.name(),
@@ -642,6 +646,9 @@ impl CoBed {
             .args(["--name", "dmore-demo"]);
         if let Some(addr) = incoming {
             cmd.arg("--incoming").arg(addr.to_string());
+        }
+        if let Some(layout) = &self.options.keymap {
+            cmd.arg("--keymap").arg(layout);
         }
         cmd.stdin(Stdio::null())
             .stdout(file("console.stdout")?)

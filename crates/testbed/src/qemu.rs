@@ -103,6 +103,8 @@ pub struct QemuConfig {
     /// A second QMP monitor (`qmp2.sock`) for dmore's console, since the harness holds the
     /// first.
     pub extra_qmp: bool,
+    /// The keyboard layout of QEMU's VNC server (`-k LAYOUT`, a file in QEMU's keymaps).
+    pub keymap: Option<String>,
     /// Extra arguments appended to QEMU's command line.
     pub extra_args: Vec<OsString>,
     /// How long start-up may take before [`Qemu::launch`] gives up.
@@ -124,6 +126,7 @@ impl QemuConfig {
             vnc_tcp: None,
             key_delay_ms: None,
             extra_qmp: false,
+            keymap: None,
             extra_args: Vec::new(),
             start_timeout: Duration::from_secs(60),
         }

@@ -4,11 +4,11 @@
 use rfb::ClientMessage;
 
 use crate::journal::{Button, Entry, InputEvent, VncEvent};
-use crate::keymap::keysym_to_qnum;
 
-/// The RFB message for one fast-lane event. A key with a scancode goes as a QEMU extended key
-/// event once QEMU acknowledged them (`ext_keys`), so the guest gets the viewer's physical key
-/// whatever the layout; otherwise as a plain KeyEvent (QEMU maps the keysym).
+/// The RFB message for one fast-lane event. A key goes as a QEMU extended key event once QEMU
+/// acknowledged them (`ext_keys`), with the key number the link chose as QEMU would
+/// ([`crate::keymap::Keyboard`]; QEMU uses it unless it runs with `-k`, when it translates the
+/// keysym to the same number); otherwise as a plain KeyEvent (QEMU maps the keysym).
 pub fn vnc_message(event: &VncEvent, ext_keys: bool) -> ClientMessage {
     match *event {
         VncEvent::Key {
@@ -68,8 +68,8 @@ pub fn names_input_handler(desc: &str) -> bool {
 pub struct QmpBatch {
     /// The list to send (may be empty).
     pub events: Vec<qmp::InputEvent>,
-    /// Key events that could not be expressed (keysyms the US table does not know; they
-    /// are dropped, with a log line).
+    /// Key events without a key number, dropped with a log line (none in a journal this link
+    /// filled: it drops keys with no key on QEMU's layout before journaling them).
     pub unmapped: usize,
     /// Where the guest's pointer is once QEMU took the batch.
     pub pointer: (u16, u16),
@@ -77,7 +77,7 @@ pub struct QmpBatch {
 
 /// The `input-send-event` list for a QMP-lane batch.
 ///
-/// Keys go as QEMU key numbers (the viewer's scancode, else the keysym's US key); buttons as
+/// Keys go as the QEMU key numbers the link chose when it journaled them; buttons as
 /// `btn`. Motion follows the guest's `mouse`: `abs` x and y scaled to QEMU's 0..=0x7fff over
 /// the framebuffer `size` for an absolute device, `rel` deltas from `pointer` (the last
 /// position written to QEMU on either lane) for a relative one — QEMU refuses the whole batch
@@ -98,10 +98,10 @@ pub fn qmp_events(
                 down,
                 keysym,
                 scancode,
-            } => match scancode.or_else(|| keysym_to_qnum(keysym).map(|(qnum, _shift)| qnum)) {
+            } => match scancode {
                 Some(code) => out.push(qmp::InputEvent::number(u32::from(code), down)),
                 None => {
-                    tracing::debug!(keysym, "no QEMU key number for keysym; event dropped");
+                    tracing::debug!(keysym, "key without a QEMU key number; event dropped");
                     unmapped += 1;
                 }
             },
@@ -253,11 +253,11 @@ mod tests {
     }
 
     #[test]
-    fn qmp_lane_prefers_the_scancode_then_the_keysym_table() {
+    fn qmp_lane_sends_the_key_numbers_and_drops_keys_without_one() {
         let entries = [
-            key(0x61, Some(0x9c), true), // scancode wins over keysym
-            key(0x41, None, false),      // 'A' -> the a key
-            key(0x20ac, None, true),     // EuroSign: not in the table
+            key(0x61, Some(0x9c), true), // the number, whatever the keysym
+            key(0x41, Some(0x1e), false),
+            key(0x20ac, None, true), // no number: not sent
         ];
         let QmpBatch {
             events, unmapped, ..

@@ -85,6 +85,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use crate::journal::{self, InputEvent, JournalFull, JournalState, Seq, SeqRange, ViewerId};
+use crate::keymap::{Layout, LoadError};
 
 /// How to reach one QEMU.
 #[derive(Debug, Clone)]
@@ -107,6 +108,9 @@ pub struct LinkConfig {
     /// Begin from this frozen journal (a console taking over) instead of a fresh one; its
     /// own tunables replace `journal`.
     pub restore: Option<JournalState>,
+    /// QEMU's keyboard layout (its `-k`); `None`: QEMU's default (no `-k`), loaded when the
+    /// link starts.
+    pub layout: Option<Layout>,
 }
 
 impl LinkConfig {
@@ -121,6 +125,7 @@ impl LinkConfig {
             connect_timeout: Duration::from_secs(10),
             freeze_timeout: Duration::from_secs(2),
             restore: None,
+            layout: None,
         }
     }
 }
@@ -186,7 +191,10 @@ pub struct LinkStats {
     pub qmp_delivered: u64,
     /// Fence answers received (the connect-time acknowledgement not counted).
     pub fences_answered: u64,
-    /// Keys dropped on the QMP lane for want of a key number (keysym not in the US table).
+    /// Keys dropped before the journal because QEMU's VNC server would give the guest nothing
+    /// for them (a keysym with no key on QEMU's layout; see [`crate::keymap`]): neither lane
+    /// delivers them, and the journal never counts them. Also keys a restored journal holds
+    /// without a number (sent by neither lane).
     pub unmapped_keys: u64,
     /// FramebufferUpdates received from QEMU.
     pub updates: u64,
@@ -200,6 +208,9 @@ pub struct LinkStats {
 /// closes its viewers and exits non-zero with this as the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// QEMU's default keymap (for a console started without a layout) could not be loaded.
+    #[error(transparent)]
+    Keymap(#[from] LoadError),
     /// The VNC socket could not be connected.
     #[error("cannot connect to QEMU's VNC socket {path}")]
     VncConnect {

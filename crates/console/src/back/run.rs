@@ -27,6 +27,7 @@ use crate::journal::{
     Action, FenceId, InputEvent, Journal, JournalFull, JournalState, Outcome, Seq, ViewerId,
     VncEvent,
 };
+use crate::keymap::{Keyboard, Layout};
 
 /// Requests queued from handles before senders wait.
 const REQUEST_QUEUE: usize = 256;
@@ -85,6 +86,10 @@ struct Waiting {
 
 /// Attaches to QEMU and spawns the link task.
 pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), LinkError> {
+    let layout = match config.layout {
+        Some(layout) => layout,
+        None => Layout::load(None)?,
+    };
     let limit = config.connect_timeout;
     let (conn, events) = timeout(limit, qmp::Connection::connect(&config.qmp_socket))
         .await
@@ -199,6 +204,7 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         migration: Migration::None,
         waiting: VecDeque::new(),
         stats: LinkStats::default(),
+        keyboard: Keyboard::new(layout),
         delayed_fences: Vec::new(),
         fence_due: None,
         mouse,
@@ -277,6 +283,8 @@ struct Link {
     migration: Migration,
     waiting: VecDeque<Waiting>,
     stats: LinkStats,
+    /// QEMU's VNC keyboard state as the journaled keys leave it: picks each key's number.
+    keyboard: Keyboard,
     /// Fences the journal asked for, not yet written (see [`FENCE_DELAY`]).
     delayed_fences: Vec<FenceId>,
     /// When `delayed_fences` are written.
@@ -726,7 +734,7 @@ impl Link {
                     });
                     return;
                 }
-                match self.journal.push(viewer, event, now) {
+                match self.journal_push(viewer, event, now) {
                     Ok(seq) => {
                         let _ = reply.send(Ok(seq));
                     }
@@ -792,7 +800,7 @@ impl Link {
         self.retry_waiting(now);
         let mut lost = 0usize;
         for (viewer, event) in extra {
-            if self.journal.push(viewer, event, now).is_err() {
+            if self.journal_push(viewer, event, now).is_err() {
                 lost += 1;
             }
         }
@@ -872,7 +880,7 @@ impl Link {
             let Some(w) = self.waiting.pop_front() else {
                 break;
             };
-            match self.journal.push(w.viewer, w.event, now) {
+            match self.journal_push(w.viewer, w.event, now) {
                 Ok(seq) => {
                     let _ = w.reply.send(Ok(seq));
                 }
@@ -882,6 +890,38 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Journals a viewer event, a key with the number QEMU's VNC server would give it now (so
+    /// both lanes give the guest the same key); a key it would give the guest nothing for is
+    /// dropped here, counted in [`LinkStats::unmapped_keys`] and never delivered.
+    fn journal_push(
+        &mut self,
+        viewer: ViewerId,
+        event: InputEvent,
+        now: Instant,
+    ) -> Result<Option<Seq>, JournalFull> {
+        let InputEvent::Key {
+            down,
+            keysym,
+            scancode,
+        } = event
+        else {
+            return self.journal.push(viewer, event, now);
+        };
+        let Some(number) = self.keyboard.translate(down, keysym, scancode) else {
+            tracing::debug!(keysym, ?scancode, down, "no key on QEMU's layout: dropped");
+            self.stats.unmapped_keys += 1;
+            return Ok(None);
+        };
+        let event = InputEvent::Key {
+            down,
+            keysym,
+            scancode: Some(number),
+        };
+        let seq = self.journal.push(viewer, event, now)?;
+        self.keyboard.apply(number, down);
+        Ok(seq)
     }
 
     fn emit(&mut self, event: LinkEvent) {

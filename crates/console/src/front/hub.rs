@@ -428,6 +428,8 @@ impl Hub {
             "link_qmp_not_running": link.map(|l| l.journal.qmp_not_running),
             "link_uncertain": link.map(|l| l.journal.uncertain),
             "link_dropped": link.map(|l| l.journal.dropped),
+            "link_qmp_delivered": link.map(|l| l.qmp_delivered),
+            "link_unmapped_keys": link.map(|l| l.unmapped_keys),
             "updates": link.map(|l| l.updates),
             "viewer_list": self.viewers.iter().map(|(id, s)| serde_json::json!({
                 "id": id.0,

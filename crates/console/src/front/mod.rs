@@ -169,7 +169,8 @@ pub enum ConsoleError {
     /// Attaching to QEMU failed.
     #[error(
         "cannot attach to QEMU through {vnc} and {qmp}: is QEMU running with \
-         -vnc unix:{vnc},key-delay-ms=0,lock-key-sync=off and -qmp unix:{qmp},server=on,wait=off?"
+         -vnc unix:{vnc},key-delay-ms=0,lock-key-sync=off and -qmp unix:{qmp},server=on,wait=off \
+         (and -k as given to the console's --keymap)?"
     )]
     Attach {
         /// The VNC socket path.

@@ -31,7 +31,6 @@
 mod state;
 mod update;
 
-pub use crate::keymap::keysym_to_qnum;
 pub use state::{SessionRestoreError, SessionState, SESSION_STATE_VERSION};
 pub use update::{LedKind, PlanItem, UpdatePlan};
 

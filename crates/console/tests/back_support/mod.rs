@@ -218,7 +218,7 @@ fn cycling(chars: &str, n: usize) -> Vec<Key> {
         .take(n)
         .map(|c| Key {
             keysym: u32::from(c),
-            code: console::keymap::keysym_to_qnum(u32::from(c)).map_or(0, |(qnum, _)| qnum),
+            code: guest::keymap::scancode(c).map_or(0, u16::from),
         })
         .collect()
 }

@@ -65,6 +65,10 @@ pub(crate) fn qemu_args(
         a.push("-vnc".into());
         a.push(vnc_tcp(addr, cfg.key_delay_ms).into());
     }
+    if let Some(layout) = &cfg.keymap {
+        a.push("-k".into());
+        a.push(layout.into());
+    }
     if cfg.incoming {
         a.push("-incoming".into());
         a.push("defer".into());
@@ -138,6 +142,7 @@ mod tests {
         cfg.key_delay_ms = Some(0);
         cfg.vnc_tcp = Some("127.0.0.1:5901".parse().expect("address"));
         cfg.incoming = true;
+        cfg.keymap = Some("de".into());
         let a = joined(&qemu_args(
             &cfg,
             Accel::Kvm,
@@ -170,7 +175,7 @@ mod tests {
             "{a}"
         );
         assert!(a.contains("-vnc 127.0.0.1:1,id=tcp,key-delay-ms=0"), "{a}");
-        assert!(a.ends_with("-incoming defer"), "{a}");
+        assert!(a.ends_with("-k de -incoming defer"), "{a}");
     }
 
     #[test]
@@ -185,7 +190,10 @@ mod tests {
         assert!(a.contains("-accel tcg"), "{a}");
         assert!(!a.contains("-bios"), "{a}");
         assert!(
-            !a.contains("qmp2") && !a.contains("id=tcp") && !a.contains("incoming"),
+            !a.contains("qmp2")
+                && !a.contains("id=tcp")
+                && !a.contains("incoming")
+                && !a.contains(" -k "),
             "{a}"
         );
         assert!(!a.contains("key-delay-ms"), "{a}");

@@ -49,6 +49,8 @@ pub(super) struct Hub {
     link_gone: bool,
     /// Bounds on viewers and handshakes, and the back-off after failed passwords.
     gate: super::gate::Gate,
+    /// Viewers cut at a freeze because their writer was still busy at its deadline.
+    viewers_cut: u64,
     admit_tx: mpsc::Sender<Admission>,
     admit_rx: mpsc::Receiver<Admission>,
     written_tx: mpsc::UnboundedSender<Written>,
@@ -137,6 +139,7 @@ impl Hub {
             mig,
             link_gone: false,
             gate: super::gate::Gate::default(),
+            viewers_cut: 0,
             admit_tx,
             admit_rx,
             written_tx,
@@ -417,6 +420,7 @@ impl Hub {
             "comigration": comigration,
             "viewers": self.viewers.len(),
             "handshakes": self.gate.handshakes(),
+            "viewers_cut": self.viewers_cut,
             "vm_running": link.map(|l| l.vm_running),
             "frozen": link.map(|l| l.frozen),
             "held": link.map(|l| l.journal.held),

@@ -2,8 +2,10 @@
 
 use super::*;
 
-/// Longest a freeze waits for the viewers' writers.
-const FREEZE_WAIT: Duration = Duration::from_secs(10);
+/// Longest a freeze waits for the viewers' writers, all of them together: a viewer whose
+/// writer is still in the middle of a batch then is cut (its RFB stream would break
+/// mid-message) and counted, never the session.
+const FREEZE_WAIT: Duration = Duration::from_secs(2);
 
 /// Asks the console at `path` to freeze and receives its hand-over.
 pub(in crate::front) async fn take_over(path: &Path) -> Result<Handover, HandoverError> {
@@ -20,6 +22,7 @@ impl Hub {
     /// Freezes the console into a hand-over (see `front`'s module docs for the steps).
     pub(super) async fn freeze(&mut self) -> Result<Handover, ConsoleError> {
         tracing::info!(viewers = self.viewers.len(), "freezing");
+        let deadline = Instant::now() + FREEZE_WAIT;
         // 1. Stop reading every viewer; keep what was read but not handled, in order.
         let mut unread: BTreeMap<ViewerId, Vec<u8>> = BTreeMap::new();
         let mut reads = BTreeMap::new();
@@ -52,7 +55,6 @@ impl Hub {
             .await
             .map_err(|e| ConsoleError::Link(Box::new(e)))?;
         // 3. Wait for the writers to finish.
-        let deadline = Instant::now() + FREEZE_WAIT;
         loop {
             let busy = self
                 .viewers
@@ -86,12 +88,13 @@ impl Hub {
             sessions.insert(id, slot.session.freeze());
             let Slot { to, writer, .. } = slot;
             drop(to);
-            let write = match tokio::time::timeout(FREEZE_WAIT, writer).await {
+            let write = match tokio::time::timeout_at(deadline.into(), writer).await {
                 Ok(Ok(w)) => w,
                 _ => {
+                    self.viewers_cut += 1;
                     tracing::warn!(
                         viewer = id.0,
-                        "writer did not finish: viewer not handed over"
+                        "writer still busy at the freeze's deadline: viewer cut, not handed over"
                     );
                     sessions.remove(&id);
                     continue;

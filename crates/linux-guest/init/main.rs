@@ -110,7 +110,15 @@ impl Serial {
             let _ = std::fs::create_dir_all(dir);
             let (src, target, fs) = (cstr(fstype), cstr(dir), cstr(fstype));
             // SAFETY: valid NUL-terminated strings that outlive the call; no data argument.
-            unsafe { mount(src.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+            unsafe {
+                mount(
+                    src.as_ptr(),
+                    target.as_ptr(),
+                    fs.as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
         }
         // Only emergencies on the console from here on: a kernel message must not cut a report
         // line in two.
@@ -155,7 +163,8 @@ impl Serial {
     fn commands(&mut self) -> Vec<String> {
         let mut buf = [0u8; 256];
         let n = self.port.read(&mut buf).unwrap_or(0);
-        self.pending.extend_from_slice(buf.get(..n).unwrap_or_default());
+        self.pending
+            .extend_from_slice(buf.get(..n).unwrap_or_default());
         let mut lines = Vec::new();
         while let Some(end) = self.pending.iter().position(|b| *b == b'\n' || *b == b'\r') {
             let line: Vec<u8> = self.pending.drain(..=end).collect();

@@ -56,7 +56,8 @@ pub struct Kernel {
 impl Kernel {
     /// The kernel in `DMORE_LINUX_GUEST`, or else [`CACHE_DIR`].
     pub fn find() -> Result<Kernel, ImageError> {
-        let dir = std::env::var_os("DMORE_LINUX_GUEST").map_or_else(|| CACHE_DIR.into(), PathBuf::from);
+        let dir =
+            std::env::var_os("DMORE_LINUX_GUEST").map_or_else(|| CACHE_DIR.into(), PathBuf::from);
         Kernel::in_dir(&dir)
     }
 
@@ -183,7 +184,8 @@ impl Cpio {
         ];
         self.bytes.extend_from_slice(b"070701");
         for field in fields {
-            self.bytes.extend_from_slice(format!("{field:08x}").as_bytes());
+            self.bytes
+                .extend_from_slice(format!("{field:08x}").as_bytes());
         }
         self.bytes.extend_from_slice(name.as_bytes());
         self.bytes.push(0);
@@ -193,9 +195,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.bytes.len() % 4 != 0 {
-            self.bytes.push(0);
-        }
+        self.bytes.resize(self.bytes.len().next_multiple_of(4), 0);
     }
 }
 
@@ -336,7 +336,11 @@ kernel/drivers/hid/hid-generic.ko: kernel/drivers/hid/hid.ko
             let (mode, size, namesize) = (field(1), field(6) as usize, field(11) as usize);
             let name = std::str::from_utf8(&bytes[at + 110..at + 110 + namesize - 1]).unwrap();
             let data_at = (at + 110 + namesize).next_multiple_of(4);
-            seen.push((name.to_owned(), mode, bytes[data_at..data_at + size].to_vec()));
+            seen.push((
+                name.to_owned(),
+                mode,
+                bytes[data_at..data_at + size].to_vec(),
+            ));
             if name == "TRAILER!!!" {
                 break;
             }

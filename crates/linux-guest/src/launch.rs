@@ -100,7 +100,11 @@ impl LinuxOptions {
             a.extend(["-bios".into(), Path::new(OVMF).into()]);
         }
         if self.input == Input::Usb {
-            for device in ["qemu-xhci,id=xhci", "usb-kbd,bus=xhci.0", "usb-tablet,bus=xhci.0"] {
+            for device in [
+                "qemu-xhci,id=xhci",
+                "usb-kbd,bus=xhci.0",
+                "usb-tablet,bus=xhci.0",
+            ] {
                 a.extend(["-device".into(), device.into()]);
             }
         }
@@ -129,7 +133,10 @@ mod tests {
     #[test]
     fn defaults_are_ps2_text_seabios() {
         let a = joined(LinuxOptions::default());
-        assert!(a.starts_with("-kernel /k -initrd /i -append console=ttyS0 "), "{a}");
+        assert!(
+            a.starts_with("-kernel /k -initrd /i -append console=ttyS0 "),
+            "{a}"
+        );
         assert!(a.ends_with("dmore.wait=11:2"), "{a}");
         assert!(!a.contains("-bios") && !a.contains("usb"), "{a}");
     }

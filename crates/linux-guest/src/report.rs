@@ -438,7 +438,10 @@ mod tests {
         );
         assert_eq!(input(true, 0x113, 1).as_guest_report(), None);
         assert_eq!(input(false, 200, 1).as_guest_report(), None);
-        assert_eq!(Report::Leds(4).as_guest_report(), Some(GuestReport::Leds(4)));
+        assert_eq!(
+            Report::Leds(4).as_guest_report(),
+            Some(GuestReport::Leds(4))
+        );
         assert_eq!(Report::Pong(1).as_guest_report(), None);
     }
 

@@ -46,7 +46,9 @@ pub enum SerialError {
         log: String,
     },
     /// The Linux guest reported an error (`ERR`).
-    #[error("the Linux guest failed ({error}) while waiting for {waited_for}; serial so far:\n{log}")]
+    #[error(
+        "the Linux guest failed ({error}) while waiting for {waited_for}; serial so far:\n{log}"
+    )]
     LinuxGuest {
         /// The text of its `ERR` line.
         error: String,

@@ -1,8 +1,9 @@
 //! The Linux test guest (Debian's kernel, TCG) in each combination of input device, display
 //! and firmware: it boots, a viewer's keys and clicks through QEMU's own VNC (dmore's RFB
 //! client on QEMU's VNC socket) reach its kernel and are reported exactly, once each, in
-//! order, from the device the combination puts them on; Caps Lock lights its LED; and it draws
-//! on demand, as QEMU's `screendump` shows.
+//! order, from the device the combination puts them on; Caps Lock lights its LED, and the
+//! LED state reaches the viewer (QEMU's LED pseudo-encoding: the guest's kernel sent it to the
+//! keyboard device); and it draws on demand, as QEMU's `screendump` shows.
 //!
 //! Input is paced by the guest: one keystroke or click is sent, and the next only once its
 //! reports arrived (QEMU's USB HID queue holds 16 events; DESIGN.md measured USB keyboards
@@ -15,10 +16,13 @@ use anyhow::{bail, ensure, Context as _};
 use linux_guest::keymap::{evdev_from_set1, BTN_LEFT, BTN_MIDDLE, BTN_RIGHT};
 use linux_guest::launch::{Display, Firmware, Input, LinuxOptions};
 use linux_guest::report::{Input as Event, Report};
-use rfb::{ClientConfig, ClientMessage, Limits, SecurityType, Version};
+use rfb::{
+    ClientConfig, ClientMessage, Encoding, Limits, RectPayload, SecurityType, ServerMessage,
+    Version,
+};
 use testbed::qemu::{Accel, Qemu, QemuConfig};
 use tokio::net::UnixStream;
-use vnc::client::{ClientWriter, Setup};
+use vnc::client::{ClientReader, ClientWriter, Setup};
 
 /// A bound on a wait, not a timing assertion: boots under TCG on a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(180);
@@ -89,7 +93,35 @@ async fn boot(dir: &Path, options: LinuxOptions) -> anyhow::Result<Guest> {
     })
 }
 
-async fn viewer(qemu: &Qemu) -> anyhow::Result<ClientWriter<UnixStream>> {
+/// A viewer on QEMU's own VNC server.
+struct Viewer {
+    reader: ClientReader<UnixStream>,
+    writer: ClientWriter<UnixStream>,
+}
+
+impl Viewer {
+    /// Reads until QEMU reports keyboard LED state `mask` (scroll 1, num 2, caps 4).
+    async fn wait_leds(&mut self, mask: u8) -> anyhow::Result<()> {
+        let mut seen = Vec::new();
+        loop {
+            let message = tokio::time::timeout(WAIT, self.reader.read_message())
+                .await
+                .with_context(|| format!("no LED state {mask} from QEMU; seen {seen:?}"))??;
+            if let ServerMessage::FramebufferUpdate(rects) = message {
+                for rect in rects {
+                    if let RectPayload::QemuLedState(state) = rect.payload {
+                        if state == mask {
+                            return Ok(());
+                        }
+                        seen.push(state);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn viewer(qemu: &Qemu) -> anyhow::Result<Viewer> {
     let stream = UnixStream::connect(qemu.vnc_path()).await?;
     let config = ClientConfig {
         version: Version::V3_8,
@@ -101,10 +133,10 @@ async fn viewer(qemu: &Qemu) -> anyhow::Result<ClientWriter<UnixStream>> {
     // Plain keysyms, as most viewers send them; QEMU maps them with its en-us keymap.
     let setup = Setup {
         pixel_format: None,
-        encodings: vec![rfb::Encoding::Raw],
+        encodings: vec![Encoding::Raw, Encoding::QemuLedState],
     };
-    let (_done, _reader, writer) = vnc::client::connect(stream, config, &setup).await?;
-    Ok(writer)
+    let (_done, reader, writer) = vnc::client::connect(stream, config, &setup).await?;
+    Ok(Viewer { reader, writer })
 }
 
 impl Guest {
@@ -140,7 +172,7 @@ impl Guest {
     }
 
     /// Types TEXT (Shift held for the characters that need it) and Caps Lock.
-    async fn type_text(&mut self, viewer: &mut ClientWriter<UnixStream>) -> anyhow::Result<()> {
+    async fn type_text(&mut self, viewer: &mut Viewer) -> anyhow::Result<()> {
         for c in TEXT.chars() {
             let stroke = guest::keymap::stroke(c).with_context(|| format!("no key for {c:?}"))?;
             let keysym = guest::keymap::keysym(c).with_context(|| format!("no keysym {c:?}"))?;
@@ -164,26 +196,29 @@ impl Guest {
                 let send = [event(true, keysym), event(false, keysym)];
                 (send.to_vec(), vec![self.key(code, 1), self.key(code, 0)])
             };
-            viewer.send_all(&send).await?;
+            viewer.writer.send_all(&send).await?;
             self.expect(&want).await?;
         }
         let caps = |down| ClientMessage::KeyEvent {
             down,
             keysym: 0xffe5,
         };
-        viewer.send_all(&[caps(true), caps(false)]).await?;
+        viewer.writer.send_all(&[caps(true), caps(false)]).await?;
         let (down, up) = (self.key(KEY_CAPSLOCK, 1), self.key(KEY_CAPSLOCK, 0));
         self.expect(&[down, Report::Leds(4), up]).await?;
+        viewer.wait_leds(4).await?;
+        println!("Caps Lock: the guest set its LED and the viewer was told");
         println!("{} key events reported exactly", self.keys);
         Ok(())
     }
 
     /// Clicks left, middle, right, twice each, at a point on the screen.
-    async fn click(&mut self, viewer: &mut ClientWriter<UnixStream>) -> anyhow::Result<()> {
+    async fn click(&mut self, viewer: &mut Viewer) -> anyhow::Result<()> {
         for _ in 0..2 {
             for (mask, code) in [(1u8, BTN_LEFT), (2, BTN_MIDDLE), (4, BTN_RIGHT)] {
                 for buttons in [mask, 0] {
                     viewer
+                        .writer
                         .send(&ClientMessage::PointerEvent {
                             buttons,
                             x: 100,

@@ -275,6 +275,27 @@ impl Guest {
         Ok(())
     }
 
+    /// Runs the animation until QEMU's screen has changed twice, then stops it: the guest
+    /// reports at least two frames more than it had drawn.
+    async fn animate(&mut self, dir: &Path, frames_before: u64) -> anyhow::Result<()> {
+        let mut screen = self.screendump(dir).await?;
+        self.qemu.serial().send_line("ANIM 20").await?;
+        for _ in 0..2 {
+            screen = self.wait_screen(dir, |s| s != &screen).await?;
+        }
+        self.qemu.serial().send_line("ANIM 0").await?;
+        match self.qemu.serial().next_linux(WAIT, "DREW FRAME").await? {
+            Report::Drew {
+                frames: true,
+                count,
+            } if count >= frames_before + 2 => {
+                println!("animation: {} frames", count - frames_before);
+                Ok(())
+            }
+            other => bail!("after two screen changes the guest reported `{other}`"),
+        }
+    }
+
     async fn screendump(&self, dir: &Path) -> anyhow::Result<(usize, usize, Vec<u32>)> {
         let file = dir.join("screen.ppm");
         self.qemu
@@ -337,6 +358,8 @@ async fn exercise(options: LinuxOptions) -> anyhow::Result<()> {
     guest.type_text(&mut viewer).await?;
     guest.click(&mut viewer).await?;
     guest.draw(dir.path()).await?;
+    let frames = u64::from(guest.framebuffer.is_some());
+    guest.animate(dir.path(), frames).await?;
     let status = guest.qemu.shutdown(WAIT).await?;
     ensure!(status.success(), "QEMU exited with {status}");
     Ok(())

@@ -47,8 +47,12 @@ pub enum ImageError {
 pub struct Kernel {
     /// The kernel release, e.g. `6.1.0-57-amd64`.
     pub version: String,
-    /// `boot/vmlinuz-<version>`.
+    /// `boot/vmlinuz-<version>`: the compressed kernel (bzImage, XZ).
     pub vmlinuz: PathBuf,
+    /// `boot/vmlinux-<version>`, if `.ci/setup` extracted it: the uncompressed ELF, which QEMU
+    /// enters directly (PVH) with SeaBIOS, skipping loading 8 MB through fw_cfg and XZ
+    /// decompression, both slow under TCG.
+    pub vmlinux: Option<PathBuf>,
     /// `lib/modules/<version>`.
     pub modules: PathBuf,
 }
@@ -70,7 +74,9 @@ impl Kernel {
             .filter_map(|e| e.file_name().into_string().ok())
             .find(|v| dir.join(format!("boot/vmlinuz-{v}")).exists())
             .ok_or_else(missing)?;
+        let vmlinux = dir.join(format!("boot/vmlinux-{version}"));
         Ok(Kernel {
+            vmlinux: vmlinux.exists().then_some(vmlinux),
             vmlinuz: dir.join(format!("boot/vmlinuz-{version}")),
             modules: dir.join(format!("lib/modules/{version}")),
             version,
@@ -202,8 +208,10 @@ impl Cpio {
 /// The boot files of one guest: the kernel and an initramfs written for it.
 #[derive(Debug, Clone)]
 pub struct Image {
-    /// The kernel image (`-kernel`).
+    /// The kernel image (bzImage).
     pub kernel: PathBuf,
+    /// The uncompressed kernel with a PVH entry, if there is one ([`Kernel::vmlinux`]).
+    pub vmlinux: Option<PathBuf>,
     /// The initramfs (`-initrd`).
     pub initrd: PathBuf,
     /// The kernel release.
@@ -248,6 +256,7 @@ impl Image {
         std::fs::write(&initrd, cpio.finish()).map_err(io(&initrd))?;
         Ok(Image {
             kernel: kernel.vmlinuz,
+            vmlinux: kernel.vmlinux,
             initrd,
             version: kernel.version,
         })

@@ -87,10 +87,16 @@ impl LinuxOptions {
     }
 
     /// QEMU's arguments for the kernel, the initramfs, the firmware and the USB devices.
+    /// Under SeaBIOS the uncompressed kernel where there is one (PVH entry: READY in ~7 s
+    /// instead of ~15 s under TCG); OVMF boots the bzImage (its EFI stub).
     pub fn qemu_args(&self, image: &Image) -> Vec<OsString> {
+        let kernel = match (&image.vmlinux, self.firmware) {
+            (Some(vmlinux), Firmware::SeaBios) => vmlinux,
+            _ => &image.kernel,
+        };
         let mut a: Vec<OsString> = vec![
             "-kernel".into(),
-            image.kernel.clone().into(),
+            kernel.clone().into(),
             "-initrd".into(),
             image.initrd.clone().into(),
             "-append".into(),
@@ -120,6 +126,7 @@ mod tests {
     fn joined(opts: LinuxOptions) -> String {
         let image = Image {
             kernel: PathBuf::from("/k"),
+            vmlinux: None,
             initrd: PathBuf::from("/i"),
             version: "v".into(),
         };
@@ -139,6 +146,25 @@ mod tests {
         );
         assert!(a.ends_with("dmore.wait=11:2"), "{a}");
         assert!(!a.contains("-bios") && !a.contains("usb"), "{a}");
+    }
+
+    #[test]
+    fn seabios_boots_the_uncompressed_kernel_and_ovmf_the_bzimage() {
+        let image = Image {
+            kernel: PathBuf::from("/bz"),
+            vmlinux: Some(PathBuf::from("/elf")),
+            initrd: PathBuf::from("/i"),
+            version: "v".into(),
+        };
+        let kernel = |firmware| {
+            let opts = LinuxOptions {
+                firmware,
+                ..LinuxOptions::default()
+            };
+            opts.qemu_args(&image)[1].clone()
+        };
+        assert_eq!(kernel(Firmware::SeaBios), "/elf");
+        assert_eq!(kernel(Firmware::Ovmf), "/bz");
     }
 
     #[test]

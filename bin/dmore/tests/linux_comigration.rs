@@ -1,8 +1,8 @@
 //! The Linux test guest (Debian's kernel, TCG) behind `dmore console`, co-migrated A → B → A
 //! … while a viewer types and clicks: every key and click its kernel receives once, in order,
-//! over one viewer connection, and the guest alive and drawing after the last move. PS/2 with
-//! VGA text under SeaBIOS; USB HID (`usb-kbd`, `usb-tablet`) with the bochs framebuffer under
-//! OVMF.
+//! over one viewer connection, and the guest alive and drawing after the last move. PS/2 and
+//! USB HID (`usb-kbd`, `usb-tablet`), each with VGA text under SeaBIOS and with the bochs
+//! framebuffer under OVMF.
 //!
 //! The guest's workload is input, screen and serial only: plain QEMU 7.2 migration under TCG
 //! corrupts a Linux guest that dirties memory (DESIGN.md). Skipped (with a note) where network
@@ -96,19 +96,43 @@ async fn ps2_text_seabios_linux_guest_typed_through_comigrations_loses_nothing(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn usb_graphics_ovmf_linux_guest_typed_through_comigrations_loses_nothing(
+async fn ps2_graphics_ovmf_linux_guest_typed_through_comigrations_loses_nothing(
 ) -> anyhow::Result<()> {
-    // QEMU's USB keyboard is exact only up to ~41 events/s under TCG with nothing of dmore in
-    // the path (DESIGN.md): a key every 100 ms (20 events/s), a click every 500 ms.
-    let steady = SteadyConfig {
+    let linux = LinuxOptions {
+        input: Input::Ps2,
+        display: Display::Graphics,
+        firmware: Firmware::Ovmf,
+    };
+    typed_through_comigrations(linux, SteadyConfig::default()).await
+}
+
+/// QEMU's USB keyboard is exact only up to ~41 events/s under TCG with nothing of dmore in the
+/// path (DESIGN.md): a key every 100 ms (20 events/s), a click every 500 ms.
+fn usb_pace() -> SteadyConfig {
+    SteadyConfig {
         key_interval: Duration::from_millis(100),
         click_interval: Duration::from_millis(500),
         move_mouse: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usb_text_seabios_linux_guest_typed_through_comigrations_loses_nothing(
+) -> anyhow::Result<()> {
+    let linux = LinuxOptions {
+        input: Input::Usb,
+        ..LinuxOptions::default()
     };
+    typed_through_comigrations(linux, usb_pace()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usb_graphics_ovmf_linux_guest_typed_through_comigrations_loses_nothing(
+) -> anyhow::Result<()> {
     let linux = LinuxOptions {
         input: Input::Usb,
         display: Display::Graphics,
         firmware: Firmware::Ovmf,
     };
-    typed_through_comigrations(linux, steady).await
+    typed_through_comigrations(linux, usb_pace()).await
 }

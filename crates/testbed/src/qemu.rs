@@ -1,7 +1,11 @@
-//! The QEMU launcher: runs the test guest ([`guest`]) in `qemu-system-x86_64`.
+//! The QEMU launcher: runs the test guest ([`guest`]) in `qemu-system-x86_64`, or the Linux
+//! test guest ([`linux_guest`], with [`QemuConfig::linux`]).
 //!
 //! - KVM with qboot where `/dev/kvm` opens (SeaBIOS would take ~5 s), TCG (with QEMU's default
-//!   firmware, SeaBIOS) otherwise; [`Qemu::accel`] says which, checked with `query-kvm`.
+//!   firmware, SeaBIOS) otherwise; [`Qemu::accel`] says which, checked with `query-kvm`. The
+//!   Linux guest runs under TCG unless KVM is asked for ([`AccelChoice::Kvm`]): it does not
+//!   boot under the nested `kvm-pvm` of the machines these tests run on (DESIGN.md); its
+//!   firmware is its options' (SeaBIOS or OVMF), never qboot.
 //! - Everything lives in the config's runtime directory: `qmp.sock` (the harness's monitor,
 //!   held by [`Qemu::qmp`]), `qmp2.sock` (a free monitor for dmore's console, with
 //!   [`QemuConfig::extra_qmp`]), `vnc.sock`, `serial.sock`, `qemu.pid` (for the sweep of dead
@@ -28,6 +32,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use guest::GuestOptions;
+use linux_guest::launch::LinuxOptions;
 use serde_json::Value;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
@@ -85,6 +90,9 @@ pub struct QemuConfig {
     pub memory_mib: u32,
     /// The test guest's options.
     pub guest: GuestOptions,
+    /// Boot the Linux test guest with these options instead of the tiny test guest (whose
+    /// `guest` options are then unused). Its initramfs is written into the runtime directory.
+    pub linux: Option<LinuxOptions>,
     /// Which accelerator.
     pub accel: AccelChoice,
     /// Where the sockets, pidfile and logs go (created if missing). Unix socket paths are
@@ -119,6 +127,7 @@ impl QemuConfig {
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
             memory_mib: 128,
             guest: GuestOptions::default(),
+            linux: None,
             accel: AccelChoice::Auto,
             runtime_dir: runtime_dir.into(),
             netns: None,
@@ -131,7 +140,21 @@ impl QemuConfig {
             start_timeout: Duration::from_secs(60),
         }
     }
+
+    /// Defaults for the Linux test guest with `options`: as [`new`](Self::new), with
+    /// [`LINUX_MEMORY_MIB`] of memory.
+    pub fn linux(runtime_dir: impl Into<PathBuf>, options: LinuxOptions) -> QemuConfig {
+        QemuConfig {
+            memory_mib: LINUX_MEMORY_MIB,
+            linux: Some(options),
+            ..QemuConfig::new(runtime_dir)
+        }
+    }
 }
+
+/// Memory for the Linux test guest, MiB: room for the kernel, its ~6 MB initramfs unpacked,
+/// and the framebuffer console.
+pub const LINUX_MEMORY_MIB: u32 = 256;
 
 /// The files of one QEMU in its runtime directory.
 #[derive(Debug, Clone)]
@@ -219,6 +242,9 @@ pub enum LaunchError {
         /// What QEMU printed on stderr so far.
         stderr: String,
     },
+    /// The Linux guest's boot files cannot be made.
+    #[error("cannot make the Linux guest's boot files")]
+    LinuxImage(#[from] linux_guest::image::ImageError),
     /// QMP failed during start-up.
     #[error("QMP failed during start-up")]
     Qmp(#[from] qmp::Error),
@@ -260,7 +286,7 @@ impl Qemu {
             return Err(LaunchError::VncPort(port));
         }
         let accel = match cfg.accel {
-            AccelChoice::Auto if kvm_usable() => Accel::Kvm,
+            AccelChoice::Auto if kvm_usable() && cfg.linux.is_none() => Accel::Kvm,
             AccelChoice::Auto | AccelChoice::Tcg => Accel::Tcg,
             AccelChoice::Kvm if kvm_usable() => Accel::Kvm,
             AccelChoice::Kvm => return Err(LaunchError::KvmUnavailable),
@@ -276,7 +302,14 @@ impl Qemu {
             }
             let _ = std::fs::remove_file(socket);
         }
-        let qemu_args = args::qemu_args(&cfg, accel, &paths, guest::kernel_path());
+        let boot = match &cfg.linux {
+            None => args::Boot::Tiny(guest::kernel_path()),
+            Some(options) => {
+                let image = linux_guest::image::Image::build(&cfg.runtime_dir)?;
+                args::Boot::Linux(options.qemu_args(&image))
+            }
+        };
+        let qemu_args = args::qemu_args(&cfg, accel, &paths, &boot);
         let mut cmd = match &cfg.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -307,7 +340,7 @@ impl Qemu {
             timeout: cfg.start_timeout,
         };
         let stream = starting.connect_serial().await?;
-        let serial = Serial::start(stream);
+        let serial = Serial::start(stream, cfg.linux.is_some());
         let (qmp, events) = starting.connect_qmp().await?;
         let kvm = qmp.client().execute("query-kvm", Value::Null).await?;
         let kvm_enabled = kvm.get("enabled").and_then(Value::as_bool).unwrap_or(false);

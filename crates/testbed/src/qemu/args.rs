@@ -10,12 +10,21 @@ use super::{Accel, Paths, QemuConfig};
 /// qboot: boots the guest in ~0.17 s under KVM where SeaBIOS takes ~5 s (DESIGN.md).
 pub(crate) const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 
+/// What QEMU boots.
+pub(crate) enum Boot<'a> {
+    /// The tiny test guest's multiboot kernel, with the config's guest options.
+    Tiny(&'a Path),
+    /// The Linux guest: its kernel, initramfs, command line, firmware and devices
+    /// ([`linux_guest::launch::LinuxOptions::qemu_args`]).
+    Linux(Vec<OsString>),
+}
+
 /// The arguments after the QEMU binary.
 pub(crate) fn qemu_args(
     cfg: &QemuConfig,
     accel: Accel,
     paths: &Paths,
-    kernel: &Path,
+    boot: &Boot<'_>,
 ) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(s.into());
@@ -33,7 +42,7 @@ pub(crate) fn qemu_args(
         Accel::Kvm => {
             push("-accel");
             push("kvm");
-            if Path::new(QBOOT).exists() {
+            if matches!(boot, Boot::Tiny(_)) && Path::new(QBOOT).exists() {
                 push("-bios");
                 push(QBOOT);
             }
@@ -43,10 +52,15 @@ pub(crate) fn qemu_args(
             push("tcg");
         }
     }
-    push("-kernel");
-    a.push(kernel.into());
-    a.push("-append".into());
-    a.push(cfg.guest.cmdline().into());
+    match boot {
+        Boot::Tiny(kernel) => {
+            a.push("-kernel".into());
+            a.push(kernel.into());
+            a.push("-append".into());
+            a.push(cfg.guest.cmdline().into());
+        }
+        Boot::Linux(args) => a.extend(args.iter().cloned()),
+    }
     // The harness connects to the serial socket first; `wait=on` holds the guest until then,
     // so no line is lost.
     a.push("-chardev".into());
@@ -147,7 +161,7 @@ mod tests {
             &cfg,
             Accel::Kvm,
             &paths("/run/x", true),
-            &PathBuf::from("/k"),
+            &Boot::Tiny(&PathBuf::from("/k")),
         ));
         assert!(a.contains("-accel kvm"), "{a}");
         if Path::new(QBOOT).exists() {
@@ -185,7 +199,7 @@ mod tests {
             &cfg,
             Accel::Tcg,
             &paths("/r", false),
-            &PathBuf::from("/k"),
+            &Boot::Tiny(&PathBuf::from("/k")),
         ));
         assert!(a.contains("-accel tcg"), "{a}");
         assert!(!a.contains("-bios"), "{a}");
@@ -197,6 +211,15 @@ mod tests {
             "{a}"
         );
         assert!(!a.contains("key-delay-ms"), "{a}");
+    }
+
+    #[test]
+    fn the_linux_guest_brings_its_own_boot_arguments_and_no_qboot() {
+        let cfg = QemuConfig::new("/r");
+        let boot = Boot::Linux(vec!["-kernel".into(), "/vmlinuz".into()]);
+        let a = joined(&qemu_args(&cfg, Accel::Kvm, &paths("/r", false), &boot));
+        assert!(a.contains("-accel kvm -kernel /vmlinuz -chardev"), "{a}");
+        assert!(!a.contains("-bios") && !a.contains("-append"), "{a}");
     }
 
     #[test]

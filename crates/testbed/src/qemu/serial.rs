@@ -1,11 +1,18 @@
 //! The guest's serial port: a reader task turns the socket's bytes into lines, keeps every raw
 //! line (for error messages) and hands parsed [`Report`]s to the harness in order.
+//!
+//! With the Linux guest, its lines ([`linux_guest::report`]) come in order on their own
+//! channel ([`Serial::next_linux`]), and those the tiny guest has a word for (keys, the three
+//! buttons, LEDs, READY: [`LinuxReport::as_guest_report`]) on the main one too, so a test
+//! written for the tiny guest reads either.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use guest::report::{parse_line, Report};
-use tokio::io::AsyncReadExt as _;
+use linux_guest::report::Report as LinuxReport;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -38,6 +45,18 @@ pub enum SerialError {
         /// The last lines the guest printed.
         log: String,
     },
+    /// The Linux guest reported an error (`ERR`).
+    #[error(
+        "the Linux guest failed ({error}) while waiting for {waited_for}; serial so far:\n{log}"
+    )]
+    LinuxGuest {
+        /// The text of its `ERR` line.
+        error: String,
+        /// What the caller waited for.
+        waited_for: String,
+        /// The last lines the guest printed.
+        log: String,
+    },
     /// The guest reported a CPU exception or a device that did not acknowledge its setup.
     #[error("the guest failed ({report}) while waiting for {waited_for}; serial so far:\n{log}")]
     Guest {
@@ -54,20 +73,35 @@ pub enum SerialError {
 #[derive(Debug)]
 pub struct Serial {
     rx: mpsc::UnboundedReceiver<Report>,
+    linux_rx: mpsc::UnboundedReceiver<LinuxReport>,
+    port: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>,
     log: Arc<Mutex<Vec<String>>>,
     tail: Arc<Mutex<Option<String>>>,
     task: JoinHandle<()>,
 }
 
 impl Serial {
-    /// Starts reading `stream`.
-    pub(crate) fn start(stream: UnixStream) -> Serial {
+    /// Starts reading `stream`, the Linux guest's lines if `linux`, else the tiny guest's.
+    pub(crate) fn start(stream: UnixStream, linux: bool) -> Serial {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (linux_tx, linux_rx) = mpsc::unbounded_channel();
         let log = Arc::new(Mutex::new(Vec::new()));
         let tail = Arc::new(Mutex::new(None));
-        let task = tokio::spawn(read_lines(stream, tx, Arc::clone(&log), Arc::clone(&tail)));
+        let (read, write) = stream.into_split();
+        let channels = Channels {
+            tx,
+            linux: linux.then_some(linux_tx),
+        };
+        let task = tokio::spawn(read_lines(
+            read,
+            channels,
+            Arc::clone(&log),
+            Arc::clone(&tail),
+        ));
         Serial {
             rx,
+            linux_rx,
+            port: Arc::new(tokio::sync::Mutex::new(write)),
             log,
             tail,
             task,
@@ -114,6 +148,39 @@ impl Serial {
         }
     }
 
+    /// The Linux guest's next report within `timeout` (none from the tiny guest). `ERR` lines
+    /// are errors.
+    pub async fn next_linux(
+        &mut self,
+        timeout: Duration,
+        waited_for: &str,
+    ) -> Result<LinuxReport, SerialError> {
+        match tokio::time::timeout(timeout, self.linux_rx.recv()).await {
+            Ok(Some(LinuxReport::Error(error))) => Err(SerialError::LinuxGuest {
+                error,
+                waited_for: waited_for.to_owned(),
+                log: self.log_tail(),
+            }),
+            Ok(Some(report)) => Ok(report),
+            Ok(None) => Err(SerialError::Closed {
+                waited_for: waited_for.to_owned(),
+                log: self.log_tail(),
+            }),
+            Err(_) => Err(SerialError::Timeout {
+                waited_for: waited_for.to_owned(),
+                timeout,
+                log: self.log_tail(),
+            }),
+        }
+    }
+
+    /// Writes `line` and a newline to the guest (the Linux guest takes commands this way).
+    pub async fn send_line(&self, line: &str) -> std::io::Result<()> {
+        let mut bytes = line.as_bytes().to_vec();
+        bytes.push(b'\n');
+        self.port.lock().await.write_all(&bytes).await
+    }
+
     /// Waits for `READY`, skipping `OPTS`.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), SerialError> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -144,9 +211,16 @@ impl Drop for Serial {
     }
 }
 
-async fn read_lines(
-    mut stream: UnixStream,
+/// Where parsed lines go.
+struct Channels {
     tx: mpsc::UnboundedSender<Report>,
+    /// Set for the Linux guest: its lines are parsed with its grammar.
+    linux: Option<mpsc::UnboundedSender<LinuxReport>>,
+}
+
+async fn read_lines(
+    mut stream: OwnedReadHalf,
+    channels: Channels,
     log: Arc<Mutex<Vec<String>>>,
     tail: Arc<Mutex<Option<String>>>,
 ) {
@@ -159,7 +233,7 @@ async fn read_lines(
         };
         for &b in buf.get(..n).unwrap_or_default() {
             if b == b'\n' {
-                deliver(&mut pending, &tx, &log);
+                deliver(&mut pending, &channels, &log);
             } else if pending.len() < MAX_LINE {
                 pending.push(b);
             }
@@ -172,36 +246,54 @@ async fn read_lines(
     }
 }
 
-fn deliver(pending: &mut Vec<u8>, tx: &mpsc::UnboundedSender<Report>, log: &Mutex<Vec<String>>) {
+fn deliver(pending: &mut Vec<u8>, channels: &Channels, log: &Mutex<Vec<String>>) {
     let line = String::from_utf8_lossy(pending)
         .trim_end_matches('\r')
         .to_owned();
     pending.clear();
+    if let Some(linux) = &channels.linux {
+        let parsed = linux_guest::report::parse_line(&line);
+        keep(log, line);
+        match parsed {
+            Ok(report) => {
+                tracing::trace!(%report, "Linux guest serial");
+                if let Some(mapped) = report.as_guest_report() {
+                    let _ = channels.tx.send(mapped);
+                }
+                let _ = linux.send(report);
+            }
+            Err(e) => tracing::debug!(%e, "Linux guest serial: not a report"),
+        }
+        return;
+    }
     let parsed = parse_line(&line);
     match &parsed {
         Ok(report) => tracing::trace!(%report, "guest serial"),
         Err(e) => tracing::debug!(%e, "guest serial: not a report"),
     }
+    keep(log, line);
+    if let Ok(report) = parsed {
+        let _ = channels.tx.send(report);
+    }
+}
+
+fn keep(log: &Mutex<Vec<String>>, line: String) {
     if let Ok(mut log) = log.lock() {
         if log.len() >= MAX_LOG_LINES {
             log.remove(0);
         }
         log.push(line);
     }
-    if let Ok(report) = parsed {
-        let _ = tx.send(report);
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
     async fn a_line_cut_by_the_port_closing_is_kept_as_the_tail_not_dropped() {
         let (mut guest, harness) = UnixStream::pair().unwrap();
-        let mut serial = Serial::start(harness);
+        let mut serial = Serial::start(harness, false);
         guest.write_all(b"K 1 D 1e\nK 2 U").await.unwrap();
         drop(guest);
         let mut reports = Vec::new();
@@ -213,9 +305,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn linux_lines_come_on_their_channel_and_as_tiny_guest_reports() {
+        let (mut guest, harness) = UnixStream::pair().unwrap();
+        let mut serial = Serial::start(harness, true);
+        guest
+            .write_all(b"\x1b[01;01HBdsDxe\nDEV 0 11 1 1 AT kbd\nREADY\nKEY 1 0 1e 1\nBTN 1 1 113 1\nERR x\n")
+            .await
+            .unwrap();
+        let wait = Duration::from_secs(5);
+        assert!(matches!(
+            serial.next_linux(wait, "DEV").await,
+            Ok(LinuxReport::Device { index: 0, .. })
+        ));
+        serial.next_linux(wait, "READY").await.unwrap();
+        serial.next_linux(wait, "KEY").await.unwrap();
+        serial.next_linux(wait, "BTN").await.unwrap();
+        assert!(matches!(
+            serial.next_linux(wait, "ERR").await,
+            Err(SerialError::LinuxGuest { .. })
+        ));
+        // The side-button press has no tiny-guest word: only READY and the key.
+        assert_eq!(serial.next(wait, "READY").await.unwrap(), Report::Ready);
+        assert_eq!(
+            serial.next(wait, "key").await.unwrap(),
+            Report::Key {
+                count: 1,
+                down: true,
+                code: 0x1e
+            }
+        );
+        drop(guest);
+        assert!(serial.recv().await.is_none());
+        // Commands go the other way.
+        let (mut guest, harness) = UnixStream::pair().unwrap();
+        let serial = Serial::start(harness, true);
+        serial.send_line("SCROLL 3").await.unwrap();
+        let mut buf = [0u8; 9];
+        guest.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"SCROLL 3\n");
+    }
+
+    #[tokio::test]
     async fn a_port_closed_after_a_whole_line_has_no_tail() {
         let (mut guest, harness) = UnixStream::pair().unwrap();
-        let mut serial = Serial::start(harness);
+        let mut serial = Serial::start(harness, false);
         guest.write_all(b"K 1 D 1e\n").await.unwrap();
         drop(guest);
         while serial.recv().await.is_some() {}

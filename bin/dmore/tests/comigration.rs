@@ -10,7 +10,8 @@
 //! - an unmodified viewer, vncdotool, typing through a co-migration;
 //! - faults (SIGKILL): the destination QEMU during RAM pre-copy; the destination console
 //!   after it received the snapshot;
-//! - a key held down across the switch is released once.
+//! - a key held down across the switch is released once;
+//! - Ctrl-C on `dmore migrate` during pre-copy: cancelled, the session stays on the source.
 //!
 //! Skipped (with a note) where network namespaces cannot be made (not root).
 
@@ -587,4 +588,135 @@ async fn dmore_migrate_moves_the_vm_and_its_console_and_prints_the_timeline() ->
     // Typing goes on after the move, into the destination.
     tokio::time::sleep(Duration::from_millis(500)).await;
     check_nothing_lost(&mut bed, viewer).await
+}
+
+/// Whether a process has ended (gone, or a zombie nobody reaped yet).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // "pid (comm) S ...": the state follows the command's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+/// Ctrl-C on `dmore migrate` while QEMU pre-copies (its bandwidth limited so that pre-copy
+/// lasts): the migration is cancelled, the command says so and exits 130, the VM runs on the
+/// source, whose console serves its viewer on the same connection, every key typed before,
+/// during and after reached the guest once, and the destination QEMU is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_dmore_migrate_cancels_and_the_session_stays_on_the_source() -> anyhow::Result<()>
+{
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // Zero pages cost no bandwidth: the guest dirties 64 MiB, so pre-copy has data to send.
+    let Some(mut bed) = bed(128, dirtying(64, 32)).await? else {
+        return Ok(());
+    };
+    let viewer = viewer(&bed).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let source = bed.home_qemu().context("home QEMU")?.qmp().clone();
+    // 64 MiB of data at 8 MiB/s: pre-copy lasts seconds unless cancelled.
+    source
+        .execute(
+            "migrate-set-parameters",
+            serde_json::json!({"max-bandwidth": 8 << 20}),
+        )
+        .await?;
+    bed.prepare_destination().await?;
+    let (dest_qemu, _) = bed.destination_pids().context("destination")?;
+    let plan = bed.plan(false)?;
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dmore"))
+        .arg("migrate")
+        .arg("--source-qmp")
+        .arg(&plan.source_qmp)
+        .arg("--dest-qmp")
+        .arg(&plan.dest_qmp)
+        .args(["--incoming-uri", &plan.incoming_uri])
+        .arg("--source-console")
+        .arg(&plan.source_console)
+        .arg("--dest-console")
+        .arg(&plan.dest_console)
+        .args(["--dest-console-addr", &plan.dest_console_addr.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("dmore migrate's pid")?;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let info = source
+                .execute("query-migrate", serde_json::Value::Null)
+                .await?;
+            let sent = info
+                .pointer("/ram/transferred")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0);
+            if info.get("status").and_then(|s| s.as_str()) == Some("active") && sent > 4 << 20 {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .context("pre-copy never ran")??;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    println!("SIGINT sent to dmore migrate during pre-copy");
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .context("dmore migrate did not end after Ctrl-C")??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.code() == Some(130),
+        "dmore migrate exits 130 after Ctrl-C: {:?}",
+        out.status
+    );
+    ensure!(
+        stdout.contains("cancelled") && stdout.contains("runs on the source"),
+        "it says what happened and where the VM is: {stdout}"
+    );
+    let info = source
+        .execute("query-migrate", serde_json::Value::Null)
+        .await?;
+    let status = source
+        .execute("query-status", serde_json::Value::Null)
+        .await?;
+    println!(
+        "source QEMU: migration {}, run state {}",
+        info["status"], status["status"]
+    );
+    ensure!(
+        info["status"] == "cancelled" && status["running"] == true,
+        "the source VM runs and its migration was cancelled: {info} {status}"
+    );
+    let console = request(bed.home_control().context("home")?, &Command::Status).await?;
+    ensure!(
+        console["phase"] == "Serving" && console["viewers"] == 1,
+        "the source console serves its viewer: {console}"
+    );
+    tokio::time::timeout(WAIT, async {
+        while !ended(dest_qemu) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .context("the destination QEMU is still running")?;
+    println!("destination QEMU ended");
+    bed.abandon_destination();
+    // Typing goes on into the source.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let checked = check_nothing_lost(&mut bed, viewer).await;
+    if checked.is_err() {
+        let log = plan.source_console.with_file_name("console.stderr");
+        println!(
+            "source console's log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    checked
 }

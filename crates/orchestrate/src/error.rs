@@ -150,6 +150,27 @@ pub enum OrchestrateError {
         /// The cancel's own failure, if any.
         cancel_error: Option<Box<MigrateError>>,
     },
+    /// The operator interrupted the co-migration before the destination VM ran: QEMU's
+    /// migration was cancelled and the source console told.
+    #[error(
+        "interrupted before the switchover: {}",
+        if cancel_error.is_some() {
+            "cancelling QEMU's migration failed: check the source QEMU (`query-status`)".to_owned()
+        } else {
+            format!(
+                "QEMU's migration was cancelled; the VM runs on the source and its console \
+                 serves there (source console: {source_console}); the destination QEMU and \
+                 console can be stopped"
+            )
+        }
+    )]
+    Interrupted {
+        /// The source console's phase and viewers after the cancel, as it reported them.
+        source_console: String,
+        /// The cancel's own failure, if any.
+        #[source]
+        cancel_error: Option<Box<MigrateError>>,
+    },
     /// The VM runs on the destination, but its console did not take over.
     #[error(
         "the VM now runs on the destination, but its console did not take over: the source \

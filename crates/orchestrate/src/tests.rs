@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -137,18 +138,112 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Runs [`drive`] with the two fake QEMUs and returns its result and the progress heard.
+/// Runs [`Steps::drive`] with the two fake QEMUs and returns its result and the progress heard.
 async fn run_drive(
     plan: &Plan,
     src: &FakeQemu,
     dst: &FakeQemu,
 ) -> (Result<Timeline, OrchestrateError>, Vec<Progress>) {
+    run_drive_until(plan, src, dst, std::future::pending()).await
+}
+
+/// [`run_drive`], interrupted when `interrupt` completes.
+async fn run_drive_until(
+    plan: &Plan,
+    src: &FakeQemu,
+    dst: &FakeQemu,
+    interrupt: impl Future<Output = ()>,
+) -> (Result<Timeline, OrchestrateError>, Vec<Progress>) {
     let heard = Mutex::new(Vec::new());
     let progress = Mutex::new(|p: &Progress| heard.lock().unwrap().push(p.clone()));
     let source = Console::new(Side::Source, &plan.source_console);
     let dest = Console::new(Side::Destination, &plan.dest_console);
-    let result = drive(plan, &source, &dest, src, dst, &progress).await;
+    let steps = Steps {
+        plan,
+        source: &source,
+        dest: &dest,
+        progress: &progress,
+    };
+    let result = steps.drive(src, dst, &mut Interrupt::new(interrupt)).await;
     (result, heard.into_inner().unwrap())
+}
+
+#[test]
+fn an_interrupt_during_precopy_cancels_and_tells_the_source_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(dir.path(), false);
+    rt().block_on(async {
+        let status = (
+            "status",
+            json!({"ok": true, "role": "source", "phase": "Serving", "viewers": 1}),
+        );
+        let source = FakeConsole::start(dir.path(), "src.ctl", &[status]);
+        let dest = FakeConsole::start(dir.path(), "dst.ctl", &[]);
+        let src = FakeQemu::migrating(vec![json!({"status": "active"})]);
+        let dst = FakeQemu::default();
+        let interrupt = tokio::time::sleep(Duration::from_millis(30));
+        let (result, _) = run_drive_until(&plan, &src, &dst, interrupt).await;
+        let err = result.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                OrchestrateError::Interrupted {
+                    cancel_error: None,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("cancelled") && message.contains("Serving, 1 viewer(s)"),
+            "{message}"
+        );
+        assert_eq!(
+            source.log(),
+            [
+                "prepare 10.213.1.12:4700",
+                "migration-started",
+                "migration-ended",
+                "status"
+            ]
+        );
+        assert!(dest.log().is_empty(), "{:?}", dest.log());
+        assert!(
+            src.log().contains(&"migrate_cancel".to_owned()),
+            "{:?}",
+            src.log()
+        );
+    });
+}
+
+#[test]
+fn an_interrupt_before_migrate_starts_nothing_and_undoes_the_announcement() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(dir.path(), false);
+    rt().block_on(async {
+        let source = FakeConsole::start(dir.path(), "src.ctl", &[]);
+        let _dest = FakeConsole::start(dir.path(), "dst.ctl", &[]);
+        let src = FakeQemu::migrating(vec![json!({"status": "active"})]);
+        let dst = FakeQemu::default();
+        // Ready before the first step: the console still finishes the commands it was given.
+        let (result, heard) = run_drive_until(&plan, &src, &dst, std::future::ready(())).await;
+        assert!(matches!(result, Err(OrchestrateError::Interrupted { .. })));
+        assert!(
+            src.log().is_empty() && dst.log().is_empty(),
+            "QEMU untouched"
+        );
+        assert!(heard.is_empty(), "{heard:?}");
+        assert_eq!(
+            source.log(),
+            [
+                "prepare 10.213.1.12:4700",
+                "migration-started",
+                "migration-ended",
+                "status"
+            ]
+        );
+    });
 }
 
 #[test]

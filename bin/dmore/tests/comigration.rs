@@ -11,10 +11,12 @@
 //! - faults (SIGKILL): the destination QEMU during RAM pre-copy; the destination console
 //!   after it received the snapshot;
 //! - a key held down across the switch is released once;
-//! - Ctrl-C on `dmore migrate` during pre-copy: cancelled, the session stays on the source.
+//! - Ctrl-C on `dmore migrate` during pre-copy: cancelled, the session stays on the source;
+//! - a second migration of the VM while one runs: refused, the first undisturbed.
 //!
 //! Skipped (with a note) where network namespaces cannot be made (not root).
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -601,32 +603,9 @@ fn ended(pid: u32) -> bool {
     }
 }
 
-/// Ctrl-C on `dmore migrate` while QEMU pre-copies (its bandwidth limited so that pre-copy
-/// lasts): the migration is cancelled, the command says so and exits 130, the VM runs on the
-/// source, whose console serves its viewer on the same connection, every key typed before,
-/// during and after reached the guest once, and the destination QEMU is gone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctrl_c_on_dmore_migrate_cancels_and_the_session_stays_on_the_source() -> anyhow::Result<()>
-{
-    let _turn = ONE_AT_A_TIME.lock().await;
-    // Zero pages cost no bandwidth: the guest dirties 64 MiB, so pre-copy has data to send.
-    let Some(mut bed) = bed(128, dirtying(64, 32)).await? else {
-        return Ok(());
-    };
-    let viewer = viewer(&bed).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let source = bed.home_qemu().context("home QEMU")?.qmp().clone();
-    // 64 MiB of data at 8 MiB/s: pre-copy lasts seconds unless cancelled.
-    source
-        .execute(
-            "migrate-set-parameters",
-            serde_json::json!({"max-bandwidth": 8 << 20}),
-        )
-        .await?;
-    bed.prepare_destination().await?;
-    let (dest_qemu, _) = bed.destination_pids().context("destination")?;
-    let plan = bed.plan(false)?;
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dmore"))
+/// `dmore migrate` as an operator runs it, for `plan`; its output piped.
+fn dmore_migrate(plan: &orchestrate::Plan) -> std::io::Result<tokio::process::Child> {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_dmore"))
         .arg("migrate")
         .arg("--source-qmp")
         .arg(&plan.source_qmp)
@@ -641,8 +620,33 @@ async fn ctrl_c_on_dmore_migrate_cancels_and_the_session_stays_on_the_source() -
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().context("dmore migrate's pid")?;
+        .spawn()
+}
+
+/// A guest with 64 MiB of non-zero memory (zero pages cost a migration no bandwidth), barely
+/// dirtied: a dirtying loop in the timer interrupt, slowed by the migration's dirty logging,
+/// would hold back the guest's keyboard on a loaded machine (its 16-byte PS/2 queue
+/// overflows), which is not what these tests are about.
+fn slowly_migrated() -> GuestOptions {
+    dirtying(64, 1)
+}
+
+/// A `dmore migrate` whose pre-copy lasts (the source QEMU's bandwidth limited), returned
+/// once pre-copy runs, with its plan and the source QEMU's monitor.
+async fn slow_dmore_migrate(
+    bed: &mut CoBed,
+) -> anyhow::Result<(tokio::process::Child, orchestrate::Plan, qmp::Client)> {
+    let source = bed.home_qemu().context("home QEMU")?.qmp().clone();
+    // 64 MiB of data (`slowly_migrated`) at 8 MiB/s: seconds.
+    source
+        .execute(
+            "migrate-set-parameters",
+            serde_json::json!({"max-bandwidth": 8 << 20}),
+        )
+        .await?;
+    bed.prepare_destination().await?;
+    let plan = bed.plan(false)?;
+    let child = dmore_migrate(&plan)?;
     tokio::time::timeout(WAIT, async {
         loop {
             let info = source
@@ -660,17 +664,59 @@ async fn ctrl_c_on_dmore_migrate_cancels_and_the_session_stays_on_the_source() -
     })
     .await
     .context("pre-copy never ran")??;
+    Ok((child, plan, source))
+}
+
+/// Waits for `child` (bounded) and prints its output.
+async fn output_of(child: tokio::process::Child) -> anyhow::Result<std::process::Output> {
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .context("dmore migrate did not end")??;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    Ok(out)
+}
+
+/// [`check_nothing_lost`], printing the console's log if it fails.
+async fn check_nothing_lost_or_show(
+    bed: &mut CoBed,
+    viewer: SteadyViewer,
+    console: &Path,
+) -> anyhow::Result<()> {
+    let checked = check_nothing_lost(bed, viewer).await;
+    if checked.is_err() {
+        let log = console.with_file_name("console.stderr");
+        println!(
+            "the console's log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    checked
+}
+
+/// Ctrl-C on `dmore migrate` while QEMU pre-copies: the migration is cancelled, the command
+/// says so and exits 130, the VM runs on the source, whose console serves its viewer on the
+/// same connection, every key typed before, during and after reached the guest once, and the
+/// destination QEMU is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_dmore_migrate_cancels_and_the_session_stays_on_the_source() -> anyhow::Result<()>
+{
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(mut bed) = bed(128, slowly_migrated()).await? else {
+        return Ok(());
+    };
+    let viewer = viewer(&bed).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (child, plan, source) = slow_dmore_migrate(&mut bed).await?;
+    let (dest_qemu, _) = bed.destination_pids().context("destination")?;
+    let pid = child.id().context("dmore migrate's pid")?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGINT,
     )?;
     println!("SIGINT sent to dmore migrate during pre-copy");
-    let out = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .context("dmore migrate did not end after Ctrl-C")??;
+    let out = output_of(child).await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    print!("{stdout}");
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
     ensure!(
         out.status.code() == Some(130),
         "dmore migrate exits 130 after Ctrl-C: {:?}",
@@ -694,7 +740,7 @@ async fn ctrl_c_on_dmore_migrate_cancels_and_the_session_stays_on_the_source() -
         info["status"] == "cancelled" && status["running"] == true,
         "the source VM runs and its migration was cancelled: {info} {status}"
     );
-    let console = request(bed.home_control().context("home")?, &Command::Status).await?;
+    let console = request(&plan.source_console, &Command::Status).await?;
     ensure!(
         console["phase"] == "Serving" && console["viewers"] == 1,
         "the source console serves its viewer: {console}"
@@ -710,13 +756,58 @@ async fn ctrl_c_on_dmore_migrate_cancels_and_the_session_stays_on_the_source() -
     bed.abandon_destination();
     // Typing goes on into the source.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let checked = check_nothing_lost(&mut bed, viewer).await;
-    if checked.is_err() {
-        let log = plan.source_console.with_file_name("console.stderr");
-        println!(
-            "source console's log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-    }
-    checked
+    check_nothing_lost_or_show(&mut bed, viewer, &plan.source_console).await
+}
+
+/// Two migrations of one VM at once: while a `dmore migrate` pre-copies, a second one (same
+/// arguments) and a `prepare` towards another destination are refused with a clear error,
+/// and the first, undisturbed, moves the VM and its console with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_migration_while_one_runs_is_refused_and_the_first_finishes() -> anyhow::Result<()>
+{
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(mut bed) = bed(128, slowly_migrated()).await? else {
+        return Ok(());
+    };
+    let viewer = viewer(&bed).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (first, plan, source) = slow_dmore_migrate(&mut bed).await?;
+
+    let second = output_of(dmore_migrate(&plan)?).await?;
+    let said = String::from_utf8_lossy(&second.stderr);
+    ensure!(
+        !second.status.success() && said.contains("busy with another migration"),
+        "the second dmore migrate is refused: {:?} {said}",
+        second.status
+    );
+    let elsewhere = SocketAddr::from(([10, 213, 0, 99], 4700));
+    let refused = request(&plan.source_console, &Command::Prepare(elsewhere)).await;
+    println!("prepare towards another destination: {refused:?}");
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("under way")),
+        "a prepare towards another destination is refused: {refused:?}"
+    );
+    let info = source
+        .execute("query-migrate", serde_json::Value::Null)
+        .await?;
+    ensure!(
+        info["status"] == "active",
+        "the first migration runs on: {}",
+        info["status"]
+    );
+
+    // Let the first one finish.
+    source
+        .execute(
+            "migrate-set-parameters",
+            serde_json::json!({"max-bandwidth": 1u64 << 30}),
+        )
+        .await?;
+    let out = output_of(first).await?;
+    ensure!(out.status.success(), "the first dmore migrate succeeded");
+    bed.finish().await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    check_nothing_lost_or_show(&mut bed, viewer, &plan.dest_console).await
 }

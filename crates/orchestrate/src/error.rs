@@ -73,6 +73,21 @@ pub enum OrchestrateError {
         /// What to give instead.
         fix: &'static str,
     },
+    /// A console is in the middle of another migration of its VM.
+    #[error(
+        "the {side} console at {} is busy with another migration (phase {phase}): one \
+         migration of a VM at a time; wait until it ends (or interrupt the `dmore migrate` \
+         running it), nothing was touched",
+        path.display()
+    )]
+    Busy {
+        /// Which console.
+        side: Side,
+        /// Its control socket.
+        path: PathBuf,
+        /// The phase it reported.
+        phase: String,
+    },
     /// A console refused a step of the co-migration.
     #[error("the {side} console at {} refused {step}: {fix}", path.display())]
     ConsoleRefused {

@@ -71,8 +71,9 @@ fn dest_status() -> (&'static str, Value) {
     )
 }
 
-/// A QEMU monitor: `query-migrate` answers from a list (the last repeats), `query-status`
-/// says `running`, the command in `fail` fails, the rest answer `{}`.
+/// A QEMU monitor: `query-migrate` answers from a list (the last repeats; `cancelled` once
+/// `migrate_cancel` came), `query-status` says `running`, the command in `fail` fails, the
+/// rest answer `{}`.
 #[derive(Default)]
 struct FakeQemu {
     log: RefCell<Vec<String>>,
@@ -101,7 +102,9 @@ impl Monitor for FakeQemu {
                 desc: "scripted".into(),
             });
         }
+        let cancelled = self.log.borrow().iter().any(|c| c == "migrate_cancel");
         Ok(match command {
+            "query-migrate" if cancelled => json!({"status": "cancelled"}),
             "query-migrate" => {
                 let mut q = self.migrate.borrow_mut();
                 match q.len() {
@@ -489,6 +492,44 @@ fn comigrate_refuses_a_destination_console_in_the_source_role() {
             "{err:?}"
         );
         assert!(err.to_string().contains("--incoming"), "{err}");
+    });
+}
+
+#[test]
+fn comigrate_refuses_a_source_console_busy_with_another_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(dir.path(), false);
+    rt().block_on(async {
+        let busy = (
+            "status",
+            json!({"ok": true, "role": "source", "phase": "Precopying"}),
+        );
+        let idle = (
+            "status",
+            json!({"ok": true, "role": "destination", "phase": "Waiting"}),
+        );
+        let source = FakeConsole::start(dir.path(), "src.ctl", &[version(), busy]);
+        let _dest = FakeConsole::start(dir.path(), "dst.ctl", &[version(), idle]);
+        let err = comigrate(&plan, |_| {}).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                OrchestrateError::Busy {
+                    side: Side::Source,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("one migration of a VM at a time"),
+            "{err}"
+        );
+        assert_eq!(
+            source.log(),
+            ["version", "status"],
+            "nothing else was asked"
+        );
     });
 }
 

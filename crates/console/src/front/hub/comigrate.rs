@@ -306,6 +306,21 @@ impl Hub {
             let _ = reply.send(control::ok(serde_json::json!({})));
             return;
         }
+        if let (SourceState::Precopying { .. }, Some(to)) = (&m.source, m.to_destination) {
+            if to != addr {
+                // Re-pointing the console now would cut the migration under way from its
+                // destination: one migration of a VM at a time.
+                let _ = reply.send(control::failed(
+                    &format!(
+                        "a migration to {to} is under way (phase {}): one at a time; if it is \
+                         over, say `migration-ended` first",
+                        m.source
+                    ),
+                    serde_json::json!({ "phase": m.phase() }),
+                ));
+                return;
+            }
+        }
         if connected {
             m.disconnect();
             m.step_source(SourceEvent::PeerLost);

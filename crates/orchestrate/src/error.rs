@@ -77,7 +77,8 @@ pub enum OrchestrateError {
     #[error(
         "the {side} console at {} is busy with another migration (phase {phase}): one \
          migration of a VM at a time; wait until it ends (or interrupt the `dmore migrate` \
-         running it), nothing was touched",
+         running it); if none runs, `migration-ended` on its control socket frees it; \
+         nothing was touched",
         path.display()
     )]
     Busy {

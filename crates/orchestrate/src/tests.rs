@@ -22,6 +22,16 @@ struct FakeConsole {
 
 impl FakeConsole {
     fn start(dir: &Path, name: &str, answers: &[(&str, Value)]) -> FakeConsole {
+        FakeConsole::start_slow(dir, name, answers, None)
+    }
+
+    /// [`FakeConsole::start`], answering the command named `slow.0` only after `slow.1`.
+    fn start_slow(
+        dir: &Path,
+        name: &str,
+        answers: &[(&str, Value)],
+        slow: Option<(&'static str, Duration)>,
+    ) -> FakeConsole {
         let path = dir.join(name);
         let listener = UnixListener::bind(&path).unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -43,7 +53,10 @@ impl FakeConsole {
                     .get(word)
                     .cloned()
                     .unwrap_or_else(|| json!({"ok": true}).to_string());
-                task_log.lock().unwrap().push(line);
+                task_log.lock().unwrap().push(line.clone());
+                if let Some((_, delay)) = slow.filter(|(w, _)| *w == word) {
+                    tokio::time::sleep(delay).await;
+                }
                 let _ = w.write_all(format!("{reply}\n").as_bytes()).await;
             }
         });
@@ -217,6 +230,47 @@ fn an_interrupt_during_precopy_cancels_and_tells_the_source_console() {
             "{:?}",
             src.log()
         );
+    });
+}
+
+#[test]
+fn an_interrupt_after_the_destination_runs_is_reported_and_the_move_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(dir.path(), false);
+    rt().block_on(async {
+        let source = FakeConsole::start(dir.path(), "src.ctl", &[]);
+        // The takeover takes a while: the interrupt lands while it is waited for.
+        let slow = Some(("wait", Duration::from_millis(300)));
+        let dest = FakeConsole::start_slow(dir.path(), "dst.ctl", &[dest_status()], slow);
+        let src = FakeQemu::migrating(vec![
+            json!({"status": "active"}),
+            json!({"status": "completed", "total-time": 240, "downtime": 7}),
+        ]);
+        let dst = FakeQemu::default();
+        let dest_log = dest.log.clone();
+        let interrupt = async move {
+            while !dest_log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.starts_with("wait"))
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let (result, heard) = run_drive_until(&plan, &src, &dst, interrupt).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert!(heard.contains(&Progress::TooLateToCancel), "{heard:?}");
+        assert!(
+            !src.log().contains(&"migrate_cancel".to_owned()),
+            "{:?}",
+            src.log()
+        );
+        assert_eq!(
+            source.log(),
+            ["prepare 10.213.1.12:4700", "migration-started"]
+        );
+        assert_eq!(dest.log(), ["wait Serving 3000", "status"]);
     });
 }
 

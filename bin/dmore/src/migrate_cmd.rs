@@ -32,7 +32,8 @@ Example (hosts A and B; the console of VM vm1 runs on A):
 The QMP sockets are the VMs' main monitors, not the consoles' own. With --hold-switchover the
 VM waits, paused, until the destination console holds the session (its move then counts in
 the VM's downtime); without it the console moves beside QEMU's switchover. On failure before
-the switchover the migration is cancelled and the VM and its console stay on the source.")]
+the switchover the migration is cancelled and the VM and its console stay on the source.
+Ctrl-C before the switchover does the same (exit status 130); after it, the move finishes.")]
 pub struct MigrateArgs {
     /// The source QEMU's main QMP monitor socket.
     #[arg(long, value_name = "PATH")]
@@ -95,6 +96,9 @@ impl MigrateArgs {
     }
 }
 
+/// The exit status after Ctrl-C cancelled the migration (128 + SIGINT, as shells report it).
+const INTERRUPTED: i32 = 130;
+
 /// Runs the co-migration, showing progress; prints the timeline, or fails with the cause.
 pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let plan = args.plan();
@@ -104,7 +108,18 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let mut shown = Shown::new(std::io::stderr().is_terminal());
-    let result = runtime.block_on(orchestrate::comigrate(&plan, |p| shown.on(p)));
+    let result = runtime.block_on(async {
+        // Registered before anything is touched: from here on Ctrl-C cancels cleanly (or,
+        // past the switchover, is reported) instead of killing the command midway.
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("catching Ctrl-C")?;
+        let interrupt = async move {
+            sigint.recv().await;
+        };
+        Ok::<_, anyhow::Error>(
+            orchestrate::comigrate_until(&plan, |p| shown.on(p), interrupt).await,
+        )
+    })?;
     shown.finish();
     match result {
         Ok(timeline) => {
@@ -113,6 +128,16 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
                 timeline.render()
             );
             Ok(())
+        }
+        Err(err @ OrchestrateError::Interrupted { .. }) => {
+            // What happened and where the VM and its console are, then the shell's status for
+            // a command ended by SIGINT.
+            println!("dmore migrate: {err}");
+            if let Some(cause) = std::error::Error::source(&err) {
+                println!("  cause: {cause}");
+            }
+            drop(runtime);
+            std::process::exit(INTERRUPTED);
         }
         Err(err) => {
             if let OrchestrateError::QuitSource { timeline, .. } = &err {
@@ -195,6 +220,10 @@ fn phase_line(p: &Progress) -> Option<&'static str> {
         Progress::WaitingForConsole => {
             Some("QEMU done: waiting for the destination console to take over")
         }
+        Progress::TooLateToCancel => Some(
+            "Ctrl-C: too late to cancel, the VM already runs on the destination; finishing the \
+             console's move",
+        ),
         Progress::Done => Some("done"),
     }
 }

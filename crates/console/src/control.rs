@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `version` | `{"ok":true,"control":"dmore-console","version":1}` | check before anything else |
 //! | `status` | `{"ok":true, "role", "phase", "viewers", "vm_running", ..., "comigration"}` | read state |
-//! | `prepare HOST:PORT` | `{"ok":true}` once connected to that destination console | before a migration |
+//! | `prepare HOST:PORT` | `{"ok":true}` once connected to that destination console (input then moves to the exactly-once lane, as on `migration-started`); refused while a migration to another destination is under way | before a migration |
 //! | `migration-started` | `{"ok":true}` | the orchestrator is about to `migrate`: input moves to the exactly-once lane now |
 //! | `migration-ended` | `{"ok":true}` | the orchestrator's migration failed before the switchover |
 //! | `wait PHASE MILLIS` | `{"ok":true,"phase":..}` when the co-migration phase is `PHASE`, else `"ok":false` after `MILLIS` | synchronise (e.g. `--hold-switchover` waits for `Ready`) |

@@ -2,8 +2,9 @@
 //! link every one arrives once, in order, after `migrate_cancel` resumes the VM; sent straight
 //! to QEMU's VNC socket they are all lost.
 //!
-//! The test sets only `pause-before-switchover` (not `events`), so the link must tell the
-//! migration's stop from a plain one by itself (`query-status` → `finish-migrate`).
+//! The first test turns `events` off (as a manager may, after the link turned it on), so the
+//! link must tell the migration's stop from a plain one by itself (`query-status` →
+//! `finish-migrate`).
 
 mod back_support;
 
@@ -31,7 +32,7 @@ async fn keys_typed_during_a_held_migration_arrive_once_after_cancel() -> anyhow
     let uri = format!("tcp:127.0.0.1:{port}");
     dst.qmp().migrate_incoming(&uri).await?;
     src.qmp()
-        .migrate_set_capabilities(&[("pause-before-switchover", true)])
+        .migrate_set_capabilities(&[("events", false), ("pause-before-switchover", true)])
         .await?;
     src.qmp().migrate(&uri).await?;
     src.wait_migration("pre-switchover").await?;
@@ -134,9 +135,91 @@ async fn migration_events_capability_also_moves_input_to_qmp() -> anyhow::Result
     wait_vm(&mut vm_rx, VmEvent::MigrationEnded).await?;
     let reports = src.serial().keys(40).await?;
     assert_eq!(seen(&reports), expected(&keys));
-    let stats = link.stats().await?;
+    // The guest may report the last key before the link has read QEMU's reply to its batch.
+    let mut stats = link.stats().await?;
+    for _ in 0..500 {
+        if stats.qmp_delivered >= 40 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        stats = link.stats().await?;
+    }
     assert_eq!(stats.journal.fast_sent, 0);
     assert_eq!(stats.qmp_delivered, 40);
+    link.shutdown().await?;
+    Ok(())
+}
+
+/// The `events` capability as QEMU has it now.
+async fn events_capability(vm: &Vm) -> anyhow::Result<bool> {
+    let caps = vm
+        .qmp()
+        .execute("query-migrate-capabilities", serde_json::Value::Null)
+        .await?;
+    let on = caps
+        .as_array()
+        .and_then(|list| {
+            list.iter()
+                .find(|c| c["capability"] == "events")
+                .and_then(|c| c["state"].as_bool())
+        })
+        .ok_or_else(|| anyhow::anyhow!("no events capability in {caps}"))?;
+    Ok(on)
+}
+
+/// Waits (bounded: a guard against hanging) until the link has turned `events` on.
+async fn wait_events_on(vm: &Vm) -> anyhow::Result<()> {
+    for _ in 0..500 {
+        if events_capability(vm).await? {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("the link never turned the events capability on")
+}
+
+/// QEMU starts with `events` off; the link turns it on at attach and again when the VM runs
+/// after a pause (here a manager had turned it off), so that a bare `migrate` announces itself
+/// (`MIGRATION` `setup`/`active`) and input leaves the fast lane long before the switchover.
+#[tokio::test]
+async fn the_link_turns_migration_events_on_whenever_no_migration_runs() -> anyhow::Result<()> {
+    let mut src = Vm::launch(false).await?;
+    let dst = Vm::launch(true).await?;
+    assert!(!events_capability(&src).await?, "QEMU's default is off");
+    let (link, events) = QemuLink::connect(LinkConfig::new(&src.vnc, &src.qmp)).await?;
+    let mut vm_rx = vm_events(events);
+    wait_events_on(&src).await?;
+
+    src.qmp()
+        .migrate_set_capabilities(&[("events", false)])
+        .await?;
+    src.qmp().execute("stop", serde_json::Value::Null).await?;
+    wait_vm(&mut vm_rx, VmEvent::Stopped).await?;
+    src.qmp().execute("cont", serde_json::Value::Null).await?;
+    wait_vm(&mut vm_rx, VmEvent::Resumed).await?;
+    wait_events_on(&src).await?;
+
+    // A bare `migrate` (only pause-before-switchover set, as libvirt would): announced.
+    let port = Vm::free_port()?;
+    let uri = format!("tcp:127.0.0.1:{port}");
+    dst.qmp().migrate_incoming(&uri).await?;
+    src.qmp()
+        .migrate_set_capabilities(&[("pause-before-switchover", true)])
+        .await?;
+    src.qmp().migrate(&uri).await?;
+    wait_vm(&mut vm_rx, VmEvent::MigrationStarted).await?;
+    src.wait_migration("pre-switchover").await?;
+    let keys = letters(10);
+    for &key in &keys {
+        for down in [true, false] {
+            link.push(ViewerId(0), key_event(key, down, true)).await?;
+        }
+    }
+    src.qmp().migrate_cancel().await?;
+    wait_vm(&mut vm_rx, VmEvent::MigrationEnded).await?;
+    assert_eq!(seen(&src.serial().keys(20).await?), expected(&keys));
+    let stats = link.stats().await?;
+    assert_eq!(stats.journal.uncertain, 0);
     link.shutdown().await?;
     Ok(())
 }

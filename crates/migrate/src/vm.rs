@@ -360,6 +360,42 @@ impl<'m, S: Monitor, D: Monitor> Migration<'m, S, D> {
         Ok(())
     }
 
+    /// Stops the migration on the operator's word (Ctrl-C), wherever it stands: `migrate_cancel`,
+    /// then whichever way QEMU went. Returns [`Phase::Aborted`] once the source VM runs again
+    /// and the migration is over (`cancelled`; or still `cancelling` after a while: see
+    /// [`last_info`](Self::last_info)),
+    /// or [`Phase::Completed`] if the migration had completed already — the destination VM
+    /// runs, the point of no return is behind (QEMU ignores a cancel then). Call it after
+    /// dropping a [`run`](Self::run) or [`proceed`](Self::proceed) future: the phase they
+    /// left is fine whatever it is.
+    pub async fn interrupt(&mut self) -> Result<Phase, MigrateError> {
+        if self.phase == Phase::Completed {
+            return Ok(Phase::Completed);
+        }
+        call(self.src, Side::Source, "migrate_cancel", json!({})).await?;
+        // A running migration is `cancelling` once the cancel returns; a completed one
+        // stays `completed`.
+        self.last = self.query().await?;
+        if self.last.status == MigrationStatus::Completed {
+            self.wait_destination_running().await?;
+            self.settle_figures().await?;
+            self.phase = Phase::Completed;
+            return Ok(Phase::Completed);
+        }
+        self.phase = Phase::Aborted;
+        self.wait_source_running().await?;
+        // The source runs at once, but a migration thread throttled by `max-bandwidth` stays
+        // `cancelling` a while; until it is over no new migration can start.
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            self.last = self.query().await?;
+            if self.last.status.is_final() || Instant::now() > deadline {
+                return Ok(Phase::Aborted);
+            }
+            tokio::time::sleep(self.opts.poll_interval).await;
+        }
+    }
+
     /// The figures so far (final once the phase is `Completed` or `Aborted`).
     pub fn report(&self) -> MigrationReport {
         MigrationReport {
@@ -629,6 +665,57 @@ mod tests {
         assert_eq!(
             log[1..],
             ["migrate", "query-migrate", "query-migrate", "query-migrate"]
+        );
+    }
+
+    #[test]
+    fn an_interrupt_cancels_a_running_migration_and_waits_for_the_source() {
+        let src = Fake {
+            migrate: RefCell::new(
+                vec![
+                    json!({"status": "active"}),
+                    json!({"status": "cancelling"}),
+                    json!({"status": "cancelled"}),
+                ]
+                .into(),
+            ),
+            status: RefCell::new(vec!["finish-migrate"].into()),
+            ..Fake::default()
+        };
+        let dst = Fake::default();
+        let phase = rt().block_on(async {
+            let mut m = Migration::start(&src, &dst, "tcp:10.213.1.11:4444", fast()).await?;
+            m.query().await?;
+            m.interrupt().await
+        });
+        assert_eq!(phase.unwrap(), Phase::Aborted);
+        let log = src.log();
+        assert_eq!(
+            log[2..],
+            [
+                "query-migrate",
+                "migrate_cancel",
+                "query-migrate",
+                "query-status",
+                "query-status",
+                "query-migrate"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_interrupt_after_completion_reports_the_point_of_no_return() {
+        let src = Fake::with_migrate(vec![json!({"status": "completed", "total-time": 30})]);
+        let dst = Fake::default();
+        let phase = rt().block_on(async {
+            let mut m = Migration::start(&src, &dst, "tcp:10.213.1.11:4444", fast()).await?;
+            m.interrupt().await
+        });
+        assert_eq!(phase.unwrap(), Phase::Completed);
+        assert!(
+            dst.log().contains(&"query-status".to_owned()),
+            "{:?}",
+            dst.log()
         );
     }
 

@@ -82,20 +82,29 @@ impl<'a> Console<'a> {
         }
     }
 
-    /// `status`: refuses a console whose `role` is not the one its side needs (a console
-    /// that does not report a role is let through).
+    /// `status`: refuses a console whose `role` is not the one its side needs, or that is
+    /// in the middle of a migration already (one migration of a VM at a time: a second one
+    /// would re-`prepare` the source console and disturb the first). A console that does not
+    /// report a role or phase is let through.
     pub(crate) async fn check_role(&self) -> Result<(), OrchestrateError> {
         let status = self
             .ask(&Command::Status, CONTROL_TIMEOUT, "see the console's log")
             .await?;
-        match role_problem(self.side, &status) {
-            None => Ok(()),
-            Some((role, fix)) => Err(OrchestrateError::ConsoleRole {
+        if let Some((role, fix)) = role_problem(self.side, &status) {
+            return Err(OrchestrateError::ConsoleRole {
                 side: self.side,
                 path: self.path.to_path_buf(),
                 role,
                 fix,
+            });
+        }
+        match status.get("phase").and_then(Value::as_str) {
+            Some(phase) if phase != idle_phase(self.side) => Err(OrchestrateError::Busy {
+                side: self.side,
+                path: self.path.to_path_buf(),
+                phase: phase.to_owned(),
             }),
+            _ => Ok(()),
         }
     }
 
@@ -117,6 +126,14 @@ impl<'a> Console<'a> {
     /// The control socket.
     pub(crate) fn path(&self) -> PathBuf {
         self.path.to_path_buf()
+    }
+}
+
+/// The phase of a console on `side` that no migration is using.
+fn idle_phase(side: Side) -> &'static str {
+    match side {
+        Side::Source => "Serving",
+        Side::Destination => "Waiting",
     }
 }
 

@@ -73,6 +73,22 @@ pub enum OrchestrateError {
         /// What to give instead.
         fix: &'static str,
     },
+    /// A console is in the middle of another migration of its VM.
+    #[error(
+        "the {side} console at {} is busy with another migration (phase {phase}): one \
+         migration of a VM at a time; wait until it ends (or interrupt the `dmore migrate` \
+         running it); if none runs, `migration-ended` on its control socket frees it; \
+         nothing was touched",
+        path.display()
+    )]
+    Busy {
+        /// Which console.
+        side: Side,
+        /// Its control socket.
+        path: PathBuf,
+        /// The phase it reported.
+        phase: String,
+    },
     /// A console refused a step of the co-migration.
     #[error("the {side} console at {} refused {step}: {fix}", path.display())]
     ConsoleRefused {
@@ -148,6 +164,27 @@ pub enum OrchestrateError {
         #[source]
         cause: Box<OrchestrateError>,
         /// The cancel's own failure, if any.
+        cancel_error: Option<Box<MigrateError>>,
+    },
+    /// The operator interrupted the co-migration before the destination VM ran: QEMU's
+    /// migration was cancelled and the source console told.
+    #[error(
+        "interrupted before the switchover: {}",
+        if cancel_error.is_some() {
+            "cancelling QEMU's migration failed: check the source QEMU (`query-status`)".to_owned()
+        } else {
+            format!(
+                "QEMU's migration was cancelled; the VM runs on the source and its console \
+                 serves there (source console: {source_console}); the destination QEMU and \
+                 console can be stopped"
+            )
+        }
+    )]
+    Interrupted {
+        /// The source console's phase and viewers after the cancel, as it reported them.
+        source_console: String,
+        /// The cancel's own failure, if any.
+        #[source]
         cancel_error: Option<Box<MigrateError>>,
     },
     /// The VM runs on the destination, but its console did not take over.

@@ -19,6 +19,12 @@
 //!    exits        src QEMU <-- quit (unless --keep-source)
 //! ```
 //!
+//! **Interrupt** ([`comigrate_until`], Ctrl-C in `dmore migrate`): before the destination VM
+//! runs, QEMU's migration is cancelled (`migrate_cancel`), the source VM runs again, the source
+//! console is told (`migration-ended`) and serves on, and the result is
+//! [`OrchestrateError::Interrupted`]; after it (past the point of no return) the co-migration
+//! is finished as if nothing came, and [`Progress::TooLateToCancel`] says so.
+//!
 //! **Failure guarantee**: if [`comigrate`] fails before the destination VM runs, it has
 //! cancelled QEMU's migration, seen the source VM run again and told the source console
 //! (`migration-ended`): the VM and its console stay on the source, and the error says so. If
@@ -29,11 +35,14 @@
 
 mod consoles;
 mod error;
+mod interrupt;
 mod timeline;
 mod watch;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -43,6 +52,7 @@ use migrate::Side;
 
 use consoles::{Console, CONTROL_TIMEOUT};
 pub use error::OrchestrateError;
+use interrupt::Interrupt;
 pub use timeline::{ConsoleFigures, Timeline};
 use watch::{emit, Watch};
 
@@ -133,6 +143,8 @@ pub enum Progress {
     Switchover,
     /// QEMU is done; waiting for the destination console to serve.
     WaitingForConsole,
+    /// The interrupt came after the destination VM ran: the co-migration is finished anyway.
+    TooLateToCancel,
     /// Done.
     Done,
 }
@@ -145,8 +157,19 @@ pub async fn comigrate(
     plan: &Plan,
     progress: impl FnMut(&Progress),
 ) -> Result<Timeline, OrchestrateError> {
+    comigrate_until(plan, progress, std::future::pending()).await
+}
+
+/// [`comigrate`], stopped cleanly when `interrupt` completes (the operator's Ctrl-C): see
+/// the crate docs, "Interrupt".
+pub async fn comigrate_until(
+    plan: &Plan,
+    progress: impl FnMut(&Progress),
+    interrupt: impl Future<Output = ()>,
+) -> Result<Timeline, OrchestrateError> {
     plan.check()?;
     let progress = Mutex::new(progress);
+    let mut interrupt = Interrupt::new(interrupt);
     emit(&progress, &Progress::Preparing);
     let source = Console::new(Side::Source, &plan.source_console);
     let dest = Console::new(Side::Destination, &plan.dest_console);
@@ -156,9 +179,18 @@ pub async fn comigrate(
     }
     let (src, _src_events) = connect_qmp(Side::Source, &plan.source_qmp).await?;
     let (dst, _dst_events) = connect_qmp(Side::Destination, &plan.dest_qmp).await?;
-    let timeline = drive(plan, &source, &dest, src.client(), dst.client(), &progress).await?;
+    let steps = Steps {
+        plan,
+        source: &source,
+        dest: &dest,
+        progress: &progress,
+    };
+    let timeline = steps
+        .drive(src.client(), dst.client(), &mut interrupt)
+        .await?;
     if plan.quit_source {
-        if let Err(source) = src.client().quit().await {
+        let quit = steps.finishing(src.client().quit(), &mut interrupt).await;
+        if let Err(source) = quit {
             return Err(OrchestrateError::QuitSource {
                 timeline: Box::new(timeline),
                 source: Box::new(source),
@@ -189,98 +221,221 @@ async fn connect_qmp(
     }
 }
 
-/// The co-migration proper, from `prepare` to the destination console serving, over any
-/// two monitors (QEMU's in production, scripted ones in tests).
-async fn drive<S: Monitor, D: Monitor, P: FnMut(&Progress)>(
-    plan: &Plan,
-    source: &Console<'_>,
-    dest: &Console<'_>,
-    src: &S,
-    dst: &D,
-    progress: &Mutex<P>,
-) -> Result<Timeline, OrchestrateError> {
-    let started = Instant::now();
-    source
-        .ask(
-            &Command::Prepare(plan.dest_console_addr),
-            CONTROL_TIMEOUT,
-            "check that --dest-console-addr is the destination console's --incoming address \
-             as the source host reaches it, and that both consoles read the same \
-             --peer-key-file",
-        )
-        .await?;
-    source
-        .ask(
-            &Command::MigrationStarted,
-            CONTROL_TIMEOUT,
-            "see the source console's log",
-        )
-        .await?;
+/// What every step of one co-migration needs.
+struct Steps<'a, P> {
+    plan: &'a Plan,
+    source: &'a Console<'a>,
+    dest: &'a Console<'a>,
+    progress: &'a Mutex<P>,
+}
 
-    let options = MigrationOptions {
-        pause_before_switchover: plan.hold_switchover,
-        events: plan.events,
-        timeout: plan.timeout,
-        ..MigrationOptions::default()
-    };
-    let watch = Watch::new(src, progress);
-    let mut migration = match Migration::start(&watch, dst, &plan.incoming_uri, options).await {
-        Ok(m) => m,
-        Err(e) => return Err(stays_on_source(source, e).await),
-    };
-    match migration.run().await {
-        Err(e) => return Err(stays_on_source(source, e).await),
-        Ok(Phase::Completed) => {}
-        Ok(Phase::PreSwitchover) => {
-            let ready = dest
-                .wait(
-                    "Ready",
-                    plan.timeout,
-                    "the destination console did not get the source console's state: see \
-                     both consoles' logs",
+/// How the step before the switchover ended.
+enum Switch {
+    /// The VM runs on the destination.
+    Done,
+    /// The interrupt came first and the migration was cancelled: the VM runs on the source.
+    Cancelled,
+}
+
+impl<P: FnMut(&Progress)> Steps<'_, P> {
+    /// The co-migration proper, from `prepare` to the destination console serving, over any
+    /// two monitors (QEMU's in production, scripted ones in tests).
+    async fn drive<S: Monitor, D: Monitor, F: Future<Output = ()>>(
+        &self,
+        src: &S,
+        dst: &D,
+        interrupt: &mut Interrupt<F>,
+    ) -> Result<Timeline, OrchestrateError> {
+        let (plan, source, dest) = (self.plan, self.source, self.dest);
+        let started = Instant::now();
+        let mut announce = pin!(async {
+            source
+                .ask(
+                    &Command::Prepare(plan.dest_console_addr),
+                    CONTROL_TIMEOUT,
+                    "check that --dest-console-addr is the destination console's --incoming \
+                     address as the source host reaches it, and that both consoles read the \
+                     same --peer-key-file",
                 )
-                .await;
-            if let Err(cause) = ready {
-                let cancel_error = migration.cancel().await.err().map(Box::new);
-                tell_migration_ended(source).await;
-                return Err(OrchestrateError::NotReady {
-                    cause: Box::new(cause),
-                    cancel_error,
-                });
+                .await?;
+            source
+                .ask(
+                    &Command::MigrationStarted,
+                    CONTROL_TIMEOUT,
+                    "see the source console's log",
+                )
+                .await
+        });
+        let interrupted = tokio::select! {
+            biased;
+            announced = &mut announce => {
+                announced?;
+                false
             }
-            if let Err(e) = migration.proceed().await {
-                return Err(stays_on_source(source, e).await);
-            }
+            () = interrupt.fired() => true,
+        };
+        if interrupted {
+            // Let the console finish the command it has (a prepare cut short could still
+            // connect and announce a migration nobody ends), then undo the announcement.
+            let _ = announce.await;
+            return Err(self.interrupted(None).await);
         }
-        Ok(phase) => {
-            let e = MigrateError::WrongPhase { call: "run", phase };
-            return Err(stays_on_source(source, e).await);
+
+        let options = MigrationOptions {
+            pause_before_switchover: plan.hold_switchover,
+            events: plan.events,
+            timeout: plan.timeout,
+            ..MigrationOptions::default()
+        };
+        let watch = Watch::new(src, self.progress);
+        let mut migration = match Migration::start(&watch, dst, &plan.incoming_uri, options).await {
+            Ok(m) => m,
+            Err(e) => return Err(stays_on_source(source, e).await),
+        };
+        match self.switch(&mut migration, interrupt).await? {
+            Switch::Done => {}
+            Switch::Cancelled => return Err(self.interrupted(None).await),
+        }
+
+        watch.switchover();
+        emit(self.progress, &Progress::WaitingForConsole);
+        let serving = dest.wait(
+            "Serving",
+            plan.timeout,
+            "the destination console did not take over: see its log",
+        );
+        self.finishing(serving, interrupt)
+            .await
+            .map_err(|cause| OrchestrateError::Takeover {
+                cause: Box::new(cause),
+            })?;
+        let total = started.elapsed();
+        let status = dest.ask(&Command::Status, CONTROL_TIMEOUT, "see its log");
+        let figures = match self.finishing(status, interrupt).await {
+            Ok(status) => ConsoleFigures::from_status(&status),
+            Err(e) => {
+                tracing::warn!(error = %e, "the destination console serves but gave no figures");
+                ConsoleFigures::default()
+            }
+        };
+        Ok(Timeline::new(total, &migration.report(), &figures))
+    }
+
+    /// QEMU's migration from `migrate` until the destination VM runs (through
+    /// `pre-switchover` and the destination console's `Ready` with `--hold-switchover`),
+    /// cancelled if the interrupt comes first.
+    async fn switch<S: Monitor, D: Monitor, F: Future<Output = ()>>(
+        &self,
+        migration: &mut Migration<'_, S, D>,
+        interrupt: &mut Interrupt<F>,
+    ) -> Result<Switch, OrchestrateError> {
+        let (plan, source, dest) = (self.plan, self.source, self.dest);
+        let reached = tokio::select! {
+            biased;
+            reached = migration.run() => Some(reached),
+            () = interrupt.fired() => None,
+        };
+        let phase = match reached {
+            None => return self.cancel(migration).await,
+            Some(Err(e)) => return Err(stays_on_source(source, e).await),
+            Some(Ok(phase)) => phase,
+        };
+        match phase {
+            Phase::Completed => Ok(Switch::Done),
+            Phase::PreSwitchover => {
+                let ready = tokio::select! {
+                    biased;
+                    ready = dest.wait(
+                        "Ready",
+                        plan.timeout,
+                        "the destination console did not get the source console's state: see \
+                         both consoles' logs",
+                    ) => Some(ready),
+                    () = interrupt.fired() => None,
+                };
+                match ready {
+                    None => return self.cancel(migration).await,
+                    Some(Err(cause)) => {
+                        let cancel_error = migration.cancel().await.err().map(Box::new);
+                        tell_migration_ended(source).await;
+                        return Err(OrchestrateError::NotReady {
+                            cause: Box::new(cause),
+                            cancel_error,
+                        });
+                    }
+                    Some(Ok(_)) => {}
+                }
+                let proceeded = tokio::select! {
+                    biased;
+                    proceeded = migration.proceed() => Some(proceeded),
+                    () = interrupt.fired() => None,
+                };
+                match proceeded {
+                    None => self.cancel(migration).await,
+                    Some(Err(e)) => Err(stays_on_source(source, e).await),
+                    Some(Ok(())) => Ok(Switch::Done),
+                }
+            }
+            phase => {
+                let e = MigrateError::WrongPhase { call: "run", phase };
+                Err(stays_on_source(source, e).await)
+            }
         }
     }
 
-    watch.switchover();
-    emit(progress, &Progress::WaitingForConsole);
-    dest.wait(
-        "Serving",
-        plan.timeout,
-        "the destination console did not take over: see its log",
-    )
-    .await
-    .map_err(|cause| OrchestrateError::Takeover {
-        cause: Box::new(cause),
-    })?;
-    let total = started.elapsed();
-    let figures = match dest
-        .ask(&Command::Status, CONTROL_TIMEOUT, "see its log")
-        .await
-    {
-        Ok(status) => ConsoleFigures::from_status(&status),
-        Err(e) => {
-            tracing::warn!(error = %e, "the destination console serves but gave no figures");
-            ConsoleFigures::default()
+    /// The interrupt came during QEMU's migration: cancel it, unless it completed already.
+    async fn cancel<S: Monitor, D: Monitor>(
+        &self,
+        migration: &mut Migration<'_, S, D>,
+    ) -> Result<Switch, OrchestrateError> {
+        tracing::info!("interrupted: cancelling the migration");
+        match migration.interrupt().await {
+            Ok(Phase::Completed) => {
+                emit(self.progress, &Progress::TooLateToCancel);
+                Ok(Switch::Done)
+            }
+            Ok(_) => Ok(Switch::Cancelled),
+            Err(e) => Err(self.interrupted(Some(e)).await),
         }
-    };
-    Ok(Timeline::new(total, &migration.report(), &figures))
+    }
+
+    /// A step after the destination VM ran: an interrupt now is only reported, the step
+    /// finishes.
+    async fn finishing<T, F: Future<Output = ()>>(
+        &self,
+        step: impl Future<Output = T>,
+        interrupt: &mut Interrupt<F>,
+    ) -> T {
+        let mut step = pin!(step);
+        tokio::select! {
+            biased;
+            done = &mut step => return done,
+            () = interrupt.fired() => emit(self.progress, &Progress::TooLateToCancel),
+        }
+        step.await
+    }
+
+    /// After an interrupt before the switchover: the source console is told, and asked
+    /// where it stands for the error.
+    async fn interrupted(&self, cancel_error: Option<MigrateError>) -> OrchestrateError {
+        tell_migration_ended(self.source).await;
+        let source_console = match self
+            .source
+            .ask(&Command::Status, CONTROL_TIMEOUT, "see its log")
+            .await
+        {
+            Ok(status) => format!(
+                "{}, {} viewer(s)",
+                status["phase"].as_str().unwrap_or("?"),
+                status["viewers"]
+            ),
+            Err(e) => format!("no status ({e})"),
+        };
+        OrchestrateError::Interrupted {
+            source_console,
+            cancel_error: cancel_error.map(Box::new),
+        }
+    }
 }
 
 /// After QEMU's migration failed (the driver cancelled it and saw the source run again):

@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +22,16 @@ struct FakeConsole {
 
 impl FakeConsole {
     fn start(dir: &Path, name: &str, answers: &[(&str, Value)]) -> FakeConsole {
+        FakeConsole::start_slow(dir, name, answers, None)
+    }
+
+    /// [`FakeConsole::start`], answering the command named `slow.0` only after `slow.1`.
+    fn start_slow(
+        dir: &Path,
+        name: &str,
+        answers: &[(&str, Value)],
+        slow: Option<(&'static str, Duration)>,
+    ) -> FakeConsole {
         let path = dir.join(name);
         let listener = UnixListener::bind(&path).unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -42,7 +53,10 @@ impl FakeConsole {
                     .get(word)
                     .cloned()
                     .unwrap_or_else(|| json!({"ok": true}).to_string());
-                task_log.lock().unwrap().push(line);
+                task_log.lock().unwrap().push(line.clone());
+                if let Some((_, delay)) = slow.filter(|(w, _)| *w == word) {
+                    tokio::time::sleep(delay).await;
+                }
                 let _ = w.write_all(format!("{reply}\n").as_bytes()).await;
             }
         });
@@ -70,8 +84,9 @@ fn dest_status() -> (&'static str, Value) {
     )
 }
 
-/// A QEMU monitor: `query-migrate` answers from a list (the last repeats), `query-status`
-/// says `running`, the command in `fail` fails, the rest answer `{}`.
+/// A QEMU monitor: `query-migrate` answers from a list (the last repeats; `cancelled` once
+/// `migrate_cancel` came), `query-status` says `running`, the command in `fail` fails, the
+/// rest answer `{}`.
 #[derive(Default)]
 struct FakeQemu {
     log: RefCell<Vec<String>>,
@@ -100,7 +115,9 @@ impl Monitor for FakeQemu {
                 desc: "scripted".into(),
             });
         }
+        let cancelled = self.log.borrow().iter().any(|c| c == "migrate_cancel");
         Ok(match command {
+            "query-migrate" if cancelled => json!({"status": "cancelled"}),
             "query-migrate" => {
                 let mut q = self.migrate.borrow_mut();
                 match q.len() {
@@ -137,18 +154,153 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Runs [`drive`] with the two fake QEMUs and returns its result and the progress heard.
+/// Runs [`Steps::drive`] with the two fake QEMUs and returns its result and the progress heard.
 async fn run_drive(
     plan: &Plan,
     src: &FakeQemu,
     dst: &FakeQemu,
 ) -> (Result<Timeline, OrchestrateError>, Vec<Progress>) {
+    run_drive_until(plan, src, dst, std::future::pending()).await
+}
+
+/// [`run_drive`], interrupted when `interrupt` completes.
+async fn run_drive_until(
+    plan: &Plan,
+    src: &FakeQemu,
+    dst: &FakeQemu,
+    interrupt: impl Future<Output = ()>,
+) -> (Result<Timeline, OrchestrateError>, Vec<Progress>) {
     let heard = Mutex::new(Vec::new());
     let progress = Mutex::new(|p: &Progress| heard.lock().unwrap().push(p.clone()));
     let source = Console::new(Side::Source, &plan.source_console);
     let dest = Console::new(Side::Destination, &plan.dest_console);
-    let result = drive(plan, &source, &dest, src, dst, &progress).await;
+    let steps = Steps {
+        plan,
+        source: &source,
+        dest: &dest,
+        progress: &progress,
+    };
+    let result = steps.drive(src, dst, &mut Interrupt::new(interrupt)).await;
     (result, heard.into_inner().unwrap())
+}
+
+#[test]
+fn an_interrupt_during_precopy_cancels_and_tells_the_source_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(dir.path(), false);
+    rt().block_on(async {
+        let status = (
+            "status",
+            json!({"ok": true, "role": "source", "phase": "Serving", "viewers": 1}),
+        );
+        let source = FakeConsole::start(dir.path(), "src.ctl", &[status]);
+        let dest = FakeConsole::start(dir.path(), "dst.ctl", &[]);
+        let src = FakeQemu::migrating(vec![json!({"status": "active"})]);
+        let dst = FakeQemu::default();
+        let interrupt = tokio::time::sleep(Duration::from_millis(30));
+        let (result, _) = run_drive_until(&plan, &src, &dst, interrupt).await;
+        let err = result.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                OrchestrateError::Interrupted {
+                    cancel_error: None,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("cancelled") && message.contains("Serving, 1 viewer(s)"),
+            "{message}"
+        );
+        assert_eq!(
+            source.log(),
+            [
+                "prepare 10.213.1.12:4700",
+                "migration-started",
+                "migration-ended",
+                "status"
+            ]
+        );
+        assert!(dest.log().is_empty(), "{:?}", dest.log());
+        assert!(
+            src.log().contains(&"migrate_cancel".to_owned()),
+            "{:?}",
+            src.log()
+        );
+    });
+}
+
+#[test]
+fn an_interrupt_after_the_destination_runs_is_reported_and_the_move_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(dir.path(), false);
+    rt().block_on(async {
+        let source = FakeConsole::start(dir.path(), "src.ctl", &[]);
+        // The takeover takes a while: the interrupt lands while it is waited for.
+        let slow = Some(("wait", Duration::from_millis(300)));
+        let dest = FakeConsole::start_slow(dir.path(), "dst.ctl", &[dest_status()], slow);
+        let src = FakeQemu::migrating(vec![
+            json!({"status": "active"}),
+            json!({"status": "completed", "total-time": 240, "downtime": 7}),
+        ]);
+        let dst = FakeQemu::default();
+        let dest_log = dest.log.clone();
+        let interrupt = async move {
+            while !dest_log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.starts_with("wait"))
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let (result, heard) = run_drive_until(&plan, &src, &dst, interrupt).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert!(heard.contains(&Progress::TooLateToCancel), "{heard:?}");
+        assert!(
+            !src.log().contains(&"migrate_cancel".to_owned()),
+            "{:?}",
+            src.log()
+        );
+        assert_eq!(
+            source.log(),
+            ["prepare 10.213.1.12:4700", "migration-started"]
+        );
+        assert_eq!(dest.log(), ["wait Serving 3000", "status"]);
+    });
+}
+
+#[test]
+fn an_interrupt_before_migrate_starts_nothing_and_undoes_the_announcement() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(dir.path(), false);
+    rt().block_on(async {
+        let source = FakeConsole::start(dir.path(), "src.ctl", &[]);
+        let _dest = FakeConsole::start(dir.path(), "dst.ctl", &[]);
+        let src = FakeQemu::migrating(vec![json!({"status": "active"})]);
+        let dst = FakeQemu::default();
+        // Ready before the first step: the console still finishes the commands it was given.
+        let (result, heard) = run_drive_until(&plan, &src, &dst, std::future::ready(())).await;
+        assert!(matches!(result, Err(OrchestrateError::Interrupted { .. })));
+        assert!(
+            src.log().is_empty() && dst.log().is_empty(),
+            "QEMU untouched"
+        );
+        assert!(heard.is_empty(), "{heard:?}");
+        assert_eq!(
+            source.log(),
+            [
+                "prepare 10.213.1.12:4700",
+                "migration-started",
+                "migration-ended",
+                "status"
+            ]
+        );
+    });
 }
 
 #[test]
@@ -394,6 +546,44 @@ fn comigrate_refuses_a_destination_console_in_the_source_role() {
             "{err:?}"
         );
         assert!(err.to_string().contains("--incoming"), "{err}");
+    });
+}
+
+#[test]
+fn comigrate_refuses_a_source_console_busy_with_another_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(dir.path(), false);
+    rt().block_on(async {
+        let busy = (
+            "status",
+            json!({"ok": true, "role": "source", "phase": "Precopying"}),
+        );
+        let idle = (
+            "status",
+            json!({"ok": true, "role": "destination", "phase": "Waiting"}),
+        );
+        let source = FakeConsole::start(dir.path(), "src.ctl", &[version(), busy]);
+        let _dest = FakeConsole::start(dir.path(), "dst.ctl", &[version(), idle]);
+        let err = comigrate(&plan, |_| {}).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                OrchestrateError::Busy {
+                    side: Side::Source,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("one migration of a VM at a time"),
+            "{err}"
+        );
+        assert_eq!(
+            source.log(),
+            ["version", "status"],
+            "nothing else was asked"
+        );
     });
 }
 

@@ -2,7 +2,8 @@
 """Migrates a QEMU VM the way a manager (libvirt) does, over plain QMP, knowing nothing of dmore.
 
 Like libvirt: pause-before-switchover on, and `pre-switchover` answered with migrate-continue
-at once; the `events` capability on or off (--events); the source QEMU ended afterwards.
+at once; the `events` capability on or off (--events), or left as it is (--events default: a
+bare `migrate`); the source QEMU ended afterwards.
 Python standard library only. Prints one line per step; exits 1 with the reason on failure.
 
     qmp_migrate.py --source SRC.sock --dest DST.sock --uri tcp:10.0.0.2:4444 --events on
@@ -86,15 +87,20 @@ def main():
     p.add_argument("--source", required=True, help="the source QEMU's QMP socket")
     p.add_argument("--dest", required=True, help="the destination QEMU's QMP socket (-incoming defer)")
     p.add_argument("--uri", required=True, help="migration URI, e.g. tcp:10.0.0.2:4444")
-    p.add_argument("--events", choices=["on", "off"], default="on")
+    p.add_argument("--events", choices=["on", "off", "default"], default="on")
     p.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args()
-    events = args.events == "on"
     deadline = time.monotonic() + args.timeout
     src, dst = Monitor(args.source), Monitor(args.dest)
-    caps = [{"capability": "events", "state": events}]
-    dst.execute("migrate-set-capabilities", capabilities=caps)
+    if args.events == "default":
+        caps = []
+    else:
+        caps = [{"capability": "events", "state": args.events == "on"}]
+        dst.execute("migrate-set-capabilities", capabilities=caps)
     dst.execute("migrate-incoming", uri=args.uri)
+    # Whether MIGRATION events come is the source QEMU's business now: wait by polling alone
+    # unless this script turned them on itself.
+    events = args.events == "on"
     src.execute(
         "migrate-set-capabilities",
         capabilities=caps + [{"capability": "pause-before-switchover", "state": True}],

@@ -40,9 +40,11 @@
 //! else the keysym's key on a US layout). QMP events reach the journal in QEMU's order relative
 //! to the replies: `STOP` → `handle_vm_stopped`, `RESUME` → `handle_vm_resumed`, `MIGRATION`
 //! `setup`/`active`/... → `handle_migration_started`, `failed`/`cancelled` →
-//! `handle_migration_ended`. Without the `events` capability (which the console must not set
-//! under a manager) a `STOP` is classified by `query-status`: `finish-migrate`/`postmigrate`
-//! mean a migration's switchover, and the next `RESUME` ends that migration here.
+//! `handle_migration_ended`. The link turns the `events` capability on itself whenever no
+//! migration runs (at attach, when a migration ended, when the VM resumes; why this one
+//! capability is safe to set under a manager: `Link::events_on`). When a manager turned it off
+//! anyway, a `STOP` is classified by `query-status`: `finish-migrate`/`postmigrate` mean a
+//! migration's switchover, and the next `RESUME` ends that migration here.
 //!
 //! # Freeze, thaw, restore
 //! [`QemuLink::freeze`] stops delivery (the journal's `freeze_delivery`: no new input reaches

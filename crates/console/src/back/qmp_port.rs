@@ -38,6 +38,8 @@ pub(super) enum Kind {
     Classify,
     /// A `query-mice` after QEMU refused motion: is the guest's mouse absolute?
     Mice,
+    /// A `migrate-set-capabilities` turning `events` on (see `Link::events_on`).
+    EventsOn,
 }
 
 /// One inbound item, in QEMU's order.
@@ -79,7 +81,7 @@ impl QmpPort {
         let client = self.client.clone();
         let mut future: ReplyFuture = Box::pin(async move { client.execute_at(name, args).await });
         // The first poll hands the command to the connection task, so commands reach QEMU in
-        // the order they were sent (its queue holds 64; we never have more than 4 in flight).
+        // the order they were sent (its queue holds 64; we never have more than 5 in flight).
         let mut cx = Context::from_waker(Waker::noop());
         match future.as_mut().poll(&mut cx) {
             Poll::Ready(result) if self.in_flight.is_empty() && self.head.is_none() => {

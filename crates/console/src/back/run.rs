@@ -179,7 +179,7 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
     };
     let room = Arc::new(Notify::new());
     let pointer = journal.pointer();
-    let link = Link {
+    let mut link = Link {
         reader,
         writer,
         qmp: QmpPort::new(conn.client().clone(), events),
@@ -210,7 +210,9 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         mouse,
         pointer,
         mice_asked: false,
+        stopped_for_migration: false,
     };
+    link.events_on();
     let (events_tx, events_rx) = mpsc::channel(config.event_queue.max(1));
     let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE);
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
@@ -299,6 +301,9 @@ struct Link {
     pointer: (u16, u16),
     /// A `query-mice` is in flight.
     mice_asked: bool,
+    /// The last `STOP` was a migration's (classified by `query-status`): the next `RESUME`
+    /// ends that migration, since QEMU resumes a source only once its migration is over.
+    stopped_for_migration: bool,
 }
 
 impl Link {
@@ -535,10 +540,18 @@ impl Link {
                     self.mouse = mouse;
                 }
             }
+            Item::Reply(Kind::EventsOn, result) => match result {
+                Ok(_) => tracing::debug!("migration events on"),
+                Err(qmp::Error::Qmp { source, .. }) => {
+                    tracing::debug!(error = %source, "migration events not set (a migration runs?)");
+                }
+                Err(e) => return Err(LinkError::Qmp(e)),
+            },
             Item::Reply(Kind::Classify, result) => {
                 let migrating = status(result)?
                     .is_some_and(|s| matches!(s.status.as_str(), "finish-migrate" | "postmigrate"));
                 if migrating {
+                    self.stopped_for_migration = true;
                     if self.migration == Migration::None {
                         self.migration = Migration::Inferred;
                         self.journal.handle_migration_started();
@@ -564,16 +577,27 @@ impl Link {
                 self.qmp.send(Kind::Classify, "query-status", Value::Null);
             }
             "RESUME" => {
-                if self.migration == Migration::Inferred {
+                if std::mem::take(&mut self.stopped_for_migration)
+                    && self.migration != Migration::None
+                {
                     self.end_migration(VmEvent::MigrationEnded);
                 }
+                // A destination that just took its VM in, or a VM continued after a plain
+                // `stop`: no outgoing migration runs, so the capability can be set (if one
+                // does, QEMU refuses and nothing changes).
+                self.events_on();
                 self.vm_running = true;
                 self.journal.handle_vm_resumed();
                 self.emit(LinkEvent::Vm(VmEvent::Resumed));
             }
             "MIGRATION" => match event.migration_status() {
                 Some("completed") => self.end_migration(VmEvent::MigrationCompleted),
-                Some("failed" | "cancelled") => self.end_migration(VmEvent::MigrationEnded),
+                Some("failed" | "cancelled") => {
+                    // Already ended if the source resumed (or `migration-ended`) first.
+                    if self.migration != Migration::None {
+                        self.end_migration(VmEvent::MigrationEnded);
+                    }
+                }
                 Some("none" | "cancelling") | None => {}
                 Some(_) => {
                     if self.migration != Migration::Announced {
@@ -594,6 +618,32 @@ impl Link {
         // After `completed` the VM stays stopped here, so the fast lane stays closed anyway.
         self.journal.handle_migration_ended();
         self.emit(LinkEvent::Vm(how));
+        self.events_on();
+    }
+
+    /// Turns QEMU's `events` migration capability on, so that the next migration announces
+    /// itself (`MIGRATION` `setup`/`active`) and the journal closes the fast lane long before
+    /// the switchover's `STOP`. Without it a manager that leaves the capability at QEMU's
+    /// default (off) and runs a bare `migrate` gives no sign before that `STOP`, and a
+    /// fast-lane key QEMU reads just after it is dropped (only reported uncertain).
+    ///
+    /// Why the console may set this one capability, although it otherwise only watches (it
+    /// must not fight a manager, DESIGN.md "Who migrates the VM"): `events` changes nothing
+    /// but whether QEMU *sends notifications* (`migration/migration.c` checks it only before
+    /// emitting `MIGRATION`/`MIGRATION_PASS`); libvirt turns it on itself for every migration,
+    /// so under libvirt this changes nothing; `migrate-set-capabilities` with one entry
+    /// leaves every other capability as it is; and it is sent only at attach and when a
+    /// migration has ended (or the VM resumed), never during one: QEMU refuses it while a
+    /// migration runs, and that refusal is only logged. A manager that turns `events` off
+    /// right before its `migrate` wins (the console does not turn it back on during that
+    /// migration); the source console's `prepare` covers that case (the hub announces the
+    /// migration to the link then).
+    fn events_on(&mut self) {
+        let caps = serde_json::json!({
+            "capabilities": [{ "capability": "events", "state": true }]
+        });
+        self.qmp
+            .send(Kind::EventsOn, "migrate-set-capabilities", caps);
     }
 
     fn on_vnc(&mut self, msg: ServerMessage) -> Result<(), LinkError> {

@@ -67,7 +67,16 @@ impl Hub {
         input: MigrationInput,
     ) -> Result<Option<Exit>, ConsoleError> {
         match input {
-            MigrationInput::Source(e) => self.source_event(e).await,
+            MigrationInput::Source(e) => {
+                let serving = self
+                    .mig
+                    .as_ref()
+                    .is_some_and(|m| matches!(m.source, SourceState::Serving { .. }));
+                if serving && matches!(e, SourceEvent::PeerConnected) {
+                    self.prepared().await;
+                }
+                self.source_event(e).await
+            }
             MigrationInput::Destination(e) => {
                 let actions = self
                     .mig
@@ -310,6 +319,21 @@ impl Hub {
             let _ = reply.send(control::ok(serde_json::json!({})));
             return;
         }
+        if let (SourceState::Precopying { .. }, Some(to)) = (&m.source, m.to_destination) {
+            if to != addr {
+                // Re-pointing the console now would cut the migration under way from its
+                // destination: one migration of a VM at a time.
+                let _ = reply.send(control::failed(
+                    &format!(
+                        "a migration to {to} is under way (phase {}): one at a time; if it is \
+                         over, say `migration-ended` first",
+                        m.source
+                    ),
+                    serde_json::json!({ "phase": m.phase() }),
+                ));
+                return;
+            }
+        }
         if connected {
             m.disconnect();
             m.step_source(SourceEvent::PeerLost);
@@ -317,6 +341,20 @@ impl Hub {
         m.to_destination = Some(addr);
         m.prepare_reply = Some(reply);
         m.connect();
+    }
+
+    /// A `prepare` connected to its destination console: a migration is coming. Input moves
+    /// to the exactly-once lane now, as on `migration-started`: a manager that migrates with
+    /// the `events` capability off announces nothing else before the switchover's `STOP`, and
+    /// a fast-lane key QEMU reads just after that `STOP` is dropped. Under libvirt the source
+    /// console is prepared from the destination's `prepare` hook, right before the migration.
+    /// The lane reopens when the migration ends (`MIGRATION` `failed`/`cancelled`, the source
+    /// resuming after its switchover, or `migration-ended`); until then keys cost a QMP round
+    /// trip, never a loss.
+    async fn prepared(&mut self) {
+        if self.link.migration_started().await.is_err() {
+            tracing::warn!("the QEMU link has ended: the migration is not announced to it");
+        }
     }
 
     /// `migration-started` / `migration-ended` from the orchestrator.

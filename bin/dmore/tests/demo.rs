@@ -80,7 +80,10 @@ async fn demo_run() -> anyhow::Result<()> {
     options.baseline = false;
     let report = match demo::run(&options, |e| println!("{e:?}")).await {
         Err(DemoError::Bed(e)) if e.needs_namespaces() => {
-            println!("skipped: the demo needs root (network namespaces, TCP_REPAIR)");
+            testbed::skip::skip(
+                "demo",
+                "the demo needs root (network namespaces, TCP_REPAIR)",
+            );
             return Ok(());
         }
         other => other?,

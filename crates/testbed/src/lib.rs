@@ -7,5 +7,6 @@ pub mod capture;
 pub mod hosts;
 pub mod qemu;
 pub mod service;
+pub mod skip;
 pub mod sweep;
 pub mod viewers;

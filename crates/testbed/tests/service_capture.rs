@@ -14,7 +14,10 @@ use testbed::service::{ServiceAddr, DEFAULT_OCTET};
 fn the_capture_counts_connections_to_a_moving_service_address() -> anyhow::Result<()> {
     let bed = Testbed::create()?;
     if bed.mode() != Mode::Namespaces {
-        println!("skipped: a service address needs network namespaces (run as root)");
+        testbed::skip::skip(
+            "the_capture_counts_connections_to_a_moving_service_address",
+            "a service address needs network namespaces (run as root)",
+        );
         assert!(ServiceAddr::new(&bed, DEFAULT_OCTET).is_err());
         return Ok(());
     }

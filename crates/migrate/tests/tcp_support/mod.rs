@@ -24,12 +24,15 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A testbed in network namespaces, or `None` (with a note printed) where that is impossible.
 pub fn namespaces(test: &str) -> Result<Option<Testbed>> {
     if !nix_is_root() {
-        println!("{test}: skipped: TCP_REPAIR and network namespaces need root");
+        testbed::skip::skip(test, "TCP_REPAIR and network namespaces need root");
         return Ok(None);
     }
     let bed = Testbed::create()?;
     if bed.mode() != Mode::Namespaces {
-        println!("{test}: skipped: no network namespaces here (testbed fell back to loopback)");
+        testbed::skip::skip(
+            test,
+            "no network namespaces here (testbed fell back to loopback)",
+        );
         return Ok(None);
     }
     Ok(Some(bed))

@@ -32,10 +32,7 @@ fn source_happy_path_hands_over_once() {
     let (s, a) = src(s, SE::PeerConnected);
     assert_eq!((&s, a), (&SS::Serving { peer: Connected }, vec![]));
     let (s, a) = src(s, SE::MigrationStarted);
-    assert_eq!(
-        (&s, a),
-        (&SS::Precopying { peer: Connected }, vec![SA::StartPrecopy])
-    );
+    assert_eq!((&s, a), (&SS::Precopying { peer: Connected }, vec![]));
     assert!(s.serves());
     let (s, a) = src(s, SE::StoppedForMigration);
     assert_eq!((&s, a), (&SS::Sent, vec![SA::Freeze, SA::SendSnapshot]));
@@ -145,7 +142,7 @@ fn source_before_the_freeze_serves_through_failures_and_plain_stops() {
     );
     assert_eq!(
         src(SS::Precopying { peer: Disconnected }, SE::PeerConnected),
-        (SS::Precopying { peer: Connected }, vec![SA::StartPrecopy])
+        (SS::Precopying { peer: Connected }, vec![])
     );
     let s = SS::Serving { peer: Connected };
     for e in [
@@ -201,21 +198,6 @@ fn source_refuses_what_would_break_exactly_once() {
 fn destination_happy_path() {
     let (d, a) = dst(DS::Waiting, DE::PeerConnected);
     assert_eq!((&d, a), (&DS::Connected, vec![]));
-    let pre = Message::Precopy {
-        offset: 8,
-        bytes: vec![1, 2],
-    };
-    let (d, a) = dst(d, DE::Received(pre));
-    assert_eq!(
-        (&d, a),
-        (
-            &DS::Connected,
-            vec![DA::KeepPrecopy {
-                offset: 8,
-                bytes: vec![1, 2]
-            }]
-        )
-    );
     let (d, a) = dst(
         d,
         DE::Received(Message::Snapshot {
@@ -363,10 +345,7 @@ fn destination_refuses_an_abort_once_its_vm_runs() {
         (DS::Connected, DE::PeerConnected),
         (
             DS::Serving { peer: Connected },
-            DE::Received(Message::Precopy {
-                offset: 0,
-                bytes: vec![],
-            }),
+            DE::Received(Message::ResendSnapshot),
         ),
         (
             DS::Ready {

@@ -135,10 +135,6 @@ impl Sim {
 
     fn src_action(&mut self, a: SA) -> Result<(), String> {
         match a {
-            SA::StartPrecopy => self.send_to_dst(Message::Precopy {
-                offset: 0,
-                bytes: vec![1],
-            })?,
             SA::Freeze => self.checkpoint = true,
             SA::SendSnapshot => {
                 if !self.checkpoint {
@@ -186,7 +182,7 @@ impl Sim {
     fn dst_action(&mut self, a: DA) -> Result<(), String> {
         let c = self.conn.as_mut();
         match a {
-            DA::KeepPrecopy { .. } | DA::Discard => {}
+            DA::Discard => {}
             DA::RequestSnapshot => c
                 .ok_or("no connection")?
                 .to_src

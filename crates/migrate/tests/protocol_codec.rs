@@ -147,13 +147,7 @@ fn frames_replayed_from_another_connection_fail() {
 fn reorder_drop_and_replay_within_a_connection_fail() {
     let msgs = |s: &mut Codec| -> Vec<Vec<u8>> {
         (0..3u8)
-            .map(|i| {
-                s.encode(&Message::Precopy {
-                    offset: i.into(),
-                    bytes: vec![i],
-                })
-                .unwrap()
-            })
+            .map(|i| s.encode(&Message::Snapshot { bytes: vec![i] }).unwrap())
             .collect()
     };
     // Dropped (frame 1 skipped).
@@ -286,8 +280,6 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (4u8..).prop_map(AbortReason::Unknown),
     ];
     prop_oneof![
-        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
-            .prop_map(|(offset, bytes)| Message::Precopy { offset, bytes }),
         proptest::collection::vec(any::<u8>(), 0..2000)
             .prop_map(|bytes| Message::Snapshot { bytes }),
         proptest::option::of(any::<[u8; 6]>()).prop_map(|relay_to| Message::TakenOver { relay_to }),

@@ -75,13 +75,6 @@ fn act(
     action: DestinationAction,
 ) -> Result<Option<MovedSession>, ConsoleError> {
     match action {
-        DestinationAction::KeepPrecopy { offset, bytes } => {
-            tracing::debug!(
-                offset,
-                len = bytes.len(),
-                "pre-copy ignored: the snapshot carries the whole screen"
-            );
-        }
         DestinationAction::RequestSnapshot => {
             tracing::info!("the VM runs here and no snapshot came: asking the source for it");
             mig.send_in(Message::ResendSnapshot);

@@ -16,7 +16,7 @@ use crate::protocol::Message;
 pub enum DestinationState {
     /// No source console connected; no snapshot.
     Waiting,
-    /// A source console connected (Hellos exchanged); pre-copied screen may arrive.
+    /// A source console connected (Hellos exchanged).
     Connected,
     /// The final snapshot is here; waiting for the VM to run.
     Ready {
@@ -105,13 +105,6 @@ impl DestinationEvent {
 /// What the destination console's shell must do, in the order given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestinationAction {
-    /// Store pre-copied screen bytes at `offset`.
-    KeepPrecopy {
-        /// Where the bytes go.
-        offset: u64,
-        /// The bytes.
-        bytes: Vec<u8>,
-    },
     /// Send `ResendSnapshot`: the VM runs and no snapshot is here.
     RequestSnapshot,
     /// Restore the viewers from this snapshot and deliver held input; report `Restored`.
@@ -121,7 +114,7 @@ pub enum DestinationAction {
     },
     /// Send `TakenOver`: the session is ours.
     SendTakenOver,
-    /// Drop pre-copied state and any snapshot: this migration is off.
+    /// Drop any snapshot: this migration is off.
     Discard,
 }
 
@@ -159,9 +152,6 @@ fn dispatch(state: DestinationState, event: DestinationEvent) -> Step {
         (S::Waiting, E::Resumed) => stay(S::Fetching { peer: Disconnected }),
         (S::Waiting, E::PeerLost | E::Stopped) => stay(S::Waiting),
 
-        (S::Connected, E::Received(Message::Precopy { offset, bytes })) => {
-            Ok((S::Connected, vec![A::KeepPrecopy { offset, bytes }]))
-        }
         (S::Connected, E::Received(Message::Snapshot { bytes })) => stay(S::Ready {
             snapshot: bytes,
             peer: Connected,
@@ -218,10 +208,6 @@ fn dispatch(state: DestinationState, event: DestinationEvent) -> Step {
             S::TakingOver { peer: Connected },
             vec![A::Restore { snapshot: bytes }],
         )),
-        // Pre-copy still in flight when our RESUME was read.
-        (s @ S::Fetching { peer: Connected }, E::Received(Message::Precopy { offset, bytes })) => {
-            Ok((s, vec![A::KeepPrecopy { offset, bytes }]))
-        }
         (s @ S::Fetching { .. }, E::Resumed | E::Stopped) => stay(s),
 
         // Committed: restore once; later snapshots are acknowledged, never restored again.

@@ -109,7 +109,6 @@ fn received_name(m: &crate::protocol::Message) -> &'static str {
     use crate::protocol::Message;
     match m {
         Message::Hello(_) => "Received(Hello)",
-        Message::Precopy { .. } => "Received(Precopy)",
         Message::Snapshot { .. } => "Received(Snapshot)",
         Message::TakenOver { .. } => "Received(TakenOver)",
         Message::ResendSnapshot => "Received(ResendSnapshot)",

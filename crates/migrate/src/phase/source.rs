@@ -21,7 +21,7 @@ pub enum SourceState {
         /// The connection to a destination console, if one was made.
         peer: Link,
     },
-    /// QEMU pre-copies RAM; still serving; the screen may be pre-copied.
+    /// QEMU pre-copies RAM; still serving.
     Precopying {
         /// The connection to the destination console.
         peer: Link,
@@ -113,8 +113,6 @@ impl SourceEvent {
 /// What the source console's shell must do, in the order given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceAction {
-    /// Start streaming `Precopy` messages of the screen cache (stops at `Freeze`).
-    StartPrecopy,
     /// Stop reading viewers, hold input, checkpoint the viewer connections and take the final
     /// snapshot; keep the checkpoint until `ReleaseCheckpoint` or `Thaw`.
     Freeze,
@@ -182,14 +180,7 @@ fn dispatch(state: SourceState, event: SourceEvent) -> Step {
             // classified late): the VM has left, so freeze now.
             Ok(freeze(peer))
         }
-        (S::Serving { peer }, E::MigrationStarted) => {
-            let actions = if peer == Link::Connected {
-                vec![A::StartPrecopy]
-            } else {
-                vec![]
-            };
-            Ok((S::Precopying { peer }, actions))
-        }
+        (S::Serving { peer }, E::MigrationStarted) => stay(S::Precopying { peer }),
         (s @ (S::Serving { .. } | S::Precopying { .. }), E::Stopped | E::Resumed) => stay(s),
         (s @ S::Serving { .. }, E::MigrationFailed) => stay(s),
         (S::Precopying { peer }, E::MigrationFailed) => {
@@ -218,12 +209,9 @@ fn dispatch(state: SourceState, event: SourceEvent) -> Step {
                 peer: Link::Disconnected,
             },
             E::PeerConnected,
-        ) => Ok((
-            S::Precopying {
-                peer: Link::Connected,
-            },
-            vec![A::StartPrecopy],
-        )),
+        ) => stay(S::Precopying {
+            peer: Link::Connected,
+        }),
         (S::Serving { .. }, E::PeerLost) => stay(S::Serving {
             peer: Link::Disconnected,
         }),

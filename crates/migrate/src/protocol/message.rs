@@ -6,7 +6,7 @@ use super::{ProtocolError, MAX_ABORT_DETAIL, MAX_VERSIONS, MAX_VM_ID, NONCE_LEN}
 const HELLO_MAGIC: &[u8; 4] = b"DMCM";
 
 pub(crate) const KIND_HELLO: u8 = 0;
-const KIND_PRECOPY: u8 = 1;
+// Kind 1 was a screen pre-copy that nothing ever sent; reserved, refused as unknown.
 const KIND_SNAPSHOT: u8 = 2;
 const KIND_TAKEN_OVER: u8 = 3;
 const KIND_ABORT: u8 = 4;
@@ -41,14 +41,6 @@ pub enum AbortReason {
 pub enum Message {
     /// Both ways, first: versions, nonce, VM id. Sent by [`super::Codec::start`] only.
     Hello(Hello),
-    /// Source → destination, optional: part of the screen cache pre-copied while QEMU
-    /// pre-copies RAM; `offset` is where `bytes` go in the destination's copy.
-    Precopy {
-        /// Byte offset into the pre-copied screen state.
-        offset: u64,
-        /// The bytes.
-        bytes: Vec<u8>,
-    },
     /// Source → destination: the final console snapshot taken at the freeze (a hand-over
     /// minus the sockets, plus the viewers' TCP checkpoints).
     Snapshot {
@@ -78,7 +70,6 @@ impl Message {
     pub fn name(&self) -> &'static str {
         match self {
             Message::Hello(_) => "Hello",
-            Message::Precopy { .. } => "Precopy",
             Message::Snapshot { .. } => "Snapshot",
             Message::TakenOver { .. } => "TakenOver",
             Message::ResendSnapshot => "ResendSnapshot",
@@ -100,11 +91,6 @@ impl Message {
                 out.extend_from_slice(&h.nonce);
                 put_str(out, &h.vm_id)?;
                 KIND_HELLO
-            }
-            Message::Precopy { offset, bytes } => {
-                out.extend_from_slice(&offset.to_be_bytes());
-                out.extend_from_slice(bytes);
-                KIND_PRECOPY
             }
             Message::Snapshot { bytes } => {
                 out.extend_from_slice(bytes);
@@ -163,13 +149,6 @@ impl Message {
                     nonce,
                     vm_id,
                 })
-            }
-            KIND_PRECOPY => {
-                let offset = r.u64()?;
-                Message::Precopy {
-                    offset,
-                    bytes: r.rest().to_vec(),
-                }
             }
             KIND_SNAPSHOT => Message::Snapshot {
                 bytes: r.rest().to_vec(),
@@ -231,7 +210,6 @@ fn bad_hello() -> ProtocolError {
 fn kind_name(kind: u8) -> Result<&'static str, ProtocolError> {
     Ok(match kind {
         KIND_HELLO => "Hello",
-        KIND_PRECOPY => "Precopy",
         KIND_SNAPSHOT => "Snapshot",
         KIND_TAKEN_OVER => "TakenOver",
         KIND_ABORT => "Abort",
@@ -278,12 +256,6 @@ impl<'a> Reader<'a> {
         let mut b = [0; 2];
         b.copy_from_slice(self.take(2)?);
         Ok(u16::from_be_bytes(b))
-    }
-
-    fn u64(&mut self) -> Result<u64, ProtocolError> {
-        let mut b = [0; 8];
-        b.copy_from_slice(self.take(8)?);
-        Ok(u64::from_be_bytes(b))
     }
 
     fn string(&mut self, max: usize) -> Result<String, ProtocolError> {

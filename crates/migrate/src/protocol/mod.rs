@@ -14,7 +14,6 @@
 //!  Hello{versions, nonce_s, vm_id}  ----->  <-----  Hello{versions, nonce_d, vm_id}
 //!      (both sides: highest common version, or VersionMismatch naming both lists;
 //!       session key = HMAC(psk, label | version | source Hello | destination Hello))
-//!  Precopy{offset, bytes} ... ---------------------->  (optional, while QEMU pre-copies RAM)
 //!  -- source VM stops for the switchover: freeze, checkpoint --
 //!  Snapshot{bytes} --------------------------------->  kept until its own VM runs
 //!                                                      -- destination VM runs (RESUME) --

@@ -118,9 +118,6 @@ impl Hub {
             }
             for action in m.step_source(event) {
                 match action {
-                    SourceAction::StartPrecopy => tracing::debug!(
-                        "screen pre-copy is not done: the final snapshot carries the screen"
-                    ),
                     SourceAction::Freeze => self.freeze_for_migration().await?,
                     SourceAction::SendSnapshot => self.with_mig(|m| {
                         if let Some(kept) = &m.kept {

@@ -368,12 +368,13 @@ impl CoMigration {
         if let PeerEvent::Refused(why) = &event {
             // Still trying (the phase machine's Connect lasts until the peer answers); a
             // `prepare` waiting learns why now rather than after its timeout.
+            let why = super::hub::error_chain(why);
             tracing::warn!(%why, "the destination console refused the connection; retrying");
-            self.answer_prepare(Err(why.clone()));
+            self.answer_prepare(Err(why));
             return MigrationInput::Nothing;
         }
         if let PeerEvent::Lost(why) = &event {
-            tracing::warn!(%why, outgoing, "connection to the other console lost");
+            tracing::warn!(why = %super::hub::error_chain(why), outgoing, "connection to the other console lost");
             if outgoing {
                 self.out = None;
             } else {
@@ -383,7 +384,7 @@ impl CoMigration {
         if outgoing {
             match &event {
                 PeerEvent::Connected => self.answer_prepare(Ok(())),
-                PeerEvent::Lost(why) => self.answer_prepare(Err(why.clone())),
+                PeerEvent::Lost(why) => self.answer_prepare(Err(super::hub::error_chain(why))),
                 PeerEvent::Received(_) | PeerEvent::Refused(_) => {}
             }
         }

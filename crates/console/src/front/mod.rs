@@ -55,7 +55,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use handover::{HandedViewer, Handover, HandoverError};
-pub use peer::PeerKey;
+pub use peer::{PeerError, PeerKey};
 pub use service::{ServiceAddress, ServiceError};
 pub use viewer::ViewerError;
 

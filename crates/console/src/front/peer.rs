@@ -42,6 +42,30 @@ impl std::fmt::Debug for PeerKey {
     }
 }
 
+/// Why a connection to the other console failed or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The socket failed.
+    #[error("connection to the other console failed")]
+    Io(#[from] std::io::Error),
+    /// The other side broke the protocol (bad key, another VM, malformed or out-of-order
+    /// frames, no common version).
+    #[error("the other console's messages were refused")]
+    Protocol(#[from] ProtocolError),
+    /// The other side closed the connection.
+    #[error("closed by the other console{}", if *.during_hellos { " during the Hellos" } else { "" })]
+    Closed {
+        /// Before the Hellos completed.
+        during_hellos: bool,
+    },
+    /// No Hello within [`HELLO_TIMEOUT`].
+    #[error("no Hello within {} s", HELLO_TIMEOUT.as_secs())]
+    HelloTimeout,
+    /// A message other than a Hello came first.
+    #[error("{0} before the Hellos completed")]
+    BeforeHellos(&'static str),
+}
+
 /// What a connection task reports.
 #[derive(Debug)]
 pub(super) enum PeerEvent {
@@ -50,10 +74,10 @@ pub(super) enum PeerEvent {
     /// A message from the other console.
     Received(Message),
     /// The connection ended (closed, failed, or refused by the protocol).
-    Lost(String),
+    Lost(PeerError),
     /// An attempt to reach the destination console failed during the Hellos; the source
     /// tries again.
-    Refused(String),
+    Refused(PeerError),
 }
 
 /// One live (or connecting) connection, as the hub holds it.
@@ -157,29 +181,29 @@ async fn serve(
     };
     report(PeerEvent::Connected);
     if let Err(e) = drain(&mut codec, &report) {
-        return report(PeerEvent::Lost(e.to_string()));
+        return report(PeerEvent::Lost(e.into()));
     }
     let mut buf = vec![0u8; 64 << 10];
     let why = loop {
         tokio::select! {
             read = stream.read(&mut buf) => match read {
                 Ok(0) => break match codec.end_of_stream() {
-                    Ok(()) => "closed by the other console".to_owned(),
-                    Err(e) => e.to_string(),
+                    Ok(()) => PeerError::Closed { during_hellos: false },
+                    Err(e) => e.into(),
                 },
                 Ok(n) => {
                     codec.feed(buf.get(..n).unwrap_or_default());
                     if let Err(e) = drain(&mut codec, &report) {
-                        break e.to_string();
+                        break e.into();
                     }
                 }
-                Err(e) => break e.to_string(),
+                Err(e) => break e.into(),
             },
             msg = from_hub.recv() => {
                 let Some(msg) = msg else { return };
                 let written = match codec.encode(&msg) {
-                    Ok(bytes) => stream.write_all(&bytes).await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                    Ok(bytes) => stream.write_all(&bytes).await.map_err(PeerError::from),
+                    Err(e) => Err(e.into()),
                 };
                 if let Err(why) = written {
                     break why;
@@ -191,26 +215,27 @@ async fn serve(
 }
 
 /// Exchanges Hellos; the codec is then ready for messages.
-async fn handshake(stream: &mut TcpStream, role: Role, key: PeerKey) -> Result<Codec, String> {
+async fn handshake(stream: &mut TcpStream, role: Role, key: PeerKey) -> Result<Codec, PeerError> {
     let _ = stream.set_nodelay(true);
     let nonce: [u8; migrate::protocol::NONCE_LEN] = rand::random();
-    let mut codec =
-        Codec::new(Config::new(role, key.psk, key.vm_id), nonce).map_err(|e| e.to_string())?;
-    let hello = codec.start().map_err(|e| e.to_string())?;
+    let mut codec = Codec::new(Config::new(role, key.psk, key.vm_id), nonce)?;
+    let hello = codec.start()?;
     let exchange = async {
-        stream.write_all(&hello).await.map_err(|e| e.to_string())?;
+        stream.write_all(&hello).await?;
         let mut buf = [0u8; 4096];
         while codec.version().is_none() {
-            let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+            let n = stream.read(&mut buf).await?;
             if n == 0 {
-                return Err("closed during the Hellos".to_owned());
+                return Err(PeerError::Closed {
+                    during_hellos: true,
+                });
             }
             codec.feed(buf.get(..n).unwrap_or_default());
             // The peer's Hello is checked and consumed here; what follows it stays buffered.
             while codec.version().is_none() {
-                match codec.poll_message().map_err(|e| e.to_string())? {
+                match codec.poll_message()? {
                     Some(Message::Hello(_)) => {}
-                    Some(m) => return Err(format!("{} before the Hellos completed", m.name())),
+                    Some(m) => return Err(PeerError::BeforeHellos(m.name())),
                     None => break,
                 }
             }
@@ -219,7 +244,7 @@ async fn handshake(stream: &mut TcpStream, role: Role, key: PeerKey) -> Result<C
     };
     tokio::time::timeout(HELLO_TIMEOUT, exchange)
         .await
-        .map_err(|_| "no Hello within 5 s".to_owned())??;
+        .map_err(|_| PeerError::HelloTimeout)??;
     Ok(codec)
 }
 

@@ -29,8 +29,8 @@ use guest::GuestOptions;
 use migrate::vm::{Migration, MigrationOptions, Phase};
 use rfb::ClientMessage;
 use scenarios::cobed::{CoBed, CoBedOptions};
-use scenarios::steady::tally::{key_presses, left_clicks, tally};
-use scenarios::steady::{SteadyConfig, SteadyViewer};
+use scenarios::delivery::{check_nothing_lost, steady_viewer as viewer};
+use scenarios::steady::tally::{key_presses, tally};
 use testbed::capture::Capture;
 
 /// Bound on each wait (a guard against hanging, not a timed assertion).
@@ -54,77 +54,6 @@ fn dirtying(dirty_mib: u32, rate: u32) -> GuestOptions {
         dirty_rate_mib_s: rate,
         ..GuestOptions::default()
     }
-}
-
-/// A steady viewer from the client host.
-async fn viewer(bed: &CoBed) -> anyhow::Result<SteadyViewer> {
-    Ok(SteadyViewer::connect_from(
-        bed.testbed().client(),
-        bed.service(),
-        SteadyConfig::default(),
-    )
-    .await?)
-}
-
-/// Stops the viewer, takes every report, and checks that every key and click arrived once,
-/// in order, over the one connection it opened. A loss is located: the first key the guest
-/// did not report in order, and when it was typed (ms after the first key).
-async fn check_nothing_lost(bed: &mut CoBed, viewer: SteadyViewer) -> anyhow::Result<()> {
-    viewer.set_typing(false);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let reports = bed
-        .collect_reports(Duration::from_millis(500), WAIT)
-        .await
-        .to_vec();
-    let log = viewer.stop().await;
-    let keys = tally(&log.key_codes(), &key_presses(&reports));
-    let clicks = (log.clicks.len(), left_clicks(&reports));
-    println!(
-        "keys {keys:?}; clicks sent {} received {}; connection kept: {}",
-        clicks.0,
-        clicks.1,
-        log.connection_kept()
-    );
-    if !keys.exact() {
-        let (sent, got) = (log.key_codes(), key_presses(&reports));
-        if let Some(i) = sent.iter().zip(&got).position(|(s, g)| s != g) {
-            let first = log.keys.first().map(|k| k.at);
-            let at = log
-                .keys
-                .get(i)
-                .zip(first)
-                .map(|(k, f)| k.at.duration_since(f));
-            println!("first key out of order: #{i} typed at {at:?} after the first");
-        }
-    }
-    ensure!(
-        log.connection_kept(),
-        "the viewer's connection dropped: {:?}",
-        log.dropped
-    );
-    if clicks.0 != clicks.1 {
-        let counts: Vec<u64> = reports
-            .iter()
-            .filter_map(|r| match r {
-                Report::Button { count, .. } => Some(*count),
-                _ => None,
-            })
-            .collect();
-        let gaps: Vec<(u64, u64)> = counts
-            .windows(2)
-            .filter(|w| w[1] != w[0] + 1)
-            .map(|w| (w[0], w[1]))
-            .collect();
-        println!(
-            "button events reported {} (the guest counted {:?}); jumps in its count: {gaps:?}",
-            counts.len(),
-            counts.last()
-        );
-    }
-    ensure!(keys.sent > 50, "the viewer typed: {keys:?}");
-    ensure!(keys.exact(), "every key once, in order: {keys:?}");
-    ensure!(clicks.0 == clicks.1, "every click once: {clicks:?}");
-    Ok(())
 }
 
 /// The serving console runs as `nobody` with only CAP_NET_ADMIN and CAP_NET_RAW (bits 12 and
@@ -216,7 +145,8 @@ async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()>
     ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
     ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
     check_unprivileged(&bed)?;
-    check_nothing_lost(&mut bed, viewer).await
+    check_nothing_lost(&mut bed, viewer).await?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +248,8 @@ async fn driven_by_a_manager(events: &str) -> anyhow::Result<()> {
         home["link_uncertain"] == 0 && home["link_dropped"] == 0,
         "the console is sure of every key: {home}"
     );
-    check_nothing_lost(&mut bed, viewer).await
+    check_nothing_lost(&mut bed, viewer).await?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,7 +389,8 @@ async fn killing_the_destination_qemu_during_precopy_leaves_the_session_on_the_s
     tokio::time::sleep(Duration::from_millis(300)).await;
     bed.migrate(false).await?;
     println!("retried migration succeeded");
-    check_nothing_lost(&mut bed, viewer).await
+    check_nothing_lost(&mut bed, viewer).await?;
+    Ok(())
 }
 
 /// Fault: the destination console is killed after it received the snapshot (the VM is held
@@ -523,7 +455,8 @@ async fn a_restarted_destination_console_takes_over_from_the_sources_checkpoint(
     src.client().quit().await.ok();
     drop((src, dst));
     bed.finish().await?;
-    check_nothing_lost(&mut bed, viewer).await
+    check_nothing_lost(&mut bed, viewer).await?;
+    Ok(())
 }
 
 /// Fault: the destination console's takeover fails late — its VM runs, the snapshot is in, and
@@ -585,7 +518,8 @@ async fn a_takeover_that_fails_late_leaves_the_session_to_a_restarted_console() 
     src.client().quit().await.ok();
     drop((src, dst));
     bed.finish().await?;
-    check_nothing_lost(&mut bed, viewer).await
+    check_nothing_lost(&mut bed, viewer).await?;
+    Ok(())
 }
 
 /// A key pressed on the source and released on the destination reaches the guest as one
@@ -835,7 +769,8 @@ async fn dmore_migrate_moves_the_vm_and_its_console_and_prints_the_timeline() ->
     bed.finish().await?;
     // Typing goes on after the move, into the destination.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    check_nothing_lost(&mut bed, viewer).await
+    check_nothing_lost(&mut bed, viewer).await?;
+    Ok(())
 }
 
 /// Whether a process has ended (gone, or a zombie nobody reaped yet).
@@ -926,7 +861,7 @@ async fn output_of(child: tokio::process::Child) -> anyhow::Result<std::process:
 /// [`check_nothing_lost`], printing the console's log if it fails.
 async fn check_nothing_lost_or_show(
     bed: &mut CoBed,
-    viewer: SteadyViewer,
+    viewer: scenarios::steady::SteadyViewer,
     console: &Path,
 ) -> anyhow::Result<()> {
     let checked = check_nothing_lost(bed, viewer).await;
@@ -937,7 +872,8 @@ async fn check_nothing_lost_or_show(
             std::fs::read_to_string(log).unwrap_or_default()
         );
     }
-    checked
+    checked?;
+    Ok(())
 }
 
 /// Ctrl-C on `dmore migrate` while QEMU pre-copies: the migration is cancelled, the command

@@ -5,6 +5,7 @@
 pub mod baseline;
 pub mod bench;
 pub mod cobed;
+pub mod delivery;
 pub mod demo;
 pub mod steady;
 pub mod typist;

@@ -14,7 +14,7 @@
 //! | the hosts' link cut at the held switchover (snapshot sent, device state not) | cancelled, the source thaws | ignored: as for the killed destination QEMU |
 //! | loss and delay on the hosts' link | the migration completes | passes (a shaper's tail drops where the kernel has no netem) |
 //! | a viewer leaving and one arriving during the freeze | the remaining viewer moves; the newcomer waits in TCP and the destination serves it | passes |
-//! | a viewer that stops reading beside a typing one | the typing viewer and the session move; the slow one is cut and counted | ignored: every viewer is cut |
+//! | a viewer that stops reading beside a typing one | the typing viewer and the session move; the slow one is cut and counted | passes |
 //! | the source QEMU killed during the freeze | the VM is gone: recorded, no takeover | passes (records) |
 //!
 //! Three more cells live in `comigration.rs`: the destination QEMU killed in pre-copy, the
@@ -695,9 +695,6 @@ async fn a_viewer_leaving_and_one_arriving_during_the_freeze() -> anyhow::Result
 /// for and never read) beside a typing viewer, through a held co-migration. The freeze waits
 /// for the slow viewer's writer only until its deadline, then cuts that viewer and counts it
 /// (`viewers_cut`); the session and the typing viewer move with nothing lost.
-#[ignore = "console bug (front/hub/freeze.rs): the freeze spends its one deadline waiting on \
-            the slow writer, then awaits each writer against that expired deadline, so every \
-            viewer is cut (viewers_cut 2), the typing one too"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_that_stops_reading_is_cut_never_the_session() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;

@@ -6,6 +6,9 @@ use super::*;
 /// writer is still in the middle of a batch then is cut (its RFB stream would break
 /// mid-message) and counted, never the session.
 const FREEZE_WAIT: Duration = Duration::from_secs(2);
+/// How long an idle writer may take to end once its channel closed (it ends at once; this only
+/// bounds a scheduler that is slow to run it), whatever the deadline.
+const IDLE_WRITER_GRACE: Duration = Duration::from_secs(1);
 
 /// Asks the console at `path` to freeze and receives its hand-over.
 pub(in crate::front) async fn take_over(path: &Path) -> Result<Handover, HandoverError> {
@@ -80,17 +83,34 @@ impl Hub {
                 _ = tokio::time::sleep(Duration::from_millis(2)) => {}
             }
         }
-        // 4. Snapshot, then reunite each socket.
+        // 4. Snapshot, then reunite each socket. Every writer's channel closes first, so idle
+        // writers end together; only one still in the middle of a batch at the deadline is cut.
         let mut sessions = BTreeMap::new();
         let mut viewers = Vec::new();
-        let slots = std::mem::take(&mut self.viewers);
-        for (id, mut slot) in slots {
-            sessions.insert(id, slot.session.freeze());
-            let Slot { to, writer, .. } = slot;
-            drop(to);
-            let write = match tokio::time::timeout_at(deadline.into(), writer).await {
+        let writers: Vec<_> = std::mem::take(&mut self.viewers)
+            .into_iter()
+            .map(|(id, mut slot)| {
+                sessions.insert(id, slot.session.freeze());
+                let Slot {
+                    to,
+                    writer,
+                    writer_idle,
+                    ..
+                } = slot;
+                drop(to);
+                (id, writer, writer_idle)
+            })
+            .collect();
+        for (id, mut writer, idle) in writers {
+            let until = if idle {
+                Instant::now() + IDLE_WRITER_GRACE
+            } else {
+                deadline
+            };
+            let write = match tokio::time::timeout_at(until.into(), &mut writer).await {
                 Ok(Ok(w)) => w,
                 _ => {
+                    writer.abort();
                     self.viewers_cut += 1;
                     tracing::warn!(
                         viewer = id.0,

@@ -7,11 +7,11 @@
 //!
 //! | case | expected | today |
 //! |---|---|---|
-//! | destination QEMU killed at the held switchover | the switchover fails, the source runs and serves | ignored: the source completes into the dead destination (no `return-path`) and stays `postmigrate` |
+//! | destination QEMU killed at the held switchover | the switchover fails, the source runs and serves | passes (`return-path` on) |
 //! | destination console killed during RAM pre-copy (held) | the migration is cancelled, the source serves | passes |
 //! | destination console killed during RAM pre-copy (unheld) | the VM switches, `dmore migrate` says the console did not take over; a restarted one does | ignored: keys lost intermittently |
 //! | the hosts' link cut during RAM pre-copy | the migration times out and is cancelled, the source serves | ignored: keys lost intermittently |
-//! | the hosts' link cut at the held switchover (snapshot sent, device state not) | cancelled, the source thaws | ignored: as for the killed destination QEMU |
+//! | the hosts' link cut at the held switchover (snapshot sent, device state not) | cancelled, the source thaws | passes (`return-path` on) |
 //! | loss and delay on the hosts' link | the migration completes | passes (a shaper's tail drops where the kernel has no netem) |
 //! | a viewer leaving and one arriving during the freeze | the remaining viewer moves; the newcomer waits in TCP and the destination serves it | passes |
 //! | a viewer that stops reading beside a typing one | the typing viewer and the session move; the slow one is cut and counted | passes |
@@ -299,9 +299,6 @@ async fn monitors(plan: &Plan) -> anyhow::Result<[(qmp::Connection, qmp::Events)
 /// console froze and its snapshot is on the destination). The switchover fails, the source VM
 /// runs again and its console thaws from its checkpoint: one connection, nothing lost; a
 /// retried migration succeeds.
-#[ignore = "dmore bug, fix in crates/migrate: without QEMU's return-path capability the source \
-            completes into a dead or unreachable destination and stays in postmigrate (the VM \
-            runs nowhere, the console stays frozen); with return-path on both QEMUs it passes"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_destination_qemu_at_the_switchover_leaves_the_session_on_the_source(
 ) -> anyhow::Result<()> {
@@ -515,9 +512,6 @@ async fn cutting_the_hosts_link_in_precopy_leaves_the_session_on_the_source() ->
 /// source console froze and its snapshot reached the destination, QEMU's device state has not.
 /// `migrate-continue` cannot finish; the driver cancels after its limit (the VM's downtime),
 /// the source VM runs again and its console thaws from its checkpoint.
-#[ignore = "dmore bug, fix in crates/migrate: without QEMU's return-path capability the source \
-            completes into a dead or unreachable destination and stays in postmigrate (the VM \
-            runs nowhere, the console stays frozen); with return-path on both QEMUs it passes"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutting_the_hosts_link_at_the_held_switchover_thaws_the_source() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;

@@ -2,8 +2,9 @@
 //! runs for VMs no manager owns, and what the tests and the baseline use).
 //!
 //! ```text
-//!  dst: migrate-set-capabilities (events)    src: migrate-set-capabilities
-//!       migrate-incoming tcp:B:PORT               (events, pause-before-switchover)
+//!  dst: migrate-set-capabilities              src: migrate-set-capabilities
+//!       (events, return-path)                     (events, return-path,
+//!       migrate-incoming tcp:B:PORT                pause-before-switchover)
 //!                    |                            migrate tcp:B:PORT
 //!                    v                                     |
 //!   Setup --> Active --(pause-before-switchover)--> PreSwitchover --continue--+
@@ -18,6 +19,12 @@
 //! the `events` capability is on or off). **Failure guarantee**: whenever [`Migration`]
 //! returns an error, it has cancelled the migration and seen the source VM `running` again
 //! (or says in the error that it could not).
+//!
+//! `return-path` is always on: without it the source counts a migration `completed` once it
+//! has written its last device state, even into a destination that died at the switchover,
+//! and stays `postmigrate` — the VM runs nowhere (measured in `dmore`'s fault matrix). With
+//! it the source waits for the destination to confirm, and a dead destination fails the
+//! migration, so the source can run again.
 
 mod info;
 
@@ -257,7 +264,7 @@ impl<'m, S: Monitor, D: Monitor> Migration<'m, S, D> {
             dst,
             Side::Destination,
             "migrate-set-capabilities",
-            caps(&[("events", opts.events)]),
+            caps(&[("events", opts.events), ("return-path", true)]),
         )
         .await?;
         call(
@@ -273,6 +280,7 @@ impl<'m, S: Monitor, D: Monitor> Migration<'m, S, D> {
             "migrate-set-capabilities",
             caps(&[
                 ("events", opts.events),
+                ("return-path", true),
                 ("pause-before-switchover", opts.pause_before_switchover),
             ]),
         )
@@ -651,7 +659,7 @@ mod tests {
         assert_eq!(
             dst.log(),
             [
-                r#"migrate-set-capabilities {"capabilities":[{"capability":"events","state":true}]}"#,
+                r#"migrate-set-capabilities {"capabilities":[{"capability":"events","state":true},{"capability":"return-path","state":true}]}"#,
                 "migrate-incoming",
                 "query-status",
                 "query-status",

@@ -2,7 +2,9 @@
 //! with STOP/RESUME, migrations and freeze+restore into a new journal. Every key and button
 //! event must reach the model guest exactly once and in order, except those the journal
 //! reported uncertain (at most once); none are uncertain unless a pause came unannounced; the
-//! PS/2 queue never overflows with the default pacing; the backlog stays within its bound.
+//! PS/2 queue never overflows with the default pacing, for a guest that reads at least what
+//! the journal takes it to (one key's 4 bytes per `Config::key_drain`, 10 bytes/ms), however
+//! the viewer's events bunch up; the backlog stays within its bound.
 //!
 //! The model QEMU: run state; a VNC server that drops input while paused, keeps a key state
 //! that drops releases it saw no press for (`ui/kbd-state.c`) and diffs button masks; a QMP
@@ -107,7 +109,8 @@ proptest! {
     #[test]
     fn every_key_and_button_reaches_the_guest_once_in_order(
         ops in proptest::collection::vec(op(), 1..250),
-        drain_per_ms in prop_oneof![Just(1u64), Just(2), Just(50)],
+        // Bytes per ms: the journal's assumption (Config::key_drain), and a fast guest.
+        drain_per_ms in prop_oneof![Just(10u64), Just(50)],
         max_held in prop_oneof![Just(3usize), Just(4096)],
         vnc in prop_oneof![100..400u64, 5_000..20_000u64], // the latter: QEMU's main loop busy
         qmp in 200..1300u64,

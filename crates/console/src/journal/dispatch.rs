@@ -115,8 +115,9 @@ impl Journal {
         !self.fast_open && self.vm_running && self.qmp.is_none() && self.fast_resolved()
     }
 
-    /// A release whose press did not go on the fast lane in its current open period.
-    fn needs_qmp(&self, entry: &Entry) -> bool {
+    /// A release whose press did not go on the fast lane in its current open period (or, while
+    /// closed, in the period it would open next: closing ends a period).
+    pub(super) fn needs_qmp(&self, entry: &Entry) -> bool {
         match Control::of(&entry.event) {
             Some((control, false)) => {
                 self.down.get(&control) != Some(&PressLane::Fast { epoch: self.epoch })
@@ -125,27 +126,53 @@ impl Journal {
         }
     }
 
-    /// When `p` may be sent: motion at once; keys and buttons at least `min_interval` after the
-    /// previous key or button (and after the latest re-sync), and held ones replayed with their
-    /// original gap (capped at `max_gap`).
+    /// When `p` may be sent: motion at once; live keys and buttons at once; replayed ones at
+    /// half their original gap (capped at `max_gap`) after the previous key or button; keys
+    /// when the PS/2 bucket has room ([`Journal::keys_room_at`]); a button `min_interval`
+    /// after the latest re-sync.
     fn due(&self, p: &Pending) -> Instant {
         if p.entry.seq.is_none() {
             return p.available;
         }
         let mut due = p.available;
-        if let Some(last) = self.last_paced {
-            let wait = if p.replay {
-                p.gap.min(self.config.max_gap).max(self.config.min_interval)
-            } else {
-                self.config.min_interval
-            };
-            due = due.max(last.checked_add(wait).unwrap_or(last));
+        if p.replay {
+            if let Some(last) = self.last_paced {
+                let wait = p.gap.min(self.config.max_gap) / 2;
+                due = due.max(last.checked_add(wait).unwrap_or(last));
+            }
         }
-        if let Some(resync) = self.buttons.last_resync {
-            let after = resync.checked_add(self.config.min_interval);
-            due = due.max(after.unwrap_or(resync));
+        match p.entry.event {
+            InputEvent::Key { .. } => {
+                if let Some(room) = self.keys_room_at() {
+                    due = due.max(room);
+                }
+            }
+            InputEvent::Button { .. } => {
+                if let Some(resync) = self.buttons.last_resync {
+                    let after = resync.checked_add(self.config.min_interval);
+                    due = due.max(after.unwrap_or(resync));
+                }
+            }
+            InputEvent::Motion { .. } | InputEvent::Resync => {}
         }
         due
+    }
+
+    /// When the PS/2 bucket takes one more key: it holds `max_paced_per_batch` keys, and the
+    /// guest is taken to read one per `key_drain` (see [`Config`](super::Config)'s "Pacing").
+    /// `None`: at once.
+    fn keys_room_at(&self) -> Option<Instant> {
+        let busy = self.keys_busy_until?;
+        let depth =
+            u32::try_from(self.config.max_paced_per_batch.saturating_sub(1)).unwrap_or(u32::MAX);
+        let slack = self.config.key_drain.saturating_mul(depth);
+        busy.checked_sub(slack)
+    }
+
+    /// A key goes to a lane now: the bucket fills by one key.
+    fn note_key(&mut self, now: Instant) {
+        let from = self.keys_busy_until.map_or(now, |b| b.max(now));
+        self.keys_busy_until = Some(from.checked_add(self.config.key_drain).unwrap_or(from));
     }
 
     /// The RFB mask bit of the state-holding button `entry` presses or releases, else 0.
@@ -226,9 +253,15 @@ impl Journal {
         }
     }
 
-    /// Takes the due events at the head for one lane write, keeping the batch limits. Always
-    /// takes at least the head (the caller checked it is due).
+    /// Takes the due events at the head for one lane write, keeping the batch limits, and
+    /// records the lane of each press (so a release later in the same write is judged by its
+    /// press in it). Always takes at least the head (the caller checked it is due).
     fn take_due(&mut self, now: Instant, fast: bool) -> Vec<Pending> {
+        let lane = if fast {
+            PressLane::Fast { epoch: self.epoch }
+        } else {
+            PressLane::Qmp
+        };
         let mut taken: Vec<Pending> = Vec::new();
         let mut paced = 0;
         // Buttons this write changes: a second event of one needs a re-sync between.
@@ -254,6 +287,10 @@ impl Journal {
                 self.pending_seqd = self.pending_seqd.saturating_sub(1);
                 self.last_paced = Some(now);
             }
+            if matches!(p.entry.event, InputEvent::Key { .. }) {
+                self.note_key(now);
+            }
+            self.record_press(&p.entry, lane);
             taken.push(p);
         }
         taken
@@ -269,7 +306,6 @@ impl Journal {
                 SeqRange::extend(&mut self.unfenced.range, seq);
                 self.stats.fast_sent += 1;
             }
-            self.record_press(&entry, PressLane::Fast { epoch: self.epoch });
             self.note_button(&entry, now);
             self.push_vnc(entry, &mut events);
         }
@@ -282,7 +318,6 @@ impl Journal {
         let batch = BatchId(self.next_id());
         let events: Vec<Entry> = taken.iter().map(|p| p.entry).collect();
         for entry in &events {
-            self.record_press(entry, PressLane::Qmp);
             self.note_button(entry, now);
             if let InputEvent::Motion { x, y } = entry.event {
                 self.pointer = (x, y);

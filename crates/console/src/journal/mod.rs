@@ -18,8 +18,10 @@
 //!   | OPEN |  did not go on this fast lane (epoch += 1)             | CLOSED |  events go to
 //!   |      | ------------------------------------------------->    |        |  the QMP lane,
 //!   |      | <-------------------------------------------------    |        |  held while the
-//!   +------+  VM running, no migration, nothing held, no QMP       +--------+  VM is stopped
-//!             batch in flight, every fast event confirmed
+//!   +------+  VM running, no migration, no QMP batch in flight,    +--------+  VM is stopped
+//!             every fast event confirmed, the next held event
+//!             not a release that must take QMP (held events
+//!             replay on the fast lane, in order)
 //!
 //!  confirming fast-lane events (one fence at a time, also while OPEN):
 //!
@@ -45,11 +47,13 @@
 //! Time is passed in as `now: Instant`; the journal never reads a clock.
 //!
 //! # Pacing
-//! QEMU runs with `key-delay-ms=0`, so the journal paces keys itself: a key or button event
-//! goes out no sooner than `min_interval` after the previous one, and held events (pushed or
-//! sent back while the VM could not take them, or restored from a snapshot) are replayed with
-//! the viewer's original gaps (capped at `max_gap`). Live input is not held back to its gaps.
-//! See [`Config`].
+//! QEMU runs with `key-delay-ms=0`, and the journal passes live input on as it comes, at the
+//! viewer's own pace. It paces only what would reach QEMU as a burst, and what it replays:
+//! at most [`Config::max_paced_per_batch`] keys back to back, then one per
+//! [`Config::key_drain`] (QEMU's 16-byte PS/2 queue drops what does not fit); held events
+//! (pushed or sent back while the VM could not take them, restored from a snapshot, or
+//! pushed while earlier events still wait) replay at half the viewer's original gaps
+//! (capped at `max_gap`), so a backlog drains twice as fast as it was typed. See [`Config`].
 //!
 //! # Freezing delivery
 //! [`Journal::freeze_delivery`] stops delivery (a console about to snapshot itself): the fast
@@ -135,10 +139,11 @@ struct Pending {
     gap: Duration,
     /// Not to be sent before this (its push time, or the restore time).
     available: Instant,
-    /// It was held (pushed or sent back while nothing could be delivered, or restored): it
-    /// is replayed with the viewer's original gap. Live input goes out as soon as pacing
-    /// allows — keeping gaps there would turn one late send into a lag every later key
-    /// inherits.
+    /// It is replayed: held (pushed or sent back while nothing could be delivered, or
+    /// restored), or pushed while earlier key/button events still waited. It goes out at
+    /// half its original gap after the previous one, so a backlog catches up at twice the
+    /// viewer's pace. Live input goes out as it comes — keeping gaps there would turn one
+    /// late send into a lag every later key inherits.
     replay: bool,
     /// QEMU refused it once already (see `Journal::handle_qmp_reply`); refused again, it is
     /// dropped.
@@ -215,6 +220,9 @@ pub struct Journal {
     /// `push` refused something since the last accepted push.
     refused_since_push: bool,
     last_paced: Option<Instant>,
+    /// When the PS/2 keyboard queue, as the pacing bucket models it, is empty again: every
+    /// key written adds [`Config::key_drain`] (see [`Journal::keys_room_at`]).
+    keys_busy_until: Option<Instant>,
     fast_open: bool,
     /// Counts the fast lane's open periods.
     epoch: u64,
@@ -247,6 +255,7 @@ impl Journal {
             last_push: None,
             refused_since_push: false,
             last_paced: None,
+            keys_busy_until: None,
             fast_open: false,
             epoch: 0,
             unfenced: Unfenced::default(),
@@ -321,7 +330,8 @@ impl Journal {
         };
         self.refused_since_push = false;
         self.last_push = Some(now);
-        let replay = !self.vm_running || self.delivery_frozen;
+        // Behind a key/button still waiting it is part of a backlog: it catches up with it.
+        let replay = !self.vm_running || self.delivery_frozen || self.pending_seqd > 0;
         self.pending.push_back(Pending {
             entry: entry(Some(seq)),
             gap,
@@ -465,16 +475,21 @@ impl Journal {
         }
     }
 
-    /// Opens the fast lane when that cannot reorder anything.
+    /// Opens the fast lane when that cannot reorder anything: nothing in flight on QMP, every
+    /// fast-lane event confirmed. Held events then replay on the fast lane, unless the next
+    /// one is a release that must take QMP (its press did not go on this fast lane).
     fn maybe_reopen(&mut self) {
         if !self.fast_open
             && !self.delivery_frozen
             && !self.recheck_run_state
             && self.vm_running
             && !self.migrating
-            && self.pending.is_empty()
             && self.qmp.is_none()
             && self.fast_resolved()
+            && !self
+                .pending
+                .front()
+                .is_some_and(|p| self.needs_qmp(&p.entry))
         {
             self.fast_open = true;
             tracing::debug!("fast input lane open");

@@ -131,9 +131,11 @@ impl Journal {
             .collect();
         JournalState {
             version: STATE_VERSION,
-            // What a decoded snapshot would hold (button_settle is not in the layout).
+            // What a decoded snapshot would hold (button_settle and key_drain are not in the
+            // layout).
             config: Config {
                 button_settle: Config::default().button_settle,
+                key_drain: Config::default().key_drain,
                 ..self.config
             },
             next_seq: self.next_seq,

@@ -221,21 +221,37 @@ impl SeqRange {
 }
 
 /// Tunables of the journal.
+///
+/// # Pacing
+/// Live input goes to QEMU as it comes, at the viewer's own pace, as QEMU's own VNC server
+/// (`key-delay-ms=0`) takes it. Two hazards of QEMU's PS/2 devices (`hw/input/ps2.c`) bound
+/// that, and a third rule makes held input catch up:
+/// - **The keyboard queue holds 16 bytes; bytes that do not fit are dropped** (and QEMU has
+///   already answered success). A key event is at most 4 bytes (scancode set 2, an extended
+///   key's release `e0 f0 xx`; 1–2 with the i8042's translation, as guests run it). What
+///   overruns it is a *burst*: events that reach QEMU together, with no time for the guest
+///   to read the queue between them — several events in one TCP read from the viewer, a
+///   backlog replayed, a QMP batch. The journal models the queue as a bucket: at most
+///   `max_paced_per_batch` keys back to back (4 x 4 bytes = 16), then one more per
+///   `key_drain`. Keys the viewer itself spaced by `key_drain` or more never wait for it.
+/// - **A mouse button pressed and released before QEMU reports it is lost**:
+///   `button_settle`, below.
+/// - **A replay catches up.** Held events (input that came while the VM was stopped or
+///   delivery frozen, or restored from a snapshot), and events that arrive while earlier
+///   ones still wait, go out with *half* the viewer's gaps (capped at `max_gap`), so the
+///   backlog drains at twice the pace it was typed at, as far as the PS/2 bucket allows,
+///   until an event is due at its own arrival: from there on input is live again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
-    /// Minimum time between two key or button events on either lane. QEMU's PS/2 keyboard
-    /// queue holds 16 bytes and a key event is at most 4 bytes in set 2 (2 with the i8042's
-    /// translation, as guests run it): at 3 ms a guest that drains even 1 byte per ms keeps up
-    /// with every event, so the queue never holds more than a key's bytes. 3 ms rather than
-    /// more so that a steady 100 keys/s with 10 clicks/s (the demo's viewer) fits with room to
-    /// spare: 20 key events x 3 ms + a click (3 ms + `button_settle` + 3 ms) = 81 ms of every
-    /// 100 ms (at 4 ms it was 103 ms: the journal fell behind the viewer).
+    /// Time between a pointer re-sync ([`InputEvent::Resync`]) and the button event it
+    /// precedes, so the guest reads the re-sync's packet first (see `button_settle`).
     pub min_interval: Duration,
-    /// Longest viewer gap kept when replaying held events; longer idle gaps shrink to this so
-    /// the lag a pause causes drains away instead of persisting.
+    /// Longest viewer gap kept when replaying held events (then halved); longer idle gaps
+    /// shrink to this so the lag a pause causes drains away instead of persisting.
     pub max_gap: Duration,
-    /// Most key/button events in one lane write (4 x 4 bytes fill the PS/2 queue). With a
-    /// non-zero `min_interval` each write holds one anyway.
+    /// Most key events QEMU's PS/2 keyboard queue takes back to back: 4 x at most 4 bytes
+    /// fill its 16 bytes. The capacity of the pacing bucket (see [`Config`]'s "Pacing"); also
+    /// the most key/button events in one lane write.
     pub max_paced_per_batch: usize,
     /// Most events per lane write (bounds the size of one `input-send-event`).
     pub max_batch: usize,
@@ -264,6 +280,23 @@ pub struct Config {
     /// version 1): a restored journal uses the default.
     #[serde(skip, default = "default_button_settle")]
     pub button_settle: Duration,
+    /// How long a guest is taken to need to read one key event (at most 4 bytes) out of the
+    /// PS/2 queue: the pacing bucket lets one more key through per `key_drain` once
+    /// `max_paced_per_batch` went back to back. It bounds how fast a backlog replays (one key
+    /// per `key_drain`, 2500 keys/s at the default), never the pace of live input the viewer
+    /// spaced itself.
+    ///
+    /// Not carried in a [`JournalState`](super::JournalState) (its layout stays that of
+    /// version 1): a restored journal uses the default.
+    #[serde(skip, default = "default_key_drain")]
+    pub key_drain: Duration,
+}
+
+/// [`Config::key_drain`]'s default: 400 µs per key event, 100 µs per byte of a 4-byte one.
+/// Guests take a byte per keyboard interrupt; traced on QEMU 7.2 (`dmore bench input`, the
+/// tiny guest under TCG), the guest read each byte well within that.
+fn default_key_drain() -> Duration {
+    Duration::from_micros(400)
 }
 
 /// [`Config::button_settle`]'s default: in the trace the guest had read the full queue
@@ -282,6 +315,7 @@ impl Default for Config {
             max_batch: 32,
             max_held: 4096,
             button_settle: default_button_settle(),
+            key_drain: default_key_drain(),
         }
     }
 }

@@ -76,49 +76,46 @@ fn an_event_refused_twice_is_dropped_and_later_input_flows() {
 }
 
 #[test]
-fn held_events_keep_viewer_gaps_but_never_faster_than_min_interval() {
-    let config = Config {
-        min_interval: Duration::from_millis(4),
-        ..Config::default()
-    };
-    let mut j = Journal::new(config, false);
+fn held_events_replay_at_half_the_viewer_gaps() {
+    let mut j = Journal::new(Config::default(), false);
     for (i, t) in [(0, 0), (1, 1), (2, 100), (3, 5000)] {
         j.push(V, key(true, i), at(t)).unwrap();
     }
     j.handle_vm_resumed();
     let sent = run_until_idle(&mut j, at(10_000));
     let gaps: Vec<Duration> = sent.windows(2).map(|w| w[1].2 - w[0].2).collect();
-    // 1 ms raised to the 4 ms minimum, 99 ms kept, 4900 ms capped at max_gap (500 ms).
+    // 1 ms, 99 ms, and 4900 ms capped at max_gap (500 ms), each halved: twice the pace.
     assert_eq!(
         gaps,
         [
-            Duration::from_millis(4),
-            Duration::from_millis(99),
-            Duration::from_millis(500)
+            Duration::from_micros(500),
+            Duration::from_micros(49_500),
+            Duration::from_millis(250)
         ]
     );
 }
 
 #[test]
 fn a_batch_never_holds_more_keys_than_the_ps2_queue_takes() {
-    let config = Config {
-        min_interval: Duration::ZERO,
-        ..Config::default()
-    };
-    let mut j = Journal::new(config, false);
+    let mut j = Journal::new(Config::default(), false);
+    j.handle_migration_started();
     for i in 0..10 {
         j.push(V, key(i % 2 == 0, 0), at(0)).unwrap();
     }
     j.handle_vm_resumed();
     let mut sizes = Vec::new();
-    while let Some(a) = j.poll_action(at(0)) {
-        let Action::Qmp { batch, events } = a else {
-            panic!("expected Qmp")
-        };
-        sizes.push(events.len());
-        j.handle_qmp_reply(batch, Outcome::Delivered).unwrap();
+    for now in [at(0), at(0) + Config::default().key_drain * 2, at(10)] {
+        // (Nothing is due in between: the bucket lets one key through per key_drain.)
+        while let Some(a) = j.poll_action(now) {
+            let Action::Qmp { batch, events } = a else {
+                panic!("expected Qmp")
+            };
+            sizes.push(events.len());
+            j.handle_qmp_reply(batch, Outcome::Delivered).unwrap();
+        }
     }
-    assert_eq!(sizes, [4, 4, 2]);
+    // Four keys back to back fill the bucket; then one per key_drain (two by 800 µs).
+    assert_eq!(sizes, [4, 2, 4]);
 }
 
 #[test]
@@ -146,6 +143,8 @@ fn backlog_is_bounded_and_motion_coalesces_in_order_with_clicks() {
         5,
         "motion coalesced into one entry between the clicks"
     );
+    // (QMP only: the fast lane's messages are no InputEvents to compare.)
+    j.handle_migration_started();
     j.handle_vm_resumed();
     let mut events = Vec::new();
     let mut now = at(10);
@@ -199,8 +198,12 @@ fn freeze_and_restore_hold_until_resume_and_release_fast_keys_through_qmp() {
     );
     d.handle_vm_resumed();
     let sent = lanes(&run_until_idle(&mut d, at(40)));
-    assert_eq!(sent, [(Lane::Qmp, 2), (Lane::Qmp, 3)]);
-    // Key 1 was pressed through QMP here: its release must not take the fast lane.
+    // The press replays on the fast lane (nothing is in flight); the release of key 0,
+    // pressed on the source's fast lane, goes through QMP: the destination's VNC server
+    // never saw that press.
+    assert_eq!(sent, [(Lane::Fast, 2), (Lane::Qmp, 3)]);
+    // Closing the fast lane for that release ended key 1's open period: its release must
+    // not take the fast lane either.
     assert!(d.fast_lane_open());
     assert_eq!(d.push(V, key(false, 1), at(100)), Ok(Some(Seq(4))));
     assert_eq!(lanes(&run_until_idle(&mut d, at(100))), [(Lane::Qmp, 4)]);
@@ -311,8 +314,8 @@ fn frozen_delivery_confirms_in_flight_events_but_sends_nothing_new() {
     assert_eq!(j.stats().delivered, 1);
     // An aborted migration: the same journal carries on.
     j.thaw_delivery();
-    // Held events leave on QMP (the fast lane reopens once nothing is held).
-    assert_eq!(lanes(&run_until_idle(&mut j, at(30))), [(Lane::Qmp, 2)]);
+    // Held events replay on the fast lane: it reopens once nothing is in flight.
+    assert_eq!(lanes(&run_until_idle(&mut j, at(30))), [(Lane::Fast, 2)]);
 }
 
 #[test]
@@ -336,7 +339,7 @@ fn frozen_delivery_holds_a_batch_refused_in_flight() {
     k.handle_vm_resumed();
     assert_eq!(
         lanes(&run_until_idle(&mut k, at(10))),
-        [(Lane::Qmp, 1), (Lane::Qmp, 2)]
+        [(Lane::Fast, 1), (Lane::Fast, 2)]
     );
 }
 

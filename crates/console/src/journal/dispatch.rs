@@ -5,7 +5,23 @@ use super::{
     Action, BatchId, Control, Entry, FenceId, InFlight, InputEvent, Journal, Pending, PressLane,
     ProbeId, SeqRange, Stage, ViewerId, VncEvent,
 };
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How late a shell may wake for an event that was due and still count as on time: timer
+/// grain (tokio's is 1 ms) and scheduling, not a hold.
+const LATE_WAKE_SLACK: Duration = Duration::from_millis(5);
+
+/// The time a key/button event sent at `now` counts as sent at, for the next one's pacing:
+/// when it was due, if the shell was merely late to wake (a replay keeps its schedule, so
+/// late wake-ups do not pile up into lag); `now` if it was held longer (a replay after a
+/// stop starts from the moment it can).
+fn paced_at(due: Instant, now: Instant) -> Instant {
+    if now.saturating_duration_since(due) <= LATE_WAKE_SLACK {
+        due.min(now)
+    } else {
+        now
+    }
+}
 
 impl Journal {
     /// The next thing the shell must do, or `None` until something happens or
@@ -269,10 +285,11 @@ impl Journal {
         while let Some(p) = self.pending.front() {
             let seqd = p.entry.seq.is_some();
             let bit = Self::state_bit(&p.entry);
+            let due = self.due(p);
             if !taken.is_empty()
                 && (taken.len() >= self.config.max_batch
                     || (seqd && paced >= self.config.max_paced_per_batch)
-                    || self.due(p) > now
+                    || due > now
                     || bit & changed != 0
                     || (fast && self.needs_qmp(&p.entry)))
             {
@@ -285,7 +302,7 @@ impl Journal {
             if seqd {
                 paced += 1;
                 self.pending_seqd = self.pending_seqd.saturating_sub(1);
-                self.last_paced = Some(now);
+                self.last_paced = Some(paced_at(due, now));
             }
             if matches!(p.entry.event, InputEvent::Key { .. }) {
                 self.note_key(now);
@@ -298,6 +315,11 @@ impl Journal {
 
     fn send_fast(&mut self, now: Instant) -> Action {
         let taken = self.take_due(now, true);
+        tracing::trace!(
+            first = ?taken.first().and_then(|p| p.entry.seq),
+            n = taken.len(),
+            "fast-lane write"
+        );
         let mut events = Vec::with_capacity(taken.len() + 1);
         for p in &taken {
             let entry = p.entry;

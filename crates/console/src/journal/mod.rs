@@ -51,9 +51,10 @@
 //! viewer's own pace. It paces only what would reach QEMU as a burst, and what it replays:
 //! at most [`Config::max_paced_per_batch`] keys back to back, then one per
 //! [`Config::key_drain`] (QEMU's 16-byte PS/2 queue drops what does not fit); held events
-//! (pushed or sent back while the VM could not take them, restored from a snapshot, or
-//! pushed while earlier events still wait) replay at half the viewer's original gaps
-//! (capped at `max_gap`), so a backlog drains twice as fast as it was typed. See [`Config`].
+//! (pushed or sent back while the VM could not take them, or restored from a snapshot)
+//! replay at half the viewer's original gaps (capped at `max_gap`), so a backlog drains
+//! twice as fast as it was typed; live input behind them (or behind a click's settle) follows
+//! as soon as the PS/2 queue allows. See [`Config`].
 //!
 //! # Freezing delivery
 //! [`Journal::freeze_delivery`] stops delivery (a console about to snapshot itself): the fast
@@ -140,10 +141,10 @@ struct Pending {
     /// Not to be sent before this (its push time, or the restore time).
     available: Instant,
     /// It is replayed: held (pushed or sent back while nothing could be delivered, or
-    /// restored), or pushed while earlier key/button events still waited. It goes out at
-    /// half its original gap after the previous one, so a backlog catches up at twice the
-    /// viewer's pace. Live input goes out as it comes — keeping gaps there would turn one
-    /// late send into a lag every later key inherits.
+    /// restored). It goes out at half its original gap after the previous one, so a backlog
+    /// catches up at twice the viewer's pace. Live input goes out as it comes, or as soon as
+    /// ordering and the PS/2 queue allow when it is behind others — keeping gaps there would
+    /// turn one late send into a lag every later key inherits.
     replay: bool,
     /// QEMU refused it once already (see `Journal::handle_qmp_reply`); refused again, it is
     /// dropped.
@@ -219,6 +220,8 @@ pub struct Journal {
     last_push: Option<Instant>,
     /// `push` refused something since the last accepted push.
     refused_since_push: bool,
+    /// When the latest key/button event was due (not when it went: a late wake-up of the
+    /// shell must not push a replay's whole schedule back).
     last_paced: Option<Instant>,
     /// When the PS/2 keyboard queue, as the pacing bucket models it, is empty again: every
     /// key written adds [`Config::key_drain`] (see [`Journal::keys_room_at`]).
@@ -330,8 +333,9 @@ impl Journal {
         };
         self.refused_since_push = false;
         self.last_push = Some(now);
-        // Behind a key/button still waiting it is part of a backlog: it catches up with it.
-        let replay = !self.vm_running || self.delivery_frozen || self.pending_seqd > 0;
+        // Held: replayed at half its gap. Live input behind events still waiting (a click's
+        // settle, a QMP round trip) follows them as soon as the PS/2 queue allows.
+        let replay = !self.vm_running || self.delivery_frozen;
         self.pending.push_back(Pending {
             entry: entry(Some(seq)),
             gap,

@@ -237,10 +237,10 @@ impl SeqRange {
 /// - **A mouse button pressed and released before QEMU reports it is lost**:
 ///   `button_settle`, below.
 /// - **A replay catches up.** Held events (input that came while the VM was stopped or
-///   delivery frozen, or restored from a snapshot), and events that arrive while earlier
-///   ones still wait, go out with *half* the viewer's gaps (capped at `max_gap`), so the
-///   backlog drains at twice the pace it was typed at, as far as the PS/2 bucket allows,
-///   until an event is due at its own arrival: from there on input is live again.
+///   delivery frozen, or restored from a snapshot) go out with *half* the viewer's gaps
+///   (capped at `max_gap`), so the backlog drains at twice the pace it was typed at; live
+///   input that arrives behind them (or behind a click waiting for its settle) follows as
+///   soon as the PS/2 bucket allows, so the lag a click or a stop causes shrinks at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
     /// Time between a pointer re-sync ([`InputEvent::Resync`]) and the button event it

@@ -158,7 +158,7 @@ impl Journal {
             }
         }
         match p.entry.event {
-            InputEvent::Key { .. } => {
+            InputEvent::Key { .. } if !self.viewer_spaced(p) => {
                 if let Some(room) = self.keys_room_at() {
                     due = due.max(room);
                 }
@@ -169,9 +169,25 @@ impl Journal {
                     due = due.max(after.unwrap_or(resync));
                 }
             }
-            InputEvent::Motion { .. } | InputEvent::Resync => {}
+            InputEvent::Key { .. } | InputEvent::Motion { .. } | InputEvent::Resync => {}
         }
         due
+    }
+
+    /// `p` was spaced by the viewer ([`Config::burst_gap`] or more after the previous push,
+    /// nothing waiting ahead, no refusal since) and the key or button before it went at
+    /// least `burst_gap` before `p` arrived: it keeps the viewer's own spacing, as QEMU's own
+    /// VNC server would hand it over, and does not wait for the PS/2 bucket. Keys that
+    /// arrived together (one TCP read), waited behind others or in the viewer's socket
+    /// (backpressure), or are replayed do.
+    ///
+    /// [`Config::burst_gap`]: super::Config::burst_gap
+    fn viewer_spaced(&self, p: &Pending) -> bool {
+        p.spaced
+            && self.last_paced.is_none_or(|last| {
+                last.checked_add(self.config.burst_gap)
+                    .is_some_and(|t| t <= p.available)
+            })
     }
 
     /// When the PS/2 bucket takes one more key: it holds `max_paced_per_batch` keys, and the

@@ -149,6 +149,9 @@ struct Pending {
     /// QEMU refused it once already (see `Journal::handle_qmp_reply`); refused again, it is
     /// dropped.
     refused: bool,
+    /// Live, pushed `burst_gap` or more after the previous push with nothing waiting ahead
+    /// and no refusal since: spaced by the viewer itself (see `Journal::viewer_spaced`).
+    spaced: bool,
 }
 
 /// Fast-lane events written since the last fence.
@@ -310,6 +313,7 @@ impl Journal {
                     available: now,
                     replay: false,
                     refused: false,
+                    spaced: false,
                 }),
             }
             return Ok(None);
@@ -331,6 +335,10 @@ impl Journal {
             Some(t) if !self.refused_since_push => now.saturating_duration_since(t),
             _ => Duration::ZERO,
         };
+        let spaced = self.vm_running
+            && !self.delivery_frozen
+            && self.pending_seqd == 0
+            && gap >= self.config.burst_gap;
         self.refused_since_push = false;
         self.last_push = Some(now);
         // Held: replayed at half its gap. Live input behind events still waiting (a click's
@@ -342,6 +350,7 @@ impl Journal {
             available: now,
             replay,
             refused: false,
+            spaced,
         });
         self.pending_seqd += 1;
         self.stats.pushed += 1;

@@ -233,7 +233,9 @@ impl SeqRange {
 ///   to read the queue between them — several events in one TCP read from the viewer, a
 ///   backlog replayed, a QMP batch. The journal models the queue as a bucket: at most
 ///   `max_paced_per_batch` keys back to back (4 x 4 bytes = 16), then one more per
-///   `key_drain`. Keys the viewer itself spaced by `key_drain` or more never wait for it.
+///   `key_drain`. A live key that arrives `burst_gap` or more after the previous key or
+///   button went keeps the viewer's own spacing and does not wait for the bucket (QEMU's own
+///   VNC server hands it over the same way); it still counts in it.
 /// - **A mouse button pressed and released before QEMU reports it is lost**:
 ///   `button_settle`, below.
 /// - **A replay catches up.** Held events (input that came while the VM was stopped or
@@ -282,21 +284,36 @@ pub struct Config {
     pub button_settle: Duration,
     /// How long a guest is taken to need to read one key event (at most 4 bytes) out of the
     /// PS/2 queue: the pacing bucket lets one more key through per `key_drain` once
-    /// `max_paced_per_batch` went back to back. It bounds how fast a backlog replays (one key
-    /// per `key_drain`, 2500 keys/s at the default), never the pace of live input the viewer
-    /// spaced itself.
+    /// `max_paced_per_batch` went back to back. It bounds how fast a burst or a backlog goes
+    /// (one key per `key_drain`, 500 keys/s at the default), never the pace of live input
+    /// the viewer spaced itself.
     ///
     /// Not carried in a [`JournalState`](super::JournalState) (its layout stays that of
     /// version 1): a restored journal uses the default.
     #[serde(skip, default = "default_key_drain")]
     pub key_drain: Duration,
+    /// Least spacing, after the previous key or button went, for a live key to count as
+    /// spaced by the viewer (see "Pacing" above); closer ones arrived together (one TCP read,
+    /// a busy console) and wait for the PS/2 bucket.
+    ///
+    /// Not carried in a [`JournalState`](super::JournalState) (its layout stays that of
+    /// version 1): a restored journal uses the default.
+    #[serde(skip, default = "default_burst_gap")]
+    pub burst_gap: Duration,
 }
 
-/// [`Config::key_drain`]'s default: 400 µs per key event, 100 µs per byte of a 4-byte one.
-/// Guests take a byte per keyboard interrupt; traced on QEMU 7.2 (`dmore bench input`, the
-/// tiny guest under TCG), the guest read each byte well within that.
+/// [`Config::burst_gap`]'s default: a viewer typing 1000 events/s spaces them by 1 ms;
+/// events read together are microseconds apart.
+fn default_burst_gap() -> Duration {
+    Duration::from_micros(300)
+}
+
+/// [`Config::key_drain`]'s default: 2 ms per key event. At 400 µs and at 1 ms, replayed
+/// bursts of 20–300 keys overran the tiny test guest's queue on a loaded machine (nested
+/// KVM: each byte the guest reads, and each byte of its serial report, is a VM exit;
+/// `cargo test -p console --test back_freeze --test back_keys`), where 3 ms never did.
 fn default_key_drain() -> Duration {
-    Duration::from_micros(400)
+    Duration::from_millis(2)
 }
 
 /// [`Config::button_settle`]'s default: in the trace the guest had read the full queue
@@ -316,6 +333,7 @@ impl Default for Config {
             max_held: 4096,
             button_settle: default_button_settle(),
             key_drain: default_key_drain(),
+            burst_gap: default_burst_gap(),
         }
     }
 }

@@ -285,8 +285,9 @@ pub struct Config {
     /// How long a guest is taken to need to read one key event (at most 4 bytes) out of the
     /// PS/2 queue: the pacing bucket lets one more key through per `key_drain` once
     /// `max_paced_per_batch` went back to back. It bounds how fast a burst or a backlog goes
-    /// (one key per `key_drain`, 500 keys/s at the default), never the pace of live input
-    /// the viewer spaced itself.
+    /// (one key per `key_drain`, 333 keys/s at the default: a replay catches up at twice the
+    /// pace of a viewer typing up to ~166 events/s, slower above), never the pace of live
+    /// input the viewer spaced itself.
     ///
     /// Not carried in a [`JournalState`](super::JournalState) (its layout stays that of
     /// version 1): a restored journal uses the default.
@@ -308,12 +309,13 @@ fn default_burst_gap() -> Duration {
     Duration::from_micros(300)
 }
 
-/// [`Config::key_drain`]'s default: 2 ms per key event. At 400 µs and at 1 ms, replayed
-/// bursts of 20–300 keys overran the tiny test guest's queue on a loaded machine (nested
-/// KVM: each byte the guest reads, and each byte of its serial report, is a VM exit;
-/// `cargo test -p console --test back_freeze --test back_keys`), where 3 ms never did.
+/// [`Config::key_drain`]'s default: 3 ms per key event, the pace the journal always kept.
+/// At 400 µs, 1 ms and 2 ms, replayed bursts of 50–300 keys overran the tiny test guest's
+/// queue on this loaded machine (load average ~10 on 2 cores, nested KVM: each byte the
+/// guest reads, and each byte of its serial report, is a VM exit; `cargo test -p console
+/// --test back_freeze --test back_keys`: keys lost at the end of a replay).
 fn default_key_drain() -> Duration {
-    Duration::from_millis(2)
+    Duration::from_millis(3)
 }
 
 /// [`Config::button_settle`]'s default: in the trace the guest had read the full queue

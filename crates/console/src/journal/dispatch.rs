@@ -131,9 +131,8 @@ impl Journal {
         !self.fast_open && self.vm_running && self.qmp.is_none() && self.fast_resolved()
     }
 
-    /// A release whose press did not go on the fast lane in its current open period (or, while
-    /// closed, in the period it would open next: closing ends a period).
-    pub(super) fn needs_qmp(&self, entry: &Entry) -> bool {
+    /// A release whose press did not go on the fast lane in its current open period.
+    fn needs_qmp(&self, entry: &Entry) -> bool {
         match Control::of(&entry.event) {
             Some((control, false)) => {
                 self.down.get(&control) != Some(&PressLane::Fast { epoch: self.epoch })

@@ -18,10 +18,8 @@
 //!   | OPEN |  did not go on this fast lane (epoch += 1)             | CLOSED |  events go to
 //!   |      | ------------------------------------------------->    |        |  the QMP lane,
 //!   |      | <-------------------------------------------------    |        |  held while the
-//!   +------+  VM running, no migration, no QMP batch in flight,    +--------+  VM is stopped
-//!             every fast event confirmed, the next held event
-//!             not a release that must take QMP (held events
-//!             replay on the fast lane, in order)
+//!   +------+  VM running, no migration, nothing held, no QMP       +--------+  VM is stopped
+//!             batch in flight, every fast event confirmed
 //!
 //!  confirming fast-lane events (one fence at a time, also while OPEN):
 //!
@@ -488,21 +486,18 @@ impl Journal {
         }
     }
 
-    /// Opens the fast lane when that cannot reorder anything: nothing in flight on QMP, every
-    /// fast-lane event confirmed. Held events then replay on the fast lane, unless the next
-    /// one is a release that must take QMP (its press did not go on this fast lane).
+    /// Opens the fast lane when that cannot reorder anything: nothing held, nothing in flight
+    /// on QMP, every fast-lane event confirmed. (A backlog replayed through QMP drains at
+    /// least twice as fast as it was typed, so it empties and the lane reopens.)
     fn maybe_reopen(&mut self) {
         if !self.fast_open
             && !self.delivery_frozen
             && !self.recheck_run_state
             && self.vm_running
             && !self.migrating
+            && self.pending.is_empty()
             && self.qmp.is_none()
             && self.fast_resolved()
-            && !self
-                .pending
-                .front()
-                .is_some_and(|p| self.needs_qmp(&p.entry))
         {
             self.fast_open = true;
             tracing::debug!("fast input lane open");

@@ -251,9 +251,11 @@ pub struct Config {
     /// Longest viewer gap kept when replaying held events (then halved); longer idle gaps
     /// shrink to this so the lag a pause causes drains away instead of persisting.
     pub max_gap: Duration,
-    /// Most key events QEMU's PS/2 keyboard queue takes back to back: 4 x at most 4 bytes
-    /// fill its 16 bytes. The capacity of the pacing bucket (see [`Config`]'s "Pacing"); also
-    /// the most key/button events in one lane write.
+    /// Most key events written back to back: the capacity of the pacing bucket (see
+    /// [`Config`]'s "Pacing"); also the most key/button events in one lane write. QEMU's
+    /// 16-byte queue would take 4 (at most 4 bytes each), but with 4 the tiny test guest lost
+    /// a key of a 300-key burst on this loaded machine (`cargo test -p console --test
+    /// back_keys`), with 1 (the journal's old pace) it never did: the default is 1.
     pub max_paced_per_batch: usize,
     /// Most events per lane write (bounds the size of one `input-send-event`).
     pub max_batch: usize,
@@ -303,10 +305,13 @@ pub struct Config {
     pub burst_gap: Duration,
 }
 
-/// [`Config::burst_gap`]'s default: a viewer typing 1000 events/s spaces them by 1 ms;
-/// events read together are microseconds apart.
+/// [`Config::burst_gap`]'s default: 2 ms, so a viewer typing up to 500 events/s (~445 is a
+/// fast real one, 2.25 ms apart) goes unpaced, while faster input (a paste, events read
+/// together microseconds apart, a test pushing in a loop) is paced by the bucket: at 300 µs
+/// a loop pushing 300 keys into the link (`cargo test -p console --test back_keys`) overran
+/// the tiny guest's PS/2 queue on this loaded machine.
 fn default_burst_gap() -> Duration {
-    Duration::from_micros(300)
+    Duration::from_millis(2)
 }
 
 /// [`Config::key_drain`]'s default: 3 ms per key event, the pace the journal always kept.
@@ -330,7 +335,7 @@ impl Default for Config {
         Config {
             min_interval: Duration::from_millis(3),
             max_gap: Duration::from_millis(500),
-            max_paced_per_batch: 4,
+            max_paced_per_batch: 1,
             max_batch: 32,
             max_held: 4096,
             button_settle: default_button_settle(),

@@ -104,10 +104,9 @@ fn unannounced_stop_reports_fast_events_uncertain_and_holds_new_ones() {
     assert_eq!(j.stats().uncertain, 2);
     assert_eq!(j.poll_action(at(30)), None, "held while stopped");
     j.handle_vm_resumed();
-    // seq 3 (a press, held) replays on the fast lane, reopened once every fast event is
-    // resolved; 1 and 2 are never re-sent.
-    assert_eq!(lanes(&run_until_idle(&mut j, at(40))), [(Lane::Fast, 3)]);
-    assert!(j.fast_lane_open());
+    // seq 3 (a press) goes through QMP; 1 and 2 are never re-sent.
+    assert_eq!(lanes(&run_until_idle(&mut j, at(40))), [(Lane::Qmp, 3)]);
+    assert!(j.fast_lane_open(), "fast again once the backlog is empty");
 }
 
 #[test]
@@ -168,15 +167,11 @@ fn release_goes_on_its_press_lane_or_through_qmp_after_a_fence() {
     let sent = lanes(&run_until_idle(&mut j, at(110)));
     assert_eq!(
         sent,
-        [(Lane::Qmp, 4), (Lane::Fast, 5)],
-        "the release through QMP; the press behind it back on the fast lane once QMP answered"
+        [(Lane::Qmp, 4), (Lane::Qmp, 5)],
+        "behind a QMP event stays on QMP"
     );
     j.push(V, key(false, 2), at(130)).unwrap();
-    assert_eq!(
-        lanes(&run_until_idle(&mut j, at(130))),
-        [(Lane::Fast, 6)],
-        "pressed on this open fast lane: released there"
-    );
+    assert_eq!(lanes(&run_until_idle(&mut j, at(130))), [(Lane::Qmp, 6)]);
     j.push(V, key(true, 4), at(140)).unwrap();
     assert_eq!(
         lanes(&run_until_idle(&mut j, at(140))),
@@ -314,7 +309,11 @@ fn a_release_in_the_same_write_as_its_press_is_judged_by_that_press() {
     // Press, release, and a second release of a key no longer down, pushed together: the
     // first two share a fast-lane write; QEMU's VNC server would drop the third (no press
     // seen), so it goes through QMP.
-    let mut j = Journal::new(Config::default(), true);
+    let config = Config {
+        max_paced_per_batch: 4,
+        ..Config::default()
+    };
+    let mut j = Journal::new(config, true);
     for down in [true, false, false] {
         j.push(V, key(down, 0), at(0)).unwrap();
     }

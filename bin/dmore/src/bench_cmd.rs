@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use scenarios::bench::input::{AccelChoice, InputOptions, TinyGuest};
 use scenarios::bench::{self, BenchOptions, ConsoleSockets};
 
 /// Measure dmore against QEMU's own VNC server.
@@ -19,6 +20,35 @@ enum BenchWhat {
     /// The console's overhead: key response, screen path, RSS and CPU, side by side with
     /// QEMU's own VNC on one guest.
     Console(ConsoleBenchArgs),
+    /// Input at the viewer's pace: steady streams of keys (with Shift) and clicks at set
+    /// rates, straight into QEMU's own VNC and through a `dmore console`, side by side.
+    Input(InputBenchArgs),
+}
+
+/// Per rate and path: events lost, and the lag (the guest's report of an event minus its
+/// sending by the viewer: p50, p99, max, the last event's); then QEMU's PS/2 keyboard queue
+/// replayed from a QEMU trace (bytes dropped at the device).
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Build in release mode: a debug console measures the wrong thing.
+  cargo run --release -p dmore -- bench input
+Takes about 2.5 minutes with the defaults (6 rates x 2 paths x 10 s).")]
+struct InputBenchArgs {
+    /// Events per second, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [50, 100, 200, 445, 700, 1000])]
+    rates: Vec<u32>,
+    /// Length of each stream, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// A short run: 445 and 1000 events/s, 2 s each (overrides --rates and --seconds).
+    #[arg(long)]
+    quick: bool,
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 128)]
+    memory_mib: u32,
+    /// Run the guest under TCG even where KVM works.
+    #[arg(long)]
+    tcg: bool,
 }
 
 /// Key response (KeyEvent to the guest's serial report, direct vs through a `dmore console`
@@ -44,7 +74,10 @@ struct ConsoleBenchArgs {
 
 /// Runs the benchmark and prints the table.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let BenchWhat::Console(args) = args.what;
+    let args = match args.what {
+        BenchWhat::Console(args) => args,
+        BenchWhat::Input(args) => return run_input(args),
+    };
     let window = Duration::try_from_secs_f64(args.window_secs)
         .context("--window-secs takes seconds, e.g. 5")?;
     let options = BenchOptions {
@@ -59,18 +92,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     let exe = std::env::current_exe().context("finding the dmore binary to run `dmore console`")?;
-    let launch = |s: &ConsoleSockets<'_>| {
-        let mut c = std::process::Command::new(&exe);
-        c.arg("console")
-            .arg("--vnc-socket")
-            .arg(s.vnc)
-            .arg("--qmp-socket")
-            .arg(s.qmp)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--insecure-no-auth");
-        c
-    };
+    let launch = |s: &ConsoleSockets<'_>| bench::console_command(&exe, s);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime
         .block_on(bench::run(&options, launch, |what| {
@@ -80,6 +102,54 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!(
         "dmore bench console: {} keys, {} frames, {:.1} s windows\n\n{report}",
         args.keys, args.frames, args.window_secs
+    );
+    Ok(())
+}
+
+fn run_input(args: InputBenchArgs) -> anyhow::Result<()> {
+    let options = if args.quick {
+        InputOptions {
+            rates: vec![445, 1000],
+            duration: Duration::from_secs(2),
+        }
+    } else {
+        InputOptions {
+            rates: args.rates,
+            duration: Duration::try_from_secs_f64(args.seconds)
+                .context("--seconds takes seconds, e.g. 10")?,
+        }
+    };
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "note: this is a debug build; measure with `cargo run --release -p dmore -- bench input`"
+        );
+    }
+    let exe = std::env::current_exe().context("finding the dmore binary to run `dmore console`")?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let report = runtime
+        .block_on(async {
+            let scratch = bench::Scratch::create()?;
+            let accel = if args.tcg {
+                AccelChoice::Tcg
+            } else {
+                AccelChoice::Auto
+            };
+            let mut guest = TinyGuest::launch(scratch.path(), args.memory_mib, accel).await?;
+            let mut report = scenarios::bench::input::run(
+                &mut guest,
+                &options,
+                |s| bench::console_command(&exe, s),
+                |what| eprintln!("bench: {what}"),
+            )
+            .await?;
+            report.ps2 = Some(guest.finish().await?);
+            Ok::<_, bench::BenchError>(report)
+        })
+        .context("running the input benchmark (needs qemu-system-x86_64; see .ci/setup)")?;
+    println!(
+        "dmore bench input: {:?} events/s, {:.1} s each\n\n{report}",
+        options.rates,
+        options.duration.as_secs_f64()
     );
     Ok(())
 }

@@ -75,6 +75,11 @@ async fn freeze_then_thaw_delivers_every_key_once() -> anyhow::Result<()> {
     assert_eq!(seen(&got), expected(&flowing), "mid-stream freeze and thaw");
 
     // 2. The aborted migration: input held for a paused VM, frozen, the VM runs again here.
+    // (Once the fast lane's keys are confirmed: the stop below is unannounced.)
+    wait_stats(&link, "confirmed", |s| {
+        s.journal.delivered == s.journal.pushed
+    })
+    .await?;
     vm.qmp().stop().await?;
     wait_vm(&mut vm_rx, VmEvent::Stopped).await?;
     let held = digits(25);

@@ -5,7 +5,23 @@ use super::{
     Action, BatchId, Control, Entry, FenceId, InFlight, InputEvent, Journal, Pending, PressLane,
     ProbeId, SeqRange, Stage, ViewerId, VncEvent,
 };
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How late a shell may wake for an event that was due and still count as on time: timer
+/// grain (tokio's is 1 ms) and scheduling, not a hold.
+const LATE_WAKE_SLACK: Duration = Duration::from_millis(5);
+
+/// The time a key/button event sent at `now` counts as sent at, for the next one's pacing:
+/// when it was due, if the shell was merely late to wake (a replay keeps its schedule, so
+/// late wake-ups do not pile up into lag); `now` if it was held longer (a replay after a
+/// stop starts from the moment it can).
+fn paced_at(due: Instant, now: Instant) -> Instant {
+    if now.saturating_duration_since(due) <= LATE_WAKE_SLACK {
+        due.min(now)
+    } else {
+        now
+    }
+}
 
 impl Journal {
     /// The next thing the shell must do, or `None` until something happens or
@@ -125,27 +141,69 @@ impl Journal {
         }
     }
 
-    /// When `p` may be sent: motion at once; keys and buttons at least `min_interval` after the
-    /// previous key or button (and after the latest re-sync), and held ones replayed with their
-    /// original gap (capped at `max_gap`).
+    /// When `p` may be sent: motion at once; live keys and buttons at once; replayed ones at
+    /// half their original gap (capped at `max_gap`) after the previous key or button; keys
+    /// when the PS/2 bucket has room ([`Journal::keys_room_at`]); a button `min_interval`
+    /// after the latest re-sync.
     fn due(&self, p: &Pending) -> Instant {
         if p.entry.seq.is_none() {
             return p.available;
         }
         let mut due = p.available;
-        if let Some(last) = self.last_paced {
-            let wait = if p.replay {
-                p.gap.min(self.config.max_gap).max(self.config.min_interval)
-            } else {
-                self.config.min_interval
-            };
-            due = due.max(last.checked_add(wait).unwrap_or(last));
+        if p.replay {
+            if let Some(last) = self.last_paced {
+                let wait = p.gap.min(self.config.max_gap) / 2;
+                due = due.max(last.checked_add(wait).unwrap_or(last));
+            }
         }
-        if let Some(resync) = self.buttons.last_resync {
-            let after = resync.checked_add(self.config.min_interval);
-            due = due.max(after.unwrap_or(resync));
+        match p.entry.event {
+            InputEvent::Key { .. } if !self.viewer_spaced(p) => {
+                if let Some(room) = self.keys_room_at() {
+                    due = due.max(room);
+                }
+            }
+            InputEvent::Button { .. } => {
+                if let Some(resync) = self.buttons.last_resync {
+                    let after = resync.checked_add(self.config.min_interval);
+                    due = due.max(after.unwrap_or(resync));
+                }
+            }
+            InputEvent::Key { .. } | InputEvent::Motion { .. } | InputEvent::Resync => {}
         }
         due
+    }
+
+    /// `p` was spaced by the viewer ([`Config::burst_gap`] or more after the previous push,
+    /// nothing waiting ahead, no refusal since) and the key or button before it went at
+    /// least `burst_gap` before `p` arrived: it keeps the viewer's own spacing, as QEMU's own
+    /// VNC server would hand it over, and does not wait for the PS/2 bucket. Keys that
+    /// arrived together (one TCP read), waited behind others or in the viewer's socket
+    /// (backpressure), or are replayed do.
+    ///
+    /// [`Config::burst_gap`]: super::Config::burst_gap
+    fn viewer_spaced(&self, p: &Pending) -> bool {
+        p.spaced
+            && self.last_paced.is_none_or(|last| {
+                last.checked_add(self.config.burst_gap)
+                    .is_some_and(|t| t <= p.available)
+            })
+    }
+
+    /// When the PS/2 bucket takes one more key: it holds `max_paced_per_batch` keys, and the
+    /// guest is taken to read one per `key_drain` (see [`Config`](super::Config)'s "Pacing").
+    /// `None`: at once.
+    fn keys_room_at(&self) -> Option<Instant> {
+        let busy = self.keys_busy_until?;
+        let depth =
+            u32::try_from(self.config.max_paced_per_batch.saturating_sub(1)).unwrap_or(u32::MAX);
+        let slack = self.config.key_drain.saturating_mul(depth);
+        busy.checked_sub(slack)
+    }
+
+    /// A key goes to a lane now: the bucket fills by one key.
+    fn note_key(&mut self, now: Instant) {
+        let from = self.keys_busy_until.map_or(now, |b| b.max(now));
+        self.keys_busy_until = Some(from.checked_add(self.config.key_drain).unwrap_or(from));
     }
 
     /// The RFB mask bit of the state-holding button `entry` presses or releases, else 0.
@@ -226,9 +284,15 @@ impl Journal {
         }
     }
 
-    /// Takes the due events at the head for one lane write, keeping the batch limits. Always
-    /// takes at least the head (the caller checked it is due).
+    /// Takes the due events at the head for one lane write, keeping the batch limits, and
+    /// records the lane of each press (so a release later in the same write is judged by its
+    /// press in it). Always takes at least the head (the caller checked it is due).
     fn take_due(&mut self, now: Instant, fast: bool) -> Vec<Pending> {
+        let lane = if fast {
+            PressLane::Fast { epoch: self.epoch }
+        } else {
+            PressLane::Qmp
+        };
         let mut taken: Vec<Pending> = Vec::new();
         let mut paced = 0;
         // Buttons this write changes: a second event of one needs a re-sync between.
@@ -236,10 +300,11 @@ impl Journal {
         while let Some(p) = self.pending.front() {
             let seqd = p.entry.seq.is_some();
             let bit = Self::state_bit(&p.entry);
+            let due = self.due(p);
             if !taken.is_empty()
                 && (taken.len() >= self.config.max_batch
                     || (seqd && paced >= self.config.max_paced_per_batch)
-                    || self.due(p) > now
+                    || due > now
                     || bit & changed != 0
                     || (fast && self.needs_qmp(&p.entry)))
             {
@@ -252,8 +317,12 @@ impl Journal {
             if seqd {
                 paced += 1;
                 self.pending_seqd = self.pending_seqd.saturating_sub(1);
-                self.last_paced = Some(now);
+                self.last_paced = Some(paced_at(due, now));
             }
+            if matches!(p.entry.event, InputEvent::Key { .. }) {
+                self.note_key(now);
+            }
+            self.record_press(&p.entry, lane);
             taken.push(p);
         }
         taken
@@ -261,6 +330,11 @@ impl Journal {
 
     fn send_fast(&mut self, now: Instant) -> Action {
         let taken = self.take_due(now, true);
+        tracing::trace!(
+            first = ?taken.first().and_then(|p| p.entry.seq),
+            n = taken.len(),
+            "fast-lane write"
+        );
         let mut events = Vec::with_capacity(taken.len() + 1);
         for p in &taken {
             let entry = p.entry;
@@ -269,7 +343,6 @@ impl Journal {
                 SeqRange::extend(&mut self.unfenced.range, seq);
                 self.stats.fast_sent += 1;
             }
-            self.record_press(&entry, PressLane::Fast { epoch: self.epoch });
             self.note_button(&entry, now);
             self.push_vnc(entry, &mut events);
         }
@@ -282,7 +355,6 @@ impl Journal {
         let batch = BatchId(self.next_id());
         let events: Vec<Entry> = taken.iter().map(|p| p.entry).collect();
         for entry in &events {
-            self.record_press(entry, PressLane::Qmp);
             self.note_button(entry, now);
             if let InputEvent::Motion { x, y } = entry.event {
                 self.pointer = (x, y);

@@ -45,11 +45,14 @@
 //! Time is passed in as `now: Instant`; the journal never reads a clock.
 //!
 //! # Pacing
-//! QEMU runs with `key-delay-ms=0`, so the journal paces keys itself: a key or button event
-//! goes out no sooner than `min_interval` after the previous one, and held events (pushed or
-//! sent back while the VM could not take them, or restored from a snapshot) are replayed with
-//! the viewer's original gaps (capped at `max_gap`). Live input is not held back to its gaps.
-//! See [`Config`].
+//! QEMU runs with `key-delay-ms=0`, and the journal passes live input on as it comes, at the
+//! viewer's own pace. It paces only what would reach QEMU as a burst, and what it replays:
+//! at most [`Config::max_paced_per_batch`] keys back to back, then one per
+//! [`Config::key_drain`] (QEMU's 16-byte PS/2 queue drops what does not fit); held events
+//! (pushed or sent back while the VM could not take them, or restored from a snapshot)
+//! replay at half the viewer's original gaps (capped at `max_gap`), so a backlog drains
+//! twice as fast as it was typed; live input behind them (or behind a click's settle) follows
+//! as soon as the PS/2 queue allows. See [`Config`].
 //!
 //! # Freezing delivery
 //! [`Journal::freeze_delivery`] stops delivery (a console about to snapshot itself): the fast
@@ -135,14 +138,18 @@ struct Pending {
     gap: Duration,
     /// Not to be sent before this (its push time, or the restore time).
     available: Instant,
-    /// It was held (pushed or sent back while nothing could be delivered, or restored): it
-    /// is replayed with the viewer's original gap. Live input goes out as soon as pacing
-    /// allows — keeping gaps there would turn one late send into a lag every later key
-    /// inherits.
+    /// It is replayed: held (pushed or sent back while nothing could be delivered, or
+    /// restored). It goes out at half its original gap after the previous one, so a backlog
+    /// catches up at twice the viewer's pace. Live input goes out as it comes, or as soon as
+    /// ordering and the PS/2 queue allow when it is behind others — keeping gaps there would
+    /// turn one late send into a lag every later key inherits.
     replay: bool,
     /// QEMU refused it once already (see `Journal::handle_qmp_reply`); refused again, it is
     /// dropped.
     refused: bool,
+    /// Live, pushed `burst_gap` or more after the previous push with nothing waiting ahead
+    /// and no refusal since: spaced by the viewer itself (see `Journal::viewer_spaced`).
+    spaced: bool,
 }
 
 /// Fast-lane events written since the last fence.
@@ -214,7 +221,12 @@ pub struct Journal {
     last_push: Option<Instant>,
     /// `push` refused something since the last accepted push.
     refused_since_push: bool,
+    /// When the latest key/button event was due (not when it went: a late wake-up of the
+    /// shell must not push a replay's whole schedule back).
     last_paced: Option<Instant>,
+    /// When the PS/2 keyboard queue, as the pacing bucket models it, is empty again: every
+    /// key written adds [`Config::key_drain`] (see [`Journal::keys_room_at`]).
+    keys_busy_until: Option<Instant>,
     fast_open: bool,
     /// Counts the fast lane's open periods.
     epoch: u64,
@@ -247,6 +259,7 @@ impl Journal {
             last_push: None,
             refused_since_push: false,
             last_paced: None,
+            keys_busy_until: None,
             fast_open: false,
             epoch: 0,
             unfenced: Unfenced::default(),
@@ -298,6 +311,7 @@ impl Journal {
                     available: now,
                     replay: false,
                     refused: false,
+                    spaced: false,
                 }),
             }
             return Ok(None);
@@ -319,8 +333,14 @@ impl Journal {
             Some(t) if !self.refused_since_push => now.saturating_duration_since(t),
             _ => Duration::ZERO,
         };
+        let spaced = self.vm_running
+            && !self.delivery_frozen
+            && self.pending_seqd == 0
+            && gap >= self.config.burst_gap;
         self.refused_since_push = false;
         self.last_push = Some(now);
+        // Held: replayed at half its gap. Live input behind events still waiting (a click's
+        // settle, a QMP round trip) follows them as soon as the PS/2 queue allows.
         let replay = !self.vm_running || self.delivery_frozen;
         self.pending.push_back(Pending {
             entry: entry(Some(seq)),
@@ -328,6 +348,7 @@ impl Journal {
             available: now,
             replay,
             refused: false,
+            spaced,
         });
         self.pending_seqd += 1;
         self.stats.pushed += 1;
@@ -465,7 +486,9 @@ impl Journal {
         }
     }
 
-    /// Opens the fast lane when that cannot reorder anything.
+    /// Opens the fast lane when that cannot reorder anything: nothing held, nothing in flight
+    /// on QMP, every fast-lane event confirmed. (A backlog replayed through QMP drains at
+    /// least twice as fast as it was typed, so it empties and the lane reopens.)
     fn maybe_reopen(&mut self) {
         if !self.fast_open
             && !self.delivery_frozen

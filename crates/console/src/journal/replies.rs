@@ -110,6 +110,7 @@ impl Journal {
         for mut p in pending.into_iter().rev() {
             self.pending_seqd += usize::from(p.entry.seq.is_some());
             p.replay = true;
+            p.spaced = false;
             self.pending.push_front(p);
         }
     }

@@ -131,9 +131,12 @@ impl Journal {
             .collect();
         JournalState {
             version: STATE_VERSION,
-            // What a decoded snapshot would hold (button_settle is not in the layout).
+            // What a decoded snapshot would hold (button_settle, key_drain and burst_gap are
+            // not in the layout).
             config: Config {
                 button_settle: Config::default().button_settle,
+                key_drain: Config::default().key_drain,
+                burst_gap: Config::default().burst_gap,
                 ..self.config
             },
             next_seq: self.next_seq,
@@ -198,6 +201,7 @@ impl Journal {
                 available: now,
                 replay: true,
                 refused: false,
+                spaced: false,
             })
             .collect::<VecDeque<_>>();
         j.pending_seqd = state.held();

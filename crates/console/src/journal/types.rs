@@ -221,21 +221,41 @@ impl SeqRange {
 }
 
 /// Tunables of the journal.
+///
+/// # Pacing
+/// Live input goes to QEMU as it comes, at the viewer's own pace, as QEMU's own VNC server
+/// (`key-delay-ms=0`) takes it. Two hazards of QEMU's PS/2 devices (`hw/input/ps2.c`) bound
+/// that, and a third rule makes held input catch up:
+/// - **The keyboard queue holds 16 bytes; bytes that do not fit are dropped** (and QEMU has
+///   already answered success). A key event is at most 4 bytes (scancode set 2, an extended
+///   key's release `e0 f0 xx`; 1–2 with the i8042's translation, as guests run it). What
+///   overruns it is a *burst*: events that reach QEMU together, with no time for the guest
+///   to read the queue between them — several events in one TCP read from the viewer, a
+///   backlog replayed, a QMP batch. The journal models the queue as a bucket: at most
+///   `max_paced_per_batch` keys back to back (4 x 4 bytes = 16), then one more per
+///   `key_drain`. A live key that arrives `burst_gap` or more after the previous key or
+///   button went keeps the viewer's own spacing and does not wait for the bucket (QEMU's own
+///   VNC server hands it over the same way); it still counts in it.
+/// - **A mouse button pressed and released before QEMU reports it is lost**:
+///   `button_settle`, below.
+/// - **A replay catches up.** Held events (input that came while the VM was stopped or
+///   delivery frozen, or restored from a snapshot) go out with *half* the viewer's gaps
+///   (capped at `max_gap`), so the backlog drains at twice the pace it was typed at; live
+///   input that arrives behind them (or behind a click waiting for its settle) follows as
+///   soon as the PS/2 bucket allows, so the lag a click or a stop causes shrinks at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
-    /// Minimum time between two key or button events on either lane. QEMU's PS/2 keyboard
-    /// queue holds 16 bytes and a key event is at most 4 bytes in set 2 (2 with the i8042's
-    /// translation, as guests run it): at 3 ms a guest that drains even 1 byte per ms keeps up
-    /// with every event, so the queue never holds more than a key's bytes. 3 ms rather than
-    /// more so that a steady 100 keys/s with 10 clicks/s (the demo's viewer) fits with room to
-    /// spare: 20 key events x 3 ms + a click (3 ms + `button_settle` + 3 ms) = 81 ms of every
-    /// 100 ms (at 4 ms it was 103 ms: the journal fell behind the viewer).
+    /// Time between a pointer re-sync ([`InputEvent::Resync`]) and the button event it
+    /// precedes, so the guest reads the re-sync's packet first (see `button_settle`).
     pub min_interval: Duration,
-    /// Longest viewer gap kept when replaying held events; longer idle gaps shrink to this so
-    /// the lag a pause causes drains away instead of persisting.
+    /// Longest viewer gap kept when replaying held events (then halved); longer idle gaps
+    /// shrink to this so the lag a pause causes drains away instead of persisting.
     pub max_gap: Duration,
-    /// Most key/button events in one lane write (4 x 4 bytes fill the PS/2 queue). With a
-    /// non-zero `min_interval` each write holds one anyway.
+    /// Most key events written back to back: the capacity of the pacing bucket (see
+    /// [`Config`]'s "Pacing"); also the most key/button events in one lane write. QEMU's
+    /// 16-byte queue would take 4 (at most 4 bytes each), but with 4 the tiny test guest lost
+    /// a key of a 300-key burst on this loaded machine (`cargo test -p console --test
+    /// back_keys`), with 1 (the journal's old pace) it never did: the default is 1.
     pub max_paced_per_batch: usize,
     /// Most events per lane write (bounds the size of one `input-send-event`).
     pub max_batch: usize,
@@ -264,6 +284,43 @@ pub struct Config {
     /// version 1): a restored journal uses the default.
     #[serde(skip, default = "default_button_settle")]
     pub button_settle: Duration,
+    /// How long a guest is taken to need to read one key event (at most 4 bytes) out of the
+    /// PS/2 queue: the pacing bucket lets one more key through per `key_drain` once
+    /// `max_paced_per_batch` went back to back. It bounds how fast a burst or a backlog goes
+    /// (one key per `key_drain`, 333 keys/s at the default: a replay catches up at twice the
+    /// pace of a viewer typing up to ~166 events/s, slower above), never the pace of live
+    /// input the viewer spaced itself.
+    ///
+    /// Not carried in a [`JournalState`](super::JournalState) (its layout stays that of
+    /// version 1): a restored journal uses the default.
+    #[serde(skip, default = "default_key_drain")]
+    pub key_drain: Duration,
+    /// Least spacing, after the previous key or button went, for a live key to count as
+    /// spaced by the viewer (see "Pacing" above); closer ones arrived together (one TCP read,
+    /// a busy console) and wait for the PS/2 bucket.
+    ///
+    /// Not carried in a [`JournalState`](super::JournalState) (its layout stays that of
+    /// version 1): a restored journal uses the default.
+    #[serde(skip, default = "default_burst_gap")]
+    pub burst_gap: Duration,
+}
+
+/// [`Config::burst_gap`]'s default: 2 ms, so a viewer typing up to 500 events/s (~445 is a
+/// fast real one, 2.25 ms apart) goes unpaced, while faster input (a paste, events read
+/// together microseconds apart, a test pushing in a loop) is paced by the bucket: at 300 µs
+/// a loop pushing 300 keys into the link (`cargo test -p console --test back_keys`) overran
+/// the tiny guest's PS/2 queue on this loaded machine.
+fn default_burst_gap() -> Duration {
+    Duration::from_millis(2)
+}
+
+/// [`Config::key_drain`]'s default: 3 ms per key event, the pace the journal always kept.
+/// At 400 µs, 1 ms and 2 ms, replayed bursts of 50–300 keys overran the tiny test guest's
+/// queue on this loaded machine (load average ~10 on 2 cores, nested KVM: each byte the
+/// guest reads, and each byte of its serial report, is a VM exit; `cargo test -p console
+/// --test back_freeze --test back_keys`: keys lost at the end of a replay).
+fn default_key_drain() -> Duration {
+    Duration::from_millis(3)
 }
 
 /// [`Config::button_settle`]'s default: in the trace the guest had read the full queue
@@ -278,10 +335,12 @@ impl Default for Config {
         Config {
             min_interval: Duration::from_millis(3),
             max_gap: Duration::from_millis(500),
-            max_paced_per_batch: 4,
+            max_paced_per_batch: 1,
             max_batch: 32,
             max_held: 4096,
             button_settle: default_button_settle(),
+            key_drain: default_key_drain(),
+            burst_gap: default_burst_gap(),
         }
     }
 }

@@ -14,9 +14,8 @@ use super::screen::{connect, raw_setup};
 use super::BenchError;
 use crate::typist::keysym_of;
 
-/// Time after a key's release report before the next key: longer than the console's default
-/// pacing (the journal's `min_interval`, 4 ms), so each key measures the path and not the
-/// pacing, as for a person typing (≥ 30 ms per key).
+/// Time after a key's release report before the next key, so each key measures the path, as
+/// for a person typing (≥ 30 ms per key), and not the journal's PS/2 pacing of bursts.
 const KEY_GAP: Duration = Duration::from_millis(6);
 /// Longest wait for one report (a guard against hanging, not a measurement).
 const REPORT_DEADLINE: Duration = Duration::from_secs(10);

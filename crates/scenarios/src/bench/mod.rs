@@ -10,8 +10,8 @@
 //!
 //! 1. **Key response**: a KeyEvent until the guest's serial report of that key; keys alternate
 //!    between the direct and the console path, one at a time, each after the previous key's
-//!    release was reported and a gap longer than the console's default pacing (so a key
-//!    measures the path, as for a typist, not the 4 ms pacing). The console runs with its
+//!    release was reported and a short gap (so a key measures the path, as for a typist,
+//!    not the journal's pacing of bursts). The console runs with its
 //!    default journal `Config`, as an operator runs it.
 //! 2. **Screen path**: a Raw client on each path keeps an incremental request outstanding;
 //!    the same update is recognised on both by content (the animated corner's pixels; the
@@ -99,6 +99,7 @@
 //! round trip); the bench write → console read (67-97 µs) is the idle thread's wake-up, which
 //! QEMU's direct path pays too.
 
+pub mod input;
 mod keys;
 mod process;
 mod report;
@@ -199,14 +200,37 @@ pub enum BenchError {
 }
 
 /// A directory removed with everything in it on drop.
-struct Scratch(PathBuf);
+#[derive(Debug)]
+pub struct Scratch(PathBuf);
 
 impl Scratch {
-    fn create() -> Result<Scratch, BenchError> {
+    /// A fresh directory under the temporary directory, named after this process.
+    pub fn create() -> Result<Scratch, BenchError> {
         let dir = std::env::temp_dir().join(format!("dmore-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| BenchError::Scratch(dir.clone(), e))?;
         Ok(Scratch(dir))
     }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// `dmore console` (the binary `exe`) attached to `sockets`, listening on `127.0.0.1:0`: what
+/// the benches' `launch` builds.
+pub fn console_command(exe: &Path, sockets: &ConsoleSockets<'_>) -> Command {
+    let mut c = Command::new(exe);
+    c.arg("console")
+        .arg("--vnc-socket")
+        .arg(sockets.vnc)
+        .arg("--qmp-socket")
+        .arg(sockets.qmp)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        // A loopback listener only the bench's own viewers reach.
+        .arg("--insecure-no-auth");
+    c
 }
 
 impl Drop for Scratch {
@@ -215,6 +239,7 @@ impl Drop for Scratch {
     }
 }
 
+/// A free TCP port for a QEMU VNC display on 127.0.0.1.
 fn free_vnc_port() -> Result<u16, BenchError> {
     (5900..6000)
         .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
@@ -266,7 +291,7 @@ where
     let console = ConsoleProcess::spawn(launch(&sockets), START_DEADLINE).await?;
     let machine = format!(
         "{} + {firmware}, {} MiB guest, QEMU 7.2 VNC key-delay-ms=0 on both displays, \
-         console with its default journal config (4 ms pacing)",
+         console with its default journal config",
         vm.accel(),
         options.memory_mib
     );

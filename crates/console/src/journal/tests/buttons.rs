@@ -249,7 +249,7 @@ proptest! {
 }
 
 #[test]
-fn keys_and_wheel_steps_go_at_the_pace_they_always_had() {
+fn keys_and_wheel_steps_pushed_together_wait_only_for_the_ps2_keyboard_queue() {
     let mut s = Shell::new(timing());
     for k in 0..3 {
         s.push(key(true, k));
@@ -258,16 +258,20 @@ fn keys_and_wheel_steps_go_at_the_pace_they_always_had() {
         s.push(key(false, k));
     }
     s.run_until_idle();
-    let times: Vec<Duration> = s
+    let times: Vec<u128> = s
         .got
         .iter()
         .map(|g| match *g {
-            Got::Event(_, _, t) => t - at(0),
+            Got::Event(_, _, t) => (t - at(0)).as_micros(),
             Got::Resync(_) => panic!("no re-sync for keys and wheels: {:?}", s.got),
         })
         .collect();
-    let paced: Vec<Duration> = (0..12).map(|i| Duration::from_millis(4 * i)).collect();
-    assert_eq!(times, paced);
+    // One burst: a key per key_drain (400 µs here), each wheel step right behind the key
+    // before it.
+    assert_eq!(
+        times,
+        [0, 0, 0, 400, 800, 800, 800, 1200, 1600, 1600, 1600, 2000]
+    );
 }
 
 #[test]
@@ -427,11 +431,13 @@ fn snapshots_keep_their_layout_and_a_restored_journal_resyncs_first() {
     assert!(sent[0].2 >= at(settled) + d.config().min_interval);
 }
 
-/// The timings these tests' figures were written for: 4 ms pacing, a 15 ms settle.
+/// The timings these tests' figures were written for: 4 ms after a re-sync, a 15 ms settle,
+/// 400 µs per key.
 fn timing() -> Config {
     Config {
         min_interval: Duration::from_millis(4),
         button_settle: Duration::from_millis(15),
+        key_drain: Duration::from_micros(400),
         ..Config::default()
     }
 }

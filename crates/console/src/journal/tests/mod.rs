@@ -3,6 +3,7 @@
 mod buttons;
 mod held;
 mod lanes;
+mod pace;
 
 use super::*;
 use std::sync::OnceLock;

@@ -237,7 +237,7 @@ impl Hub {
     }
 
     /// Applies the link's whole framebuffer to the screen cache (changes become damage).
-    async fn refresh_screen(&mut self) {
+    pub(super) async fn refresh_screen(&mut self) {
         let Ok(fb) = self.link.framebuffer().await else {
             return;
         };
@@ -343,7 +343,7 @@ impl Hub {
             slot.close();
         }
         if let Err(e) = self.link.shutdown().await {
-            if !self.link_gone {
+            if self.gone.is_none() {
                 tracing::warn!(error = %error_chain(&e), "the QEMU link had failed");
             }
         }

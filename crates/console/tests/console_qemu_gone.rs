@@ -92,3 +92,47 @@ async fn console_gives_up_after_qemu_wait_and_exits_non_zero() -> anyhow::Result
     }
     Ok(())
 }
+
+/// Settling: a console that just took over (a fresh process restored from a frozen one) holds
+/// input for the paused VM when QEMU is killed. The held input goes with that QEMU (the VM is
+/// gone); the viewer stays, and the VM started again gets only what is typed after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_settling_after_a_takeover_keeps_its_viewer_when_qemu_dies() -> anyhow::Result<()>
+{
+    let dir = tempfile::Builder::new().prefix("dmG-").tempdir()?;
+    let mut vm = launch_vm(dir.path(), false).await?;
+    let old = ConsoleProc::spawn(&vm, dir.path(), "old", None, None).await?;
+    let mut viewer = Viewer::tcp_named(old.addr).await?;
+    viewer.type_text("a").await?;
+    assert_eq!(read_keys(&mut vm, 2).await?, expected_keys("a"));
+    vm.qmp().stop().await?;
+    old.wait_status("VM stopped", |s| s["vm_running"] == false)
+        .await?;
+    viewer.type_text("bc").await?;
+    old.wait_status("keys held", |s| s["held"] == 4).await?;
+    let new = ConsoleProc::spawn(&vm, dir.path(), "new", None, Some(&old.control)).await?;
+    new.wait_status("viewer restored, keys held", |s| {
+        s["viewers"] == 1 && s["held"] == 4
+    })
+    .await?;
+
+    drop(vm);
+    new.wait_status("QEMU gone", |s| s["qemu"] == "gone")
+        .await?;
+    viewer.wait_name(|n| n.contains(GONE)).await?;
+    viewer.type_text("d").await?;
+    new.wait_status("typed input discarded", |s| s["input_discarded"] == 2)
+        .await?;
+    assert!(viewer.alive(), "the viewer was closed");
+
+    let mut vm = launch_vm(dir.path(), false).await?;
+    new.wait_status("re-attached", |s| s["reattached"] == 1)
+        .await?;
+    viewer.wait_name(|n| !n.contains(GONE)).await?;
+    viewer.type_text("e").await?;
+    assert_eq!(read_keys(&mut vm, 2).await?, expected_keys("e"));
+    assert_no_more_keys(&mut vm, &viewer, "g").await?;
+    let direct = Viewer::direct(&vm).await?;
+    screens_match(&direct, &[&viewer]).await?;
+    Ok(())
+}

@@ -25,6 +25,8 @@ use super::*;
 const RETRY: Duration = Duration::from_millis(500);
 /// Longest one re-attach attempt may take (connects and handshakes).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longer than any wait anyone means.
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// The console's QEMU has gone; since when, until when it waits.
 pub(super) struct Gone {
@@ -39,7 +41,10 @@ impl Hub {
         let now = Instant::now();
         self.gone = Some(Gone {
             since: now,
-            deadline: now + self.config.qemu_wait,
+            // A wait too long for the clock (`--qemu-wait` in the centuries): a century.
+            deadline: now
+                .checked_add(self.config.qemu_wait)
+                .unwrap_or(now + CENTURY),
             next_try: now,
         });
         if self.holds_checkpoint() {
@@ -69,7 +74,8 @@ impl Hub {
         let at = match &self.gone {
             Some(g) if self.holds_checkpoint() => g.deadline,
             Some(g) => g.next_try.min(g.deadline),
-            None => Instant::now() + Duration::from_secs(3600),
+            // Not polled: the hub's branch is off while QEMU is attached.
+            None => Instant::now() + RETRY,
         };
         at.into()
     }

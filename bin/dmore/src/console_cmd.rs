@@ -93,6 +93,12 @@ pub struct ConsoleArgs {
     /// Destination console: wait here for the source console's session (like QEMU's -incoming).
     #[arg(long, value_name = "ADDR", requires = "peer_key_file")]
     incoming: Option<SocketAddr>,
+    /// Seconds the session outlives its QEMU. Serving: viewers stay connected (the desktop
+    /// name says QEMU has gone, input is discarded and counted) and the console re-attaches
+    /// when QEMU's sockets answer again (a restarted VM); frozen for a migration: the
+    /// checkpoint waits for the destination console. Then the console exits non-zero. 0: at once.
+    #[arg(long, value_name = "SECS", default_value_t = console::front::DEFAULT_QEMU_WAIT.as_secs())]
+    qemu_wait: u64,
 }
 
 fn read_password(path: &Path) -> anyhow::Result<rfb::Password> {
@@ -163,6 +169,7 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
         control: args.control,
         restore_from: args.restore_from,
         migration,
+        qemu_wait: std::time::Duration::from_secs(args.qemu_wait),
     };
     // One thread: a key crosses reader → hub → link tasks, and on a multi-thread runtime each
     // hop can wake a parked worker (~25-37 µs each on this 2-core machine, against ~9-20 µs

@@ -9,7 +9,8 @@
 //!   nothing lost, nothing the console reports uncertain;
 //! - an unmodified viewer, vncdotool, typing through a co-migration;
 //! - faults (SIGKILL): the destination QEMU during RAM pre-copy; the destination console
-//!   after it received the snapshot; a takeover failing late (QEMU's VNC unreachable);
+//!   after it received the snapshot; a takeover failing late (QEMU's VNC unreachable); the
+//!   source QEMU in the switchover (nobody can take over: a bounded wait, a clear error);
 //! - a key held down across the switch is released once;
 //! - German text typed with QEMU and the consoles on `-k de` through co-migrations: every key
 //!   edge reaches the guest once, in order, as the scancode a German keyboard gives;
@@ -390,6 +391,70 @@ async fn killing_the_destination_qemu_during_precopy_leaves_the_session_on_the_s
     bed.migrate(false).await?;
     println!("retried migration succeeded");
     check_nothing_lost(&mut bed, viewer).await?;
+    Ok(())
+}
+
+/// Fault: the source QEMU is killed while the VM is held at pre-switchover, after the source
+/// console froze and sent its snapshot. The migration cannot complete, so no destination
+/// console ever takes over: the source console, holding the checkpoint with no QEMU, must not
+/// wait forever. After `--qemu-wait` it exits non-zero saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_qemu_dying_in_the_switchover_ends_the_session_with_a_clear_error(
+) -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
+    options.qemu_wait = Some(Duration::from_secs(3));
+    let Some(mut bed) = CoBed::start_or_skip(options).await? else {
+        return Ok(());
+    };
+    let _viewer = viewer(&bed).await?;
+    bed.prepare_destination().await?;
+    let plan = bed.plan(true)?;
+    request(
+        &plan.source_console,
+        &Command::Prepare(plan.dest_console_addr),
+    )
+    .await?;
+    request(&plan.source_console, &Command::MigrationStarted).await?;
+    let (src, _src_events) = qmp::Connection::connect(&plan.source_qmp).await?;
+    let (dst, _dst_events) = qmp::Connection::connect(&plan.dest_qmp).await?;
+    let options = MigrationOptions {
+        pause_before_switchover: true,
+        ..MigrationOptions::default()
+    };
+    let mut m = Migration::start(src.client(), dst.client(), &plan.incoming_uri, options).await?;
+    ensure!(
+        m.run().await? == Phase::PreSwitchover,
+        "held at pre-switchover"
+    );
+    let ready = Command::Wait {
+        phase: "Ready".into(),
+        timeout: WAIT,
+    };
+    request(&plan.dest_console, &ready).await?;
+    let status = request(&plan.source_console, &Command::Status).await?;
+    ensure!(
+        status["phase"] == "Sent",
+        "the source froze and sent: {status}"
+    );
+    let (source_qemu, _) = bed.home_pids().context("home")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(source_qemu as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    println!("source QEMU killed in the switchover");
+    drop(m);
+    drop((src, dst));
+    let (status, stderr) = bed
+        .home_console_exit(WAIT)
+        .await
+        .context("the source console waited on past --qemu-wait")?;
+    println!("source console gave up as it must ({status}):\n{stderr}");
+    ensure!(!status.success(), "it exits non-zero");
+    ensure!(
+        stderr.contains("no destination console took the session over within 3 s"),
+        "its error says why"
+    );
     Ok(())
 }
 

@@ -109,6 +109,7 @@ fn console_config(
             service_interface: Some(INTERFACE.into()),
             incoming,
         }),
+        qemu_wait: console::front::DEFAULT_QEMU_WAIT,
     }
 }
 

@@ -26,6 +26,8 @@ pub enum Encoding {
     QemuExtendedKeyEvent,
     /// -261: QEMU keyboard LED state, one byte.
     QemuLedState,
+    /// -307: the desktop's name changed (rfbproto): a u32 length and the name.
+    DesktopName,
     /// -308: extended desktop size with a screen layout (rfbproto).
     ExtendedDesktopSize,
     /// -312: Fence messages are understood (rfbproto).
@@ -39,7 +41,7 @@ pub enum Encoding {
 }
 
 /// Every named variant with its number: the single table both directions use.
-const TABLE: [(Encoding, i32); 13] = [
+const TABLE: [(Encoding, i32); 14] = [
     (Encoding::Raw, 0),
     (Encoding::CopyRect, 1),
     (Encoding::Zrle, 16),
@@ -49,6 +51,7 @@ const TABLE: [(Encoding, i32); 13] = [
     (Encoding::QemuPointerMotionChange, -257),
     (Encoding::QemuExtendedKeyEvent, -258),
     (Encoding::QemuLedState, -261),
+    (Encoding::DesktopName, -307),
     (Encoding::ExtendedDesktopSize, -308),
     (Encoding::Fence, -312),
     (Encoding::ContinuousUpdates, -313),

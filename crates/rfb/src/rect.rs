@@ -62,6 +62,8 @@ pub enum RectPayload {
     ExtendedDesktopSize(Vec<Screen>),
     /// VMware LED state: bit 0 scroll lock, 1 num lock, 2 caps lock.
     VmwareLedState(u32),
+    /// DesktopName: the desktop's new name (UTF-8 by rfbproto; the bytes as sent).
+    DesktopName(Vec<u8>),
 }
 
 impl RectPayload {
@@ -79,6 +81,7 @@ impl RectPayload {
             RectPayload::QemuLedState(_) => Encoding::QemuLedState,
             RectPayload::ExtendedDesktopSize(_) => Encoding::ExtendedDesktopSize,
             RectPayload::VmwareLedState(_) => Encoding::VmwareLedState,
+            RectPayload::DesktopName(_) => Encoding::DesktopName,
         }
     }
 }
@@ -148,6 +151,10 @@ impl Rectangle {
             Encoding::QemuExtendedKeyEvent => RectPayload::QemuExtendedKeyEvent,
             Encoding::QemuLedState => RectPayload::QemuLedState(r.u8()?),
             Encoding::VmwareLedState => RectPayload::VmwareLedState(r.u32()?),
+            Encoding::DesktopName => {
+                let len = r.u32()?;
+                RectPayload::DesktopName(payload(r, u64::from(len), limits)?.to_vec())
+            }
             Encoding::ExtendedDesktopSize => {
                 let count = r.u8()?;
                 r.skip(3)?;
@@ -177,7 +184,7 @@ impl Rectangle {
                 out.extend_from_slice(&src_x.to_be_bytes());
                 out.extend_from_slice(&src_y.to_be_bytes());
             }
-            RectPayload::Zrle(data) => {
+            RectPayload::Zrle(data) | RectPayload::DesktopName(data) => {
                 let data = data.get(..len_usize(u32::MAX)).unwrap_or(data);
                 put_len_u32(out, data.len());
                 out.extend_from_slice(data);

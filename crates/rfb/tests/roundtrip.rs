@@ -130,7 +130,7 @@ fn rectangle(pf: PixelFormat) -> impl Strategy<Value = Rectangle> {
         any::<u16>(),
         0..9u16,
         0..9u16,
-        0..10u8,
+        0..11u8,
         any::<[u8; 4]>(),
     )
         .prop_flat_map(move |(x, y, w, h, kind, n)| {
@@ -154,6 +154,9 @@ fn rectangle(pf: PixelFormat) -> impl Strategy<Value = Rectangle> {
                 7 => Just(RectPayload::QemuLedState(n[0])).boxed(),
                 8 => prop::collection::vec(screen(), 0..4)
                     .prop_map(RectPayload::ExtendedDesktopSize)
+                    .boxed(),
+                9 => bytes(usize::from(n[0]))
+                    .prop_map(RectPayload::DesktopName)
                     .boxed(),
                 _ => Just(RectPayload::VmwareLedState(u32::from_be_bytes(n))).boxed(),
             };

@@ -68,6 +68,9 @@ pub struct CoBedOptions {
     pub console_user: Option<(u32, u32)>,
     /// The keyboard layout of both QEMUs (`-k`) and consoles (`--keymap`).
     pub keymap: Option<String>,
+    /// The consoles' `--qemu-wait` (how long a session outlives its QEMU); `None`: dmore's
+    /// default.
+    pub qemu_wait: Option<Duration>,
 }
 
 /// The user and group `nobody` and `nogroup` on Debian.
@@ -85,6 +88,7 @@ impl CoBedOptions {
             timeout: Duration::from_secs(30),
             console_user: nix::unistd::geteuid().is_root().then_some(NOBODY),
             keymap: None,
+            qemu_wait: None,
         }
     }
 }
@@ -177,6 +181,17 @@ impl CoBedError {
 struct ConsoleChild {
     child: Child,
     stderr: PathBuf,
+}
+
+impl ConsoleChild {
+    /// Waits up to `within` for it to exit; its status and what it wrote to stderr.
+    async fn exit(&mut self, within: Duration) -> Option<(ExitStatus, String)> {
+        let status = wait_exit(&mut self.child, within).await?;
+        Some((
+            status,
+            std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+        ))
+    }
 }
 
 impl Drop for ConsoleChild {
@@ -353,12 +368,12 @@ impl CoBed {
         &mut self,
         within: Duration,
     ) -> Option<(ExitStatus, String)> {
-        let console = &mut self.dest.as_mut()?.vm.console;
-        let status = wait_exit(&mut console.child, within).await?;
-        Some((
-            status,
-            std::fs::read_to_string(&console.stderr).unwrap_or_default(),
-        ))
+        self.dest.as_mut()?.vm.console.exit(within).await
+    }
+
+    /// [`destination_console_exit`](Self::destination_console_exit) for the home console.
+    pub async fn home_console_exit(&mut self, within: Duration) -> Option<(ExitStatus, String)> {
+        self.home.as_mut()?.console.exit(within).await
     }
 
     /// Starts the prepared destination's console again, with the same addresses (after it
@@ -674,6 +689,9 @@ impl CoBed {
         }
         if let Some(layout) = &self.options.keymap {
             cmd.arg("--keymap").arg(layout);
+        }
+        if let Some(wait) = self.options.qemu_wait {
+            cmd.arg("--qemu-wait").arg(wait.as_secs().to_string());
         }
         cmd.stdin(Stdio::null())
             .stdout(file("console.stdout")?)

@@ -29,6 +29,7 @@ fn console_child() {
         control: None,
         restore_from: None,
         migration: None,
+        qemu_wait: console::front::DEFAULT_QEMU_WAIT,
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let code = match rt.block_on(console::front::run(config)) {

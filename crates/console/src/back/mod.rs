@@ -207,7 +207,8 @@ pub struct LinkStats {
 }
 
 /// Why the link failed. QEMU going away is one of the socket variants; the console then
-/// closes its viewers and exits non-zero with this as the cause.
+/// keeps its viewers and waits for QEMU (`ConsoleConfig::qemu_wait`), and exits non-zero with
+/// this as the cause if it does not come back.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// QEMU's default keymap (for a console started without a layout) could not be loaded.

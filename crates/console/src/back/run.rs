@@ -693,7 +693,9 @@ impl Link {
                 RectPayload::VmwareLedState(leds) => {
                     self.set_leds(u8::try_from(leds & 0x7).unwrap_or(0))
                 }
-                RectPayload::LastRect | RectPayload::QemuPointerMotionChange => {}
+                RectPayload::LastRect
+                | RectPayload::QemuPointerMotionChange
+                | RectPayload::DesktopName(_) => {}
             }
         }
         if !areas.is_empty() {

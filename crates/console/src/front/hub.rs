@@ -4,6 +4,7 @@
 
 mod comigrate;
 mod freeze;
+mod gone;
 mod viewers;
 
 use super::control_server::Request;
@@ -45,8 +46,12 @@ pub(super) struct Hub {
     requests: mpsc::Receiver<Request>,
     /// Co-migration with the VM, when configured.
     mig: Option<CoMigration>,
-    /// The QEMU link ended while frozen: the checkpoint waits for the destination.
-    link_gone: bool,
+    /// QEMU has gone: the session waits for it (or, frozen, for the destination).
+    gone: Option<gone::Gone>,
+    /// Input events discarded because QEMU had gone.
+    input_discarded: u64,
+    /// Times the console re-attached to a QEMU that answered again.
+    reattached: u64,
     /// Bounds on viewers and handshakes, and the back-off after failed passwords.
     gate: super::gate::Gate,
     /// Viewers cut at a freeze because their writer was still busy at its deadline.
@@ -137,7 +142,9 @@ impl Hub {
             listener,
             requests,
             mig,
-            link_gone: false,
+            gone: None,
+            input_discarded: 0,
+            reattached: 0,
             gate: super::gate::Gate::default(),
             viewers_cut: 0,
             admit_tx,
@@ -264,15 +271,18 @@ impl Hub {
                 path: "SIGTERM".into(),
                 source,
             })?;
-        // Refused input is retried when the link says its journal has room again.
-        let input: LinkInput = self.link.input();
         loop {
+            // Refused input is retried when the link says its journal has room again (the
+            // link of now: a re-attach replaces it).
+            let input: LinkInput = self.link.input();
             self.flush_writers();
             let waiting = self.viewers.values().any(|s| !s.blocked.is_empty());
+            let gone = self.gone.is_some();
+            let wake = self.gone_wake();
             tokio::select! {
                 _ = term.recv() => return self.stop("SIGTERM").await,
                 _ = tokio::signal::ctrl_c() => return self.stop("SIGINT").await,
-                event = self.events.recv(), if !self.link_gone => match event {
+                event = self.events.recv(), if !gone => match event {
                     Some(LinkEvent::Vm(v)) => {
                         tracing::info!(?v, "VM state");
                         if let Some(exit) = self.vm_event(v).await? {
@@ -280,12 +290,13 @@ impl Hub {
                         }
                     }
                     Some(e) => self.link_event(e),
-                    None if self.holds_checkpoint() => {
-                        tracing::info!("QEMU went away while the session is in flight: the checkpoint waits for the destination console");
-                        self.link_gone = true;
-                    }
-                    None => return self.link_lost().await,
+                    None => self.qemu_gone(),
                 },
+                () = tokio::time::sleep_until(wake), if gone => {
+                    if let Some(waited) = self.gone_step().await {
+                        return self.give_up(waited).await;
+                    }
+                }
                 Some(req) = self.requests.recv() => match req {
                     Request::Status(reply) => { let _ = reply.send(self.status().await); }
                     Request::Prepare(addr, reply) => self.prepare(addr, reply),
@@ -421,6 +432,9 @@ impl Hub {
             "viewers": self.viewers.len(),
             "handshakes": self.gate.handshakes(),
             "viewers_cut": self.viewers_cut,
+            "qemu": if self.gone.is_some() { "gone" } else { "attached" },
+            "input_discarded": self.input_discarded,
+            "reattached": self.reattached,
             "vm_running": link.map(|l| l.vm_running),
             "frozen": link.map(|l| l.frozen),
             "held": link.map(|l| l.journal.held),
@@ -456,21 +470,6 @@ impl Hub {
             tracing::warn!(error = %error_chain(&e), "the QEMU link had failed");
         }
         Ok(Exit::Stopped)
-    }
-
-    async fn link_lost(self) -> Result<Exit, ConsoleError> {
-        let Hub { link, viewers, .. } = self;
-        let err = match link.shutdown().await {
-            Err(e) => e,
-            Ok(_) => crate::back::LinkError::QmpClosed,
-        };
-        let reason = format!("lost QEMU: {}", error_chain(&err));
-        for (id, slot) in viewers {
-            tracing::info!(viewer = id.0, peer = %slot.peer, %reason, "viewer closed");
-            slot.close();
-        }
-        tracing::error!(%reason, "console exiting");
-        Err(ConsoleError::Link(Box::new(err)))
     }
 }
 

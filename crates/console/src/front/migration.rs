@@ -27,7 +27,9 @@
 //! switchover (the source serves on), the destination console dying after it (a restarted
 //! one takes over from the source's checkpoint). Not survivable: the source console dying
 //! while frozen (nobody holds the checkpoint), the destination console dying after the
-//! source received its `TakenOver`.
+//! source received its `TakenOver`, the source QEMU dying before the switchover completed
+//! (the destination VM never runs: the checkpoint is given up after
+//! [`ConsoleConfig::qemu_wait`](super::ConsoleConfig::qemu_wait), see `hub::gone`).
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -78,6 +78,9 @@ pub struct Access {
     pub insecure_no_auth: bool,
 }
 
+/// [`ConsoleConfig::qemu_wait`] unless told otherwise (`dmore console --qemu-wait`).
+pub const DEFAULT_QEMU_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The shortest pre-shared key the console-to-console transfer accepts, in bytes.
 pub const MIN_PEER_KEY_LEN: usize = 16;
 
@@ -139,8 +142,13 @@ pub struct ConsoleConfig {
     pub control: Option<PathBuf>,
     /// Take over from the console whose control socket this is (freeze it, restore here).
     pub restore_from: Option<PathBuf>,
-    /// Co-migration with the VM (none: the console dies with its QEMU, as QEMU's own does).
+    /// Co-migration with the VM, if any.
     pub migration: Option<MigrationConfig>,
+    /// How long the session outlives its QEMU: serving, the viewers stay (told by the desktop
+    /// name, input discarded) until QEMU's sockets answer again; frozen for a migration, the
+    /// checkpoint waits for the destination. Then the console exits with
+    /// [`ConsoleError::QemuGone`] or [`ConsoleError::Abandoned`]. Zero: exit at once.
+    pub qemu_wait: std::time::Duration,
 }
 
 /// How this console moves with its VM.
@@ -181,9 +189,30 @@ pub enum ConsoleError {
         #[source]
         source: Box<LinkError>,
     },
-    /// The link to QEMU failed while serving (QEMU exited or closed a socket).
+    /// The link to QEMU failed while freezing (QEMU exited or closed a socket).
     #[error("lost QEMU")]
     Link(#[source] Box<LinkError>),
+    /// QEMU went away and its sockets did not answer again within `qemu_wait`.
+    #[error(
+        "QEMU went away and did not come back within {waited_s} s (--qemu-wait): viewers closed"
+    )]
+    QemuGone {
+        /// Seconds waited.
+        waited_s: u64,
+        /// How the link ended.
+        #[source]
+        source: Box<LinkError>,
+    },
+    /// QEMU went away while the session was frozen for a migration, and no destination
+    /// console took it over within `qemu_wait`: the session is lost.
+    #[error(
+        "QEMU went away during a migration's switchover and no destination console took the \
+         session over within {waited_s} s (--qemu-wait): the viewers' connections are given up"
+    )]
+    Abandoned {
+        /// Seconds waited.
+        waited_s: u64,
+    },
     /// The viewer address could not be bound.
     #[error("cannot listen for viewers on {addr} (address in use? use another --listen)")]
     Listen {

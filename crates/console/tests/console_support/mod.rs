@@ -44,6 +44,10 @@ fn console_child() {
         control: s("control").map(PathBuf::from),
         restore_from: s("restore_from").map(PathBuf::from),
         migration: None,
+        qemu_wait: v
+            .get("qemu_wait_ms")
+            .and_then(serde_json::Value::as_u64)
+            .map_or(console::front::DEFAULT_QEMU_WAIT, Duration::from_millis),
     };
     tracing_subscriber_init();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -104,15 +108,42 @@ impl ConsoleProc {
         (password, view_only): (Option<&str>, Option<&str>),
         restore_from: Option<&Path>,
     ) -> anyhow::Result<ConsoleProc> {
+        Self::spawn_spec(vm, dir, name, |spec| {
+            spec["password"] = password.into();
+            spec["view_only_password"] = view_only.into();
+            spec["restore_from"] = restore_from
+                .map(|p| p.to_string_lossy().into_owned())
+                .into();
+        })
+        .await
+    }
+
+    /// A console without passwords that outlives its QEMU for `wait` (`qemu_wait`).
+    pub async fn spawn_qemu_wait(
+        vm: &Qemu,
+        dir: &Path,
+        name: &str,
+        wait: Duration,
+    ) -> anyhow::Result<ConsoleProc> {
+        Self::spawn_spec(vm, dir, name, |spec| {
+            spec["qemu_wait_ms"] = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).into();
+        })
+        .await
+    }
+
+    async fn spawn_spec(
+        vm: &Qemu,
+        dir: &Path,
+        name: &str,
+        fill: impl FnOnce(&mut serde_json::Value),
+    ) -> anyhow::Result<ConsoleProc> {
         let control = dir.join(format!("{name}.ctl"));
-        let spec = serde_json::json!({
+        let mut spec = serde_json::json!({
             "vnc": vm.vnc_path(),
             "qmp": vm.qmp2_path().context("no second QMP monitor")?,
             "control": control,
-            "password": password,
-            "view_only_password": view_only,
-            "restore_from": restore_from,
         });
+        fill(&mut spec);
         let mut child = Command::new(std::env::current_exe()?)
             .args([
                 "--exact",
@@ -242,6 +273,8 @@ enum Cmd {
 pub struct Viewer {
     cmd: mpsc::Sender<Cmd>,
     fb: watch::Receiver<Option<Framebuffer>>,
+    /// The desktop name: ServerInit's, then each DesktopName the server sent.
+    name: watch::Receiver<String>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -268,6 +301,19 @@ pub async fn connect_viewer_shared<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    connect_viewer_with(stream, password, shared, &vnc::client::Setup::default()).await
+}
+
+/// [`connect_viewer_shared`] announcing `setup`'s encodings.
+pub async fn connect_viewer_with<S>(
+    stream: S,
+    password: Option<&str>,
+    shared: bool,
+    setup: &vnc::client::Setup,
+) -> anyhow::Result<Viewer>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let config = ClientConfig {
         version: Version::V3_8,
         security: vec![SecurityType::None, SecurityType::VncAuth],
@@ -275,17 +321,22 @@ where
         shared,
         limits: Limits::default(),
     };
-    let (done, mut reader, mut writer) =
-        vnc::client::connect(stream, config, &vnc::client::Setup::default()).await?;
+    let (done, mut reader, mut writer) = vnc::client::connect(stream, config, setup).await?;
     let (w, h) = (done.server_init.width, done.server_init.height);
     writer.request_update(false, w, h).await?;
     let (cmd, mut cmd_rx) = mpsc::channel(64);
     let (fb_tx, fb) = watch::channel(None);
+    let (name_tx, name) = watch::channel(done.server_init.name.clone());
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
                 m = reader.read_message() => {
-                    if let rfb::ServerMessage::FramebufferUpdate(_) = m? {
+                    if let rfb::ServerMessage::FramebufferUpdate(rects) = m? {
+                        for r in &rects {
+                            if let rfb::RectPayload::DesktopName(n) = &r.payload {
+                                let _ = name_tx.send(String::from_utf8_lossy(n).into_owned());
+                            }
+                        }
                         let f = reader.framebuffer();
                         let _ = fb_tx.send(Some(f.clone()));
                         writer.request_update(true, f.width(), f.height()).await?;
@@ -298,7 +349,12 @@ where
             }
         }
     });
-    Ok(Viewer { cmd, fb, task })
+    Ok(Viewer {
+        cmd,
+        fb,
+        name,
+        task,
+    })
 }
 
 impl Viewer {
@@ -348,6 +404,24 @@ impl Viewer {
             .await
             .context("no update after SetEncodings")??;
         Ok(())
+    }
+
+    /// Connects to a console over TCP announcing DesktopName (-307) too.
+    pub async fn tcp_named(addr: SocketAddr) -> anyhow::Result<Viewer> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let mut setup = vnc::client::Setup::default();
+        setup.encodings.push(Encoding::DesktopName);
+        connect_viewer_with(s, None, true, &setup).await
+    }
+
+    /// Waits until the desktop name satisfies `pred`; the name.
+    pub async fn wait_name(&mut self, pred: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+        let name = tokio::time::timeout(DEADLINE, self.name.wait_for(|n| pred(n)))
+            .await
+            .context("the desktop name never matched")?
+            .context("viewer task ended")?;
+        Ok(name.clone())
     }
 
     /// The latest framebuffer.

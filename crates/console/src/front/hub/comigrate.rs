@@ -243,7 +243,7 @@ impl Hub {
     }
 
     /// Applies the link's whole framebuffer to the screen cache (changes become damage).
-    async fn refresh_screen(&mut self) {
+    pub(super) async fn refresh_screen(&mut self) {
         let Ok(fb) = self.link.framebuffer().await else {
             return;
         };
@@ -378,7 +378,7 @@ impl Hub {
             slot.close();
         }
         if let Err(e) = self.link.shutdown().await {
-            if !self.link_gone {
+            if self.gone.is_none() {
                 tracing::warn!(error = %error_chain(&e), "the QEMU link had failed");
             }
         }

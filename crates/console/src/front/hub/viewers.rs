@@ -107,7 +107,7 @@ impl Hub {
             width: self.screen.width(),
             height: self.screen.height(),
             pixel_format: PixelFormat::RGBX32_LE,
-            name: self.config.name.clone(),
+            name: self.desktop_name(),
         };
         let admit = self.admit_tx.clone();
         tokio::spawn(async move {
@@ -243,6 +243,9 @@ impl Hub {
     /// One input event, in this viewer's order: behind its refused events, else into the
     /// link (whose journal holds it while the VM is stopped).
     pub(super) async fn input(&mut self, id: ViewerId, ev: InputEvent) {
+        if self.gone.is_some() {
+            return self.discard();
+        }
         let blocked = self.viewers.get(&id).is_some_and(|s| !s.blocked.is_empty());
         if blocked || !self.offer(id, ev).await {
             if let Some(slot) = self.viewers.get_mut(&id) {
@@ -256,8 +259,11 @@ impl Hub {
         match self.link.try_push(id, ev).await {
             Ok(_) => true,
             Err(PushError::Full(_)) => false,
-            // The link has ended; the event loop sees it next and exits.
-            Err(PushError::Closed) => true,
+            // The link has ended (the event loop sees it next): not delivered, counted.
+            Err(PushError::Closed) => {
+                self.discard();
+                true
+            }
         }
     }
 

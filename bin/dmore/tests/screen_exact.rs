@@ -6,7 +6,8 @@
 //! equal QEMU's own `screendump` of the serving VM, pixel for pixel (RGB).
 //!
 //! ```text
-//!   guest: ANIM 50 ──> 3 co-migrations ──> ANIM 0 ──> QEMU's screendump twice the same
+//!   guest: ANIM 50 ──> 3 co-migrations ──> ANIM 0 ──> QEMU's screendump twice the same,
+//!          and changed since the last move by more than a cursor could
 //!   viewers (ZRLE, Raw): incremental requests throughout ──> until equal to the dump, or
 //!                        no update for QUIET ──> compare: pixels differing, bounding box,
 //!                        both images saved as PNG (the directory kept, its path printed)
@@ -37,13 +38,6 @@ const WAIT: Duration = Duration::from_secs(120);
 /// A viewer whose framebuffer still differs from QEMU's settled screen after this long without
 /// an update is not going to be sent the difference.
 const QUIET: Duration = Duration::from_secs(8);
-/// Co-migrations per test (3); `DMORE_MIGRATIONS=N` sets N.
-fn migrations() -> usize {
-    std::env::var("DMORE_MIGRATIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(3)
-}
 /// One character cell of the VGA text screen (9x16): a blinking cursor changes no more.
 const CELL_PIXELS: usize = 9 * 16;
 /// The guest's animation period: a frame (graphics) or a line (text) every 50 ms.
@@ -51,6 +45,14 @@ const ANIM_MS: u64 = 50;
 
 /// One bed at a time: each runs two TCG QEMUs, two consoles and two viewers on two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Co-migrations per test (3); `DMORE_MIGRATIONS=N` sets N.
+fn migrations() -> usize {
+    std::env::var("DMORE_MIGRATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3)
+}
 
 /// What a viewer holds at one moment.
 struct Snapshot {

@@ -45,9 +45,12 @@
 //! `ANIM 0` stops and reports the count. `PING <n>`: answers `PONG <n>`.
 //!
 //! # Boot time (TCG)
-//! Under SeaBIOS QEMU boots the uncompressed kernel (`vmlinux`, extracted by `.ci/setup`)
-//! through its PVH entry; the bzImage would first be loaded through fw_cfg and XZ-decompressed
-//! in the guest, ~8 s under TCG. OVMF needs the bzImage (its EFI stub). Measured on this
+//! For graphics under SeaBIOS QEMU boots the uncompressed kernel (`vmlinux`, extracted by
+//! `.ci/setup`) through its PVH entry; the bzImage would first be loaded through fw_cfg and
+//! XZ-decompressed in the guest, ~8 s under TCG. VGA text mode needs the bzImage: a kernel
+//! entered through PVH gets no `screen_info` from the real-mode setup, so it has no VGA console
+//! and the screen keeps SeaBIOS's two lines and its blinking cursor whatever tty1 is sent.
+//! OVMF needs the bzImage (its EFI stub). Measured on this
 //! 2-core machine with other builds running (load average 6-8), wall clock from launch to
 //! `READY` (`cargo test -p testbed --test linux_guest -- --nocapture`, the four tests in
 //! parallel): SeaBIOS 5.5-7.7 s (bzImage: 13-19 s), OVMF 19-20 s; the kernel itself reaches

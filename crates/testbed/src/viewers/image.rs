@@ -1,4 +1,5 @@
-//! Pixels read back from a viewer: an `xwd` window dump or a PNG capture.
+//! Pixels read back from a viewer (an `xwd` window dump or a PNG capture) or from QEMU (its
+//! `screendump`, a PPM).
 
 use std::path::Path;
 
@@ -127,6 +128,53 @@ pub fn parse_xwd(data: &[u8]) -> Result<Image> {
     })
 }
 
+/// Decodes a binary PPM (P6, maxval 255), as QEMU's `screendump` writes it.
+pub fn parse_ppm(data: &[u8]) -> Result<Image> {
+    let bad = |reason: &str| ViewerError::BadImage {
+        program: "screendump",
+        reason: reason.to_owned(),
+    };
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while fields.len() < 4 {
+        while data.get(at).is_some_and(u8::is_ascii_whitespace) {
+            at += 1;
+        }
+        let start = at;
+        while data.get(at).is_some_and(|b| !b.is_ascii_whitespace()) {
+            at += 1;
+        }
+        if at == start {
+            return Err(bad("header ends early"));
+        }
+        fields.push(String::from_utf8_lossy(&data[start..at]).into_owned());
+    }
+    if fields[0] != "P6" || fields[3] != "255" {
+        return Err(bad(&format!("not an 8-bit P6 PPM: {fields:?}")));
+    }
+    let (Ok(width), Ok(height)) = (fields[1].parse::<usize>(), fields[2].parse::<usize>()) else {
+        return Err(bad(&format!("size {} x {}", fields[1], fields[2])));
+    };
+    // One whitespace byte ends the header; the pixels follow.
+    let body = data.get(at + 1..).ok_or_else(|| bad("no pixel data"))?;
+    let needed = width
+        .checked_mul(height)
+        .and_then(|n| n.checked_mul(3))
+        .ok_or_else(|| bad("size overflows"))?;
+    let body = body
+        .get(..needed)
+        .ok_or_else(|| bad("truncated pixel data"))?;
+    let pixels = body
+        .chunks_exact(3)
+        .map(|p| u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]))
+        .collect();
+    Ok(Image {
+        width,
+        height,
+        pixels,
+    })
+}
+
 /// Decodes an 8-bit RGB or RGBA PNG into an [`Image`].
 pub fn decode_png(data: &[u8]) -> Result<Image> {
     let bad = |reason: String| ViewerError::BadImage {
@@ -211,6 +259,19 @@ mod tests {
         for len in [0, 10, 99, 120, data.len() - 1] {
             assert!(parse_xwd(&data[..len]).is_err(), "length {len} accepted");
         }
+    }
+
+    #[test]
+    fn ppm_pixels_follow_the_header_and_truncation_is_an_error() {
+        let mut data = b"P6\n2 1\n255\n".to_vec();
+        data.extend([0x11, 0x22, 0x33, 0xaa, 0xbb, 0xcc]);
+        let image = parse_ppm(&data).expect("valid PPM");
+        assert_eq!((image.width, image.height), (2, 1));
+        assert_eq!(image.pixels, vec![0x0011_2233, 0x00aa_bbcc]);
+        for len in [0, 3, 10, data.len() - 1] {
+            assert!(parse_ppm(&data[..len]).is_err(), "length {len} accepted");
+        }
+        assert!(parse_ppm(b"P5\n1 1\n255\n\0").is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::Command;
 
-pub use image::{decode_png, parse_xwd, Image};
+pub use image::{decode_png, parse_ppm, parse_xwd, Image};
 pub use tigervnc::{TigerVnc, ViewerAuth, Xvfb};
 pub use vncdo::{Vncdo, VncdoEncoding, VNCDO};
 

@@ -1,0 +1,382 @@
+//! The screen exact through co-migrations: two viewers stay connected to `dmore console` on
+//! the service address (one asks for ZRLE, one for Raw only) while the Linux test guest's
+//! screen changes throughout (text mode: a line scrolls in every 50 ms; graphics mode: a new
+//! 128x128 square every 50 ms on the bochs framebuffer) and the VM moves A → B → A → B. After
+//! the last move the animation stops, the screen settles, and each viewer's framebuffer must
+//! equal QEMU's own `screendump` of the serving VM, pixel for pixel (RGB).
+//!
+//! ```text
+//!   guest: ANIM 50 ──> 3 co-migrations ──> ANIM 0 ──> QEMU's screendump twice the same,
+//!          and changed since the last move by more than a cursor could
+//!   viewers (ZRLE, Raw): incremental requests throughout ──> until equal to the dump, or
+//!                        no update for QUIET ──> compare: pixels differing, bounding box,
+//!                        both images saved as PNG (the directory kept, its path printed)
+//! ```
+//!
+//! Text mode under SeaBIOS (VGA text, 720x400), graphics under SeaBIOS too (the bochs DRM
+//! framebuffer: it boots faster than OVMF under TCG); PS/2 input in both (nothing is typed).
+//! Skipped (with a note) where network namespaces cannot be made (not root).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use linux_guest::launch::{Display, Firmware, Input, LinuxOptions};
+use linux_guest::report::Report;
+use rfb::framebuffer::Framebuffer;
+use rfb::{ClientConfig, Encoding, Limits, PixelFormat, SecurityType, ServerMessage, Version};
+use scenarios::cobed::{CoBed, CoBedOptions};
+use testbed::qemu::{Qemu, LINUX_MEMORY_MIB};
+use testbed::viewers::Image;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use vnc::client::{ClientReader, ClientWriter, Setup};
+
+/// Bound on each wait (a guard against hanging, not a timed assertion).
+const WAIT: Duration = Duration::from_secs(120);
+/// A viewer whose framebuffer still differs from QEMU's settled screen after this long without
+/// an update is not going to be sent the difference.
+const QUIET: Duration = Duration::from_secs(8);
+/// One character cell of the VGA text screen (9x16): a blinking cursor changes no more.
+const CELL_PIXELS: usize = 9 * 16;
+/// The guest's animation period: a frame (graphics) or a line (text) every 50 ms.
+const ANIM_MS: u64 = 50;
+
+/// One bed at a time: each runs two TCG QEMUs, two consoles and two viewers on two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Co-migrations per test (3); `DMORE_MIGRATIONS=N` sets N.
+fn migrations() -> usize {
+    std::env::var("DMORE_MIGRATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3)
+}
+
+/// What a viewer holds at one moment.
+struct Snapshot {
+    framebuffer: Framebuffer,
+    updates: u64,
+    last_update: Instant,
+}
+
+/// A viewer that keeps an incremental update request outstanding for its whole connection and
+/// hands out its framebuffer on demand.
+struct Viewer {
+    name: &'static str,
+    asks: mpsc::Sender<oneshot::Sender<Snapshot>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Viewer {
+    /// Connects from `bed`'s client host to the service address, announcing `encodings`
+    /// (32-bit pixels, dmore's own format).
+    async fn connect(
+        bed: &CoBed,
+        name: &'static str,
+        encodings: Vec<Encoding>,
+    ) -> anyhow::Result<Viewer> {
+        let stream = scenarios::typist::connect_from(bed.testbed().client(), bed.service())
+            .await
+            .with_context(|| format!("{name}: connecting to {}", bed.service()))?;
+        stream.set_nodelay(true)?;
+        let config = ClientConfig {
+            version: Version::V3_8,
+            security: vec![SecurityType::None],
+            password: None,
+            shared: true,
+            limits: Limits::DEFAULT,
+        };
+        let setup = Setup {
+            pixel_format: Some(PixelFormat::RGBX32_LE),
+            encodings,
+        };
+        let (_, reader, writer) = vnc::client::connect(stream, config, &setup)
+            .await
+            .with_context(|| format!("{name}: handshake"))?;
+        let (asks, asked) = mpsc::channel(1);
+        let task = tokio::spawn(watch(reader, writer, asked));
+        Ok(Viewer { name, asks, task })
+    }
+
+    /// The framebuffer now; an error if the connection ended (a viewer must never lose it).
+    async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let (reply, answer) = oneshot::channel();
+        if self.asks.send(reply).await.is_ok() {
+            if let Ok(snapshot) = answer.await {
+                return Ok(snapshot);
+            }
+        }
+        bail!("{}: the connection ended", self.name)
+    }
+
+    /// Waits until the framebuffer equals `screen`, or no update came for [`QUIET`]; returns
+    /// the framebuffer then.
+    async fn settled(&self, screen: &Image) -> anyhow::Result<Snapshot> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let snapshot = self.snapshot().await?;
+            if image_of(&snapshot.framebuffer) == *screen
+                || snapshot.last_update.elapsed() >= QUIET
+                || Instant::now() >= deadline
+            {
+                return Ok(snapshot);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Closes the connection and reports how it ended.
+    async fn close(self) -> anyhow::Result<()> {
+        drop(self.asks);
+        self.task.await?
+    }
+}
+
+/// The viewer's loop: applies updates (the reader does), asks for the next one after each,
+/// answers snapshot requests; ends when the connection fails or the asks channel closes.
+async fn watch(
+    mut reader: ClientReader<TcpStream>,
+    mut writer: ClientWriter<TcpStream>,
+    mut asked: mpsc::Receiver<oneshot::Sender<Snapshot>>,
+) -> anyhow::Result<()> {
+    let (width, height) = (reader.framebuffer().width(), reader.framebuffer().height());
+    writer.request_update(false, width, height).await?;
+    let mut updates = 0;
+    let mut last_update = Instant::now();
+    loop {
+        tokio::select! {
+            message = reader.read_message() => {
+                if let ServerMessage::FramebufferUpdate(_) = message? {
+                    updates += 1;
+                    last_update = Instant::now();
+                    let fb = reader.framebuffer();
+                    writer.request_update(true, fb.width(), fb.height()).await?;
+                }
+            }
+            ask = asked.recv() => match ask {
+                Some(reply) => {
+                    let _ = reply.send(Snapshot {
+                        framebuffer: reader.framebuffer().clone(),
+                        updates,
+                        last_update,
+                    });
+                }
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+fn image_of(fb: &Framebuffer) -> Image {
+    Image {
+        width: usize::from(fb.width()),
+        height: usize::from(fb.height()),
+        pixels: fb.pixels().iter().map(|p| p & 0x00ff_ffff).collect(),
+    }
+}
+
+/// QEMU's own `screendump` of `qemu`'s screen, through `file`.
+async fn screendump(qemu: &Qemu, file: &Path) -> anyhow::Result<Image> {
+    qemu.qmp()
+        .execute("screendump", serde_json::json!({ "filename": file }))
+        .await?;
+    Ok(testbed::viewers::parse_ppm(&std::fs::read(file)?)?)
+}
+
+/// QEMU's screen once two dumps 300 ms apart are the same.
+async fn settled_screendump(qemu: &Qemu, file: &Path) -> anyhow::Result<Image> {
+    let mut last = screendump(qemu, file).await?;
+    let mut changes = Vec::new();
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = screendump(qemu, file).await?;
+        match difference(&now, &last) {
+            None => return Ok(now),
+            Some(d) => changes.push(d),
+        }
+        last = now;
+    }
+    let previous = file.with_extension("previous.png");
+    last.save_png(&previous)?;
+    testbed::viewers::parse_ppm(&std::fs::read(file)?)?.save_png(&file.with_extension("png"))?;
+    changes.truncate(5);
+    bail!(
+        "QEMU's screen never settled (its last two dumps: {}); its first changes: {changes:?}",
+        previous.display()
+    )
+}
+
+/// How a viewer's image differs from QEMU's.
+#[derive(Debug)]
+struct Difference {
+    pixels: usize,
+    /// Left, top, right, bottom (inclusive).
+    bounds: (usize, usize, usize, usize),
+}
+
+/// `None` when the images are equal (same size, same pixels).
+fn difference(seen: &Image, want: &Image) -> Option<Difference> {
+    if (seen.width, seen.height) != (want.width, want.height) {
+        return Some(Difference {
+            pixels: want.width * want.height,
+            bounds: (0, 0, want.width.max(1) - 1, want.height.max(1) - 1),
+        });
+    }
+    let mut found: Option<Difference> = None;
+    for (i, (a, b)) in seen.pixels.iter().zip(&want.pixels).enumerate() {
+        if a == b {
+            continue;
+        }
+        let (x, y) = (i % want.width, i / want.width);
+        let d = found.get_or_insert(Difference {
+            pixels: 0,
+            bounds: (x, y, x, y),
+        });
+        d.pixels += 1;
+        let (l, t, r, b) = d.bounds;
+        d.bounds = (l.min(x), t.min(y), r.max(x), b.max(y));
+    }
+    found
+}
+
+/// Runs [`check`] in a fresh directory, kept (its path in the error) when the check fails:
+/// it holds the images to look at.
+async fn screen_exact_through_comigrations(linux: LinuxOptions) -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir()?;
+    match check(linux, dir.path()).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let kept = dir.keep();
+            Err(e.context(format!("images kept in {}", kept.display())))
+        }
+    }
+}
+
+async fn check(linux: LinuxOptions, dir: &Path) -> anyhow::Result<()> {
+    let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
+    options.memory_mib = LINUX_MEMORY_MIB;
+    options.linux = Some(linux);
+    let Some(mut bed) = CoBed::start_or_skip(options).await? else {
+        return Ok(());
+    };
+    let zrle = Viewer::connect(&bed, "ZRLE", vec![Encoding::Zrle, Encoding::DesktopSize]).await?;
+    let raw = Viewer::connect(&bed, "Raw", vec![Encoding::Raw, Encoding::DesktopSize]).await?;
+    let serial = bed.home_serial().context("no home VM")?;
+    serial.send_line(&format!("ANIM {ANIM_MS}")).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut after_move = None;
+    for n in 1..=migrations() {
+        let (from, to) = (bed.home(), bed.other());
+        let t = bed.migrate(false).await?;
+        println!(
+            "{linux:?} migration {n} {from:?}->{to:?}: VM downtime {:?} ms, freeze->takeover {:?}",
+            t.vm_downtime_ms, t.freeze_to_takeover
+        );
+        let qemu = bed.home_qemu().context("no home VM")?;
+        after_move = Some(screendump(qemu, &dir.join("moved.ppm")).await?);
+        let (z, r) = (zrle.snapshot().await?, raw.snapshot().await?);
+        println!("  updates so far: ZRLE {}, Raw {}", z.updates, r.updates);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let serial = bed.home_serial().context("no home VM")?;
+    serial.send_line("ANIM 0").await?;
+    let frames = loop {
+        match serial.next_linux(WAIT, "DREW FRAME").await? {
+            Report::Drew {
+                frames: true,
+                count,
+            } => break count,
+            _ => continue,
+        }
+    };
+    let qemu = bed.home_qemu().context("no home VM")?;
+    let screen = settled_screendump(qemu, &dir.join("screen.ppm")).await?;
+    println!(
+        "{linux:?}: {frames} frames drawn; QEMU's screen {}x{} settled",
+        screen.width, screen.height
+    );
+
+    // The guest drew after the last takeover, more than a blinking cursor can change: what
+    // the viewers hold must come (also) from the console that serves now.
+    let moved = after_move.context("no co-migration")?;
+    let drawn = difference(&screen, &moved).map_or(0, |d| d.pixels);
+    if drawn <= CELL_PIXELS {
+        moved.save_png(&dir.join("after-last-move.png"))?;
+        screen.save_png(&dir.join("settled.png"))?;
+        bail!("the guest's screen changed in {drawn} pixels only after the last move");
+    }
+    println!("{linux:?}: {drawn} pixels changed after the last move");
+
+    let mut failures = Vec::new();
+    for viewer in [&zrle, &raw] {
+        let snapshot = viewer.settled(&screen).await?;
+        let seen = image_of(&snapshot.framebuffer);
+        match difference(&seen, &screen) {
+            None => println!(
+                "{linux:?} {}: {} updates; framebuffer {}x{} equals QEMU's screendump",
+                viewer.name, snapshot.updates, seen.width, seen.height
+            ),
+            Some(d) => {
+                let (viewer_png, qemu_png) = save_pair(dir, viewer.name, &seen, &screen)?;
+                let failure = format!(
+                    "{linux:?} {}: framebuffer {}x{} differs from QEMU's screendump {}x{} in {} \
+                     pixels within x {}..={}, y {}..={} ({} updates, the last {:?} ago); \
+                     images: {} and {}",
+                    viewer.name,
+                    seen.width,
+                    seen.height,
+                    screen.width,
+                    screen.height,
+                    d.pixels,
+                    d.bounds.0,
+                    d.bounds.2,
+                    d.bounds.1,
+                    d.bounds.3,
+                    snapshot.updates,
+                    snapshot.last_update.elapsed(),
+                    viewer_png.display(),
+                    qemu_png.display(),
+                );
+                println!("{failure}");
+                failures.push(failure);
+            }
+        }
+    }
+    zrle.close().await.context("the ZRLE viewer's connection")?;
+    raw.close().await.context("the Raw viewer's connection")?;
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// Saves the viewer's and QEMU's images as PNG files in `dir`.
+fn save_pair(
+    dir: &Path,
+    name: &str,
+    seen: &Image,
+    screen: &Image,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let viewer = dir.join(format!("viewer-{name}.png"));
+    let qemu = dir.join(format!("qemu-for-{name}.png"));
+    seen.save_png(&viewer)?;
+    screen.save_png(&qemu)?;
+    Ok((viewer, qemu))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_screen_exact_after_comigrations_with_zrle_and_raw() -> anyhow::Result<()> {
+    screen_exact_through_comigrations(LinuxOptions::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphics_screen_exact_after_comigrations_with_zrle_and_raw() -> anyhow::Result<()> {
+    screen_exact_through_comigrations(LinuxOptions {
+        input: Input::Ps2,
+        display: Display::Graphics,
+        firmware: Firmware::SeaBios,
+    })
+    .await
+}

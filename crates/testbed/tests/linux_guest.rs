@@ -302,7 +302,8 @@ impl Guest {
             .qmp()
             .execute("screendump", serde_json::json!({ "filename": file }))
             .await?;
-        parse_ppm(&std::fs::read(&file)?)
+        let image = testbed::viewers::parse_ppm(&std::fs::read(&file)?)?;
+        Ok((image.width, image.height, image.pixels))
     }
 
     /// QEMU's screen once it satisfies `ok` (the guest's console and framebuffer reach QEMU's
@@ -321,33 +322,6 @@ impl Guest {
         }
         bail!("the screen never showed what the guest drew")
     }
-}
-
-/// Reads a binary PPM (P6, maxval 255) as width, height and `0x00RRGGBB` pixels.
-fn parse_ppm(data: &[u8]) -> anyhow::Result<(usize, usize, Vec<u32>)> {
-    let mut fields = Vec::new();
-    let mut at = 0;
-    while fields.len() < 4 {
-        while data.get(at).is_some_and(u8::is_ascii_whitespace) {
-            at += 1;
-        }
-        let start = at;
-        while data.get(at).is_some_and(|b| !b.is_ascii_whitespace()) {
-            at += 1;
-        }
-        ensure!(at > start, "PPM header ends early");
-        fields.push(std::str::from_utf8(&data[start..at])?.to_owned());
-    }
-    ensure!(fields[0] == "P6" && fields[3] == "255", "{fields:?}");
-    let (width, height): (usize, usize) = (fields[1].parse()?, fields[2].parse()?);
-    let pixels: Vec<u32> = data
-        .get(at + 1..)
-        .context("no pixel data")?
-        .chunks_exact(3)
-        .map(|p| u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]))
-        .collect();
-    ensure!(pixels.len() == width * height, "short PPM");
-    Ok((width, height, pixels))
 }
 
 /// Boots `options`, types, clicks and draws, and shuts the guest down.

@@ -37,40 +37,6 @@ fn client_config(security: SecurityType, password: Option<&str>) -> ClientConfig
     }
 }
 
-/// Reads a binary PPM (P6, maxval 255) as `0x00RRGGBB` pixels.
-fn parse_ppm(data: &[u8]) -> anyhow::Result<(usize, usize, Vec<u32>)> {
-    let mut fields = Vec::new();
-    let mut at = 0;
-    while fields.len() < 4 {
-        while data.get(at).is_some_and(u8::is_ascii_whitespace) {
-            at += 1;
-        }
-        let start = at;
-        while data.get(at).is_some_and(|b| !b.is_ascii_whitespace()) {
-            at += 1;
-        }
-        ensure!(at > start, "PPM header ends early");
-        fields.push(std::str::from_utf8(&data[start..at])?.to_owned());
-    }
-    ensure!(
-        fields[0] == "P6" && fields[3] == "255",
-        "not an 8-bit P6 PPM: {fields:?}"
-    );
-    let (width, height): (usize, usize) = (fields[1].parse()?, fields[2].parse()?);
-    let pixels = data
-        .get(at + 1..)
-        .context("no pixel data")?
-        .chunks_exact(3)
-        .map(|p| u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]))
-        .collect::<Vec<_>>();
-    ensure!(
-        pixels.len() == width * height,
-        "PPM has {} pixels, not {width}x{height}",
-        pixels.len()
-    );
-    Ok((width, height, pixels))
-}
-
 /// Reads updates until the next FramebufferUpdate has been applied.
 async fn next_update(reader: &mut ClientReader<UnixStream>) -> anyhow::Result<()> {
     loop {
@@ -102,7 +68,11 @@ async fn assert_matches_screendump(
         qemu.qmp()
             .execute("screendump", serde_json::json!({"filename": dump}))
             .await?;
-        let (w, h, pixels) = parse_ppm(&std::fs::read(&dump)?)?;
+        let testbed::viewers::Image {
+            width: w,
+            height: h,
+            pixels,
+        } = testbed::viewers::parse_ppm(&std::fs::read(&dump)?)?;
         let fb = reader.framebuffer();
         ensure!(
             (w, h) == (usize::from(fb.width()), usize::from(fb.height())),

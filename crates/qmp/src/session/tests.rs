@@ -53,7 +53,7 @@ fn handshake_sends_compact_capabilities_then_reports_ready() {
 
 #[test]
 fn first_line_not_a_greeting_is_malformed_greeting() {
-    for first in [&b"{\"return\": {}}\n"[..], b"hello\n", b"{\"QMP\": 1}\n"] {
+    for first in [&b"hello\n"[..], b"{\"QMP\": 1}\n"] {
         let mut s = Session::new(Config::default());
         let r = s.handle_input(first);
         assert!(
@@ -62,6 +62,30 @@ fn first_line_not_a_greeting_is_malformed_greeting() {
         );
         assert_eq!(s.state(), SessionState::Failed);
     }
+}
+
+#[test]
+fn a_previous_clients_messages_before_the_greeting_are_skipped() {
+    let mut s = Session::new(Config::default());
+    let stale = b"{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"RESUME\"}\r\n{\"return\": {}}\r\n";
+    s.handle_input(stale).unwrap();
+    assert_eq!(s.state(), SessionState::AwaitingGreeting);
+    assert_eq!(
+        s.poll_output(),
+        None,
+        "nothing of a previous client is reported"
+    );
+    s.handle_input(GREETING).unwrap();
+    assert_eq!(s.state(), SessionState::Negotiating);
+    // Without a greeting, a bound.
+    let mut s = Session::new(Config::default());
+    for _ in 0..MAX_STALE_BEFORE_GREETING {
+        s.handle_input(OK).unwrap();
+    }
+    assert!(matches!(
+        s.handle_input(OK),
+        Err(ProtocolError::MalformedGreeting { .. })
+    ));
 }
 
 #[test]

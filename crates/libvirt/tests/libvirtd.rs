@@ -1,47 +1,7 @@
-//! Debian's libvirtd runs here, as root, with private directories, and accepts a domain
-//! patched for dmore: the recipe the libvirt end-to-end tests build on.
-//!
-//! Bookworm's libvirt 9.0 has no per-driver daemons and reads its QEMU driver's configuration
-//! and state from fixed paths (`/etc/libvirt`, `/run/libvirt`, `/var/{lib,log,cache}/libvirt`),
-//! so the daemon runs in a mount namespace of its own (`unshare --mount`) with a temporary
-//! directory bound over each; only the socket directory (`unix_sock_dir`) needs no bind.
-//! `.ci/setup` installs the packages, the `libvirt-qemu` user the daemon looks up, and the
-//! empty mount points.
+//! Debian's libvirtd runs here, as root, with private directories (`testbed::libvirtd`), and
+//! accepts a domain patched for dmore: the recipe the libvirt end-to-end tests build on.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-/// libvirtd (foreground, our child) and virtlogd (daemonized, by its pid file), stopped on drop.
-struct Daemons {
-    libvirtd: Child,
-    virtlogd_pid: PathBuf,
-}
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        let _ = self.libvirtd.kill();
-        let _ = self.libvirtd.wait();
-        if let Some(pid) = std::fs::read_to_string(&self.virtlogd_pid)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-    }
-}
-
-fn virsh(socket: &Path, args: &[&str]) -> Output {
-    Command::new("virsh")
-        .arg("-c")
-        .arg(format!("qemu:///system?socket={}", socket.display()))
-        .args(args)
-        .output()
-        .expect("running virsh (.ci/setup installs libvirt-clients)")
-}
+use testbed::libvirtd::Libvirtd;
 
 const DOMAIN: &str = "<domain type='qemu'>
   <name>dmore-t</name>
@@ -71,76 +31,15 @@ fn libvirtd_with_private_dirs_accepts_a_patched_domain() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    for d in ["etc", "run", "lib", "log/qemu", "cache", "sock"] {
-        std::fs::create_dir_all(t.join(d)).unwrap();
-    }
-    let sock_dir = t.join("sock");
-    std::fs::write(
-        t.join("etc/libvirtd.conf"),
-        format!(
-            "unix_sock_dir = \"{}\"\nunix_sock_rw_perms = \"0700\"\n\
-             auth_unix_rw = \"none\"\nauth_unix_ro = \"none\"\n",
-            sock_dir.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        t.join("etc/qemu.conf"),
-        "user = \"root\"\ngroup = \"root\"\nsecurity_driver = \"none\"\ncgroup_controllers = [ ]\n",
-    )
-    .unwrap();
-    let binds: String = [
-        ("etc", "/etc/libvirt"),
-        ("run", "/run/libvirt"),
-        ("lib", "/var/lib/libvirt"),
-        ("log", "/var/log/libvirt"),
-        ("cache", "/var/cache/libvirt"),
-    ]
-    .iter()
-    .map(|(from, to)| format!("mount --bind {}/{from} {to} && ", t.display()))
-    .collect();
-    let log = std::fs::File::create(t.join("libvirtd.log")).unwrap();
-    let libvirtd = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!(
-            "{binds}virtlogd -d -p /run/libvirt/virtlogd.pid && \
-             exec libvirtd -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid"
-        ))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("starting unshare");
-    let mut daemons = Daemons {
-        libvirtd,
-        virtlogd_pid: t.join("run/virtlogd.pid"),
-    };
-
-    // Ready when virsh gets an answer on the private socket.
-    let socket = sock_dir.join("libvirt-sock");
-    let started = Instant::now();
-    let version = loop {
-        if let Some(status) = daemons.libvirtd.try_wait().unwrap() {
-            panic!(
-                "libvirtd exited ({status}):\n{}",
-                std::fs::read_to_string(t.join("libvirtd.log")).unwrap_or_default()
-            );
-        }
-        let out = virsh(&socket, &["version"]);
-        if out.status.success() {
-            break String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "libvirtd never answered"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let daemon = Libvirtd::start(t).unwrap();
+    let virsh = |args: &[&str]| daemon.virsh(args).expect("running virsh (.ci/setup)");
+    let version = String::from_utf8_lossy(&virsh(&["version"]).stdout).into_owned();
     println!(
         "libvirtd answered after {:?}:\n{version}",
-        started.elapsed()
+        daemon.started_in
     );
     assert!(version.contains("Running hypervisor: QEMU"), "{version}");
+    let socket = daemon.socket();
     assert!(socket.starts_with(t), "the daemon's socket is private");
 
     // libvirt accepts the patched domain and gives QEMU dmore's options, -set after libvirt's
@@ -149,10 +48,7 @@ fn libvirtd_with_private_dirs_accepts_a_patched_domain() {
     let patched = libvirt::patch_domain(DOMAIN, &dir).unwrap();
     let xml = t.join("dmore-t.xml");
     std::fs::write(&xml, &patched).unwrap();
-    let argv = virsh(
-        &socket,
-        &["domxml-to-native", "qemu-argv", xml.to_str().unwrap()],
-    );
+    let argv = virsh(&["domxml-to-native", "qemu-argv", xml.to_str().unwrap()]);
     let argv = String::from_utf8_lossy(&argv.stdout);
     let at = |needle: &str| {
         argv.find(needle)
@@ -169,13 +65,13 @@ fn libvirtd_with_private_dirs_accepts_a_patched_domain() {
 
     // Defined and printed back by libvirt, the domain is still patched: patching it changes
     // nothing.
-    let define = virsh(&socket, &["define", xml.to_str().unwrap()]);
+    let define = virsh(&["define", xml.to_str().unwrap()]);
     assert!(
         define.status.success(),
         "{}",
         String::from_utf8_lossy(&define.stderr)
     );
-    let dumped = virsh(&socket, &["dumpxml", "dmore-t"]);
+    let dumped = virsh(&["dumpxml", "dmore-t"]);
     let dumped = String::from_utf8_lossy(&dumped.stdout).into_owned();
     println!("libvirt's dumpxml of the patched domain:\n{dumped}");
     assert_eq!(libvirt::patch_domain(&dumped, &dir).unwrap(), dumped);
@@ -184,6 +80,9 @@ fn libvirtd_with_private_dirs_accepts_a_patched_domain() {
         Some(dir)
     );
 
-    drop(daemons);
-    assert!(!socket.exists() || virsh(&socket, &["version"]).status.code() != Some(0));
+    drop(daemon);
+    assert!(
+        !socket.exists(),
+        "libvirtd removes its socket when it stops"
+    );
 }

@@ -1,6 +1,7 @@
 //! `dmore libvirt hook` run as libvirt runs it (arguments, the domain's XML on stdin), in a
 //! temporary directory, with a stand-in console that records its arguments: the hook starts
 //! it detached (and returns while it runs), once, with the domain's sockets, and stops it.
+//! Then, as root, a private libvirtd runs the installed hook for a real domain.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -190,4 +191,113 @@ fn install_hook_writes_a_drop_in() {
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o755);
+}
+
+/// libvirt itself runs the installed hook: a patched domain started by a private libvirtd gets
+/// its console (attached to QEMU, serving viewers), and destroying the domain stops it.
+#[test]
+fn libvirt_starts_and_stops_the_console_through_the_hook() {
+    if !nix::unistd::geteuid().is_root() {
+        return testbed::skip::skip("libvirt hook", "needs root (libvirtd in a mount namespace)");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let config = root.join("dmore.json");
+    let dir = root.join("dmore/e2e");
+    std::fs::write(
+        &config,
+        r#"{"domains": {"dmore-e2e": {"listen": "127.0.0.1:0", "insecure_no_auth": true}}}"#,
+    )
+    .unwrap();
+    // Installed before libvirtd starts: it looks for hooks only then.
+    let install = Command::new(env!("CARGO_BIN_EXE_dmore"))
+        .args(["libvirt", "install-hook", "--hooks-dir"])
+        .arg(root.join("etc/hooks"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(install.status.success());
+    let daemon = testbed::libvirtd::Libvirtd::start(root).unwrap();
+    let domain = format!(
+        "<domain type='qemu'>
+  <name>dmore-e2e</name>
+  <memory unit='KiB'>131072</memory>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{}</kernel>
+  </os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <graphics type='vnc' port='-1' autoport='yes'/>
+    <video>
+      <model type='vga'/>
+    </video>
+  </devices>
+</domain>
+",
+        guest::kernel_path().display()
+    );
+    let xml = root.join("e2e.xml");
+    let patched = libvirt::patch_domain(&domain, &libvirt::DomainDir::new(&dir)).unwrap();
+    std::fs::write(&xml, patched).unwrap();
+    let virsh = |args: &[&str]| {
+        let out = daemon.virsh(args).unwrap();
+        assert!(
+            out.status.success(),
+            "virsh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    virsh(&["create", xml.to_str().unwrap()]);
+
+    // The hook returned before libvirt went on; the console it started attaches to QEMU.
+    let pid: i32 = std::fs::read_to_string(dir.join("console.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _group = Group(Some(pid));
+    let log = dir.join("console.log");
+    let mut listen = None;
+    wait_until("the console to listen", || {
+        listen = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("dmore console: listening on ")
+                    .map(str::to_owned)
+            });
+        listen.is_some() || !running(pid)
+    });
+    let listen = listen.unwrap_or_else(|| {
+        panic!(
+            "console exited: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    let mut viewer = std::net::TcpStream::connect(listen.trim()).unwrap();
+    let mut hello = [0u8; 12];
+    std::io::Read::read_exact(&mut viewer, &mut hello).unwrap();
+    assert_eq!(&hello, b"RFB 003.008\n");
+    drop(viewer);
+    let status = {
+        let mut ctl = std::os::unix::net::UnixStream::connect(dir.join("console.ctl")).unwrap();
+        ctl.write_all(b"status\n").unwrap();
+        ctl.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut ctl, &mut s).unwrap();
+        s
+    };
+    let status: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    assert_eq!(status["vm_running"], true, "{status}");
+
+    // Destroyed: libvirt's release runs the hook, and the console is gone.
+    virsh(&["destroy", "dmore-e2e"]);
+    wait_until("the console to stop", || !running(pid));
+    assert!(
+        !dir.join("console.pid").exists(),
+        "release removed the pid file"
+    );
+    drop(daemon);
 }

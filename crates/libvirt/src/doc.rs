@@ -182,6 +182,61 @@ impl<'a> Doc<'a> {
         }
     }
 
+    /// The edit that appends `children` (element texts) to element `i`, laid out as the
+    /// document lays out its children; `<x .../>` becomes `<x ...>children</x>`.
+    pub fn append_children(&self, i: usize, children: &[String]) -> (Range<usize>, String) {
+        let el = &self.elements[i];
+        if !el.is_empty() {
+            let point = self.append_point(i);
+            return (
+                point.at..point.at,
+                children.iter().map(|c| point.line(c)).collect(),
+            );
+        }
+        let tag = &self.text[el.start.clone()];
+        let open = format!("{}>", tag.trim_end_matches("/>").trim_end());
+        let indent = self.indent_before(el.start.start);
+        let unit = self.indent_unit(i);
+        (
+            el.start.clone(),
+            element_text(&open, &el.name, children, indent, &unit),
+        )
+    }
+
+    /// The edit that appends a new element `<name>children</name>` to element `i`.
+    pub fn append_element(
+        &self,
+        i: usize,
+        name: &str,
+        children: &[String],
+    ) -> (Range<usize>, String) {
+        let point = self.append_point(i);
+        let indent = point.lines.then_some(point.indent.as_str());
+        let parent_indent = self
+            .indent_before(self.elements[i].start.start)
+            .unwrap_or("");
+        let unit = point
+            .indent
+            .strip_prefix(parent_indent)
+            .filter(|u| !u.is_empty())
+            .unwrap_or("  ");
+        let text = element_text(&format!("<{name}>"), name, children, indent, unit);
+        (point.at..point.at, point.line(&text))
+    }
+
+    /// One level of indentation as element `i` sits below its parent ("  " if unknown).
+    fn indent_unit(&self, i: usize) -> String {
+        let el = &self.elements[i];
+        let mine = self.indent_before(el.start.start);
+        let parent = el
+            .parent
+            .and_then(|p| self.indent_before(self.elements[p].start.start));
+        match (mine, parent) {
+            (Some(m), Some(p)) if m.len() > p.len() && m.starts_with(p) => m[p.len()..].to_owned(),
+            _ => "  ".to_owned(),
+        }
+    }
+
     /// The range of element `i` together with the whitespace that leads its line and the line
     /// break after it, when it stands on a line of its own (so removing it leaves no blank line).
     pub fn line_span(&self, i: usize) -> Range<usize> {
@@ -213,6 +268,26 @@ impl AppendPoint {
         } else {
             element.to_owned()
         }
+    }
+}
+
+/// `open` + `children` + `</name>`: one child per line below `indent` when given.
+fn element_text(
+    open: &str,
+    name: &str,
+    children: &[String],
+    indent: Option<&str>,
+    unit: &str,
+) -> String {
+    match indent {
+        Some(indent) => {
+            let lines: String = children
+                .iter()
+                .map(|c| format!("{indent}{unit}{c}\n"))
+                .collect();
+            format!("{open}\n{lines}{indent}</{name}>")
+        }
+        None => format!("{open}{}</{name}>", children.concat()),
     }
 }
 

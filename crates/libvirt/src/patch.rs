@@ -206,12 +206,11 @@ pub fn patch_domain(xml: &str, dir: &DomainDir) -> Result<String, PatchError> {
         .collect();
     match vncs.as_slice() {
         [] => {
-            let point = doc.append_point(devices);
             let graphics = format!(
                 "<graphics type='vnc' socket='{}'/>",
                 escape_attr(&vnc_socket)
             );
-            edits.push((point.at..point.at, point.line(&graphics)));
+            edits.push(doc.append_children(devices, &[graphics]));
         }
         [g] => {
             if let Some(edit) = vnc_edit(&doc, *g, &vnc_socket) {
@@ -241,42 +240,15 @@ pub fn patch_domain(xml: &str, dir: &DomainDir) -> Result<String, PatchError> {
         .filter(|(flag, value)| !present.windows(2).any(|w| w[0] == *flag && w[1] == *value))
         .collect();
     if !missing.is_empty() {
-        let arg_lines = |point: &crate::doc::AppendPoint| -> String {
-            missing
-                .iter()
-                .flat_map(|(flag, value)| [*flag, value.as_str()])
-                .map(|v| point.line(&format!("<{arg_name} value='{}'/>", escape_attr(v))))
-                .collect()
-        };
-        match lines.as_slice() {
-            [c] if !doc.elements[*c].is_empty() => {
-                let point = doc.append_point(*c);
-                edits.push((point.at..point.at, arg_lines(&point)));
-            }
-            _ => {
-                let point = doc.append_point(0);
-                let inner = crate::doc::AppendPoint {
-                    at: point.at,
-                    indent: format!("{}  ", point.indent),
-                    lines: point.lines,
-                };
-                let close_indent = if point.lines {
-                    point.indent.as_str()
-                } else {
-                    ""
-                };
-                let open_break = if point.lines { "\n" } else { "" };
-                let block = format!(
-                    "<{commandline}>{open_break}{}{close_indent}</{commandline}>",
-                    arg_lines(&inner)
-                );
-                match lines.as_slice() {
-                    // `<qemu:commandline/>`: replaced by the filled one.
-                    [c] => edits.push((doc.elements[*c].span(), block)),
-                    _ => edits.push((point.at..point.at, point.line(&block))),
-                }
-            }
-        }
+        let new_args: Vec<String> = missing
+            .iter()
+            .flat_map(|(flag, value)| [*flag, value.as_str()])
+            .map(|v| format!("<{arg_name} value='{}'/>", escape_attr(v)))
+            .collect();
+        edits.push(match lines.as_slice() {
+            [c] => doc.append_children(*c, &new_args),
+            _ => doc.append_element(0, &commandline, &new_args),
+        });
     }
     Ok(splice(xml, edits))
 }

@@ -248,3 +248,40 @@ proptest! {
         prop_assert!((1..=delay(&xml) + 1).contains(&delay(&once)));
     }
 }
+
+/// `<devices/>` and `<qemu:commandline/>` are opened, not appended to from outside.
+#[test]
+fn empty_elements_are_opened() {
+    let xml = "<domain xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\n\
+               \t<name>e</name>\n\
+               \t<devices/>\n\
+               \t<qemu:commandline/>\n\
+               </domain>\n";
+    let dir = DomainDir::new("/e");
+    let patched = patch_domain(xml, &dir).unwrap();
+    assert_eq!(
+        patched,
+        "<domain xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\n\
+         \t<name>e</name>\n\
+         \t<devices>\n\
+         \t\t<graphics type='vnc' socket='/e/vnc.sock'/>\n\
+         \t</devices>\n\
+         \t<qemu:commandline>\n\
+         \t\t<qemu:arg value='-qmp'/>\n\
+         \t\t<qemu:arg value='unix:/e/qmp.sock,server=on,wait=off'/>\n\
+         \t\t<qemu:arg value='-set'/>\n\
+         \t\t<qemu:arg value='vnc.default.key-delay-ms=0'/>\n\
+         \t\t<qemu:arg value='-set'/>\n\
+         \t\t<qemu:arg value='vnc.default.lock-key-sync=off'/>\n\
+         \t</qemu:commandline>\n\
+         </domain>\n"
+    );
+    assert_eq!(patch_domain(&patched, &dir).unwrap(), patched);
+    let one_line = "<domain><name>e</name><devices /></domain>";
+    let patched = patch_domain(one_line, &dir).unwrap();
+    assert!(
+        patched.contains("<devices><graphics type='vnc' socket='/e/vnc.sock'/></devices>"),
+        "{patched}"
+    );
+    assert_eq!(patch_domain(&patched, &dir).unwrap(), patched);
+}

@@ -356,6 +356,8 @@ pub fn run(
             let cmd = console_command(config, domain, &patched, dmore, run_as, mark.exists());
             report.push(format!("start console: {}", shell_words(&cmd)));
             if act {
+                // Also when `prepare` found no configuration yet (it was added since).
+                make_dir(dir, config.dir_group.as_deref())?;
                 if let Some(pid) = spawn_detached(&cmd, &dir.join(LOG_FILE))? {
                     std::fs::write(&pid_file, format!("{pid}\n"))
                         .map_err(io("writing", &pid_file))?;

@@ -29,6 +29,9 @@ pub enum DocError {
         /// What was wrong.
         reason: String,
     },
+    /// An element is never closed (the document ends first).
+    #[error("the domain XML ends before <{0}> is closed")]
+    Unclosed(String),
     /// No root element at all.
     #[error("the domain XML has no root element")]
     Empty,
@@ -88,17 +91,20 @@ pub(crate) struct Doc<'a> {
 impl<'a> Doc<'a> {
     /// Reads `text`; the whole document must be well-formed.
     pub fn parse(text: &'a str) -> Result<Self, DocError> {
-        let mut reader = Reader::from_str(text);
+        // quick-xml skips a byte-order mark without counting it in its positions: skip it here.
+        let body = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let base = text.len() - body.len();
+        let mut reader = Reader::from_str(body);
         reader.config_mut().trim_text(false);
         let mut elements: Vec<Element> = Vec::new();
         let mut open: Vec<usize> = Vec::new();
         loop {
-            let before = position(&reader);
+            let before = base + position(&reader);
             let event = reader.read_event().map_err(|source| DocError::Malformed {
                 at: reader.error_position(),
                 source,
             })?;
-            let after = position(&reader);
+            let after = base + position(&reader);
             match event {
                 Event::Start(e) => {
                     elements.push(element(&e, before..after, open.last().copied())?);
@@ -113,7 +119,11 @@ impl<'a> Doc<'a> {
                         elements[i].end = before..after;
                     }
                 }
-                Event::Eof => break,
+                Event::Eof => match open.last() {
+                    // quick-xml does not check this itself.
+                    Some(&i) => return Err(DocError::Unclosed(elements[i].name.clone())),
+                    None => break,
+                },
                 _ => {}
             }
         }

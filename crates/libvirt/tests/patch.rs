@@ -149,6 +149,20 @@ fn refusals_name_the_cause() {
         PatchError::Doc(_)
     ));
     assert!(matches!(refused(""), PatchError::Doc(_)));
+    // Found by fuzzing: a byte-order mark does not shift the edits.
+    let bom = "\u{feff}<domain id='3'><name>t</name><devices/></domain>";
+    let patched = patch_domain(bom, &dir).unwrap();
+    assert!(
+        patched.starts_with("\u{feff}<domain id='3' xmlns:qemu="),
+        "{patched}"
+    );
+    assert_eq!(patch_domain(&patched, &dir).unwrap(), patched);
+    // Found by fuzzing: a document cut short is refused, not patched as if its elements were
+    // empty.
+    assert!(matches!(
+        refused("<domain><name>t</name><devices>"),
+        PatchError::Doc(libvirt::DocError::Unclosed(e)) if e == "devices"
+    ));
     let long = DomainDir::new(format!("/run/{}", "d".repeat(100)));
     assert!(matches!(
         patch_domain("<domain><name>t</name><devices/></domain>", &long),

@@ -172,12 +172,11 @@ pub fn patch_domain(xml: &str, dir: &DomainDir) -> Result<String, PatchError> {
 
     // The namespace: dmore's elements use whatever prefix the document binds to it.
     let root = doc.root();
-    let prefix = match root
-        .attrs
-        .iter()
-        .find(|(k, v)| k.starts_with("xmlns:") && v == QEMU_NS)
-    {
-        Some((k, _)) => k["xmlns:".len()..].to_owned(),
+    let prefix = match root.attrs.iter().find_map(|(k, v)| {
+        k.strip_prefix("xmlns:")
+            .filter(|p| v == QEMU_NS && is_prefix(p))
+    }) {
+        Some(p) => p.to_owned(),
         None => {
             if let Some(other) = root.attr("xmlns:qemu") {
                 return Err(PatchError::QemuPrefixTaken(other.to_owned()));
@@ -251,6 +250,15 @@ pub fn patch_domain(xml: &str, dir: &DomainDir) -> Result<String, PatchError> {
         });
     }
     Ok(splice(xml, edits))
+}
+
+/// Whether `p` can be a namespace prefix (an XML name without a colon; ASCII suffices here).
+fn is_prefix(p: &str) -> bool {
+    let mut chars = p.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 /// The edit that turns VNC display `g` into one on `socket`, or none if it already is.

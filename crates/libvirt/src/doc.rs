@@ -91,8 +91,9 @@ pub(crate) struct Doc<'a> {
 impl<'a> Doc<'a> {
     /// Reads `text`; the whole document must be well-formed.
     pub fn parse(text: &'a str) -> Result<Self, DocError> {
-        // quick-xml skips a byte-order mark without counting it in its positions: skip it here.
-        let body = text.strip_prefix('\u{feff}').unwrap_or(text);
+        // quick-xml skips byte-order marks at the start without counting them in its positions:
+        // skip them here.
+        let body = text.trim_start_matches('\u{feff}');
         let base = text.len() - body.len();
         let mut reader = Reader::from_str(body);
         reader.config_mut().trim_text(false);

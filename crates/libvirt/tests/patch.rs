@@ -157,6 +157,11 @@ fn refusals_name_the_cause() {
         "{patched}"
     );
     assert_eq!(patch_domain(&patched, &dir).unwrap(), patched);
+    let two = format!("\u{feff}{bom}");
+    assert_eq!(
+        patch_domain(&two, &dir).unwrap(),
+        format!("\u{feff}{patched}")
+    );
     // Found by fuzzing: a prefix that is no XML name is not used.
     let odd = "<domain xmlns:!q='http://libvirt.org/schemas/domain/qemu/1.0'><name>t</name><devices/></domain>";
     let patched = patch_domain(odd, &dir).unwrap();

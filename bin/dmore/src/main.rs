@@ -6,6 +6,7 @@ mod baseline_cmd;
 mod bench_cmd;
 mod console_cmd;
 mod demo_cmd;
+mod libvirt_cmd;
 mod migrate_cmd;
 
 /// dmore keeps a VM's out-of-band console (VNC) alive across QEMU live migration.
@@ -32,6 +33,8 @@ enum Command {
     Demo(demo_cmd::DemoArgs),
     /// Benchmarks (`dmore bench console`: the console against QEMU's own VNC).
     Bench(bench_cmd::BenchArgs),
+    /// libvirt domains with dmore consoles: patch a domain's XML, install and run the hook.
+    Libvirt(libvirt_cmd::LibvirtArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => migrate_cmd::run(args),
         Command::Demo(args) => demo_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
+        Command::Libvirt(args) => libvirt_cmd::run(args),
     }
 }

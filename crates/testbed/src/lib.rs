@@ -1,10 +1,11 @@
 //! Real VMs on real hosts for dmore's tests, demo and benchmarks: a QEMU launcher for the test
-//! guest, test hosts in network namespaces, and real viewers. (Live migration between them is
+//! guest, test hosts in network namespaces, real viewers, and a private libvirtd. (Live migration between them is
 //! `migrate::vm`.)
 #![warn(missing_docs)]
 
 pub mod capture;
 pub mod hosts;
+pub mod libvirtd;
 pub mod qemu;
 pub mod service;
 pub mod skip;

@@ -24,10 +24,9 @@ use guest::report::Report;
 use guest::GuestOptions;
 use migrate::vm::{Migration, MigrationOptions, Phase};
 use rfb::ClientMessage;
-use scenarios::cobed::{CoBed, CoBedOptions};
-use scenarios::steady::tally::{key_presses, left_clicks, tally};
+use scenarios::cobed::{CoBed, CoBedOptions, SessionCount};
+use scenarios::steady::tally::{key_presses, tally};
 use scenarios::steady::{SteadyConfig, SteadyViewer};
-use testbed::capture::Capture;
 
 /// Bound on each wait (a guard against hanging, not a timed assertion).
 const WAIT: Duration = Duration::from_secs(60);
@@ -77,15 +76,20 @@ async fn check_lost_at_most(
     viewer: SteadyViewer,
     unannounced: usize,
 ) -> anyhow::Result<()> {
-    viewer.set_typing(false);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let reports = bed
-        .collect_reports(Duration::from_millis(500), WAIT)
-        .await
-        .to_vec();
-    let log = viewer.stop().await;
-    let keys = tally(&log.key_codes(), &key_presses(&reports));
-    let clicks = (log.clicks.len(), left_clicks(&reports));
+    let count = bed.count_session(viewer, None).await?;
+    check_count(&count, unannounced)
+}
+
+/// Checks a counted session: the viewer's one connection kept, every click once, every key
+/// once and in order but for up to `unannounced` lost (see [`check_lost_at_most`]).
+fn check_count(count: &SessionCount, unannounced: usize) -> anyhow::Result<()> {
+    let SessionCount {
+        keys,
+        clicks,
+        log,
+        reports,
+        ..
+    } = count;
     println!(
         "keys {keys:?}; clicks sent {} received {}; connection kept: {}",
         clicks.0,
@@ -93,7 +97,7 @@ async fn check_lost_at_most(
         log.connection_kept()
     );
     if !keys.exact() {
-        let (sent, got) = (log.key_codes(), key_presses(&reports));
+        let (sent, got) = (log.key_codes(), key_presses(reports));
         if let Some(i) = sent.iter().zip(&got).position(|(s, g)| s != g) {
             let first = log.keys.first().map(|k| k.at);
             let at = log
@@ -180,11 +184,7 @@ async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()>
     let Some(mut bed) = bed(memory_mib, guest).await? else {
         return Ok(());
     };
-    let service = match bed.service().ip() {
-        std::net::IpAddr::V4(a) => a,
-        std::net::IpAddr::V6(_) => bail!("IPv4 service address expected"),
-    };
-    let capture = Capture::start(bed.testbed().client(), "comigration", service)?;
+    let capture = bed.capture("comigration").await?;
     let viewer = viewer(&bed).await?;
     let first_key = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -217,8 +217,9 @@ async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()>
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The capture ends before the viewer closes its connection (its own FIN).
-    let report = capture.finish()?;
+    check_unprivileged(&bed)?;
+    let count = bed.count_session(viewer, Some(capture)).await?;
+    let report = count.capture.as_ref().context("the capture's report")?;
     let flags = report.total();
     println!(
         "capture: {} connection(s), SYN {}, FIN {}, RST {}",
@@ -229,8 +230,7 @@ async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()>
     );
     ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
     ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
-    check_unprivileged(&bed)?;
-    check_nothing_lost(&mut bed, viewer).await
+    check_count(&count, 0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

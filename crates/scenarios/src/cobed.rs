@@ -29,10 +29,14 @@ use guest::report::Report;
 use guest::GuestOptions;
 use linux_guest::launch::LinuxOptions;
 use orchestrate::{OrchestrateError, Plan, Progress, Timeline};
+use testbed::capture::{Capture, CaptureError, CaptureReport};
 use testbed::hosts::{Host, HostsError, Role, Testbed};
 use testbed::qemu::{Qemu, Serial};
 use testbed::service::{ServiceAddr, ServiceError, DEFAULT_OCTET, INTERFACE};
 use tokio::time::Instant;
+
+use crate::steady::tally::{key_presses, left_clicks};
+use crate::steady::{tally, SteadyLog, SteadyViewer, Tally};
 
 /// How long a QEMU or console may take to come up, and a console to exit after a takeover.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -41,6 +45,9 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 const LINUX_BOOT_DEADLINE: Duration = Duration::from_secs(180);
 /// How long the old QEMU's serial port may take to close after its `quit`.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the guest may take to report what was typed once the viewer stops (it is done as
+/// soon as the serial port is quiet for half a second).
+const QUIET_DEADLINE: Duration = Duration::from_secs(60);
 
 /// How to build the bed.
 #[derive(Debug, Clone)]
@@ -151,6 +158,12 @@ pub enum CoBedError {
     /// A step was called out of order.
     #[error("{0}")]
     Order(&'static str),
+    /// The packet capture on the client host failed.
+    #[error("the packet capture on the client host")]
+    Capture(#[from] CaptureError),
+    /// A blocking task (the capture) died.
+    #[error("a blocking task failed")]
+    Join(#[from] tokio::task::JoinError),
     /// The co-migration failed (the VM and console stay home unless the error says otherwise).
     #[error("co-migrating from host {from} to host {to}")]
     Migrate {
@@ -170,6 +183,21 @@ impl CoBedError {
     pub fn needs_namespaces(&self) -> bool {
         matches!(self, CoBedError::Service(ServiceError::Loopback))
     }
+}
+
+/// A steady viewer's session through the bed, counted by [`CoBed::count_session`].
+#[derive(Debug)]
+pub struct SessionCount {
+    /// Keys: the viewer's against the guest's reports.
+    pub keys: Tally,
+    /// Clicks sent and left clicks the guest reported.
+    pub clicks: (usize, usize),
+    /// Everything the viewer did and saw.
+    pub log: SteadyLog,
+    /// Every report the guest printed, across its homes.
+    pub reports: Vec<Report>,
+    /// The client host's capture, when one was given.
+    pub capture: Option<CaptureReport>,
 }
 
 /// A `dmore console` process; killed and reaped on drop.
@@ -415,6 +443,45 @@ impl CoBed {
             }
         }
         &self.reports
+    }
+
+    /// Starts tcpdump on the client host's `eth0`, reporting the connections to the service
+    /// address (`<client dir>/<name>.pcap`); end it with [`count_session`](Self::count_session).
+    pub async fn capture(&self, name: &str) -> Result<Capture, CoBedError> {
+        let std::net::IpAddr::V4(service) = self.service().ip() else {
+            return Err(CoBedError::Order("the service address is IPv4"));
+        };
+        let client = self.testbed.client().clone();
+        let name = name.to_owned();
+        Ok(tokio::task::spawn_blocking(move || Capture::start(&client, &name, service)).await??)
+    }
+
+    /// Counts a steady viewer's session once the guest is quiet: stops the typing, lets what is
+    /// in flight arrive, takes every report, ends `capture` (before the viewer closes its
+    /// connection: that FIN is no news), then stops the viewer.
+    pub async fn count_session(
+        &mut self,
+        viewer: SteadyViewer,
+        capture: Option<Capture>,
+    ) -> Result<SessionCount, CoBedError> {
+        viewer.set_typing(false);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reports = self
+            .collect_reports(Duration::from_millis(500), QUIET_DEADLINE)
+            .await
+            .to_vec();
+        let capture = match capture {
+            Some(capture) => Some(tokio::task::spawn_blocking(move || capture.finish()).await??),
+            None => None,
+        };
+        let log = viewer.stop().await;
+        Ok(SessionCount {
+            keys: tally(&log.key_codes(), &key_presses(&reports)),
+            clicks: (log.clicks.len(), left_clicks(&reports)),
+            log,
+            reports,
+            capture,
+        })
     }
 
     /// Starts the destination on the other host: QEMU with `-incoming defer` (same

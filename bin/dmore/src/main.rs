@@ -7,6 +7,7 @@ mod bench_cmd;
 mod console_cmd;
 mod demo_cmd;
 mod migrate_cmd;
+mod soak_cmd;
 
 /// dmore keeps a VM's out-of-band console (VNC) alive across QEMU live migration.
 ///
@@ -32,6 +33,8 @@ enum Command {
     Demo(demo_cmd::DemoArgs),
     /// Benchmarks (`dmore bench console`: the console against QEMU's own VNC).
     Bench(bench_cmd::BenchArgs),
+    /// Co-migrate one VM and its console many times under a viewer that never stops typing.
+    Soak(soak_cmd::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => migrate_cmd::run(args),
         Command::Demo(args) => demo_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
+        Command::Soak(args) => soak_cmd::run(args),
     }
 }

@@ -6,5 +6,6 @@ pub mod baseline;
 pub mod bench;
 pub mod cobed;
 pub mod demo;
+pub mod soak;
 pub mod steady;
 pub mod typist;

@@ -9,8 +9,8 @@ use scenarios::soak::{self, SoakEvent, SoakOptions};
 /// guest on A under a `dmore console` serving a service address, and connects one scripted
 /// viewer from the client host: a key every 10 ms, a click every 100 ms at a new place. The VM
 /// and its console then co-migrate A -> B -> A ... N times, 200 ms of typing between moves;
-/// the viewer never reconnects. A progress line every 10 moves: moves done, keys so far,
-/// elapsed. At the end, once the guest is quiet:
+/// the viewer never reconnects. A progress line every 10 moves: moves done, keys sent so far
+/// (and reported by the guest so far), elapsed. At the end, once the guest is quiet:
 ///
 ///   keys sent / received / lost / duplicated / reordered, clicks sent / received (the guest
 ///     reports every key and button on its serial port);
@@ -71,9 +71,10 @@ fn print_event(event: SoakEvent) {
         SoakEvent::Progress {
             moves,
             keys,
+            received,
             elapsed,
         } => println!(
-            "moves {moves}, keys sent {keys}, elapsed {:.1} s",
+            "moves {moves}, keys sent {keys} (the guest reported {received}), elapsed {:.1} s",
             elapsed.as_secs_f64()
         ),
     }

@@ -24,7 +24,7 @@ fn twenty_moves_under_a_typing_viewer_lose_nothing_over_one_connection() -> anyh
             .unwrap_or_default()
             .to_owned()
     };
-    ensure!(line("moves:").starts_with("moves: 20 in"), "{stdout}");
+    ensure!(line("moves:").starts_with("moves: 20 of 20 in"), "{stdout}");
     let keys = line("keys:");
     ensure!(keys.contains(" lost 0 dup 0 reordered 0 "), "{keys}");
     let viewer = line("viewer:");

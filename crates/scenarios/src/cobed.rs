@@ -46,8 +46,11 @@ const LINUX_BOOT_DEADLINE: Duration = Duration::from_secs(180);
 /// How long the old QEMU's serial port may take to close after its `quit`.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How long the guest may take to report what was typed once the viewer stops (it is done as
-/// soon as the serial port is quiet for half a second).
-const QUIET_DEADLINE: Duration = Duration::from_secs(60);
+/// soon as it reported every key, or said nothing for [`QUIET`]).
+const QUIET_DEADLINE: Duration = Duration::from_secs(600);
+/// How long a guest that has not reported every key may stay silent before the rest counts as
+/// lost.
+const QUIET: Duration = Duration::from_secs(3);
 
 /// How to build the bed.
 #[derive(Debug, Clone)]
@@ -158,6 +161,18 @@ pub enum CoBedError {
     /// A step was called out of order.
     #[error("{0}")]
     Order(&'static str),
+    /// A co-migration by [`CoBed::migrate`] failed (the VM and console stay home unless the
+    /// cause says otherwise); the destination, now gone, said this.
+    #[error("the move failed; the destination console {state}; its stderr ends:\n{stderr}")]
+    Move {
+        /// Whether the destination console had exited ("exited (status)") or still ran.
+        state: String,
+        /// The end of the destination console's stderr.
+        stderr: String,
+        /// Why the move failed.
+        #[source]
+        source: Box<CoBedError>,
+    },
     /// The packet capture on the client host failed.
     #[error("the packet capture on the client host")]
     Capture(#[from] CaptureError),
@@ -466,10 +481,29 @@ impl CoBed {
     ) -> Result<SessionCount, CoBedError> {
         viewer.set_typing(false);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let reports = self
-            .collect_reports(Duration::from_millis(500), QUIET_DEADLINE)
-            .await
-            .to_vec();
+        let sent = viewer.snapshot().keys.len();
+        // A guest on a loaded machine can fall seconds behind the viewer: wait until it
+        // reported every key, or said nothing for QUIET.
+        let deadline = Instant::now() + QUIET_DEADLINE;
+        let mut last_news = Instant::now();
+        let mut seen = self.reports.len();
+        loop {
+            let reports = self
+                .collect_reports(Duration::from_millis(100), Duration::from_millis(500))
+                .await;
+            let now = Instant::now();
+            if reports.len() > seen {
+                seen = reports.len();
+                last_news = now;
+            }
+            if key_presses(reports).len() >= sent
+                || now.duration_since(last_news) >= QUIET
+                || now >= deadline
+            {
+                break;
+            }
+        }
+        let reports = self.reports.clone();
         let capture = match capture {
             Some(capture) => Some(tokio::task::spawn_blocking(move || capture.finish()).await??),
             None => None,
@@ -619,7 +653,8 @@ impl CoBed {
         self.dest = None;
     }
 
-    /// One co-migration to the other host: prepare, run, finish (or abandon on failure).
+    /// One co-migration to the other host: prepare, run, finish (or abandon on failure, with
+    /// the destination console's last words in [`CoBedError::Move`]: its files go with the bed).
     pub async fn migrate(&mut self, hold_switchover: bool) -> Result<Timeline, CoBedError> {
         self.prepare_destination().await?;
         match self.run_migration(hold_switchover, |_| {}).await {
@@ -628,8 +663,20 @@ impl CoBed {
                 Ok(timeline)
             }
             Err(e) => {
+                let exited = self.destination_console_exit(Duration::from_secs(1)).await;
+                let stderr = self
+                    .dest
+                    .as_ref()
+                    .map(|d| d.vm.console.stderr_tail())
+                    .unwrap_or_default();
                 self.abandon_destination();
-                Err(e)
+                Err(CoBedError::Move {
+                    state: exited.map_or("still ran".to_owned(), |(status, _)| {
+                        format!("exited ({status})")
+                    }),
+                    stderr,
+                    source: Box::new(e),
+                })
             }
         }
     }

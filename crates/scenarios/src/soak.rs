@@ -19,6 +19,7 @@ use testbed::capture::CaptureReport;
 
 use crate::bench::{open_fds, percentile, rss_kib, ProcessError};
 use crate::cobed::{CoBed, CoBedError, CoBedOptions};
+use crate::steady::tally::key_presses;
 use crate::steady::{SteadyConfig, SteadyError, SteadyViewer, Tally};
 
 /// What the soak runs.
@@ -80,6 +81,8 @@ pub enum SoakEvent {
         moves: usize,
         /// Keys the viewer sent so far.
         keys: usize,
+        /// Key presses the guest reported so far (behind `keys` by what is in flight).
+        received: usize,
         /// Since the viewer connected.
         elapsed: Duration,
     },
@@ -110,8 +113,12 @@ impl ProcessFigures {
 /// The whole run.
 #[derive(Debug, Clone)]
 pub struct SoakReport {
-    /// Co-migrations done.
+    /// Co-migrations asked for.
     pub moves: usize,
+    /// Co-migrations done (fewer than asked when one failed).
+    pub done: usize,
+    /// Why the soak stopped early: the failed move, and what its destination console said.
+    pub failure: Option<String>,
     /// From the viewer's connection to the end of the last move.
     pub elapsed: Duration,
     /// How long counting took once the viewer stopped (the guest's last reports, the capture).
@@ -139,7 +146,8 @@ impl SoakReport {
     /// FIN, no RST).
     pub fn clean(&self) -> bool {
         let flags = self.capture.total();
-        self.keys.lost_with_pending() == 0
+        self.failure.is_none()
+            && self.keys.lost_with_pending() == 0
             && self.keys.duplicated == 0
             && self.keys.reordered == 0
             && self.keys.unexpected == 0
@@ -174,11 +182,15 @@ impl fmt::Display for SoakReport {
         let mib = |kib: u64| kib as f64 / 1024.0;
         writeln!(
             f,
-            "moves: {} in {:.1} s (then {:.1} s to count)",
+            "moves: {} of {} in {:.1} s (then {:.1} s to count)",
+            self.done,
             self.moves,
             self.elapsed.as_secs_f64(),
             self.counting.as_secs_f64()
         )?;
+        if let Some(why) = &self.failure {
+            writeln!(f, "STOPPED at move {}: {why}", self.done + 1)?;
+        }
         writeln!(
             f,
             "keys: sent {} received {} lost {} dup {} reordered {} unexpected {}",
@@ -263,15 +275,28 @@ pub async fn run(
     tokio::time::sleep(options.settle).await;
     let mut downtime_ms = Vec::with_capacity(options.moves);
     let mut takeover = Vec::with_capacity(options.moves);
+    let (mut done, mut failure) = (0, None);
     for n in 1..=options.moves {
-        let timeline = bed.migrate(false).await?;
+        let timeline = match bed.migrate(false).await {
+            Ok(timeline) => timeline,
+            Err(e) => {
+                failure = Some(chain(&e));
+                break;
+            }
+        };
+        done = n;
         downtime_ms.extend(timeline.vm_downtime_ms);
         takeover.extend(timeline.freeze_to_takeover);
         tokio::time::sleep(options.settle).await;
         if n % options.progress_every.max(1) == 0 || n == options.moves {
+            let keys = viewer.snapshot().keys.len();
+            let reports = bed
+                .collect_reports(Duration::from_millis(1), Duration::from_millis(50))
+                .await;
             on_event(SoakEvent::Progress {
                 moves: n,
-                keys: viewer.snapshot().keys.len(),
+                keys,
+                received: key_presses(reports).len(),
                 elapsed: connected.elapsed(),
             });
         }
@@ -281,6 +306,8 @@ pub async fn run(
     let count = bed.count_session(viewer, Some(capture)).await?;
     Ok(SoakReport {
         moves: options.moves,
+        done,
+        failure,
         elapsed,
         counting: connected.elapsed().saturating_sub(elapsed),
         keys: count.keys,
@@ -292,6 +319,14 @@ pub async fn run(
         downtime_ms,
         takeover,
     })
+}
+
+/// An error with its causes, one after another.
+fn chain(e: &dyn std::error::Error) -> String {
+    std::iter::successors(Some(e), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// The serving console's process id.
@@ -310,6 +345,8 @@ mod tests {
         let service = std::net::Ipv4Addr::new(10, 0, 0, 100);
         SoakReport {
             moves: 3,
+            done: 3,
+            failure: None,
             elapsed: Duration::from_secs(5),
             counting: Duration::from_secs(1),
             keys: Tally {
@@ -369,7 +406,13 @@ mod tests {
                     10:00:01.000000 IP 10.0.0.2.40002 > 10.0.0.100.5900: Flags [S], seq 1, win 1, length 0\n";
         reconnect.capture =
             testbed::capture::parse_text(text, std::net::Ipv4Addr::new(10, 0, 0, 100));
-        for r in [lost, click, reconnect] {
+        let mut stopped = report();
+        stopped.done = 1;
+        stopped.failure = Some("the destination console did not answer".to_owned());
+        assert!(stopped
+            .to_string()
+            .contains("STOPPED at move 2: the destination console"));
+        for r in [lost, click, reconnect, stopped] {
             assert!(!r.clean(), "{r:?}");
             assert!(r.to_string().ends_with("NOT CLEAN"));
         }

@@ -527,7 +527,15 @@ impl CoBed {
         let role = self.other();
         let host = self.testbed.host(role).clone();
         let console_addr = SocketAddr::from((host.ip(), host.free_port()?));
-        let incoming_uri = host.incoming_uri()?;
+        // Two picks in a row can give the same port (each is free again once picked), and
+        // then QEMU's `migrate-incoming` fails with EADDRINUSE (seen once in 430 moves).
+        let taken = format!(":{}", console_addr.port());
+        let incoming_uri = loop {
+            let uri = host.incoming_uri()?;
+            if !uri.ends_with(&taken) {
+                break uri;
+            }
+        };
         let vm = self.launch(role, Some(console_addr)).await?;
         self.dest = Some(Destination {
             vm,

@@ -25,7 +25,7 @@ use guest::GuestOptions;
 use migrate::vm::{Migration, MigrationOptions, Phase};
 use rfb::ClientMessage;
 use scenarios::cobed::{CoBed, CoBedOptions, SessionCount};
-use scenarios::steady::tally::{key_presses, tally};
+use scenarios::steady::tally::{first_mismatch, key_presses, tally};
 use scenarios::steady::{SteadyConfig, SteadyViewer};
 
 /// Bound on each wait (a guard against hanging, not a timed assertion).
@@ -97,8 +97,7 @@ fn check_count(count: &SessionCount, unannounced: usize) -> anyhow::Result<()> {
         log.connection_kept()
     );
     if !keys.exact() {
-        let (sent, got) = (log.key_codes(), key_presses(reports));
-        if let Some(i) = sent.iter().zip(&got).position(|(s, g)| s != g) {
+        if let Some(i) = first_mismatch(&log.key_codes(), &key_presses(reports)) {
             let first = log.keys.first().map(|k| k.at);
             let at = log
                 .keys

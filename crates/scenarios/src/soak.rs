@@ -19,7 +19,7 @@ use testbed::capture::CaptureReport;
 
 use crate::bench::{open_fds, percentile, rss_kib, ProcessError};
 use crate::cobed::{CoBed, CoBedError, CoBedOptions};
-use crate::steady::tally::key_presses;
+use crate::steady::tally::{first_mismatch, key_presses};
 use crate::steady::{SteadyConfig, SteadyError, SteadyViewer, Tally};
 
 /// What the soak runs.
@@ -135,6 +135,9 @@ pub struct SoakReport {
     pub console_start: ProcessFigures,
     /// The last console, after the last move (before the count).
     pub console_end: ProcessFigures,
+    /// The first key the guest did not report in its place: its number, when it was typed
+    /// (since the viewer connected), and how many moves had started by then.
+    pub first_miss: Option<(usize, Duration, usize)>,
     /// Each move's VM downtime (QEMU's figure), ms.
     pub downtime_ms: Vec<u64>,
     /// Each move's console freeze → takeover.
@@ -201,6 +204,13 @@ impl fmt::Display for SoakReport {
             k.reordered,
             k.unexpected
         )?;
+        if let Some((key, at, moves)) = self.first_miss {
+            writeln!(
+                f,
+                "first key missing or out of place: #{key}, typed {:.3} s in, after move {moves} began",
+                at.as_secs_f64()
+            )?;
+        }
         writeln!(
             f,
             "clicks: sent {} received {}",
@@ -276,7 +286,9 @@ pub async fn run(
     let mut downtime_ms = Vec::with_capacity(options.moves);
     let mut takeover = Vec::with_capacity(options.moves);
     let (mut done, mut failure) = (0, None);
+    let mut starts = Vec::with_capacity(options.moves);
     for n in 1..=options.moves {
+        starts.push(Instant::now());
         let timeline = match bed.migrate(false).await {
             Ok(timeline) => timeline,
             Err(e) => {
@@ -304,7 +316,14 @@ pub async fn run(
     let console_end = ProcessFigures::of(home_console(&bed)?)?;
     let elapsed = connected.elapsed();
     let count = bed.count_session(viewer, Some(capture)).await?;
+    let first_miss = first_mismatch(&count.log.key_codes(), &key_presses(&count.reports))
+        .and_then(|i| count.log.keys.get(i).map(|k| (i, k.at)))
+        .map(|(i, at)| {
+            let moves = starts.iter().filter(|s| **s <= at).count();
+            (i, at.saturating_duration_since(connected), moves)
+        });
     Ok(SoakReport {
+        first_miss,
         moves: options.moves,
         done,
         failure,
@@ -367,6 +386,7 @@ mod tests {
                 rss_kib: 5120,
                 fds: 12,
             },
+            first_miss: None,
             downtime_ms: vec![30, 10, 20],
             takeover: vec![Duration::from_millis(50)],
         }
@@ -399,6 +419,12 @@ mod tests {
     fn a_lost_key_a_missing_click_or_a_second_connection_is_not_clean() {
         let mut lost = report();
         lost.keys.lost = 1;
+        lost.first_miss = Some((7, Duration::from_millis(1500), 2));
+        let text = lost.to_string();
+        assert!(
+            text.contains("#7, typed 1.500 s in, after move 2 began"),
+            "{text}"
+        );
         let mut click = report();
         click.clicks.1 = 39;
         let mut reconnect = report();

@@ -27,7 +27,7 @@ use scenarios::soak::{self, SoakEvent, SoakOptions};
 /// 200 ms of typing), plus the time the guest needs to report the keys it is behind on (it
 /// can fall far behind the viewer on a loaded machine) and to read the capture. Measured on a
 /// busy 2-core machine: 20 moves in 19 s then 28 s to count (debug build); 430 moves in 215 s
-/// then 71 s to count (release). 1000 moves: about 10 minutes.
+/// then 71 s to count (release); so 1000 moves take about 10 minutes.
 ///
 /// Needs root: the hosts are network namespaces, and the service address moves between them.
 /// The consoles themselves run as `nobody`, with only CAP_NET_ADMIN and CAP_NET_RAW (to move

@@ -481,9 +481,12 @@ impl CoBed {
     ) -> Result<SessionCount, CoBedError> {
         viewer.set_typing(false);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let sent = viewer.snapshot().keys.len();
+        let (sent, clicked) = {
+            let log = viewer.snapshot();
+            (log.keys.len(), log.clicks.len())
+        };
         // A guest on a loaded machine can fall seconds behind the viewer: wait until it
-        // reported every key, or said nothing for QUIET.
+        // reported every key and click, or said nothing for QUIET.
         let deadline = Instant::now() + QUIET_DEADLINE;
         let mut last_news = Instant::now();
         let mut seen = self.reports.len();
@@ -496,7 +499,7 @@ impl CoBed {
                 seen = reports.len();
                 last_news = now;
             }
-            if key_presses(reports).len() >= sent
+            if (key_presses(reports).len() >= sent && left_clicks(reports) >= clicked)
                 || now.duration_since(last_news) >= QUIET
                 || now >= deadline
             {

@@ -8,6 +8,7 @@ mod console_cmd;
 mod demo_cmd;
 mod libvirt_cmd;
 mod migrate_cmd;
+mod soak_cmd;
 
 /// dmore keeps a VM's out-of-band console (VNC) alive across QEMU live migration.
 ///
@@ -35,6 +36,8 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
     /// libvirt domains with dmore consoles: patch a domain's XML, install and run the hook.
     Libvirt(libvirt_cmd::LibvirtArgs),
+    /// Co-migrate one VM and its console many times under a viewer that never stops typing.
+    Soak(soak_cmd::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Libvirt(args) => libvirt_cmd::run(args),
+        Command::Soak(args) => soak_cmd::run(args),
     }
 }

@@ -583,6 +583,8 @@ async fn a_takeover_that_fails_late_leaves_the_session_to_a_restarted_console() 
     src.client().quit().await.ok();
     drop((src, dst));
     bed.finish().await?;
+    // Typing goes on into the restarted console's VM.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     check_nothing_lost(&mut bed, viewer).await?;
     Ok(())
 }

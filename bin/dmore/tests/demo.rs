@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use scenarios::cobed::{CoBed, CoBedOptions};
 use scenarios::demo::{self, DemoError, DemoOptions};
-use scenarios::steady::tally::{key_presses, left_clicks};
-use scenarios::steady::{tally, SteadyConfig, SteadyViewer};
+use scenarios::steady::{SteadyConfig, SteadyViewer};
 
 /// The bed, or `None` (with a note) where the testbed fell back to loopback (not root).
 async fn bed() -> anyhow::Result<Option<CoBed>> {
@@ -35,15 +34,8 @@ async fn two_comigrations_lose_nothing_and_keep_the_connection() -> anyhow::Resu
         assert_eq!(bed.home(), to);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    viewer.set_typing(false);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let reports = bed
-        .collect_reports(Duration::from_millis(500), Duration::from_secs(20))
-        .await
-        .to_vec();
-    let log = viewer.stop().await;
-    let keys = tally(&log.key_codes(), &key_presses(&reports));
-    let clicks = (log.clicks.len(), left_clicks(&reports));
+    let count = bed.count_session(viewer, None).await?;
+    let (keys, clicks, log) = (count.keys, count.clicks, count.log);
     println!(
         "keys {keys:?}; clicks sent {} received {}; updates {}; connection kept: {}",
         clicks.0,

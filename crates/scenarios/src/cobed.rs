@@ -29,10 +29,14 @@ use guest::report::Report;
 use guest::GuestOptions;
 use linux_guest::launch::LinuxOptions;
 use orchestrate::{OrchestrateError, Plan, Progress, Timeline};
+use testbed::capture::{Capture, CaptureError, CaptureReport};
 use testbed::hosts::{Host, HostsError, Role, Testbed};
 use testbed::qemu::{Qemu, Serial};
 use testbed::service::{ServiceAddr, ServiceError, DEFAULT_OCTET, INTERFACE};
 use tokio::time::Instant;
+
+use crate::steady::tally::{key_presses, left_clicks};
+use crate::steady::{tally, SteadyLog, SteadyViewer, Tally};
 
 /// How long a QEMU or console may take to come up, and a console to exit after a takeover.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -41,6 +45,12 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 const LINUX_BOOT_DEADLINE: Duration = Duration::from_secs(180);
 /// How long the old QEMU's serial port may take to close after its `quit`.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the guest may take to report what was typed once the viewer stops (it is done as
+/// soon as it reported every key, or said nothing for [`QUIET`]).
+const QUIET_DEADLINE: Duration = Duration::from_secs(600);
+/// How long a guest that has not reported every key may stay silent before the rest counts as
+/// lost.
+const QUIET: Duration = Duration::from_secs(3);
 
 /// How to build the bed.
 #[derive(Debug, Clone)]
@@ -155,6 +165,24 @@ pub enum CoBedError {
     /// A step was called out of order.
     #[error("{0}")]
     Order(&'static str),
+    /// A co-migration by [`CoBed::migrate`] failed (the VM and console stay home unless the
+    /// cause says otherwise); the destination, now gone, said this.
+    #[error("the move failed; the destination console {state}; its stderr ends:\n{stderr}")]
+    Move {
+        /// Whether the destination console had exited ("exited (status)") or still ran.
+        state: String,
+        /// The end of the destination console's stderr.
+        stderr: String,
+        /// Why the move failed.
+        #[source]
+        source: Box<CoBedError>,
+    },
+    /// The packet capture on the client host failed.
+    #[error("the packet capture on the client host")]
+    Capture(#[from] CaptureError),
+    /// A blocking task (the capture) died.
+    #[error("a blocking task failed")]
+    Join(#[from] tokio::task::JoinError),
     /// The co-migration failed (the VM and console stay home unless the error says otherwise).
     #[error("co-migrating from host {from} to host {to}")]
     Migrate {
@@ -174,6 +202,21 @@ impl CoBedError {
     pub fn needs_namespaces(&self) -> bool {
         matches!(self, CoBedError::Service(ServiceError::Loopback))
     }
+}
+
+/// A steady viewer's session through the bed, counted by [`CoBed::count_session`].
+#[derive(Debug)]
+pub struct SessionCount {
+    /// Keys: the viewer's against the guest's reports.
+    pub keys: Tally,
+    /// Clicks sent and left clicks the guest reported.
+    pub clicks: (usize, usize),
+    /// Everything the viewer did and saw.
+    pub log: SteadyLog,
+    /// Every report the guest printed, across its homes.
+    pub reports: Vec<Report>,
+    /// The client host's capture, when one was given.
+    pub capture: Option<CaptureReport>,
 }
 
 /// A `dmore console` process; killed and reaped on drop.
@@ -433,6 +476,67 @@ impl CoBed {
         &self.reports
     }
 
+    /// Starts tcpdump on the client host's `eth0`, reporting the connections to the service
+    /// address (`<client dir>/<name>.pcap`); end it with [`count_session`](Self::count_session).
+    pub async fn capture(&self, name: &str) -> Result<Capture, CoBedError> {
+        let std::net::IpAddr::V4(service) = self.service().ip() else {
+            return Err(CoBedError::Order("the service address is IPv4"));
+        };
+        let client = self.testbed.client().clone();
+        let name = name.to_owned();
+        Ok(tokio::task::spawn_blocking(move || Capture::start(&client, &name, service)).await??)
+    }
+
+    /// Counts a steady viewer's session once the guest is quiet: stops the typing, lets what is
+    /// in flight arrive, takes every report, ends `capture` (before the viewer closes its
+    /// connection: that FIN is no news), then stops the viewer.
+    pub async fn count_session(
+        &mut self,
+        viewer: SteadyViewer,
+        capture: Option<Capture>,
+    ) -> Result<SessionCount, CoBedError> {
+        viewer.set_typing(false);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (sent, clicked) = {
+            let log = viewer.snapshot();
+            (log.keys.len(), log.clicks.len())
+        };
+        // A guest on a loaded machine can fall seconds behind the viewer: wait until it
+        // reported every key and click, or said nothing for QUIET.
+        let deadline = Instant::now() + QUIET_DEADLINE;
+        let mut last_news = Instant::now();
+        let mut seen = self.reports.len();
+        loop {
+            let reports = self
+                .collect_reports(Duration::from_millis(100), Duration::from_millis(500))
+                .await;
+            let now = Instant::now();
+            if reports.len() > seen {
+                seen = reports.len();
+                last_news = now;
+            }
+            if (key_presses(reports).len() >= sent && left_clicks(reports) >= clicked)
+                || now.duration_since(last_news) >= QUIET
+                || now >= deadline
+            {
+                break;
+            }
+        }
+        let reports = self.reports.clone();
+        let capture = match capture {
+            Some(capture) => Some(tokio::task::spawn_blocking(move || capture.finish()).await??),
+            None => None,
+        };
+        let log = viewer.stop().await;
+        Ok(SessionCount {
+            keys: tally(&log.key_codes(), &key_presses(&reports)),
+            clicks: (log.clicks.len(), left_clicks(&reports)),
+            log,
+            reports,
+            capture,
+        })
+    }
+
     /// Starts the destination on the other host: QEMU with `-incoming defer` (same
     /// configuration) and an `--incoming` console, which answers on its control socket.
     pub async fn prepare_destination(&mut self) -> Result<(), CoBedError> {
@@ -442,7 +546,15 @@ impl CoBed {
         let role = self.other();
         let host = self.testbed.host(role).clone();
         let console_addr = SocketAddr::from((host.ip(), host.free_port()?));
-        let incoming_uri = host.incoming_uri()?;
+        // Two picks in a row can give the same port (each is free again once picked), and
+        // then QEMU's `migrate-incoming` fails with EADDRINUSE (seen once in 430 moves).
+        let taken = format!(":{}", console_addr.port());
+        let incoming_uri = loop {
+            let uri = host.incoming_uri()?;
+            if !uri.ends_with(&taken) {
+                break uri;
+            }
+        };
         let vm = self.launch(role, Some(console_addr)).await?;
         self.dest = Some(Destination {
             vm,
@@ -568,7 +680,8 @@ impl CoBed {
         self.dest = None;
     }
 
-    /// One co-migration to the other host: prepare, run, finish (or abandon on failure).
+    /// One co-migration to the other host: prepare, run, finish (or abandon on failure, with
+    /// the destination console's last words in [`CoBedError::Move`]: its files go with the bed).
     pub async fn migrate(&mut self, hold_switchover: bool) -> Result<Timeline, CoBedError> {
         self.prepare_destination().await?;
         match self.run_migration(hold_switchover, |_| {}).await {
@@ -577,8 +690,20 @@ impl CoBed {
                 Ok(timeline)
             }
             Err(e) => {
+                let exited = self.destination_console_exit(Duration::from_secs(1)).await;
+                let stderr = self
+                    .dest
+                    .as_ref()
+                    .map(|d| d.vm.console.stderr_tail())
+                    .unwrap_or_default();
                 self.abandon_destination();
-                Err(e)
+                Err(CoBedError::Move {
+                    state: exited.map_or("still ran".to_owned(), |(status, _)| {
+                        format!("exited ({status})")
+                    }),
+                    stderr,
+                    source: Box::new(e),
+                })
             }
         }
     }

@@ -9,20 +9,18 @@
 //!                                    tally sent vs received (keys in order, clicks by number)
 //! ```
 
-use std::time::Duration;
-
 use guest::report::Report;
 
-use crate::cobed::CoBed;
-use crate::steady::tally::{key_presses, left_clicks, tally, Tally};
+use crate::cobed::{CoBed, CoBedError};
+use crate::steady::tally::{first_mismatch, key_presses, Tally};
 use crate::steady::{SteadyConfig, SteadyError, SteadyViewer};
-
-/// Bound on draining the guest's last reports (a guard against hanging, not a measure).
-const DRAIN: Duration = Duration::from_secs(60);
 
 /// Why a session did not deliver exactly once.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
+    /// The bed could not count the session.
+    #[error("counting the session")]
+    Bed(#[from] CoBedError),
     /// The viewer's one connection failed.
     #[error("the viewer's connection dropped: {0}")]
     ConnectionDropped(String),
@@ -53,31 +51,25 @@ pub async fn steady_viewer(bed: &CoBed) -> Result<SteadyViewer, SteadyError> {
     .await
 }
 
-/// Stops the viewer, takes every report, and checks that every key and click arrived once, in
-/// order, over the one connection it opened. A loss is located on stdout: the first key the
-/// guest did not report in order, and when it was typed (after the first key).
+/// Stops the viewer, counts its session ([`CoBed::count_session`]: it waits for a guest that
+/// lags the viewer), and checks that every key and click arrived once, in order, over the one
+/// connection it opened. A loss is located on stdout: the first key the guest did not report
+/// in order, and when it was typed (after the first key).
 pub async fn check_nothing_lost(
     bed: &mut CoBed,
     viewer: SteadyViewer,
 ) -> Result<Tally, DeliveryError> {
-    viewer.set_typing(false);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let reports = bed
-        .collect_reports(Duration::from_millis(500), DRAIN)
-        .await
-        .to_vec();
-    let log = viewer.stop().await;
-    let keys = tally(&log.key_codes(), &key_presses(&reports));
-    let (sent, received) = (log.clicks.len(), left_clicks(&reports));
+    let count = bed.count_session(viewer, None).await?;
+    let (keys, (sent, received)) = (count.keys, count.clicks);
     println!(
         "keys {keys:?}; clicks sent {sent} received {received}; connection kept: {}",
-        log.connection_kept()
+        count.log.connection_kept()
     );
     if !keys.exact() {
-        let (codes, got) = (log.key_codes(), key_presses(&reports));
-        if let Some(i) = codes.iter().zip(&got).position(|(s, g)| s != g) {
-            let first = log.keys.first().map(|k| k.at);
-            let at = log
+        if let Some(i) = first_mismatch(&count.log.key_codes(), &key_presses(&count.reports)) {
+            let first = count.log.keys.first().map(|k| k.at);
+            let at = count
+                .log
                 .keys
                 .get(i)
                 .zip(first)
@@ -85,11 +77,11 @@ pub async fn check_nothing_lost(
             println!("first key out of order: #{i} typed at {at:?} after the first");
         }
     }
-    if let Some((_, why)) = log.dropped {
+    if let Some((_, why)) = count.log.dropped {
         return Err(DeliveryError::ConnectionDropped(why));
     }
     if sent != received {
-        print_click_gaps(&reports);
+        print_click_gaps(&count.reports);
     }
     if keys.sent <= 50 {
         return Err(DeliveryError::TooFewKeys(keys));

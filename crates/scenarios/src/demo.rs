@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use guest::report::Report;
 use guest::GuestOptions;
 use orchestrate::Timeline;
-use testbed::capture::{Capture, CaptureError, CaptureReport};
+use testbed::capture::CaptureReport;
 use testbed::hosts::Role;
 
 use crate::baseline::{self, BaselineError, BaselineOptions, BaselineReport, RunResult, Workload};
@@ -92,15 +92,9 @@ pub enum DemoError {
     /// The steady viewer could not connect.
     #[error("the steady viewer")]
     Viewer(#[from] SteadyError),
-    /// The packet capture failed.
-    #[error("the packet capture on the client host")]
-    Capture(#[from] CaptureError),
     /// The baseline failed.
     #[error("the baseline (a plain QEMU console)")]
     Baseline(#[from] BaselineError),
-    /// A blocking task died.
-    #[error("a blocking task failed")]
-    Join(#[from] tokio::task::JoinError),
 }
 
 /// One co-migration as the viewer and the guest saw it.
@@ -346,15 +340,7 @@ async fn scripted(
     options: &DemoOptions,
     on_event: &mut impl FnMut(DemoEvent<'_>),
 ) -> Result<DemoReport, DemoError> {
-    let client = bed.testbed().client().clone();
-    let service_ip = bed.service().ip();
-    let std::net::IpAddr::V4(service_v4) = service_ip else {
-        return Err(DemoError::Bed(CoBedError::Order(
-            "the service address is IPv4",
-        )));
-    };
-    let capture =
-        tokio::task::spawn_blocking(move || Capture::start(&client, "demo", service_v4)).await??;
+    let capture = bed.capture("demo").await?;
     let viewer =
         SteadyViewer::connect_from(bed.testbed().client(), bed.service(), options.steady).await?;
     // The first row counts from the first key.
@@ -409,20 +395,12 @@ async fn scripted(
         previous_clicks = clicks;
         row_start = now;
     }
-    // Quiet: stop typing, let everything in flight arrive, then count it all.
-    viewer.set_typing(false);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let reports: Vec<Report> = bed
-        .collect_reports(Duration::from_millis(500), Duration::from_secs(20))
-        .await
-        .to_vec();
-    // The capture ends before the viewer closes its connection (its FIN is no news).
-    report.capture = Some(tokio::task::spawn_blocking(move || capture.finish()).await??);
-    let log = viewer.stop().await;
-    report.keys = tally(&log.key_codes(), &key_presses(&reports));
-    report.clicks = (log.clicks.len(), left_clicks(&reports));
-    report.connection_kept = log.connection_kept();
-    report.local = log.local;
+    let count = bed.count_session(viewer, Some(capture)).await?;
+    report.keys = count.keys;
+    report.clicks = count.clicks;
+    report.connection_kept = count.log.connection_kept();
+    report.local = count.log.local;
+    report.capture = count.capture;
     Ok(report)
 }
 

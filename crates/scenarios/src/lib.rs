@@ -7,5 +7,6 @@ pub mod bench;
 pub mod cobed;
 pub mod delivery;
 pub mod demo;
+pub mod soak;
 pub mod steady;
 pub mod typist;

@@ -126,24 +126,7 @@ impl ConsoleProcess {
 
     /// Resident memory (`VmRSS` in `/proc/PID/status`), KiB.
     pub fn rss_kib(&self) -> Result<u64, ProcessError> {
-        let pid = self.pid();
-        let err = |source| ProcessError::Proc {
-            pid,
-            file: "status",
-            source,
-        };
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(err)?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| {
-                err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "VmRSS",
-                ))
-            })
+        rss_kib(self.pid())
     }
 
     /// CPU time used so far, all threads, user + system (`utime + stime` of `/proc/PID/stat`).
@@ -175,4 +158,37 @@ impl ConsoleProcess {
             ticks.saturating_mul(1000 / CLOCK_TICKS_PER_S),
         ))
     }
+}
+
+/// Resident memory of process `pid` (`VmRSS` in `/proc/PID/status`), KiB.
+pub fn rss_kib(pid: u32) -> Result<u64, ProcessError> {
+    let err = |source| ProcessError::Proc {
+        pid,
+        file: "status",
+        source,
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(err)?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "VmRSS",
+            ))
+        })
+}
+
+/// The open file descriptors of process `pid` (the entries of `/proc/PID/fd`).
+pub fn open_fds(pid: u32) -> Result<usize, ProcessError> {
+    let err = |source| ProcessError::Proc {
+        pid,
+        file: "fd",
+        source,
+    };
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(err)?
+        .count())
 }

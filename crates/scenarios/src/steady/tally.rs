@@ -112,6 +112,15 @@ pub fn tally<T: PartialEq>(sent: &[T], received: &[T]) -> Tally {
     t
 }
 
+/// The first place where `received` differs from `sent` (a loss, a duplicate or a reordering
+/// starts there), or where it ends short; `None` when they are the same.
+pub fn first_mismatch<T: PartialEq>(sent: &[T], received: &[T]) -> Option<usize> {
+    sent.iter()
+        .zip(received)
+        .position(|(s, r)| s != r)
+        .or_else(|| (sent.len() != received.len()).then_some(sent.len().min(received.len())))
+}
+
 /// The set-1 make codes of the key presses among `reports`, in order.
 pub fn key_presses(reports: &[Report]) -> Vec<u16> {
     reports
@@ -327,5 +336,13 @@ mod tests {
         assert!(area_changed(&fb, &mut mirror, (0, 0, 4, 2)));
         assert!(!area_changed(&fb, &mut mirror, (0, 0, 4, 2)), "copied");
         assert!(!area_changed(&fb, &mut mirror, (3, 1, 9, 9)), "outside");
+    }
+
+    #[test]
+    fn first_mismatch_finds_where_the_guest_went_astray() {
+        assert_eq!(first_mismatch(&[1, 2, 3], &[1, 2, 3]), None);
+        assert_eq!(first_mismatch(&[1, 2, 3], &[1, 3]), Some(1));
+        assert_eq!(first_mismatch(&[1, 2, 3], &[1, 2]), Some(2));
+        assert_eq!(first_mismatch(&[1, 2], &[1, 2, 2]), Some(2));
     }
 }

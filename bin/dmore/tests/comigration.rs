@@ -408,14 +408,7 @@ async fn the_source_qemu_dying_in_the_switchover_ends_the_session_with_a_clear_e
         return Ok(());
     };
     let _viewer = viewer(&bed).await?;
-    bed.prepare_destination().await?;
-    let plan = bed.plan(true)?;
-    request(
-        &plan.source_console,
-        &Command::Prepare(plan.dest_console_addr),
-    )
-    .await?;
-    request(&plan.source_console, &Command::MigrationStarted).await?;
+    let plan = bed.announce(true).await?;
     let (src, _src_events) = qmp::Connection::connect(&plan.source_qmp).await?;
     let (dst, _dst_events) = qmp::Connection::connect(&plan.dest_qmp).await?;
     let options = MigrationOptions {
@@ -470,14 +463,7 @@ async fn a_restarted_destination_console_takes_over_from_the_sources_checkpoint(
     };
     let viewer = viewer(&bed).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    bed.prepare_destination().await?;
-    let plan = bed.plan(true)?;
-    request(
-        &plan.source_console,
-        &Command::Prepare(plan.dest_console_addr),
-    )
-    .await?;
-    request(&plan.source_console, &Command::MigrationStarted).await?;
+    let plan = bed.announce(true).await?;
     let (src, _src_events) = qmp::Connection::connect(&plan.source_qmp).await?;
     let (dst, _dst_events) = qmp::Connection::connect(&plan.dest_qmp).await?;
     let options = MigrationOptions {
@@ -537,14 +523,7 @@ async fn a_takeover_that_fails_late_leaves_the_session_to_a_restarted_console() 
     };
     let viewer = viewer(&bed).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    bed.prepare_destination().await?;
-    let plan = bed.plan(false)?;
-    request(
-        &plan.source_console,
-        &Command::Prepare(plan.dest_console_addr),
-    )
-    .await?;
-    request(&plan.source_console, &Command::MigrationStarted).await?;
+    let plan = bed.announce(false).await?;
     let vnc = bed
         .destination_qemu()
         .context("destination")?

@@ -263,21 +263,6 @@ async fn precopy_past(qmp: &qmp::Client, bytes: u64) -> anyhow::Result<()> {
     .context("pre-copy never got under way")?
 }
 
-/// The co-migration's first steps as `dmore migrate --hold-switchover` takes them: a
-/// destination prepared, the source console told where it goes and that the migration starts.
-/// The caller drives QEMU's migration itself ([`held`]) to inject a fault at a chosen step.
-async fn announce(bed: &mut CoBed) -> anyhow::Result<Plan> {
-    bed.prepare_destination().await?;
-    let plan = bed.plan(true)?;
-    request(
-        &plan.source_console,
-        &Command::Prepare(plan.dest_console_addr),
-    )
-    .await?;
-    request(&plan.source_console, &Command::MigrationStarted).await?;
-    Ok(plan)
-}
-
 /// Migration options that hold the source VM at `pre-switchover`, giving up after `timeout`.
 fn held(timeout: Duration) -> MigrationOptions {
     MigrationOptions {
@@ -309,7 +294,7 @@ async fn killing_the_destination_qemu_at_the_switchover_leaves_the_session_on_th
     let capture = capture(&bed, "dest-qemu-at-switchover")?;
     let viewer = steady_viewer(&bed).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let plan = announce(&mut bed).await?;
+    let plan = bed.announce(true).await?;
     let [(src, _src_events), (dst, _dst_events)] = monitors(&plan).await?;
     let mut m =
         Migration::start(src.client(), dst.client(), &plan.incoming_uri, held(WAIT)).await?;
@@ -521,7 +506,7 @@ async fn cutting_the_hosts_link_at_the_held_switchover_thaws_the_source() -> any
     let capture = capture(&bed, "link-switchover")?;
     let viewer = steady_viewer(&bed).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let plan = announce(&mut bed).await?;
+    let plan = bed.announce(true).await?;
     let dest = bed.testbed().host(bed.other()).clone();
     let [(src, _src_events), (dst, _dst_events)] = monitors(&plan).await?;
     let mut m = Migration::start(
@@ -615,7 +600,7 @@ async fn a_viewer_leaving_and_one_arriving_during_the_freeze() -> anyhow::Result
     tokio::time::sleep(Duration::from_millis(300)).await;
     let home = status(bed.home_control().context("home")?).await?;
     ensure!(home["viewers"] == 2, "two viewers before: {home}");
-    let plan = announce(&mut bed).await?;
+    let plan = bed.announce(true).await?;
     let [(src, _src_events), (dst, _dst_events)] = monitors(&plan).await?;
     let mut m =
         Migration::start(src.client(), dst.client(), &plan.incoming_uri, held(WAIT)).await?;
@@ -717,7 +702,7 @@ async fn a_viewer_that_stops_reading_is_cut_never_the_session() -> anyhow::Resul
         "before: viewers {}: {}",
         home["viewers"], home["viewer_list"]
     );
-    let plan = announce(&mut bed).await?;
+    let plan = bed.announce(true).await?;
     let [(src, _src_events), (dst, _dst_events)] = monitors(&plan).await?;
     let mut m =
         Migration::start(src.client(), dst.client(), &plan.incoming_uri, held(WAIT)).await?;

@@ -165,6 +165,9 @@ pub enum CoBedError {
     /// A step was called out of order.
     #[error("{0}")]
     Order(&'static str),
+    /// A console's control socket refused a request.
+    #[error("asking a console")]
+    Control(#[from] console::control::ControlError),
     /// A co-migration by [`CoBed::migrate`] failed (the VM and console stay home unless the
     /// cause says otherwise); the destination, now gone, said this.
     #[error("the move failed; the destination console {state}; its stderr ends:\n{stderr}")]
@@ -562,6 +565,22 @@ impl CoBed {
             console_addr,
         });
         Ok(())
+    }
+
+    /// Prepares the destination and announces the migration to the home console as an
+    /// orchestrator does (`prepare`, `migration-started`), for a test that then drives QEMU's
+    /// migration itself with the returned plan.
+    pub async fn announce(&mut self, hold_switchover: bool) -> Result<Plan, CoBedError> {
+        use console::control::{request, Command};
+        self.prepare_destination().await?;
+        let plan = self.plan(hold_switchover)?;
+        request(
+            &plan.source_console,
+            &Command::Prepare(plan.dest_console_addr),
+        )
+        .await?;
+        request(&plan.source_console, &Command::MigrationStarted).await?;
+        Ok(plan)
     }
 
     /// The orchestrator's plan from home to the prepared destination.

@@ -127,24 +127,14 @@ impl Serial {
         timeout: Duration,
         waited_for: &str,
     ) -> Result<Report, SerialError> {
-        match tokio::time::timeout(timeout, self.rx.recv()).await {
-            Ok(Some(report @ (Report::Fault(_) | Report::NoAck { .. }))) => {
-                Err(SerialError::Guest {
-                    report,
-                    waited_for: waited_for.to_owned(),
-                    log: self.log_tail(),
-                })
-            }
-            Ok(Some(report)) => Ok(report),
-            Ok(None) => Err(SerialError::Closed {
+        let got = tokio::time::timeout(timeout, self.rx.recv()).await;
+        match self.received(got, timeout, waited_for)? {
+            report @ (Report::Fault(_) | Report::NoAck { .. }) => Err(SerialError::Guest {
+                report,
                 waited_for: waited_for.to_owned(),
                 log: self.log_tail(),
             }),
-            Err(_) => Err(SerialError::Timeout {
-                waited_for: waited_for.to_owned(),
-                timeout,
-                log: self.log_tail(),
-            }),
+            report => Ok(report),
         }
     }
 
@@ -155,12 +145,25 @@ impl Serial {
         timeout: Duration,
         waited_for: &str,
     ) -> Result<LinuxReport, SerialError> {
-        match tokio::time::timeout(timeout, self.linux_rx.recv()).await {
-            Ok(Some(LinuxReport::Error(error))) => Err(SerialError::LinuxGuest {
+        let got = tokio::time::timeout(timeout, self.linux_rx.recv()).await;
+        match self.received(got, timeout, waited_for)? {
+            LinuxReport::Error(error) => Err(SerialError::LinuxGuest {
                 error,
                 waited_for: waited_for.to_owned(),
                 log: self.log_tail(),
             }),
+            report => Ok(report),
+        }
+    }
+
+    /// A timed wait for either guest's report: the report, or why none came (closed, timed out).
+    fn received<T>(
+        &self,
+        got: Result<Option<T>, tokio::time::error::Elapsed>,
+        timeout: Duration,
+        waited_for: &str,
+    ) -> Result<T, SerialError> {
+        match got {
             Ok(Some(report)) => Ok(report),
             Ok(None) => Err(SerialError::Closed {
                 waited_for: waited_for.to_owned(),

@@ -130,11 +130,12 @@ async fn per_key_latency_fast_lane_vs_qmp_lane() -> anyhow::Result<()> {
         samples
     };
     let fast = measure(&link, &mut vm, 200, true).await?;
-    let before = link.stats().await?;
+    let before = settled(&link).await?;
     // As dmore's own `migrate` would: input moves to the QMP lane.
     link.migration_started().await?;
     let qmp = measure(&link, &mut vm, 200, true).await?;
-    let after = link.stats().await?;
+    // The guest reports a key before QEMU's answer to its QMP command reaches the link.
+    let after = settled(&link).await?;
     link.migration_ended().await?;
 
     for (name, s) in [

@@ -69,10 +69,13 @@
 //!
 //! # Pointer buttons
 //! QEMU's PS/2 mouse reports button *state* only at an input sync with room in its queue, so
-//! a press undone (released) before such a sync never reaches the guest. The next event of a
-//! left, middle or right button therefore waits [`Config::button_settle`] after the previous
-//! one and follows a re-sync ([`InputEvent::Resync`], a zero motion on the lane that event
-//! takes; no [`Seq`], neither delivered nor uncertain), itself `min_interval` ahead of it.
+//! a press undone (released) before such a sync never reaches the guest. The journal models
+//! the queue (the packets of every sync it causes, read by the guest within
+//! [`Config::button_settle`]); when a left, middle or right button's event went while the
+//! queue may have been full, that button's next event waits `button_settle` after it and
+//! follows a re-sync ([`InputEvent::Resync`], a zero motion on the lane that event takes; no
+//! [`Seq`], neither delivered nor uncertain), itself `min_interval` ahead of it. A click with
+//! room in the queue (no far motion just before) goes at the viewer's pace.
 
 mod dispatch;
 mod replies;
@@ -193,10 +196,17 @@ struct InFlight {
 /// Which buttons' latest events QEMU may not have reported yet, and since when.
 #[derive(Debug, Clone, Copy, Default)]
 struct ButtonSync {
-    /// RFB mask bits of the state-holding buttons whose latest event went to a lane after the
-    /// latest re-sync: the next event of such a button waits for a re-sync
-    /// ([`Config::button_settle`]).
+    /// RFB mask bits of the state-holding buttons whose latest event went to a lane when
+    /// QEMU's PS/2 mouse queue may have been full, and no re-sync since: the next event of
+    /// such a button waits for a re-sync ([`Config::button_settle`]).
     unsynced: u8,
+    /// Until when QEMU's PS/2 mouse queue is taken to hold packets: every input sync the
+    /// journal causes queues packets, and the guest is taken to read the full queue within
+    /// `button_settle` (see `Journal::note_mouse_sync`). `None`: empty.
+    mouse_busy_until: Option<Instant>,
+    /// Packets of motion QEMU could not queue at the latest sync (no room): it keeps the
+    /// motion and queues them at the next sync.
+    mouse_deferred: u32,
     /// When the latest event of a state-holding button went to a lane.
     last_button: Option<Instant>,
     /// When the latest re-sync went to a lane.

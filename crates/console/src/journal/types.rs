@@ -232,12 +232,13 @@ impl SeqRange {
 ///   overruns it is a *burst*: events that reach QEMU together, with no time for the guest
 ///   to read the queue between them — several events in one TCP read from the viewer, a
 ///   backlog replayed, a QMP batch. The journal models the queue as a bucket: at most
-///   `max_paced_per_batch` keys back to back (4 x 4 bytes = 16), then one more per
-///   `key_drain`. A live key that arrives `burst_gap` or more after the previous key or
-///   button went keeps the viewer's own spacing and does not wait for the bucket (QEMU's own
-///   VNC server hands it over the same way); it still counts in it.
-/// - **A mouse button pressed and released before QEMU reports it is lost**:
-///   `button_settle`, below.
+///   `max_paced_per_batch` keys back to back, then one more per `key_drain`. A live key that
+///   arrives `burst_gap` or more after the previous push, with nothing waiting ahead, keeps
+///   the viewer's own spacing and does not wait for the bucket (QEMU's own VNC server hands
+///   it over the same way), even if the key before it went late; it still counts in it.
+/// - **A mouse button pressed and released before QEMU reports it is lost** when QEMU's
+///   mouse queue was full at the press: the journal models that queue and, only then, makes
+///   the button's next event wait for a re-sync (`button_settle`, below).
 /// - **A replay catches up.** Held events (input that came while the VM was stopped or
 ///   delivery frozen, or restored from a snapshot) go out with *half* the viewer's gaps
 ///   (capped at `max_gap`), so the backlog drains at twice the pace it was typed at; live
@@ -253,18 +254,18 @@ pub struct Config {
     pub max_gap: Duration,
     /// Most key events written back to back: the capacity of the pacing bucket (see
     /// [`Config`]'s "Pacing"); also the most key/button events in one lane write. QEMU's
-    /// 16-byte queue would take 4 (at most 4 bytes each), but with 4 the tiny test guest lost
-    /// a key of a 300-key burst on this loaded machine (`cargo test -p console --test
-    /// back_keys`), with 1 (the journal's old pace) it never did: the default is 1.
+    /// 16-byte queue would take 4 (at most 4 bytes each); the default, 2, keeps half of it
+    /// free for a guest that reads late.
     pub max_paced_per_batch: usize,
     /// Most events per lane write (bounds the size of one `input-send-event`).
     pub max_batch: usize,
     /// Most key/button events held (queued or in flight on QMP); `push` refuses beyond it.
     pub max_held: usize,
-    /// How long after a pointer button's press (or release) the journal waits before the
-    /// next event of the same button, to send an [`InputEvent::Resync`] first (and that
-    /// event at least `min_interval` after it). Left, middle and right only
-    /// ([`Button::holds_state`]).
+    /// How long the guest is taken to need to read QEMU's full PS/2 mouse queue. When a
+    /// pointer button's press (or release) went while the journal's model of that queue says
+    /// it may have been full, the journal waits this long before the next event of the same
+    /// button, to send an [`InputEvent::Resync`] first (and that event at least
+    /// `min_interval` after it). Left, middle and right only ([`Button::holds_state`]).
     ///
     /// Why: QEMU's PS/2 mouse (`hw/input/ps2.c`) keeps only the current button state and
     /// reports it in packets (3 bytes here) at each input sync, while its 16-byte queue has
@@ -274,7 +275,11 @@ pub struct Config {
     /// that is the release, the guest never sees the press. Traced (QEMU 7.2, s): .7858 five
     /// motion packets fill the queue; .7909 left down, no packet; the guest reads the queue
     /// .7911–.7936; .7959 left up, packet "released": a click lost, about once in 400–1300
-    /// clicks that follow a far move. The re-sync after the settle time lets QEMU report the
+    /// clicks that follow a far move. The journal counts the packets each sync it causes
+    /// queues (a motion's per 127 px, owed to the next sync when there is no room, as QEMU
+    /// does), read at 4 per `button_settle`; a click with room goes at the viewer's pace
+    /// instead of waiting `button_settle` after every press. The re-sync after the settle
+    /// time lets QEMU report the
     /// press once the guest has read the queue; if the press was reported already, the guest
     /// gets the same state again (packets carry state, not edges): no extra click. The same
     /// holds for a release undone by the next press. QMP `input-send-event` and QEMU's VNC
@@ -287,9 +292,9 @@ pub struct Config {
     /// How long a guest is taken to need to read one key event (at most 4 bytes) out of the
     /// PS/2 queue: the pacing bucket lets one more key through per `key_drain` once
     /// `max_paced_per_batch` went back to back. It bounds how fast a burst or a backlog goes
-    /// (one key per `key_drain`, 333 keys/s at the default: a replay catches up at twice the
-    /// pace of a viewer typing up to ~166 events/s, slower above), never the pace of live
-    /// input the viewer spaced itself.
+    /// (one key per `key_drain`, 1000 keys/s at the default: a replay catches up at twice the
+    /// pace of a viewer typing up to 500 events/s), never the pace of live input the viewer
+    /// spaced itself.
     ///
     /// Not carried in a [`JournalState`](super::JournalState) (its layout stays that of
     /// version 1): a restored journal uses the default.
@@ -314,13 +319,14 @@ fn default_burst_gap() -> Duration {
     Duration::from_millis(2)
 }
 
-/// [`Config::key_drain`]'s default: 3 ms per key event, the pace the journal always kept.
-/// At 400 µs, 1 ms and 2 ms, replayed bursts of 50–300 keys overran the tiny test guest's
-/// queue on this loaded machine (load average ~10 on 2 cores, nested KVM: each byte the
-/// guest reads, and each byte of its serial report, is a VM exit; `cargo test -p console
-/// --test back_freeze --test back_keys`: keys lost at the end of a replay).
+/// [`Config::key_drain`]'s default: 1 ms per key event, so a backlog drains at twice the pace
+/// of a fast typist (445 events/s). At 3 ms (the old default) a viewer typing 445 events/s
+/// fell 8.8 s behind in 10 s (`dmore bench input`). Bursts at 1 ms once overran the tiny
+/// test guest, which then wrote a serial report per byte before reading the next (~1.4 ms a
+/// key under nested KVM: it dropped 4 of 6976 events at 700/s from QEMU's own VNC); it now
+/// reads the controller into a ring first, as a real guest's interrupt handler does.
 fn default_key_drain() -> Duration {
-    Duration::from_millis(3)
+    Duration::from_millis(1)
 }
 
 /// [`Config::button_settle`]'s default: in the trace the guest had read the full queue
@@ -335,7 +341,7 @@ impl Default for Config {
         Config {
             min_interval: Duration::from_millis(3),
             max_gap: Duration::from_millis(500),
-            max_paced_per_batch: 1,
+            max_paced_per_batch: 2,
             max_batch: 32,
             max_held: 4096,
             button_settle: default_button_settle(),

@@ -28,6 +28,8 @@
 use std::collections::VecDeque;
 use std::fmt;
 
+use migrate::vm::MigrationStatus;
+
 use super::VmEvent;
 
 /// How the link learned that a migration is under way.
@@ -162,17 +164,26 @@ impl VmWatch {
                 self.decide(Decision::Journal(JournalCall::VmResumed));
                 self.decide(Decision::Tell(VmEvent::Resumed));
             }
-            "MIGRATION" => match event.migration_status() {
-                Some("completed") => self.end(VmEvent::MigrationCompleted),
-                Some("failed" | "cancelled") => {
-                    // Already ended if the source resumed (or the console said so) first.
-                    if self.migration != Migration::None {
-                        self.end(VmEvent::MigrationEnded);
+            "MIGRATION" => {
+                let Some(status) = event.migration_status() else {
+                    return;
+                };
+                match MigrationStatus::from_name(status) {
+                    MigrationStatus::Completed => self.end(VmEvent::MigrationCompleted),
+                    MigrationStatus::Failed | MigrationStatus::Cancelled => {
+                        // Already ended if the source resumed (or the console said so) first.
+                        if self.migration != Migration::None {
+                            self.end(VmEvent::MigrationEnded);
+                        }
                     }
+                    MigrationStatus::None | MigrationStatus::Cancelling => {}
+                    MigrationStatus::Setup
+                    | MigrationStatus::Active
+                    | MigrationStatus::PreSwitchover
+                    | MigrationStatus::Device
+                    | MigrationStatus::Other(_) => self.announce(),
                 }
-                Some("none" | "cancelling") | None => {}
-                Some(_) => self.announce(),
-            },
+            }
             _ => {}
         }
     }

@@ -10,6 +10,8 @@ use std::time::Instant;
 use anyhow::{ensure, Result};
 use migrate::tcp::{self, Relay, Step};
 use tcp_support::*;
+use testbed::capture::Capture;
+use testbed::service::{ServiceAddr, DEFAULT_OCTET};
 
 /// A byte pattern that shows any loss, duplication or reordering.
 fn pattern(i: usize) -> u8 {
@@ -24,10 +26,10 @@ fn connection_moves_to_b_with_its_queues_and_keeps_working() -> Result<()> {
     let Some(bed) = namespaces("connection_moves_to_b")? else {
         return Ok(());
     };
-    let addr = ServiceAddr::new(&bed);
+    let addr = ServiceAddr::new(&bed, DEFAULT_OCTET)?;
     addr.add(bed.a())?;
-    let capture = Capture::start(bed.client())?;
-    let (mut client, mut server, _listener) = connect(&bed, addr.addr)?;
+    let capture = Capture::start(bed.client(), "client", addr.addr())?;
+    let (mut client, mut server, _listener) = connect(&bed, addr.addr())?;
     let client_port = client.local_addr()?;
 
     exchange(&mut client, &mut server, b"hello A")?;
@@ -104,8 +106,7 @@ fn connection_moves_to_b_with_its_queues_and_keeps_working() -> Result<()> {
     exchange(&mut restored, &mut client, b"from B")?;
     assert_eq!(client.local_addr()?, client_port);
 
-    let text = capture.finish(bed.client(), bed.a().ip())?;
-    assert_one_clean_connection(&text);
+    assert_one_clean_connection(&capture.finish()?);
     Ok(())
 }
 
@@ -114,9 +115,9 @@ fn corrupted_checkpoint_fails_to_restore_and_the_good_one_still_does() -> Result
     let Some(bed) = namespaces("corrupted_checkpoint_fails")? else {
         return Ok(());
     };
-    let addr = ServiceAddr::new(&bed);
+    let addr = ServiceAddr::new(&bed, DEFAULT_OCTET)?;
     addr.add(bed.a())?;
-    let (mut client, mut server, _listener) = connect(&bed, addr.addr)?;
+    let (mut client, mut server, _listener) = connect(&bed, addr.addr())?;
     exchange(&mut client, &mut server, b"hi")?;
     addr.del(bed.a())?;
     let cp = tcp::checkpoint(&server)?;
@@ -136,7 +137,7 @@ fn corrupted_checkpoint_fails_to_restore_and_the_good_one_still_does() -> Result
     let mut restored = bed.b().run(move || tcp::restore(&good))??;
     restored.set_read_timeout(Some(IO_TIMEOUT))?;
     addr.add(bed.b())?;
-    let a = addr.addr;
+    let a = addr.addr();
     bed.b().run(move || tcp::announce("eth0", a))??;
     exchange(&mut client, &mut restored, b"still here")?;
     exchange(&mut restored, &mut client, b"yes")?;
@@ -148,10 +149,10 @@ fn aborted_move_continues_on_the_source() -> Result<()> {
     let Some(bed) = namespaces("aborted_move")? else {
         return Ok(());
     };
-    let addr = ServiceAddr::new(&bed);
+    let addr = ServiceAddr::new(&bed, DEFAULT_OCTET)?;
     addr.add(bed.a())?;
-    let capture = Capture::start(bed.client())?;
-    let (mut client, mut server, _listener) = connect(&bed, addr.addr)?;
+    let capture = Capture::start(bed.client(), "client", addr.addr())?;
+    let (mut client, mut server, _listener) = connect(&bed, addr.addr())?;
     let client_port = client.local_addr()?;
     exchange(&mut client, &mut server, b"hello A")?;
 
@@ -176,7 +177,7 @@ fn aborted_move_continues_on_the_source() -> Result<()> {
     let mut restored = bed.a().run(move || tcp::restore(&cp))??;
     restored.set_read_timeout(Some(IO_TIMEOUT))?;
     addr.add(bed.a())?;
-    let a = addr.addr;
+    let a = addr.addr();
     bed.a().run(move || tcp::announce("eth0", a))??;
 
     let mut got = vec![0u8; lost.len()];
@@ -234,8 +235,7 @@ fn aborted_move_continues_on_the_source() -> Result<()> {
     exchange(&mut client, &mut restored, b"third time")?;
     exchange(&mut restored, &mut client, b"still one connection")?;
 
-    let text = capture.finish(bed.client(), bed.a().ip())?;
-    assert_one_clean_connection(&text);
+    assert_one_clean_connection(&capture.finish()?);
     Ok(())
 }
 
@@ -248,10 +248,10 @@ fn bytes_sent_during_the_move_arrive() -> Result<()> {
         return Ok(());
     };
     const TRIALS: usize = 5;
-    let addr = ServiceAddr::new(&bed);
+    let addr = ServiceAddr::new(&bed, DEFAULT_OCTET)?;
     addr.add(bed.a())?;
-    let capture = Capture::start(bed.client())?;
-    let (mut client, mut server, _listener) = connect(&bed, addr.addr)?;
+    let capture = Capture::start(bed.client(), "client", addr.addr())?;
+    let (mut client, mut server, _listener) = connect(&bed, addr.addr())?;
     exchange(&mut client, &mut server, b"hello")?;
 
     let mut hosts = [bed.a().clone(), bed.b().clone()];
@@ -265,7 +265,7 @@ fn bytes_sent_during_the_move_arrive() -> Result<()> {
             exchange(&mut server, &mut client, b"e")?;
         }
         let relay = if with_relay {
-            let a = addr.addr;
+            let a = addr.addr();
             Some(from.run(move || Relay::start("eth0", a))??)
         } else {
             None
@@ -308,7 +308,6 @@ fn bytes_sent_during_the_move_arrive() -> Result<()> {
         server = restored;
         hosts.swap(0, 1);
     }
-    let text = capture.finish(bed.client(), bed.a().ip())?;
-    assert_one_clean_connection(&text);
+    assert_one_clean_connection(&capture.finish()?);
     Ok(())
 }

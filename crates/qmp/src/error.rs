@@ -1,11 +1,21 @@
 //! Errors, one enum per layer: [`ProtocolError`] for the sans-I/O core, [`Error`] for the
-//! tokio shell that callers see.
+//! tokio shell that callers see; and [`QmpError`], QEMU's own refusal of a command, which
+//! both carry.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::message::QmpError;
 use crate::Seq;
+
+/// QEMU's error reply, `{"error":{"class":"GenericError","desc":"VM not running"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{class}: {desc}")]
+pub struct QmpError {
+    /// The error class (nearly always `GenericError` since QEMU 1.2).
+    pub class: String,
+    /// The human-readable description, the part callers match on (`VM not running`).
+    pub desc: String,
+}
 
 /// A violation of the QMP wire protocol found by the sans-I/O core. Every one is fatal to the
 /// connection: after it the core's position in the message stream can no longer be trusted

@@ -60,10 +60,10 @@ mod session;
 mod types;
 
 pub use client::{Client, Command, Connection, Events, Reply};
-pub use error::{CloseReason, Error, ProtocolError};
+pub use error::{CloseReason, Error, ProtocolError, QmpError};
 pub use framer::DEFAULT_MAX_LINE;
 pub use input::{InputAxis, InputButton, InputEvent, KeyValue};
-pub use message::{Event, Greeting, QmpError, Timestamp};
+pub use message::{Event, Greeting, Timestamp};
 pub use session::{Config, IdMode, Output, Session, SessionState, Token};
 pub use types::{MigrationInfo, MouseInfo, RamStats, StatusInfo};
 

@@ -3,18 +3,8 @@
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
-use crate::error::ProtocolError;
+use crate::error::{ProtocolError, QmpError};
 use crate::Seq;
-
-/// QEMU's error reply, `{"error":{"class":"GenericError","desc":"VM not running"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{class}: {desc}")]
-pub struct QmpError {
-    /// The error class (nearly always `GenericError` since QEMU 1.2).
-    pub class: String,
-    /// The human-readable description, the part callers match on (`VM not running`).
-    pub desc: String,
-}
 
 /// The server's greeting, `{"QMP":{"version":{...},"capabilities":[...]}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]

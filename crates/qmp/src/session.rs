@@ -25,9 +25,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::error::ProtocolError;
+use crate::error::{ProtocolError, QmpError};
 use crate::framer::{LineFramer, DEFAULT_MAX_LINE};
-use crate::message::{classify, Event, Greeting, Inbound, QmpError};
+use crate::message::{classify, Event, Greeting, Inbound};
 use crate::Seq;
 
 /// Whether commands carry an `id`.

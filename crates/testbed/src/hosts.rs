@@ -27,8 +27,6 @@
 //! directory, and services must use distinct ports ([`Host::free_port`]). The runs' root is
 //! made sticky and world-writable (like `/tmp`) so root and unprivileged runs can share it.
 
-mod netns;
-mod owner;
 mod signals;
 
 use std::fmt;
@@ -39,17 +37,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-pub(crate) use netns::{delete_netns, list_netns, netns_pids};
-pub(crate) use owner::{owner_alive, process_gone, OwnerRecord};
-
-/// Prefix of every namespace a testbed creates: `dmt-<run>-<role>`.
-pub const NETNS_PREFIX: &str = "dmt-";
-
-/// Root of all runs' directories: `<RUNS_ROOT>/<run>/<host>/`.
-pub const RUNS_ROOT: &str = "/tmp/dmore-testbed";
-
-/// Name of the file in a run directory that says which process owns the run.
-pub const OWNER_FILE: &str = "owner.pid";
+use crate::netns;
+pub use crate::netns::NetnsError;
+use crate::runs::OwnerRecord;
+pub use crate::runs::{NETNS_PREFIX, OWNER_FILE, RUNS_ROOT};
 
 /// Environment variable that forces a mode: `loopback` or `namespaces`.
 pub const MODE_ENV: &str = "DMORE_TESTBED_MODE";
@@ -66,25 +57,9 @@ pub enum HostsError {
         #[source]
         source: io::Error,
     },
-    /// An `ip` command failed.
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Ip {
-        /// The command line.
-        command: String,
-        /// Its exit status.
-        status: std::process::ExitStatus,
-        /// What it printed on stderr.
-        stderr: String,
-    },
-    /// Entering a host's network namespace failed.
-    #[error("entering network namespace {netns}: {source}")]
-    Setns {
-        /// The namespace.
-        netns: String,
-        /// The underlying error.
-        #[source]
-        source: nix::Error,
-    },
+    /// Making, configuring or entering a host's network namespace failed.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     /// `DMORE_TESTBED_MODE=namespaces` was asked for but namespaces cannot be made here.
     #[error("network namespaces were required ({MODE_ENV}=namespaces) but need root")]
     NamespacesUnavailable,
@@ -273,7 +248,7 @@ impl Testbed {
             _ if !root => Self::create_in_mode(Mode::Loopback),
             // Root may still lack the right to make namespaces (a restricted container).
             _ => Self::create_in_mode(Mode::Namespaces).or_else(|e| match e {
-                HostsError::Ip { .. } | HostsError::Setns { .. } => {
+                HostsError::Netns(NetnsError::Ip { .. } | NetnsError::Setns { .. }) => {
                     tracing::warn!(error = %e, "no network namespaces here; using loopback");
                     Self::create_in_mode(Mode::Loopback)
                 }

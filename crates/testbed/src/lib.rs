@@ -6,7 +6,9 @@
 pub mod capture;
 pub mod hosts;
 pub mod libvirtd;
+mod netns;
 pub mod qemu;
+mod runs;
 pub mod service;
 pub mod skip;
 pub mod sweep;

@@ -15,10 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::hosts::{
-    delete_netns, list_netns, netns_pids, owner_alive, OwnerRecord, NETNS_PREFIX, OWNER_FILE,
-    RUNS_ROOT,
-};
+use crate::netns::{delete_netns, list_netns, netns_pids};
+use crate::runs::{owner_alive, process_gone, OwnerRecord, NETNS_PREFIX, OWNER_FILE, RUNS_ROOT};
 
 /// A run directory without `owner.pid` younger than this may still be being created.
 const OWNERLESS_GRACE: Duration = Duration::from_secs(300);
@@ -208,7 +206,7 @@ fn kill_all(pids: Vec<i32>) -> Vec<i32> {
 /// Polls until every pid has exited (or is a zombie), up to [`KILL_WAIT`].
 fn wait_gone(pids: &[i32]) {
     let deadline = Instant::now() + KILL_WAIT;
-    while !pids.iter().all(|p| crate::hosts::process_gone(*p)) {
+    while !pids.iter().all(|p| process_gone(*p)) {
         if Instant::now() > deadline {
             tracing::warn!(?pids, "killed processes still running");
             return;

@@ -38,13 +38,15 @@
 //! first one answering the link's own SetEncodings at connect); a status probe as `query-status`; a QMP
 //! batch as one compact `input-send-event` (keys as QEMU key numbers: the viewer's scancode,
 //! else the keysym's key on a US layout). QMP events reach the journal in QEMU's order relative
-//! to the replies: `STOP` → `handle_vm_stopped`, `RESUME` → `handle_vm_resumed`, `MIGRATION`
-//! `setup`/`active`/... → `handle_migration_started`, `failed`/`cancelled` →
-//! `handle_migration_ended`. The link turns the `events` capability on itself whenever no
-//! migration runs (at attach, when a migration ended, when the VM resumes; why this one
-//! capability is safe to set under a manager: `Link::events_on`). When a manager turned it off
-//! anyway, a `STOP` is classified by `query-status`: `finish-migrate`/`postmigrate` mean a
-//! migration's switchover, and the next `RESUME` ends that migration here.
+//! to the replies, through a pure step (`vm_watch`, its own state diagram and tests) that infers
+//! the run state and the migration phase: `STOP` → `handle_vm_stopped`, `RESUME` →
+//! `handle_vm_resumed`, `MIGRATION` `setup`/`active`/... → `handle_migration_started`,
+//! `failed`/`cancelled` → `handle_migration_ended`. The link turns the `events` capability on
+//! itself whenever no migration runs (at attach, when a migration ended, when the VM resumes;
+//! why this one capability is safe to set under a manager: `vm_watch::Decision::EventsOn`).
+//! When a manager turned it off anyway, a `STOP` is classified by `query-status`:
+//! `finish-migrate`/`postmigrate` mean a migration's switchover, and the next `RESUME` ends
+//! that migration here.
 //!
 //! # Freeze, thaw, restore
 //! [`QemuLink::freeze`] stops delivery (the journal's `freeze_delivery`: no new input reaches
@@ -75,6 +77,7 @@
 mod convert;
 mod qmp_port;
 mod run;
+mod vm_watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -38,7 +38,7 @@ pub(super) enum Kind {
     Classify,
     /// A `query-mice` after QEMU refused motion: is the guest's mouse absolute?
     Mice,
-    /// A `migrate-set-capabilities` turning `events` on (see `Link::events_on`).
+    /// A `migrate-set-capabilities` turning `events` on (why: `vm_watch::Decision::EventsOn`).
     EventsOn,
 }
 

@@ -19,9 +19,10 @@ use vnc::client::{ClientReader, ClientWriter, Setup};
 
 use super::convert::{names_input_handler, qmp_events, vnc_message, Mouse};
 use super::qmp_port::{Item, Kind, QmpPort};
+use super::vm_watch::{Decision, JournalCall, VmWatch};
 use super::{
     LinkConfig, LinkError, LinkEvent, LinkEvents, LinkInput, LinkStats, PushError, QemuLink,
-    Request, VmEvent,
+    Request,
 };
 use crate::journal::{
     Action, FenceId, InputEvent, Journal, JournalFull, JournalState, Outcome, Seq, ViewerId,
@@ -52,17 +53,6 @@ const ENCODINGS: [Encoding; 5] = [
 /// a pause nobody announced finds the last fast-lane key unconfirmed ~1 ms longer, so it is
 /// counted uncertain a little more often (`console_stop` prints how often).
 const FENCE_DELAY: Duration = Duration::from_millis(1);
-
-/// How the link learned that a migration is under way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Migration {
-    None,
-    /// From `MIGRATION` events (the `events` capability is on).
-    Announced,
-    /// From `query-status` after a `STOP` (`finish-migrate`/`postmigrate`); the next
-    /// `RESUME` ends it, since QEMU resumes a source only when its migration is over.
-    Inferred,
-}
 
 /// Where the link is between delivering and frozen (module docs of `back`).
 enum Freeze {
@@ -186,8 +176,7 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         _conn: conn,
         max_held: journal.config().max_held,
         journal,
-        vm_running: status.running,
-        status_seq,
+        vm: VmWatch::new(status.running, status_seq),
         freeze: Freeze::Running,
         freeze_timeout: config.freeze_timeout,
         room: room.clone(),
@@ -201,7 +190,6 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         events_gone: false,
         want_update: Some(false),
         leds: None,
-        migration: Migration::None,
         waiting: VecDeque::new(),
         stats: LinkStats::default(),
         keyboard: Keyboard::new(layout),
@@ -210,9 +198,9 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         mouse,
         pointer,
         mice_asked: false,
-        stopped_for_migration: false,
     };
-    link.events_on();
+    // The watch's first decision: turn `events` on at attach.
+    link.apply_vm();
     let (events_tx, events_rx) = mpsc::channel(config.event_queue.max(1));
     let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE);
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
@@ -257,11 +245,9 @@ struct Link {
     _conn: qmp::Connection,
     journal: Journal,
     max_held: usize,
-    /// The VM runs (`query-status` at connect, then `STOP`/`RESUME`).
-    vm_running: bool,
-    /// Position of the connect-time `query-status` reply: run-state events before it are
-    /// already reflected in its answer.
-    status_seq: qmp::Seq,
+    /// The VM's run state and migration, inferred from QMP (pure; its decisions carried out
+    /// by [`Link::apply_vm`]).
+    vm: VmWatch,
     freeze: Freeze,
     freeze_timeout: Duration,
     /// Signalled when the journal takes input again after a refusal.
@@ -282,7 +268,6 @@ struct Link {
     /// An update request to send (`true`: incremental) once the console took the last one.
     want_update: Option<bool>,
     leds: Option<u8>,
-    migration: Migration,
     waiting: VecDeque<Waiting>,
     stats: LinkStats,
     /// QEMU's VNC keyboard state as the journaled keys leave it: picks each key's number.
@@ -301,9 +286,6 @@ struct Link {
     pointer: (u16, u16),
     /// A `query-mice` is in flight.
     mice_asked: bool,
-    /// The last `STOP` was a migration's (classified by `query-status`): the next `RESUME`
-    /// ends that migration, since QEMU resumes a source only once its migration is over.
-    stopped_for_migration: bool,
 }
 
 impl Link {
@@ -488,7 +470,10 @@ impl Link {
 
     fn on_qmp(&mut self, item: Item) -> Result<(), LinkError> {
         match item {
-            Item::Event(event) => self.on_qmp_event(&event),
+            Item::Event(event) => {
+                self.vm.handle_event(&event);
+                self.apply_vm();
+            }
             Item::Reply(
                 Kind::Batch {
                     batch,
@@ -548,96 +533,37 @@ impl Link {
                 Err(e) => return Err(LinkError::Qmp(e)),
             },
             Item::Reply(Kind::Classify, result) => {
-                let migrating = status(result)?
-                    .is_some_and(|s| matches!(s.status.as_str(), "finish-migrate" | "postmigrate"));
-                if migrating {
-                    self.stopped_for_migration = true;
-                    if self.migration == Migration::None {
-                        self.migration = Migration::Inferred;
-                        self.journal.handle_migration_started();
-                    }
-                    self.emit(LinkEvent::Vm(VmEvent::StoppedForMigration));
-                }
+                let status = status(result)?;
+                self.vm.handle_stop_status(status.as_ref());
+                self.apply_vm();
             }
         }
         Ok(())
     }
 
-    fn on_qmp_event(&mut self, event: &qmp::Event) {
-        let run_state = matches!(event.name.as_str(), "STOP" | "RESUME");
-        if run_state && event.seq < self.status_seq {
-            tracing::debug!(event = %event.name, "run-state event older than the connect status");
-            return;
-        }
-        match event.name.as_str() {
-            "STOP" => {
-                self.vm_running = false;
-                self.journal.handle_vm_stopped();
-                self.emit(LinkEvent::Vm(VmEvent::Stopped));
-                self.qmp.send(Kind::Classify, "query-status", Value::Null);
+    /// Carries out the watch's decisions, in its order.
+    fn apply_vm(&mut self) {
+        while let Some(decision) = self.vm.poll_decision() {
+            match decision {
+                Decision::Journal(JournalCall::VmStopped) => self.journal.handle_vm_stopped(),
+                Decision::Journal(JournalCall::VmResumed) => self.journal.handle_vm_resumed(),
+                Decision::Journal(JournalCall::MigrationStarted) => {
+                    self.journal.handle_migration_started()
+                }
+                Decision::Journal(JournalCall::MigrationEnded) => {
+                    self.journal.handle_migration_ended()
+                }
+                Decision::Tell(event) => self.emit(LinkEvent::Vm(event)),
+                Decision::ClassifyStop => {
+                    self.qmp.send(Kind::Classify, "query-status", Value::Null)
+                }
+                Decision::EventsOn => self.events_on(),
             }
-            "RESUME" => {
-                if std::mem::take(&mut self.stopped_for_migration)
-                    && self.migration != Migration::None
-                {
-                    self.end_migration(VmEvent::MigrationEnded);
-                }
-                // A destination that just took its VM in, or a VM continued after a plain
-                // `stop`: no outgoing migration runs, so the capability can be set (if one
-                // does, QEMU refuses and nothing changes).
-                self.events_on();
-                self.vm_running = true;
-                self.journal.handle_vm_resumed();
-                self.emit(LinkEvent::Vm(VmEvent::Resumed));
-            }
-            "MIGRATION" => match event.migration_status() {
-                Some("completed") => self.end_migration(VmEvent::MigrationCompleted),
-                Some("failed" | "cancelled") => {
-                    // Already ended if the source resumed (or `migration-ended`) first.
-                    if self.migration != Migration::None {
-                        self.end_migration(VmEvent::MigrationEnded);
-                    }
-                }
-                Some("none" | "cancelling") | None => {}
-                Some(_) => {
-                    if self.migration != Migration::Announced {
-                        if self.migration == Migration::None {
-                            self.journal.handle_migration_started();
-                            self.emit(LinkEvent::Vm(VmEvent::MigrationStarted));
-                        }
-                        self.migration = Migration::Announced;
-                    }
-                }
-            },
-            _ => {}
         }
     }
 
-    fn end_migration(&mut self, how: VmEvent) {
-        self.migration = Migration::None;
-        // After `completed` the VM stays stopped here, so the fast lane stays closed anyway.
-        self.journal.handle_migration_ended();
-        self.emit(LinkEvent::Vm(how));
-        self.events_on();
-    }
-
-    /// Turns QEMU's `events` migration capability on, so that the next migration announces
-    /// itself (`MIGRATION` `setup`/`active`) and the journal closes the fast lane long before
-    /// the switchover's `STOP`. Without it a manager that leaves the capability at QEMU's
-    /// default (off) and runs a bare `migrate` gives no sign before that `STOP`, and a
-    /// fast-lane key QEMU reads just after it is dropped (only reported uncertain).
-    ///
-    /// Why the console may set this one capability, although it otherwise only watches (it
-    /// must not fight a manager, DESIGN.md "Who migrates the VM"): `events` changes nothing
-    /// but whether QEMU *sends notifications* (`migration/migration.c` checks it only before
-    /// emitting `MIGRATION`/`MIGRATION_PASS`); libvirt turns it on itself for every migration,
-    /// so under libvirt this changes nothing; `migrate-set-capabilities` with one entry
-    /// leaves every other capability as it is; and it is sent only at attach and when a
-    /// migration has ended (or the VM resumed), never during one: QEMU refuses it while a
-    /// migration runs, and that refusal is only logged. A manager that turns `events` off
-    /// right before its `migrate` wins (the console does not turn it back on during that
-    /// migration); the source console's `prepare` covers that case (the hub announces the
-    /// migration to the link then).
+    /// Turns QEMU's `events` migration capability on (why the console may:
+    /// [`Decision::EventsOn`]).
     fn events_on(&mut self) {
         let caps = serde_json::json!({
             "capabilities": [{ "capability": "events", "state": true }]
@@ -807,17 +733,9 @@ impl Link {
             Request::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
-            Request::Migration(true) => {
-                if self.migration == Migration::None {
-                    self.journal.handle_migration_started();
-                    self.emit(LinkEvent::Vm(VmEvent::MigrationStarted));
-                }
-                self.migration = Migration::Announced;
-            }
-            Request::Migration(false) => {
-                if self.migration != Migration::None {
-                    self.end_migration(VmEvent::MigrationEnded);
-                }
+            Request::Migration(migrating) => {
+                self.vm.handle_announced(migrating);
+                self.apply_vm();
             }
             Request::Freeze { extra, reply } => self.start_freeze(extra, reply, now),
             Request::Thaw => self.thaw(),
@@ -1010,7 +928,7 @@ impl Link {
     fn stats(&self) -> LinkStats {
         LinkStats {
             journal: self.journal.stats(),
-            vm_running: self.vm_running,
+            vm_running: self.vm.running(),
             frozen: !matches!(self.freeze, Freeze::Running),
             ..self.stats
         }

@@ -10,6 +10,7 @@ mod viewers;
 use super::control_server::Request;
 use super::handover::{recv_handover, send_handover, HandedViewer, Handover, HandoverError};
 use super::migration::{self, CoMigration, MovedSession};
+use super::report::error_chain;
 use super::viewer::{self, FromViewer, ReaderParts, ViewerError, Written, FROM_VIEWER_QUEUE};
 use super::{ConsoleConfig, ConsoleError, Exit};
 use crate::back::{LinkError, LinkEvent, LinkEvents, LinkInput, PushError, QemuLink};
@@ -479,16 +480,4 @@ async fn next_migration_input(mig: Option<&mut CoMigration>) -> super::migration
         Some(m) => m.next().await,
         None => std::future::pending().await,
     }
-}
-
-/// An error and its sources on one line, for logs.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

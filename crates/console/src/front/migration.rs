@@ -46,6 +46,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::handover::{HandedViewer, Handover};
 use super::peer::{Peer, PeerEvent, PeerKey};
+use super::report::error_chain;
 use super::service::ServiceAddress;
 use crate::journal::ViewerId;
 
@@ -160,7 +161,7 @@ pub(super) fn checkpoint(handover: Handover, frozen_at_us: u64, relay: Option<Re
                 sockets.push((id, stream, unread));
             }
             Err(e) => {
-                tracing::error!(viewer = id.0, error = %super::hub::error_chain(&e),
+                tracing::error!(viewer = id.0, error = %error_chain(&e),
                     "viewer socket cannot be checkpointed: it is closed and must reconnect");
             }
         }
@@ -194,7 +195,7 @@ pub(super) fn restore_sockets(viewers: Vec<MovedViewer>) -> Vec<HandedViewer> {
                 stream,
                 unread: v.unread,
             }),
-            Err(e) => tracing::error!(viewer = v.id, error = %super::hub::error_chain(&e),
+            Err(e) => tracing::error!(viewer = v.id, error = %error_chain(&e),
                 "viewer connection cannot be restored here"),
         }
     }
@@ -207,7 +208,7 @@ pub(super) fn restore_sockets(viewers: Vec<MovedViewer>) -> Vec<HandedViewer> {
 pub(super) fn abandon_sockets(viewers: Vec<HandedViewer>) {
     for v in viewers {
         if let Err(e) = tcp::abandon(v.stream) {
-            tracing::warn!(viewer = v.id.0, error = %super::hub::error_chain(&e),
+            tracing::warn!(viewer = v.id.0, error = %error_chain(&e),
                 "a restored socket could not be closed silently");
         }
     }
@@ -370,13 +371,13 @@ impl CoMigration {
         if let PeerEvent::Refused(why) = &event {
             // Still trying (the phase machine's Connect lasts until the peer answers); a
             // `prepare` waiting learns why now rather than after its timeout.
-            let why = super::hub::error_chain(why);
+            let why = error_chain(why);
             tracing::warn!(%why, "the destination console refused the connection; retrying");
             self.answer_prepare(Err(why));
             return MigrationInput::Nothing;
         }
         if let PeerEvent::Lost(why) = &event {
-            tracing::warn!(why = %super::hub::error_chain(why), outgoing, "connection to the other console lost");
+            tracing::warn!(why = %error_chain(why), outgoing, "connection to the other console lost");
             if outgoing {
                 self.out = None;
             } else {
@@ -386,7 +387,7 @@ impl CoMigration {
         if outgoing {
             match &event {
                 PeerEvent::Connected => self.answer_prepare(Ok(())),
-                PeerEvent::Lost(why) => self.answer_prepare(Err(super::hub::error_chain(why))),
+                PeerEvent::Lost(why) => self.answer_prepare(Err(error_chain(why))),
                 PeerEvent::Received(_) | PeerEvent::Refused(_) => {}
             }
         }
@@ -496,13 +497,16 @@ impl CoMigration {
     /// The `TakenOver` this console sends: with its hardware address when it moved the
     /// service address (the source relays what it caught there).
     pub fn taken_over(&self) -> Message {
-        let relay_to = self.service.as_ref().and_then(|s| match s.hardware_address() {
-            Ok(mac) => Some(mac.0),
-            Err(e) => {
-                tracing::warn!(error = %super::hub::error_chain(&e), "no hardware address: no relay");
-                None
-            }
-        });
+        let relay_to = self
+            .service
+            .as_ref()
+            .and_then(|s| match s.hardware_address() {
+                Ok(mac) => Some(mac.0),
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "no hardware address: no relay");
+                    None
+                }
+            });
         Message::TakenOver { relay_to }
     }
 

@@ -44,6 +44,7 @@ mod hub;
 mod incoming;
 pub mod migration;
 mod peer;
+mod report;
 pub mod service;
 pub mod viewer;
 

@@ -1,20 +1,17 @@
-//! Helpers of the TCP hand-over tests: the testbed (skipped without root), a service address
-//! that moves between hosts, a packet capture in the client's namespace, and the move itself.
-#![allow(dead_code)]
+//! Helpers of the TCP hand-over tests: the testbed (skipped without root), the connection
+//! and its move. The service address and the client's packet capture are the testbed's
+//! (`testbed::service`, `testbed::capture`).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Result};
 use migrate::tcp::{self, Checkpoint, Relay};
+use testbed::capture::CaptureReport;
 use testbed::hosts::{Host, Mode, Testbed};
-
-/// UDP port of the capture's end marker (discard).
-const MARKER_PORT: u16 = 9;
+use testbed::service::ServiceAddr;
 
 /// Port the service listens on.
 pub const PORT: u16 = 5901;
@@ -43,205 +40,18 @@ fn nix_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs `ip ARGS` inside `host`.
-pub fn ip(host: &Host, args: &[&str]) -> Result<()> {
-    let out = host
-        .command("ip")
-        .args(args)
-        .output()
-        .with_context(|| format!("running ip {args:?} on {}", host.name()))?;
-    ensure!(
-        out.status.success(),
-        "ip {args:?} on {}: {}",
-        host.name(),
-        String::from_utf8_lossy(&out.stderr)
+/// Asserts the capture saw one connection to the service address: one handshake (SYN,
+/// SYN-ACK), no FIN or RST.
+pub fn assert_one_clean_connection(report: &CaptureReport) {
+    println!("capture: {report}");
+    let t = report.total();
+    assert_eq!(report.connections.len(), 1, "one 4-tuple: {report:?}");
+    assert_eq!(
+        (t.syn, t.syn_ack),
+        (1, 1),
+        "one SYN and one SYN-ACK: {report:?}"
     );
-    Ok(())
-}
-
-/// The service address: on at most one host at a time; removed from every host on drop.
-pub struct ServiceAddr {
-    pub addr: Ipv4Addr,
-    hosts: Vec<Host>,
-}
-
-impl ServiceAddr {
-    /// `10.213.N.50`, not yet on any host.
-    pub fn new(bed: &Testbed) -> Self {
-        ServiceAddr {
-            addr: Ipv4Addr::new(10, 213, bed.subnet(), 50),
-            hosts: vec![bed.a().clone(), bed.b().clone()],
-        }
-    }
-
-    fn cidr(&self) -> String {
-        format!("{}/32", self.addr)
-    }
-
-    /// Adds the address to `host`'s eth0.
-    pub fn add(&self, host: &Host) -> Result<()> {
-        ip(host, &["addr", "add", &self.cidr(), "dev", "eth0"])
-    }
-
-    /// Removes the address from `host`.
-    pub fn del(&self, host: &Host) -> Result<()> {
-        ip(host, &["addr", "del", &self.cidr(), "dev", "eth0"])
-    }
-}
-
-impl Drop for ServiceAddr {
-    fn drop(&mut self) {
-        for h in &self.hosts {
-            let _ = h
-                .command("ip")
-                .args(["addr", "del", &self.cidr(), "dev", "eth0"])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// `tcpdump` writing every TCP frame of the client's eth0 to a file; killed on drop.
-pub struct Capture {
-    child: Option<Child>,
-    file: PathBuf,
-}
-
-impl Capture {
-    /// Starts the capture and waits until tcpdump says it is listening.
-    pub fn start(client: &Host) -> Result<Self> {
-        let file = client.runtime_dir().join("client.pcap");
-        let mut child = client
-            .command("tcpdump")
-            // Immediate mode: libpcap's default ring hands packets over only when a block
-            // fills or times out, and those still in the ring are lost on SIGINT.
-            .args(["-i", "eth0", "-nn", "-U", "--immediate-mode", "-w"])
-            .arg(&file)
-            .arg(format!("tcp or (udp and dst port {MARKER_PORT})"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting tcpdump in the client namespace")?;
-        let stderr = child.stderr.take().context("tcpdump's stderr")?;
-        let mut cap = Capture {
-            child: Some(child),
-            file,
-        };
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains("listening on") => break,
-                Some(Ok(_)) => {}
-                _ => {
-                    cap.kill();
-                    bail!("tcpdump exited before listening");
-                }
-            }
-        }
-        // Keep draining stderr so tcpdump never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        Ok(cap)
-    }
-
-    /// Waits until tcpdump has written everything sent so far (a UDP marker sent after it
-    /// shows up in the file), stops it and returns `tcpdump -r FILE -nn`'s text (TCP only).
-    pub fn finish(mut self, client: &Host, peer: Ipv4Addr) -> Result<String> {
-        let marker = client.run(|| std::net::UdpSocket::bind("0.0.0.0:0"))??;
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            marker.send_to(b"end of test", (peer, MARKER_PORT))?;
-            if self
-                .read(client, false)?
-                .contains(&format!(".{MARKER_PORT}: UDP"))
-            {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "tcpdump never wrote the end marker"
-            );
-        }
-        if let Some(mut child) = self.child.take() {
-            let pid = libc::pid_t::try_from(child.id()).context("tcpdump pid")?;
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGINT) };
-            child.wait().context("waiting for tcpdump")?;
-        }
-        let text = self.read(client, true)?;
-        Ok(text
-            .lines()
-            .filter(|l| !l.contains(" UDP"))
-            .map(|l| format!("{l}\n"))
-            .collect())
-    }
-
-    /// The capture as text; `strict`: fail if tcpdump does (a file still being written may
-    /// end in a partial record).
-    fn read(&self, client: &Host, strict: bool) -> Result<String> {
-        let out = client
-            .command("tcpdump")
-            .args(["-nn", "-r"])
-            .arg(&self.file)
-            .stderr(Stdio::null())
-            .output()
-            .context("reading the capture")?;
-        ensure!(!strict || out.status.success(), "tcpdump -r failed");
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// TCP flags seen in a capture (`tcpdump -nn` text).
-#[derive(Debug, Default)]
-pub struct FlagCounts {
-    pub segments: usize,
-    pub syn: usize,
-    pub fin: usize,
-    pub rst: usize,
-}
-
-/// Counts SYN, FIN and RST segments in `tcpdump -r -nn` output.
-pub fn count_flags(text: &str) -> FlagCounts {
-    let mut c = FlagCounts::default();
-    for line in text.lines() {
-        let Some(start) = line.find("Flags [") else {
-            continue;
-        };
-        let rest = &line[start + 7..];
-        let flags = &rest[..rest.find(']').unwrap_or(rest.len())];
-        c.segments += 1;
-        c.syn += usize::from(flags.contains('S'));
-        c.fin += usize::from(flags.contains('F'));
-        c.rst += usize::from(flags.contains('R'));
-    }
-    c
-}
-
-/// Asserts the capture holds one handshake (SYN, SYN-ACK) and no FIN or RST at all.
-pub fn assert_one_clean_connection(text: &str) {
-    let c = count_flags(text);
-    println!(
-        "capture: {} segments, {} with SYN, {} with FIN, {} with RST",
-        c.segments, c.syn, c.fin, c.rst
-    );
-    if std::env::var_os("TCP_TEST_SHOW_CAPTURE").is_some() {
-        println!("{text}");
-    }
-    assert_eq!(c.syn, 2, "exactly one SYN and one SYN-ACK:\n{text}");
-    assert_eq!(c.fin, 0, "no FIN:\n{text}");
-    assert_eq!(c.rst, 0, "no RST:\n{text}");
+    assert_eq!((t.fin, t.rst), (0, 0), "no FIN, no RST: {report:?}");
 }
 
 /// A client connected to `addr:PORT` from the client host, and the server's accepted socket
@@ -348,7 +158,7 @@ pub fn move_connection(
     let restored = to.run(move || tcp::restore(&cp2))??;
     let t_restored = Instant::now();
     addr.add(to)?;
-    let a = addr.addr;
+    let a = addr.addr();
     to.run(move || tcp::announce("eth0", a))??;
     let announced = Instant::now();
     let relayed = match relay {

@@ -14,11 +14,12 @@ use rfb::framebuffer::UpdateEncoder;
 use rfb::{RectPayload, Rectangle};
 use tokio::sync::oneshot;
 
-use super::{error_chain, Hub};
+use super::Hub;
 use crate::back::VmEvent;
 use crate::control;
 use crate::front::handover::HandedViewer;
 use crate::front::migration::{self, now_us, MigrationInput, Record};
+use crate::front::report::error_chain;
 use crate::front::{ConsoleError, Exit};
 use crate::snapshot::ConsoleSnapshot;
 

@@ -1,10 +1,18 @@
-//! Who owns a run: `owner.pid` holds the owner's pid and its start time (so a reused pid is
-//! not mistaken for the owner), read back from `/proc`.
+//! What a test run leaves on the machine, and who owns it: the names and places the hosts
+//! create and the sweep removes. `owner.pid` holds the owner's pid and its start time (so a
+//! reused pid is not mistaken for the owner), read back from `/proc`.
 
 use std::io;
 use std::path::Path;
 
-use super::OWNER_FILE;
+/// Prefix of every namespace a testbed creates: `dmt-<run>-<role>`.
+pub const NETNS_PREFIX: &str = "dmt-";
+
+/// Root of all runs' directories: `<RUNS_ROOT>/<run>/<host>/`.
+pub const RUNS_ROOT: &str = "/tmp/dmore-testbed";
+
+/// Name of the file in a run directory that says which process owns the run.
+pub const OWNER_FILE: &str = "owner.pid";
 
 /// The identity of a process: pid and start time (clock ticks after boot, `/proc/PID/stat`
 /// field 22).

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use scenarios::bench::input::moving::{self, MovingOptions};
 use scenarios::bench::input::{AccelChoice, InputOptions, TinyGuest};
 use scenarios::bench::{self, BenchOptions, ConsoleSockets};
 
@@ -27,12 +28,15 @@ enum BenchWhat {
 
 /// Per rate and path: events lost, and the lag (the guest's report of an event minus its
 /// sending by the viewer: p50, p99, max, the last event's); then QEMU's PS/2 keyboard queue
-/// replayed from a QEMU trace (bytes dropped at the device).
+/// replayed from a QEMU trace (bytes dropped at the device); then one 445 events/s stream
+/// through co-migrations (per move: VM downtime, peak lag, how long after the takeover the
+/// lag stayed over 50 ms).
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
 Build in release mode: a debug console measures the wrong thing.
   cargo run --release -p dmore -- bench input
-Takes about 2.5 minutes with the defaults (6 rates x 2 paths x 10 s).")]
+Takes about 3 minutes with the defaults (6 rates x 2 paths x 10 s, then 10 moves a second
+apart). The moves run between network-namespace hosts as root (loopback otherwise).")]
 struct InputBenchArgs {
     /// Events per second, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [50, 100, 200, 445, 700, 1000])]
@@ -49,6 +53,10 @@ struct InputBenchArgs {
     /// Run the guest under TCG even where KVM works.
     #[arg(long)]
     tcg: bool,
+    /// Co-migrations under the 445 events/s stream that follows the sweep (0: none; --quick
+    /// makes it 3).
+    #[arg(long, default_value_t = 10)]
+    moves: usize,
 }
 
 /// Key response (KeyEvent to the guest's serial report, direct vs through a `dmore console`
@@ -151,5 +159,16 @@ fn run_input(args: InputBenchArgs) -> anyhow::Result<()> {
         options.rates,
         options.duration.as_secs_f64()
     );
+    let moves = if args.quick { 3 } else { args.moves };
+    if moves > 0 {
+        let moving = MovingOptions {
+            moves,
+            ..MovingOptions::new(&exe)
+        };
+        let report = runtime
+            .block_on(moving::run(&moving, |what| eprintln!("bench: {what}")))
+            .context("running the stream through co-migrations")?;
+        println!("\n{report}");
+    }
     Ok(())
 }

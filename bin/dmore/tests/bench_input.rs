@@ -4,11 +4,12 @@
 //! no timings: through dmore the guest gets every event once (nothing lost, nothing extra)
 //! and QEMU's PS/2 queue drops no byte, at every rate QEMU's own VNC delivered without loss
 //! on this machine (a starved guest can lose bytes on QEMU's own path; such a rate proves
-//! nothing about dmore and is only printed).
+//! nothing about dmore and is only printed); and the same stream through co-migrations.
 
 use std::path::Path;
 use std::time::Duration;
 
+use scenarios::bench::input::moving::{self, MovingOptions};
 use scenarios::bench::input::{self, AccelChoice, InputOptions, Path as Lane, TinyGuest};
 use scenarios::bench::{console_command, Scratch};
 
@@ -64,5 +65,23 @@ async fn through_dmore_every_event_arrives_once_and_the_ps2_queue_drops_nothing(
         proven > 0,
         "QEMU's own VNC lost input at every rate: nothing proven"
     );
+    Ok(())
+}
+
+/// The same stream (445 events/s) through three co-migrations: every event once, every move
+/// done. Its lags and recovery after each takeover are printed, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_through_comigrations_arrives_once() -> anyhow::Result<()> {
+    let options = MovingOptions {
+        moves: 3,
+        ..MovingOptions::new(env!("CARGO_BIN_EXE_dmore"))
+    };
+    let report = moving::run(&options, |what| eprintln!("bench: {what}")).await?;
+    eprintln!("{report}");
+    assert_eq!(report.failure, None);
+    assert_eq!(report.figures.len(), 3, "every move done");
+    assert!(report.row.sent > 0);
+    assert_eq!(report.row.lost, 0, "lost through the moves");
+    assert_eq!(report.row.extra, 0, "reports matching nothing sent");
     Ok(())
 }

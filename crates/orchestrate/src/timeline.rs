@@ -19,6 +19,9 @@ pub struct Timeline {
     /// From the source console's freeze to the destination console's takeover (two hosts'
     /// clocks: only as good as their synchronisation).
     pub freeze_to_takeover: Option<Duration>,
+    /// When the destination console took over (µs since the Unix epoch, its host's clock):
+    /// where a viewer's input is served from the destination on.
+    pub taken_over_at_us: Option<u64>,
     /// Size of the console state that moved (the snapshot).
     pub state_bytes: Option<u64>,
     /// Viewer connections that moved with the console.
@@ -74,6 +77,7 @@ impl Timeline {
             qemu_total_ms: qemu.total_time_ms,
             vm_downtime_ms: qemu.downtime_ms,
             freeze_to_takeover: console.freeze_to_takeover(),
+            taken_over_at_us: console.taken_over_at_us,
             state_bytes: console.snapshot_bytes,
             viewers_moved: console.viewers_moved,
             ram_transferred: qemu.ram_transferred,
@@ -233,6 +237,7 @@ mod tests {
                 qemu_total_ms: Some(240),
                 vm_downtime_ms: Some(7),
                 freeze_to_takeover: Some(Duration::from_micros(2_500)),
+                taken_over_at_us: Some(12_500),
                 state_bytes: Some(900),
                 viewers_moved: Some(1),
                 ram_transferred: Some(3 << 20),

@@ -296,6 +296,8 @@ pub struct CoBed {
     home: Option<Vm>,
     dest: Option<Destination>,
     reports: Vec<Report>,
+    /// When each of `reports` came out of the guest's serial port.
+    arrivals: Vec<std::time::Instant>,
     options: CoBedOptions,
     key_file: PathBuf,
     generation: u32,
@@ -331,6 +333,7 @@ impl CoBed {
             home: None,
             dest: None,
             reports: Vec::new(),
+            arrivals: Vec::new(),
             options,
             key_file,
             generation: 0,
@@ -470,13 +473,23 @@ impl CoBed {
         if let Some(vm) = self.home.as_mut() {
             while Instant::now() < deadline {
                 let wait = quiet.min(deadline.saturating_duration_since(Instant::now()));
-                match tokio::time::timeout(wait, vm.qemu.serial().recv()).await {
-                    Ok(Some(report)) => self.reports.push(report),
+                match tokio::time::timeout(wait, vm.qemu.serial().recv_timed()).await {
+                    Ok(Some((at, report))) => {
+                        self.reports.push(report);
+                        self.arrivals.push(at);
+                    }
                     Ok(None) | Err(_) => break,
                 }
             }
         }
         &self.reports
+    }
+
+    /// When each report [`collect_reports`](Self::collect_reports) returns came out of the
+    /// guest's serial port, in the same order (a report cut by a switchover: when it was
+    /// joined).
+    pub fn report_arrivals(&self) -> &[std::time::Instant] {
+        &self.arrivals
     }
 
     /// Starts tcpdump on the client host's `eth0`, reporting the connections to the service
@@ -629,8 +642,9 @@ impl CoBed {
         };
         let host = old.role.name();
         let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
-            while let Some(report) = old.qemu.serial().recv().await {
+            while let Some((at, report)) = old.qemu.serial().recv_timed().await {
                 self.reports.push(report);
+                self.arrivals.push(at);
             }
         })
         .await;
@@ -689,7 +703,10 @@ impl CoBed {
                 .and_then(|r| r.ok_or_else(|| "not a key or button report".to_owned())),
         };
         match parsed {
-            Ok(report) => self.reports.push(report),
+            Ok(report) => {
+                self.reports.push(report);
+                self.arrivals.push(std::time::Instant::now());
+            }
             Err(e) => tracing::warn!(tail, first, error = %e, "a report cut by the switchover"),
         }
     }

@@ -341,7 +341,7 @@ pub async fn run(
 }
 
 /// An error with its causes, one after another.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     std::iter::successors(Some(e), |e| e.source())
         .map(ToString::to_string)
         .collect::<Vec<_>>()

@@ -194,6 +194,12 @@ pub enum BenchError {
     /// Something expected never came (a hang guard, not a timed assertion).
     #[error("gave up waiting for {0}")]
     Timeout(&'static str),
+    /// The co-migration bed failed (starting, or a move).
+    #[error("the co-migration bed")]
+    Bed(#[from] crate::cobed::CoBedError),
+    /// A test host could not run the viewer.
+    #[error("a test host")]
+    Host(#[from] testbed::hosts::HostsError),
     /// A client task panicked or was cancelled.
     #[error("a client task failed")]
     Task(#[from] tokio::task::JoinError),

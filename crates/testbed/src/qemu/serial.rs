@@ -7,7 +7,7 @@
 //! written for the tiny guest reads either.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use guest::report::{parse_line, Report};
 use linux_guest::report::Report as LinuxReport;
@@ -72,7 +72,8 @@ pub enum SerialError {
 /// The harness's end of the guest's serial port.
 #[derive(Debug)]
 pub struct Serial {
-    rx: mpsc::UnboundedReceiver<Report>,
+    /// Reports, each with the time its line arrived.
+    rx: mpsc::UnboundedReceiver<(Instant, Report)>,
     linux_rx: mpsc::UnboundedReceiver<LinuxReport>,
     port: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>,
     log: Arc<Mutex<Vec<String>>>,
@@ -118,6 +119,12 @@ impl Serial {
     /// The next report, in the order the guest printed them; `None` once the port closed and
     /// every report was taken. Lines that are no report are skipped (they stay in the log).
     pub async fn recv(&mut self) -> Option<Report> {
+        self.rx.recv().await.map(|(_, report)| report)
+    }
+
+    /// [`recv`](Self::recv), with the time the report's line came out of the port (not the
+    /// time it was taken): what a lag is measured against.
+    pub async fn recv_timed(&mut self) -> Option<(Instant, Report)> {
         self.rx.recv().await
     }
 
@@ -127,7 +134,7 @@ impl Serial {
         timeout: Duration,
         waited_for: &str,
     ) -> Result<Report, SerialError> {
-        let got = tokio::time::timeout(timeout, self.rx.recv()).await;
+        let got = tokio::time::timeout(timeout, self.recv()).await;
         match self.received(got, timeout, waited_for)? {
             report @ (Report::Fault(_) | Report::NoAck { .. }) => Err(SerialError::Guest {
                 report,
@@ -216,7 +223,7 @@ impl Drop for Serial {
 
 /// Where parsed lines go.
 struct Channels {
-    tx: mpsc::UnboundedSender<Report>,
+    tx: mpsc::UnboundedSender<(Instant, Report)>,
     /// Set for the Linux guest: its lines are parsed with its grammar.
     linux: Option<mpsc::UnboundedSender<LinuxReport>>,
 }
@@ -261,7 +268,7 @@ fn deliver(pending: &mut Vec<u8>, channels: &Channels, log: &Mutex<Vec<String>>)
             Ok(report) => {
                 tracing::trace!(%report, "Linux guest serial");
                 if let Some(mapped) = report.as_guest_report() {
-                    let _ = channels.tx.send(mapped);
+                    let _ = channels.tx.send((Instant::now(), mapped));
                 }
                 let _ = linux.send(report);
             }
@@ -276,7 +283,7 @@ fn deliver(pending: &mut Vec<u8>, channels: &Channels, log: &Mutex<Vec<String>>)
     }
     keep(log, line);
     if let Ok(report) = parsed {
-        let _ = channels.tx.send(report);
+        let _ = channels.tx.send((Instant::now(), report));
     }
 }
 

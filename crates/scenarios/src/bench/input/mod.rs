@@ -8,6 +8,7 @@
 //! The guest is a plug: anything that implements [`InputGuest`] (the tiny test guest,
 //! [`TinyGuest`]; a real Linux guest reporting its kernel's input events can be another).
 
+pub mod moving;
 pub mod ps2trace;
 pub mod stream;
 mod tiny;
@@ -107,6 +108,8 @@ pub struct StreamRow {
     pub extra: usize,
     /// Lag of each reported event, in sending order.
     pub lags: Vec<Duration>,
+    /// When each event of `lags` was sent.
+    pub lag_sent: Vec<Instant>,
     /// Lag of the last event sent, if it arrived.
     pub last: Option<Duration>,
     /// Wall-clock span of the stream (seconds since the Unix epoch), from its first send to
@@ -244,7 +247,7 @@ fn tally(
                     reports.next();
                     matched += 1;
                     let lag = arrived.saturating_duration_since(at);
-                    lags.push((i, lag));
+                    lags.push((i, at, lag));
                     if i + 1 == sent.len() {
                         last = Some(lag);
                     }
@@ -253,14 +256,15 @@ fn tally(
             }
         }
     }
-    lags.sort_by_key(|&(i, _)| i);
+    lags.sort_by_key(|&(i, ..)| i);
     StreamRow {
         rate,
         path,
         sent: sent.len(),
         lost: lost + expected.len().saturating_sub(sent.len()),
         extra: seen.len() - matched,
-        lags: lags.into_iter().map(|(_, l)| l).collect(),
+        lag_sent: lags.iter().map(|&(_, at, _)| at).collect(),
+        lags: lags.into_iter().map(|(.., l)| l).collect(),
         last,
         span: (0.0, 0.0),
     }

@@ -98,12 +98,7 @@ impl InputGuest for TinyGuest {
     }
 
     fn key_code(&self, keysym: u32) -> Option<u16> {
-        if keysym == super::stream::SHIFT {
-            return Some(0x2a);
-        }
-        char::from_u32(keysym)
-            .and_then(guest::keymap::scancode)
-            .map(u16::from)
+        key_code(keysym)
     }
 
     async fn next_seen(
@@ -112,24 +107,41 @@ impl InputGuest for TinyGuest {
     ) -> Result<Option<(Instant, Seen)>, BenchError> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let report = match tokio::time::timeout(left, self.vm.serial().recv()).await {
+            let (at, report) = match tokio::time::timeout(left, self.vm.serial().recv_timed()).await
+            {
                 Ok(Some(r)) => r,
                 Ok(None) => return Err(BenchError::Timeout("the guest's serial port (closed)")),
                 Err(_) => return Ok(None),
             };
-            let at = Instant::now();
-            match report {
-                Report::Key { down, code, .. } => return Ok(Some((at, Seen::Key { down, code }))),
-                Report::Button {
-                    down,
-                    button: Button::Left,
-                    ..
-                } => return Ok(Some((at, Seen::Left { down }))),
-                Report::Fault(_) | Report::NoAck { .. } => {
-                    return Err(BenchError::Timeout("a guest that does not fault"))
-                }
-                _ => {}
+            if let Report::Fault(_) | Report::NoAck { .. } = report {
+                return Err(BenchError::Timeout("a guest that does not fault"));
+            }
+            if let Some(seen) = seen(&report) {
+                return Ok(Some((at, seen)));
             }
         }
+    }
+}
+
+/// The tiny guest's code (scancode set 1) for the key a viewer sends as `keysym`.
+pub(super) fn key_code(keysym: u32) -> Option<u16> {
+    if keysym == super::stream::SHIFT {
+        return Some(0x2a);
+    }
+    char::from_u32(keysym)
+        .and_then(guest::keymap::scancode)
+        .map(u16::from)
+}
+
+/// The event of the stream a tiny guest's report is, if any (a key, the left button).
+pub(super) fn seen(report: &Report) -> Option<Seen> {
+    match *report {
+        Report::Key { down, code, .. } => Some(Seen::Key { down, code }),
+        Report::Button {
+            down,
+            button: Button::Left,
+            ..
+        } => Some(Seen::Left { down }),
+        _ => None,
     }
 }

@@ -546,7 +546,11 @@ impl Link {
         while let Some(decision) = self.vm.poll_decision() {
             match decision {
                 Decision::Journal(JournalCall::VmStopped) => self.journal.handle_vm_stopped(),
-                Decision::Journal(JournalCall::VmResumed) => self.journal.handle_vm_resumed(),
+                Decision::Journal(JournalCall::VmResumed) => {
+                    self.journal.handle_vm_resumed();
+                    let wake = self.journal.display_wake(Instant::now());
+                    self.out.push(vnc_message(&wake, self.ext_keys));
+                }
                 Decision::Journal(JournalCall::MigrationStarted) => {
                     self.journal.handle_migration_started()
                 }

@@ -307,6 +307,26 @@ impl Journal {
         tracing::trace!("pointer re-sync");
     }
 
+    /// A PointerEvent for QEMU's VNC socket that changes nothing (where the pointer is,
+    /// buttons as QEMU's VNC server has them: a zero motion and a sync) and that the shell may
+    /// write whenever the socket is connected, on either lane's turn: it is for the display,
+    /// not the guest. QEMU's VNC server backs its refresh timer off, up to seconds, while the
+    /// screen does not change (a paused VM, a migration's destination) and resets it only
+    /// when a client sends it input (`protocol_client_msg`, a message type above 3); written
+    /// when the VM runs again, the screen's next change reaches the viewers within QEMU's
+    /// base refresh interval (30 ms) instead of the backed-off one. Counted in the mouse
+    /// queue's model like any sync.
+    pub fn display_wake(&mut self, now: Instant) -> VncEvent {
+        self.note_mouse_sync(0, now);
+        let (x, y) = self.pointer;
+        VncEvent::Pointer {
+            seq: None,
+            x,
+            y,
+            mask: self.vnc_mask,
+        }
+    }
+
     /// A re-sync on the fast lane: a PointerEvent where the pointer is, buttons unchanged
     /// (QEMU's VNC server queues a zero motion and syncs).
     fn send_resync_fast(&mut self, now: Instant) -> Action {

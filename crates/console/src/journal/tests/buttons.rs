@@ -605,3 +605,23 @@ fn timing() -> Config {
         ..Config::default()
     }
 }
+
+#[test]
+fn a_display_wake_is_a_pointer_event_that_changes_nothing() {
+    let mut j = Journal::new(timing(), true);
+    j.push(V, InputEvent::Motion { x: 300, y: 200 }, at(0))
+        .unwrap();
+    j.push(V, btn(true), at(0)).unwrap();
+    run(&mut j, at(0));
+    // Where the pointer is, the button QEMU's VNC server has down still down.
+    assert_eq!(
+        j.display_wake(at(100)),
+        VncEvent::Pointer {
+            seq: None,
+            x: 300,
+            y: 200,
+            mask: 1
+        }
+    );
+    assert_eq!(j.stats().fast_sent, 1, "not an input event of its own");
+}

@@ -75,7 +75,8 @@
 //! queue may have been full, that button's next event waits `button_settle` after it and
 //! follows a re-sync ([`InputEvent::Resync`], a zero motion on the lane that event takes; no
 //! [`Seq`], neither delivered nor uncertain), itself `min_interval` ahead of it. A click with
-//! room in the queue (no far motion just before) goes at the viewer's pace.
+//! room in the queue (no far motion just before) goes at the viewer's pace, except during a
+//! migration, when every click waits so (the guest's pace of reading is not known then).
 
 mod dispatch;
 mod replies;

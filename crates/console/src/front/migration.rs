@@ -1,5 +1,6 @@
 //! Co-migration, the console's side: the phase machines of [`migrate::phase`] driven by the
-//! VM's run state (from the link) and by the other console (over the peer connection, `front::peer`).
+//! VM's run state (from the link) and by the other console (over the peer connection,
+//! `front::peer`).
 //!
 //! ```text
 //!  source console (host A)                          destination console (host B, --incoming)

@@ -254,8 +254,12 @@ pub struct Config {
     pub max_gap: Duration,
     /// Most key events written back to back: the capacity of the pacing bucket (see
     /// [`Config`]'s "Pacing"); also the most key/button events in one lane write. QEMU's
-    /// 16-byte queue would take 4 (at most 4 bytes each); the default, 2, keeps half of it
-    /// free for a guest that reads late.
+    /// 16-byte queue would take 4 (at most 4 bytes each), but with 2 the Linux guest under
+    /// TCG with a framebuffer console (OVMF, bochs) lost 11 and 16 keys of ~600 through 3
+    /// co-migrations on this loaded machine (load ~6; `cargo test -p dmore --test
+    /// linux_comigration graphics`); with 1 (and a 3 ms drain) it lost 2 in one run, with 1
+    /// and the 1 ms drain none in two (one ended with the guest 83 keys behind at the count,
+    /// its slowness). The default is 1.
     pub max_paced_per_batch: usize,
     /// Most events per lane write (bounds the size of one `input-send-event`).
     pub max_batch: usize,
@@ -341,7 +345,7 @@ impl Default for Config {
         Config {
             min_interval: Duration::from_millis(3),
             max_gap: Duration::from_millis(500),
-            max_paced_per_batch: 2,
+            max_paced_per_batch: 1,
             max_batch: 32,
             max_held: 4096,
             button_settle: default_button_settle(),

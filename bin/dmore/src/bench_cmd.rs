@@ -134,16 +134,14 @@ fn run_input(args: InputBenchArgs) -> anyhow::Result<()> {
             } else {
                 AccelChoice::Auto
             };
-            let mut guest = TinyGuest::launch(scratch.path(), args.memory_mib, accel).await?;
-            let mut report = scenarios::bench::input::run(
-                &mut guest,
+            let guest = TinyGuest::launch(scratch.path(), args.memory_mib, accel).await?;
+            scenarios::bench::input::run(
+                guest,
                 &options,
                 |s| bench::console_command(&exe, s),
                 |what| eprintln!("bench: {what}"),
             )
-            .await?;
-            report.ps2 = Some(guest.finish().await?);
-            Ok::<_, bench::BenchError>(report)
+            .await
         })
         .context("running the input benchmark (needs qemu-system-x86_64; see .ci/setup)")?;
     println!(

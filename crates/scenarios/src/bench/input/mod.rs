@@ -5,10 +5,12 @@
 //! it prints figures, and its test asserts only what was lost and what QEMU's PS/2 keyboard
 //! queue dropped (replayed from a QEMU trace, [`ps2trace`]).
 //!
-//! The guest is a plug: anything that implements [`InputGuest`] (the tiny test guest,
-//! [`TinyGuest`]; a real Linux guest reporting its kernel's input events can be another), in
-//! a QEMU that traces the PS/2 keyboard queue the same way for each.
+//! The guest is a plug: anything that implements [`InputGuest`]: the tiny test guest
+//! ([`TinyGuest`]) and the real Linux guest reporting its kernel's input events
+//! ([`LinuxGuest`]), both on PS/2 keyboard and mouse in a QEMU that traces the keyboard queue
+//! the same way.
 
+mod linux;
 pub mod ps2trace;
 pub mod stream;
 mod tiny;
@@ -19,6 +21,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub use linux::LinuxGuest;
 pub use testbed::qemu::AccelChoice;
 pub use tiny::TinyGuest;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use scenarios::bench::input::moving::{self, MovingOptions};
-use scenarios::bench::input::{AccelChoice, InputOptions, TinyGuest};
+use scenarios::bench::input::{AccelChoice, InputOptions, InputReport, LinuxGuest, TinyGuest};
 use scenarios::bench::{self, BenchOptions, ConsoleSockets};
 
 /// Measure dmore against QEMU's own VNC server.
@@ -22,41 +22,59 @@ enum BenchWhat {
     /// QEMU's own VNC on one guest.
     Console(ConsoleBenchArgs),
     /// Input at the viewer's pace: steady streams of keys (with Shift) and clicks at set
-    /// rates, straight into QEMU's own VNC and through a `dmore console`, side by side.
+    /// rates into the tiny test guest and the Linux guest, straight into QEMU's own VNC and
+    /// through a `dmore console`, side by side.
     Input(InputBenchArgs),
 }
 
-/// Per rate and path: events lost, and the lag (the guest's report of an event minus its
-/// sending by the viewer: p50, p99, max, the last event's); then QEMU's PS/2 keyboard queue
-/// replayed from a QEMU trace (bytes dropped at the device); then one 445 events/s stream
-/// through co-migrations (per move: VM downtime, peak lag, how long after the takeover the
-/// lag stayed over 50 ms).
+/// Per guest, rate and path: events lost, and the lag (the guest's report of an event minus
+/// its sending by the viewer: p50, p99, max, the last event's); then QEMU's PS/2 keyboard
+/// queue replayed from a QEMU trace (bytes dropped at the device); then one 445 events/s
+/// stream into the tiny guest through co-migrations (per move: VM downtime, peak lag, how
+/// long after the takeover the lag stayed over 50 ms).
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
 Build in release mode: a debug console measures the wrong thing.
   cargo run --release -p dmore -- bench input
-Takes about 3 minutes with the defaults (6 rates x 2 paths x 10 s, then 10 moves a second
-apart). The moves run between network-namespace hosts as root (loopback otherwise).")]
+Takes about 5 minutes with the defaults (2 guests x 6 rates x 2 paths x 10 s, and the Linux
+guest's boot under TCG, about 2 per guest; then 10 moves a second apart); --quick about 40 s.
+The moves run between network-namespace hosts as root (loopback otherwise).")]
 struct InputBenchArgs {
+    /// The guest(s) to type into.
+    #[arg(long, value_enum, default_value_t = GuestChoice::Both)]
+    guest: GuestChoice,
     /// Events per second, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [50, 100, 200, 445, 700, 1000])]
     rates: Vec<u32>,
     /// Length of each stream, seconds.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
-    /// A short run: 445 and 1000 events/s, 2 s each (overrides --rates and --seconds).
+    /// A short run: 445 and 1000 events/s, 2 s each, per guest (overrides --rates and
+    /// --seconds).
     #[arg(long)]
     quick: bool,
-    /// Guest memory, MiB.
+    /// The tiny guest's memory, MiB (the Linux guest has 256).
     #[arg(long, default_value_t = 128)]
     memory_mib: u32,
-    /// Run the guest under TCG even where KVM works.
+    /// Run the tiny guest under TCG even where KVM works (the Linux guest always runs
+    /// under TCG).
     #[arg(long)]
     tcg: bool,
     /// Co-migrations under the 445 events/s stream that follows the sweep (0: none; --quick
     /// makes it 3).
     #[arg(long, default_value_t = 10)]
     moves: usize,
+}
+
+/// Which guests `dmore bench input` types into.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum GuestChoice {
+    /// The tiny test guest (KVM where it works).
+    Tiny,
+    /// The Linux guest (Debian's kernel, TCG).
+    Linux,
+    /// The tiny guest, then the Linux guest.
+    Both,
 }
 
 /// Key response (KeyEvent to the guest's serial report, direct vs through a `dmore console`
@@ -134,31 +152,41 @@ fn run_input(args: InputBenchArgs) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe().context("finding the dmore binary to run `dmore console`")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let report = runtime
-        .block_on(async {
-            let scratch = bench::Scratch::create()?;
-            let accel = if args.tcg {
-                AccelChoice::Tcg
-            } else {
-                AccelChoice::Auto
-            };
-            let mut guest = TinyGuest::launch(scratch.path(), args.memory_mib, accel).await?;
-            let mut report = scenarios::bench::input::run(
-                &mut guest,
-                &options,
-                |s| bench::console_command(&exe, s),
-                |what| eprintln!("bench: {what}"),
-            )
-            .await?;
-            report.ps2 = Some(guest.finish().await?);
-            Ok::<_, bench::BenchError>(report)
-        })
-        .context("running the input benchmark (needs qemu-system-x86_64; see .ci/setup)")?;
+    let scratch = bench::Scratch::create()?;
     println!(
-        "dmore bench input: {:?} events/s, {:.1} s each\n\n{report}",
+        "dmore bench input: {:?} events/s, {:.1} s each",
         options.rates,
         options.duration.as_secs_f64()
     );
+    let launch = |s: &ConsoleSockets<'_>| bench::console_command(&exe, s);
+    let progress = |what: &str| eprintln!("bench: {what}");
+    if args.guest != GuestChoice::Linux {
+        let accel = if args.tcg {
+            AccelChoice::Tcg
+        } else {
+            AccelChoice::Auto
+        };
+        let report: InputReport = runtime
+            .block_on(async {
+                progress("booting the tiny guest");
+                let guest = TinyGuest::launch(scratch.path(), args.memory_mib, accel).await?;
+                scenarios::bench::input::run(guest, &options, launch, progress).await
+            })
+            .context(
+                "the tiny guest's input benchmark (needs qemu-system-x86_64; see .ci/setup)",
+            )?;
+        println!("\n{report}");
+    }
+    if args.guest != GuestChoice::Tiny {
+        let report: InputReport = runtime
+            .block_on(async {
+                progress("booting the Linux guest (TCG)");
+                let guest = LinuxGuest::launch(scratch.path()).await?;
+                scenarios::bench::input::run(guest, &options, launch, progress).await
+            })
+            .context("the Linux guest's input benchmark (needs Debian's kernel; see .ci/setup)")?;
+        println!("\n{report}");
+    }
     let moves = if args.quick { 3 } else { args.moves };
     if moves > 0 {
         let moving = MovingOptions {
@@ -166,7 +194,7 @@ fn run_input(args: InputBenchArgs) -> anyhow::Result<()> {
             ..MovingOptions::new(&exe)
         };
         let report = runtime
-            .block_on(moving::run(&moving, |what| eprintln!("bench: {what}")))
+            .block_on(moving::run(&moving, progress))
             .context("running the stream through co-migrations")?;
         println!("\n{report}");
     }

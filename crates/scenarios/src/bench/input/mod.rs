@@ -5,19 +5,24 @@
 //! it prints figures, and its test asserts only what was lost and what QEMU's PS/2 keyboard
 //! queue dropped (replayed from a QEMU trace, [`ps2trace`]).
 //!
-//! The guest is a plug: anything that implements [`InputGuest`] (the tiny test guest,
-//! [`TinyGuest`]; a real Linux guest reporting its kernel's input events can be another).
+//! The guest is a plug: anything that implements [`InputGuest`]: the tiny test guest
+//! ([`TinyGuest`]) and the real Linux guest reporting its kernel's input events
+//! ([`LinuxGuest`]), both on PS/2 keyboard and mouse in a QEMU that traces the keyboard queue
+//! the same way.
 
+mod linux;
 pub mod moving;
 pub mod ps2trace;
 pub mod stream;
 mod tiny;
+mod traced;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub use linux::LinuxGuest;
 pub use testbed::qemu::AccelChoice;
 pub use tiny::TinyGuest;
 
@@ -63,6 +68,21 @@ pub trait InputGuest {
         &mut self,
         deadline: Instant,
     ) -> impl std::future::Future<Output = Result<Option<(Instant, Seen)>, BenchError>> + Send;
+    /// Stops the guest's QEMU and replays its PS/2 keyboard queue from the trace.
+    fn finish(self) -> impl std::future::Future<Output = Result<Ps2Trace, BenchError>> + Send
+    where
+        Self: Sized;
+}
+
+/// The PC scancode set 1 make code of the key a viewer sends as `keysym`: left Shift, or the
+/// key that types the character (Shift not included).
+fn set1_code(keysym: u32) -> Option<u16> {
+    if keysym == stream::SHIFT {
+        return Some(0x2a);
+    }
+    char::from_u32(keysym)
+        .and_then(guest::keymap::scancode)
+        .map(u16::from)
 }
 
 /// What to measure.
@@ -124,14 +144,15 @@ pub struct InputReport {
     pub guest: String,
     /// Streams, each rate's QEMU row then its dmore row.
     pub rows: Vec<StreamRow>,
-    /// The PS/2 keyboard queue over the whole run, if traced.
-    pub ps2: Option<Ps2Trace>,
+    /// The PS/2 keyboard queue over the whole run, replayed from QEMU's trace.
+    pub ps2: Ps2Trace,
 }
 
 /// Runs every stream into `guest`: per rate, straight to QEMU's VNC, then through one console
-/// (started by `launch`, kept for the whole run).
+/// (started by `launch`, kept for the whole run); then stops the guest and adds its PS/2
+/// keyboard queue to the report.
 pub async fn run<G, L>(
-    guest: &mut G,
+    mut guest: G,
     options: &InputOptions,
     launch: L,
     mut progress: impl FnMut(&str),
@@ -157,10 +178,11 @@ where
             ));
             report
                 .rows
-                .push(one_stream(guest, addr, rate, options.duration, path).await?);
+                .push(one_stream(&mut guest, addr, rate, options.duration, path).await?);
         }
     }
     drop(console);
+    report.ps2 = guest.finish().await?;
     Ok(report)
 }
 
@@ -271,11 +293,9 @@ fn tally(
 }
 
 impl InputReport {
-    /// Bytes QEMU's PS/2 keyboard queue dropped during `row`'s stream (`None`: not traced).
-    pub fn ps2_dropped(&self, row: &StreamRow) -> Option<u64> {
-        self.ps2
-            .as_ref()
-            .map(|p| p.dropped_between(row.span.0, row.span.1))
+    /// Bytes QEMU's PS/2 keyboard queue dropped during `row`'s stream.
+    pub fn ps2_dropped(&self, row: &StreamRow) -> u64 {
+        self.ps2.dropped_between(row.span.0, row.span.1)
     }
 }
 
@@ -310,7 +330,7 @@ impl fmt::Display for InputReport {
             "rate/s", "path", "sent", "lost", "extra", "p50", "p99", "max", "last", "ps2 drop"
         )?;
         for r in &self.rows {
-            let dropped = self.ps2_dropped(r).map_or("-".into(), |d| d.to_string());
+            let dropped = self.ps2_dropped(r);
             writeln!(
                 f,
                 "{:>6}  {:<6} {:>6} {:>5} {:>5} {:>7} {:>7} {:>7} {:>7} {:>9}",
@@ -350,18 +370,16 @@ impl fmt::Display for InputReport {
                 writeln!(f, "{:>6}  max {diff:>10}  p50 {ratio:>7}", q.rate)?;
             }
         }
-        if let Some(p) = self.ps2.as_ref().map(|p| p.tally) {
-            writeln!(
-                f,
-                "\nQEMU's PS/2 keyboard queue (replayed from its trace): {} key events, {} bytes \
-                 queued, {} dropped, at most {} of {} bytes held",
-                p.key_events,
-                p.queued,
-                p.dropped,
-                p.max_depth,
-                ps2trace::PS2_QUEUE_SIZE
-            )?;
-        }
-        Ok(())
+        let p = self.ps2.tally;
+        writeln!(
+            f,
+            "\nQEMU's PS/2 keyboard queue (replayed from its trace): {} key events, {} bytes \
+             queued, {} dropped, at most {} of {} bytes held",
+            p.key_events,
+            p.queued,
+            p.dropped,
+            p.max_depth,
+            ps2trace::PS2_QUEUE_SIZE
+        )
     }
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::stream::{self, Stroke};
-use super::{tally, tiny, Path, Seen, StreamRow};
+use super::{set1_code, tally, tiny, Path, Seen, StreamRow};
 use crate::bench::BenchError;
 use crate::cobed::{CoBed, CoBedOptions};
 
@@ -176,7 +176,7 @@ fn expected(strokes: &[Stroke]) -> Result<Vec<Seen>, BenchError> {
     strokes
         .iter()
         .map(|s| match *s {
-            Stroke::Key { down, keysym } => tiny::key_code(keysym)
+            Stroke::Key { down, keysym } => set1_code(keysym)
                 .map(|code| Seen::Key { down, code })
                 .ok_or(BenchError::NoScancode(keysym)),
             Stroke::Click { down } => Ok(Seen::Left { down }),

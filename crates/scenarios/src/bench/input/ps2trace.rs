@@ -12,8 +12,31 @@
 //! `ps2_keyboard_event` (the first key a viewer sent, the queue empty: the guest has read its
 //! setup replies long before).
 
+use std::ffi::OsString;
+use std::path::Path;
+
 /// QEMU 7.2's `PS2_QUEUE_SIZE`.
 pub const PS2_QUEUE_SIZE: u32 = 16;
+
+/// The trace events the replay reads.
+const TRACE_EVENTS: [&str; 4] = [
+    "ps2_put_keycode",
+    "ps2_read_data",
+    "ps2_keyboard_set_translation",
+    "ps2_keyboard_event",
+];
+
+/// QEMU's arguments to write the trace [`tally`] replays into `log`, with wall-clock
+/// timestamps (drops are counted per stream).
+pub fn qemu_args(log: &Path) -> Vec<OsString> {
+    let mut args = Vec::new();
+    for event in TRACE_EVENTS {
+        args.extend(["-trace".into(), event.into()]);
+    }
+    args.extend(["-D".into(), log.as_os_str().to_owned()]);
+    args.extend(["-msg".into(), "timestamp=on".into()]);
+    args
+}
 
 /// The keyboard queue over a trace.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -141,6 +164,19 @@ mod tests {
                 dropped: 2,
                 max_depth: 16
             }
+        );
+    }
+
+    #[test]
+    fn qemu_traces_every_event_the_replay_reads_with_timestamps() {
+        let args: Vec<String> = qemu_args(Path::new("/t/ps2.log"))
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args.join(" "),
+            "-trace ps2_put_keycode -trace ps2_read_data -trace ps2_keyboard_set_translation \
+             -trace ps2_keyboard_event -D /t/ps2.log -msg timestamp=on"
         );
     }
 

@@ -222,6 +222,76 @@ pub struct SessionCount {
     pub capture: Option<CaptureReport>,
 }
 
+/// Counts a steady viewer's session once the guest is quiet: stops the typing, lets what is
+/// in flight arrive, adds every report from `serial` to `reports` (those of the guest's earlier
+/// homes), ends `capture` (before the viewer closes its connection: that FIN is no news), then
+/// stops the viewer.
+pub async fn count_session(
+    mut serial: Option<&mut Serial>,
+    reports: &mut Vec<Report>,
+    viewer: SteadyViewer,
+    capture: Option<Capture>,
+) -> Result<SessionCount, CoBedError> {
+    viewer.set_typing(false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sent, clicked) = {
+        let log = viewer.snapshot();
+        (log.keys.len(), log.clicks.len())
+    };
+    // A guest on a loaded machine can fall seconds behind the viewer: wait until it
+    // reported every key and click, or said nothing for QUIET.
+    let deadline = Instant::now() + QUIET_DEADLINE;
+    let mut last_news = Instant::now();
+    let mut seen = reports.len();
+    loop {
+        if let Some(serial) = serial.as_deref_mut() {
+            collect(
+                serial,
+                reports,
+                Duration::from_millis(100),
+                Duration::from_millis(500),
+            )
+            .await;
+        }
+        let now = Instant::now();
+        if reports.len() > seen {
+            seen = reports.len();
+            last_news = now;
+        }
+        if (key_presses(reports).len() >= sent && left_clicks(reports) >= clicked)
+            || now.duration_since(last_news) >= QUIET
+            || now >= deadline
+        {
+            break;
+        }
+    }
+    let reports = reports.clone();
+    let capture = match capture {
+        Some(capture) => Some(tokio::task::spawn_blocking(move || capture.finish()).await??),
+        None => None,
+    };
+    let log = viewer.stop().await;
+    Ok(SessionCount {
+        keys: tally(&log.key_codes(), &key_presses(&reports)),
+        clicks: (log.clicks.len(), left_clicks(&reports)),
+        log,
+        reports,
+        capture,
+    })
+}
+
+/// Adds the reports `serial` gives to `reports` until it is quiet for `quiet` or `max` passed.
+async fn collect(serial: &mut Serial, reports: &mut Vec<Report>, quiet: Duration, max: Duration) {
+    let deadline = Instant::now() + max;
+    while Instant::now() < deadline {
+        let wait = quiet.min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, serial.recv()).await {
+            Ok(Some(report)) => reports.push(report),
+            Ok(None) | Err(_) => break,
+        }
+    }
+}
+
 /// A `dmore console` process; killed and reaped on drop.
 #[derive(Debug)]
 struct ConsoleChild {
@@ -466,15 +536,8 @@ impl CoBed {
     /// Every report the guest printed so far, across its homes, in order: takes what the home
     /// QEMU's serial has, until it is quiet for `quiet` or `max` has passed.
     pub async fn collect_reports(&mut self, quiet: Duration, max: Duration) -> &[Report] {
-        let deadline = Instant::now() + max;
         if let Some(vm) = self.home.as_mut() {
-            while Instant::now() < deadline {
-                let wait = quiet.min(deadline.saturating_duration_since(Instant::now()));
-                match tokio::time::timeout(wait, vm.qemu.serial().recv()).await {
-                    Ok(Some(report)) => self.reports.push(report),
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            collect(vm.qemu.serial(), &mut self.reports, quiet, max).await;
         }
         &self.reports
     }
@@ -490,54 +553,15 @@ impl CoBed {
         Ok(tokio::task::spawn_blocking(move || Capture::start(&client, &name, service)).await??)
     }
 
-    /// Counts a steady viewer's session once the guest is quiet: stops the typing, lets what is
-    /// in flight arrive, takes every report, ends `capture` (before the viewer closes its
-    /// connection: that FIN is no news), then stops the viewer.
+    /// Counts a steady viewer's session once the guest is quiet ([`count_session`]) from the
+    /// home QEMU's serial port.
     pub async fn count_session(
         &mut self,
         viewer: SteadyViewer,
         capture: Option<Capture>,
     ) -> Result<SessionCount, CoBedError> {
-        viewer.set_typing(false);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let (sent, clicked) = {
-            let log = viewer.snapshot();
-            (log.keys.len(), log.clicks.len())
-        };
-        // A guest on a loaded machine can fall seconds behind the viewer: wait until it
-        // reported every key and click, or said nothing for QUIET.
-        let deadline = Instant::now() + QUIET_DEADLINE;
-        let mut last_news = Instant::now();
-        let mut seen = self.reports.len();
-        loop {
-            let reports = self
-                .collect_reports(Duration::from_millis(100), Duration::from_millis(500))
-                .await;
-            let now = Instant::now();
-            if reports.len() > seen {
-                seen = reports.len();
-                last_news = now;
-            }
-            if (key_presses(reports).len() >= sent && left_clicks(reports) >= clicked)
-                || now.duration_since(last_news) >= QUIET
-                || now >= deadline
-            {
-                break;
-            }
-        }
-        let reports = self.reports.clone();
-        let capture = match capture {
-            Some(capture) => Some(tokio::task::spawn_blocking(move || capture.finish()).await??),
-            None => None,
-        };
-        let log = viewer.stop().await;
-        Ok(SessionCount {
-            keys: tally(&log.key_codes(), &key_presses(&reports)),
-            clicks: (log.clicks.len(), left_clicks(&reports)),
-            log,
-            reports,
-            capture,
-        })
+        let serial = self.home.as_mut().map(|vm| vm.qemu.serial());
+        count_session(serial, &mut self.reports, viewer, capture).await
     }
 
     /// Starts the destination on the other host: QEMU with `-incoming defer` (same

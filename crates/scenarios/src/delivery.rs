@@ -11,7 +11,7 @@
 
 use guest::report::Report;
 
-use crate::cobed::{CoBed, CoBedError};
+use crate::cobed::{CoBed, CoBedError, SessionCount};
 use crate::steady::tally::{first_mismatch, key_presses, Tally};
 use crate::steady::{SteadyConfig, SteadyError, SteadyViewer};
 
@@ -60,6 +60,12 @@ pub async fn check_nothing_lost(
     viewer: SteadyViewer,
 ) -> Result<Tally, DeliveryError> {
     let count = bed.count_session(viewer, None).await?;
+    check_count(&count)
+}
+
+/// Checks a counted session ([`crate::cobed::count_session`]): every key and click once, in
+/// order, over one connection, and enough keys to judge; a loss is located on stdout.
+pub fn check_count(count: &SessionCount) -> Result<Tally, DeliveryError> {
     let (keys, (sent, received)) = (count.keys, count.clicks);
     println!(
         "keys {keys:?}; clicks sent {sent} received {received}; connection kept: {}",
@@ -77,8 +83,8 @@ pub async fn check_nothing_lost(
             println!("first key out of order: #{i} typed at {at:?} after the first");
         }
     }
-    if let Some((_, why)) = count.log.dropped {
-        return Err(DeliveryError::ConnectionDropped(why));
+    if let Some((_, why)) = &count.log.dropped {
+        return Err(DeliveryError::ConnectionDropped(why.clone()));
     }
     if sent != received {
         print_click_gaps(&count.reports);

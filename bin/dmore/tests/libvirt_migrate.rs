@@ -1,0 +1,411 @@
+//! libvirt drives, dmore follows (issue 12): two test hosts each run a private libvirtd with
+//! dmore's hook installed; the test guest, started by libvirt on A, gets its console through
+//! the hook; a viewer types a key every 10 ms (and clicks every 100 ms) through that console's
+//! service address while `virsh migrate --live --p2p` moves the VM A → B → A … with no dmore
+//! command at all: the source console learns of each migration from its own QMP monitor and
+//! finds the destination console among the domain's `peers`, and the destination's hook
+//! started that console with `--incoming`. Every key and click reaches the guest once, in
+//! order, over one TCP connection (the client host's capture: one SYN, no FIN, no RST); every
+//! source console is gone after its move. One move uses Nova's flags (`--persistent
+//! --undefinesource`). `DMORE_MIGRATIONS=N` sets the number of moves (default 2).
+//!
+//! ```text
+//!   client ── VNC ──> SERVICE:5900 (moves with the console)
+//!   host A: libvirtd --listen (own mount and UTS namespace, T/a/dmore bound over T/dmore)
+//!           QEMU (TCG, the tiny guest, serial → T/serial.sock) + hook → dmore console
+//!   host B: the same; `virsh migrate --live --p2p dmore-e2e qemu+tcp://B/system` on A
+//! ```
+//!
+//! Each host's domain directory is its own (a bind in its libvirtd's mount namespace), as on
+//! real hosts: the domain's XML names one path on both. Skipped (with a note) when not root;
+//! on CI (`CI=true`) that is a failure.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use console::control::{request, Command};
+use guest::GuestOptions;
+use scenarios::cobed::count_session;
+use scenarios::delivery::check_count;
+use scenarios::steady::{SteadyConfig, SteadyViewer};
+use testbed::capture::Capture;
+use testbed::hosts::{Host, Mode, Testbed};
+use testbed::libvirtd::Libvirtd;
+use testbed::qemu::Serial;
+use testbed::service::{ServiceAddr, DEFAULT_OCTET};
+
+const DOMAIN: &str = "dmore-e2e";
+/// Where each host's console waits for an arriving session.
+const INCOMING_PORT: u16 = 4700;
+/// The port viewers connect to on the service address.
+const VIEWER_PORT: u16 = 5900;
+/// Bound on each wait (a guard against hanging, not a timed assertion).
+const WAIT: Duration = Duration::from_secs(60);
+
+fn moves() -> usize {
+    std::env::var("DMORE_MIGRATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2)
+}
+
+/// One host's libvirt side: its daemon's tree and its own domain directory.
+struct Side {
+    host: Host,
+    /// The domain's directory as this host's libvirtd, hook, QEMU and console see it at the
+    /// shared path (bound from here).
+    domain_dir: PathBuf,
+    daemon: Option<Libvirtd>,
+}
+
+impl Side {
+    fn daemon(&self) -> &Libvirtd {
+        self.daemon.as_ref().expect("started")
+    }
+
+    fn virsh(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.daemon().virsh(args)?;
+        ensure!(
+            out.status.success(),
+            "virsh {args:?} on {}: {}",
+            self.host.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn control(&self) -> PathBuf {
+        self.domain_dir.join(libvirt::hook::CONTROL_SOCKET)
+    }
+
+    fn console_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.domain_dir.join(libvirt::hook::PID_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn console_log(&self) -> String {
+        std::fs::read_to_string(self.domain_dir.join(libvirt::hook::LOG_FILE)).unwrap_or_default()
+    }
+}
+
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Waits until `done` answers `Some`; fails after [`WAIT`] with `what` and `context()`.
+async fn wait_for<T>(
+    what: &str,
+    mut done: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(t) = done() {
+            return Ok(t);
+        }
+        if start.elapsed() > WAIT {
+            bail!("gave up waiting for {what}:\n{}", context());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The hook's configuration on `host`: the console serves the service address in transparent
+/// mode and finds its peer among both hosts' incoming addresses.
+fn hook_config(host: &Host, hosts: &[&Host], service: &ServiceAddr, key: &Path) -> String {
+    let peers: Vec<String> = hosts
+        .iter()
+        .map(|h| format!("{}:{INCOMING_PORT}", h.ip()))
+        .collect();
+    serde_json::json!({
+        "peer_key_file": key,
+        "domains": { DOMAIN: {
+            "listen": format!("{}:{VIEWER_PORT}", service.addr()),
+            "insecure_no_auth": true,
+            "service_interface": testbed::service::INTERFACE,
+            "incoming": format!("{}:{INCOMING_PORT}", host.ip()),
+            "peers": peers,
+        }}
+    })
+    .to_string()
+}
+
+/// The test guest as a libvirt domain (TCG, direct kernel boot, serial to `serial`), patched
+/// for dmore with its directory at `dir`.
+fn domain_xml(dir: &Path, serial: &Path) -> anyhow::Result<String> {
+    let guest = GuestOptions {
+        animate: true,
+        ..GuestOptions::default()
+    };
+    let xml = format!(
+        "<domain type='qemu'>
+  <name>{DOMAIN}</name>
+  <memory unit='KiB'>131072</memory>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <cmdline>{cmdline}</cmdline>
+  </os>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type='unix'>
+      <source mode='connect' path='{serial}'/>
+      <target port='0'/>
+    </serial>
+    <graphics type='vnc' port='-1' autoport='yes'/>
+    <video>
+      <model type='vga'/>
+    </video>
+  </devices>
+</domain>
+",
+        kernel = guest::kernel_path().display(),
+        cmdline = guest.cmdline(),
+        serial = serial.display(),
+    );
+    Ok(libvirt::patch_domain(&xml, &libvirt::DomainDir::new(dir))?)
+}
+
+/// `virsh domjobinfo --completed`'s "Total downtime" in ms, if it says.
+fn downtime_ms(jobinfo: &str) -> Option<u64> {
+    jobinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Total downtime:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        testbed::skip::skip(
+            "libvirt migrate",
+            "needs root (network namespaces, libvirtd in mount namespaces)",
+        );
+        return Ok(());
+    }
+    let bed = Testbed::create()?;
+    if bed.mode() != Mode::Namespaces {
+        testbed::skip::skip("libvirt migrate", "no network namespaces here");
+        return Ok(());
+    }
+    let service = ServiceAddr::new(&bed, DEFAULT_OCTET)?;
+    // Short paths: unix sockets in the domain directory are limited to 107 bytes.
+    let tmp = tempfile::Builder::new().prefix("dmlv").tempdir_in("/tmp")?;
+    let root = tmp.path();
+    let shared_dir = root.join("dmore");
+    std::fs::create_dir_all(&shared_dir)?;
+    let domain_dir = shared_dir.join("e2e");
+    let key = root.join("peer.key");
+    std::fs::write(&key, "libvirt e2e shared secret\n")?;
+    let serial_path = root.join("serial.sock");
+    let listener = tokio::net::UnixListener::bind(&serial_path)?;
+    let mut serial = Serial::chained(listener, false)?;
+
+    let hosts = [bed.a(), bed.b()];
+    let mut sides = Vec::new();
+    for host in hosts {
+        let dir = root.join(host.name());
+        let own_dir = dir.join("dmore");
+        std::fs::create_dir_all(&own_dir)?;
+        let config = dir.join("dmore.json");
+        std::fs::write(&config, hook_config(host, &hosts, &service, &key))?;
+        // Installed before libvirtd starts: it looks for hooks only then.
+        let install = std::process::Command::new(env!("CARGO_BIN_EXE_dmore"))
+            .args(["libvirt", "install-hook", "--hooks-dir"])
+            .arg(dir.join("libvirt/etc/hooks"))
+            .arg("--config")
+            .arg(&config)
+            .output()?;
+        ensure!(
+            install.status.success(),
+            "{}",
+            String::from_utf8_lossy(&install.stderr)
+        );
+        sides.push(Side {
+            host: host.clone(),
+            domain_dir: own_dir.join("e2e"),
+            daemon: None,
+        });
+    }
+    // Both daemons start at once (each ~9 s, most of it probing QEMU).
+    let started: Vec<_> = sides
+        .iter()
+        .map(|side| {
+            let host = side.host.clone();
+            let daemon_root = root.join(host.name()).join("libvirt");
+            let binds = vec![(root.join(host.name()).join("dmore"), shared_dir.clone())];
+            std::thread::spawn(move || Libvirtd::start_on(&daemon_root, &host, &binds))
+        })
+        .collect();
+    for (side, start) in sides.iter_mut().zip(started) {
+        let daemon = start
+            .join()
+            .map_err(|_| anyhow::anyhow!("libvirtd start panicked"))??;
+        println!(
+            "libvirtd on {} answered after {:?}",
+            side.host.name(),
+            daemon.started_in
+        );
+        side.daemon = Some(daemon);
+    }
+
+    service.add(bed.a())?;
+    let xml_path = root.join("e2e.xml");
+    std::fs::write(&xml_path, domain_xml(&domain_dir, &serial_path)?)?;
+    sides[0].virsh(&["create", xml_path.to_str().context("path")?])?;
+    serial
+        .wait_ready(WAIT)
+        .await
+        .context("the guest started by libvirt on A")?;
+    let first = &sides[0];
+    wait_for(
+        "A's console to listen",
+        || {
+            first
+                .console_log()
+                .contains("dmore console: listening on")
+                .then_some(())
+        },
+        || first.console_log(),
+    )
+    .await?;
+
+    let capture = Capture::start(bed.client(), "libvirt", service.addr())?;
+    let viewer = SteadyViewer::connect_from(
+        bed.client(),
+        SocketAddr::from((service.addr(), VIEWER_PORT)),
+        SteadyConfig::default(),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for n in 1..=moves() {
+        let (from, to) = if n % 2 == 1 {
+            (&sides[0], &sides[1])
+        } else {
+            (&sides[1], &sides[0])
+        };
+        let source_pid = from.console_pid().context("the source console's pid")?;
+        let mut args = vec!["migrate", "--live", "--p2p"];
+        // Nova's flags on the second move (a domain made persistent on its new host).
+        if n == 2 {
+            args.extend(["--persistent", "--undefinesource"]);
+        }
+        let uri = to.daemon().uri().context("a host's libvirtd")?;
+        args.extend([DOMAIN, uri.as_str()]);
+        let before = tokio::time::Instant::now();
+        let virsh = {
+            let daemon_socket = from.daemon().socket();
+            let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Libvirtd::client(&daemon_socket, &args)
+            })
+            .await??
+        };
+        let took = before.elapsed();
+        ensure!(
+            virsh.status.success(),
+            "move {n}: virsh {args:?}: {}\nsource console:\n{}\ndestination console:\n{}",
+            String::from_utf8_lossy(&virsh.stderr),
+            from.console_log(),
+            to.console_log()
+        );
+        let status = serving(to).await?;
+        wait_for(
+            "the source console to exit",
+            || (!running(source_pid)).then_some(()),
+            || from.console_log(),
+        )
+        .await?;
+        ensure!(
+            service.is_on(&to.host)? && !service.is_on(&from.host)?,
+            "move {n}: the service address must be on {} alone",
+            to.host.name()
+        );
+        let jobinfo = to.virsh(&["domjobinfo", "--completed", DOMAIN]).ok();
+        let mig = &status["comigration"];
+        let freeze_to_takeover_ms = mig["taken_over_at_us"]
+            .as_u64()
+            .zip(mig["frozen_at_us"].as_u64())
+            .map(|(t, f)| t.saturating_sub(f) as f64 / 1000.0);
+        println!(
+            "move {n} {}->{} ({}): virsh {took:?}, VM downtime {:?} ms, console freeze->takeover {:?} ms, state {} B",
+            from.host.name(),
+            to.host.name(),
+            args.join(" "),
+            jobinfo.as_deref().and_then(downtime_ms),
+            freeze_to_takeover_ms,
+            mig["snapshot_bytes"],
+        );
+        let log = viewer.snapshot();
+        println!(
+            "move {n}: viewer's longest screen gap over the move {:?}",
+            log.gap(before.into_std(), tokio::time::Instant::now().into_std())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut reports = Vec::new();
+    let count = count_session(Some(&mut serial), &mut reports, viewer, Some(capture)).await?;
+    let report = count.capture.clone().context("the capture")?;
+    let flags = report.total();
+    println!(
+        "capture: {} connection(s), SYN {}, FIN {}, RST {}",
+        report.connections.len(),
+        flags.syn,
+        flags.fin,
+        flags.rst
+    );
+    check_count(&count)?;
+    ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
+    ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
+
+    // Destroyed where it runs: the hook stops its console.
+    let home = &sides[moves() % 2];
+    let pid = home.console_pid().context("the last console's pid")?;
+    home.virsh(&["destroy", DOMAIN])?;
+    wait_for(
+        "the last console to stop",
+        || (!running(pid)).then_some(()),
+        || home.console_log(),
+    )
+    .await?;
+    for side in &mut sides {
+        side.daemon = None;
+    }
+    drop(serial);
+    Ok(())
+}
+
+/// The console's `status` once it serves the session (phase `Serving`, role `source`: it took
+/// over, and is the one to migrate next).
+async fn serving(side: &Side) -> anyhow::Result<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        if let Ok(status) = request(&side.control(), &Command::Status).await {
+            if status["phase"] == "Serving" && status["role"] == "source" {
+                return Ok(status);
+            }
+        }
+        if start.elapsed() > WAIT {
+            bail!(
+                "the console on {} did not take over:\n{}",
+                side.host.name(),
+                side.console_log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -6,8 +6,10 @@
 //! finds the destination console among the domain's `peers`, and the destination's hook
 //! started that console with `--incoming`. Every key and click reaches the guest once, in
 //! order, over one TCP connection (the client host's capture: one SYN, no FIN, no RST); every
-//! source console is gone after its move. One move uses Nova's flags (`--persistent
-//! --undefinesource`). `DMORE_MIGRATIONS=N` sets the number of moves (default 2).
+//! source console is gone after its move. The moves take turns with the flags: `--live
+//! --p2p`, Nova's `--live --p2p --persistent --undefinesource`, the same with
+//! `--auto-converge`, and `--live` driven by virsh itself. `DMORE_MIGRATIONS=N` sets the number
+//! of moves (default 4: each once).
 //!
 //! ```text
 //!   client ── VNC ──> SERVICE:5900 (moves with the console)
@@ -44,11 +46,26 @@ const VIEWER_PORT: u16 = 5900;
 /// Bound on each wait (a guard against hanging, not a timed assertion).
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The flags of each move, in turn: libvirt's peer-to-peer migration, Nova's flags, Nova's
+/// with `--auto-converge`, and a migration virsh drives itself.
+const FLAGS: [&[&str]; 4] = [
+    &["--live", "--p2p"],
+    &["--live", "--p2p", "--persistent", "--undefinesource"],
+    &[
+        "--live",
+        "--p2p",
+        "--persistent",
+        "--undefinesource",
+        "--auto-converge",
+    ],
+    &["--live"],
+];
+
 fn moves() -> usize {
     std::env::var("DMORE_MIGRATIONS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(2)
+        .unwrap_or(FLAGS.len())
 }
 
 /// One host's libvirt side: its daemon's tree and its own domain directory.
@@ -297,23 +314,21 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
             (&sides[1], &sides[0])
         };
         let source_pid = from.console_pid().context("the source console's pid")?;
-        let mut args = vec!["migrate", "--live", "--p2p"];
-        // Nova's flags on the second move (a domain made persistent on its new host).
-        if n == 2 {
-            args.extend(["--persistent", "--undefinesource"]);
-        }
+        let mut args = vec!["migrate"];
+        args.extend(FLAGS[(n - 1) % FLAGS.len()]);
         let uri = to.daemon().uri().context("a host's libvirtd")?;
         args.extend([DOMAIN, uri.as_str()]);
         let before = tokio::time::Instant::now();
-        let virsh = {
-            let daemon_socket = from.daemon().socket();
-            let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-            tokio::task::spawn_blocking(move || {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                Libvirtd::client(&daemon_socket, &args)
-            })
-            .await??
-        };
+        // In the source host: without --p2p virsh itself connects to the destination's
+        // libvirtd, which only the hosts reach.
+        let mut cmd = from.host.command("virsh");
+        cmd.arg("-c")
+            .arg(format!(
+                "qemu:///system?socket={}",
+                from.daemon().socket().display()
+            ))
+            .args(&args);
+        let virsh = tokio::task::spawn_blocking(move || cmd.output()).await??;
         let took = before.elapsed();
         ensure!(
             virsh.status.success(),

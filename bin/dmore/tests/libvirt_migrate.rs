@@ -305,7 +305,15 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
         SteadyConfig::default(),
     )
     .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The same measure with nothing moving, for comparison with each move's.
+    let calm = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!(
+        "no move: viewer's longest screen gap over 1 s {:?}",
+        viewer
+            .snapshot()
+            .gap(calm.into_std(), tokio::time::Instant::now().into_std())
+    );
 
     for n in 1..=moves() {
         let (from, to) = if n % 2 == 1 {

@@ -156,16 +156,16 @@ fn hook_config(host: &Host, hosts: &[&Host], service: &ServiceAddr, key: &Path) 
     .to_string()
 }
 
-/// The test guest as a libvirt domain (TCG, direct kernel boot, serial to `serial`), patched
-/// for dmore with its directory at `dir`.
-fn domain_xml(dir: &Path, serial: &Path) -> anyhow::Result<String> {
+/// The test guest as a libvirt domain `name` (TCG, direct kernel boot, serial to `serial`),
+/// with libvirt's own VNC display on every address of its host.
+fn domain_xml(name: &str, serial: &Path) -> String {
     let guest = GuestOptions {
         animate: true,
         ..GuestOptions::default()
     };
-    let xml = format!(
+    format!(
         "<domain type='qemu'>
-  <name>{DOMAIN}</name>
+  <name>{name}</name>
   <memory unit='KiB'>131072</memory>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
@@ -179,7 +179,7 @@ fn domain_xml(dir: &Path, serial: &Path) -> anyhow::Result<String> {
       <source mode='connect' path='{serial}'/>
       <target port='0'/>
     </serial>
-    <graphics type='vnc' port='-1' autoport='yes'/>
+    <graphics type='vnc' port='{VIEWER_PORT}' autoport='no' listen='0.0.0.0'/>
     <video>
       <model type='vga'/>
     </video>
@@ -189,8 +189,7 @@ fn domain_xml(dir: &Path, serial: &Path) -> anyhow::Result<String> {
         kernel = guest::kernel_path().display(),
         cmdline = guest.cmdline(),
         serial = serial.display(),
-    );
-    Ok(libvirt::patch_domain(&xml, &libvirt::DomainDir::new(dir))?)
+    )
 }
 
 /// `virsh domjobinfo --completed`'s "Total downtime" in ms, if it says.
@@ -279,7 +278,11 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
 
     service.add(bed.a())?;
     let xml_path = root.join("e2e.xml");
-    std::fs::write(&xml_path, domain_xml(&domain_dir, &serial_path)?)?;
+    let patched = libvirt::patch_domain(
+        &domain_xml(DOMAIN, &serial_path),
+        &libvirt::DomainDir::new(&domain_dir),
+    )?;
+    std::fs::write(&xml_path, patched)?;
     sides[0].virsh(&["create", xml_path.to_str().context("path")?])?;
     serial
         .wait_ready(WAIT)
@@ -405,6 +408,8 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
         || home.console_log(),
     )
     .await?;
+
+    baseline(&bed, &sides, root).await?;
     for side in &mut sides {
         side.daemon = None;
     }
@@ -431,4 +436,57 @@ async fn serving(side: &Side) -> anyhow::Result<serde_json::Value> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The same move for a domain without dmore (the hook leaves it alone), its viewer on
+/// libvirt's own VNC display on host A: the connection drops when libvirt stops the source
+/// QEMU. Printed: the keys lost up to the drop, the VM's downtime without a console to move.
+async fn baseline(bed: &Testbed, sides: &[Side], root: &Path) -> anyhow::Result<()> {
+    const PLAIN: &str = "plain-e2e";
+    let (a, b) = (&sides[0], &sides[1]);
+    let serial_path = root.join("plain-serial.sock");
+    let listener = tokio::net::UnixListener::bind(&serial_path)?;
+    let mut serial = Serial::chained(listener, false)?;
+    let xml_path = root.join("plain.xml");
+    std::fs::write(&xml_path, domain_xml(PLAIN, &serial_path))?;
+    a.virsh(&["create", xml_path.to_str().context("path")?])?;
+    serial.wait_ready(WAIT).await.context("the plain guest")?;
+    let viewer = SteadyViewer::connect_from(
+        bed.client(),
+        SocketAddr::from((a.host.ip(), VIEWER_PORT)),
+        SteadyConfig::default(),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let uri = b.daemon().uri().context("B's libvirtd")?;
+    let mut cmd = a.host.command("virsh");
+    cmd.arg("-c")
+        .arg(format!(
+            "qemu:///system?socket={}",
+            a.daemon().socket().display()
+        ))
+        .args(["migrate", "--live", "--p2p", PLAIN, &uri]);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    ensure!(
+        out.status.success(),
+        "baseline: virsh migrate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dropped = wait_for(
+        "the viewer on libvirt's own VNC to lose its connection",
+        || viewer.snapshot().dropped,
+        || "still connected".into(),
+    )
+    .await?;
+    let jobinfo = b.virsh(&["domjobinfo", "--completed", PLAIN]).ok();
+    let mut reports = Vec::new();
+    let count = count_session(Some(&mut serial), &mut reports, viewer, None).await?;
+    println!(
+        "baseline (libvirt's own VNC, migrate --live --p2p a->b): connection dropped ({}); keys {:?}; VM downtime {:?} ms",
+        dropped.1,
+        count.keys,
+        jobinfo.as_deref().and_then(downtime_ms),
+    );
+    b.virsh(&["destroy", PLAIN])?;
+    Ok(())
 }

@@ -8,8 +8,8 @@
 //! order, over one TCP connection (the client host's capture: one SYN, no FIN, no RST); every
 //! source console is gone after its move. The moves take turns with the flags: `--live
 //! --p2p`, Nova's `--live --p2p --persistent --undefinesource`, the same with
-//! `--auto-converge`, and `--live` driven by virsh itself. `DMORE_MIGRATIONS=N` sets the number
-//! of moves (default 4: each once).
+//! `--auto-converge`, `--live` driven by virsh itself, and `--live --p2p --tunnelled`.
+//! `DMORE_MIGRATIONS=N` sets the number of moves (default 5: each once).
 //!
 //! ```text
 //!   client ── VNC ──> SERVICE:5900 (moves with the console)
@@ -47,8 +47,9 @@ const VIEWER_PORT: u16 = 5900;
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The flags of each move, in turn: libvirt's peer-to-peer migration, Nova's flags, Nova's
-/// with `--auto-converge`, and a migration virsh drives itself.
-const FLAGS: [&[&str]; 4] = [
+/// with `--auto-converge`, a migration virsh drives itself, and one tunnelled through the
+/// libvirtds.
+const FLAGS: [&[&str]; 5] = [
     &["--live", "--p2p"],
     &["--live", "--p2p", "--persistent", "--undefinesource"],
     &[
@@ -59,6 +60,7 @@ const FLAGS: [&[&str]; 4] = [
         "--auto-converge",
     ],
     &["--live"],
+    &["--live", "--p2p", "--tunnelled"],
 ];
 
 fn moves() -> usize {

@@ -6,7 +6,8 @@
 //! finds the destination console among the domain's `peers`, and the destination's hook
 //! started that console with `--incoming`. Every key and click reaches the guest once, in
 //! order, over one TCP connection (the client host's capture: one SYN, no FIN, no RST); every
-//! source console is gone after its move. The moves take turns with the flags: `--live
+//! source console is gone after its move. First a migration cancelled during pre-copy
+//! (`virsh domjobabort`): the session stays on A, the destination's console goes. The moves take turns with the flags: `--live
 //! --p2p`, Nova's `--live --p2p --persistent --undefinesource`, the same with
 //! `--auto-converge`, `--live` driven by virsh itself, and `--live --p2p --tunnelled`.
 //! `DMORE_MIGRATIONS=N` sets the number of moves (default 5: each once).
@@ -320,6 +321,8 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
             .gap(calm.into_std(), tokio::time::Instant::now().into_std())
     );
 
+    aborted_move(&sides[0], &sides[1]).await?;
+
     for n in 1..=moves() {
         let (from, to) = if n % 2 == 1 {
             (&sides[0], &sides[1])
@@ -490,5 +493,76 @@ async fn baseline(bed: &Testbed, sides: &[Side], root: &Path) -> anyhow::Result<
         jobinfo.as_deref().and_then(downtime_ms),
     );
     b.virsh(&["destroy", PLAIN])?;
+    Ok(())
+}
+
+/// A migration cancelled during pre-copy (`virsh domjobabort` on a migration slowed to
+/// 1 MiB/s): `virsh migrate` fails, the source console serves on (the session never left),
+/// and the destination's console is gone with its QEMU (libvirt's `release` hook there).
+async fn aborted_move(from: &Side, to: &Side) -> anyhow::Result<()> {
+    let uri = to.daemon().uri().context("a host's libvirtd")?;
+    let mut cmd = from.host.command("virsh");
+    cmd.arg("-c")
+        .arg(format!(
+            "qemu:///system?socket={}",
+            from.daemon().socket().display()
+        ))
+        .args([
+            "migrate",
+            "--live",
+            "--p2p",
+            "--bandwidth",
+            "1",
+            DOMAIN,
+            &uri,
+        ]);
+    let migrate = tokio::task::spawn_blocking(move || cmd.output());
+    let start = Instant::now();
+    loop {
+        let status = request(&from.control(), &Command::Status).await?;
+        if status["phase"] == "Precopying" {
+            break;
+        }
+        ensure!(
+            start.elapsed() < WAIT,
+            "the source console never saw the migration start: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dest_pid = wait_for(
+        "the destination console",
+        || to.console_pid(),
+        || to.console_log(),
+    )
+    .await?;
+    from.virsh(&["domjobabort", DOMAIN])?;
+    let out = migrate.await??;
+    ensure!(
+        !out.status.success(),
+        "the aborted migration succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    println!(
+        "aborted move: virsh migrate said {:?}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let start = Instant::now();
+    loop {
+        let status = request(&from.control(), &Command::Status).await?;
+        if status["phase"] == "Serving" && status["vm_running"] == true {
+            break;
+        }
+        ensure!(
+            start.elapsed() < WAIT,
+            "the source console did not serve again: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for(
+        "the destination console to stop",
+        || (!running(dest_pid)).then_some(()),
+        || to.console_log(),
+    )
+    .await?;
     Ok(())
 }

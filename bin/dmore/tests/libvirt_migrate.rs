@@ -219,8 +219,11 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
         return Ok(());
     }
     let service = ServiceAddr::new(&bed, DEFAULT_OCTET)?;
-    // Short paths: unix sockets in the domain directory are limited to 107 bytes.
-    let tmp = tempfile::Builder::new().prefix("dmlv").tempdir_in("/tmp")?;
+    // In the run's directory, which the testbed removes (also after a killed run: its sweep);
+    // short, as unix sockets in the domain directory are limited to 107 bytes.
+    let tmp = tempfile::Builder::new()
+        .prefix("lv")
+        .tempdir_in(bed.run_dir())?;
     let root = tmp.path();
     let shared_dir = root.join("dmore");
     std::fs::create_dir_all(&shared_dir)?;

@@ -38,6 +38,7 @@ use testbed::hosts::{Host, Mode, Testbed};
 use testbed::libvirtd::Libvirtd;
 use testbed::qemu::Serial;
 use testbed::service::{ServiceAddr, DEFAULT_OCTET};
+use testbed::viewers::Image;
 
 const DOMAIN: &str = "dmore-e2e";
 /// Where each host's console waits for an arriving session.
@@ -316,6 +317,7 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
     .await?;
     // The same measure with nothing moving, for comparison with each move's.
     let calm = tokio::time::Instant::now();
+    let connected = calm;
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!(
         "no move: viewer's longest screen gap over 1 s {:?}",
@@ -325,6 +327,10 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
     );
 
     aborted_move(&sides[0], &sides[1]).await?;
+    println!(
+        "aborted move done {:?} after the viewer connected",
+        connected.elapsed()
+    );
 
     for n in 1..=moves() {
         let (from, to) = if n % 2 == 1 {
@@ -349,6 +355,11 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
             .args(&args);
         let virsh = tokio::task::spawn_blocking(move || cmd.output()).await??;
         let took = before.elapsed();
+        println!(
+            "move {n} ran from {:?} to {:?} after the viewer connected",
+            before.duration_since(connected),
+            connected.elapsed()
+        );
         ensure!(
             virsh.status.success(),
             "move {n}: virsh {args:?}: {}\nsource console:\n{}\ndestination console:\n{}",
@@ -406,8 +417,17 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
     ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
     ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
 
-    // Destroyed where it runs: the hook stops its console.
+    // What the viewer saw last is the guest's screen, with what was typed: QEMU's own
+    // (`virsh screenshot`) but for the guest's animated corner and the blinking cursor.
     let home = &sides[moves() % 2];
+    let shot = root.join("screen.png");
+    home.virsh(&["screenshot", DOMAIN, shot.to_str().context("path")?])?;
+    // libvirt 9.0 asks QEMU for a PNG.
+    let want = testbed::viewers::decode_png(&std::fs::read(&shot)?)?;
+    let seen = count.screen.as_ref().context("the viewer's last screen")?;
+    same_screen(seen, &want)?;
+
+    // Destroyed where it runs: the hook stops its console.
     let pid = home.console_pid().context("the last console's pid")?;
     home.virsh(&["destroy", DOMAIN])?;
     wait_for(
@@ -567,5 +587,50 @@ async fn aborted_move(from: &Side, to: &Side) -> anyhow::Result<()> {
         || to.console_log(),
     )
     .await?;
+    Ok(())
+}
+
+/// The tiny guest's VGA text cell, in pixels.
+const CELL: (usize, usize) = (9, 16);
+/// The cells at the top right the guest animates (`animate=1`).
+const ANIMATED_CELLS: usize = 8;
+
+/// `seen` (a viewer's framebuffer) shows QEMU's screen `want`: the same size, and every pixel
+/// the same but in the animated corner and at most one cell elsewhere (the cursor blinks);
+/// and typed text is there (many pixels unlike the background).
+fn same_screen(seen: &rfb::framebuffer::Framebuffer, want: &Image) -> anyhow::Result<()> {
+    let (width, height) = (usize::from(seen.width()), usize::from(seen.height()));
+    ensure!(
+        (width, height) == (want.width, want.height),
+        "the viewer's screen is {width}x{height}, QEMU's {}x{}",
+        want.width,
+        want.height
+    );
+    let animated = |x: usize, y: usize| x >= width - ANIMATED_CELLS * CELL.0 && y < CELL.1;
+    let mut bounds: Option<(usize, usize, usize, usize)> = None;
+    for (i, (a, b)) in seen.pixels().iter().zip(&want.pixels).enumerate() {
+        let (x, y) = (i % width, i / width);
+        if (a & 0x00ff_ffff) == *b || animated(x, y) {
+            continue;
+        }
+        let (l, t, r, btm) = bounds.unwrap_or((x, y, x, y));
+        bounds = Some((l.min(x), t.min(y), r.max(x), btm.max(y)));
+    }
+    if let Some((l, t, r, b)) = bounds {
+        ensure!(
+            r - l < CELL.0 && b - t < CELL.1,
+            "the viewer's screen differs from QEMU's in ({l},{t})-({r},{b}), more than a cursor"
+        );
+    }
+    let background = want.pixel(0, height - 1).unwrap_or(0);
+    let text = want.pixels.iter().filter(|p| **p != background).count();
+    println!(
+        "the viewer's last screen equals QEMU's (but for the animated corner{}); {text} pixels of text",
+        if bounds.is_some() { " and the cursor" } else { "" }
+    );
+    ensure!(
+        text > 1000,
+        "hardly any text on the guest's screen: {text} pixels"
+    );
     Ok(())
 }

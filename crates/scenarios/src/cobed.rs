@@ -29,6 +29,7 @@ use guest::report::Report;
 use guest::GuestOptions;
 use linux_guest::launch::LinuxOptions;
 use orchestrate::{OrchestrateError, Plan, Progress, Timeline};
+use rfb::framebuffer::Framebuffer;
 use testbed::capture::{Capture, CaptureError, CaptureReport};
 use testbed::hosts::{Host, HostsError, Role, Testbed};
 use testbed::qemu::{Qemu, Serial};
@@ -220,6 +221,8 @@ pub struct SessionCount {
     pub reports: Vec<Report>,
     /// The client host's capture, when one was given.
     pub capture: Option<CaptureReport>,
+    /// The screen as the viewer had it when it stopped.
+    pub screen: Option<Framebuffer>,
 }
 
 /// Counts a steady viewer's session once the guest is quiet: stops the typing, lets what is
@@ -270,13 +273,14 @@ pub async fn count_session(
         Some(capture) => Some(tokio::task::spawn_blocking(move || capture.finish()).await??),
         None => None,
     };
-    let log = viewer.stop().await;
+    let (log, screen) = viewer.stop_with_screen().await;
     Ok(SessionCount {
         keys: tally(&log.key_codes(), &key_presses(&reports)),
         clicks: (log.clicks.len(), left_clicks(&reports)),
         log,
         reports,
         capture,
+        screen,
     })
 }
 

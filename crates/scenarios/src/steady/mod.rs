@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rfb::framebuffer::Framebuffer;
 use rfb::{ClientMessage, RectPayload, ServerMessage};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -144,7 +145,7 @@ pub struct SteadyViewer {
     log: Arc<Mutex<SteadyLog>>,
     typing: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<Framebuffer>>,
 }
 
 impl Drop for SteadyViewer {
@@ -218,12 +219,19 @@ impl SteadyViewer {
     }
 
     /// Stops the viewer, closes its connection and returns the log.
-    pub async fn stop(mut self) -> SteadyLog {
+    pub async fn stop(self) -> SteadyLog {
+        self.stop_with_screen().await.0
+    }
+
+    /// Stops the viewer, closes its connection and returns the log and the screen as the
+    /// viewer last had it (`None` if its task failed).
+    pub async fn stop_with_screen(mut self) -> (SteadyLog, Option<Framebuffer>) {
         let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-        lock(&self.log).clone()
+        let screen = match self.task.take() {
+            Some(task) => task.await.ok(),
+            None => None,
+        };
+        (lock(&self.log).clone(), screen)
     }
 }
 
@@ -253,7 +261,7 @@ async fn drive(
     log: Arc<Mutex<SteadyLog>>,
     typing: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Framebuffer {
     let dropped = |why: String| {
         let mut log = lock(&log);
         log.dropped.get_or_insert((Instant::now(), why));
@@ -266,7 +274,8 @@ async fn drive(
     let mut mirror: Vec<u32> = Vec::new();
     let (w, h) = (reader.framebuffer().width(), reader.framebuffer().height());
     if let Err(e) = writer.request_update(false, w, h).await {
-        return dropped(format!("requesting the first update: {e}"));
+        dropped(format!("requesting the first update: {e}"));
+        return reader.framebuffer().clone();
     }
     loop {
         tokio::select! {
@@ -346,6 +355,7 @@ async fn drive(
         }
     }
     let _ = writer.shutdown().await;
+    reader.framebuffer().clone()
 }
 
 #[cfg(test)]

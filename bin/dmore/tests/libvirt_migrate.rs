@@ -160,19 +160,30 @@ fn hook_config(host: &Host, hosts: &[&Host], service: &ServiceAddr, key: &Path) 
     .to_string()
 }
 
-/// The test guest as a libvirt domain `name` (TCG, direct kernel boot, serial to `serial`),
+/// The test guest as a libvirt domain `name` (KVM and qboot, else TCG; direct kernel boot;
+/// serial to `serial`),
 /// with libvirt's own VNC display on every address of its host.
 fn domain_xml(name: &str, serial: &Path) -> String {
     let guest = GuestOptions {
         animate: true,
         ..GuestOptions::default()
     };
+    // KVM with qboot where KVM works (as the testbed's own QEMUs), else TCG.
+    let kvm = testbed::qemu::kvm_usable() && Path::new(testbed::qemu::QBOOT).exists();
+    let (kind, loader) = if kvm {
+        (
+            "kvm",
+            format!("\n    <loader type='rom'>{}</loader>", testbed::qemu::QBOOT),
+        )
+    } else {
+        ("qemu", String::new())
+    };
     format!(
-        "<domain type='qemu'>
+        "<domain type='{kind}'>
   <name>{name}</name>
   <memory unit='KiB'>131072</memory>
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
+    <type arch='x86_64' machine='pc'>hvm</type>{loader}
     <kernel>{kernel}</kernel>
     <cmdline>{cmdline}</cmdline>
   </os>
@@ -379,6 +390,10 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
             "move {n}: the service address must be on {} alone",
             to.host.name()
         );
+        println!(
+            "move {n}: the new home console's input counters {}",
+            counters(&status)
+        );
         let jobinfo = to.virsh(&["domjobinfo", "--completed", DOMAIN]).ok();
         let mig = &status["comigration"];
         let freeze_to_takeover_ms = mig["taken_over_at_us"]
@@ -573,6 +588,10 @@ async fn aborted_move(from: &Side, to: &Side) -> anyhow::Result<()> {
     loop {
         let status = request(&from.control(), &Command::Status).await?;
         if status["phase"] == "Serving" && status["vm_running"] == true {
+            println!(
+                "aborted move: the source console's input counters {}",
+                counters(&status)
+            );
             break;
         }
         ensure!(
@@ -633,4 +652,22 @@ fn same_screen(seen: &rfb::framebuffer::Framebuffer, want: &Image) -> anyhow::Re
         "hardly any text on the guest's screen: {text} pixels"
     );
     Ok(())
+}
+
+/// A console's input counters from its `status` (events pushed, delivered on each lane,
+/// uncertain and dropped), for locating a loss.
+fn counters(status: &serde_json::Value) -> String {
+    [
+        "link_pushed",
+        "link_delivered",
+        "link_fast_sent",
+        "link_qmp_delivered",
+        "link_qmp_not_running",
+        "link_uncertain",
+        "link_dropped",
+    ]
+    .iter()
+    .map(|k| format!("{}={}", k.trim_start_matches("link_"), status[*k]))
+    .collect::<Vec<_>>()
+    .join(" ")
 }

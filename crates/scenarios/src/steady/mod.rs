@@ -235,6 +235,18 @@ impl SteadyViewer {
     }
 }
 
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
 fn lock(log: &Mutex<SteadyLog>) -> std::sync::MutexGuard<'_, SteadyLog> {
     log.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -308,7 +320,7 @@ async fn drive(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    dropped(format!("reading: {e}"));
+                    dropped(format!("reading: {}", error_chain(&e)));
                     break;
                 }
             },

@@ -31,7 +31,8 @@ destination host, next to the QEMU started with -incoming defer:
   dmore console --vnc-socket /run/vm1/vnc.sock --qmp-socket /run/vm1/console-qmp.sock \
       --listen 10.0.0.50:5900 --service-interface eth0 --control /run/vm1/console.ctl \
       --peer-key-file /etc/dmore/vm1.key --incoming 10.0.0.2:4700
-then `dmore migrate ... --dest-console-addr 10.0.0.2:4700` (or libvirt) migrates the VM; the
+then `dmore migrate ... --dest-console-addr 10.0.0.2:4700` migrates the VM (or a manager such
+as libvirt does, and the source console, given --peer 10.0.0.2:4700, finds its peer); the
 source console freezes when its VM stops for the switchover, the destination console takes
 over when its VM runs. With --service-interface the --listen address is a service address
 that moves with the VM (both hosts on one L2 segment, gratuitous ARP allowed): the
@@ -93,6 +94,12 @@ pub struct ConsoleArgs {
     /// Destination console: wait here for the source console's session (like QEMU's -incoming).
     #[arg(long, value_name = "ADDR", requires = "peer_key_file")]
     incoming: Option<SocketAddr>,
+    /// Where this VM's console listens (its --incoming) on another host; repeat for each host.
+    /// When the VM starts migrating and no `prepare` named the destination (libvirt migrates
+    /// without a word to the console), the source console tries these in turn: only the
+    /// console waiting for this VM completes the authenticated Hellos.
+    #[arg(long = "peer", value_name = "ADDR", requires = "peer_key_file")]
+    peers: Vec<SocketAddr>,
     /// Seconds the session outlives its QEMU. Serving: viewers stay connected (the desktop
     /// name says QEMU has gone, input is discarded and counted) and the console re-attaches
     /// when QEMU's sockets answer again (a restarted VM); frozen for a migration: the
@@ -153,6 +160,7 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
             },
             service_interface: args.service_interface.clone(),
             incoming: args.incoming,
+            peers: args.peers.clone(),
         }),
         None => None,
     };

@@ -25,7 +25,8 @@ struct Cli {
 #[derive(clap::Subcommand, Debug)]
 enum Command {
     /// Run the console of one VM (viewers in front, QEMU's VNC and QMP behind).
-    Console(console_cmd::ConsoleArgs),
+    // Boxed: the largest arguments by far; parsed once.
+    Console(Box<console_cmd::ConsoleArgs>),
     /// Measure what a plain QEMU console loses across live migrations (the "before" column).
     Baseline(baseline_cmd::BaselineArgs),
     /// Live-migrate a VM and its console together (QEMU's migration plus the console's).
@@ -46,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Console(args) => console_cmd::run(args),
+        Command::Console(args) => console_cmd::run(*args),
         Command::Baseline(args) => baseline_cmd::run(args),
         Command::Migrate(args) => migrate_cmd::run(args),
         Command::Demo(args) => demo_cmd::run(args),

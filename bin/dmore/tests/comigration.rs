@@ -15,7 +15,9 @@
 //! - German text typed with QEMU and the consoles on `-k de` through co-migrations: every key
 //!   edge reaches the guest once, in order, as the scancode a German keyboard gives;
 //! - Ctrl-C on `dmore migrate` during pre-copy: cancelled, the session stays on the source;
-//! - a second migration of the VM while one runs: refused, the first undisturbed.
+//! - a second migration of the VM while one runs: refused, the first undisturbed;
+//! - SIGTERM to the source console while it holds the session (libvirt's `release` hook can
+//!   send it before the takeover): it hands over first.
 //!
 //! Skipped (with a note) where network namespaces cannot be made (not root).
 
@@ -505,6 +507,52 @@ async fn a_restarted_destination_console_takes_over_from_the_sources_checkpoint(
     println!("the restarted destination console serves the session");
     src.client().quit().await.ok();
     drop((src, dst));
+    bed.finish().await?;
+    check_nothing_lost(&mut bed, viewer).await?;
+    Ok(())
+}
+
+/// libvirt's `release` hook stops the source console (SIGTERM) once its QEMU is gone, which
+/// can come before the destination console took over. A stop signal while the source holds
+/// its checkpoint waits: the console is still there at `pre-switchover` after the signal,
+/// hands the session over when the VM switches, and exits; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_a_frozen_source_console_waits_for_the_handover() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(mut bed) = bed(128, GuestOptions::default()).await? else {
+        return Ok(());
+    };
+    let viewer = viewer(&bed).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let plan = bed.announce(true).await?;
+    let (src, _src_events) = qmp::Connection::connect(&plan.source_qmp).await?;
+    let (dst, _dst_events) = qmp::Connection::connect(&plan.dest_qmp).await?;
+    let options = MigrationOptions {
+        pause_before_switchover: true,
+        ..MigrationOptions::default()
+    };
+    let mut m = Migration::start(src.client(), dst.client(), &plan.incoming_uri, options).await?;
+    ensure!(
+        m.run().await? == Phase::PreSwitchover,
+        "held at pre-switchover"
+    );
+    let sent = Command::Wait {
+        phase: "Sent".into(),
+        timeout: WAIT,
+    };
+    request(&plan.source_console, &sent).await?;
+    let (_, source_console) = bed.home_pids().context("home")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(source_console as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = request(&plan.source_console, &Command::Status).await?;
+    ensure!(
+        status["phase"] == "Sent",
+        "the source console still holds the session after SIGTERM: {status}"
+    );
+    m.proceed().await?;
     bed.finish().await?;
     check_nothing_lost(&mut bed, viewer).await?;
     Ok(())

@@ -69,7 +69,8 @@ pub fn decide(operation: &str, sub_operation: &str) -> Action {
 /// ```json
 /// { "user": "dmore", "peer_key_file": "/etc/dmore/peer.key",
 ///   "domains": { "vm1": { "listen": "10.0.0.50:5900", "password_file": "/etc/dmore/vm1.pw",
-///                         "incoming": "10.0.0.2:4700" } } }
+///                         "incoming": "10.0.0.2:4700",
+///                         "peers": ["10.0.0.2:4700", "10.0.0.3:4700"] } } }
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,6 +116,11 @@ pub struct DomainConfig {
     /// arrives by migration.
     #[serde(default)]
     pub incoming: Option<SocketAddr>,
+    /// Where this domain's console waits (`incoming`) on each host it may migrate to; this
+    /// host's own `incoming` may be listed too (left out), so one list serves every host.
+    /// The source console tries them in turn when libvirt migrates the domain.
+    #[serde(default)]
+    pub peers: Vec<SocketAddr>,
 }
 
 /// Why the hook failed.
@@ -262,6 +268,9 @@ pub fn console_command(
         }
         if let (true, Some(addr)) = (incoming, domain.incoming) {
             arg("--incoming", &addr.to_string());
+        }
+        for peer in domain.peers.iter().filter(|p| Some(**p) != domain.incoming) {
+            arg("--peer", &peer.to_string());
         }
     }
     if domain.insecure_no_auth {

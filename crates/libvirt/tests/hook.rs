@@ -37,7 +37,8 @@ const CONFIG: &str = r#"{
   "peer_key_file": "/etc/dmore/peer.key",
   "domains": {
     "vm1": { "listen": "10.0.0.50:5900", "password_file": "/etc/dmore/vm1.pw",
-             "service_interface": "eth0", "incoming": "10.0.0.2:4700" },
+             "service_interface": "eth0", "incoming": "10.0.0.2:4700",
+             "peers": ["10.0.0.2:4700", "10.0.0.3:4700", "10.0.0.4:4700"] },
     "plain": { "listen": "127.0.0.1:5901", "insecure_no_auth": true }
   }
 }"#;
@@ -96,11 +97,17 @@ fn console_command_line() {
             "eth0",
             "--incoming",
             "10.0.0.2:4700",
+            "--peer",
+            "10.0.0.3:4700",
+            "--peer",
+            "10.0.0.4:4700",
         ]
     );
-    // Not arriving by migration: no --incoming.
+    // Not arriving by migration: no --incoming; the peers all the same, never this host's own
+    // `incoming` (this console's own listener, once it arrived elsewhere and came back).
     let cmd = console_command(&config, &config.domains["vm1"], &vm1, dmore, run_as, false);
     assert!(!words(&cmd).contains(&"--incoming"));
+    assert!(words(&cmd).ends_with(&["--peer", "10.0.0.3:4700", "--peer", "10.0.0.4:4700"]));
     // As root, no service address: no setpriv, no capabilities asked for.
     let (_, plain) = patched("plain");
     let cmd = console_command(

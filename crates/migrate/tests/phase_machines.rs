@@ -65,6 +65,14 @@ fn source_freezes_without_a_migration_event_and_without_a_peer() {
     assert_eq!((&s, a), (&SS::Frozen, vec![]));
     let (s, a) = src(s, SE::PeerConnected);
     assert_eq!((&s, a), (&SS::Sent, vec![SA::SendSnapshot]));
+    // A migration nobody prepared (libvirt): the destination is looked for at its start.
+    let (s, a) = src(SS::Serving { peer: Disconnected }, SE::MigrationStarted);
+    assert_eq!(
+        (&s, a),
+        (&SS::Precopying { peer: Disconnected }, vec![SA::Connect])
+    );
+    let (s, a) = src(s, SE::PeerConnected);
+    assert_eq!((&s, a), (&SS::Precopying { peer: Connected }, vec![]));
     // A missed STOP: completion seen while precopying still freezes.
     let (s, a) = src(SS::Precopying { peer: Connected }, SE::MigrationCompleted);
     assert_eq!((&s, a), (&SS::Sent, vec![SA::Freeze, SA::SendSnapshot]));

@@ -29,6 +29,7 @@ use guest::report::Report;
 use guest::GuestOptions;
 use linux_guest::launch::LinuxOptions;
 use orchestrate::{OrchestrateError, Plan, Progress, Timeline};
+use rfb::framebuffer::Framebuffer;
 use testbed::capture::{Capture, CaptureError, CaptureReport};
 use testbed::hosts::{Host, HostsError, Role, Testbed};
 use testbed::qemu::{Qemu, Serial};
@@ -220,6 +221,97 @@ pub struct SessionCount {
     pub reports: Vec<Report>,
     /// The client host's capture, when one was given.
     pub capture: Option<CaptureReport>,
+    /// The screen as the viewer had it when it stopped.
+    pub screen: Option<Framebuffer>,
+}
+
+/// Counts a steady viewer's session once the guest is quiet: stops the typing, lets what is
+/// in flight arrive, adds every report from `serial` to `timed` (which holds those of the guest's earlier
+/// homes), ends `capture` (before the viewer closes its connection: that FIN is no news), then
+/// stops the viewer.
+pub async fn count_session(
+    mut serial: Option<&mut Serial>,
+    timed: &mut TimedReports,
+    viewer: SteadyViewer,
+    capture: Option<Capture>,
+) -> Result<SessionCount, CoBedError> {
+    viewer.set_typing(false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sent, clicked) = {
+        let log = viewer.snapshot();
+        (log.keys.len(), log.clicks.len())
+    };
+    // A guest on a loaded machine can fall seconds behind the viewer: wait until it
+    // reported every key and click, or said nothing for QUIET.
+    let deadline = Instant::now() + QUIET_DEADLINE;
+    let mut last_news = Instant::now();
+    let mut seen = timed.reports.len();
+    loop {
+        if let Some(serial) = serial.as_deref_mut() {
+            collect(
+                serial,
+                timed,
+                Duration::from_millis(100),
+                Duration::from_millis(500),
+            )
+            .await;
+        }
+        let reports = &timed.reports;
+        let now = Instant::now();
+        if reports.len() > seen {
+            seen = reports.len();
+            last_news = now;
+        }
+        if (key_presses(reports).len() >= sent && left_clicks(reports) >= clicked)
+            || now.duration_since(last_news) >= QUIET
+            || now >= deadline
+        {
+            break;
+        }
+    }
+    let reports = timed.reports.clone();
+    let capture = match capture {
+        Some(capture) => Some(tokio::task::spawn_blocking(move || capture.finish()).await??),
+        None => None,
+    };
+    let (log, screen) = viewer.stop_with_screen().await;
+    Ok(SessionCount {
+        keys: tally(&log.key_codes(), &key_presses(&reports)),
+        clicks: (log.clicks.len(), left_clicks(&reports)),
+        log,
+        reports,
+        capture,
+        screen,
+    })
+}
+
+/// A guest's serial reports, in order, each with the time its line came out of the port.
+#[derive(Debug, Clone, Default)]
+pub struct TimedReports {
+    /// The reports.
+    pub reports: Vec<Report>,
+    /// When each of `reports` came out of the guest's serial port (a report cut by a
+    /// switchover: when it was joined).
+    pub arrivals: Vec<std::time::Instant>,
+}
+
+impl TimedReports {
+    fn push(&mut self, at: std::time::Instant, report: Report) {
+        self.reports.push(report);
+        self.arrivals.push(at);
+    }
+}
+
+/// Adds the reports `serial` gives to `timed` until it is quiet for `quiet` or `max` passed.
+async fn collect(serial: &mut Serial, timed: &mut TimedReports, quiet: Duration, max: Duration) {
+    let deadline = Instant::now() + max;
+    while Instant::now() < deadline {
+        let wait = quiet.min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, serial.recv_timed()).await {
+            Ok(Some((at, report))) => timed.push(at, report),
+            Ok(None) | Err(_) => break,
+        }
+    }
 }
 
 /// A `dmore console` process; killed and reaped on drop.
@@ -295,9 +387,7 @@ pub struct CoBed {
     dmore: PathBuf,
     home: Option<Vm>,
     dest: Option<Destination>,
-    reports: Vec<Report>,
-    /// When each of `reports` came out of the guest's serial port.
-    arrivals: Vec<std::time::Instant>,
+    reports: TimedReports,
     options: CoBedOptions,
     key_file: PathBuf,
     generation: u32,
@@ -332,8 +422,7 @@ impl CoBed {
             dmore,
             home: None,
             dest: None,
-            reports: Vec::new(),
-            arrivals: Vec::new(),
+            reports: TimedReports::default(),
             options,
             key_file,
             generation: 0,
@@ -469,27 +558,17 @@ impl CoBed {
     /// Every report the guest printed so far, across its homes, in order: takes what the home
     /// QEMU's serial has, until it is quiet for `quiet` or `max` has passed.
     pub async fn collect_reports(&mut self, quiet: Duration, max: Duration) -> &[Report] {
-        let deadline = Instant::now() + max;
         if let Some(vm) = self.home.as_mut() {
-            while Instant::now() < deadline {
-                let wait = quiet.min(deadline.saturating_duration_since(Instant::now()));
-                match tokio::time::timeout(wait, vm.qemu.serial().recv_timed()).await {
-                    Ok(Some((at, report))) => {
-                        self.reports.push(report);
-                        self.arrivals.push(at);
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            collect(vm.qemu.serial(), &mut self.reports, quiet, max).await;
         }
-        &self.reports
+        &self.reports.reports
     }
 
     /// When each report [`collect_reports`](Self::collect_reports) returns came out of the
     /// guest's serial port, in the same order (a report cut by a switchover: when it was
     /// joined).
     pub fn report_arrivals(&self) -> &[std::time::Instant] {
-        &self.arrivals
+        &self.reports.arrivals
     }
 
     /// Starts tcpdump on the client host's `eth0`, reporting the connections to the service
@@ -503,54 +582,15 @@ impl CoBed {
         Ok(tokio::task::spawn_blocking(move || Capture::start(&client, &name, service)).await??)
     }
 
-    /// Counts a steady viewer's session once the guest is quiet: stops the typing, lets what is
-    /// in flight arrive, takes every report, ends `capture` (before the viewer closes its
-    /// connection: that FIN is no news), then stops the viewer.
+    /// Counts a steady viewer's session once the guest is quiet ([`count_session`]) from the
+    /// home QEMU's serial port.
     pub async fn count_session(
         &mut self,
         viewer: SteadyViewer,
         capture: Option<Capture>,
     ) -> Result<SessionCount, CoBedError> {
-        viewer.set_typing(false);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let (sent, clicked) = {
-            let log = viewer.snapshot();
-            (log.keys.len(), log.clicks.len())
-        };
-        // A guest on a loaded machine can fall seconds behind the viewer: wait until it
-        // reported every key and click, or said nothing for QUIET.
-        let deadline = Instant::now() + QUIET_DEADLINE;
-        let mut last_news = Instant::now();
-        let mut seen = self.reports.len();
-        loop {
-            let reports = self
-                .collect_reports(Duration::from_millis(100), Duration::from_millis(500))
-                .await;
-            let now = Instant::now();
-            if reports.len() > seen {
-                seen = reports.len();
-                last_news = now;
-            }
-            if (key_presses(reports).len() >= sent && left_clicks(reports) >= clicked)
-                || now.duration_since(last_news) >= QUIET
-                || now >= deadline
-            {
-                break;
-            }
-        }
-        let reports = self.reports.clone();
-        let capture = match capture {
-            Some(capture) => Some(tokio::task::spawn_blocking(move || capture.finish()).await??),
-            None => None,
-        };
-        let log = viewer.stop().await;
-        Ok(SessionCount {
-            keys: tally(&log.key_codes(), &key_presses(&reports)),
-            clicks: (log.clicks.len(), left_clicks(&reports)),
-            log,
-            reports,
-            capture,
-        })
+        let serial = self.home.as_mut().map(|vm| vm.qemu.serial());
+        count_session(serial, &mut self.reports, viewer, capture).await
     }
 
     /// Starts the destination on the other host: QEMU with `-incoming defer` (same
@@ -643,8 +683,7 @@ impl CoBed {
         let host = old.role.name();
         let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
             while let Some((at, report)) = old.qemu.serial().recv_timed().await {
-                self.reports.push(report);
-                self.arrivals.push(at);
+                self.reports.push(at, report);
             }
         })
         .await;
@@ -704,8 +743,7 @@ impl CoBed {
         };
         match parsed {
             Ok(report) => {
-                self.reports.push(report);
-                self.arrivals.push(std::time::Instant::now());
+                self.reports.push(std::time::Instant::now(), report);
             }
             Err(e) => tracing::warn!(tail, first, error = %e, "a report cut by the switchover"),
         }

@@ -11,7 +11,7 @@
 
 use guest::report::Report;
 
-use crate::cobed::{CoBed, CoBedError};
+use crate::cobed::{CoBed, CoBedError, SessionCount};
 use crate::steady::tally::{first_mismatch, key_presses, Tally};
 use crate::steady::{SteadyConfig, SteadyError, SteadyViewer};
 
@@ -60,6 +60,12 @@ pub async fn check_nothing_lost(
     viewer: SteadyViewer,
 ) -> Result<Tally, DeliveryError> {
     let count = bed.count_session(viewer, None).await?;
+    check_count(&count)
+}
+
+/// Checks a counted session ([`crate::cobed::count_session`]): every key and click once, in
+/// order, over one connection, and enough keys to judge; a loss is located on stdout.
+pub fn check_count(count: &SessionCount) -> Result<Tally, DeliveryError> {
     let (keys, (sent, received)) = (count.keys, count.clicks);
     println!(
         "keys {keys:?}; clicks sent {sent} received {received}; connection kept: {}",
@@ -76,9 +82,13 @@ pub async fn check_nothing_lost(
                 .map(|(k, f)| k.at.duration_since(f));
             println!("first key out of order: #{i} typed at {at:?} after the first");
         }
+        print_count_jumps("key", &count.reports, |r| match r {
+            Report::Key { count, .. } => Some(*count),
+            _ => None,
+        });
     }
-    if let Some((_, why)) = count.log.dropped {
-        return Err(DeliveryError::ConnectionDropped(why));
+    if let Some((_, why)) = &count.log.dropped {
+        return Err(DeliveryError::ConnectionDropped(why.clone()));
     }
     if sent != received {
         print_click_gaps(&count.reports);
@@ -97,20 +107,24 @@ pub async fn check_nothing_lost(
 
 /// Where the guest's button count jumped (clicks lost) or repeated.
 fn print_click_gaps(reports: &[Report]) {
-    let counts: Vec<u64> = reports
-        .iter()
-        .filter_map(|r| match r {
-            Report::Button { count, .. } => Some(*count),
-            _ => None,
-        })
-        .collect();
+    print_count_jumps("button", reports, |r| match r {
+        Report::Button { count, .. } => Some(*count),
+        _ => None,
+    });
+}
+
+/// Where the guest's running count of `what` events (from `count_of` each report) jumped or
+/// repeated: a jump with every report in between means the guest never saw those events; a
+/// repeat means a report came twice (its serial output, not the input).
+fn print_count_jumps(what: &str, reports: &[Report], count_of: impl Fn(&Report) -> Option<u64>) {
+    let counts: Vec<u64> = reports.iter().filter_map(count_of).collect();
     let gaps: Vec<(u64, u64)> = counts
         .windows(2)
         .filter(|w| w[1] != w[0] + 1)
         .map(|w| (w[0], w[1]))
         .collect();
     println!(
-        "button events reported {} (the guest counted {:?}); jumps in its count: {gaps:?}",
+        "{what} events reported {} (the guest counted {:?}); jumps in its count: {gaps:?}",
         counts.len(),
         counts.last()
     );

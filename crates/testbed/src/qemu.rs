@@ -37,6 +37,7 @@ use serde_json::Value;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 
+pub use args::QBOOT;
 pub use serial::{Serial, SerialError};
 
 /// The Debian package that has `qemu-system-x86_64`.

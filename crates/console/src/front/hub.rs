@@ -57,6 +57,9 @@ pub(super) struct Hub {
     gate: super::gate::Gate,
     /// Viewers cut at a freeze because their writer was still busy at its deadline.
     viewers_cut: u64,
+    /// A SIGTERM or SIGINT that came while the session was in flight (a checkpoint kept for
+    /// the destination): the console stops once it is handed over or thawed.
+    stop_deferred: Option<&'static str>,
     admit_tx: mpsc::Sender<Admission>,
     admit_rx: mpsc::Receiver<Admission>,
     written_tx: mpsc::UnboundedSender<Written>,
@@ -148,6 +151,7 @@ impl Hub {
             reattached: 0,
             gate: super::gate::Gate::default(),
             viewers_cut: 0,
+            stop_deferred: None,
             admit_tx,
             admit_rx,
             written_tx,
@@ -273,6 +277,9 @@ impl Hub {
                 source,
             })?;
         loop {
+            if let (Some(why), false) = (self.stop_deferred, self.holds_checkpoint()) {
+                return self.stop(why).await;
+            }
             // Refused input is retried when the link says its journal has room again (the
             // link of now: a re-attach replaces it).
             let input: LinkInput = self.link.input();
@@ -281,8 +288,8 @@ impl Hub {
             let gone = self.gone.is_some();
             let wake = self.gone_wake();
             tokio::select! {
-                _ = term.recv() => return self.stop("SIGTERM").await,
-                _ = tokio::signal::ctrl_c() => return self.stop("SIGINT").await,
+                _ = term.recv() => self.stop_signal("SIGTERM"),
+                _ = tokio::signal::ctrl_c() => self.stop_signal("SIGINT"),
                 event = self.events.recv(), if !gone => match event {
                     Some(LinkEvent::Vm(v)) => {
                         tracing::info!(?v, "VM state");
@@ -462,6 +469,20 @@ impl Hub {
         }))
     }
 
+    /// A stop signal: the loop stops at once, or once the checkpoint is no longer kept.
+    fn stop_signal(&mut self, why: &'static str) {
+        if self.holds_checkpoint() {
+            tracing::info!(
+                why,
+                "stop deferred: the session is in flight to the destination"
+            );
+        }
+        self.stop_deferred = Some(why);
+    }
+
+    /// Stops on a signal. Not while a checkpoint is kept (the loop defers it): the session
+    /// would die with it. libvirt's `release` hook stops the source console once its QEMU is
+    /// gone, which can come before the destination console has taken over.
     async fn stop(self, why: &str) -> Result<Exit, ConsoleError> {
         tracing::info!(why, viewers = self.viewers.len(), "console stopping");
         for (_, slot) in self.viewers {

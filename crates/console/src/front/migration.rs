@@ -235,6 +235,8 @@ pub(super) struct CoMigration {
     pub destination: Option<DestinationState>,
     /// The destination console to move to (`prepare`).
     pub to_destination: Option<SocketAddr>,
+    /// Where the destination console may be when no `prepare` named it (`--peer`).
+    peers: Vec<SocketAddr>,
     out: Option<Peer>,
     inbound: Option<Peer>,
     /// Connections accepted on `incoming` whose Hellos are not done: one replaces `inbound`
@@ -254,11 +256,13 @@ pub(super) struct CoMigration {
 }
 
 impl CoMigration {
-    /// A console that can migrate out (and, with `incoming`, is arriving).
+    /// A console that can migrate out (to `prepare`'s destination, else to one of `peers`)
+    /// and, with `incoming`, is arriving.
     pub fn new(
         key: PeerKey,
         service: Option<ServiceAddress>,
         incoming: Option<TcpListener>,
+        peers: Vec<SocketAddr>,
         phase: watch::Sender<&'static str>,
     ) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -271,6 +275,7 @@ impl CoMigration {
             },
             destination,
             to_destination: None,
+            peers,
             out: None,
             inbound: None,
             candidates: Vec::new(),
@@ -459,15 +464,20 @@ impl CoMigration {
         actions
     }
 
-    /// Connects to the destination console (`SourceAction::Connect`).
+    /// Connects to the destination console (`SourceAction::Connect`): the one `prepare`
+    /// named, else whichever of the configured peers answers for this VM.
     pub fn connect(&mut self) {
-        let Some(addr) = self.to_destination else {
+        let addrs = match self.to_destination {
+            Some(addr) => vec![addr],
+            None => self.peers.clone(),
+        };
+        if addrs.is_empty() {
             tracing::warn!("no destination console known yet: the snapshot waits for `prepare`");
             return;
-        };
+        }
         self.generation += 1;
         self.out = Some(Peer::connect(
-            addr,
+            addrs,
             self.key.clone(),
             self.generation,
             self.events_tx.clone(),
@@ -531,9 +541,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (phase, _) = watch::channel("Waiting");
-        let mut dest = CoMigration::new(key.clone(), None, Some(listener), phase);
+        let mut dest = CoMigration::new(key.clone(), None, Some(listener), vec![], phase);
         let (source_tx, mut source_rx) = mpsc::unbounded_channel();
-        let _source = Peer::connect(addr, key, 1, source_tx);
+        let _source = Peer::connect(vec![addr], key, 1, source_tx);
         while !matches!(
             dest.next().await,
             MigrationInput::Destination(DestinationEvent::PeerConnected)
@@ -557,6 +567,73 @@ mod tests {
                 Some((1, PeerEvent::Received(Message::ResendSnapshot)))
             ),
             "the source's connection is still the peer"
+        );
+    }
+
+    /// A migration nobody prepared: the source tries its peers in turn and connects to the
+    /// one console waiting for this VM, past a closed port and another VM's console.
+    #[tokio::test]
+    async fn a_source_finds_its_destination_among_its_peers() {
+        let key = |vm: &str| PeerKey {
+            psk: vec![7; 32],
+            vm_id: vm.into(),
+        };
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed_addr = closed.local_addr().unwrap();
+        drop(closed);
+        let bind = || async {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let a = l.local_addr().unwrap();
+            (l, a)
+        };
+        let (other_l, other_addr) = bind().await;
+        let (dest_l, dest_addr) = bind().await;
+        let (phase, _) = watch::channel("Waiting");
+        let mut other = CoMigration::new(key("other"), None, Some(other_l), vec![], phase);
+        let (phase, _) = watch::channel("Waiting");
+        let mut dest = CoMigration::new(key("vm"), None, Some(dest_l), vec![], phase);
+        let (phase, _) = watch::channel("Serving");
+        let mut source = CoMigration::new(
+            key("vm"),
+            None,
+            None,
+            vec![closed_addr, other_addr, dest_addr],
+            phase,
+        );
+        let actions = source.step_source(SourceEvent::MigrationStarted);
+        assert_eq!(actions, vec![migrate::phase::SourceAction::Connect]);
+        source.connect();
+        let other_saw_a_source = tokio::spawn(async move {
+            loop {
+                if let MigrationInput::Destination(DestinationEvent::PeerConnected) =
+                    other.next().await
+                {
+                    return true;
+                }
+            }
+        });
+        let dest_connected = async {
+            while !matches!(
+                dest.next().await,
+                MigrationInput::Destination(DestinationEvent::PeerConnected)
+            ) {}
+        };
+        let source_connected = async {
+            while !matches!(
+                source.next().await,
+                MigrationInput::Source(SourceEvent::PeerConnected)
+            ) {}
+        };
+        tokio::join!(dest_connected, source_connected);
+        dest.send_in(Message::ResendSnapshot);
+        assert!(matches!(
+            source.next().await,
+            MigrationInput::Source(SourceEvent::Received(Message::ResendSnapshot))
+        ));
+        other_saw_a_source.abort();
+        assert!(
+            other_saw_a_source.await.is_err(),
+            "another VM's console never took the source"
         );
     }
 

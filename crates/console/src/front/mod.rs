@@ -161,6 +161,10 @@ pub struct MigrationConfig {
     pub service_interface: Option<String>,
     /// A destination console: listen here for the source console and wait for its session.
     pub incoming: Option<SocketAddr>,
+    /// Where this VM's destination console may listen (its `incoming` on the other hosts),
+    /// tried in turn when the VM starts migrating and no `prepare` named the destination: a
+    /// manager such as libvirt migrates without telling the console where to.
+    pub peers: Vec<SocketAddr>,
 }
 
 /// How a console ended without a fault.
@@ -360,7 +364,13 @@ pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
                 }
                 (None, _) => None,
             };
-            Some(CoMigration::new(m.key.clone(), service, incoming, phase_tx))
+            Some(CoMigration::new(
+                m.key.clone(),
+                service,
+                incoming,
+                m.peers.clone(),
+                phase_tx,
+            ))
         }
         None => None,
     };

@@ -22,6 +22,9 @@ use tokio::task::JoinHandle;
 
 /// How long a source waits between attempts to reach its destination console.
 const RETRY: Duration = Duration::from_millis(50);
+/// Longest a TCP connect to a possible destination may take before the next is tried (a host
+/// that is down answers nothing).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest the Hellos may take on a fresh connection.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -88,32 +91,41 @@ pub(super) struct Peer {
 }
 
 impl Peer {
-    /// Connects to a destination console at `addr`, retrying until it answers and the Hellos
-    /// are exchanged (the phase machines' `Connect`: "until it answers"). A refused attempt
-    /// (wrong key, another VM, a console that died during the Hellos) is reported as
-    /// [`PeerEvent::Refused`] and retried.
+    /// Connects to a destination console at one of `addrs`, tried in turn (each attempt
+    /// bounded by [`CONNECT_TIMEOUT`]), until one answers and the Hellos are exchanged (the
+    /// phase machines' `Connect`: "until it answers"). Only the console of this VM that waits
+    /// for it (`--incoming`) completes the Hellos: a closed port, another VM's console or a
+    /// wrong key is skipped. A refused attempt (wrong key, another VM, a console that died
+    /// during the Hellos) is reported as [`PeerEvent::Refused`] and retried.
     pub(super) fn connect(
-        addr: SocketAddr,
+        addrs: Vec<SocketAddr>,
         key: PeerKey,
         generation: u64,
         events: mpsc::UnboundedSender<(u64, PeerEvent)>,
     ) -> Peer {
         let (to, from_hub) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
-            loop {
-                let mut stream = match TcpStream::connect(addr).await {
-                    Ok(s) => s,
-                    Err(e) => {
+            for addr in addrs.iter().cycle() {
+                let attempt = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr));
+                let mut stream = match attempt.await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
                         tracing::debug!(%addr, error = %e, "destination console not reachable yet");
                         tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%addr, "destination console: no answer to the connect");
                         continue;
                     }
                 };
                 match handshake(&mut stream, Role::Source, key.clone()).await {
                     Ok(codec) => {
+                        tracing::info!(%addr, "connected to the destination console");
                         return serve(stream, codec, generation, &events, from_hub).await;
                     }
                     Err(why) => {
+                        tracing::debug!(%addr, error = %why, "not this VM's destination console");
                         let _ = events.send((generation, PeerEvent::Refused(why)));
                         tokio::time::sleep(RETRY).await;
                     }

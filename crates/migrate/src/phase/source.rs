@@ -121,7 +121,7 @@ pub enum SourceAction {
     /// Tell the destination this migration is off.
     SendAbort(AbortReason),
     /// Close any connection and connect to the destination console until it answers
-    /// (`PeerConnected`).
+    /// (`PeerConnected`): the one `prepare` named, else each configured peer in turn.
     Connect,
     /// Close the connection and stop connecting.
     Disconnect,
@@ -180,6 +180,19 @@ fn dispatch(state: SourceState, event: SourceEvent) -> Step {
             // classified late): the VM has left, so freeze now.
             Ok(freeze(peer))
         }
+        // No destination console connected yet (a manager such as libvirt migrates with no
+        // `prepare`): look for it now, so the snapshot can leave at the freeze.
+        (
+            S::Serving {
+                peer: Link::Disconnected,
+            },
+            E::MigrationStarted,
+        ) => Ok((
+            S::Precopying {
+                peer: Link::Disconnected,
+            },
+            vec![A::Connect],
+        )),
         (S::Serving { peer }, E::MigrationStarted) => stay(S::Precopying { peer }),
         (s @ (S::Serving { .. } | S::Precopying { .. }), E::Stopped | E::Resumed) => stay(s),
         (s @ S::Serving { .. }, E::MigrationFailed) => stay(s),

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rfb::framebuffer::Framebuffer;
 use rfb::{ClientMessage, RectPayload, ServerMessage};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -144,7 +145,7 @@ pub struct SteadyViewer {
     log: Arc<Mutex<SteadyLog>>,
     typing: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<Framebuffer>>,
 }
 
 impl Drop for SteadyViewer {
@@ -218,13 +219,32 @@ impl SteadyViewer {
     }
 
     /// Stops the viewer, closes its connection and returns the log.
-    pub async fn stop(mut self) -> SteadyLog {
-        let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-        lock(&self.log).clone()
+    pub async fn stop(self) -> SteadyLog {
+        self.stop_with_screen().await.0
     }
+
+    /// Stops the viewer, closes its connection and returns the log and the screen as the
+    /// viewer last had it (`None` if its task failed).
+    pub async fn stop_with_screen(mut self) -> (SteadyLog, Option<Framebuffer>) {
+        let _ = self.stop.send(true);
+        let screen = match self.task.take() {
+            Some(task) => task.await.ok(),
+            None => None,
+        };
+        (lock(&self.log).clone(), screen)
+    }
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }
 
 fn lock(log: &Mutex<SteadyLog>) -> std::sync::MutexGuard<'_, SteadyLog> {
@@ -253,7 +273,7 @@ async fn drive(
     log: Arc<Mutex<SteadyLog>>,
     typing: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Framebuffer {
     let dropped = |why: String| {
         let mut log = lock(&log);
         log.dropped.get_or_insert((Instant::now(), why));
@@ -266,7 +286,8 @@ async fn drive(
     let mut mirror: Vec<u32> = Vec::new();
     let (w, h) = (reader.framebuffer().width(), reader.framebuffer().height());
     if let Err(e) = writer.request_update(false, w, h).await {
-        return dropped(format!("requesting the first update: {e}"));
+        dropped(format!("requesting the first update: {e}"));
+        return reader.framebuffer().clone();
     }
     loop {
         tokio::select! {
@@ -299,7 +320,7 @@ async fn drive(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    dropped(format!("reading: {e}"));
+                    dropped(format!("reading: {}", error_chain(&e)));
                     break;
                 }
             },
@@ -346,6 +367,7 @@ async fn drive(
         }
     }
     let _ = writer.shutdown().await;
+    reader.framebuffer().clone()
 }
 
 #[cfg(test)]

@@ -79,6 +79,8 @@ pub struct Serial {
     log: Arc<Mutex<Vec<String>>>,
     tail: Arc<Mutex<Option<String>>>,
     task: JoinHandle<()>,
+    /// [`Serial::chained`]'s task that joins the QEMUs' connections.
+    relay: Option<JoinHandle<()>>,
 }
 
 impl Serial {
@@ -106,7 +108,27 @@ impl Serial {
             log,
             tail,
             task,
+            relay: None,
         }
+    }
+
+    /// The serial port of a VM that a manager (libvirt) starts and migrates, each of its QEMUs
+    /// a client of `listener` (`<serial type='unix'><source mode='connect' …/>`): their
+    /// connections are read whole, one after the other in the order they connected (a
+    /// destination QEMU connects when it starts, before the switchover, and the source's
+    /// connection closes when that QEMU exits), as one port. A line cut by the switchover
+    /// is joined again. Lines sent to the guest go nowhere.
+    pub fn chained(listener: tokio::net::UnixListener, linux: bool) -> std::io::Result<Serial> {
+        let (ours, mut theirs) = UnixStream::pair()?;
+        let mut serial = Serial::start(ours, linux);
+        serial.relay = Some(tokio::spawn(async move {
+            while let Ok((mut qemu, _)) = listener.accept().await {
+                if tokio::io::copy(&mut qemu, &mut theirs).await.is_err() {
+                    tracing::debug!("a QEMU's serial connection failed: the next one is read");
+                }
+            }
+        }));
+        Ok(serial)
     }
 
     /// The guest's last line, if the port closed in the middle of it. A live migration can
@@ -218,6 +240,9 @@ impl Serial {
 impl Drop for Serial {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(relay) = &self.relay {
+            relay.abort();
+        }
     }
 }
 

@@ -344,9 +344,9 @@ impl Hub {
     /// A `prepare` connected to its destination console: a migration is coming. Input moves
     /// to the exactly-once lane now, as on `migration-started`: a manager that migrates with
     /// the `events` capability off announces nothing else before the switchover's `STOP`, and
-    /// a fast-lane key QEMU reads just after that `STOP` is dropped. Under libvirt the source
-    /// console is prepared from the destination's `prepare` hook, right before the migration.
-    /// The lane reopens when the migration ends (`MIGRATION` `failed`/`cancelled`, the source
+    /// a fast-lane key QEMU reads just after that `STOP` is dropped. (Under libvirt nobody
+    /// prepares: the `MIGRATION` event announces the migration, and the source looks for its
+    /// destination among its `--peer`s.) The lane reopens when the migration ends (`MIGRATION` `failed`/`cancelled`, the source
     /// resuming after its switchover, or `migration-ended`); until then keys cost a QMP round
     /// trip, never a loss.
     async fn prepared(&mut self) {

@@ -226,9 +226,9 @@ pub struct SessionCount {
 }
 
 /// Counts a steady viewer's session once the guest is quiet: stops the typing, lets what is
-/// in flight arrive, adds every report from `serial` to `timed` (which holds those of the guest's earlier
-/// homes), ends `capture` (before the viewer closes its connection: that FIN is no news), then
-/// stops the viewer.
+/// in flight arrive, adds every report from `serial` to `timed` (which holds those of the
+/// guest's earlier homes), ends `capture` (before the viewer closes its connection: that FIN
+/// is no news), then stops the viewer.
 pub async fn count_session(
     mut serial: Option<&mut Serial>,
     timed: &mut TimedReports,

@@ -3,7 +3,7 @@
 //! event must reach the model guest exactly once and in order, except those the journal
 //! reported uncertain (at most once); none are uncertain unless a pause came unannounced; the
 //! PS/2 queue never overflows with the default pacing, for a guest that reads at least what
-//! the journal takes it to (one key's 4 bytes per `Config::key_drain`, 4 bytes/ms; the
+//! the journal takes it to (one key's 4 bytes per `Config::key_drain`, 2 bytes/ms; the
 //! slowest model guest reads just that) and keeps
 //! up with the viewer's own pace (as QEMU's own VNC needs it to), however the viewer's events
 //! bunch up; the backlog stays within its bound.
@@ -26,7 +26,7 @@ fn op() -> impl Strategy<Value = Op> {
         30 => (0..KEYS.len(), any::<bool>()).prop_map(|(k, d)| Op::Key(k, d)),
         6 => (0..BUTTONS.len(), any::<bool>()).prop_map(|(b, d)| Op::Click(b, d)),
         6 => (0..800u16, 0..600u16).prop_map(|(x, y)| Op::Move(x, y)),
-        // Keys a wait apart are the viewer's own pace, which the guest keeps up with (1 ms
+        // Keys a wait apart are the viewer's own pace, which the guest keeps up with (2 ms
         // per 4-byte key at the slowest drain below); keys with no wait between arrived together.
         20 => prop_oneof![Just(0u64), 3_000..6_000u64, 3_000..40_000u64, 3_000..600_000u64]
             .prop_map(Op::Wait),
@@ -115,7 +115,7 @@ proptest! {
     fn every_key_and_button_reaches_the_guest_once_in_order(
         ops in proptest::collection::vec(op(), 1..250),
         // Bytes per ms: the journal's assumption (Config::key_drain), and a fast guest.
-        drain_per_ms in prop_oneof![Just(4u64), Just(50)],
+        drain_per_ms in prop_oneof![Just(2u64), Just(50)],
         max_held in prop_oneof![Just(3usize), Just(4096)],
         vnc in prop_oneof![100..400u64, 5_000..20_000u64], // the latter: QEMU's main loop busy
         qmp in 200..1300u64,

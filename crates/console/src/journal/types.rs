@@ -296,9 +296,9 @@ pub struct Config {
     /// How long a guest is taken to need to read one key event (at most 4 bytes) out of the
     /// PS/2 queue: the pacing bucket lets one more key through per `key_drain` once
     /// `max_paced_per_batch` went back to back. It bounds how fast a burst or a backlog goes
-    /// (one key per `key_drain`, 1000 keys/s at the default: a replay catches up at twice the
-    /// pace of a viewer typing up to 500 events/s), never the pace of live input the viewer
-    /// spaced itself.
+    /// (one key per `key_drain`, 500 keys/s at the default: a replay catches up at twice the
+    /// pace of a viewer typing up to 250 events/s, and still catches up above), never the
+    /// pace of live input the viewer spaced itself.
     ///
     /// Not carried in a [`JournalState`](super::JournalState) (its layout stays that of
     /// version 1): a restored journal uses the default.
@@ -323,14 +323,16 @@ fn default_burst_gap() -> Duration {
     Duration::from_millis(2)
 }
 
-/// [`Config::key_drain`]'s default: 1 ms per key event, so a backlog drains at twice the pace
-/// of a fast typist (445 events/s). At 3 ms (the old default) a viewer typing 445 events/s
-/// fell 8.8 s behind in 10 s (`dmore bench input`). Bursts at 1 ms once overran the tiny
-/// test guest, which then wrote a serial report per byte before reading the next (~1.4 ms a
-/// key under nested KVM: it dropped 4 of 6976 events at 700/s from QEMU's own VNC); it now
-/// reads the controller into a ring first, as a real guest's interrupt handler does.
+/// [`Config::key_drain`]'s default: 2 ms per key event. At 3 ms (the old default) a viewer
+/// typing 445 events/s fell 8.8 s behind in 10 s (`dmore bench input`), though most of that
+/// was every late key making the next one wait, now gone ([`Config`]'s "Pacing"). At 1 ms,
+/// which would drain a backlog at twice the pace of a fast typist (445 events/s), a replay
+/// of 4,200 held keys overran the tiny guest's PS/2 queue on this loaded machine (load ~3–6,
+/// nested KVM: 23 keys QMP delivered never reached it; `cargo test -p console --test
+/// console_backpressure`, 4 of 6 runs); at 2 ms it passed 4 of 4. A guest that stalls longer
+/// than the queue lasts loses keys at any pace; a slower drain makes that rarer.
 fn default_key_drain() -> Duration {
-    Duration::from_millis(1)
+    Duration::from_millis(2)
 }
 
 /// [`Config::button_settle`]'s default: in the trace the guest had read the full queue

@@ -85,11 +85,11 @@ fn held_events_replay_at_half_the_viewer_gaps() {
     let sent = run_until_idle(&mut j, at(10_000));
     let gaps: Vec<Duration> = sent.windows(2).map(|w| w[1].2 - w[0].2).collect();
     // 1 ms, 99 ms, and 4900 ms capped at max_gap (500 ms), each halved: twice the pace,
-    // but never faster than the PS/2 bucket (1 ms per key).
+    // but never faster than the PS/2 bucket (2 ms per key).
     assert_eq!(
         gaps,
         [
-            Duration::from_millis(1),
+            Duration::from_millis(2),
             Duration::from_micros(49_500),
             Duration::from_millis(250)
         ]
@@ -105,7 +105,7 @@ fn a_batch_never_holds_more_keys_than_the_ps2_queue_takes() {
     }
     j.handle_vm_resumed();
     let mut sizes = Vec::new();
-    for now in (0..10).map(at) {
+    for now in (0..10).map(|i| at(2 * i)) {
         // (Nothing is due in between: the bucket lets one key through per key_drain.)
         while let Some(a) = j.poll_action(now) {
             let Action::Qmp { batch, events } = a else {
@@ -115,7 +115,7 @@ fn a_batch_never_holds_more_keys_than_the_ps2_queue_takes() {
             j.handle_qmp_reply(batch, Outcome::Delivered).unwrap();
         }
     }
-    // One key per key_drain (1 ms), one per write.
+    // One key per key_drain (2 ms), one per write.
     assert_eq!(sizes, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
 }
 

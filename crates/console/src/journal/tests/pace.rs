@@ -62,14 +62,14 @@ fn keys_that_arrive_together_go_one_per_key_drain() {
     let times: Vec<u128> = sent.iter().map(|s| (s.2 - at(0)).as_micros()).collect();
     assert_eq!(
         times,
-        [0, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000]
+        [0, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 18000]
     );
     assert!(sent.iter().all(|s| s.0 == Lane::Fast));
 }
 
 #[test]
 fn a_stop_s_backlog_replays_at_twice_the_typing_pace_then_the_fast_lane_reopens() {
-    // A viewer typing 150 events/s (twice that is within the PS/2 bucket's 1000 keys/s); the
+    // A viewer typing 150 events/s (twice that is within the PS/2 bucket's 500 keys/s); the
     // VM stops for a second.
     let gap = Duration::from_micros(6667);
     let (stop, resume) = (at(1000), at(2000));

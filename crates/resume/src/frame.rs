@@ -159,7 +159,9 @@ impl Frame {
                 if bytes.is_empty() || bytes.len() > MAX_DATA {
                     return Err(r.malformed("carries 0 or more than MAX_DATA bytes"));
                 }
-                if offset.checked_add(bytes.len() as u64).is_none() {
+                // At most MAX_DATA bytes: the length always fits a u64.
+                let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+                if offset.checked_add(len).is_none() {
                     return Err(r.malformed("ends past byte 2^64"));
                 }
                 Frame::Data {

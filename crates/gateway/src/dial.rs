@@ -2,11 +2,12 @@
 //! resumable stream that survives connections lost (the console moved, the network cut).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use resume::{Config, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::relay::{relay, App, Ended};
 use crate::GatewayError;
@@ -23,6 +24,22 @@ pub struct Dial {
     pub max_attempts: u32,
     /// Wait after a failed attempt before the next address.
     pub retry_after: Duration,
+}
+
+/// Accepts viewers on `listener` and serves each on its own task (one session per viewer),
+/// until the listener fails.
+pub async fn serve_viewers(listener: TcpListener, dial: Dial) -> std::io::Result<()> {
+    let dial = Arc::new(dial);
+    loop {
+        let (viewer, peer) = listener.accept().await?;
+        let dial = dial.clone();
+        tokio::spawn(async move {
+            match serve_viewer(viewer, &dial).await {
+                Ok(()) => tracing::info!(%peer, "viewer's session finished"),
+                Err(e) => tracing::warn!(%peer, error = %e, "viewer's session ended"),
+            }
+        });
+    }
 }
 
 /// Relays one viewer until both ends close: a new session, dialed to the console, and dialed

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::accept::serve_sessions;
-use gateway::dial::{serve_viewer, Dial};
+use gateway::dial::{serve_viewers, Dial};
 use resume::{Config, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -99,10 +99,7 @@ async fn a_viewer_gets_back_exactly_its_bytes_through_repeated_cuts() {
                 .unwrap()
         }),
         tokio::spawn(cutting_proxy(proxy_l, console_addr, cuts.clone())),
-        tokio::spawn(async move {
-            let (viewer, _) = gateway_l.accept().await.unwrap();
-            serve_viewer(viewer, &dial).await.unwrap();
-        }),
+        tokio::spawn(async move { serve_viewers(gateway_l, dial).await.unwrap() }),
     ];
 
     let sent: Vec<u8> = (0..TOTAL).map(|i| (i * 7 + i / 251) as u8).collect();

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use resume::{peek_session, Config, SessionId, Stream};
 use tokio::io::AsyncReadExt;
@@ -17,6 +18,10 @@ use crate::GatewayError;
 /// Most bytes read from a new connection while waiting for its opening (a Resume frame is
 /// 111 bytes with its length field).
 const MAX_OPENING_READ: usize = 512;
+
+/// How long a new connection may take to send its opening: an unauthenticated peer cannot
+/// hold a task and a socket for longer.
+const OPENING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A new connection for a session, with the bytes already read from it.
 type Incoming = (TcpStream, Vec<u8>);
@@ -50,17 +55,18 @@ async fn route(
     service: SocketAddr,
 ) -> Result<(), GatewayError> {
     let mut buf = Vec::new();
-    let session = loop {
+    let peeked = loop {
         if buf.len() >= MAX_OPENING_READ {
             return Ok(());
         }
         let mut chunk = [0; MAX_OPENING_READ];
-        match conn.read(&mut chunk[..MAX_OPENING_READ - buf.len()]).await {
-            Ok(0) | Err(_) => return Ok(()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        let read = conn.read(&mut chunk[..MAX_OPENING_READ - buf.len()]);
+        match tokio::time::timeout(OPENING_TIMEOUT, read).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(()),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
         match peek_session(&config, &buf) {
-            Ok(Some(id)) => break id,
+            Ok(Some(p)) => break p,
             Ok(None) => {}
             Err(e) => {
                 tracing::debug!(error = %e, "refused a connection's opening");
@@ -68,6 +74,7 @@ async fn route(
             }
         }
     };
+    let session = peeked.session;
     let incoming = (conn, buf);
     let rx = {
         let mut map = sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -76,6 +83,11 @@ async fn route(
                 // Refused only if the session ended meanwhile or has a newer connection
                 // waiting already: then this one is dropped and the gateway dials again.
                 let _ = tx.try_send(incoming);
+                return Ok(());
+            }
+            // Not ours: the session lives elsewhere (or ended); nothing is revealed.
+            None if peeked.resume => {
+                tracing::debug!("refused a Resume for a session this side does not hold");
                 return Ok(());
             }
             None => {

@@ -35,7 +35,7 @@ mod stream;
 mod wire;
 
 pub use stream::{State, Stream, StreamState};
-pub use wire::peek_session;
+pub use wire::{peek_session, Peeked};
 
 /// The protocol version this build speaks.
 pub const VERSION: u16 = 1;

@@ -120,17 +120,35 @@ pub(crate) fn connection_key(psk: &[u8], gateway: &[u8], console: &[u8]) -> [u8;
     m.finalize().into_bytes().into()
 }
 
+/// What a new connection's opening asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peeked {
+    /// The session.
+    pub session: SessionId,
+    /// Whether it is a Resume (an existing session), not a Hello (a new one). A console
+    /// that does not know the session refuses a Resume rather than start a session with
+    /// none of its bytes.
+    pub resume: bool,
+}
+
 /// The session a new connection's first bytes open, once its opening frame is complete and
 /// authentic (`Ok(None)` until then): how an accepting console finds the [`crate::Stream`]
 /// to attach the connection to. The bytes stay the caller's: feed them to that stream's
 /// [`crate::Stream::handle_input`] afterwards.
-pub fn peek_session(config: &Config, bytes: &[u8]) -> Result<Option<SessionId>, Error> {
+pub fn peek_session(config: &Config, bytes: &[u8]) -> Result<Option<Peeked>, Error> {
     config.validate()?;
     let Some(u) = unseal(bytes, &config.psk, config.role.peer(), 0, MAX_OPENING_FRAME)? else {
         return Ok(None);
     };
     match Frame::decode(u.kind, u.body)? {
-        Frame::Hello(o) | Frame::Resume(o) => Ok(Some(o.session)),
+        Frame::Hello(o) => Ok(Some(Peeked {
+            session: o.session,
+            resume: false,
+        })),
+        Frame::Resume(o) => Ok(Some(Peeked {
+            session: o.session,
+            resume: true,
+        })),
         _ => Err(Error::Unexpected("a frame before the opening")),
     }
 }

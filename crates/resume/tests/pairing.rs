@@ -4,7 +4,7 @@
 //! tampered bytes: every byte arrives exactly once, in order, both ways, and both ends finish.
 
 use proptest::prelude::*;
-use resume::{peek_session, Config, Error, Role, State, Stream, StreamState};
+use resume::{peek_session, Config, Error, Peeked, Role, State, Stream, StreamState};
 
 const PSK: &[u8] = b"0123456789abcdef0123456789abcdef";
 const SESSION: [u8; 16] = *b"session-00000001";
@@ -97,6 +97,8 @@ struct Pair {
     c: End,
     cap_c: u32,
     nonce: u8,
+    /// Whether the gateway attached before (its first opening must be a Hello).
+    attached_before: bool,
 }
 
 impl Pair {
@@ -108,6 +110,7 @@ impl Pair {
             c: End::new(c, c_src),
             cap_c,
             nonce: 0,
+            attached_before: false,
         };
         p.reattach();
         p
@@ -134,8 +137,15 @@ impl Pair {
         let n = self.fresh_nonce();
         self.g.stream.attach(n).unwrap();
         self.g.transmit();
-        let session = peek_session(&config(Role::Console, 64), &self.g.in_flight).unwrap();
-        assert_eq!(session, Some(SESSION));
+        let peeked = peek_session(&config(Role::Console, 64), &self.g.in_flight)
+            .unwrap()
+            .expect("a whole opening");
+        assert_eq!(peeked.session, SESSION);
+        assert!(
+            self.attached_before || !peeked.resume,
+            "a new session says Hello"
+        );
+        self.attached_before = true;
         let n = self.fresh_nonce();
         self.c.stream.attach(n).unwrap();
     }
@@ -437,4 +447,28 @@ fn a_close_lost_in_a_cut_is_sent_again() {
     p.finish();
     assert_eq!(p.c.got, b"bye");
     assert!(p.c.stream.read_closed() && p.g.stream.read_closed());
+}
+
+/// The opening says whether it starts a session or resumes one, so a console can refuse a
+/// Resume for a session it does not hold instead of starting an empty one.
+#[test]
+fn peek_tells_a_new_session_from_a_resumed_one() {
+    let mut p = Pair::new(vec![1; 10], Vec::new(), 4096, 4096);
+    p.deliver(false, usize::MAX); // the gateway accepts the console's opening
+    p.cut();
+    let mut g = Stream::import(config(Role::Gateway, 4096), p.g.stream.export()).unwrap();
+    g.attach([9; 32]).unwrap();
+    let opening = g.poll_transmit().unwrap();
+    assert_eq!(
+        peek_session(&config(Role::Console, 64), &opening),
+        Ok(Some(Peeked {
+            session: SESSION,
+            resume: true
+        }))
+    );
+    assert_eq!(
+        peek_session(&config(Role::Console, 64), &opening[..opening.len() - 1]),
+        Ok(None),
+        "incomplete"
+    );
 }

@@ -1,6 +1,7 @@
 //! A viewer relayed through the gateway's side and the console's side to an echo service,
 //! with the TCP connection between the two sides cut again and again mid-stream (after a
-//! given number of bytes, not a given time): the viewer gets back exactly what it sent.
+//! given number of bytes, not a given time): the viewer gets back exactly what it sent. And a
+//! gateway with the wrong key never reaches the service.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::accept::serve_sessions;
-use gateway::dial::{serve_viewers, Dial};
+use gateway::dial::{serve_viewer, serve_viewers, Dial};
+use gateway::GatewayError;
 use resume::{Config, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -125,4 +127,40 @@ async fn a_viewer_gets_back_exactly_its_bytes_through_repeated_cuts() {
     assert_eq!(cuts.load(Ordering::SeqCst), CUTS, "the link was cut");
     assert_eq!(got.len(), sent.len());
     assert!(got == sent, "bytes lost, repeated or reordered");
+}
+
+#[tokio::test]
+async fn a_wrongly_keyed_gateway_never_reaches_the_service() {
+    let (service_l, service_addr) = listener().await;
+    let (console_l, console_addr) = listener().await;
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counter = reached.clone();
+    let tasks = [
+        tokio::spawn(async move {
+            while service_l.accept().await.is_ok() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        }),
+        tokio::spawn(async move {
+            serve_sessions(console_l, Config::new(Role::Console, PSK), service_addr)
+                .await
+                .unwrap()
+        }),
+    ];
+    let dial = Dial {
+        stream: Config::new(Role::Gateway, b"another key, 16+ bytes".to_vec()),
+        consoles: vec![console_addr],
+        max_attempts: 3,
+        retry_after: Duration::from_millis(10),
+    };
+    let (viewer, _viewer_peer) = tokio::io::duplex(1024);
+    let res = serve_viewer(viewer, &dial).await;
+    assert!(
+        matches!(res, Err(GatewayError::NoConsole { attempts: 3, .. })),
+        "{res:?}"
+    );
+    assert_eq!(reached.load(Ordering::SeqCst), 0, "the service was reached");
+    for t in tasks {
+        t.abort();
+    }
 }

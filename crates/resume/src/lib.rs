@@ -16,8 +16,9 @@
 //!                                                    attach(nonce_c)
 //!  Hello|Resume{session, nonce_g, window, received, acked}  ---->
 //!                      <----  Hello|Resume{session, nonce_c, window, received, acked}
-//!      (both: connection key = HMAC(psk, label | gateway opening | console opening);
-//!       each replays its unacknowledged bytes from the peer's `received`)
+//!      (both: connection key = HMAC(psk, label | gateway opening | console opening))
+//!  Ack{acked} (the first frame under the key: proves the opening fresh)  <--->  both ways
+//!      (each applies the peer's opening only now, and replays from the peer's `received`)
 //!  Data{offset, bytes} / Ack{acked} / Close{end}  <--->  both ways, each frame MAC'd
 //!  -- connection cut (the console moved): detach(); attach(new nonce) to the new console --
 //! ```

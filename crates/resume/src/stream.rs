@@ -1,7 +1,8 @@
 //! One end of a resumable stream: the [`Stream`] state machine.
 //!
 //! ```text
-//!                 attach(nonce)                peer's opening (authentic, consistent)
+//!                 attach(nonce)      peer's opening, then its first frame under the
+//!                                    connection key (fresh; the opening is applied then)
 //!   Detached ------------------> Opening -------------------------------------> Open
 //!      ^                            |                                            |
 //!      +---- detach(), or a connection error from handle_input -----------------+
@@ -91,6 +92,14 @@ struct Connection {
     opening_frame: Option<Vec<u8>>,
     /// The connection key, once the peer's opening is in.
     key: Option<[u8; 32]>,
+    /// The peer's opening, authentic but not yet proven fresh: applied when the peer's first
+    /// frame under the connection key arrives (only the real peer, in this connection, can
+    /// make one), so a replayed opening can never move our counters or end the session.
+    unconfirmed: Option<Opening>,
+    /// Whether the peer's opening was applied (the connection is Open).
+    confirmed: bool,
+    /// Whether we sent our first frame under the connection key (our proof of freshness).
+    proof_sent: bool,
     send_counter: u64,
     recv_counter: u64,
     /// Next byte of our stream to send on this connection.
@@ -219,7 +228,7 @@ impl Stream {
         } else {
             match &self.conn {
                 None => State::Detached,
-                Some(c) if c.key.is_none() => State::Opening,
+                Some(c) if !c.confirmed => State::Opening,
                 Some(_) => State::Open,
             }
         }
@@ -253,6 +262,9 @@ impl Stream {
             own_opening,
             opening_frame: Some(opening_frame),
             key: None,
+            unconfirmed: None,
+            confirmed: false,
+            proof_sent: false,
             send_counter: 1,
             recv_counter: 0,
             next_send: self.base,
@@ -405,6 +417,13 @@ impl Stream {
             };
             return self.on_opening(o, raw_opening);
         }
+        if let Some(o) = conn.unconfirmed.take() {
+            // The peer's first frame under the connection key: its opening is fresh.
+            self.apply_opening(o)?;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
         match frame {
             Frame::Hello(_) | Frame::Resume(_) => Err(Error::Unexpected("a second opening")),
             Frame::Data { offset, bytes } => {
@@ -456,11 +475,27 @@ impl Stream {
         }
     }
 
-    /// The peer's opening: check it against our state, derive the key, set up the replay.
+    /// The peer's opening: derive the connection key; keep the opening until the peer proves
+    /// it fresh.
     fn on_opening(&mut self, o: Opening, raw: &[u8]) -> Result<(), Error> {
         if o.session != self.session {
             return Err(Error::WrongSession);
         }
+        let role = self.config.role;
+        let psk = &self.config.psk;
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        conn.key = Some(match role {
+            Role::Gateway => wire::connection_key(psk, &conn.own_opening, raw),
+            Role::Console => wire::connection_key(psk, raw, &conn.own_opening),
+        });
+        conn.unconfirmed = Some(o);
+        Ok(())
+    }
+
+    /// The peer's opening, proven fresh: check it against our state and set up the replay.
+    fn apply_opening(&mut self, o: Opening) -> Result<(), Error> {
         if o.received < self.base {
             return Err(Error::ReplayGap {
                 resume_from: o.received,
@@ -474,16 +509,10 @@ impl Stream {
                 sent: self.written_mark(),
             });
         }
-        let role = self.config.role;
-        let psk = &self.config.psk;
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
-        let key = match role {
-            Role::Gateway => wire::connection_key(psk, &conn.own_opening, raw),
-            Role::Console => wire::connection_key(psk, raw, &conn.own_opening),
-        };
-        conn.key = Some(key);
+        conn.confirmed = true;
         conn.next_send = o.received.min(written);
         conn.peer_window = o.window;
         conn.peer_acked = o.acked.min(written);
@@ -523,7 +552,14 @@ impl Stream {
             return Some(f);
         }
         let key = conn.key?;
-        let frame = if acked_mark > conn.ack_told {
+        let frame = if !conn.proof_sent {
+            // Our first frame under the key, always sent: it proves our opening fresh.
+            conn.proof_sent = true;
+            conn.ack_told = acked_mark;
+            Frame::Ack { acked: acked_mark }
+        } else if !conn.confirmed {
+            return None;
+        } else if acked_mark > conn.ack_told {
             conn.ack_told = acked_mark;
             Frame::Ack { acked: acked_mark }
         } else {

@@ -78,6 +78,9 @@ enum Op {
     Move,
     /// The gateway's (true) or the console's application closes, if it wrote everything.
     Close(bool),
+    /// An opening recorded from an earlier connection of the gateway (true) or the console
+    /// is replayed to the other end on a new connection, then that connection ends.
+    Replay(bool, prop::sample::Index),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -89,6 +92,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Reattach),
         1 => Just(Op::Move),
         1 => any::<bool>().prop_map(Op::Close),
+        1 => (any::<bool>(), any::<prop::sample::Index>()).prop_map(|(g, i)| Op::Replay(g, i)),
     ]
 }
 
@@ -99,6 +103,8 @@ struct Pair {
     nonce: u8,
     /// Whether the gateway attached before (its first opening must be a Hello).
     attached_before: bool,
+    /// Every opening each end sent (gateway's, console's): what an attacker could replay.
+    openings: (Vec<Vec<u8>>, Vec<Vec<u8>>),
 }
 
 impl Pair {
@@ -111,6 +117,7 @@ impl Pair {
             cap_c,
             nonce: 0,
             attached_before: false,
+            openings: (Vec::new(), Vec::new()),
         };
         p.reattach();
         p
@@ -146,8 +153,37 @@ impl Pair {
             "a new session says Hello"
         );
         self.attached_before = true;
+        self.openings.0.push(self.g.in_flight.clone());
         let n = self.fresh_nonce();
         self.c.stream.attach(n).unwrap();
+        self.c.transmit();
+        self.openings.1.push(self.c.in_flight.clone());
+    }
+
+    /// Replays a recorded opening to one end on a new connection: it must be taken as an
+    /// opening and never applied (no fresh proof follows), so it neither fails nor moves the
+    /// session. Then that connection ends.
+    fn replay_opening(&mut self, to_console: bool, which: prop::sample::Index) {
+        let recorded = if to_console {
+            &self.openings.0
+        } else {
+            &self.openings.1
+        };
+        let opening = recorded[which.index(recorded.len())].clone();
+        self.cut();
+        let n = self.fresh_nonce();
+        let to = self.end(!to_console);
+        let before = to.stream.export();
+        to.stream.attach(n).unwrap();
+        to.stream.handle_input(&opening).unwrap();
+        to.transmit(); // its answer goes to the attacker
+        assert_eq!(to.stream.state(), State::Opening);
+        assert_eq!(
+            to.stream.export(),
+            before,
+            "a replayed opening moved the session"
+        );
+        self.cut();
     }
 
     fn move_console(&mut self) {
@@ -189,6 +225,7 @@ impl Pair {
             Op::Cut => self.cut(),
             Op::Reattach => self.reattach(),
             Op::Move => self.move_console(),
+            Op::Replay(to_console, i) => self.replay_opening(to_console, i),
             Op::Close(g) => {
                 let end = self.end(g);
                 if end.written == end.source.len() {
@@ -397,8 +434,8 @@ fn a_resume_from_bytes_already_dropped_ends_the_session() {
     p.cut();
     p.c.stream = Stream::import(config(Role::Console, 4096), stale).unwrap();
     p.reattach();
-    p.g.transmit();
-    p.c.transmit();
+    p.deliver(true, usize::MAX); // the gateway's opening: the console answers with its own
+    p.c.transmit(); // and its first frame under the connection key, which proves it fresh
     let from_console = std::mem::take(&mut p.c.in_flight);
     let want = Error::ReplayGap {
         resume_from: 0,
@@ -454,7 +491,8 @@ fn a_close_lost_in_a_cut_is_sent_again() {
 #[test]
 fn peek_tells_a_new_session_from_a_resumed_one() {
     let mut p = Pair::new(vec![1; 10], Vec::new(), 4096, 4096);
-    p.deliver(false, usize::MAX); // the gateway accepts the console's opening
+    p.deliver(true, usize::MAX);
+    p.deliver(false, usize::MAX); // the gateway accepts the console's (proven) opening
     p.cut();
     let mut g = Stream::import(config(Role::Gateway, 4096), p.g.stream.export()).unwrap();
     g.attach([9; 32]).unwrap();

@@ -26,8 +26,9 @@ fn open_pair(cap: u32) -> (Stream, Stream) {
     let mut c = stream(Role::Console, cap);
     g.attach([1; 32]).unwrap();
     c.attach([2; 32]).unwrap();
-    flush(&mut g, &mut c).unwrap();
-    flush(&mut c, &mut g).unwrap();
+    flush(&mut g, &mut c).unwrap(); // g's opening and proof (sent once it has c's key)
+    flush(&mut c, &mut g).unwrap(); // c's opening and proof: g is open
+    flush(&mut g, &mut c).unwrap(); // g's proof: c is open
     assert_eq!((g.state(), c.state()), (State::Open, State::Open));
     (g, c)
 }

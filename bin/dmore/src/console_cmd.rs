@@ -108,7 +108,7 @@ pub struct ConsoleArgs {
     qemu_wait: u64,
 }
 
-fn read_password(path: &Path) -> anyhow::Result<rfb::Password> {
+pub(crate) fn read_password(path: &Path) -> anyhow::Result<rfb::Password> {
     let text = std::fs::read(path)
         .with_context(|| format!("reading the secret file {}", path.display()))?;
     let line = text.split(|b| *b == b'\n').next().unwrap_or_default();

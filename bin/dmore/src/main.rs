@@ -6,6 +6,7 @@ mod baseline_cmd;
 mod bench_cmd;
 mod console_cmd;
 mod demo_cmd;
+mod gateway_cmd;
 mod libvirt_cmd;
 mod migrate_cmd;
 mod soak_cmd;
@@ -39,6 +40,8 @@ enum Command {
     Libvirt(libvirt_cmd::LibvirtArgs),
     /// Co-migrate one VM and its console many times under a viewer that never stops typing.
     Soak(soak_cmd::SoakArgs),
+    /// Gateway mode: viewers relayed to consoles over resumable streams (docs/gateway.md).
+    Gateway(gateway_cmd::GatewayArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,5 +57,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench_cmd::run(args),
         Command::Libvirt(args) => libvirt_cmd::run(args),
         Command::Soak(args) => soak_cmd::run(args),
+        Command::Gateway(args) => gateway_cmd::run(args),
     }
 }

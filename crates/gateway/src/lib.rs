@@ -1,0 +1,33 @@
+//! Gateway mode's I/O shell (tokio) around the sans-I/O [`resume::Stream`]:
+//! - [`dial`]: the gateway's side: one session per viewer, dialed to the console and dialed
+//!   again (to the next known address) whenever the connection is lost;
+//! - [`accept`]: the console's side: connections routed to their session by the opening's
+//!   session id, each session relayed to a local TCP service (e.g. the console's RFB port);
+//! - [`relay`]: one connection of a session, driven.
+//!
+//! The protocol, and the plan for the console and `dmore gateway`: `docs/gateway.md`.
+
+#![warn(missing_docs)]
+
+pub mod accept;
+pub mod dial;
+pub mod relay;
+
+/// Why a session ended other than by both ends closing.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The stream ended the session (the ends disagree; bytes would be lost or repeated).
+    #[error("resumable session failed")]
+    Session(#[from] resume::Error),
+    /// No console address accepted a connection, after every attempt.
+    #[error("no console reachable at {addresses:?} after {attempts} attempts")]
+    NoConsole {
+        /// The addresses tried.
+        addresses: Vec<std::net::SocketAddr>,
+        /// Consecutive failed attempts.
+        attempts: u32,
+    },
+    /// The local service a session relays to could not be reached.
+    #[error("cannot reach the local service {0}")]
+    Service(std::net::SocketAddr, #[source] std::io::Error),
+}

@@ -241,7 +241,8 @@ fn raw_golden_and_lengths_checked() {
     let tr = rgbx();
     let mut out = Vec::new();
     raw::encode(&tr, Pixels::packed(&[A, B], 2, 1).unwrap(), &mut out);
-    assert_eq!(out, cat(&[&CA, &[0], &CB, &[0]]));
+    // The spare fourth byte is opaque (0xff), for viewers that read it as alpha.
+    assert_eq!(out, cat(&[&CA, &[0xff], &CB, &[0xff]]));
     let mut px = [0u32; 2];
     raw::decode(&tr, &out, &mut PixelsMut::packed(&mut px, 2, 1).unwrap()).unwrap();
     assert_eq!(px, [A, B]);

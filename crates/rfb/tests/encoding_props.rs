@@ -195,6 +195,18 @@ proptest! {
             prop_assert_eq!(c.len(), tr.bytes_per_cpixel());
             prop_assert_eq!(tr.rgbx(tr.read_cpixel(&c)), reduce(p, &f));
         }
+        // A 32-bit pixel's bits outside the colour fields are all set (opaque as alpha).
+        if f.bits_per_pixel == 32 {
+            let spare = !f.colour_mask();
+            for w in wire.chunks_exact(4) {
+                let v = if f.big_endian {
+                    u32::from_be_bytes([w[0], w[1], w[2], w[3]])
+                } else {
+                    u32::from_le_bytes([w[0], w[1], w[2], w[3]])
+                };
+                prop_assert_eq!(v & spare, spare, "wire pixel {:08x}", v);
+            }
+        }
     }
 
     #[test]

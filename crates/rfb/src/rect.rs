@@ -40,6 +40,13 @@ pub enum RectPayload {
     },
     /// ZRLE: the compressed bytes, without their u32 length prefix.
     Zrle(Vec<u8>),
+    /// Hextile: the tiles as sent (no length prefix; only its reader finds its end, so the
+    /// client role does not parse it).
+    Hextile(Vec<u8>),
+    /// Zlib: the compressed bytes, without their u32 length prefix.
+    Zlib(Vec<u8>),
+    /// Tight: the payload as sent (no length prefix; not parsed in the client role either).
+    Tight(Vec<u8>),
     /// Cursor: the cursor image (hotspot in x, y) and its bit mask, `ceil(width / 8)` bytes
     /// per row.
     Cursor {
@@ -73,6 +80,9 @@ impl RectPayload {
             RectPayload::Raw(_) => Encoding::Raw,
             RectPayload::CopyRect { .. } => Encoding::CopyRect,
             RectPayload::Zrle(_) => Encoding::Zrle,
+            RectPayload::Hextile(_) => Encoding::Hextile,
+            RectPayload::Zlib(_) => Encoding::Zlib,
+            RectPayload::Tight(_) => Encoding::Tight,
             RectPayload::Cursor { .. } => Encoding::Cursor,
             RectPayload::DesktopSize => Encoding::DesktopSize,
             RectPayload::LastRect => Encoding::LastRect,
@@ -134,6 +144,10 @@ impl Rectangle {
                 let len = r.u32()?;
                 RectPayload::Zrle(payload(r, u64::from(len), limits)?.to_vec())
             }
+            Encoding::Zlib => {
+                let len = r.u32()?;
+                RectPayload::Zlib(payload(r, u64::from(len), limits)?.to_vec())
+            }
             Encoding::Cursor => {
                 let pixels = pixel_bytes(width, height, pf);
                 let mask = u64::from(width).div_ceil(8) * u64::from(height);
@@ -179,12 +193,14 @@ impl Rectangle {
         }
         out.extend_from_slice(&i32::from(self.payload.encoding()).to_be_bytes());
         match &self.payload {
-            RectPayload::Raw(p) => out.extend_from_slice(p),
+            RectPayload::Raw(p) | RectPayload::Hextile(p) | RectPayload::Tight(p) => {
+                out.extend_from_slice(p)
+            }
             RectPayload::CopyRect { src_x, src_y } => {
                 out.extend_from_slice(&src_x.to_be_bytes());
                 out.extend_from_slice(&src_y.to_be_bytes());
             }
-            RectPayload::Zrle(data) | RectPayload::DesktopName(data) => {
+            RectPayload::Zrle(data) | RectPayload::Zlib(data) | RectPayload::DesktopName(data) => {
                 let data = data.get(..len_usize(u32::MAX)).unwrap_or(data);
                 put_len_u32(out, data.len());
                 out.extend_from_slice(data);

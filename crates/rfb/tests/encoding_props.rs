@@ -1,8 +1,11 @@
 //! Properties of pixel translation and the encodings, for any true-colour format dmore serves:
 //! translate→decode keeps colours up to the format's precision, Raw and ZRLE round-trip, a
-//! ZRLE stream survives freeze/continue, and hostile ZRLE data never panics.
+//! ZRLE stream survives freeze/continue, Hextile and Zlib round-trip (Zlib across a resumed
+//! stream too), and hostile ZRLE, Hextile and Zlib data never panics.
 
 use proptest::prelude::*;
+use rfb::encoding::hextile::{self, HextileEncoder};
+use rfb::encoding::zlib::{ZlibDecoder, ZlibEncoder};
 use rfb::encoding::zrle::{max_inflated_len, ZrleDecoder, ZrleEncoder, ZrleEncoderState};
 use rfb::encoding::{cursor, raw, Error};
 use rfb::translate::{Pixels, PixelsMut, Translator};
@@ -145,19 +148,21 @@ fn any_rect() -> impl Strategy<Value = RectSpec> {
         })
 }
 
-/// Encodes `rect` with `enc` and decodes it with `dec`, checking the colours.
-fn zrle_trip(enc: &mut ZrleEncoder, dec: &mut ZrleDecoder, tr: &Translator, rect: &RectSpec) {
+/// Encodes `rect` with `encode` and decodes it with `decode`, checking the colours.
+fn trip(
+    tr: &Translator,
+    rect: &RectSpec,
+    encode: impl FnOnce(Pixels<'_>, &mut Vec<u8>),
+    decode: impl FnOnce(&[u8], &mut PixelsMut<'_>),
+) {
     let src = rect.pixels();
     let mut data = Vec::new();
-    enc.encode(tr, Pixels::packed(&src, rect.w, rect.h).unwrap(), &mut data)
-        .unwrap();
+    encode(Pixels::packed(&src, rect.w, rect.h).unwrap(), &mut data);
     let mut got = vec![0u32; src.len()];
-    dec.decode(
-        tr,
+    decode(
         &data,
         &mut PixelsMut::packed(&mut got, rect.w, rect.h).unwrap(),
-    )
-    .unwrap();
+    );
     let want: Vec<u32> = src.iter().map(|&p| reduce(p, tr.format())).collect();
     assert!(
         got == want,
@@ -168,8 +173,46 @@ fn zrle_trip(enc: &mut ZrleEncoder, dec: &mut ZrleDecoder, tr: &Translator, rect
     );
 }
 
+/// [`trip`] through a ZRLE stream.
+fn zrle_trip(enc: &mut ZrleEncoder, dec: &mut ZrleDecoder, tr: &Translator, rect: &RectSpec) {
+    trip(
+        tr,
+        rect,
+        |src, out| enc.encode(tr, src, out).unwrap(),
+        |data, dst| dec.decode(tr, data, dst).unwrap(),
+    );
+}
+
+/// [`trip`] through a Zlib stream.
+fn zlib_trip(enc: &mut ZlibEncoder, dec: &mut ZlibDecoder, tr: &Translator, rect: &RectSpec) {
+    trip(
+        tr,
+        rect,
+        |src, out| enc.encode(tr, src, out).unwrap(),
+        |data, dst| dec.decode(tr, data, dst).unwrap(),
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Hextile decodes to the colours encoded and reads exactly the bytes written, also with
+    /// garbage after them.
+    #[test]
+    fn hextile_round_trips(f in any_format(), rect in any_rect(), tail in any::<u8>()) {
+        let tr = Translator::new(f).unwrap();
+        let mut enc = HextileEncoder::new();
+        trip(
+            &tr,
+            &rect,
+            |src, out| enc.encode(&tr, src, out),
+            |data, dst| {
+                let mut more = data.to_vec();
+                more.push(tail);
+                assert_eq!(hextile::decode(&tr, &more, dst).unwrap(), data.len());
+            },
+        );
+    }
 
     #[test]
     fn generated_formats_are_valid(f in any_format()) {
@@ -290,6 +333,28 @@ proptest! {
         let mut third = ZrleEncoder::resume_after_freeze(&second.freeze());
         zrle_trip(&mut third, &mut dec, &tr, &cd[0]);
     }
+
+    /// Zlib: rectangles from one encoder, then from one resumed from its state: one decoder
+    /// reads them all.
+    #[test]
+    fn zlib_round_trips_and_continues(
+        f in any_format(),
+        level in 0u32..=9,
+        ab in proptest::collection::vec(any_rect(), 0..3),
+        cd in proptest::collection::vec(any_rect(), 1..3),
+    ) {
+        let tr = Translator::new(f).unwrap();
+        let mut dec = ZlibDecoder::new();
+        let mut first = ZlibEncoder::new(level);
+        for r in &ab {
+            zlib_trip(&mut first, &mut dec, &tr, r);
+        }
+        let mut second = ZlibEncoder::resume(&first.state());
+        drop(first);
+        for r in &cd {
+            zlib_trip(&mut second, &mut dec, &tr, r);
+        }
+    }
 }
 
 proptest! {
@@ -305,6 +370,38 @@ proptest! {
         let tr = Translator::new(f).unwrap();
         let mut px = vec![0u32; w * h];
         let _ = ZrleDecoder::new().decode(&tr, &data, &mut PixelsMut::packed(&mut px, w, h).unwrap());
+    }
+
+    /// Random bytes as Hextile data: an error or some pixels, never a panic, and never more
+    /// read than there is.
+    #[test]
+    fn hostile_hextile_data_never_panics(
+        f in any_format(),
+        w in 1usize..80, h in 1usize..80,
+        data in proptest::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        let tr = Translator::new(f).unwrap();
+        let mut px = vec![0u32; w * h];
+        if let Ok(n) = hextile::decode(&tr, &data, &mut PixelsMut::packed(&mut px, w, h).unwrap()) {
+            prop_assert!(n <= data.len());
+        }
+    }
+
+    /// Random bytes inside a valid zlib stream as Zlib data: an error or pixels, and more
+    /// than the rectangle's Raw size is refused.
+    #[test]
+    fn hostile_zlib_data_never_panics(
+        f in any_format(),
+        w in 1usize..80, h in 1usize..80,
+        inner in proptest::collection::vec(any::<u8>(), 0..8192),
+    ) {
+        let tr = Translator::new(f).unwrap();
+        let mut c = flate2::Compress::new(flate2::Compression::fast(), true);
+        let mut data = Vec::with_capacity(inner.len() * 2 + 64);
+        c.compress_vec(&inner, &mut data, flate2::FlushCompress::Sync).unwrap();
+        let mut px = vec![0u32; w * h];
+        let r = ZlibDecoder::new().decode(&tr, &data, &mut PixelsMut::packed(&mut px, w, h).unwrap());
+        prop_assert_eq!(r.is_ok(), inner.len() == raw::payload_len(&tr, w, h).unwrap());
     }
 
     /// Random *tile* bytes inside a valid zlib stream reach the tile parser: an error or

@@ -177,11 +177,11 @@ fn unknown_things_are_typed_errors() {
         client_err(&[248, 0, 0, 0, 0, 0, 0, 0, 65]),
         MessageError::FencePayloadTooLong(65)
     );
-    // Hextile (5) has no length this crate can work out.
+    // Hextile (5) is not parsed in the client role: only its reader finds its end.
     let hextile = [0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 5];
     assert_eq!(
         server_err(&hextile),
-        MessageError::UnsupportedEncoding(Encoding::Other(5))
+        MessageError::UnsupportedEncoding(Encoding::Hextile)
     );
 }
 

@@ -300,7 +300,12 @@ fn unknown_pieces_and_versions_are_refused_by_name() {
 /// destination sent with its one inflater per stream.
 #[test]
 fn restored_viewer_keeps_decoding_one_stream() {
-    for encoding in [Encoding::Zrle, Encoding::Zlib] {
+    for encoding in [
+        Encoding::Zrle,
+        Encoding::Zlib,
+        Encoding::Tight,
+        Encoding::Hextile,
+    ] {
         restored_viewer_keeps_decoding(encoding);
     }
 }

@@ -10,6 +10,7 @@
 
 use crate::encoding::cursor::{self, Cursor};
 use crate::encoding::hextile::{self, HextileEncoder};
+use crate::encoding::tight::{self, TightDecoder, TightEncoder, TightStreams};
 use crate::encoding::zlib::{ZlibDecoder, ZlibEncoder};
 use crate::encoding::zrle::{ZrleDecoder, ZrleEncoder};
 use crate::encoding::zstream::StreamState;
@@ -173,13 +174,14 @@ pub enum Applied {
 }
 
 /// The client role's decoder of FramebufferUpdate rectangles: QEMU's pixels into a
-/// [`Framebuffer`]. One per connection, since ZRLE's and Zlib's zlib streams span the
-/// connection.
+/// [`Framebuffer`]. One per connection, since ZRLE's, Zlib's and Tight's zlib streams span
+/// the connection.
 #[derive(Debug)]
 pub struct UpdateDecoder {
     translator: Translator,
     zrle: ZrleDecoder,
     zlib: ZlibDecoder,
+    tight: TightDecoder,
     cursor: Option<Cursor>,
 }
 
@@ -190,6 +192,7 @@ impl UpdateDecoder {
             translator: Translator::new(pixel_format)?,
             zrle: ZrleDecoder::new(),
             zlib: ZlibDecoder::new(),
+            tight: TightDecoder::new(),
             cursor: None,
         })
     }
@@ -236,7 +239,8 @@ impl UpdateDecoder {
             RectPayload::Raw(data)
             | RectPayload::Zrle(data)
             | RectPayload::Hextile(data)
-            | RectPayload::Zlib(data) => {
+            | RectPayload::Zlib(data)
+            | RectPayload::Tight(data) => {
                 if width == 0 || height == 0 {
                     return Ok(changed);
                 }
@@ -246,12 +250,12 @@ impl UpdateDecoder {
                     RectPayload::Raw(_) => raw::decode(translator, data, &mut view),
                     RectPayload::Zrle(_) => self.zrle.decode(translator, data, &mut view),
                     RectPayload::Zlib(_) => self.zlib.decode(translator, data, &mut view),
-                    _ => hextile::decode(translator, data, &mut view).and_then(|used| {
-                        match data.len() - used {
-                            0 => Ok(()),
-                            n => Err(encoding::Error::TrailingData(n)),
-                        }
-                    }),
+                    RectPayload::Tight(_) => self
+                        .tight
+                        .decode(translator, data, &mut view)
+                        .and_then(|used| all_used(data, used)),
+                    _ => hextile::decode(translator, data, &mut view)
+                        .and_then(|used| all_used(data, used)),
                 }
                 .map_err(bad)?;
                 Ok(changed)
@@ -282,12 +286,21 @@ impl UpdateDecoder {
 
 /// The pixel encodings [`UpdateEncoder`] can send, in no particular order: a viewer's
 /// SetEncodings order decides.
-pub const PIXEL_ENCODINGS: [Encoding; 4] = [
+pub const PIXEL_ENCODINGS: [Encoding; 5] = [
     Encoding::Raw,
     Encoding::Hextile,
     Encoding::Zlib,
+    Encoding::Tight,
     Encoding::Zrle,
 ];
+
+/// An error unless a payload's reader took all of `data`.
+fn all_used(data: &[u8], used: usize) -> Result<(), encoding::Error> {
+    match data.len().saturating_sub(used) {
+        0 => Ok(()),
+        n => Err(encoding::Error::TrailingData(n)),
+    }
+}
 
 /// Where an [`UpdateEncoder`]'s zlib streams stand: what a snapshot keeps so that another
 /// process continues them (see [`zstream`](crate::encoding::zstream)).
@@ -297,17 +310,20 @@ pub struct EncoderStreams {
     pub zrle: StreamState,
     /// Zlib's stream.
     pub zlib: StreamState,
+    /// Tight's four streams.
+    pub tight: TightStreams,
 }
 
 /// The server role's encoder for one viewer: parts of a [`Framebuffer`] in the viewer's pixel
 /// format, with the first encoding of the viewer's list that dmore implements. Owns the
-/// viewer's zlib streams (ZRLE's, Zlib's), which live as long as the connection.
+/// viewer's zlib streams (ZRLE's, Zlib's, Tight's), which live as long as the connection.
 #[derive(Debug)]
 pub struct UpdateEncoder {
     translator: Translator,
     encodings: Vec<Encoding>,
     zrle: ZrleEncoder,
     zlib: ZlibEncoder,
+    tight: TightEncoder,
     hextile: HextileEncoder,
     frozen: bool,
 }
@@ -322,6 +338,7 @@ impl UpdateEncoder {
             encodings: Vec::new(),
             zrle: ZrleEncoder::new(ZrleEncoder::DEFAULT_LEVEL),
             zlib: ZlibEncoder::new(ZrleEncoder::DEFAULT_LEVEL),
+            tight: TightEncoder::new(ZrleEncoder::DEFAULT_LEVEL),
             hextile: HextileEncoder::new(),
             frozen: false,
         }
@@ -335,8 +352,9 @@ impl UpdateEncoder {
     }
 
     /// The viewer's SetEncodings. A compression level it lists (its first) applies to the
-    /// zlib streams that have not started yet: a started stream keeps its level, since the
-    /// compressor cannot change it in flight.
+    /// zlib streams that have not started yet, and to Tight's, which are reset by the
+    /// protocol's own means when the level changes; a started ZRLE or Zlib stream keeps its
+    /// level, since the compressor cannot change it in flight and the viewer cannot be told.
     pub fn set_encodings(&mut self, encodings: &[Encoding]) {
         self.encodings = encodings.to_vec();
         let level = self.compress_level();
@@ -345,6 +363,9 @@ impl UpdateEncoder {
         }
         if !self.zrle.state().header_sent {
             self.zrle = ZrleEncoder::new(level);
+        }
+        if self.tight.level() != level {
+            self.tight.reset(level);
         }
     }
 
@@ -368,9 +389,16 @@ impl UpdateEncoder {
     /// The encoding used for pixels: the first of [`PIXEL_ENCODINGS`] the viewer listed,
     /// else Raw (every viewer must accept Raw, RFC 6143 §7.7.1).
     pub fn pixel_encoding(&self) -> Encoding {
+        self.pixel_encoding_for(0)
+    }
+
+    /// [`UpdateEncoder::pixel_encoding`] for a rectangle `width` pixels wide: Tight is
+    /// passed over past [`tight::MAX_WIDTH`].
+    fn pixel_encoding_for(&self, width: usize) -> Encoding {
         self.encodings
             .iter()
             .copied()
+            .filter(|e| *e != Encoding::Tight || width <= tight::MAX_WIDTH)
             .find(|e| PIXEL_ENCODINGS.contains(e))
             .unwrap_or(Encoding::Raw)
     }
@@ -383,6 +411,7 @@ impl UpdateEncoder {
         EncoderStreams {
             zrle: self.zrle.freeze(),
             zlib: self.zlib.state(),
+            tight: self.tight.states(),
         }
     }
 
@@ -397,6 +426,7 @@ impl UpdateEncoder {
     pub fn resume(&mut self, streams: &EncoderStreams) {
         self.zrle = ZrleEncoder::resume_after_freeze(&streams.zrle);
         self.zlib = ZlibEncoder::resume(&streams.zlib);
+        self.tight = TightEncoder::resume(&streams.tight);
     }
 
     /// Encodes the `width x height` rectangle at (`x`, `y`) of `fb` for this viewer.
@@ -418,7 +448,7 @@ impl UpdateEncoder {
                 fb_width: fb.width(),
                 fb_height: fb.height(),
             })?;
-        let encoding = self.pixel_encoding();
+        let encoding = self.pixel_encoding_for(view.width());
         let failed = |source| ApplyError::Encoding { encoding, source };
         if self.frozen {
             return Err(failed(encoding::Error::Frozen));
@@ -437,6 +467,10 @@ impl UpdateEncoder {
             Encoding::Hextile => {
                 self.hextile.encode(tr, view, &mut data);
                 RectPayload::Hextile(data)
+            }
+            Encoding::Tight => {
+                self.tight.encode(tr, view, &mut data).map_err(failed)?;
+                RectPayload::Tight(data)
             }
             _ => {
                 raw::encode(tr, view, &mut data);
@@ -488,6 +522,7 @@ mod tests {
                 vec![Encoding::Zrle, Encoding::Raw],
                 vec![Encoding::Other(99), Encoding::Hextile, Encoding::Zrle],
                 vec![Encoding::CompressLevel(1), Encoding::Zlib, Encoding::Raw],
+                vec![Encoding::Tight, Encoding::CompressLevel(9), Encoding::Zrle],
             ];
             for encodings in lists {
                 let mut encoder = UpdateEncoder::new();

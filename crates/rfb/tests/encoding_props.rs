@@ -1,10 +1,12 @@
 //! Properties of pixel translation and the encodings, for any true-colour format dmore serves:
 //! translate→decode keeps colours up to the format's precision, Raw and ZRLE round-trip, a
-//! ZRLE stream survives freeze/continue, Hextile and Zlib round-trip (Zlib across a resumed
-//! stream too), and hostile ZRLE, Hextile and Zlib data never panics.
+//! ZRLE stream survives freeze/continue, Hextile, Zlib and Tight round-trip (Zlib and Tight
+//! across resumed streams too, Tight across a level change), and hostile ZRLE, Hextile, Zlib
+//! and Tight data never panics.
 
 use proptest::prelude::*;
 use rfb::encoding::hextile::{self, HextileEncoder};
+use rfb::encoding::tight::{TightDecoder, TightEncoder};
 use rfb::encoding::zlib::{ZlibDecoder, ZlibEncoder};
 use rfb::encoding::zrle::{max_inflated_len, ZrleDecoder, ZrleEncoder, ZrleEncoderState};
 use rfb::encoding::{cursor, raw, Error};
@@ -193,6 +195,20 @@ fn zlib_trip(enc: &mut ZlibEncoder, dec: &mut ZlibDecoder, tr: &Translator, rect
     );
 }
 
+/// [`trip`] through Tight streams; the decoder must take every byte, and nothing more.
+fn tight_trip(enc: &mut TightEncoder, dec: &mut TightDecoder, tr: &Translator, rect: &RectSpec) {
+    trip(
+        tr,
+        rect,
+        |src, out| enc.encode(tr, src, out).unwrap(),
+        |data, dst| {
+            let mut more = data.to_vec();
+            more.push(0xee);
+            assert_eq!(dec.decode(tr, &more, dst).unwrap(), data.len());
+        },
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -334,6 +350,31 @@ proptest! {
         zrle_trip(&mut third, &mut dec, &tr, &cd[0]);
     }
 
+    /// Tight: rectangles from one encoder, a level change (the streams reset by the protocol),
+    /// then rectangles from one resumed from its state: one decoder reads them all.
+    #[test]
+    fn tight_round_trips_resets_and_continues(
+        f in any_format(),
+        level in 0u32..=9,
+        ab in proptest::collection::vec(any_rect(), 0..3),
+        cd in proptest::collection::vec(any_rect(), 1..3),
+        new_level in 0u32..=9,
+    ) {
+        let tr = Translator::new(f).unwrap();
+        let mut dec = TightDecoder::new();
+        let mut first = TightEncoder::new(level);
+        for r in &ab {
+            tight_trip(&mut first, &mut dec, &tr, r);
+        }
+        first.reset(new_level);
+        tight_trip(&mut first, &mut dec, &tr, &cd[0]);
+        let mut second = TightEncoder::resume(&first.states());
+        drop(first);
+        for r in &cd {
+            tight_trip(&mut second, &mut dec, &tr, r);
+        }
+    }
+
     /// Zlib: rectangles from one encoder, then from one resumed from its state: one decoder
     /// reads them all.
     #[test]
@@ -383,6 +424,22 @@ proptest! {
         let tr = Translator::new(f).unwrap();
         let mut px = vec![0u32; w * h];
         if let Ok(n) = hextile::decode(&tr, &data, &mut PixelsMut::packed(&mut px, w, h).unwrap()) {
+            prop_assert!(n <= data.len());
+        }
+    }
+
+    /// Random bytes as Tight data, with any control byte: an error or pixels, never a panic,
+    /// never more read than there is.
+    #[test]
+    fn hostile_tight_data_never_panics(
+        f in any_format(),
+        w in 1usize..80, h in 1usize..80,
+        data in proptest::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        let tr = Translator::new(f).unwrap();
+        let mut px = vec![0u32; w * h];
+        let mut dec = TightDecoder::new();
+        if let Ok(n) = dec.decode(&tr, &data, &mut PixelsMut::packed(&mut px, w, h).unwrap()) {
             prop_assert!(n <= data.len());
         }
     }

@@ -12,6 +12,7 @@
 pub mod cursor;
 pub mod hextile;
 pub mod raw;
+pub mod tight;
 pub mod zlib;
 pub mod zrle;
 pub mod zstream;

@@ -226,6 +226,28 @@ fn malformed(reason: &'static str) -> Error {
     }
 }
 
+/// The length of the Hextile payload of a `width`×`height` rectangle of `bpp`-byte pixels at
+/// the front of `data`, read without decoding it (for the message codec, which must find the
+/// rectangle's end); [`Error::Truncated`] if `data` ends first.
+pub fn payload_len(bpp: usize, width: usize, height: usize, data: &[u8]) -> Result<usize, Error> {
+    let mut input = Input { data, pos: 0 };
+    for (_, _, w, h) in tiles(width, height) {
+        let mask = input.byte()?;
+        if mask & RAW != 0 {
+            input.take(w * h * bpp)?;
+            continue;
+        }
+        let colours = usize::from(mask & BACKGROUND != 0) + usize::from(mask & FOREGROUND != 0);
+        input.take(colours * bpp)?;
+        if mask & ANY_SUBRECTS != 0 {
+            let each = 2 + if mask & COLOURED != 0 { bpp } else { 0 };
+            let count = usize::from(input.byte()?);
+            input.take(count * each)?;
+        }
+    }
+    Ok(input.pos)
+}
+
 /// Decodes the Hextile payload at the front of `data` into `dst` (the rectangle's size) and
 /// returns how many bytes it took; `dst` may be partly written on an error.
 pub fn decode(tr: &Translator, data: &[u8], dst: &mut PixelsMut<'_>) -> Result<usize, Error> {

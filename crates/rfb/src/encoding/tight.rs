@@ -27,6 +27,7 @@
 use super::zstream::{DeflateStream, InflateStream, StreamState};
 use super::Error;
 use crate::translate::{Pixels, PixelsMut, Translator};
+use crate::PixelFormat;
 
 /// Encoding number of Tight.
 pub const ENCODING: i32 = 7;
@@ -56,7 +57,11 @@ const NAME: &str = "Tight";
 
 /// Whether `tr`'s format sends 3-byte TPIXELs (R, G, B).
 fn tpixel24(tr: &Translator) -> bool {
-    let f = tr.format();
+    format_tpixel24(tr.format())
+}
+
+/// Whether format `f` sends 3-byte TPIXELs (R, G, B).
+fn format_tpixel24(f: &PixelFormat) -> bool {
     f.bits_per_pixel == 32
         && f.depth == 24
         && f.true_colour
@@ -77,11 +82,75 @@ fn put_tpixel(tr: &Translator, v: u32, out: &mut Vec<u8>) {
 
 /// Bytes of a TPIXEL in `tr`'s format.
 fn tpixel_len(tr: &Translator) -> usize {
-    if tpixel24(tr) {
+    format_tpixel_len(tr.format())
+}
+
+/// Bytes of a TPIXEL in format `f`.
+fn format_tpixel_len(f: &PixelFormat) -> usize {
+    if format_tpixel24(f) {
         3
     } else {
-        tr.bytes_per_pixel()
+        f.bytes_per_pixel()
     }
+}
+
+/// Bytes of the filtered data of a basic rectangle, before compression: `None` for a filter
+/// this module does not know, or a one-colour palette.
+fn basic_len(filter: u8, colours: usize, tpixel: usize, w: usize, h: usize) -> Option<usize> {
+    match (filter, colours) {
+        (FILTER_COPY, _) => Some(w * h * tpixel),
+        (FILTER_PALETTE, 2) => Some(w.div_ceil(8) * h),
+        (FILTER_PALETTE, 3..) => Some(w * h),
+        _ => None,
+    }
+}
+
+/// The length of the Tight payload of a `width`×`height` rectangle in format `pf` at the
+/// front of `data`, read without decoding it (for the message codec, which must find the
+/// rectangle's end); [`Error::Truncated`] if `data` ends first. JPEG rectangles are measured
+/// too (a compact length and the data), though not decoded.
+pub fn payload_len(
+    pf: &PixelFormat,
+    width: usize,
+    height: usize,
+    data: &[u8],
+) -> Result<usize, Error> {
+    let mut input = Input { data, pos: 0 };
+    let tpixel = format_tpixel_len(pf);
+    let kind = input.byte()? & 0xf0;
+    if kind == FILL {
+        input.take(tpixel)?;
+        return Ok(input.pos);
+    }
+    if kind == JPEG {
+        let len = input.compact_len()?;
+        input.take(len)?;
+        return Ok(input.pos);
+    }
+    if kind & 0x80 != 0 {
+        return Err(malformed("an undefined compression type"));
+    }
+    let filter = if kind & FILTER_FOLLOWS != 0 {
+        input.byte()?
+    } else {
+        FILTER_COPY
+    };
+    let colours = if filter == FILTER_PALETTE {
+        let n = usize::from(input.byte()?) + 1;
+        input.take(n * tpixel)?;
+        n
+    } else {
+        0
+    };
+    let len = basic_len(filter, colours, tpixel, width, height)
+        .ok_or_else(|| malformed("an unknown filter or a one-colour palette"))?;
+    let len = if len < MIN_TO_COMPRESS {
+        len
+    } else {
+        input.compact_len()?
+    };
+    input.take(len)?;
+    Ok(input.pos)
 }
 
 /// Appends a compact length (1 to 3 bytes; `len` < 2^22).
@@ -360,21 +429,14 @@ impl TightDecoder {
             FILTER_COPY
         };
         let mut palette = Vec::new();
-        let len = match filter {
-            FILTER_COPY => w * h * tpixel_len(tr),
-            FILTER_PALETTE => {
-                let n = usize::from(input.byte()?) + 1;
-                for _ in 0..n {
-                    palette.push(input.tpixel(tr)?);
-                }
-                match n {
-                    1 => return Err(malformed("a palette of one colour")),
-                    2 => w.div_ceil(8) * h,
-                    _ => w * h,
-                }
+        if filter == FILTER_PALETTE {
+            let n = usize::from(input.byte()?) + 1;
+            for _ in 0..n {
+                palette.push(input.tpixel(tr)?);
             }
-            _ => return Err(malformed("an unknown or gradient filter")),
-        };
+        }
+        let len = basic_len(filter, palette.len(), tpixel_len(tr), w, h)
+            .ok_or_else(|| malformed("an unknown filter or a one-colour palette"))?;
         let pixels: &[u8] = if len < MIN_TO_COMPRESS {
             input.take(len)?
         } else {

@@ -1,5 +1,5 @@
-//! The screen exact through co-migrations: two viewers stay connected to `dmore console` on
-//! the service address (one asks for ZRLE, one for Raw only) while the Linux test guest's
+//! The screen exact through co-migrations: five viewers stay connected to `dmore console` on
+//! the service address (each asks for one encoding: ZRLE, Raw, Hextile, Zlib, Tight) while the Linux test guest's
 //! screen changes throughout (text mode: a line scrolls in every 50 ms; graphics mode: a new
 //! 128x128 square every 50 ms on the bochs framebuffer) and the VM moves A → B → A → B. After
 //! the last move the animation stops, the screen settles, and each viewer's framebuffer must
@@ -8,7 +8,7 @@
 //! ```text
 //!   guest: ANIM 50 ──> 3 co-migrations ──> ANIM 0 ──> QEMU's screendump twice the same,
 //!          and changed since the last move by more than a cursor could
-//!   viewers (ZRLE, Raw): incremental requests throughout ──> until equal to the dump, or
+//!   viewers (ZRLE, Raw, Hextile, Zlib, Tight): incremental requests throughout ──> until equal to the dump, or
 //!                        no update for QUIET ──> compare: pixels differing, bounding box,
 //!                        both images saved as PNG (the directory kept, its path printed)
 //! ```
@@ -33,6 +33,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use vnc::client::{ClientReader, ClientWriter, Setup};
 
+/// The viewers, by the one pixel encoding each asks for.
+const ENCODINGS: [(&str, Encoding); 5] = [
+    ("ZRLE", Encoding::Zrle),
+    ("Raw", Encoding::Raw),
+    ("Hextile", Encoding::Hextile),
+    ("Zlib", Encoding::Zlib),
+    ("Tight", Encoding::Tight),
+];
 /// Bound on each wait (a guard against hanging, not a timed assertion).
 const WAIT: Duration = Duration::from_secs(120);
 /// A viewer whose framebuffer still differs from QEMU's settled screen after this long without
@@ -262,8 +270,10 @@ async fn check(linux: LinuxOptions, dir: &Path) -> anyhow::Result<()> {
     let Some(mut bed) = CoBed::start_or_skip(options).await? else {
         return Ok(());
     };
-    let zrle = Viewer::connect(&bed, "ZRLE", vec![Encoding::Zrle, Encoding::DesktopSize]).await?;
-    let raw = Viewer::connect(&bed, "Raw", vec![Encoding::Raw, Encoding::DesktopSize]).await?;
+    let mut viewers = Vec::new();
+    for (name, encoding) in ENCODINGS {
+        viewers.push(Viewer::connect(&bed, name, vec![encoding, Encoding::DesktopSize]).await?);
+    }
     let serial = bed.home_serial().context("no home VM")?;
     serial.send_line(&format!("ANIM {ANIM_MS}")).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -277,8 +287,15 @@ async fn check(linux: LinuxOptions, dir: &Path) -> anyhow::Result<()> {
         );
         let qemu = bed.home_qemu().context("no home VM")?;
         after_move = Some(screendump(qemu, &dir.join("moved.ppm")).await?);
-        let (z, r) = (zrle.snapshot().await?, raw.snapshot().await?);
-        println!("  updates so far: ZRLE {}, Raw {}", z.updates, r.updates);
+        let mut counts = Vec::new();
+        for viewer in &viewers {
+            counts.push(format!(
+                "{} {}",
+                viewer.name,
+                viewer.snapshot().await?.updates
+            ));
+        }
+        println!("  updates so far: {}", counts.join(", "));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
@@ -312,7 +329,7 @@ async fn check(linux: LinuxOptions, dir: &Path) -> anyhow::Result<()> {
     println!("{linux:?}: {drawn} pixels changed after the last move");
 
     let mut failures = Vec::new();
-    for viewer in [&zrle, &raw] {
+    for viewer in &viewers {
         let snapshot = viewer.settled(&screen).await?;
         let seen = image_of(&snapshot.framebuffer);
         match difference(&seen, &screen) {
@@ -346,8 +363,13 @@ async fn check(linux: LinuxOptions, dir: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    zrle.close().await.context("the ZRLE viewer's connection")?;
-    raw.close().await.context("the Raw viewer's connection")?;
+    for viewer in viewers {
+        let name = viewer.name;
+        viewer
+            .close()
+            .await
+            .with_context(|| format!("the {name} viewer's connection"))?;
+    }
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
@@ -367,12 +389,12 @@ fn save_pair(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn text_screen_exact_after_comigrations_with_zrle_and_raw() -> anyhow::Result<()> {
+async fn text_screen_exact_after_comigrations_in_every_encoding() -> anyhow::Result<()> {
     screen_exact_through_comigrations(LinuxOptions::default()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graphics_screen_exact_after_comigrations_with_zrle_and_raw() -> anyhow::Result<()> {
+async fn graphics_screen_exact_after_comigrations_in_every_encoding() -> anyhow::Result<()> {
     screen_exact_through_comigrations(LinuxOptions {
         input: Input::Ps2,
         display: Display::Graphics,

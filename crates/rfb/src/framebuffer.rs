@@ -326,6 +326,8 @@ pub struct UpdateEncoder {
     tight: TightEncoder,
     hextile: HextileEncoder,
     frozen: bool,
+    /// The server allows lossy (JPEG) rectangles to viewers that ask with a quality level.
+    lossy: bool,
 }
 
 impl UpdateEncoder {
@@ -341,6 +343,7 @@ impl UpdateEncoder {
             tight: TightEncoder::new(ZrleEncoder::DEFAULT_LEVEL),
             hextile: HextileEncoder::new(),
             frozen: false,
+            lossy: false,
         }
     }
 
@@ -367,6 +370,23 @@ impl UpdateEncoder {
         if self.tight.level() != level {
             self.tight.reset(level);
         }
+        self.set_tight_quality();
+    }
+
+    /// Allows Tight JPEG to viewers that list a quality level (off by default, as QEMU's
+    /// `lossy` option is: a viewer's defaults then show the screen exactly).
+    pub fn set_lossy(&mut self, lossy: bool) {
+        self.lossy = lossy;
+        self.set_tight_quality();
+    }
+
+    /// Tight's JPEG quality: the viewer's first quality level, when lossy is allowed.
+    fn set_tight_quality(&mut self) {
+        let level = self.encodings.iter().find_map(|e| match e {
+            Encoding::QualityLevel(q) => Some(*q),
+            _ => None,
+        });
+        self.tight.set_quality(level.filter(|_| self.lossy));
     }
 
     /// The zlib level the viewer asked for (its first compression-level pseudo-encoding),
@@ -522,7 +542,12 @@ mod tests {
                 vec![Encoding::Zrle, Encoding::Raw],
                 vec![Encoding::Other(99), Encoding::Hextile, Encoding::Zrle],
                 vec![Encoding::CompressLevel(1), Encoding::Zlib, Encoding::Raw],
-                vec![Encoding::Tight, Encoding::CompressLevel(9), Encoding::Zrle],
+                vec![
+                    Encoding::Tight,
+                    Encoding::CompressLevel(9),
+                    Encoding::QualityLevel(9),
+                    Encoding::Zrle,
+                ],
             ];
             for encodings in lists {
                 let mut encoder = UpdateEncoder::new();
@@ -545,6 +570,29 @@ mod tests {
                 assert_eq!(copy.pixels(), &reduced[..], "format {pf:?}, {encodings:?}");
             }
         }
+    }
+
+    #[test]
+    fn tight_jpeg_only_when_lossy_is_allowed_and_the_viewer_gives_a_quality() {
+        // A smooth picture of many colours, large enough for JPEG.
+        let mut fb = Framebuffer::new(128, 64);
+        for (i, p) in fb.pixels.iter_mut().enumerate() {
+            let (x, y) = (i % 128, i / 128);
+            *p = u32::try_from(((x * 2) << 16) | ((y * 4) << 8) | (x + y)).unwrap_or(0);
+        }
+        let control = |lossy: bool, encodings: &[Encoding]| {
+            let mut encoder = UpdateEncoder::new();
+            encoder.set_lossy(lossy);
+            encoder.set_encodings(encodings);
+            match encoder.encode(&fb, 0, 0, 128, 64).expect("encodes").payload {
+                RectPayload::Tight(data) => data[0] & 0xf0,
+                other => panic!("{other:?}"),
+            }
+        };
+        let with_quality = [Encoding::Tight, Encoding::QualityLevel(6)];
+        assert_eq!(control(true, &with_quality), 0x90, "JPEG");
+        assert_ne!(control(false, &with_quality), 0x90, "lossless by default");
+        assert_ne!(control(true, &[Encoding::Tight]), 0x90, "no quality level");
     }
 
     #[test]

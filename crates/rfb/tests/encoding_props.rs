@@ -530,6 +530,78 @@ proptest! {
     }
 }
 
+/// PSNR in dB of `got` against `want` over the three channels.
+fn psnr(want: &[u32], got: &[u32]) -> f64 {
+    let mut se = 0f64;
+    for (&a, &b) in want.iter().zip(got) {
+        for shift in [0, 8, 16] {
+            let d = f64::from((a >> shift & 0xff) as u8) - f64::from((b >> shift & 0xff) as u8);
+            se += d * d;
+        }
+    }
+    let mse = se / (want.len() * 3) as f64;
+    if mse == 0.0 {
+        return f64::INFINITY;
+    }
+    10.0 * (255.0 * 255.0 / mse).log10()
+}
+
+/// A smooth many-coloured picture: a photo's kind of content.
+fn smooth(w: usize, h: usize, seed: u32) -> Vec<u32> {
+    (0..w * h)
+        .map(|i| {
+            let (x, y) = ((i % w) as f64, (i / w) as f64);
+            let s = f64::from(seed % 97);
+            let r = 128.0 + 100.0 * ((x + s) / 17.0).sin();
+            let g = 128.0 + 100.0 * ((y - s) / 23.0).cos();
+            let b = 128.0 + 60.0 * ((x + y) / 31.0).sin();
+            (r as u32) << 16 | (g as u32) << 8 | b as u32
+        })
+        .collect()
+}
+
+/// Tight JPEG: with a quality level, a smooth picture goes as JPEG (control 0x90), the decoder
+/// of this crate reads it back through the same connection as lossless rectangles, within a
+/// PSNR that rises with the level; without a level it stays lossless.
+#[test]
+fn tight_jpeg_round_trips_within_psnr() {
+    let tr = Translator::new(PixelFormat::RGBX32_LE).unwrap();
+    let (w, h) = (96, 80);
+    let src = smooth(w, h, 5);
+    let mut dec = TightDecoder::new();
+    let mut last = 0.0;
+    for (level, floor) in [(0u8, 25.0), (5, 30.0), (9, 40.0)] {
+        let mut enc = TightEncoder::new(6);
+        enc.set_quality(Some(level));
+        let mut data = Vec::new();
+        enc.encode(&tr, Pixels::packed(&src, w, h).unwrap(), &mut data)
+            .unwrap();
+        assert_eq!(data[0], 0x90, "level {level}: a JPEG rectangle");
+        let mut got = vec![0u32; w * h];
+        let used = dec
+            .decode(&tr, &data, &mut PixelsMut::packed(&mut got, w, h).unwrap())
+            .unwrap();
+        assert_eq!(used, data.len());
+        let p = psnr(&src, &got);
+        println!(
+            "Tight JPEG level {level}: {} bytes, PSNR {p:.1} dB",
+            data.len()
+        );
+        assert!(p >= floor && p > last, "level {level}: PSNR {p:.1} dB");
+        last = p;
+    }
+    let mut lossless = TightEncoder::new(6);
+    lossless.set_quality(None);
+    let rect = RectSpec {
+        w,
+        h,
+        kind: 0,
+        colours: 1,
+        seed: 3,
+    };
+    tight_trip(&mut lossless, &mut dec, &tr, &rect);
+}
+
 /// Found by `zrle_round_trips`: with this rectangle the deflate output filled up exactly as
 /// the input ran out, and the rectangle's last bytes (the sync flush) never left the encoder.
 #[test]

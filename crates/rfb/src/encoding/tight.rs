@@ -1,11 +1,12 @@
-//! Tight (encoding 7, rfbproto), lossless: a solid rectangle is a fill, a rectangle of few
-//! colours a palette and indices, any other its pixels; data of 12 bytes or more goes through
-//! one of four zlib streams that live as long as the connection.
+//! Tight (encoding 7, rfbproto): a solid rectangle is a fill, a rectangle of few colours a
+//! palette and indices, any other its pixels, or a JPEG image when the viewer allowed lossy
+//! ones with a quality level; data of 12 bytes or more goes through one of four zlib streams
+//! that live as long as the connection.
 //!
 //! ```text
 //! control byte   bits 0-3: reset zlib stream n before this rectangle
 //!                bits 4-7: 1000 fill: one TPIXEL
-//!                          1001 JPEG (not sent by dmore, refused by this decoder)
+//!                          1001 JPEG: a compact length and a baseline JPEG image
 //!                          0 f ss basic: stream ss, f = a filter byte follows
 //! filter         0 copy: TPIXELs | 1 palette: u8 n-1, n TPIXELs, then indices (1 bit per
 //!                pixel MSB first, rows padded, when n = 2; else a byte) | 2 gradient (not
@@ -20,6 +21,13 @@
 //! another level, and the next rectangle's control byte tells the viewer to reset its own. The
 //! streams continue in another process as every zlib stream here does
 //! ([`zstream`](super::zstream)).
+//!
+//! JPEG goes only to a viewer that listed a quality level (-32..-23), only for rectangles of
+//! many colours (past the palette limit) and at least [`JPEG_MIN_PIXELS`], and only in a
+//! 24-bit format (3-byte TPIXELs), as QEMU does; text stays lossless. Levels map to JPEG
+//! qualities as TigerVNC's server maps them ([`JPEG_QUALITY`]). `jpeg-encoder` compresses (pure
+//! Rust without dependencies: no C library to build or link, no FFI, and it is the encoder
+//! the `image` crate uses); `jpeg-decoder` reads them back here (tests, fuzzing, client role).
 //!
 //! The payload has no length prefix: its end is found by reading it. Rectangles are at most
 //! [`MAX_WIDTH`] wide (TigerVNC refuses wider ones); callers split wider ones.
@@ -37,6 +45,12 @@ pub const MAX_WIDTH: usize = 2048;
 
 /// Data shorter than this is sent as is, neither compressed nor length-prefixed.
 const MIN_TO_COMPRESS: usize = 12;
+
+/// JPEG quality (1..=100) per quality level 0..=9, TigerVNC's table.
+pub const JPEG_QUALITY: [u8; 10] = [15, 29, 41, 42, 62, 77, 79, 86, 92, 100];
+
+/// Smallest rectangle, in pixels, sent as JPEG: smaller ones gain little and show artefacts.
+pub const JPEG_MIN_PIXELS: usize = 4096;
 
 /// Most colours dmore sends as a palette: more is sent as full colour (one index byte per
 /// pixel buys little against 3-byte pixels through zlib, and counting costs).
@@ -174,6 +188,8 @@ pub struct TightEncoder {
     streams: [DeflateStream; 4],
     /// Streams to reset with the next rectangle (bit n: stream n).
     reset: u8,
+    /// The viewer's JPEG quality level, if it allowed JPEG.
+    quality: Option<u8>,
     values: Vec<u32>,
     palette: Vec<u32>,
     data: Vec<u8>,
@@ -194,6 +210,7 @@ impl TightEncoder {
         TightEncoder {
             streams: states.each_ref().map(DeflateStream::resume),
             reset: 0,
+            quality: None,
             values: Vec::new(),
             palette: Vec::new(),
             data: Vec::new(),
@@ -208,6 +225,11 @@ impl TightEncoder {
     /// The level the streams compress at.
     pub fn level(&self) -> u32 {
         self.streams.first().map_or(0, |s| s.state().level)
+    }
+
+    /// Allows JPEG at quality level `level` (0..=9, clamped), or forbids it (`None`).
+    pub fn set_quality(&mut self, level: Option<u8>) {
+        self.quality = level.map(|l| l.min(9));
     }
 
     /// Starts all four streams anew at `level`; the next rectangle tells the viewer to reset
@@ -264,6 +286,32 @@ impl TightEncoder {
                 if let Some(&v) = self.palette.first() {
                     put_tpixel(tr, v, out);
                 }
+                return Ok(());
+            }
+            0 if self.jpeg_quality(tr, w, h).is_some() => {
+                let quality = self.jpeg_quality(tr, w, h).unwrap_or(100);
+                for &v in &self.values {
+                    put_tpixel(tr, v, &mut self.data);
+                }
+                let mut image = Vec::new();
+                let (Ok(w16), Ok(h16)) = (u16::try_from(w), u16::try_from(h)) else {
+                    return Err(Error::TooLarge {
+                        width: w,
+                        height: h,
+                    });
+                };
+                jpeg_encoder::Encoder::new(&mut image, quality)
+                    .encode(&self.data, w16, h16, jpeg_encoder::ColorType::Rgb)
+                    .map_err(|_| malformed("the JPEG encoder refused the image"))?;
+                if image.len() >= 1 << 22 {
+                    return Err(Error::TooLarge {
+                        width: w,
+                        height: h,
+                    });
+                }
+                out.push(JPEG | reset);
+                put_compact_len(image.len(), out);
+                out.extend_from_slice(&image);
                 return Ok(());
             }
             0 => {
@@ -328,6 +376,54 @@ impl TightEncoder {
     }
 }
 
+impl TightEncoder {
+    /// The JPEG quality for a many-coloured `w`×`h` rectangle, if it goes as JPEG.
+    fn jpeg_quality(&self, tr: &Translator, w: usize, h: usize) -> Option<u8> {
+        let level = self.quality?;
+        (tpixel24(tr) && w * h >= JPEG_MIN_PIXELS && w > 0 && h > 0)
+            .then(|| JPEG_QUALITY.get(usize::from(level)).copied())
+            .flatten()
+    }
+}
+
+/// Decodes a JPEG image of exactly `dst`'s size into it.
+fn decode_jpeg(image: &[u8], dst: &mut PixelsMut<'_>) -> Result<(), Error> {
+    let (w, h) = (dst.width(), dst.height());
+    let mut decoder = jpeg_decoder::Decoder::new(image);
+    // Nothing larger than the rectangle's own pixels is ever needed.
+    decoder.set_max_decoding_buffer_size(w.saturating_mul(h).saturating_mul(4).max(64));
+    decoder
+        .read_info()
+        .map_err(|_| malformed("an unreadable JPEG header"))?;
+    let info = decoder
+        .info()
+        .ok_or_else(|| malformed("a JPEG image without a header"))?;
+    if (usize::from(info.width), usize::from(info.height)) != (w, h) {
+        return Err(malformed("a JPEG image of another size than its rectangle"));
+    }
+    let pixels = decoder
+        .decode()
+        .map_err(|_| malformed("an undecodable JPEG image"))?;
+    let step = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => 3,
+        jpeg_decoder::PixelFormat::L8 => 1,
+        _ => return Err(malformed("a JPEG image neither RGB nor grey")),
+    };
+    if pixels.len() != w * h * step {
+        return Err(malformed("a JPEG image of the wrong length"));
+    }
+    for (y, row) in pixels.chunks_exact((w * step).max(1)).take(h).enumerate() {
+        for (px, c) in dst.row_mut(y).iter_mut().zip(row.chunks_exact(step)) {
+            *px = match c {
+                [r, g, b] => u32::from_be_bytes([0, *r, *g, *b]),
+                [l] => u32::from_be_bytes([0, *l, *l, *l]),
+                _ => 0,
+            };
+        }
+    }
+    Ok(())
+}
+
 /// Reads Tight data from the front of a slice.
 struct Input<'a> {
     data: &'a [u8],
@@ -377,8 +473,8 @@ fn malformed(reason: &'static str) -> Error {
     }
 }
 
-/// The client side of a connection's Tight streams (lossless rectangles only: JPEG and the
-/// gradient filter are refused, since dmore sends neither).
+/// The client side of a connection's Tight streams (the gradient filter is refused, since
+/// dmore never sends it).
 #[derive(Debug, Default)]
 pub struct TightDecoder {
     streams: [InflateStream; 4],
@@ -417,7 +513,9 @@ impl TightDecoder {
             return Ok(input.pos);
         }
         if kind == JPEG {
-            return Err(malformed("JPEG rectangles are not decoded here"));
+            let len = input.compact_len()?;
+            decode_jpeg(input.take(len)?, dst)?;
+            return Ok(input.pos);
         }
         if kind & 0x80 != 0 {
             return Err(malformed("an undefined compression type"));

@@ -110,6 +110,7 @@ fn console_config(
             incoming,
         }),
         qemu_wait: console::front::DEFAULT_QEMU_WAIT,
+        lossy: false,
     }
 }
 

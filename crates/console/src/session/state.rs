@@ -105,6 +105,12 @@ impl Session {
         }
     }
 
+    /// Allows Tight JPEG to this viewer if it asks with a quality level (a console's setting,
+    /// not the viewer's: set anew on a restored session).
+    pub fn set_lossy(&mut self, lossy: bool) {
+        self.encoder.set_lossy(lossy);
+    }
+
     /// Lets a frozen session go on with its own zlib streams (the migration did not happen).
     pub fn thaw(&mut self) {
         self.encoder.thaw();

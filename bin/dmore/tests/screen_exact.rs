@@ -27,7 +27,7 @@ use rfb::framebuffer::Framebuffer;
 use rfb::{ClientConfig, Encoding, Limits, PixelFormat, SecurityType, ServerMessage, Version};
 use scenarios::cobed::{CoBed, CoBedOptions};
 use testbed::qemu::{Qemu, LINUX_MEMORY_MIB};
-use testbed::viewers::Image;
+use testbed::viewers::{Image, TigerVnc, ViewerAuth, Xvfb};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -386,6 +386,10 @@ async fn check(linux: LinuxOptions, dir: &Path) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("the {name} viewer's connection"))?;
     }
+    if linux.display == Display::Text {
+        // Last: TigerVNC connects non-shared, and the console then closes the other viewers.
+        tigervnc_shows_the_screen(&bed, &dir.join("tigervnc.ppm")).await?;
+    }
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
@@ -451,7 +455,8 @@ async fn full_screen_bytes(
 
 /// The tiny guest's 720x400 text screen, sent whole to a viewer of each encoding: each shows
 /// QEMU's screendump but for at most its blinking cursor's cell, and each compressing encoding
-/// takes fewer bytes than Raw. Prints the bytes of that full-screen update per encoding.
+/// takes fewer bytes than Raw. Prints the bytes of that full-screen update per encoding. Then
+/// TigerVNC, with its defaults, shows the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_text_screen_bytes_per_encoding() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -465,7 +470,47 @@ async fn full_text_screen_bytes_per_encoding() -> anyhow::Result<()> {
     // Booted: the screen changes no more than the cursor's blink.
     settled_screendump(qemu, &file, CELL_PIXELS).await?;
     full_screen_bytes(&bed, &file, CELL_PIXELS).await?;
-    Ok(())
+    tigervnc_shows_the_screen(&bed, &file).await
+}
+
+/// TigerVNC's viewer with its defaults (it prefers Tight, and asks for an exclusive session)
+/// on the console, from the client host: its window shows QEMU's screendump but for at most
+/// the blinking cursor's cell.
+async fn tigervnc_shows_the_screen(bed: &CoBed, file: &Path) -> anyhow::Result<()> {
+    let xvfb = Xvfb::start().await?;
+    let server = format!("{}::{}", bed.service().ip(), bed.service().port());
+    let viewer = TigerVnc::connect(
+        &xvfb,
+        &server,
+        ViewerAuth::None,
+        "dmore-demo",
+        bed.testbed().client().netns(),
+    )
+    .await?;
+    let qemu = bed.home_qemu().context("no home VM")?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let screen = screendump(qemu, file).await?;
+        let shot = viewer.screenshot().await?;
+        let differing = shot
+            .crop(0, 0, screen.width, screen.height)
+            .map_or(usize::MAX, |seen| {
+                difference(&seen, &screen).map_or(0, |d| d.pixels)
+            });
+        if differing <= CELL_PIXELS {
+            println!(
+                "TigerVNC (Tight, its default): {}x{} window equals QEMU's screendump \
+                 ({differing} pixels differ: at most a blinking cursor's cell)",
+                screen.width, screen.height
+            );
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            shot.save_png(&file.with_extension("tigervnc.png"))?;
+            bail!("TigerVNC shows {differing} pixels differently from QEMU's screendump");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,7 +56,8 @@ const QUALITY_LEVEL_0: i32 = -32;
 
 /// The level of `n` in the ten-number range starting at `base`.
 fn level_in(n: i32, base: i32) -> Option<u8> {
-    u8::try_from(n - base).ok().filter(|l| *l <= 9)
+    // checked: a peer's number may be anything (i32::MIN - -256 overflows; found by fuzzing).
+    u8::try_from(n.checked_sub(base)?).ok().filter(|l| *l <= 9)
 }
 
 /// Every named variant with its number: the single table both directions use.
@@ -127,6 +128,9 @@ mod tests {
         assert_eq!(Encoding::from(-246), Encoding::Other(-246));
         assert_eq!(Encoding::from(-23), Encoding::QualityLevel(9));
         assert_eq!(Encoding::from(-33), Encoding::Other(-33));
+        for n in [i32::MIN, i32::MAX] {
+            assert_eq!(Encoding::from(n), Encoding::Other(n));
+        }
         for n in (-256..=-247).chain(-32..=-23) {
             assert_eq!(i32::from(Encoding::from(n)), n);
         }

@@ -50,3 +50,15 @@ pub fn pixel_format(sel: u8) -> PixelFormat {
         },
     }
 }
+
+/// Rectangles for a decoder fed directly, no message framing: records of width (u8), height
+/// (u8), a big-endian u16 length and that many payload bytes; a short last record is cut.
+pub fn records(mut stream: &[u8]) -> impl Iterator<Item = (usize, usize, &[u8])> {
+    std::iter::from_fn(move || {
+        let (&[w, h, l0, l1], rest) = stream.split_first_chunk::<4>()?;
+        let len = usize::from(u16::from_be_bytes([l0, l1])).min(rest.len());
+        let (data, rest) = rest.split_at(len);
+        stream = rest;
+        Some((usize::from(w), usize::from(h), data))
+    })
+}

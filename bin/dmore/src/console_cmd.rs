@@ -106,6 +106,10 @@ pub struct ConsoleArgs {
     /// checkpoint waits for the destination console. Then the console exits non-zero. 0: at once.
     #[arg(long, value_name = "SECS", default_value_t = console::front::DEFAULT_QEMU_WAIT.as_secs())]
     qemu_wait: u64,
+    /// Send Tight JPEG (lossy) to viewers that ask for it with a JPEG quality level; without
+    /// this, every encoding is lossless (as QEMU's VNC without its `lossy` option).
+    #[arg(long)]
+    lossy: bool,
 }
 
 pub(crate) fn read_password(path: &Path) -> anyhow::Result<rfb::Password> {
@@ -178,6 +182,7 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
         restore_from: args.restore_from,
         migration,
         qemu_wait: std::time::Duration::from_secs(args.qemu_wait),
+        lossy: args.lossy,
     };
     // One thread: a key crosses reader → hub → link tasks, and on a multi-thread runtime each
     // hop can wake a parked worker (~25-37 µs each on this 2-core machine, against ~9-20 µs

@@ -111,6 +111,7 @@ fn console_config(
             peers: vec![],
         }),
         qemu_wait: console::front::DEFAULT_QEMU_WAIT,
+        lossy: false,
     }
 }
 

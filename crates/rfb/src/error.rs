@@ -60,6 +60,14 @@ pub enum MessageError {
     /// A Fence message whose payload is longer than the 64 bytes rfbproto allows.
     #[error("fence payload of {0} bytes exceeds 64")]
     FencePayloadTooLong(u8),
+    /// A Hextile or Tight payload whose end cannot be found: it is malformed.
+    #[error("malformed {encoding:?} rectangle: {reason}")]
+    MalformedPayload {
+        /// The rectangle's encoding.
+        encoding: Encoding,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 /// A handshake (RFC 6143 §7.1–§7.3) failed. After one, the handshake is over; any bytes

@@ -9,7 +9,11 @@
 //! ```
 
 use crate::encoding::cursor::{self, Cursor};
+use crate::encoding::hextile::{self, HextileEncoder};
+use crate::encoding::tight::{self, TightDecoder, TightEncoder, TightStreams};
+use crate::encoding::zlib::{ZlibDecoder, ZlibEncoder};
 use crate::encoding::zrle::{ZrleDecoder, ZrleEncoder};
+use crate::encoding::zstream::StreamState;
 use crate::encoding::{self, raw};
 use crate::translate::{Pixels, PixelsMut, Translator};
 use crate::{Encoding, PixelFormat, RectPayload, Rectangle};
@@ -170,11 +174,14 @@ pub enum Applied {
 }
 
 /// The client role's decoder of FramebufferUpdate rectangles: QEMU's pixels into a
-/// [`Framebuffer`]. One per connection, since ZRLE's zlib stream spans the connection.
+/// [`Framebuffer`]. One per connection, since ZRLE's, Zlib's and Tight's zlib streams span
+/// the connection.
 #[derive(Debug)]
 pub struct UpdateDecoder {
     translator: Translator,
     zrle: ZrleDecoder,
+    zlib: ZlibDecoder,
+    tight: TightDecoder,
     cursor: Option<Cursor>,
 }
 
@@ -184,6 +191,8 @@ impl UpdateDecoder {
         Ok(UpdateDecoder {
             translator: Translator::new(pixel_format)?,
             zrle: ZrleDecoder::new(),
+            zlib: ZlibDecoder::new(),
+            tight: TightDecoder::new(),
             cursor: None,
         })
     }
@@ -227,17 +236,28 @@ impl UpdateDecoder {
             height,
         };
         match payload {
-            RectPayload::Raw(data) | RectPayload::Zrle(data) => {
+            RectPayload::Raw(data)
+            | RectPayload::Zrle(data)
+            | RectPayload::Hextile(data)
+            | RectPayload::Zlib(data)
+            | RectPayload::Tight(data) => {
                 if width == 0 || height == 0 {
                     return Ok(changed);
                 }
                 let translator = &self.translator;
-                let zrle = &mut self.zrle;
                 let mut view = fb.view_mut(x, y, width, height).ok_or(out_of_bounds)?;
                 match payload {
-                    RectPayload::Raw(_) => raw::decode(translator, data, &mut view).map_err(bad)?,
-                    _ => zrle.decode(translator, data, &mut view).map_err(bad)?,
+                    RectPayload::Raw(_) => raw::decode(translator, data, &mut view),
+                    RectPayload::Zrle(_) => self.zrle.decode(translator, data, &mut view),
+                    RectPayload::Zlib(_) => self.zlib.decode(translator, data, &mut view),
+                    RectPayload::Tight(_) => self
+                        .tight
+                        .decode(translator, data, &mut view)
+                        .and_then(|used| all_used(data, used)),
+                    _ => hextile::decode(translator, data, &mut view)
+                        .and_then(|used| all_used(data, used)),
                 }
+                .map_err(bad)?;
                 Ok(changed)
             }
             RectPayload::CopyRect { src_x, src_y } => {
@@ -264,14 +284,50 @@ impl UpdateDecoder {
     }
 }
 
+/// The pixel encodings [`UpdateEncoder`] can send, in no particular order: a viewer's
+/// SetEncodings order decides.
+pub const PIXEL_ENCODINGS: [Encoding; 5] = [
+    Encoding::Raw,
+    Encoding::Hextile,
+    Encoding::Zlib,
+    Encoding::Tight,
+    Encoding::Zrle,
+];
+
+/// An error unless a payload's reader took all of `data`.
+fn all_used(data: &[u8], used: usize) -> Result<(), encoding::Error> {
+    match data.len().saturating_sub(used) {
+        0 => Ok(()),
+        n => Err(encoding::Error::TrailingData(n)),
+    }
+}
+
+/// Where an [`UpdateEncoder`]'s zlib streams stand: what a snapshot keeps so that another
+/// process continues them (see [`zstream`](crate::encoding::zstream)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EncoderStreams {
+    /// ZRLE's stream.
+    pub zrle: StreamState,
+    /// Zlib's stream.
+    pub zlib: StreamState,
+    /// Tight's four streams.
+    pub tight: TightStreams,
+}
+
 /// The server role's encoder for one viewer: parts of a [`Framebuffer`] in the viewer's pixel
-/// format, with the best encoding the viewer accepts (ZRLE, else Raw). Owns the viewer's ZRLE
-/// zlib stream, which lives as long as the connection.
+/// format, with the first encoding of the viewer's list that dmore implements. Owns the
+/// viewer's zlib streams (ZRLE's, Zlib's, Tight's), which live as long as the connection.
 #[derive(Debug)]
 pub struct UpdateEncoder {
     translator: Translator,
     encodings: Vec<Encoding>,
     zrle: ZrleEncoder,
+    zlib: ZlibEncoder,
+    tight: TightEncoder,
+    hextile: HextileEncoder,
+    frozen: bool,
+    /// The server allows lossy (JPEG) rectangles to viewers that ask with a quality level.
+    lossy: bool,
 }
 
 impl UpdateEncoder {
@@ -283,6 +339,11 @@ impl UpdateEncoder {
                 .unwrap_or_else(|_| unreachable!("RGBX32_LE is a valid true-colour format")),
             encodings: Vec::new(),
             zrle: ZrleEncoder::new(ZrleEncoder::DEFAULT_LEVEL),
+            zlib: ZlibEncoder::new(ZrleEncoder::DEFAULT_LEVEL),
+            tight: TightEncoder::new(ZrleEncoder::DEFAULT_LEVEL),
+            hextile: HextileEncoder::new(),
+            frozen: false,
+            lossy: false,
         }
     }
 
@@ -293,9 +354,51 @@ impl UpdateEncoder {
         Ok(())
     }
 
-    /// The viewer's SetEncodings.
+    /// The viewer's SetEncodings. A compression level it lists (its first) applies to the
+    /// zlib streams that have not started yet, and to Tight's, which are reset by the
+    /// protocol's own means when the level changes; a started ZRLE or Zlib stream keeps its
+    /// level, since the compressor cannot change it in flight and the viewer cannot be told.
     pub fn set_encodings(&mut self, encodings: &[Encoding]) {
         self.encodings = encodings.to_vec();
+        let level = self.compress_level();
+        if !self.zlib.state().header_sent {
+            self.zlib = ZlibEncoder::new(level);
+        }
+        if !self.zrle.state().header_sent {
+            self.zrle = ZrleEncoder::new(level);
+        }
+        if self.tight.level() != level {
+            self.tight.reset(level);
+        }
+        self.set_tight_quality();
+    }
+
+    /// Allows Tight JPEG to viewers that list a quality level (off by default, as QEMU's
+    /// `lossy` option is: a viewer's defaults then show the screen exactly).
+    pub fn set_lossy(&mut self, lossy: bool) {
+        self.lossy = lossy;
+        self.set_tight_quality();
+    }
+
+    /// Tight's JPEG quality: the viewer's first quality level, when lossy is allowed.
+    fn set_tight_quality(&mut self) {
+        let level = self.encodings.iter().find_map(|e| match e {
+            Encoding::QualityLevel(q) => Some(*q),
+            _ => None,
+        });
+        self.tight.set_quality(level.filter(|_| self.lossy));
+    }
+
+    /// The zlib level the viewer asked for (its first compression-level pseudo-encoding),
+    /// else [`ZrleEncoder::DEFAULT_LEVEL`].
+    pub fn compress_level(&self) -> u32 {
+        self.encodings
+            .iter()
+            .find_map(|e| match e {
+                Encoding::CompressLevel(l) => Some(u32::from(*l)),
+                _ => None,
+            })
+            .unwrap_or(ZrleEncoder::DEFAULT_LEVEL)
     }
 
     /// Whether the viewer listed this (pseudo-)encoding.
@@ -303,19 +406,47 @@ impl UpdateEncoder {
         self.encodings.contains(&encoding)
     }
 
-    /// The encoding used for pixels: the first of ZRLE and Raw the viewer listed, else Raw
-    /// (every viewer must accept Raw, RFC 6143 §7.7.1).
+    /// The encoding used for pixels: the first of [`PIXEL_ENCODINGS`] the viewer listed,
+    /// else Raw (every viewer must accept Raw, RFC 6143 §7.7.1).
     pub fn pixel_encoding(&self) -> Encoding {
+        self.pixel_encoding_for(0)
+    }
+
+    /// [`UpdateEncoder::pixel_encoding`] for a rectangle `width` pixels wide: Tight is
+    /// passed over past [`tight::MAX_WIDTH`].
+    fn pixel_encoding_for(&self, width: usize) -> Encoding {
         self.encodings
             .iter()
             .copied()
-            .find(|e| matches!(e, Encoding::Zrle | Encoding::Raw))
+            .filter(|e| *e != Encoding::Tight || width <= tight::MAX_WIDTH)
+            .find(|e| PIXEL_ENCODINGS.contains(e))
             .unwrap_or(Encoding::Raw)
     }
 
-    /// The ZRLE stream, for a freeze (its state goes into the console's snapshot).
-    pub fn zrle_mut(&mut self) -> &mut ZrleEncoder {
-        &mut self.zrle
+    /// Freezes the encoder for a snapshot: from here on [`UpdateEncoder::encode`] fails with
+    /// [`encoding::Error::Frozen`] until [`UpdateEncoder::thaw`], so the states returned stay
+    /// the streams' true ends. Nothing needs flushing: every rectangle ended at a sync flush.
+    pub fn freeze(&mut self) -> EncoderStreams {
+        self.frozen = true;
+        EncoderStreams {
+            zrle: self.zrle.freeze(),
+            zlib: self.zlib.state(),
+            tight: self.tight.states(),
+        }
+    }
+
+    /// Lets a frozen encoder go on with its own streams (the migration did not happen).
+    pub fn thaw(&mut self) {
+        self.frozen = false;
+        self.zrle.thaw();
+    }
+
+    /// Continues streams another encoder froze (on the destination of a migration), with the
+    /// pixel format and encodings already set.
+    pub fn resume(&mut self, streams: &EncoderStreams) {
+        self.zrle = ZrleEncoder::resume_after_freeze(&streams.zrle);
+        self.zlib = ZlibEncoder::resume(&streams.zlib);
+        self.tight = TightEncoder::resume(&streams.tight);
     }
 
     /// Encodes the `width x height` rectangle at (`x`, `y`) of `fb` for this viewer.
@@ -337,16 +468,34 @@ impl UpdateEncoder {
                 fb_width: fb.width(),
                 fb_height: fb.height(),
             })?;
-        let encoding = self.pixel_encoding();
+        let encoding = self.pixel_encoding_for(view.width());
+        let failed = |source| ApplyError::Encoding { encoding, source };
+        if self.frozen {
+            return Err(failed(encoding::Error::Frozen));
+        }
         let mut data = Vec::new();
-        let payload = if encoding == Encoding::Zrle {
-            self.zrle
-                .encode(&self.translator, view, &mut data)
-                .map_err(|source| ApplyError::Encoding { encoding, source })?;
-            RectPayload::Zrle(data)
-        } else {
-            raw::encode(&self.translator, view, &mut data);
-            RectPayload::Raw(data)
+        let tr = &self.translator;
+        let payload = match encoding {
+            Encoding::Zrle => {
+                self.zrle.encode(tr, view, &mut data).map_err(failed)?;
+                RectPayload::Zrle(data)
+            }
+            Encoding::Zlib => {
+                self.zlib.encode(tr, view, &mut data).map_err(failed)?;
+                RectPayload::Zlib(data)
+            }
+            Encoding::Hextile => {
+                self.hextile.encode(tr, view, &mut data);
+                RectPayload::Hextile(data)
+            }
+            Encoding::Tight => {
+                self.tight.encode(tr, view, &mut data).map_err(failed)?;
+                RectPayload::Tight(data)
+            }
+            _ => {
+                raw::encode(tr, view, &mut data);
+                RectPayload::Raw(data)
+            }
         };
         Ok(Rectangle {
             x,
@@ -388,7 +537,19 @@ mod tests {
             },
         ];
         for pf in formats {
-            for encodings in [vec![Encoding::Raw], vec![Encoding::Zrle, Encoding::Raw]] {
+            let lists = [
+                vec![Encoding::Raw],
+                vec![Encoding::Zrle, Encoding::Raw],
+                vec![Encoding::Other(99), Encoding::Hextile, Encoding::Zrle],
+                vec![Encoding::CompressLevel(1), Encoding::Zlib, Encoding::Raw],
+                vec![
+                    Encoding::Tight,
+                    Encoding::CompressLevel(9),
+                    Encoding::QualityLevel(9),
+                    Encoding::Zrle,
+                ],
+            ];
+            for encodings in lists {
                 let mut encoder = UpdateEncoder::new();
                 encoder.set_pixel_format(pf).expect("valid format");
                 encoder.set_encodings(&encodings);
@@ -396,7 +557,8 @@ mod tests {
                 let mut copy = Framebuffer::new(100, 70);
                 for (x, y, w, h) in [(0, 0, 100, 70), (10, 5, 20, 30), (99, 69, 1, 1)] {
                     let rect = encoder.encode(&source, x, y, w, h).expect("inside");
-                    assert_eq!(rect.payload.encoding(), encodings[0]);
+                    let first = encodings.iter().find(|e| PIXEL_ENCODINGS.contains(e));
+                    assert_eq!(Some(&rect.payload.encoding()), first);
                     decoder.apply(&mut copy, &rect).expect("decodes");
                 }
                 let translator = Translator::new(pf).expect("valid");
@@ -408,6 +570,29 @@ mod tests {
                 assert_eq!(copy.pixels(), &reduced[..], "format {pf:?}, {encodings:?}");
             }
         }
+    }
+
+    #[test]
+    fn tight_jpeg_only_when_lossy_is_allowed_and_the_viewer_gives_a_quality() {
+        // A smooth picture of many colours, large enough for JPEG.
+        let mut fb = Framebuffer::new(128, 64);
+        for (i, p) in fb.pixels.iter_mut().enumerate() {
+            let (x, y) = (i % 128, i / 128);
+            *p = u32::try_from(((x * 2) << 16) | ((y * 4) << 8) | (x + y)).unwrap_or(0);
+        }
+        let control = |lossy: bool, encodings: &[Encoding]| {
+            let mut encoder = UpdateEncoder::new();
+            encoder.set_lossy(lossy);
+            encoder.set_encodings(encodings);
+            match encoder.encode(&fb, 0, 0, 128, 64).expect("encodes").payload {
+                RectPayload::Tight(data) => data[0] & 0xf0,
+                other => panic!("{other:?}"),
+            }
+        };
+        let with_quality = [Encoding::Tight, Encoding::QualityLevel(6)];
+        assert_eq!(control(true, &with_quality), 0x90, "JPEG");
+        assert_ne!(control(false, &with_quality), 0x90, "lossless by default");
+        assert_ne!(control(true, &[Encoding::Tight]), 0x90, "no quality level");
     }
 
     #[test]

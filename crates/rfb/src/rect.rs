@@ -1,14 +1,15 @@
 //! Rectangles of a FramebufferUpdate (RFC 6143 §7.6.1) and how long each payload is.
 //!
 //! A rectangle's payload length depends on its encoding and on the pixel format the client
-//! set, so only encodings whose length can be worked out are accepted; anything else is
-//! [`MessageError::UnsupportedEncoding`]. Payloads stay as owned wire bytes: Raw pixels in the
+//! set, so only encodings whose length can be worked out are accepted (Hextile's and Tight's
+//! by reading them through); anything else is [`MessageError::UnsupportedEncoding`]. Payloads stay as owned wire bytes: Raw pixels in the
 //! wire pixel format, ZRLE still compressed (the `encoding` module decodes them).
 
 use crate::common::{check_dimensions, parse_screens, Screen};
+use crate::encoding::{self, hextile, tight};
 use crate::error::MessageError;
 use crate::limits::Limits;
-use crate::wire::{len_usize, put_len_u32, Parse, Reader};
+use crate::wire::{len_usize, put_len_u32, Parse, Reader, Stop};
 use crate::{Encoding, PixelFormat};
 
 /// One rectangle: where it is and what it carries.
@@ -40,6 +41,12 @@ pub enum RectPayload {
     },
     /// ZRLE: the compressed bytes, without their u32 length prefix.
     Zrle(Vec<u8>),
+    /// Hextile: the tiles as sent (no length prefix: the codec reads them to find the end).
+    Hextile(Vec<u8>),
+    /// Zlib: the compressed bytes, without their u32 length prefix.
+    Zlib(Vec<u8>),
+    /// Tight: the payload as sent (no length prefix: the codec reads it to find the end).
+    Tight(Vec<u8>),
     /// Cursor: the cursor image (hotspot in x, y) and its bit mask, `ceil(width / 8)` bytes
     /// per row.
     Cursor {
@@ -73,6 +80,9 @@ impl RectPayload {
             RectPayload::Raw(_) => Encoding::Raw,
             RectPayload::CopyRect { .. } => Encoding::CopyRect,
             RectPayload::Zrle(_) => Encoding::Zrle,
+            RectPayload::Hextile(_) => Encoding::Hextile,
+            RectPayload::Zlib(_) => Encoding::Zlib,
+            RectPayload::Tight(_) => Encoding::Tight,
             RectPayload::Cursor { .. } => Encoding::Cursor,
             RectPayload::DesktopSize => Encoding::DesktopSize,
             RectPayload::LastRect => Encoding::LastRect,
@@ -134,6 +144,43 @@ impl Rectangle {
                 let len = r.u32()?;
                 RectPayload::Zrle(payload(r, u64::from(len), limits)?.to_vec())
             }
+            Encoding::Zlib => {
+                let len = r.u32()?;
+                RectPayload::Zlib(payload(r, u64::from(len), limits)?.to_vec())
+            }
+            Encoding::Hextile | Encoding::Tight => {
+                let (w, h) = (usize::from(width), usize::from(height));
+                let rest = r.rest();
+                let len = if encoding == Encoding::Hextile {
+                    hextile::payload_len(pf.bytes_per_pixel(), w, h, rest)
+                } else {
+                    tight::payload_len(pf, w, h, rest)
+                };
+                let len = match len {
+                    Ok(len) => len,
+                    Err(encoding::Error::Truncated(_)) => {
+                        let have = r.pos().saturating_add(rest.len());
+                        // At least one more byte; the walk starts over when it comes.
+                        return Err(Stop::Incomplete(have.saturating_add(1)));
+                    }
+                    Err(encoding::Error::Malformed { reason, .. }) => {
+                        return Err(MessageError::MalformedPayload { encoding, reason }.into())
+                    }
+                    Err(_) => {
+                        return Err(MessageError::MalformedPayload {
+                            encoding,
+                            reason: "unreadable",
+                        }
+                        .into())
+                    }
+                };
+                let data = payload(r, to_u64(len), limits)?.to_vec();
+                if encoding == Encoding::Hextile {
+                    RectPayload::Hextile(data)
+                } else {
+                    RectPayload::Tight(data)
+                }
+            }
             Encoding::Cursor => {
                 let pixels = pixel_bytes(width, height, pf);
                 let mask = u64::from(width).div_ceil(8) * u64::from(height);
@@ -179,12 +226,14 @@ impl Rectangle {
         }
         out.extend_from_slice(&i32::from(self.payload.encoding()).to_be_bytes());
         match &self.payload {
-            RectPayload::Raw(p) => out.extend_from_slice(p),
+            RectPayload::Raw(p) | RectPayload::Hextile(p) | RectPayload::Tight(p) => {
+                out.extend_from_slice(p)
+            }
             RectPayload::CopyRect { src_x, src_y } => {
                 out.extend_from_slice(&src_x.to_be_bytes());
                 out.extend_from_slice(&src_y.to_be_bytes());
             }
-            RectPayload::Zrle(data) | RectPayload::DesktopName(data) => {
+            RectPayload::Zrle(data) | RectPayload::Zlib(data) | RectPayload::DesktopName(data) => {
                 let data = data.get(..len_usize(u32::MAX)).unwrap_or(data);
                 put_len_u32(out, data.len());
                 out.extend_from_slice(data);

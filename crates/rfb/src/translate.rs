@@ -11,6 +11,12 @@
 //! n bits → 8 bits is `round(v · 255 / max)` on the top 8 bits of the value. For formats of 8
 //! bits per channel both directions are exact.
 //!
+//! A 32-bit pixel's bits outside its colour fields are set, not left zero: viewers that read
+//! the spare byte of a depth-24 format as alpha (noVNC 1.3's Raw decoder, HTML canvases
+//! generally) then paint it opaque, and the rest ignore it (RFC 6143 §7.4 gives those bits no
+//! meaning). Encodings that drop the spare byte (ZRLE's CPIXEL, Tight's TPIXEL) drop it as
+//! before. 8 and 16-bit pixels keep their spare bits zero, as every server sends them.
+//!
 //! The module also owns ZRLE's compressed pixel (CPIXEL, RFC 6143 §7.7.6): a 32 bpp pixel of
 //! depth ≤ 24 whose colour bits fit in its low or high three bytes is sent as those 3 bytes.
 
@@ -196,6 +202,9 @@ pub struct Translator {
     from_wire: [[u8; 256]; 3],
     /// Per channel: (shift of the field, max, extra right shift to keep its top 8 bits).
     fields: [(u32, u32, u32); 3],
+    /// Bits set in every 32-bit pixel value: those outside the colour fields (see the module
+    /// docs); 0 for smaller pixels.
+    opaque: u32,
     pixel: Slot,
     cpixel: Slot,
 }
@@ -249,11 +258,17 @@ impl Translator {
             Slot { start: 0, len: bpp }
         };
         let cpixel = cpixel_slot(&format).unwrap_or(pixel);
+        let opaque = if format.bits_per_pixel == 32 {
+            !format.colour_mask()
+        } else {
+            0
+        };
         Ok(Translator {
             format,
             to_wire,
             from_wire,
             fields,
+            opaque,
             pixel,
             cpixel,
         })
@@ -274,12 +289,13 @@ impl Translator {
         self.cpixel.len
     }
 
-    /// The pixel value, in this format, of framebuffer pixel `rgbx` (`0x00RRGGBB`).
+    /// The pixel value, in this format, of framebuffer pixel `rgbx` (`0x00RRGGBB`); a 32-bit
+    /// value has its bits outside the colour fields set (opaque to a viewer reading alpha).
     #[inline]
     pub fn pixel_value(&self, rgbx: u32) -> u32 {
         let [b, g, r, _] = rgbx.to_le_bytes();
         let [tr, tg, tb] = &self.to_wire;
-        tr[usize::from(r)] | tg[usize::from(g)] | tb[usize::from(b)]
+        tr[usize::from(r)] | tg[usize::from(g)] | tb[usize::from(b)] | self.opaque
     }
 
     /// The framebuffer pixel (`0x00RRGGBB`) of a pixel value in this format; bits outside the
@@ -462,7 +478,8 @@ mod tests {
         let t = Translator::new(PixelFormat::RGBX32_LE).unwrap();
         let mut out = Vec::new();
         t.encode_row(&[0x0012_3456, 0x00ab_cdef], &mut out);
-        assert_eq!(out, [0x56, 0x34, 0x12, 0, 0xef, 0xcd, 0xab, 0]);
+        // The spare fourth byte is 0xff: opaque to a viewer that reads it as alpha.
+        assert_eq!(out, [0x56, 0x34, 0x12, 0xff, 0xef, 0xcd, 0xab, 0xff]);
         assert_eq!(t.bytes_per_cpixel(), 3);
         let mut c = Vec::new();
         t.put_cpixel(0x0012_3456, &mut c);
@@ -502,12 +519,14 @@ mod tests {
         // Little-endian, colours in bits 8..32: CPIXEL drops the first wire byte.
         let t = Translator::new(format(32, 24, false, [255; 3], [24, 16, 8])).unwrap();
         let v = t.pixel_value(0x0011_2233);
-        assert_eq!(v, 0x1122_3300);
+        assert_eq!(v, 0x1122_33ff);
         let mut c = Vec::new();
         t.put_cpixel(v, &mut c);
         assert_eq!(c, [0x33, 0x22, 0x11]);
-        assert_eq!(t.read_cpixel(&c), v);
-        // Big-endian with colours low: the first wire byte is the zero top byte.
+        // The dropped spare byte reads back as zero; the colour is the same.
+        assert_eq!(t.read_cpixel(&c), 0x1122_3300);
+        assert_eq!(t.rgbx(t.read_cpixel(&c)), 0x0011_2233);
+        // Big-endian with colours low: the first wire byte is the spare top byte.
         let t = Translator::new(format(32, 24, true, [255; 3], [16, 8, 0])).unwrap();
         let mut c = Vec::new();
         t.put_cpixel(t.pixel_value(0x0011_2233), &mut c);

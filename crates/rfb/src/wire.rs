@@ -39,6 +39,11 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
+    /// The bytes not read yet.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.buf.get(self.pos..).unwrap_or(&[])
+    }
+
     /// Takes the next `n` bytes, or reports that `pos + n` bytes are needed.
     pub(crate) fn take<E>(&mut self, n: usize) -> Parse<&'a [u8], E> {
         let end = self.pos.saturating_add(n);

@@ -1,7 +1,9 @@
 //! Hand-made ZRLE tiles (RFC 6143 §7.7.6) decoded, the encoder's choice of sub-encoding,
-//! malformed data refused with the right error, and Raw/Cursor golden bytes.
+//! malformed data refused with the right error, and Raw/Cursor/Hextile/Tight golden bytes.
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use rfb::encoding::hextile::HextileEncoder;
+use rfb::encoding::tight::TightEncoder;
 use rfb::encoding::zrle::{ZrleDecoder, ZrleEncoder};
 use rfb::encoding::{cursor, raw, Error, TileError};
 use rfb::translate::{Pixels, PixelsMut, Translator};
@@ -241,7 +243,8 @@ fn raw_golden_and_lengths_checked() {
     let tr = rgbx();
     let mut out = Vec::new();
     raw::encode(&tr, Pixels::packed(&[A, B], 2, 1).unwrap(), &mut out);
-    assert_eq!(out, cat(&[&CA, &[0], &CB, &[0]]));
+    // The spare fourth byte is opaque (0xff), for viewers that read it as alpha.
+    assert_eq!(out, cat(&[&CA, &[0xff], &CB, &[0xff]]));
     let mut px = [0u32; 2];
     raw::decode(&tr, &out, &mut PixelsMut::packed(&mut px, 2, 1).unwrap()).unwrap();
     assert_eq!(px, [A, B]);
@@ -280,4 +283,72 @@ fn cursor_round_trip_and_mask_layout() {
             ..
         })
     ));
+}
+
+/// Tight as rfbproto lays it out: a solid rectangle is a fill (control 0x80, one RGB
+/// TPIXEL); two colours a palette on stream 1 (control 0x50, filter 1, n-1, TPIXELs, one bit
+/// per pixel, rows padded), sent as is under 12 bytes; a level change resets all four streams
+/// in the next control byte once any has started.
+#[test]
+fn tight_golden() {
+    let tr = rgbx();
+    let mut enc = TightEncoder::new(6);
+    let mut out = Vec::new();
+    enc.encode(&tr, Pixels::packed(&[A; 6], 3, 2).unwrap(), &mut out)
+        .unwrap();
+    assert_eq!(out, [0x80, 0x12, 0x34, 0x56]);
+    let mono = [A, B, B, A, A, A, A, A, B, A];
+    out.clear();
+    enc.encode(&tr, Pixels::packed(&mono, 10, 1).unwrap(), &mut out)
+        .unwrap();
+    let want = cat(&[
+        &[0x50, 1, 1],
+        &[0x12, 0x34, 0x56, 0xab, 0xcd, 0xef],
+        &[0b0110_0000, 0b1000_0000],
+    ]);
+    assert_eq!(out, want);
+    // 16 rows of that: 32 bytes of indices, compressed on stream 1 with a length before.
+    let tall: Vec<u32> = mono.iter().copied().cycle().take(160).collect();
+    out.clear();
+    enc.encode(&tr, Pixels::packed(&tall, 10, 16).unwrap(), &mut out)
+        .unwrap();
+    assert_eq!(&out[..9], &want[..9]);
+    assert_eq!(usize::from(out[9]), out.len() - 10, "compact length");
+    enc.reset(1);
+    out.clear();
+    enc.encode(&tr, Pixels::packed(&[B], 1, 1).unwrap(), &mut out)
+        .unwrap();
+    assert_eq!(out, [0x8f, 0xab, 0xcd, 0xef]);
+}
+
+/// Hextile as RFC 6143 §7.7.4 lays it out: a solid tile specifies its background once, the
+/// next tile of the same colour is a bare 0; two colours are a background, a foreground and
+/// uncoloured subrectangles.
+#[test]
+fn hextile_golden() {
+    let tr = rgbx();
+    let mut out = Vec::new();
+    HextileEncoder::new().encode(&tr, Pixels::packed(&[A; 32], 32, 1).unwrap(), &mut out);
+    assert_eq!(out, [2, 0x56, 0x34, 0x12, 0xff, 0]);
+    let two = [A, A, B, B, A, A];
+    out.clear();
+    HextileEncoder::new().encode(&tr, Pixels::packed(&two, 6, 1).unwrap(), &mut out);
+    // Background A, foreground B, one subrectangle at (2, 0) of 2x1.
+    assert_eq!(
+        out,
+        [
+            2 | 4 | 8,
+            0x56,
+            0x34,
+            0x12,
+            0xff,
+            0xef,
+            0xcd,
+            0xab,
+            0xff,
+            1,
+            0x20,
+            0x10
+        ]
+    );
 }

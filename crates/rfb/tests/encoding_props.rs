@@ -1,12 +1,18 @@
 //! Properties of pixel translation and the encodings, for any true-colour format dmore serves:
 //! translate→decode keeps colours up to the format's precision, Raw and ZRLE round-trip, a
-//! ZRLE stream survives freeze/continue, and hostile ZRLE data never panics.
+//! ZRLE stream survives freeze/continue, Hextile, Zlib and Tight round-trip (Zlib and Tight
+//! across resumed streams too, Tight across a level change), and hostile ZRLE, Hextile, Zlib
+//! and Tight data never panics.
 
 use proptest::prelude::*;
+use rfb::encoding::hextile::{self, HextileEncoder};
+use rfb::encoding::tight::{TightDecoder, TightEncoder};
+use rfb::encoding::zlib::{ZlibDecoder, ZlibEncoder};
 use rfb::encoding::zrle::{max_inflated_len, ZrleDecoder, ZrleEncoder, ZrleEncoderState};
 use rfb::encoding::{cursor, raw, Error};
+use rfb::framebuffer::{Framebuffer, UpdateDecoder, UpdateEncoder};
 use rfb::translate::{Pixels, PixelsMut, Translator};
-use rfb::PixelFormat;
+use rfb::{Encoding, Limits, PixelFormat, ServerMessage, ServerMessageDecoder};
 
 /// A valid true-colour format: channel widths that fit the pixel, placed in any order with
 /// gaps, any byte order and depth.
@@ -145,19 +151,21 @@ fn any_rect() -> impl Strategy<Value = RectSpec> {
         })
 }
 
-/// Encodes `rect` with `enc` and decodes it with `dec`, checking the colours.
-fn zrle_trip(enc: &mut ZrleEncoder, dec: &mut ZrleDecoder, tr: &Translator, rect: &RectSpec) {
+/// Encodes `rect` with `encode` and decodes it with `decode`, checking the colours.
+fn trip(
+    tr: &Translator,
+    rect: &RectSpec,
+    encode: impl FnOnce(Pixels<'_>, &mut Vec<u8>),
+    decode: impl FnOnce(&[u8], &mut PixelsMut<'_>),
+) {
     let src = rect.pixels();
     let mut data = Vec::new();
-    enc.encode(tr, Pixels::packed(&src, rect.w, rect.h).unwrap(), &mut data)
-        .unwrap();
+    encode(Pixels::packed(&src, rect.w, rect.h).unwrap(), &mut data);
     let mut got = vec![0u32; src.len()];
-    dec.decode(
-        tr,
+    decode(
         &data,
         &mut PixelsMut::packed(&mut got, rect.w, rect.h).unwrap(),
-    )
-    .unwrap();
+    );
     let want: Vec<u32> = src.iter().map(|&p| reduce(p, tr.format())).collect();
     assert!(
         got == want,
@@ -168,8 +176,60 @@ fn zrle_trip(enc: &mut ZrleEncoder, dec: &mut ZrleDecoder, tr: &Translator, rect
     );
 }
 
+/// [`trip`] through a ZRLE stream.
+fn zrle_trip(enc: &mut ZrleEncoder, dec: &mut ZrleDecoder, tr: &Translator, rect: &RectSpec) {
+    trip(
+        tr,
+        rect,
+        |src, out| enc.encode(tr, src, out).unwrap(),
+        |data, dst| dec.decode(tr, data, dst).unwrap(),
+    );
+}
+
+/// [`trip`] through a Zlib stream.
+fn zlib_trip(enc: &mut ZlibEncoder, dec: &mut ZlibDecoder, tr: &Translator, rect: &RectSpec) {
+    trip(
+        tr,
+        rect,
+        |src, out| enc.encode(tr, src, out).unwrap(),
+        |data, dst| dec.decode(tr, data, dst).unwrap(),
+    );
+}
+
+/// [`trip`] through Tight streams; the decoder must take every byte, and nothing more.
+fn tight_trip(enc: &mut TightEncoder, dec: &mut TightDecoder, tr: &Translator, rect: &RectSpec) {
+    trip(
+        tr,
+        rect,
+        |src, out| enc.encode(tr, src, out).unwrap(),
+        |data, dst| {
+            let mut more = data.to_vec();
+            more.push(0xee);
+            assert_eq!(dec.decode(tr, &more, dst).unwrap(), data.len());
+        },
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Hextile decodes to the colours encoded and reads exactly the bytes written, also with
+    /// garbage after them.
+    #[test]
+    fn hextile_round_trips(f in any_format(), rect in any_rect(), tail in any::<u8>()) {
+        let tr = Translator::new(f).unwrap();
+        let mut enc = HextileEncoder::new();
+        trip(
+            &tr,
+            &rect,
+            |src, out| enc.encode(&tr, src, out),
+            |data, dst| {
+                let mut more = data.to_vec();
+                more.push(tail);
+                assert_eq!(hextile::decode(&tr, &more, dst).unwrap(), data.len());
+            },
+        );
+    }
 
     #[test]
     fn generated_formats_are_valid(f in any_format()) {
@@ -194,6 +254,18 @@ proptest! {
             tr.put_cpixel(tr.pixel_value(p), &mut c);
             prop_assert_eq!(c.len(), tr.bytes_per_cpixel());
             prop_assert_eq!(tr.rgbx(tr.read_cpixel(&c)), reduce(p, &f));
+        }
+        // A 32-bit pixel's bits outside the colour fields are all set (opaque as alpha).
+        if f.bits_per_pixel == 32 {
+            let spare = !f.colour_mask();
+            for w in wire.chunks_exact(4) {
+                let v = if f.big_endian {
+                    u32::from_be_bytes([w[0], w[1], w[2], w[3]])
+                } else {
+                    u32::from_le_bytes([w[0], w[1], w[2], w[3]])
+                };
+                prop_assert_eq!(v & spare, spare, "wire pixel {:08x}", v);
+            }
         }
     }
 
@@ -278,6 +350,97 @@ proptest! {
         let mut third = ZrleEncoder::resume_after_freeze(&second.freeze());
         zrle_trip(&mut third, &mut dec, &tr, &cd[0]);
     }
+
+    /// Hextile, Zlib and Tight rectangles as a FramebufferUpdate message, fed to the message
+    /// codec in small chunks: it finds every rectangle's end (reading Hextile and Tight through),
+    /// and a viewer's decoder rebuilds the pixels.
+    #[test]
+    fn updates_in_every_encoding_cross_the_message_codec(
+        f in any_format(),
+        rects in proptest::collection::vec(any_rect(), 1..4),
+        chunk in 1usize..300,
+    ) {
+        for encoding in [Encoding::Hextile, Encoding::Zlib, Encoding::Tight] {
+            let mut encoder = UpdateEncoder::new();
+            encoder.set_pixel_format(f).unwrap();
+            encoder.set_encodings(&[encoding]);
+            let mut decoder = ServerMessageDecoder::new(f, Limits::default());
+            let mut viewer = UpdateDecoder::new(f).unwrap();
+            for r in &rects {
+                let (w, h) = (r.w as u16, r.h as u16);
+                let mut fb = Framebuffer::new(w, h);
+                let mut view = fb.view_mut(0, 0, w, h).unwrap();
+                for (y, row) in r.pixels().chunks_exact(r.w).enumerate() {
+                    view.row_mut(y).copy_from_slice(row);
+                }
+                let rect = encoder.encode(&fb, 0, 0, w, h).unwrap();
+                prop_assert_eq!(rect.payload.encoding(), encoding);
+                let msg = ServerMessage::FramebufferUpdate(vec![rect]);
+                let mut wire = Vec::new();
+                msg.encode(&mut wire);
+                let mut got = None;
+                for c in wire.chunks(chunk) {
+                    decoder.feed(c);
+                    if let Some(m) = decoder.next_message().unwrap() {
+                        got = Some(m);
+                    }
+                }
+                prop_assert_eq!(got.as_ref(), Some(&msg));
+                let mut copy = Framebuffer::new(w, h);
+                let ServerMessage::FramebufferUpdate(back) = got.unwrap() else { unreachable!() };
+                viewer.apply(&mut copy, &back[0]).unwrap();
+                let want: Vec<u32> = fb.pixels().iter().map(|&p| reduce(p, &f)).collect();
+                prop_assert_eq!(copy.pixels(), &want[..], "{:?}", encoding);
+            }
+        }
+    }
+
+    /// Tight: rectangles from one encoder, a level change (the streams reset by the protocol),
+    /// then rectangles from one resumed from its state: one decoder reads them all.
+    #[test]
+    fn tight_round_trips_resets_and_continues(
+        f in any_format(),
+        level in 0u32..=9,
+        ab in proptest::collection::vec(any_rect(), 0..3),
+        cd in proptest::collection::vec(any_rect(), 1..3),
+        new_level in 0u32..=9,
+    ) {
+        let tr = Translator::new(f).unwrap();
+        let mut dec = TightDecoder::new();
+        let mut first = TightEncoder::new(level);
+        for r in &ab {
+            tight_trip(&mut first, &mut dec, &tr, r);
+        }
+        first.reset(new_level);
+        tight_trip(&mut first, &mut dec, &tr, &cd[0]);
+        let mut second = TightEncoder::resume(&first.states());
+        drop(first);
+        for r in &cd {
+            tight_trip(&mut second, &mut dec, &tr, r);
+        }
+    }
+
+    /// Zlib: rectangles from one encoder, then from one resumed from its state: one decoder
+    /// reads them all.
+    #[test]
+    fn zlib_round_trips_and_continues(
+        f in any_format(),
+        level in 0u32..=9,
+        ab in proptest::collection::vec(any_rect(), 0..3),
+        cd in proptest::collection::vec(any_rect(), 1..3),
+    ) {
+        let tr = Translator::new(f).unwrap();
+        let mut dec = ZlibDecoder::new();
+        let mut first = ZlibEncoder::new(level);
+        for r in &ab {
+            zlib_trip(&mut first, &mut dec, &tr, r);
+        }
+        let mut second = ZlibEncoder::resume(&first.state());
+        drop(first);
+        for r in &cd {
+            zlib_trip(&mut second, &mut dec, &tr, r);
+        }
+    }
 }
 
 proptest! {
@@ -293,6 +456,54 @@ proptest! {
         let tr = Translator::new(f).unwrap();
         let mut px = vec![0u32; w * h];
         let _ = ZrleDecoder::new().decode(&tr, &data, &mut PixelsMut::packed(&mut px, w, h).unwrap());
+    }
+
+    /// Random bytes as Hextile data: an error or some pixels, never a panic, and never more
+    /// read than there is.
+    #[test]
+    fn hostile_hextile_data_never_panics(
+        f in any_format(),
+        w in 1usize..80, h in 1usize..80,
+        data in proptest::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        let tr = Translator::new(f).unwrap();
+        let mut px = vec![0u32; w * h];
+        if let Ok(n) = hextile::decode(&tr, &data, &mut PixelsMut::packed(&mut px, w, h).unwrap()) {
+            prop_assert!(n <= data.len());
+        }
+    }
+
+    /// Random bytes as Tight data, with any control byte: an error or pixels, never a panic,
+    /// never more read than there is.
+    #[test]
+    fn hostile_tight_data_never_panics(
+        f in any_format(),
+        w in 1usize..80, h in 1usize..80,
+        data in proptest::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        let tr = Translator::new(f).unwrap();
+        let mut px = vec![0u32; w * h];
+        let mut dec = TightDecoder::new();
+        if let Ok(n) = dec.decode(&tr, &data, &mut PixelsMut::packed(&mut px, w, h).unwrap()) {
+            prop_assert!(n <= data.len());
+        }
+    }
+
+    /// Random bytes inside a valid zlib stream as Zlib data: an error or pixels, and more
+    /// than the rectangle's Raw size is refused.
+    #[test]
+    fn hostile_zlib_data_never_panics(
+        f in any_format(),
+        w in 1usize..80, h in 1usize..80,
+        inner in proptest::collection::vec(any::<u8>(), 0..8192),
+    ) {
+        let tr = Translator::new(f).unwrap();
+        let mut c = flate2::Compress::new(flate2::Compression::fast(), true);
+        let mut data = Vec::with_capacity(inner.len() * 2 + 64);
+        c.compress_vec(&inner, &mut data, flate2::FlushCompress::Sync).unwrap();
+        let mut px = vec![0u32; w * h];
+        let r = ZlibDecoder::new().decode(&tr, &data, &mut PixelsMut::packed(&mut px, w, h).unwrap());
+        prop_assert_eq!(r.is_ok(), inner.len() == raw::payload_len(&tr, w, h).unwrap());
     }
 
     /// Random *tile* bytes inside a valid zlib stream reach the tile parser: an error or
@@ -317,6 +528,78 @@ proptest! {
             prop_assert!(r.is_err());
         }
     }
+}
+
+/// PSNR in dB of `got` against `want` over the three channels.
+fn psnr(want: &[u32], got: &[u32]) -> f64 {
+    let mut se = 0f64;
+    for (&a, &b) in want.iter().zip(got) {
+        for shift in [0, 8, 16] {
+            let d = f64::from((a >> shift & 0xff) as u8) - f64::from((b >> shift & 0xff) as u8);
+            se += d * d;
+        }
+    }
+    let mse = se / (want.len() * 3) as f64;
+    if mse == 0.0 {
+        return f64::INFINITY;
+    }
+    10.0 * (255.0 * 255.0 / mse).log10()
+}
+
+/// A smooth many-coloured picture: a photo's kind of content.
+fn smooth(w: usize, h: usize, seed: u32) -> Vec<u32> {
+    (0..w * h)
+        .map(|i| {
+            let (x, y) = ((i % w) as f64, (i / w) as f64);
+            let s = f64::from(seed % 97);
+            let r = 128.0 + 100.0 * ((x + s) / 17.0).sin();
+            let g = 128.0 + 100.0 * ((y - s) / 23.0).cos();
+            let b = 128.0 + 60.0 * ((x + y) / 31.0).sin();
+            (r as u32) << 16 | (g as u32) << 8 | b as u32
+        })
+        .collect()
+}
+
+/// Tight JPEG: with a quality level, a smooth picture goes as JPEG (control 0x90), the decoder
+/// of this crate reads it back through the same connection as lossless rectangles, within a
+/// PSNR that rises with the level; without a level it stays lossless.
+#[test]
+fn tight_jpeg_round_trips_within_psnr() {
+    let tr = Translator::new(PixelFormat::RGBX32_LE).unwrap();
+    let (w, h) = (96, 80);
+    let src = smooth(w, h, 5);
+    let mut dec = TightDecoder::new();
+    let mut last = 0.0;
+    for (level, floor) in [(0u8, 25.0), (5, 30.0), (9, 40.0)] {
+        let mut enc = TightEncoder::new(6);
+        enc.set_quality(Some(level));
+        let mut data = Vec::new();
+        enc.encode(&tr, Pixels::packed(&src, w, h).unwrap(), &mut data)
+            .unwrap();
+        assert_eq!(data[0], 0x90, "level {level}: a JPEG rectangle");
+        let mut got = vec![0u32; w * h];
+        let used = dec
+            .decode(&tr, &data, &mut PixelsMut::packed(&mut got, w, h).unwrap())
+            .unwrap();
+        assert_eq!(used, data.len());
+        let p = psnr(&src, &got);
+        println!(
+            "Tight JPEG level {level}: {} bytes, PSNR {p:.1} dB",
+            data.len()
+        );
+        assert!(p >= floor && p > last, "level {level}: PSNR {p:.1} dB");
+        last = p;
+    }
+    let mut lossless = TightEncoder::new(6);
+    lossless.set_quality(None);
+    let rect = RectSpec {
+        w,
+        h,
+        kind: 0,
+        colours: 1,
+        seed: 3,
+    };
+    tight_trip(&mut lossless, &mut dec, &tr, &rect);
 }
 
 /// Found by `zrle_round_trips`: with this rectangle the deflate output filled up exactly as

@@ -58,7 +58,7 @@ fn set_encodings_7_5_2() {
         Encoding::Zrle,
         Encoding::Raw,
         Encoding::Cursor,
-        Encoding::Other(5),
+        Encoding::Hextile,
         Encoding::VmwareLedState,
     ];
     let b = [

@@ -177,12 +177,21 @@ fn unknown_things_are_typed_errors() {
         client_err(&[248, 0, 0, 0, 0, 0, 0, 0, 65]),
         MessageError::FencePayloadTooLong(65)
     );
-    // Hextile (5) has no length this crate can work out.
-    let hextile = [0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 5];
+    // RRE (2) has no length this crate can work out.
+    let rre = [0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 2];
     assert_eq!(
-        server_err(&hextile),
-        MessageError::UnsupportedEncoding(Encoding::Other(5))
+        server_err(&rre),
+        MessageError::UnsupportedEncoding(Encoding::Other(2))
     );
+    // A Tight rectangle with an undefined compression type (0xa0) has no end to find.
+    let tight = [0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 7, 0xa0];
+    assert!(matches!(
+        server_err(&tight),
+        MessageError::MalformedPayload {
+            encoding: Encoding::Tight,
+            ..
+        }
+    ));
 }
 
 #[test]

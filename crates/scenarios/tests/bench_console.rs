@@ -30,6 +30,7 @@ fn console_child() {
         restore_from: None,
         migration: None,
         qemu_wait: console::front::DEFAULT_QEMU_WAIT,
+        lossy: false,
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let code = match rt.block_on(console::front::run(config)) {

@@ -1,7 +1,8 @@
 //! Real, unmodified viewers against a tiny server built on the `rfb` crate: `vncdotool` and
 //! the TigerVNC viewer (under Xvfb), with security None and with VNC Authentication. Each
-//! viewer must receive a ZRLE-encoded frame — checked by the pixels it shows — and the keys it
-//! types must reach the server.
+//! viewer must receive a frame in the encoding it prefers — vncdotool ZRLE or Hextile as it is
+//! told, TigerVNC Tight (its default) — checked by the pixels it shows, and the keys it types
+//! must reach the server.
 
 use std::time::Duration;
 
@@ -19,9 +20,12 @@ const WIDTH: u16 = 320;
 const HEIGHT: u16 = 200;
 const NAME: &str = "dmore-pattern";
 const PASSWORD: &str = "s3cret";
+/// The first row of the pattern's gradient, sent as a rectangle of its own.
+const GRADIENT_FROM: usize = 180;
 
-/// Eight colour bars over a checkerboard strip: many runs and few colours, so ZRLE's palette
-/// and RLE tiles are exercised, and any misplaced or miscoloured pixel shows.
+/// Eight colour bars over a checkerboard strip over a gradient: many runs and few colours,
+/// so ZRLE's palette and RLE tiles and Tight's palette are exercised, then many colours (Tight's
+/// full-colour stream), and any misplaced or miscoloured pixel shows.
 fn pattern() -> Framebuffer {
     const BARS: [u32; 8] = [
         0xffffff, 0xffff00, 0x00ffff, 0x00ff00, 0xff00ff, 0xff0000, 0x0000ff, 0x000000,
@@ -32,6 +36,8 @@ fn pattern() -> Framebuffer {
         for (x, pixel) in view.row_mut(y).iter_mut().enumerate() {
             *pixel = if y < 150 {
                 BARS[x * BARS.len() / usize::from(WIDTH)]
+            } else if y >= GRADIENT_FROM {
+                u32::try_from(x * 0x0103 + y * 0x0a_0000).unwrap_or(0) & 0x00ff_ffff
             } else if (x / 4 + y / 4) % 2 == 0 {
                 0x203040
             } else {
@@ -93,11 +99,16 @@ async fn serve(
                     ClientMessage::FramebufferUpdateRequest {
                         incremental: false, ..
                     } => {
-                        let Ok(rect) = encoder.encode(&fb, 0, 0, WIDTH, HEIGHT) else {
+                        // Two rectangles: few colours above, many below.
+                        let split = GRADIENT_FROM as u16;
+                        let (Ok(top), Ok(bottom)) = (
+                            encoder.encode(&fb, 0, 0, WIDTH, split),
+                            encoder.encode(&fb, 0, split, WIDTH, HEIGHT - split),
+                        ) else {
                             return;
                         };
-                        let encoding = rect.payload.encoding();
-                        let update = ServerMessage::FramebufferUpdate(vec![rect]);
+                        let encoding = top.payload.encoding();
+                        let update = ServerMessage::FramebufferUpdate(vec![top, bottom]);
                         if writer.send(&update).await.is_err() {
                             return;
                         }
@@ -177,27 +188,35 @@ fn assert_shows_pattern(image: &Image, who: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn vncdotool_round(password: Option<&'static str>) -> anyhow::Result<()> {
+async fn vncdotool_round(
+    password: Option<&'static str>,
+    asked: VncdoEncoding,
+) -> anyhow::Result<()> {
     let (port, mut seen) = start_server(password).await?;
     let vncdo = Vncdo::new(
         format!("127.0.0.1::{port}"),
         password.map(str::to_owned),
-        VncdoEncoding::Zrle,
+        asked,
     );
+    let want = match asked {
+        VncdoEncoding::Raw => Encoding::Raw,
+        VncdoEncoding::Zrle => Encoding::Zrle,
+        VncdoEncoding::Hextile => Encoding::Hextile,
+    };
     let image = vncdo.capture().await?;
     assert_shows_pattern(&image, "vncdotool")?;
     vncdo.type_text("dmore").await?;
     let (frames, typed) = collect(&mut seen, 5, Duration::from_secs(30)).await;
     ensure!(
-        frames.contains(&Encoding::Zrle),
-        "no ZRLE frame was sent to vncdotool: {frames:?}"
+        frames.contains(&want),
+        "no {want:?} frame was sent to vncdotool: {frames:?}"
     );
     ensure!(
         typed == "dmore",
         "the server received {typed:?} from vncdotool, not \"dmore\""
     );
     println!(
-        "vncdotool (password: {}): ZRLE frame shown exactly, keys {typed:?} received",
+        "vncdotool (password: {}): {want:?} frame shown exactly, keys {typed:?} received",
         password.is_some()
     );
     Ok(())
@@ -205,12 +224,17 @@ async fn vncdotool_round(password: Option<&'static str>) -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn vncdotool_without_password() -> anyhow::Result<()> {
-    vncdotool_round(None).await
+    vncdotool_round(None, VncdoEncoding::Zrle).await
 }
 
 #[tokio::test]
 async fn vncdotool_with_vnc_authentication() -> anyhow::Result<()> {
-    vncdotool_round(Some(PASSWORD)).await
+    vncdotool_round(Some(PASSWORD), VncdoEncoding::Zrle).await
+}
+
+#[tokio::test]
+async fn vncdotool_hextile() -> anyhow::Result<()> {
+    vncdotool_round(None, VncdoEncoding::Hextile).await
 }
 
 async fn tigervnc_round(password: Option<&'static str>) -> anyhow::Result<()> {
@@ -234,15 +258,15 @@ async fn tigervnc_round(password: Option<&'static str>) -> anyhow::Result<()> {
     viewer.type_text("dmore").await?;
     let (frames, typed) = collect(&mut seen, 5, Duration::from_secs(30)).await;
     ensure!(
-        frames.contains(&Encoding::Zrle),
-        "no ZRLE frame was sent to TigerVNC: {frames:?}"
+        frames.contains(&Encoding::Tight),
+        "no Tight frame was sent to TigerVNC: {frames:?}"
     );
     ensure!(
         typed == "dmore",
         "the server received {typed:?} from TigerVNC, not \"dmore\""
     );
     println!(
-        "TigerVNC (password: {}): ZRLE frame shown exactly, keys {typed:?} received",
+        "TigerVNC (password: {}): Tight frame shown exactly, keys {typed:?} received",
         password.is_some()
     );
     Ok(())

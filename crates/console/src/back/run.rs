@@ -594,7 +594,12 @@ impl Link {
         let mut content = false;
         for rect in rects {
             match &rect.payload {
-                RectPayload::Raw(_) | RectPayload::Zrle(_) | RectPayload::CopyRect { .. } => {
+                RectPayload::Raw(_)
+                | RectPayload::Zrle(_)
+                | RectPayload::Hextile(_)
+                | RectPayload::Zlib(_)
+                | RectPayload::Tight(_)
+                | RectPayload::CopyRect { .. } => {
                     areas.push((rect.x, rect.y, rect.width, rect.height));
                     content = true;
                 }

@@ -197,7 +197,9 @@ impl Hub {
         let screen = Screen::restore(screen)?;
         let mut sessions = BTreeMap::new();
         for (id, state) in states {
-            sessions.insert(id, Session::restore(state)?);
+            let mut session = Session::restore(state)?;
+            session.set_lossy(self.config.lossy);
+            sessions.insert(id, session);
         }
         self.screen = screen;
         Ok(sessions)

@@ -150,6 +150,9 @@ pub struct ConsoleConfig {
     /// checkpoint waits for the destination. Then the console exits with
     /// [`ConsoleError::QemuGone`] or [`ConsoleError::Abandoned`]. Zero: exit at once.
     pub qemu_wait: std::time::Duration,
+    /// Allow Tight JPEG to viewers that ask for it with a quality level (`dmore console
+    /// --lossy`); off, every encoding is lossless, as QEMU's VNC is without its `lossy` option.
+    pub lossy: bool,
 }
 
 /// How this console moves with its VM.

@@ -1,16 +1,15 @@
-//! A viewer session's snapshot: everything negotiated, owed and pending, and where its ZRLE
-//! stream stands.
+//! A viewer session's snapshot: everything negotiated, owed and pending, and where its zlib
+//! streams (ZRLE's, Zlib's) stand.
 
 use super::{Due, Negotiated, Seen, Session, MAX_ENCODINGS};
 use crate::journal::ViewerId;
 use crate::screen::{Area, Damage};
-use rfb::encoding::zrle::{ZrleEncoder, ZrleEncoderState};
-use rfb::framebuffer::UpdateEncoder;
+use rfb::framebuffer::{EncoderStreams, UpdateEncoder};
 use rfb::{Encoding, PixelFormat, Version};
 use serde::{Deserialize, Serialize};
 
 /// Version of [`SessionState`]'s layout; [`Session::restore`] refuses any other.
-pub const SESSION_STATE_VERSION: u32 = 1;
+pub const SESSION_STATE_VERSION: u32 = 2;
 
 /// A session's whole state, serde-serialisable. Made by [`Session::freeze`], consumed by
 /// [`Session::restore`].
@@ -26,7 +25,8 @@ pub struct SessionState {
     pixel_format: PixelFormat,
     /// Encoding numbers as the viewer listed them.
     encodings: Vec<i32>,
-    zrle: ZrleEncoderState,
+    /// The zlib streams: ZRLE's (version 1), and Zlib's (version 2 on).
+    streams: EncoderStreams,
     damage: Damage,
     size: (u16, u16),
     requested: bool,
@@ -65,10 +65,10 @@ pub enum SessionRestoreError {
 }
 
 impl Session {
-    /// Snapshots the session and freezes its ZRLE stream: [`Session::encode_update`] fails
-    /// from here on until [`Session::thaw`], so the snapshot stays the stream's true end.
+    /// Snapshots the session and freezes its encoder: [`Session::encode_update`] fails from
+    /// here on until [`Session::thaw`], so the snapshot stays its zlib streams' true end.
     pub fn freeze(&mut self) -> SessionState {
-        let zrle = self.encoder.zrle_mut().freeze();
+        let streams = self.encoder.freeze();
         let s = self.seen;
         let d = self.due;
         SessionState {
@@ -84,7 +84,7 @@ impl Session {
             init_size: (self.negotiated.width, self.negotiated.height),
             pixel_format: self.pixel_format,
             encodings: self.encodings.iter().map(|e| i32::from(*e)).collect(),
-            zrle,
+            streams,
             damage: self.damage.clone(),
             size: self.size,
             requested: self.requested,
@@ -105,13 +105,19 @@ impl Session {
         }
     }
 
-    /// Lets a frozen session go on with its own ZRLE stream (the migration did not happen).
-    pub fn thaw(&mut self) {
-        self.encoder.zrle_mut().thaw();
+    /// Allows Tight JPEG to this viewer if it asks with a quality level (a console's setting,
+    /// not the viewer's: set anew on a restored session).
+    pub fn set_lossy(&mut self, lossy: bool) {
+        self.encoder.set_lossy(lossy);
     }
 
-    /// Rebuilds a session from a snapshot (on the destination). Its ZRLE stream continues the
-    /// frozen one's with a fresh raw deflate compressor (see `rfb::encoding::zrle`).
+    /// Lets a frozen session go on with its own zlib streams (the migration did not happen).
+    pub fn thaw(&mut self) {
+        self.encoder.thaw();
+    }
+
+    /// Rebuilds a session from a snapshot (on the destination). Its zlib streams continue the
+    /// frozen ones with fresh raw deflate compressors (see `rfb::encoding::zstream`).
     pub fn restore(state: SessionState) -> Result<Session, SessionRestoreError> {
         if state.version != SESSION_STATE_VERSION {
             return Err(SessionRestoreError::Version {
@@ -138,7 +144,7 @@ impl Session {
             .set_pixel_format(state.pixel_format)
             .map_err(|_| SessionRestoreError::Invalid("unusable pixel format"))?;
         encoder.set_encodings(&encodings);
-        *encoder.zrle_mut() = ZrleEncoder::resume_after_freeze(&state.zrle);
+        encoder.resume(&state.streams);
         let [continuous_updates, fence, ext_desktop_size, ext_key, leds, cursor] = state.seen;
         let [resize, due_cursor, due_leds, ext_key_ack] = state.due;
         Ok(Session {

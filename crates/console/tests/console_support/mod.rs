@@ -48,6 +48,7 @@ fn console_child() {
             .get("qemu_wait_ms")
             .and_then(serde_json::Value::as_u64)
             .map_or(console::front::DEFAULT_QEMU_WAIT, Duration::from_millis),
+        lossy: false,
     };
     tracing_subscriber_init();
     let rt = tokio::runtime::Runtime::new().expect("runtime");

@@ -10,8 +10,12 @@
 //! panic, and nothing is allocated beyond what the rectangle's size can need.
 
 pub mod cursor;
+pub mod hextile;
 pub mod raw;
+pub mod tight;
+pub mod zlib;
 pub mod zrle;
+pub mod zstream;
 
 use crate::pixel_format::PixelFormatError;
 
@@ -39,9 +43,9 @@ pub enum Error {
         /// Height in pixels.
         height: usize,
     },
-    /// The ZRLE data would inflate to more than the rectangle can need: a hostile or broken
+    /// The zlib data would inflate to more than the rectangle can need: a hostile or broken
     /// peer.
-    #[error("ZRLE data inflates past {limit} bytes, the most a {width}x{height} rectangle needs")]
+    #[error("zlib data inflates past {limit} bytes, the most a {width}x{height} rectangle needs")]
     InflateLimit {
         /// The bound.
         limit: usize,
@@ -51,16 +55,16 @@ pub enum Error {
         height: usize,
     },
     /// The peer's zlib stream ended; RFB never ends it, and nothing more could be decoded.
-    #[error("the ZRLE zlib stream ended")]
+    #[error("the zlib stream ended")]
     StreamEnded,
     /// The inflater made no progress on the remaining input.
-    #[error("the ZRLE zlib stream stalled with {0} bytes unread")]
+    #[error("the zlib stream stalled with {0} bytes unread")]
     InflateStalled(usize),
     /// The zlib data is corrupt.
-    #[error("inflating ZRLE data")]
+    #[error("inflating zlib data")]
     Inflate(#[source] flate2::DecompressError),
     /// The compressor failed (the connection's stream is then unusable).
-    #[error("deflating ZRLE data")]
+    #[error("deflating zlib data")]
     Deflate(#[source] flate2::CompressError),
     /// A ZRLE tile is malformed.
     #[error("ZRLE tile at ({x}, {y})")]
@@ -78,8 +82,19 @@ pub enum Error {
     TrailingData(usize),
     /// The encoder was frozen for a snapshot and must not emit more (see
     /// [`zrle::ZrleEncoder::freeze`]).
-    #[error("the ZRLE encoder is frozen")]
+    #[error("the encoder is frozen")]
     Frozen,
+    /// A Hextile or Tight payload ends before the rectangle does.
+    #[error("{0} data ends before the rectangle does")]
+    Truncated(&'static str),
+    /// A Hextile or Tight payload is malformed.
+    #[error("{encoding} data: {reason}")]
+    Malformed {
+        /// The encoding.
+        encoding: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 /// What is wrong with one ZRLE tile.

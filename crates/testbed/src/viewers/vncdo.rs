@@ -14,6 +14,8 @@ pub enum VncdoEncoding {
     Raw,
     /// ZRLE, which vncdotool decodes but does not ask for by itself.
     Zrle,
+    /// Hextile, likewise.
+    Hextile,
 }
 
 /// `vncdotool`'s command-line client, `vncdo`: a scripted viewer that knows nothing of dmore.
@@ -45,6 +47,7 @@ impl Vncdo {
         let encoding = match self.encoding {
             VncdoEncoding::Raw => "RAW",
             VncdoEncoding::Zrle => "ZRLE",
+            VncdoEncoding::Hextile => "HEXTILE",
         };
         let script = format!(
             "import sys; from vncdotool import rfb, client, command; \

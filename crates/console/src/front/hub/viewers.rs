@@ -160,7 +160,7 @@ impl Hub {
                 self.close_viewer(other, &"a non-shared viewer connected");
             }
         }
-        let session = Session::new(
+        let mut session = Session::new(
             id,
             Negotiated {
                 version: admitted.done.version,
@@ -170,6 +170,7 @@ impl Hub {
                 height: self.screen.height(),
             },
         );
+        session.set_lossy(self.config.lossy);
         tracing::info!(viewer = id.0, peer = %a.peer, view_only = admitted.view_only, "viewer connected");
         self.add_viewer(id, session, a.stream, admitted.done.leftover);
     }

@@ -10,38 +10,19 @@
 //!
 //! # Freezing for a migration
 //!
-//! zlib cannot export a compressor's state, but the viewer's inflater never needs it:
-//!
-//! ```text
-//!  encoder 1 (zlib header) ─ rect A ─ sync ─ rect B ─ sync ─┤ freeze: ZrleEncoderState
-//!                                                            │ (serde) travels to the new host
-//!  encoder 2 (raw deflate)                                   └ rect C ─ sync ─ rect D ─ sync
-//!  viewer:   one inflater reads A B C D as one stream
-//! ```
-//!
-//! After a sync flush the stream is byte-aligned at a block boundary and every input byte has
-//! been emitted, so the receiver has nothing pending. A fresh *raw* deflate compressor
-//! (no zlib header) then writes blocks that are a valid continuation: they never refer back
-//! into data it has not seen, and RFB never ends the stream, so no checksum is checked. That
-//! boundary is what a full flush would give; a full flush's only extra, resetting the old
-//! compressor's dictionary, is moot once that compressor is dropped, and emitting one would
-//! need a rectangle to carry it. An encoder that never emitted anything still owes the zlib
-//! header; [`ZrleEncoderState::header_sent`] records which.
+//! The stream continues in another process as any of the connection's zlib streams does (see
+//! [`zstream`](super::zstream)); [`ZrleEncoder::freeze`] makes sure nothing more is emitted
+//! after its state was taken.
 
 mod tile;
 
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
-use serde::{Deserialize, Serialize};
-
+use super::zstream::{DeflateStream, InflateStream, StreamState};
 use super::Error;
 use crate::translate::{Pixels, PixelsMut, Translator};
 pub use tile::TILE;
 
 /// Encoding number of ZRLE.
 pub const ENCODING: i32 = 16;
-
-/// How much inflated or deflated output to make room for at a time.
-const CHUNK: usize = 64 * 1024;
 
 /// Tiles of a `width`×`height` rectangle as (x, y, w, h), left to right, top to bottom.
 fn tiles(width: usize, height: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
@@ -80,20 +61,12 @@ pub fn max_data_len(tr: &Translator, width: usize, height: usize) -> Option<usiz
     inflated.checked_add(inflated / 16)?.checked_add(1024)
 }
 
-/// The part of a ZRLE encoder that survives a migration: see the module docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ZrleEncoderState {
-    /// zlib compression level, 0..=9.
-    pub level: u32,
-    /// The zlib header was emitted: a continuing encoder writes raw deflate.
-    pub header_sent: bool,
-}
+/// The part of a ZRLE encoder that survives a migration: its zlib stream's.
+pub type ZrleEncoderState = StreamState;
 
 /// The server side of a connection's ZRLE stream.
 pub struct ZrleEncoder {
-    deflate: Compress,
-    level: u32,
-    header_sent: bool,
+    stream: DeflateStream,
     frozen: bool,
     raw: Vec<u8>,
     scratch: tile::Scratch,
@@ -102,8 +75,7 @@ pub struct ZrleEncoder {
 impl std::fmt::Debug for ZrleEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ZrleEncoder")
-            .field("level", &self.level)
-            .field("header_sent", &self.header_sent)
+            .field("stream", &self.stream)
             .field("frozen", &self.frozen)
             .finish_non_exhaustive()
     }
@@ -129,11 +101,8 @@ impl ZrleEncoder {
     }
 
     fn with_state(state: ZrleEncoderState) -> Self {
-        let level = state.level.min(9);
         ZrleEncoder {
-            deflate: Compress::new(Compression::new(level), !state.header_sent),
-            level,
-            header_sent: state.header_sent,
+            stream: DeflateStream::resume(&state),
             frozen: false,
             raw: Vec::new(),
             scratch: tile::Scratch::default(),
@@ -156,10 +125,7 @@ impl ZrleEncoder {
 
     /// The serialisable state as of now.
     pub fn state(&self) -> ZrleEncoderState {
-        ZrleEncoderState {
-            level: self.level,
-            header_sent: self.header_sent,
-        }
+        self.stream.state()
     }
 
     /// Appends the ZRLE data of `src` in `tr`'s format: compressed tiles, without the `u32`
@@ -181,25 +147,7 @@ impl ZrleEncoder {
             }
         }
         let start = out.len();
-        let mut pos = 0;
-        loop {
-            // Room for all of it and the flush in one call: deflate's worst case adds a few
-            // bytes per 16 KiB block plus the sync marker. When the output ran out exactly as
-            // the input did, the next call (no input) did not finish the sync flush, and the
-            // rectangle's last bytes never left (a 163x139 rectangle lost 7 bytes; found by
-            // `zrle_round_trips`).
-            let left = self.raw.len() - pos;
-            out.reserve(left + left / 8 + 1024);
-            let before = self.deflate.total_in();
-            self.deflate
-                .compress_vec(self.raw.get(pos..).unwrap_or(&[]), out, FlushCompress::Sync)
-                .map_err(Error::Deflate)?;
-            pos += usize::try_from(self.deflate.total_in() - before).unwrap_or(usize::MAX);
-            if pos >= self.raw.len() && out.len() < out.capacity() {
-                break;
-            }
-        }
-        self.header_sent = true;
+        self.stream.compress(&self.raw, out)?;
         if u32::try_from(out.len() - start).is_err() {
             return Err(Error::TooLarge {
                 width: src.width(),
@@ -212,7 +160,7 @@ impl ZrleEncoder {
 
 /// The client side of a connection's ZRLE stream.
 pub struct ZrleDecoder {
-    inflate: Decompress,
+    inflate: InflateStream,
     buf: Vec<u8>,
     tile: Vec<u32>,
 }
@@ -220,7 +168,7 @@ pub struct ZrleDecoder {
 impl std::fmt::Debug for ZrleDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ZrleDecoder")
-            .field("total_in", &self.inflate.total_in())
+            .field("inflate", &self.inflate)
             .finish_non_exhaustive()
     }
 }
@@ -235,7 +183,7 @@ impl ZrleDecoder {
     /// A decoder for a new connection (its stream starts with a zlib header).
     pub fn new() -> Self {
         ZrleDecoder {
-            inflate: Decompress::new(true),
+            inflate: InflateStream::new(),
             buf: Vec::new(),
             tile: Vec::new(),
         }
@@ -252,14 +200,16 @@ impl ZrleDecoder {
     ) -> Result<(), Error> {
         let (width, height) = (dst.width(), dst.height());
         let limit = max_inflated_len(tr, width, height).ok_or(Error::TooLarge { width, height })?;
-        self.inflate_all(data, limit).map_err(|e| match e {
-            Error::InflateLimit { limit, .. } => Error::InflateLimit {
-                limit,
-                width,
-                height,
-            },
-            e => e,
-        })?;
+        self.inflate
+            .inflate(data, limit, &mut self.buf)
+            .map_err(|e| match e {
+                Error::InflateLimit { limit, .. } => Error::InflateLimit {
+                    limit,
+                    width,
+                    height,
+                },
+                e => e,
+            })?;
 
         let mut input = tile::Reader::new(&self.buf);
         for (x, y, w, h) in tiles(width, height) {
@@ -280,48 +230,5 @@ impl ZrleDecoder {
             0 => Ok(()),
             n => Err(Error::TrailingData(n)),
         }
-    }
-
-    /// Inflates all of `data` into `self.buf`, refusing to produce more than `limit` bytes.
-    fn inflate_all(&mut self, data: &[u8], limit: usize) -> Result<(), Error> {
-        self.buf.clear();
-        let too_much = || Error::InflateLimit {
-            limit,
-            width: 0,
-            height: 0,
-        };
-        let mut pos = 0;
-        loop {
-            if self.buf.len() > limit {
-                return Err(too_much());
-            }
-            self.buf.reserve((limit + 1 - self.buf.len()).min(CHUNK));
-            let (in0, out0) = (self.inflate.total_in(), self.inflate.total_out());
-            let status = self
-                .inflate
-                .decompress_vec(
-                    data.get(pos..).unwrap_or(&[]),
-                    &mut self.buf,
-                    FlushDecompress::Sync,
-                )
-                .map_err(Error::Inflate)?;
-            let read = usize::try_from(self.inflate.total_in() - in0).unwrap_or(usize::MAX);
-            let wrote = self.inflate.total_out() - out0;
-            pos = pos.saturating_add(read);
-            if status == Status::StreamEnd {
-                return Err(Error::StreamEnded);
-            }
-            let full = self.buf.len() == self.buf.capacity();
-            if pos >= data.len() && !full {
-                break;
-            }
-            if read == 0 && wrote == 0 && !full {
-                return Err(Error::InflateStalled(data.len().saturating_sub(pos)));
-            }
-        }
-        if self.buf.len() > limit {
-            return Err(too_much());
-        }
-        Ok(())
     }
 }

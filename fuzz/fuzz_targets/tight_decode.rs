@@ -1,0 +1,31 @@
+//! Tight payloads (encoding 7) through one TightDecoder, as a client keeps four zlib streams
+//! per connection: records of (width, height, length, bytes), see `dmore_fuzz::records`.
+//! Selector: bits 0-1 pixel format.
+#![no_main]
+
+use dmore_fuzz::{pixel_format, records, split};
+use libfuzzer_sys::fuzz_target;
+use rfb::encoding::tight::TightDecoder;
+use rfb::translate::{PixelsMut, Translator};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((sel, stream)) = split(data) else {
+        return;
+    };
+    let Ok(tr) = Translator::new(pixel_format(sel)) else {
+        return;
+    };
+    let mut tight = TightDecoder::new();
+    let mut pixels = Vec::new();
+    for (w, h, bytes) in records(stream) {
+        pixels.clear();
+        pixels.resize(w * h, 0u32);
+        let Some(mut dst) = PixelsMut::packed(&mut pixels, w, h) else {
+            return;
+        };
+        match tight.decode(&tr, bytes, &mut dst) {
+            Ok(used) => assert!(used <= bytes.len()),
+            Err(_) => return,
+        }
+    }
+});

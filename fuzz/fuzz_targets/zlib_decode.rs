@@ -3,28 +3,13 @@
 //! Selector: bits 0-1 pixel format.
 #![no_main]
 
-use dmore_fuzz::{pixel_format, records, split};
+use dmore_fuzz::decode_records;
 use libfuzzer_sys::fuzz_target;
 use rfb::encoding::zlib::ZlibDecoder;
-use rfb::translate::{PixelsMut, Translator};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((sel, stream)) = split(data) else {
-        return;
-    };
-    let Ok(tr) = Translator::new(pixel_format(sel)) else {
-        return;
-    };
     let mut zlib = ZlibDecoder::new();
-    let mut pixels = Vec::new();
-    for (w, h, bytes) in records(stream) {
-        pixels.clear();
-        pixels.resize(w * h, 0u32);
-        let Some(mut dst) = PixelsMut::packed(&mut pixels, w, h) else {
-            return;
-        };
-        if zlib.decode(&tr, bytes, &mut dst).is_err() {
-            return;
-        }
-    }
+    decode_records(data, |tr, bytes, dst| {
+        zlib.decode(tr, bytes, dst).map(|()| None)
+    });
 });

@@ -5,6 +5,7 @@
 //! seeds by prepending one byte. Limits are small so a run spends its time parsing, not
 //! allocating.
 
+use rfb::translate::{PixelsMut, Translator};
 use rfb::{Limits, PixelFormat};
 
 /// Limits for fuzzing: real checks, small numbers.
@@ -61,4 +62,33 @@ pub fn records(mut stream: &[u8]) -> impl Iterator<Item = (usize, usize, &[u8])>
         stream = rest;
         Some((usize::from(w), usize::from(h), data))
     })
+}
+
+/// Feeds each of [`records`] to `decode` (one decoder for the whole input, as a client keeps
+/// one per connection) in the pixel format the selector picks, into a zeroed buffer of the
+/// record's size: a decoder that says how much it took must not claim more than the record,
+/// and the first error ends the input (a stream decoder is out of step after one).
+pub fn decode_records<E>(
+    data: &[u8],
+    mut decode: impl FnMut(&Translator, &[u8], &mut PixelsMut<'_>) -> Result<Option<usize>, E>,
+) {
+    let Some((sel, stream)) = split(data) else {
+        return;
+    };
+    let Ok(tr) = Translator::new(pixel_format(sel)) else {
+        return;
+    };
+    let mut pixels = Vec::new();
+    for (w, h, bytes) in records(stream) {
+        pixels.clear();
+        pixels.resize(w * h, 0u32);
+        let Some(mut dst) = PixelsMut::packed(&mut pixels, w, h) else {
+            return;
+        };
+        match decode(&tr, bytes, &mut dst) {
+            Ok(Some(used)) => assert!(used <= bytes.len()),
+            Ok(None) => {}
+            Err(_) => return,
+        }
+    }
 }

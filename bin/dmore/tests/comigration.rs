@@ -51,6 +51,25 @@ async fn bed(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<Option<CoBe
     Ok(CoBed::start_or_skip(options).await?)
 }
 
+/// Starts QEMU's migration with `pause-before-switchover` and runs it until the source VM is
+/// held there (the console's move then waits for `proceed`).
+async fn held_at_pre_switchover<'m>(
+    src: &'m qmp::Connection,
+    dst: &'m qmp::Connection,
+    incoming_uri: &str,
+) -> anyhow::Result<Migration<'m, qmp::Client, qmp::Client>> {
+    let options = MigrationOptions {
+        pause_before_switchover: true,
+        ..MigrationOptions::default()
+    };
+    let mut m = Migration::start(src.client(), dst.client(), incoming_uri, options).await?;
+    ensure!(
+        m.run().await? == Phase::PreSwitchover,
+        "held at pre-switchover"
+    );
+    Ok(m)
+}
+
 fn dirtying(dirty_mib: u32, rate: u32) -> GuestOptions {
     GuestOptions {
         dirty_mib,
@@ -413,15 +432,7 @@ async fn the_source_qemu_dying_in_the_switchover_ends_the_session_with_a_clear_e
     let plan = bed.announce(true).await?;
     let (src, _src_events) = qmp::Connection::connect(&plan.source_qmp).await?;
     let (dst, _dst_events) = qmp::Connection::connect(&plan.dest_qmp).await?;
-    let options = MigrationOptions {
-        pause_before_switchover: true,
-        ..MigrationOptions::default()
-    };
-    let mut m = Migration::start(src.client(), dst.client(), &plan.incoming_uri, options).await?;
-    ensure!(
-        m.run().await? == Phase::PreSwitchover,
-        "held at pre-switchover"
-    );
+    let m = held_at_pre_switchover(&src, &dst, &plan.incoming_uri).await?;
     let ready = Command::Wait {
         phase: "Ready".into(),
         timeout: WAIT,
@@ -468,15 +479,7 @@ async fn a_restarted_destination_console_takes_over_from_the_sources_checkpoint(
     let plan = bed.announce(true).await?;
     let (src, _src_events) = qmp::Connection::connect(&plan.source_qmp).await?;
     let (dst, _dst_events) = qmp::Connection::connect(&plan.dest_qmp).await?;
-    let options = MigrationOptions {
-        pause_before_switchover: true,
-        ..MigrationOptions::default()
-    };
-    let mut m = Migration::start(src.client(), dst.client(), &plan.incoming_uri, options).await?;
-    ensure!(
-        m.run().await? == Phase::PreSwitchover,
-        "held at pre-switchover"
-    );
+    let mut m = held_at_pre_switchover(&src, &dst, &plan.incoming_uri).await?;
     let ready = Command::Wait {
         phase: "Ready".into(),
         timeout: WAIT,
@@ -527,15 +530,7 @@ async fn sigterm_to_a_frozen_source_console_waits_for_the_handover() -> anyhow::
     let plan = bed.announce(true).await?;
     let (src, _src_events) = qmp::Connection::connect(&plan.source_qmp).await?;
     let (dst, _dst_events) = qmp::Connection::connect(&plan.dest_qmp).await?;
-    let options = MigrationOptions {
-        pause_before_switchover: true,
-        ..MigrationOptions::default()
-    };
-    let mut m = Migration::start(src.client(), dst.client(), &plan.incoming_uri, options).await?;
-    ensure!(
-        m.run().await? == Phase::PreSwitchover,
-        "held at pre-switchover"
-    );
+    let mut m = held_at_pre_switchover(&src, &dst, &plan.incoming_uri).await?;
     let sent = Command::Wait {
         phase: "Sent".into(),
         timeout: WAIT,

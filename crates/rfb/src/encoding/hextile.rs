@@ -16,7 +16,7 @@
 //! libvncserver does, since RFC 6143 leaves them undefined there and decoders differ; the
 //! decoder refuses a tile that relies on a colour never specified.
 
-use super::Error;
+use super::{Error, Input};
 use crate::translate::{Pixels, PixelsMut, Translator};
 
 /// Encoding number of Hextile.
@@ -196,24 +196,7 @@ fn subrects(values: &[u32], w: usize, h: usize, back: u32, out: &mut Vec<Subrect
     }
 }
 
-/// Reads Hextile data from the front of a slice.
-struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Input<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
-        let end = self.pos.saturating_add(n);
-        let s = self.data.get(self.pos..end).ok_or(Error::Truncated(NAME))?;
-        self.pos = end;
-        Ok(s)
-    }
-
-    fn byte(&mut self) -> Result<u8, Error> {
-        Ok(self.take(1)?.first().copied().unwrap_or(0))
-    }
-
+impl Input<'_> {
     fn pixel(&mut self, tr: &Translator) -> Result<u32, Error> {
         Ok(tr.rgbx(tr.read_pixel(self.take(tr.bytes_per_pixel())?)))
     }
@@ -230,7 +213,7 @@ fn malformed(reason: &'static str) -> Error {
 /// the front of `data`, read without decoding it (for the message codec, which must find the
 /// rectangle's end); [`Error::Truncated`] if `data` ends first.
 pub fn payload_len(bpp: usize, width: usize, height: usize, data: &[u8]) -> Result<usize, Error> {
-    let mut input = Input { data, pos: 0 };
+    let mut input = Input::new(data, NAME);
     for (_, _, w, h) in tiles(width, height) {
         let mask = input.byte()?;
         if mask & RAW != 0 {
@@ -245,14 +228,14 @@ pub fn payload_len(bpp: usize, width: usize, height: usize, data: &[u8]) -> Resu
             input.take(count * each)?;
         }
     }
-    Ok(input.pos)
+    Ok(input.pos())
 }
 
 /// Decodes the Hextile payload at the front of `data` into `dst` (the rectangle's size) and
 /// returns how many bytes it took; `dst` may be partly written on an error.
 pub fn decode(tr: &Translator, data: &[u8], dst: &mut PixelsMut<'_>) -> Result<usize, Error> {
     let bpp = tr.bytes_per_pixel();
-    let mut input = Input { data, pos: 0 };
+    let mut input = Input::new(data, NAME);
     let (mut bg, mut fg): (Option<u32>, Option<u32>) = (None, None);
     let mut tile = [0u32; TILE * TILE];
     for (x, y, w, h) in tiles(dst.width(), dst.height()) {
@@ -307,5 +290,5 @@ pub fn decode(tr: &Translator, data: &[u8], dst: &mut PixelsMut<'_>) -> Result<u
             }
         }
     }
-    Ok(input.pos)
+    Ok(input.pos())
 }

@@ -123,3 +123,40 @@ pub enum TileError {
         left: usize,
     },
 }
+
+/// Reads an encoding's payload from the front of a slice; a payload that ends early is
+/// [`Error::Truncated`], named after the encoding. Each decoder adds readers of its own wire
+/// types (an `impl Input` in its module).
+pub(crate) struct Input<'a> {
+    data: &'a [u8],
+    pos: usize,
+    name: &'static str,
+}
+
+impl<'a> Input<'a> {
+    /// Reading `data` of encoding `name` from its start.
+    pub(crate) fn new(data: &'a [u8], name: &'static str) -> Self {
+        Input { data, pos: 0, name }
+    }
+
+    /// Bytes read so far.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// The next `n` bytes.
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        let end = self.pos.saturating_add(n);
+        let s = self
+            .data
+            .get(self.pos..end)
+            .ok_or(Error::Truncated(self.name))?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    /// The next byte.
+    pub(crate) fn byte(&mut self) -> Result<u8, Error> {
+        Ok(self.take(1)?.first().copied().unwrap_or(0))
+    }
+}

@@ -33,7 +33,7 @@
 //! [`MAX_WIDTH`] wide (TigerVNC refuses wider ones); callers split wider ones.
 
 use super::zstream::{DeflateStream, InflateStream, StreamState};
-use super::Error;
+use super::{Error, Input};
 use crate::translate::{Pixels, PixelsMut, Translator};
 use crate::PixelFormat;
 
@@ -129,17 +129,17 @@ pub fn payload_len(
     height: usize,
     data: &[u8],
 ) -> Result<usize, Error> {
-    let mut input = Input { data, pos: 0 };
+    let mut input = Input::new(data, NAME);
     let tpixel = format_tpixel_len(pf);
     let kind = input.byte()? & 0xf0;
     if kind == FILL {
         input.take(tpixel)?;
-        return Ok(input.pos);
+        return Ok(input.pos());
     }
     if kind == JPEG {
         let len = input.compact_len()?;
         input.take(len)?;
-        return Ok(input.pos);
+        return Ok(input.pos());
     }
     if kind & 0x80 != 0 {
         return Err(malformed("an undefined compression type"));
@@ -164,7 +164,7 @@ pub fn payload_len(
         input.compact_len()?
     };
     input.take(len)?;
-    Ok(input.pos)
+    Ok(input.pos())
 }
 
 /// Appends a compact length (1 to 3 bytes; `len` < 2^22).
@@ -424,24 +424,7 @@ fn decode_jpeg(image: &[u8], dst: &mut PixelsMut<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Reads Tight data from the front of a slice.
-struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Input<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
-        let end = self.pos.saturating_add(n);
-        let s = self.data.get(self.pos..end).ok_or(Error::Truncated(NAME))?;
-        self.pos = end;
-        Ok(s)
-    }
-
-    fn byte(&mut self) -> Result<u8, Error> {
-        Ok(self.take(1)?.first().copied().unwrap_or(0))
-    }
-
+impl Input<'_> {
     fn tpixel(&mut self, tr: &Translator) -> Result<u32, Error> {
         let b = self.take(tpixel_len(tr))?;
         Ok(match b {
@@ -497,7 +480,7 @@ impl TightDecoder {
         dst: &mut PixelsMut<'_>,
     ) -> Result<usize, Error> {
         let (w, h) = (dst.width(), dst.height());
-        let mut input = Input { data, pos: 0 };
+        let mut input = Input::new(data, NAME);
         let control = input.byte()?;
         for (n, s) in self.streams.iter_mut().enumerate() {
             if control & (1 << n) != 0 {
@@ -510,12 +493,12 @@ impl TightDecoder {
             for y in 0..h {
                 dst.row_mut(y).fill(c);
             }
-            return Ok(input.pos);
+            return Ok(input.pos());
         }
         if kind == JPEG {
             let len = input.compact_len()?;
             decode_jpeg(input.take(len)?, dst)?;
-            return Ok(input.pos);
+            return Ok(input.pos());
         }
         if kind & 0x80 != 0 {
             return Err(malformed("an undefined compression type"));
@@ -601,6 +584,6 @@ impl TightDecoder {
                 }
             }
         }
-        Ok(input.pos)
+        Ok(input.pos())
     }
 }

@@ -314,13 +314,15 @@ pub struct Config {
     pub burst_gap: Duration,
 }
 
-/// [`Config::burst_gap`]'s default: 2 ms, so a viewer typing up to 500 events/s (~445 is a
-/// fast real one, 2.25 ms apart) goes unpaced, while faster input (a paste, events read
-/// together microseconds apart, a test pushing in a loop) is paced by the bucket: at 300 µs
-/// a loop pushing 300 keys into the link (`cargo test -p console --test back_keys`) overran
-/// the tiny guest's PS/2 queue on this loaded machine.
+/// [`Config::burst_gap`]'s default: 1 ms, so a viewer's own pace up to 1000 events/s goes
+/// unpaced, as QEMU's own VNC server takes it, while input that arrived together (a paste,
+/// events read in one TCP read microseconds apart, a test pushing in a loop) is paced by the
+/// bucket: at 300 µs a loop pushing 300 keys into the link (`cargo test -p console --test
+/// back_keys`) overran the tiny guest's PS/2 queue on this loaded machine. At 2 ms a steady
+/// 700 events/s stream (1.43 ms apart) counted as a burst and fell 3.1 s behind in 10 s into
+/// both guests, which took it from QEMU's own VNC without loss (`dmore bench input`).
 fn default_burst_gap() -> Duration {
-    Duration::from_millis(2)
+    Duration::from_millis(1)
 }
 
 /// [`Config::key_drain`]'s default: 2 ms per key event. At 3 ms (the old default) a viewer

@@ -329,3 +329,39 @@ fn typing_and_clicking_at_150_a_second_keeps_a_bounded_lag_with_a_coarse_timer()
         assert!(lag.is_zero(), "event {i} still {lag:?} behind");
     }
 }
+
+#[test]
+fn a_fast_viewer_whose_events_sometimes_arrive_together_stays_on_its_pace() {
+    // 700 events/s (1.43 ms apart), every tenth read bringing two events at once: the second
+    // of a pair waits for the PS/2 bucket, the ones behind it catch up at half the viewer's
+    // gaps instead of following the bucket (500 keys/s) for good.
+    let mut j = Journal::new(Config::default(), true);
+    let gap = Duration::from_micros(1430);
+    let mut pushed = Vec::new();
+    let mut sent = Vec::new();
+    for i in 0..3000u32 {
+        let t = if i % 10 == 1 {
+            at(0) + gap * (i - 1)
+        } else {
+            at(0) + gap * i
+        };
+        sent.extend(run(&mut j, t));
+        let seq = j.push(V, typed(i as usize), t).unwrap().unwrap();
+        pushed.push((seq.0, t));
+        sent.extend(run(&mut j, t));
+    }
+    sent.extend(run_until_idle(&mut j, at(0) + gap * 3000));
+    let worst = pushed
+        .iter()
+        .map(|&(seq, t)| {
+            let (.., out) = sent.iter().find(|s| s.1 == seq).expect("sent");
+            out.saturating_duration_since(t)
+        })
+        .max()
+        .unwrap_or_default();
+    assert!(
+        worst <= Duration::from_millis(5),
+        "an event waited {worst:?}"
+    );
+    assert_eq!(j.stats().delivered, 3000);
+}

@@ -196,8 +196,28 @@ fn kill(pid: u32, what: &str) -> anyhow::Result<()> {
         nix::sys::signal::Signal::SIGKILL,
     )
     .with_context(|| format!("killing {what}"))?;
+    // The signal is only sent: wait until the process is gone (or a zombie), so its sockets
+    // are closed before the test goes on. (Once, QEMU's switchover completed into a
+    // destination QEMU that was killed but not yet dead.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !dead(pid) {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{what} still alive 5 s after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     println!("{what} killed (SIGKILL)");
     Ok(())
+}
+
+/// Whether process `pid` has ended: no longer listed, or a zombie waiting to be reaped.
+fn dead(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| matches!(state, 'Z' | 'X'))
+    })
 }
 
 /// Runs `ip ARGS` (or `tc ARGS`) inside `host`; returns its stderr on failure.

@@ -24,7 +24,7 @@ use anyhow::{bail, ensure, Context as _};
 use linux_guest::launch::{Display, Firmware, Input, LinuxOptions};
 use linux_guest::report::Report;
 use rfb::framebuffer::Framebuffer;
-use rfb::{ClientConfig, Encoding, Limits, PixelFormat, SecurityType, ServerMessage, Version};
+use rfb::{ClientConfig, Encoding, PixelFormat, ServerMessage};
 use scenarios::cobed::{CoBed, CoBedOptions};
 use testbed::qemu::{Qemu, LINUX_MEMORY_MIB};
 use testbed::viewers::{Image, TigerVnc, ViewerAuth, Xvfb};
@@ -91,13 +91,7 @@ impl Viewer {
             .await
             .with_context(|| format!("{name}: connecting to {}", bed.service()))?;
         stream.set_nodelay(true)?;
-        let config = ClientConfig {
-            version: Version::V3_8,
-            security: vec![SecurityType::None],
-            password: None,
-            shared: true,
-            limits: Limits::DEFAULT,
-        };
+        let config = ClientConfig::no_auth();
         let setup = Setup {
             pixel_format: Some(PixelFormat::RGBX32_LE),
             encodings,

@@ -4,7 +4,7 @@
 mod console_support;
 
 use console_support::*;
-use rfb::{ClientConfig, ClientMessage, Encoding, Limits, PixelFormat, SecurityType, Version};
+use rfb::{ClientConfig, ClientMessage, Encoding, PixelFormat};
 use std::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,13 +22,7 @@ async fn console_stalled_viewer_does_not_block_typing_and_memory_stays_bounded(
         pixel_format: Some(PixelFormat::RGBX32_LE),
         encodings: vec![Encoding::Raw, Encoding::ContinuousUpdates],
     };
-    let config = ClientConfig {
-        version: Version::V3_8,
-        security: vec![SecurityType::None],
-        password: None,
-        shared: true,
-        limits: Limits::default(),
-    };
+    let config = ClientConfig::no_auth();
     let (done, _stalled_reader, mut stalled) = vnc::client::connect(stream, config, &setup).await?;
     let (w, h) = (done.server_init.width, done.server_init.height);
     stalled

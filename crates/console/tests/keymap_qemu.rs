@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use console::keymap::{Keyboard, Keymap, Layout, ALTGR, CTRL, SHIFT};
-use rfb::{ClientConfig, ClientMessage, Encoding, Limits, SecurityType, Version};
+use rfb::{ClientConfig, ClientMessage, Encoding};
 use testbed::qemu::{Qemu, QemuConfig};
 use tokio::net::UnixStream;
 
@@ -63,13 +63,7 @@ async fn check_layout(layout: &str, keymap: Arc<Keymap>) -> anyhow::Result<usize
 
     let sent = plan(&keymap);
     let stream = UnixStream::connect(qemu.vnc_path()).await?;
-    let client = ClientConfig {
-        version: Version::V3_8,
-        security: vec![SecurityType::None],
-        password: None,
-        shared: true,
-        limits: Limits::DEFAULT,
-    };
+    let client = ClientConfig::no_auth();
     let setup = vnc::client::Setup {
         pixel_format: None,
         encodings: vec![

@@ -240,13 +240,7 @@ fn pixel_format_change_applies_to_later_messages() {
 
 #[test]
 fn handshake_strings_and_sizes_are_limited() {
-    let config = ClientConfig {
-        version: Version::V3_8,
-        security: vec![SecurityType::None],
-        password: None,
-        shared: true,
-        limits: Limits::default(),
-    };
+    let config = ClientConfig::no_auth();
     let mut c = ClientHandshake::new(config.clone());
     c.feed(b"RFB 003.008\n").unwrap();
     assert_eq!(

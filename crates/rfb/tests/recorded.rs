@@ -18,13 +18,7 @@ fn seed(target: &str, name: &str) -> Vec<u8> {
 }
 
 fn qemu_stream(name: &str) -> (ServerInit, Vec<ServerMessage>) {
-    let mut hs = ClientHandshake::new(ClientConfig {
-        version: Version::V3_8,
-        security: vec![SecurityType::None],
-        password: None,
-        shared: true,
-        limits: Limits::default(),
-    });
+    let mut hs = ClientHandshake::new(ClientConfig::no_auth());
     hs.feed(&seed("client_handshake", name)).unwrap();
     let done = hs.poll_done().expect("handshake completes");
     let mut dec = ServerMessageDecoder::new(done.server_init.pixel_format, Limits::default());

@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use rfb::{ClientConfig, ClientMessage, Limits, SecurityType, Version};
+use rfb::{ClientConfig, ClientMessage};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use vnc::client::{ClientReader, ClientWriter, Setup};
@@ -90,13 +90,7 @@ pub fn keysym_of(n: usize) -> u32 {
 
 /// RFB client settings of a plain viewer: security None, RFB 3.8.
 pub fn plain_client_config() -> ClientConfig {
-    ClientConfig {
-        version: Version::V3_8,
-        security: vec![SecurityType::None],
-        password: None,
-        shared: true,
-        limits: Limits::DEFAULT,
-    }
+    ClientConfig::no_auth()
 }
 
 type Halves = (ClientReader<TcpStream>, ClientWriter<TcpStream>);

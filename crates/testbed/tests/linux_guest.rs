@@ -16,10 +16,7 @@ use anyhow::{bail, ensure, Context as _};
 use linux_guest::keymap::{evdev_from_set1, BTN_LEFT, BTN_MIDDLE, BTN_RIGHT};
 use linux_guest::launch::{Display, Firmware, Input, LinuxOptions};
 use linux_guest::report::{Input as Event, Report};
-use rfb::{
-    ClientConfig, ClientMessage, Encoding, Limits, RectPayload, SecurityType, ServerMessage,
-    Version,
-};
+use rfb::{ClientConfig, ClientMessage, Encoding, RectPayload, ServerMessage};
 use testbed::qemu::{Accel, Qemu, QemuConfig};
 use tokio::net::UnixStream;
 use vnc::client::{ClientReader, ClientWriter, Setup};
@@ -123,13 +120,7 @@ impl Viewer {
 
 async fn viewer(qemu: &Qemu) -> anyhow::Result<Viewer> {
     let stream = UnixStream::connect(qemu.vnc_path()).await?;
-    let config = ClientConfig {
-        version: Version::V3_8,
-        security: vec![SecurityType::None],
-        password: None,
-        shared: true,
-        limits: Limits::DEFAULT,
-    };
+    let config = ClientConfig::no_auth();
     // Plain keysyms, as most viewers send them; QEMU maps them with its en-us keymap.
     let setup = Setup {
         pixel_format: None,

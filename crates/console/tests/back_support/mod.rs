@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use console::back::{LinkEvent, LinkEvents, VmEvent};
 use console::journal::InputEvent;
-use rfb::{
-    ClientConfig, ClientMessage, Encoding, Limits, PixelFormat, RectPayload, SecurityType,
-    ServerMessage,
-};
+use rfb::{ClientConfig, ClientMessage, Encoding, PixelFormat, RectPayload, ServerMessage};
 use testbed::qemu::{AccelChoice, Qemu, QemuConfig};
 use tokio::sync::mpsc;
 
@@ -300,13 +297,7 @@ pub async fn plain_client(
     vnc::client::ClientWriter<tokio::net::UnixStream>,
 )> {
     let stream = tokio::net::UnixStream::connect(&vm.vnc).await?;
-    let config = ClientConfig {
-        version: rfb::Version::V3_8,
-        security: vec![SecurityType::None],
-        password: None,
-        shared: true,
-        limits: Limits::DEFAULT,
-    };
+    let config = ClientConfig::no_auth();
     let setup = vnc::client::Setup {
         pixel_format: Some(PixelFormat::RGBX32_LE),
         encodings: vec![Encoding::Raw],

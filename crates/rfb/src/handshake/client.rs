@@ -22,6 +22,20 @@ pub struct ClientConfig {
     pub limits: Limits,
 }
 
+impl ClientConfig {
+    /// RFB 3.8 with no security, shared, default limits: what a viewer asks of a server that
+    /// needs no password (QEMU's VNC on its unix socket, a console started without one).
+    pub fn no_auth() -> ClientConfig {
+        ClientConfig {
+            version: Version::V3_8,
+            security: vec![SecurityType::None],
+            password: None,
+            shared: true,
+            limits: Limits::DEFAULT,
+        }
+    }
+}
+
 /// The outcome of a successful client handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientDone {

@@ -148,13 +148,13 @@ impl Journal {
         }
     }
 
-    /// When `p` may be sent: motion at once; live keys and buttons the viewer spaced at once;
-    /// an event the viewer spaced that had to wait (replayed, or behind others) at half its
-    /// original gap (capped at `max_gap`, at least half a `key_drain`) after the previous key
-    /// or button, so the lag a wait caused shrinks instead of every later event inheriting
-    /// it; keys that arrived together with the one before (a gap under `burst_gap`) when the
-    /// PS/2 bucket has room ([`Journal::keys_room_at`]); a button `min_interval` after the
-    /// latest re-sync.
+    /// When `p` may be sent: motion at once; live keys and buttons at the viewer's pace at
+    /// once; an event at the viewer's pace that had to wait (replayed, or behind others) at
+    /// half its original gap (capped at `max_gap`, at least half a `live_interval`) after the
+    /// previous key or button, so the lag a wait caused shrinks instead of every later event
+    /// inheriting it; keys faster than the viewer's pace (a paste, a loop) when the PS/2
+    /// bucket has room ([`Journal::keys_room_at`]); a button `min_interval` after the latest
+    /// re-sync.
     ///
     /// Why half gaps for a delayed spaced event and not the bucket: at 700 and 1000 events/s
     /// the console reads a few of a viewer's events in one read now and then; they wait for
@@ -166,16 +166,15 @@ impl Journal {
             return p.available;
         }
         let mut due = p.available;
-        let viewer_gap = p.gap >= self.config.burst_gap;
         let waited = !self.viewer_spaced(p);
-        if waited && (p.replay || viewer_gap) {
+        if waited && (p.replay || p.paced) {
             if let Some(last) = self.last_paced {
-                let wait = (p.gap.min(self.config.max_gap) / 2).max(self.config.key_drain / 2);
+                let wait = (p.gap.min(self.config.max_gap) / 2).max(self.config.live_interval / 2);
                 due = due.max(last.checked_add(wait).unwrap_or(last));
             }
         }
         match p.entry.event {
-            InputEvent::Key { .. } if waited && !viewer_gap => {
+            InputEvent::Key { .. } if waited && !p.paced => {
                 if let Some(room) = self.keys_room_at() {
                     due = due.max(room);
                 }
@@ -191,8 +190,8 @@ impl Journal {
         due
     }
 
-    /// `p` was spaced by the viewer ([`Config::burst_gap`] or more after the previous push,
-    /// nothing waiting ahead, no refusal since): it keeps the viewer's own spacing, as QEMU's
+    /// `p` was spaced by the viewer (at the viewer's pace, [`Config::live_interval`], nothing
+    /// waiting ahead, no refusal since): it keeps the viewer's own spacing, as QEMU's
     /// own VNC server would hand it over, and does not wait for the PS/2 bucket (it still
     /// fills it). Keys that arrived together (one TCP read), waited behind others or in the
     /// viewer's socket (backpressure), or are replayed do. Whether the key before it went late
@@ -200,7 +199,7 @@ impl Journal {
     /// 1 ms late would otherwise have every later key judged late too, and fall behind at the
     /// bucket's pace for good (`dmore bench input`: 4 s behind after 10 s).
     ///
-    /// [`Config::burst_gap`]: super::Config::burst_gap
+    /// [`Config::live_interval`]: super::Config::live_interval
     fn viewer_spaced(&self, p: &Pending) -> bool {
         p.spaced
     }

@@ -151,9 +151,36 @@ struct Pending {
     /// QEMU refused it once already (see `Journal::handle_qmp_reply`); refused again, it is
     /// dropped.
     refused: bool,
-    /// Live, pushed `burst_gap` or more after the previous push with nothing waiting ahead
-    /// and no refusal since: spaced by the viewer itself (see `Journal::viewer_spaced`).
+    /// It arrived at the viewer's pace ([`Config::live_interval`], [`Config::live_burst`]),
+    /// not in a burst faster than that nor after a refusal.
+    paced: bool,
+    /// Live, at the viewer's pace, with nothing waiting ahead: it goes as it comes (see
+    /// `Journal::viewer_spaced`).
     spaced: bool,
+}
+
+/// Whether key/button events arrive at the viewer's pace: on average no more than one per
+/// [`Config::live_interval`], up to [`Config::live_burst`] at once. A generic cell rate
+/// algorithm on arrival times; only an event that keeps the pace moves its schedule on.
+#[derive(Debug, Default, Clone, Copy)]
+struct ViewerPace {
+    /// When the next event would arrive on schedule (the theoretical arrival time).
+    next_due: Option<Instant>,
+}
+
+impl ViewerPace {
+    /// An event arriving at `now` keeps the pace (and counts in it).
+    fn keeps(&mut self, now: Instant, config: &Config) -> bool {
+        let tolerance = config
+            .live_interval
+            .saturating_mul(config.live_burst.saturating_sub(1));
+        let due = self.next_due.map_or(now, |d| d.max(now));
+        if due.saturating_duration_since(now) > tolerance {
+            return false;
+        }
+        self.next_due = Some(due.checked_add(config.live_interval).unwrap_or(due));
+        true
+    }
 }
 
 /// Fast-lane events written since the last fence.
@@ -232,6 +259,8 @@ pub struct Journal {
     last_push: Option<Instant>,
     /// `push` refused something since the last accepted push.
     refused_since_push: bool,
+    /// Whether live key/button events arrive at the viewer's pace.
+    viewer_pace: ViewerPace,
     /// When the latest key/button event was due (not when it went: a late wake-up of the
     /// shell must not push a replay's whole schedule back).
     last_paced: Option<Instant>,
@@ -269,6 +298,7 @@ impl Journal {
             pending_seqd: 0,
             last_push: None,
             refused_since_push: false,
+            viewer_pace: ViewerPace::default(),
             last_paced: None,
             keys_busy_until: None,
             fast_open: false,
@@ -322,6 +352,7 @@ impl Journal {
                     available: now,
                     replay: false,
                     refused: false,
+                    paced: false,
                     spaced: false,
                 }),
             }
@@ -344,10 +375,8 @@ impl Journal {
             Some(t) if !self.refused_since_push => now.saturating_duration_since(t),
             _ => Duration::ZERO,
         };
-        let spaced = self.vm_running
-            && !self.delivery_frozen
-            && self.pending_seqd == 0
-            && gap >= self.config.burst_gap;
+        let paced = !self.refused_since_push && self.viewer_pace.keeps(now, &self.config);
+        let spaced = self.vm_running && !self.delivery_frozen && self.pending_seqd == 0 && paced;
         self.refused_since_push = false;
         self.last_push = Some(now);
         // Held: replayed at half its gap. Live input behind events still waiting (a click's
@@ -359,6 +388,7 @@ impl Journal {
             available: now,
             replay,
             refused: false,
+            paced,
             spaced,
         });
         self.pending_seqd += 1;

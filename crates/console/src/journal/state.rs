@@ -2,7 +2,7 @@
 
 use super::{
     Button, Config, Control, Entry, InputEvent, Journal, Pending, PressLane, Seq, SeqRange, Stats,
-    ViewerId,
+    ViewerId, ViewerPace,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -131,12 +131,13 @@ impl Journal {
             .collect();
         JournalState {
             version: STATE_VERSION,
-            // What a decoded snapshot would hold (button_settle, key_drain and burst_gap are
-            // not in the layout).
+            // What a decoded snapshot would hold (button_settle, key_drain and the live pace
+            // are not in the layout).
             config: Config {
                 button_settle: Config::default().button_settle,
                 key_drain: Config::default().key_drain,
-                burst_gap: Config::default().burst_gap,
+                live_interval: Config::default().live_interval,
+                live_burst: Config::default().live_burst,
                 ..self.config
             },
             next_seq: self.next_seq,
@@ -188,20 +189,27 @@ impl Journal {
             .iter()
             .fold(0, |mask, b| mask | b.rfb_mask());
         j.buttons.last_button = Some(now);
+        // Whether each came at the viewer's pace is judged again from the gaps it came with.
+        let mut pace = ViewerPace::default();
+        let mut arrived = now;
         j.pending = state
             .held
             .iter()
-            .map(|h| Pending {
-                entry: Entry {
-                    seq: h.seq,
-                    viewer: h.viewer,
-                    event: h.event,
-                },
-                gap: h.gap,
-                available: now,
-                replay: true,
-                refused: false,
-                spaced: false,
+            .map(|h| {
+                arrived = arrived.checked_add(h.gap).unwrap_or(arrived);
+                Pending {
+                    entry: Entry {
+                        seq: h.seq,
+                        viewer: h.viewer,
+                        event: h.event,
+                    },
+                    gap: h.gap,
+                    available: now,
+                    replay: true,
+                    refused: false,
+                    paced: h.seq.is_some() && pace.keeps(arrived, &j.config),
+                    spaced: false,
+                }
             })
             .collect::<VecDeque<_>>();
         j.pending_seqd = state.held();

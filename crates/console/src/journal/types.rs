@@ -233,9 +233,9 @@ impl SeqRange {
 ///   to read the queue between them — several events in one TCP read from the viewer, a
 ///   backlog replayed, a QMP batch. The journal models the queue as a bucket: at most
 ///   `max_paced_per_batch` keys back to back, then one more per `key_drain`. A live key that
-///   arrives `burst_gap` or more after the previous push, with nothing waiting ahead, keeps
-///   the viewer's own spacing and does not wait for the bucket (QEMU's own VNC server hands
-///   it over the same way), even if the key before it went late; it still counts in it.
+///   keeps the viewer's pace (`live_interval`, `live_burst`), with nothing waiting ahead,
+///   goes as it comes and does not wait for the bucket (QEMU's own VNC server hands it over
+///   the same way), even if the key before it went late; it still counts in it.
 /// - **A mouse button pressed and released before QEMU reports it is lost** when QEMU's
 ///   mouse queue was full at the press: the journal models that queue and, only then, makes
 ///   the button's next event wait for a re-sync (`button_settle`, below).
@@ -304,25 +304,39 @@ pub struct Config {
     /// version 1): a restored journal uses the default.
     #[serde(skip, default = "default_key_drain")]
     pub key_drain: Duration,
-    /// Least spacing, after the previous key or button went, for a live key to count as
-    /// spaced by the viewer (see "Pacing" above); closer ones arrived together (one TCP read,
-    /// a busy console) and wait for the PS/2 bucket.
+    /// The viewer's pace, as the journal keeps it: live key/button events arriving at no more
+    /// than one per `live_interval` on average, with up to `live_burst` at once, go as they
+    /// come (see "Pacing" above); faster input (a paste, a test pushing in a loop, events that
+    /// waited in the viewer's socket) waits for the PS/2 bucket. A generic cell rate
+    /// algorithm on arrival times: jitter and events read together in one TCP read pass,
+    /// a sustained rate above `1 / live_interval` does not.
     ///
     /// Not carried in a [`JournalState`](super::JournalState) (its layout stays that of
     /// version 1): a restored journal uses the default.
-    #[serde(skip, default = "default_burst_gap")]
-    pub burst_gap: Duration,
+    #[serde(skip, default = "default_live_interval")]
+    pub live_interval: Duration,
+    /// How many events may arrive together and still keep the viewer's pace (see
+    /// `live_interval`).
+    #[serde(skip, default = "default_live_burst")]
+    pub live_burst: u32,
 }
 
-/// [`Config::burst_gap`]'s default: 1 ms, so a viewer's own pace up to 1000 events/s goes
-/// unpaced, as QEMU's own VNC server takes it, while input that arrived together (a paste,
-/// events read in one TCP read microseconds apart, a test pushing in a loop) is paced by the
-/// bucket: at 300 µs a loop pushing 300 keys into the link (`cargo test -p console --test
-/// back_keys`) overran the tiny guest's PS/2 queue on this loaded machine. At 2 ms a steady
-/// 700 events/s stream (1.43 ms apart) counted as a burst and fell 3.1 s behind in 10 s into
-/// both guests, which took it from QEMU's own VNC without loss (`dmore bench input`).
-fn default_burst_gap() -> Duration {
-    Duration::from_millis(1)
+/// [`Config::live_interval`]'s default: 0.8 ms, so a viewer's own pace up to 1250 events/s
+/// goes as QEMU's own VNC server takes it. Before, a live key counted as the viewer's pace
+/// only if it came 1 ms or more after the previous one: at 1000 events/s half the gaps are a
+/// little under that, those keys waited for the 2 ms bucket and dmore fell ~6 s behind in
+/// 10 s on both guests where QEMU kept up (`dmore bench input`). A loop pushing keys 300 µs
+/// apart overran the tiny guest's PS/2 queue when such keys went unpaced (`cargo test -p
+/// console --test back_keys`, loaded machine): the rate bound keeps that out.
+fn default_live_interval() -> Duration {
+    Duration::from_micros(800)
+}
+
+/// [`Config::live_burst`]'s default: 2 events, so a fast viewer's events read two at a time
+/// keep its pace, while what piles up in the console's socket when the console (or the
+/// machine) stalls does not: it goes at the PS/2 bucket's pace, as before.
+fn default_live_burst() -> u32 {
+    2
 }
 
 /// [`Config::key_drain`]'s default: 2 ms per key event. At 3 ms (the old default) a viewer
@@ -354,7 +368,8 @@ impl Default for Config {
             max_held: 4096,
             button_settle: default_button_settle(),
             key_drain: default_key_drain(),
-            burst_gap: default_burst_gap(),
+            live_interval: default_live_interval(),
+            live_burst: default_live_burst(),
         }
     }
 }

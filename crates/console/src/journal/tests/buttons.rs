@@ -413,7 +413,11 @@ proptest! {
 
 #[test]
 fn keys_and_wheel_steps_pushed_together_wait_only_for_the_ps2_keyboard_queue() {
-    let mut s = Shell::new(timing());
+    // Faster than the viewer's pace from the second event on: a burst.
+    let mut s = Shell::new(Config {
+        live_burst: 1,
+        ..timing()
+    });
     for k in 0..3 {
         s.push(key(true, k));
         s.push(button(true, Button::WheelUp));

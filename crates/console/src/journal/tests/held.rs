@@ -84,12 +84,12 @@ fn held_events_replay_at_half_the_viewer_gaps() {
     j.handle_vm_resumed();
     let sent = run_until_idle(&mut j, at(10_000));
     let gaps: Vec<Duration> = sent.windows(2).map(|w| w[1].2 - w[0].2).collect();
-    // 1 ms, 99 ms, and 4900 ms capped at max_gap (500 ms), each halved: twice the pace,
-    // never less than half a key_drain (1 ms) apart.
+    // 1 ms, 99 ms, and 4900 ms capped at max_gap (500 ms), each halved: twice the pace
+    // (never less than half a live_interval, 0.4 ms, apart).
     assert_eq!(
         gaps,
         [
-            Duration::from_millis(1),
+            Duration::from_micros(500),
             Duration::from_micros(49_500),
             Duration::from_millis(250)
         ]

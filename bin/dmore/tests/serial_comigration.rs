@@ -59,7 +59,11 @@ async fn serial_bytes_cross_co_migrations_exactly_once() -> anyhow::Result<()> {
         .context("the bed serves the serial lane")?;
     let client = SerialClient::through_dmore(move || {
         let host = client_host.clone();
-        async move { scenarios::typist::connect_from(&host, addr).await }
+        async move {
+            let s = scenarios::typist::connect_from(&host, addr).await?;
+            s.set_nodelay(true)?;
+            Ok(s)
+        }
     });
     tokio::time::sleep(BETWEEN).await;
     let s = client.stream();

@@ -315,11 +315,13 @@ serial_putc:
     pop %edx
     ret
 
-# COM2: echo and count what arrived; the numbered line when it is due. Interrupts off while
+# COM2: echo and count what arrived (a FIFO's worth per call, so that a steady stream of input
+# never keeps the timer away), then the numbered line when it is due. Interrupts off while
 # writing to COM2 (putc_port is shared with the reports the interrupt handlers write).
 uart_service:
     cli
     movl $COM2, putc_port
+    mov $16, %ecx
 0:  mov $COM2+5, %dx
     in %dx, %al
     test $1, %al                            # data ready
@@ -328,7 +330,7 @@ uart_service:
     in %dx, %al
     incl uart_received
     call serial_putc
-    jmp 0b
+    loop 0b
 1:  mov ticks, %eax
     sub uart_last, %eax
     cmp opt_uart, %eax

@@ -29,6 +29,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 /// How often the lane measures QEMU's reads while bytes are in its socket.
 const MEASURE_EVERY: Duration = Duration::from_millis(1);
+/// Longest a freeze of a running VM's lane waits for QEMU to read what is in its socket.
+const SETTLE: Duration = Duration::from_millis(500);
 /// Output chunks queued for one viewer before it is cut.
 const VIEWER_QUEUE: usize = 256;
 /// Bytes in QEMU's socket at most: the 16550A's FIFO, all QEMU takes before the guest reads.
@@ -99,13 +101,14 @@ impl SerialPort {
     }
 }
 
-/// The memory `SIOCOUTQ` counts for one unread one-byte write on a unix stream socket.
-#[derive(Debug, Clone, Copy)]
-struct WriteUnit(usize);
+/// The memory `SIOCOUTQ` counts for one unread one-byte write on a unix stream socket: with
+/// one byte per write, `SIOCOUTQ / unit` is the exact number of bytes the peer has not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteUnit(pub usize);
 
 impl WriteUnit {
     /// Measured on a socketpair: one write, then [`WINDOW`] of them, must count linearly.
-    fn measure() -> std::io::Result<WriteUnit> {
+    pub fn measure() -> std::io::Result<WriteUnit> {
         let (mut a, _b) = std::os::unix::net::UnixStream::pair()?;
         a.write_all(b"x")?;
         let unit = outq(a.as_raw_fd())?;
@@ -121,8 +124,8 @@ impl WriteUnit {
         Ok(WriteUnit(unit))
     }
 
-    /// Written bytes still unread in the socket `fd`.
-    fn unread(self, fd: RawFd) -> std::io::Result<usize> {
+    /// Bytes written one per `write()` to the unix stream socket `fd` and still unread.
+    pub fn unread(self, fd: RawFd) -> std::io::Result<usize> {
         Ok(outq(fd)?.div_ceil(self.0))
     }
 }
@@ -291,6 +294,10 @@ impl Lane {
             let take_input = !self.gate.frozen && self.state.input.room() >= CHUNK;
             tokio::select! {
                 cmd = commands.recv() => match cmd {
+                    Some(c @ Command::Freeze(_)) => {
+                        self.settle().await;
+                        self.command(c);
+                    }
                     Some(c) => self.command(c),
                     None => return,
                 },
@@ -349,6 +356,16 @@ impl Lane {
                 // this console keeps them as written, should its VM run here again (thaw).
                 let mut moved = self.state.clone();
                 let unread = moved.input.detach();
+                if unread > 0 && self.gate.migrating {
+                    // Written before the migration started and still unread: the guest has
+                    // not read its UART since. Exact if the FIFO is full (QEMU reads nothing
+                    // more); if it has room, QEMU may still take them before it saves the UART
+                    // (see the module docs of `crate::serial`).
+                    tracing::warn!(
+                        unread,
+                        "serial bytes still in QEMU's socket at the switchover: written again on the destination"
+                    );
+                }
                 tracing::info!(
                     consumed = moved.input.consumed(),
                     pending = moved.input.pending(),
@@ -376,6 +393,22 @@ impl Lane {
                     "gate_open": self.gate.open(),
                 }));
             }
+        }
+    }
+
+    /// A freeze while the VM runs (a local hand-over: the new console attaches to the same
+    /// QEMU, which may still read this socket's bytes before it sees it close): first let QEMU
+    /// read what is in the socket, for up to [`SETTLE`]. A VM stopped for a migration reads
+    /// nothing more (module docs of `crate::serial`).
+    async fn settle(&mut self) {
+        self.gate.frozen = true;
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while self.gate.running
+            && self.state.input.in_socket() > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(MEASURE_EVERY).await;
+            self.measure();
         }
     }
 

@@ -12,34 +12,42 @@
 //! `hw/char/serial.c`)
 //!
 //! QEMU's socket chardev reads from its socket only as many bytes as the 16550A will take
-//! (`tcp_chr_read_poll` asks `serial_can_receive`: up to the receive trigger level, then one
-//! at a time up to the 16-byte FIFO; one without FIFO) and hands every byte it read to the
-//! UART at once: a byte QEMU read is in the UART's FIFO, which is device state and migrates
-//! with the VM; a byte still in the socket dies with the source QEMU. So "what the guest will
-//! get" is exactly "what QEMU read", and the console must know that count at the switchover.
+//! (`tcp_chr_read_poll` asks `serial_can_receive`: `itl - count` while the FIFO holds at most
+//! the receive trigger level the guest set, one without FIFO) and hands every byte it read
+//! to the UART at once: a byte QEMU read is in the UART's FIFO, which is device state and
+//! migrates with the VM; a byte still in the socket dies with the source QEMU. So "what the
+//! guest will get" is exactly "what QEMU read", and the console must know that count at the
+//! switchover. Measured (`tests/serial_qemu_reads.rs`): with the VM stopped, QEMU fills an
+//! empty FIFO to the trigger level (14 of 40 bytes written, with FCR 0xc7) and reads not one
+//! byte more however long it waits; running, the guest's reads let it take the rest.
 //!
 //! `ioctl(SIOCOUTQ)` on the console's end of a unix stream socket does not count bytes: it is
 //! the memory of the writes the peer has not finished reading, and a write's memory is freed
 //! only when all of it was read. So the console writes **one byte per `write()`**: each write
-//! is then read whole or not at all, its memory is the same every time (measured once per
-//! process on a socketpair: [`crate::front::serial`]'s `unit`), and `SIOCOUTQ / unit` is the
-//! exact number of written bytes QEMU has not read ([`InputLedger::measured`]). At most
-//! `window` bytes are in the socket at once (the FIFO's 16: QEMU takes no more before the
-//! guest reads), so one-byte writes cost nothing the UART would not make the writer wait for.
+//! is then read whole or not at all, its memory is the same every time (768 bytes on kernel
+//! 6.18; measured once per process on a socketpair, `front::serial::WriteUnit`), and
+//! `SIOCOUTQ / unit` is the exact number of written bytes QEMU has not read
+//! ([`InputLedger::measured`]). At most 16 bytes (the FIFO) are in the socket at once: QEMU
+//! takes no more before the guest reads, so one-byte writes cost nothing the UART would not
+//! make the writer wait for.
 //!
 //! # The switchover
 //!
-//! The count is exact at any instant; what matters is that no read happens after QEMU saved
-//! the UART's state (the source then put a byte into a FIFO that does not migrate). QEMU reads
-//! only while the UART has room, and a stopped guest never makes room: once the VM stopped,
-//! a byte in the socket is read after the save only if it arrived within QEMU's main-loop
-//! latency before the stop. The run-state rule ([`Gate`]) closes that window: the console
-//! writes only while the VM runs **and no migration is under way** (`MIGRATION` from `setup`
-//! on, or a `prepare`/announce from the orchestrator), so every byte was written long before
-//! the stop; at the freeze it measures the unread count once more, keeps the unread bytes as
-//! not consumed ([`InputLedger::detach`]), and the destination writes them to its QEMU once its
-//! VM runs. Typed input waits for the switchover (it is held, in order, like the graphics
-//! lanes' input around a migration); output flows all the time.
+//! The count is exact at any instant; what matters is that QEMU reads nothing between the
+//! console's last measurement and QEMU's save of the UART (a byte read then is in the
+//! migrated FIFO *and* counted unread; one read after the save went into a FIFO that does not
+//! migrate). A stopped guest never makes room in its FIFO, so after the stop QEMU reads only
+//! what arrived within its main-loop latency before the stop while the FIFO had room. The
+//! run-state rule ([`Gate`]) keeps that case away: the console writes only while the VM runs
+//! **and no migration is under way** (`MIGRATION` from `setup` on), so the last byte was
+//! written a whole pre-copy before the stop, and a guest that reads its UART has emptied the
+//! socket long before (at the freeze the console measures once more; what is still unread
+//! stays unconsumed, [`InputLedger::detach`], and the destination writes it once its VM
+//! runs). Left: a guest that reads its UART slowly enough to leave bytes in the socket for
+//! the whole pre-copy with room in its FIFO at the stop (the freeze logs such bytes); and a
+//! manager that migrates with the `events` capability off (no `MIGRATION` event to hold on).
+//! Typed input waits for the switchover (held, in order, like the graphics lanes' input
+//! around a migration); output flows all the time.
 //!
 //! # Output
 //!

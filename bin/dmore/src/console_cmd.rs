@@ -110,6 +110,39 @@ pub struct ConsoleArgs {
     /// this, every encoding is lossless (as QEMU's VNC without its `lossy` option).
     #[arg(long)]
     lossy: bool,
+    /// QEMU's serial chardev: QEMU runs with `-chardev socket,id=ser0,path=PATH,server=on,wait=off
+    /// -serial chardev:ser0`. The console carries the serial console across migrations: every
+    /// typed byte reaches the UART once, every output byte reaches each viewer once.
+    #[arg(long, value_name = "PATH")]
+    serial_socket: Option<PathBuf>,
+    /// A unix socket (mode 0600) where operators on this host attach to the serial console
+    /// (`dmore serial attach PATH`, or any client of a byte stream).
+    #[arg(long, value_name = "PATH", requires = "serial_socket")]
+    serial_attach: Option<PathBuf>,
+    /// A TCP address for serial viewers (no password: needs --insecure-no-auth); on the
+    /// service address it moves with the VM and viewers resume there (`dmore serial attach
+    /// --reconnect HOST:PORT`).
+    #[arg(long, value_name = "ADDR", requires = "serial_socket")]
+    serial_listen: Option<SocketAddr>,
+    /// Serial output kept and moved with the console, for viewers that attach later
+    /// (bytes, or with a KiB/MiB suffix).
+    #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
+    serial_scrollback: usize,
+}
+
+/// A size in bytes, with an optional `KiB` or `MiB` suffix.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let (num, mult) = match s {
+        s if s.ends_with("KiB") => (&s[..s.len() - 3], 1 << 10),
+        s if s.ends_with("MiB") => (&s[..s.len() - 3], 1 << 20),
+        s => (s, 1),
+    };
+    num.trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n <= 64 << 20)
+        .ok_or_else(|| format!("{s:?} is not a size of at most 64MiB (e.g. 256KiB)"))
 }
 
 pub(crate) fn read_password(path: &Path) -> anyhow::Result<rfb::Password> {
@@ -183,6 +216,14 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
         migration,
         qemu_wait: std::time::Duration::from_secs(args.qemu_wait),
         lossy: args.lossy,
+        serial: args
+            .serial_socket
+            .map(|socket| console::front::SerialConfig {
+                socket,
+                attach: args.serial_attach,
+                listen: args.serial_listen,
+                scrollback: args.serial_scrollback,
+            }),
     };
     // One thread: a key crosses reader → hub → link tasks, and on a multi-thread runtime each
     // hop can wake a parked worker (~25-37 µs each on this 2-core machine, against ~9-20 µs

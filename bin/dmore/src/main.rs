@@ -9,6 +9,7 @@ mod demo_cmd;
 mod gateway_cmd;
 mod libvirt_cmd;
 mod migrate_cmd;
+mod serial_cmd;
 mod soak_cmd;
 
 /// dmore keeps a VM's out-of-band console (VNC) alive across QEMU live migration.
@@ -42,6 +43,8 @@ enum Command {
     Soak(soak_cmd::SoakArgs),
     /// Gateway mode: viewers relayed to consoles over resumable streams (docs/gateway.md).
     Gateway(gateway_cmd::GatewayArgs),
+    /// The serial console of a VM served by a dmore console (`dmore serial attach`).
+    Serial(serial_cmd::SerialArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,5 +61,6 @@ fn main() -> anyhow::Result<()> {
         Command::Libvirt(args) => libvirt_cmd::run(args),
         Command::Soak(args) => soak_cmd::run(args),
         Command::Gateway(args) => gateway_cmd::run(args),
+        Command::Serial(args) => serial_cmd::run(args),
     }
 }

@@ -12,5 +12,7 @@ pub mod journal;
 pub mod keymap;
 pub mod privilege;
 pub mod screen;
+pub mod serial;
+pub mod serial_attach;
 pub mod session;
 pub mod snapshot;

@@ -4,6 +4,7 @@
 
 use console::journal::{Button, Config, InputEvent, Journal, ViewerId};
 use console::screen::{Screen, ScreenState};
+use console::serial::SerialState;
 use console::session::{Negotiated, Session, SessionState, SESSION_STATE_VERSION};
 use console::snapshot::{ConsoleSnapshot, SnapshotError, SnapshotReader, SnapshotWriter};
 use proptest::prelude::*;
@@ -147,6 +148,7 @@ fn console_snapshot() -> impl Strategy<Value = ConsoleSnapshot> {
                 journal: journal(&events).freeze(),
                 screen: screen(w, h, seed, cursor, leds).freeze(),
                 sessions,
+                serial: (seed % 2 == 1).then(|| serial(seed)),
             }
         })
 }
@@ -198,7 +200,17 @@ fn small_snapshot() -> ConsoleSnapshot {
         journal: journal(&[(true, 1), (false, 1)]).freeze(),
         screen: screen(72, 40, 9, true, Some(2)).freeze(),
         sessions,
+        serial: Some(serial(9)),
     }
+}
+
+/// A serial lane with output beyond its scrollback and typed bytes pending.
+fn serial(seed: u32) -> SerialState {
+    let mut s = SerialState::new(16);
+    s.output
+        .push(format!("line {seed}\r\nline {}\r\n", seed + 1).as_bytes());
+    s.input.accept(b"uname -a\n");
+    s
 }
 
 /// Re-frames the pieces of `snap` with `edit` applied to the list of (kind, version, bytes).

@@ -15,6 +15,7 @@
     .set MB_BOOT_MAGIC, 0x2BADB002
 
     .set COM1,          0x3f8
+    .set COM2,          0x2f8               # the serial console (`uart=<ms>`)
     .set VGA_TEXT,      0xb8000
     .set VGA_COLS,      80
     .set VGA_ROWS,      25
@@ -59,13 +60,19 @@ _start:
     rep stosb
     mov $stack_top, %esp
 
-    call serial_init
+    mov $COM1, %dx
+    call uart_init
     call vga_setmode
     call vga_init
     mov %esi, %eax
     call read_multiboot                     # %ebx = info; options and memory size
     call setup_dirty_region
     call print_options
+    cmpl $0, opt_uart
+    je 2f
+    mov $COM2, %dx
+    call uart_init
+2:
     call vbe_init
     call idt_init
     call lapic_init
@@ -77,6 +84,9 @@ _start:
     call serial_puts
 idle:
     hlt
+    cmpl $0, opt_uart
+    je idle
+    call uart_service
     jmp idle
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +143,13 @@ parse_cmdline:
     call parse_dec
     mov %eax, opt_animate
     jmp 8f
-4:  mov $kw_vbe, %edi                       # vbe=<width>x<height>
+4:  mov $kw_uart, %edi
+    call match_prefix
+    jnz 5f
+    call parse_dec
+    mov %eax, opt_uart
+    jmp 8f
+5:  mov $kw_vbe, %edi                       # vbe=<width>x<height>
     call match_prefix
     jnz 8f
     call parse_dec
@@ -247,47 +263,95 @@ print_options:
     ret
 
 # ---------------------------------------------------------------------------------------------
-# COM1, polled, 115200 8N1.
-serial_init:
-    mov $COM1+1, %dx
+# The UARTs, polled, 115200 8N1. COM1 carries the reports; COM2 is the serial console of
+# `uart=<ms>`: every byte received is echoed and counted, and every <ms> ms a numbered line
+# `#<line> <received>\n` (8 hex digits each) is written.
+
+# %dx = the UART's base port.
+uart_init:
+    push %ecx
+    mov %edx, %ecx
+    inc %dx
     xor %al, %al
     out %al, %dx                            # no UART interrupts
-    mov $COM1+3, %dx
+    add $2, %dx
     mov $0x80, %al
     out %al, %dx                            # DLAB
-    mov $COM1, %dx
+    mov %ecx, %edx
     mov $1, %al
     out %al, %dx                            # divisor 1
-    mov $COM1+1, %dx
+    inc %dx
     xor %al, %al
     out %al, %dx
-    mov $COM1+3, %dx
+    add $2, %dx
     mov $0x03, %al
     out %al, %dx                            # 8N1
-    mov $COM1+2, %dx
+    dec %dx
     mov $0xc7, %al
-    out %al, %dx                            # FIFO on, cleared
-    mov $COM1+4, %dx
+    out %al, %dx                            # FIFO on, cleared, receive trigger 14
+    add $2, %dx
     mov $0x03, %al
     out %al, %dx                            # DTR, RTS
+    pop %ecx
     ret
 
-# %al = byte. Preserves everything but flags.
+# %al = byte, to the UART at putc_port (COM1 but while uart_service writes, interrupts off).
+# Preserves everything but flags.
 serial_putc:
     push %edx
     push %ecx
     push %eax
-    mov $COM1+5, %dx
+    mov putc_port, %edx
+    add $5, %dx
     mov $100000, %ecx
 0:  in %dx, %al
     test $0x20, %al
     jnz 1f
     loop 0b
 1:  pop %eax
-    mov $COM1, %dx
+    sub $5, %dx
     out %al, %dx
     pop %ecx
     pop %edx
+    ret
+
+# COM2: echo and count what arrived (a FIFO's worth per call, so that a steady stream of input
+# never keeps the timer away), then the numbered line when it is due. Interrupts off while
+# writing to COM2 (putc_port is shared with the reports the interrupt handlers write).
+uart_service:
+    cli
+    movl $COM2, putc_port
+    mov $16, %ecx
+0:  mov $COM2+5, %dx
+    in %dx, %al
+    test $1, %al                            # data ready
+    jz 1f
+    mov $COM2, %dx
+    in %dx, %al
+    incl uart_received
+    call serial_putc
+    loop 0b
+1:  mov ticks, %eax
+    sub uart_last, %eax
+    cmp opt_uart, %eax
+    jb 9f
+    mov ticks, %eax
+    mov %eax, uart_last
+    mov $'#', %al
+    call serial_putc
+    mov uart_line, %eax
+    mov $8, %ecx
+    call serial_hex
+    mov $' ', %al
+    call serial_putc
+    mov uart_received, %eax
+    mov $8, %ecx
+    call serial_hex
+    mov $'\n', %al
+    call serial_putc
+    incl uart_line
+9:  movl $COM1, putc_port
+    sti
     ret
 
 # %esi = NUL-terminated string (preserved).
@@ -1367,6 +1431,7 @@ kw_dirty:         .asciz "dirty="
 kw_rate:          .asciz "rate="
 kw_animate:       .asciz "animate="
 kw_vbe:           .asciz "vbe="
+kw_uart:          .asciz "uart="
 hex_digits:       .ascii "0123456789abcdef"
 
 vga_seq:      .byte 0x03, 0x00, 0x03, 0x00, 0x02
@@ -1398,6 +1463,7 @@ gdt_desc:
 idt_desc:
     .word 256 * 8 - 1
     .long idt
+putc_port:  .long COM1
 
     .bss
     .balign 16
@@ -1409,6 +1475,10 @@ mem_upper_kib:  .skip 4
 opt_dirty_mib:  .skip 4
 opt_rate:       .skip 4
 opt_animate:    .skip 4
+opt_uart:       .skip 4
+uart_received:  .skip 4
+uart_line:      .skip 4
+uart_last:      .skip 4
 dirty_base:     .skip 4
 dirty_pages:    .skip 4
 dirty_pages_per_s: .skip 4

@@ -48,6 +48,11 @@
 //!   migration, so this is a page-dirty rate of `rate × 256` pages/s.
 //! - `animate`: every `<ms>` ms the top right 8 cells of the screen show the tick count in hex
 //!   on a new background colour, so every update changes the region (frame-rate tests).
+//! - `uart=<ms>` ([`GuestOptions::uart_ms`]): COM2 (0x2f8, 115200 8N1, FIFO with receive
+//!   trigger 14) is a serial console: each byte received is echoed back on COM2 and counted,
+//!   and every `<ms>` ms the guest writes `#<line> <received>\n` there (8 lowercase hex digits
+//!   each: the line's number from 0, the bytes received so far). Typed bytes never contain
+//!   `#`, so the stream parses as echoes and numbered lines.
 //! - `vbe=<w>x<h>` (e.g. [`vbe_option`]`(1024, 768)`; not part of [`GuestOptions`], append it
 //!   to [`GuestOptions::cmdline`]): a 32 bpp graphics mode through the Bochs VBE ports, for
 //!   firmware-independent screen sizes (works under qboot). The text echo does not show there;
@@ -104,6 +109,9 @@ pub struct GuestOptions {
     pub animate: bool,
     /// A `width` x `height` 32 bpp graphics mode (Bochs VBE) instead of VGA text mode.
     pub vbe: Option<(u16, u16)>,
+    /// The serial console on COM2 (`uart=<ms>`): echo and count received bytes, and write a
+    /// numbered line every this many ms (0: COM2 untouched).
+    pub uart_ms: u32,
 }
 
 impl GuestOptions {
@@ -117,6 +125,9 @@ impl GuestOptions {
         );
         if let Some((width, height)) = self.vbe {
             line.push_str(&format!(" vbe={width}x{height}"));
+        }
+        if self.uart_ms > 0 {
+            line.push_str(&format!(" uart={}", self.uart_ms));
         }
         line
     }
@@ -148,6 +159,7 @@ mod tests {
             dirty_rate_mib_s: 100,
             animate: true,
             vbe: None,
+            uart_ms: 0,
         };
         assert_eq!(opts.cmdline(), "dirty=64 rate=100 animate=1");
         let graphics = GuestOptions {

@@ -82,6 +82,10 @@ pub struct CoBedOptions {
     /// The consoles' `--qemu-wait` (how long a session outlives its QEMU); `None`: dmore's
     /// default.
     pub qemu_wait: Option<Duration>,
+    /// The serial lane: each QEMU gets the serial console (`QemuConfig::serial_console`, the
+    /// guest's COM2) and each console serves it on the service address at this port
+    /// (`--serial-listen`) and on `serial.sock` in its directory (`--serial-attach`).
+    pub serial_port: Option<u16>,
 }
 
 /// The user and group `nobody` and `nogroup` on Debian.
@@ -100,6 +104,7 @@ impl CoBedOptions {
             console_user: nix::unistd::geteuid().is_root().then_some(NOBODY),
             keymap: None,
             qemu_wait: None,
+            serial_port: None,
         }
     }
 }
@@ -458,6 +463,19 @@ impl CoBed {
         SocketAddr::from((self.service.addr(), self.options.port))
     }
 
+    /// Where serial viewers connect: the service address and the serial port, if configured.
+    pub fn serial_service(&self) -> Option<SocketAddr> {
+        self.options
+            .serial_port
+            .map(|port| SocketAddr::from((self.service.addr(), port)))
+    }
+
+    /// The home console's `--serial-attach` socket (with [`CoBedOptions::serial_port`]).
+    pub fn home_serial_attach(&self) -> Option<PathBuf> {
+        self.options.serial_port?;
+        Some(self.home.as_ref()?.control.parent()?.join("serial.sock"))
+    }
+
     /// Whether the service address is on `role`'s host now (it must be on the VM's home only).
     pub fn service_is_on(&self, role: Role) -> Result<bool, CoBedError> {
         Ok(self.service.is_on(self.testbed.host(role))?)
@@ -799,6 +817,7 @@ impl CoBed {
         cfg.extra_qmp = true;
         cfg.incoming = incoming.is_some();
         cfg.keymap.clone_from(&self.options.keymap);
+        cfg.serial_console = self.options.serial_port.is_some();
         cfg.extra_args = vec!["-qmp".into(), monitor];
         let launch = |source| CoBedError::Launch {
             host: host.name(),
@@ -821,9 +840,14 @@ impl CoBed {
         if let Some(user) = self.options.console_user {
             // What an operator does for a console user: QEMU's sockets and the console's
             // directory are its.
-            for path in [Some(dir.as_path()), Some(qemu.vnc_path()), qemu.qmp2_path()]
-                .into_iter()
-                .flatten()
+            for path in [
+                Some(dir.as_path()),
+                Some(qemu.vnc_path()),
+                qemu.qmp2_path(),
+                qemu.serial_console_path(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 give(path, user)?;
             }
@@ -891,6 +915,14 @@ impl CoBed {
         }
         if let Some(wait) = self.options.qemu_wait {
             cmd.arg("--qemu-wait").arg(wait.as_secs().to_string());
+        }
+        if let (Some(socket), Some(addr)) = (qemu.serial_console_path(), self.serial_service()) {
+            cmd.arg("--serial-socket")
+                .arg(socket)
+                .arg("--serial-listen")
+                .arg(addr.to_string())
+                .arg("--serial-attach")
+                .arg(dir.join("serial.sock"));
         }
         cmd.stdin(Stdio::null())
             .stdout(file("console.stdout")?)

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod cobed;
 pub mod delivery;
 pub mod demo;
+pub mod serial;
 pub mod soak;
 pub mod steady;
 pub mod typist;

@@ -114,6 +114,9 @@ pub struct QemuConfig {
     pub extra_qmp: bool,
     /// The keyboard layout of QEMU's VNC server (`-k LAYOUT`, a file in QEMU's keymaps).
     pub keymap: Option<String>,
+    /// A second serial port (the guest's COM2) on `serial-console.sock`, `-chardev
+    /// socket,...,server=on,wait=off`: the serial console dmore's serial lane attaches to.
+    pub serial_console: bool,
     /// Extra arguments appended to QEMU's command line.
     pub extra_args: Vec<OsString>,
     /// How long start-up may take before [`Qemu::launch`] gives up.
@@ -137,6 +140,7 @@ impl QemuConfig {
             key_delay_ms: None,
             extra_qmp: false,
             keymap: None,
+            serial_console: false,
             extra_args: Vec::new(),
             start_timeout: Duration::from_secs(60),
         }
@@ -163,6 +167,7 @@ pub(crate) struct Paths {
     serial: PathBuf,
     qmp: PathBuf,
     qmp2: Option<PathBuf>,
+    serial_console: Option<PathBuf>,
     vnc: PathBuf,
     pidfile: PathBuf,
     stdout: PathBuf,
@@ -170,11 +175,12 @@ pub(crate) struct Paths {
 }
 
 impl Paths {
-    fn new(dir: &Path, qmp2: bool) -> Paths {
+    fn new(dir: &Path, qmp2: bool, serial_console: bool) -> Paths {
         Paths {
             serial: dir.join("serial.sock"),
             qmp: dir.join("qmp.sock"),
             qmp2: qmp2.then(|| dir.join("qmp2.sock")),
+            serial_console: serial_console.then(|| dir.join("serial-console.sock")),
             vnc: dir.join("vnc.sock"),
             pidfile: dir.join("qemu.pid"),
             stdout: dir.join("qemu.stdout"),
@@ -186,6 +192,7 @@ impl Paths {
         [&self.serial, &self.qmp, &self.vnc]
             .into_iter()
             .chain(self.qmp2.as_ref())
+            .chain(self.serial_console.as_ref())
     }
 }
 
@@ -296,7 +303,7 @@ impl Qemu {
             path: cfg.runtime_dir.clone(),
             source,
         })?;
-        let paths = Paths::new(&cfg.runtime_dir, cfg.extra_qmp);
+        let paths = Paths::new(&cfg.runtime_dir, cfg.extra_qmp, cfg.serial_console);
         for socket in paths.sockets() {
             if socket.as_os_str().len() > 107 {
                 return Err(LaunchError::PathTooLong(socket.clone()));
@@ -389,6 +396,11 @@ impl Qemu {
     /// The second QMP socket, free for dmore's console, if configured.
     pub fn qmp2_path(&self) -> Option<&Path> {
         self.paths.qmp2.as_deref()
+    }
+
+    /// The serial console's chardev socket (COM2), if configured.
+    pub fn serial_console_path(&self) -> Option<&Path> {
+        self.paths.serial_console.as_deref()
     }
 
     /// QEMU's VNC server on a unix socket.

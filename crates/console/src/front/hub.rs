@@ -11,6 +11,7 @@ use super::control_server::Request;
 use super::handover::{recv_handover, send_handover, HandedViewer, Handover, HandoverError};
 use super::migration::{self, CoMigration, MovedSession};
 use super::report::error_chain;
+use super::serial::{SerialLane, SerialPort};
 use super::viewer::{self, FromViewer, ReaderParts, ViewerError, Written, FROM_VIEWER_QUEUE};
 use super::{ConsoleConfig, ConsoleError, Exit};
 use crate::back::{LinkError, LinkEvent, LinkEvents, LinkInput, PushError, QemuLink};
@@ -64,6 +65,8 @@ pub(super) struct Hub {
     admit_rx: mpsc::Receiver<Admission>,
     written_tx: mpsc::UnboundedSender<Written>,
     written_rx: mpsc::UnboundedReceiver<Written>,
+    /// The serial lane, when the console has one.
+    serial: Option<SerialLane>,
 }
 
 /// A session the console starts from instead of a fresh one.
@@ -97,6 +100,7 @@ impl Hub {
         listener: TcpListener,
         requests: mpsc::Receiver<Request>,
         mig: Option<CoMigration>,
+        serial_port: Option<SerialPort>,
     ) -> Result<Hub, ConsoleError> {
         // A taken session's journal starts the link: one journal, carried whole.
         let restored = match &taken {
@@ -105,15 +109,20 @@ impl Hub {
                     journal,
                     screen,
                     sessions,
+                    serial,
                 } = ConsoleSnapshot::decode(t.snapshot())?;
                 tracing::info!(
                     held = journal.held(),
                     "taking over the frozen input journal"
                 );
                 config.link.restore = Some(journal);
-                Some((screen, sessions))
+                Some((screen, sessions, serial))
             }
             None => None,
+        };
+        let (restored, serial_state) = match restored {
+            Some((screen, sessions, serial)) => (Some((screen, sessions)), serial),
+            None => (None, None),
         };
         let local = listener
             .local_addr()
@@ -131,6 +140,13 @@ impl Hub {
                     source: Box::new(source),
                 },
             })?;
+        let serial = match (serial_port, &config.serial) {
+            (Some(port), Some(cfg)) => Some(SerialLane::start(port, cfg, serial_state)?),
+            _ => None,
+        };
+        if let (Some(lane), Ok(stats)) = (&serial, link.stats().await) {
+            lane.running(stats.vm_running);
+        }
         let (admit_tx, admit_rx) = mpsc::channel(16);
         let (written_tx, written_rx) = mpsc::unbounded_channel();
         let mut hub = Hub {
@@ -156,6 +172,7 @@ impl Hub {
             admit_rx,
             written_tx,
             written_rx,
+            serial,
         };
         match (taken, restored) {
             (Some(taken), Some((screen, sessions))) => {
@@ -295,6 +312,9 @@ impl Hub {
                 event = self.events.recv(), if !gone => match event {
                     Some(LinkEvent::Vm(v)) => {
                         tracing::info!(?v, "VM state");
+                        if let Some(lane) = &self.serial {
+                            lane.vm(v);
+                        }
                         if let Some(exit) = self.vm_event(v).await? {
                             return self.exit(exit).await;
                         }
@@ -459,6 +479,10 @@ impl Hub {
             "link_qmp_delivered": link.map(|l| l.qmp_delivered),
             "link_unmapped_keys": link.map(|l| l.unmapped_keys),
             "updates": link.map(|l| l.updates),
+            "serial": match &self.serial {
+                Some(lane) => lane.status().await,
+                None => serde_json::Value::Null,
+            },
             "viewer_list": self.viewers.iter().map(|(id, s)| serde_json::json!({
                 "id": id.0,
                 "writer_idle": s.writer_idle,

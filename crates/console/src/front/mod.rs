@@ -45,6 +45,7 @@ mod incoming;
 pub mod migration;
 mod peer;
 mod report;
+pub mod serial;
 pub mod service;
 pub mod viewer;
 
@@ -57,6 +58,7 @@ use std::path::PathBuf;
 
 pub use handover::{HandedViewer, Handover, HandoverError};
 pub use peer::{PeerError, PeerKey};
+pub use serial::{SerialConfig, SerialError};
 pub use service::{ServiceAddress, ServiceError};
 pub use viewer::ViewerError;
 
@@ -153,6 +155,8 @@ pub struct ConsoleConfig {
     /// Allow Tight JPEG to viewers that ask for it with a quality level (`dmore console
     /// --lossy`); off, every encoding is lossless, as QEMU's VNC is without its `lossy` option.
     pub lossy: bool,
+    /// The serial lane (QEMU's serial chardev and its viewers), if any.
+    pub serial: Option<SerialConfig>,
 }
 
 /// How this console moves with its VM.
@@ -303,6 +307,9 @@ pub enum ConsoleError {
     /// The service address could not be moved.
     #[error("moving the service address")]
     Service(#[from] ServiceError),
+    /// The serial lane could not start.
+    #[error("serial lane")]
+    Serial(#[from] SerialError),
 }
 
 /// Runs one console until it is stopped, hands over, or QEMU goes away. With `restore_from`,
@@ -328,6 +335,20 @@ pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
     // The viewers' listener first: a destination restores its viewers' sockets on the same
     // address and port, which the kernel allows only while they are in repair mode.
     let listener = hub::bind_viewers(config.listen)?;
+    if config.serial.as_ref().is_some_and(|s| s.listen.is_some()) && !config.access.insecure_no_auth
+    {
+        return Err(ConsoleError::Config(
+            "serial viewers on TCP (--serial-listen) have no password: anyone who reaches the \
+             address could type into the VM's serial console; say --insecure-no-auth if only \
+             trusted viewers reach it, or use --serial-attach (a unix socket of this user)",
+        ));
+    }
+    // Attached before waiting for the VM: QEMU drops the guest's serial output while no
+    // client is connected, and a destination's VM may run before its session arrives.
+    let serial_port = match &config.serial {
+        Some(s) => Some(serial::SerialPort::connect(&s.socket).await?),
+        None => None,
+    };
     let (phase_tx, phase_rx) = watch::channel("Serving");
     let (requests_tx, mut requests) = mpsc::channel::<Request>(4);
     let control = match &config.control {
@@ -392,7 +413,7 @@ pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
         }
         _ => None,
     };
-    let result = hub::Hub::start(config, taken, listener, requests, mig)
+    let result = hub::Hub::start(config, taken, listener, requests, mig, serial_port)
         .await?
         .run()
         .await;

@@ -4,6 +4,7 @@
 //!  "DMORESNP"  format u32  count u32  | piece | piece | ... |  crc32 u32 of all before
 //!  piece:  kind_len u8  kind (ASCII)  version u32  len u32  bytes (postcard)
 //!  kinds:  "journal" (JournalState)  "screen" (ScreenState)  "session/<id>" (SessionState)
+//!          "serial" (SerialState, only from a console with a serial lane)
 //! ```
 //!
 //! Integers are big-endian. Each piece's bytes are [postcard]: a compact binary serde format
@@ -15,6 +16,7 @@
 
 use crate::journal::{JournalState, ViewerId, STATE_VERSION as JOURNAL_VERSION};
 use crate::screen::{ScreenState, SCREEN_STATE_VERSION};
+use crate::serial::{SerialState, SERIAL_STATE_VERSION};
 use crate::session::{SessionState, SESSION_STATE_VERSION};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
@@ -37,6 +39,8 @@ pub const MAX_KIND: usize = 64;
 pub const KIND_JOURNAL: &str = "journal";
 /// Kind of the screen cache's piece.
 pub const KIND_SCREEN: &str = "screen";
+/// Kind of the serial lane's piece.
+pub const KIND_SERIAL: &str = "serial";
 /// Prefix of a viewer session's piece kind; the viewer's id follows.
 pub const KIND_SESSION_PREFIX: &str = "session/";
 
@@ -264,6 +268,8 @@ pub struct ConsoleSnapshot {
     pub screen: ScreenState,
     /// Every viewer's session, by id.
     pub sessions: BTreeMap<ViewerId, SessionState>,
+    /// The serial lane (scrollback, typed bytes not yet consumed), if the console has one.
+    pub serial: Option<SerialState>,
 }
 
 impl ConsoleSnapshot {
@@ -280,6 +286,9 @@ impl ConsoleSnapshot {
         for (id, s) in &self.sessions {
             w.value(&Self::session_kind(*id), SESSION_STATE_VERSION, s)?;
         }
+        if let Some(serial) = &self.serial {
+            w.value(KIND_SERIAL, SERIAL_STATE_VERSION, serial)?;
+        }
         w.finish()
     }
 
@@ -288,6 +297,7 @@ impl ConsoleSnapshot {
         let mut r = SnapshotReader::parse(data)?;
         let journal = r.require(KIND_JOURNAL, JOURNAL_VERSION)?;
         let screen = r.require(KIND_SCREEN, SCREEN_STATE_VERSION)?;
+        let serial = r.take(KIND_SERIAL, SERIAL_STATE_VERSION)?;
         let ids: Vec<(String, ViewerId)> = r
             .kinds()
             .filter_map(|k| {
@@ -312,6 +322,7 @@ impl ConsoleSnapshot {
             journal,
             screen,
             sessions,
+            serial,
         })
     }
 }

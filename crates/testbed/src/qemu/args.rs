@@ -68,6 +68,13 @@ pub(crate) fn qemu_args(
     a.push(chardev_socket("ser", &paths.serial, true));
     a.push("-serial".into());
     a.push("chardev:ser".into());
+    // The serial console (the guest's COM2), for dmore's serial lane: nobody holds the guest.
+    if let Some(path) = &paths.serial_console {
+        a.push("-chardev".into());
+        a.push(chardev_socket("ser1", path, false));
+        a.push("-serial".into());
+        a.push("chardev:ser1".into());
+    }
     a.push("-qmp".into());
     a.push(unix_server(&paths.qmp));
     if let Some(qmp2) = &paths.qmp2 {
@@ -140,7 +147,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn paths(dir: &str, qmp2: bool) -> Paths {
-        Paths::new(Path::new(dir), qmp2)
+        Paths::new(Path::new(dir), qmp2, false)
     }
 
     fn joined(a: &[OsString]) -> String {

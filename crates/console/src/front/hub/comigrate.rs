@@ -231,6 +231,9 @@ impl Hub {
             }
         }
         self.attach_viewers(sessions, handed);
+        if let Some(lane) = &self.serial {
+            lane.thaw();
+        }
         // The screen moved on while frozen; the restored sessions learn it as damage.
         self.refresh_screen().await;
         if self.link.thaw().await.is_err() {

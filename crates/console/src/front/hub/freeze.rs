@@ -136,10 +136,15 @@ impl Hub {
             }
         }
         let held = journal.held();
+        let serial = match &self.serial {
+            Some(lane) => lane.freeze().await,
+            None => None,
+        };
         let snapshot = ConsoleSnapshot {
             journal,
             screen: self.screen.freeze(),
             sessions,
+            serial,
         }
         .encode()?;
         tracing::info!(

@@ -1,0 +1,261 @@
+//! The serial console across co-migrations (the tiny guest's COM2: it echoes and counts what
+//! it receives and writes a numbered line every 20 ms). A client attached through the
+//! console's serial lane on the service address types a line every 50 ms while the VM
+//! co-migrates A → B → A …; every typed byte reached the guest exactly once (the guest's count
+//! and its echoes), and the client received exactly what the guest wrote (numbered lines with
+//! no gap or repeat, echoes equal to what was typed). Beside it, the baseline: a client on
+//! QEMU's own chardev socket, reconnecting to the new QEMU after each plain migration, loses
+//! its connection and bytes at each move (printed, and asserted to be lost at least once).
+//!
+//! Skipped (with a note) where network namespaces cannot be made (not root).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _};
+use guest::GuestOptions;
+use migrate::vm::{self as migration, MigrationOptions};
+use scenarios::cobed::{CoBed, CoBedOptions};
+use scenarios::serial::{SerialClient, LINE_MS};
+use testbed::hosts::Testbed;
+use testbed::qemu::Qemu;
+
+/// Bound on the wait for the guest to count every typed byte (a guard, not a timing).
+const WAIT: Duration = Duration::from_secs(60);
+/// Typing between moves.
+const BETWEEN: Duration = Duration::from_millis(700);
+
+/// One bed at a time: each runs two QEMUs and two consoles on two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Co-migrations per test; `DMORE_MIGRATIONS=N` sets N.
+fn migrations() -> usize {
+    std::env::var("DMORE_MIGRATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3)
+}
+
+fn serial_guest() -> GuestOptions {
+    GuestOptions {
+        uart_ms: LINE_MS,
+        ..GuestOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_bytes_cross_co_migrations_exactly_once() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
+    options.guest = serial_guest();
+    options.serial_port = Some(5901);
+    let Some(mut bed) = CoBed::start_or_skip(options).await? else {
+        return Ok(());
+    };
+    let client_host = bed.testbed().client().clone();
+    let addr = bed
+        .serial_service()
+        .context("the bed serves the serial lane")?;
+    let client = SerialClient::through_dmore(move || {
+        let host = client_host.clone();
+        async move {
+            let s = scenarios::typist::connect_from(&host, addr).await?;
+            s.set_nodelay(true)?;
+            Ok(s)
+        }
+    });
+    tokio::time::sleep(BETWEEN).await;
+    let s = client.stream();
+    println!(
+        "before the moves: client has {} lines, guest counted {:?} of {} typed",
+        s.lines.len(),
+        s.received(),
+        client.typed().len()
+    );
+    if let Some(ctl) = bed.home_control() {
+        let st = console::control::request(ctl, &console::control::Command::Status).await?;
+        println!("console's serial lane: {}", st["serial"]);
+    }
+    let moves = migrations();
+    for n in 1..=moves {
+        let (from, to) = (bed.home(), bed.other());
+        let t = bed.migrate(false).await?;
+        let s = client.stream();
+        println!(
+            "move {n} {from:?}->{to:?}: VM downtime {:?} ms; client has {} lines, guest counted {:?} of {} typed",
+            t.vm_downtime_ms,
+            s.lines.len(),
+            s.received(),
+            client.typed().len()
+        );
+        tokio::time::sleep(BETWEEN).await;
+    }
+    let (typed, output, report) = client.finish(WAIT, |n| n).await;
+    // An operator attaching on the VM's last host sees the scrollback that moved with it.
+    let attach = bed.home_serial_attach().context("the attach socket")?;
+    let late = late_viewer(&attach, output.len()).await?;
+    let s = scenarios::serial::parse(&output);
+    println!(
+        "late viewer on {}: scrollback {} B, equal to the client's first {} B: {}",
+        attach.display(),
+        late.len(),
+        late.len().min(output.len()),
+        output.starts_with(&late[..late.len().min(output.len())])
+    );
+    println!(
+        "dmore, {moves} moves: typed {} B, guest received {:?} B, echoed back {} B; output {} B in {} numbered lines (first {:?}), missing {}, repeated {}, garbled {}; link {:?}",
+        typed.len(),
+        s.received(),
+        s.echoed.len(),
+        output.len(),
+        s.lines.len(),
+        s.lines.first().map(|l| l.0),
+        s.missing_lines(),
+        s.repeated_lines(),
+        s.garbled,
+        report
+    );
+    ensure!(
+        late.len() >= output.len() && late.starts_with(&output),
+        "the scrollback moved with the console: a viewer attaching after the moves sees all the client saw"
+    );
+    ensure!(
+        s.missing_lines() == 0 && s.repeated_lines() == 0 && s.garbled == 0,
+        "output lost, doubled or garbled"
+    );
+    ensure!(
+        s.received() == Some(u32::try_from(typed.len())?),
+        "the guest counted every typed byte once"
+    );
+    if s.echoed != typed {
+        let at = s
+            .echoed
+            .iter()
+            .zip(&typed)
+            .position(|(a, b)| a != b)
+            .unwrap_or(typed.len().min(s.echoed.len()));
+        let show = |b: &[u8]| {
+            String::from_utf8_lossy(&b[at.saturating_sub(40)..(at + 40).min(b.len())]).into_owned()
+        };
+        println!(
+            "echoes differ at byte {at}:\n typed  {:?}\n echoed {:?}",
+            show(&typed),
+            show(&s.echoed)
+        );
+        let o = String::from_utf8_lossy(&output);
+        println!("output around it: {:?}", &o[o.len().saturating_sub(600)..]);
+    }
+    ensure!(
+        s.echoed == typed,
+        "the guest received the typed bytes in order, once each, and its echoes came back once"
+    );
+    let report = report.context("the client's link ended cleanly")?;
+    ensure!(
+        report.lost == 0,
+        "no output lost at a reconnection: {report:?}"
+    );
+    Ok(())
+}
+
+/// What a viewer attaching at `path` gets of the scrollback: its first `want` bytes at least
+/// (the header's output offset must be 0: nothing evicted).
+async fn late_viewer(path: &std::path::Path, want: usize) -> anyhow::Result<Vec<u8>> {
+    use console::serial::Header;
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::UnixStream::connect(path).await?;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (header, used) = loop {
+        if let Some(h) = Header::parse(&got)? {
+            break h;
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf)).await??;
+        ensure!(n > 0, "the console closed before its header");
+        got.extend_from_slice(&buf[..n]);
+    };
+    ensure!(header.output == 0, "scrollback from the start: {header:?}");
+    got.drain(..used);
+    while got.len() < want {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf)).await??;
+        ensure!(n > 0, "the console closed the late viewer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(got)
+}
+
+/// The baseline: a client on QEMU's own chardev (as `virsh console`), the VM migrated with
+/// plain QEMU migrations between hosts A and B, the client reconnecting to the new QEMU's
+/// socket 200 ms after the old one closed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_a_client_on_qemus_chardev_loses_bytes_at_each_move() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let testbed = match Testbed::create() {
+        Ok(t) => t,
+        Err(e) if !testbed::skip::on_ci() => {
+            println!("skipped: the baseline needs network namespaces ({e})");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut generation = 0;
+    let mut launch = |host: &testbed::hosts::Host, incoming: bool| {
+        generation += 1;
+        let mut cfg = host.qemu_config(&format!("b{generation}"));
+        cfg.guest = serial_guest();
+        cfg.serial_console = true;
+        cfg.incoming = incoming;
+        Qemu::launch(cfg)
+    };
+    let mut home = launch(testbed.a(), false).await?;
+    home.wait_ready(Duration::from_secs(30)).await?;
+    let path = Arc::new(Mutex::new(PathBuf::from(
+        home.serial_console_path().context("serial console")?,
+    )));
+    let client = SerialClient::on_qemu(Arc::clone(&path), Duration::from_millis(200));
+    tokio::time::sleep(BETWEEN).await;
+    let moves = migrations();
+    let mut on_a = true;
+    for n in 1..=moves {
+        let to = if on_a { testbed.b() } else { testbed.a() };
+        let dst = launch(to, true).await?;
+        let uri = to.incoming_uri()?;
+        let m =
+            migration::migrate(home.qmp(), dst.qmp(), &uri, MigrationOptions::default()).await?;
+        *path.lock().unwrap_or_else(|e| e.into_inner()) =
+            PathBuf::from(dst.serial_console_path().context("serial console")?);
+        let old = std::mem::replace(&mut home, dst);
+        let _ = old.qmp().quit().await;
+        let _ = old.shutdown(Duration::from_secs(5)).await;
+        on_a = !on_a;
+        println!("baseline move {n}: VM downtime {:?} ms", m.downtime_ms);
+        tokio::time::sleep(BETWEEN).await;
+    }
+    let (typed, output, report) = client.finish(Duration::from_secs(5), |n| n).await;
+    let _ = home.shutdown(Duration::from_secs(5)).await;
+    let s = scenarios::serial::parse(&output);
+    let received = s.received().unwrap_or(0) as usize;
+    let lost_in = typed.len().saturating_sub(received);
+    println!(
+        "baseline (QEMU's chardev), {moves} moves: connections {:?}; typed {} B, guest received {} B: {} B lost ({:.1} per move); output lines missing {} ({:.1} per move), repeated {}, garbled {}",
+        report.map(|r| r.connections),
+        typed.len(),
+        received,
+        lost_in,
+        lost_in as f64 / moves as f64,
+        s.missing_lines(),
+        s.missing_lines() as f64 / moves as f64,
+        s.repeated_lines(),
+        s.garbled
+    );
+    ensure!(
+        report.is_some_and(|r| r.connections as usize > moves),
+        "the plain client lost its connection at each move"
+    );
+    ensure!(
+        s.missing_lines() > 0,
+        "the plain client lost output across the moves"
+    );
+    Ok(())
+}

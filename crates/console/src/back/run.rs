@@ -416,6 +416,7 @@ impl Link {
                     if let VncEvent::Pointer { x, y, .. } = *event {
                         self.pointer = (x, y);
                     }
+                    tracing::trace!(?event, "fast lane");
                     self.out.push(vnc_message(event, ext));
                 }
             }
@@ -436,6 +437,7 @@ impl Link {
                 let list = converted.events;
                 let unmapped = u64::try_from(converted.unmapped).unwrap_or(u64::MAX);
                 self.stats.unmapped_keys += unmapped;
+                tracing::trace!(?batch, ?events, "QMP lane");
                 let keys = events.iter().filter(|e| e.seq.is_some()).count();
                 let keys = u64::try_from(keys).unwrap_or(u64::MAX);
                 if list.is_empty() {
@@ -482,6 +484,7 @@ impl Link {
                 },
                 result,
             ) => {
+                tracing::trace!(?batch, ok = result.is_ok(), "QMP lane answered");
                 let outcome = match result {
                     Ok(_) => {
                         self.stats.qmp_delivered += keys;

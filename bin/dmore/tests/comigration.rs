@@ -32,7 +32,9 @@ use guest::GuestOptions;
 use migrate::vm::{Migration, MigrationOptions, Phase};
 use rfb::ClientMessage;
 use scenarios::cobed::{CoBed, CoBedOptions};
-use scenarios::delivery::{check_count, check_nothing_lost, steady_viewer as viewer};
+use scenarios::delivery::{
+    check_nothing_lost, check_nothing_lost_by_dmore, steady_viewer as viewer,
+};
 use scenarios::steady::tally::{key_presses, tally};
 use testbed::capture::Capture;
 
@@ -245,10 +247,14 @@ impl Manager {
 /// A manager's migrations, A -> B -> A, of `guest`: the consoles are told where to go (as a
 /// libvirt hook would), and a plain-QMP script, knowing nothing of dmore, migrates the VM as
 /// `manager` says. Every key and click once, over one TCP connection (the client host's
-/// capture), nothing the consoles report uncertain or dropped.
+/// capture), nothing the consoles report uncertain or dropped; only what QEMU's PS/2 trace
+/// shows QEMU lost itself is forgiven (README, failure table).
 async fn driven_by_a_manager(manager: Manager, guest: GuestOptions) -> anyhow::Result<()> {
     const MOVES: usize = 2;
-    let Some(mut bed) = bed(128, guest).await? else {
+    let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
+    options.guest = guest;
+    options.ps2_trace = true;
+    let Some(mut bed) = CoBed::start_or_skip(options).await? else {
         return Ok(());
     };
     let capture = bed.capture("manager").await?;
@@ -304,7 +310,13 @@ async fn driven_by_a_manager(manager: Manager, guest: GuestOptions) -> anyhow::R
             phase: "Serving".into(),
             timeout: WAIT,
         };
-        request(&plan.dest_console, &serving).await?;
+        if let Err(e) = request(&plan.dest_console, &serving).await {
+            for control in [&plan.source_console, &plan.dest_console] {
+                let log = std::fs::read_to_string(control.with_file_name("console.stderr"));
+                println!("{}:\n{}", control.display(), log.unwrap_or_default());
+            }
+            bail!("move {n}: the destination console never served: {e}");
+        }
         bed.finish().await?;
     }
     // What the consoles report: nothing uncertain (a key that may or may not have reached the
@@ -322,8 +334,7 @@ async fn driven_by_a_manager(manager: Manager, guest: GuestOptions) -> anyhow::R
         home["link_uncertain"] == 0 && home["link_dropped"] == 0,
         "the console is sure of every key: {home}"
     );
-    let count = bed.count_session(viewer, Some(capture)).await?;
-    let report = count.capture.as_ref().context("the capture")?;
+    let report = tokio::task::spawn_blocking(move || capture.finish()).await??;
     println!("the client's capture: {:?}", report.connections);
     ensure!(
         report.connections.len() == 1
@@ -333,7 +344,7 @@ async fn driven_by_a_manager(manager: Manager, guest: GuestOptions) -> anyhow::R
                 .all(|f| (f.syn, f.fin, f.rst) == (1, 0, 0)),
         "one connection: one SYN, no FIN, no RST: {report:?}"
     );
-    check_count(&count)?;
+    check_nothing_lost_by_dmore(&mut bed, viewer).await?;
     Ok(())
 }
 

@@ -37,9 +37,8 @@ use guest::GuestOptions;
 use migrate::vm::{Migration, MigrationOptions, Phase};
 use orchestrate::{OrchestrateError, Plan};
 use rfb::Encoding;
-use scenarios::bench::input::ps2trace::Ps2Trace;
 use scenarios::cobed::{CoBed, CoBedError, CoBedOptions};
-use scenarios::delivery::{check_count_but, steady_viewer, QemuLosses};
+use scenarios::delivery::{check_nothing_lost_by_dmore, steady_viewer};
 use scenarios::steady::SteadyViewer;
 use scenarios::typist::plain_client_config;
 use testbed::capture::{Capture, CaptureReport};
@@ -106,43 +105,18 @@ fn kept_one_connection(report: &CaptureReport, local: Option<SocketAddr>) -> any
 }
 
 /// Every key and click the viewer sent reached the guest once, in order, over its one
-/// connection ([`check_count_but`]), except exactly those QEMU's PS/2 devices lost on their
+/// connection ([`check_nothing_lost_by_dmore`]), except exactly those QEMU's PS/2 devices lost on their
 /// own after the console handed them over, as the QEMUs' traces show (a guest whose vCPU did
 /// not run while its 16-byte queue filled: see the README's failure table). On failure, prints
 /// what every console of the bed logged as a warning or error, to locate the loss.
 async fn delivered_exactly_once(bed: &mut CoBed, viewer: SteadyViewer) -> anyhow::Result<()> {
-    let count = bed.count_session(viewer, None).await?;
-    let traces = bed.ps2_traces();
-    let qemu = traces
-        .iter()
-        .fold(QemuLosses::default(), |sum, (_, t)| QemuLosses {
-            key_presses: sum.key_presses + t.tally.dropped_presses,
-            clicks: sum.clicks + t.tally.lost_clicks,
-        });
-    let checked = check_count_but(&count, qemu);
-    if checked.is_err() || qemu != QemuLosses::default() {
-        print_ps2(&traces);
-    }
+    let checked = check_nothing_lost_by_dmore(bed, viewer).await;
     if checked.is_err() {
         print_console_warnings(bed);
         print_link_counters(bed).await;
     }
     checked?;
     Ok(())
-}
-
-/// What each QEMU's PS/2 devices did (from its trace): keyboard bytes queued and dropped (the
-/// queue was full), clicks never reported, and when.
-fn print_ps2(traces: &[(std::path::PathBuf, Ps2Trace)]) {
-    for (vm, trace) in traces {
-        println!(
-            "{}: PS/2 {:?}; keyboard drops at {:?}; clicks lost at {:?}",
-            vm.display(),
-            trace.tally,
-            trace.drop_times,
-            trace.lost_click_times
-        );
-    }
 }
 
 /// The home console's input counters (what it delivered, dropped, was unsure of).

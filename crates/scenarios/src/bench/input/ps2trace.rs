@@ -80,6 +80,10 @@ pub struct Ps2Trace {
     pub drop_times: Vec<f64>,
     /// Wall-clock time of the input event that lost each of [`Ps2Tally::lost_clicks`].
     pub lost_click_times: Vec<f64>,
+    /// Key presses QEMU's input layer handed the keyboard (`ps2_keyboard_event ... down 1`).
+    pub presses: u64,
+    /// Which of those QEMU dropped (0-based, in the order QEMU got them).
+    pub dropped_press_indices: Vec<u64>,
     /// The state the log ends in, for the replay of a QEMU this one migrated to.
     pub end: Ps2End,
     /// Wall-clock times of the log's first and last lines.
@@ -162,6 +166,8 @@ pub fn replay(log: &str, incoming: Option<Ps2End>) -> Ps2Trace {
     let mut left_reported = start.left_reported;
     let mut breaking = false;
     let mut span: Option<(f64, f64)> = None;
+    let mut presses = 0u64;
+    let mut dropped_press_indices = Vec::new();
     for line in log.lines() {
         let Some((time, name, mut words)) = split_line(line) else {
             continue;
@@ -194,6 +200,10 @@ pub fn replay(log: &str, incoming: Option<Ps2End>) -> Ps2Trace {
             "ps2_keyboard_event" => {
                 started = true;
                 t.key_events += 1;
+                // `qcode N down D ...`
+                if words.nth(3) == Some("1") {
+                    presses += 1;
+                }
             }
             "ps2_put_keycode" if started && keyboard == Some(device) => {
                 // `keycode 0xNN`
@@ -207,7 +217,10 @@ pub fn replay(log: &str, incoming: Option<Ps2End>) -> Ps2Trace {
                 let press = translate && !std::mem::take(&mut breaking) && code != Some(0xe0);
                 if depth >= PS2_QUEUE_SIZE {
                     t.dropped += 1;
-                    t.dropped_presses += u64::from(press);
+                    if press {
+                        t.dropped_presses += 1;
+                        dropped_press_indices.push(presses.saturating_sub(1));
+                    }
                     drop_times.extend(time);
                 } else {
                     depth += 1;
@@ -234,6 +247,8 @@ pub fn replay(log: &str, incoming: Option<Ps2End>) -> Ps2Trace {
         tally: t,
         drop_times,
         lost_click_times,
+        presses,
+        dropped_press_indices,
         end: Ps2End {
             depth,
             left_reported,
@@ -309,8 +324,25 @@ mod tests {
             (1, 1, 0)
         );
         assert_eq!(r.end.depth, 16);
+        assert_eq!(r.presses, 0, "a key event without `down 1` is no press");
         // Booted, the same log starts empty, untranslated until told.
         assert_eq!(tally(&log).tally.dropped, 0);
+    }
+
+    #[test]
+    fn a_dropped_press_is_named_by_its_place_among_the_presses() {
+        let mut log = String::from("ps2_keyboard_set_translation 0xk mode 1\n");
+        for _ in 0..9 {
+            log.push_str("ps2_keyboard_event 0xk qcode 30 down 1\n");
+            log.push_str("ps2_put_keycode 0xk keycode 0x1c\n");
+            log.push_str("ps2_keyboard_event 0xk qcode 30 down 0\n");
+            log.push_str("ps2_put_keycode 0xk keycode 0xf0\nps2_put_keycode 0xk keycode 0x1c\n");
+        }
+        // 16 bytes are the first 8 keys; the 9th key's press and release are dropped.
+        let r = tally(&log);
+        assert_eq!(r.presses, 9);
+        assert_eq!(r.dropped_press_indices, [8]);
+        assert_eq!(r.tally.dropped, 2);
     }
 
     #[test]

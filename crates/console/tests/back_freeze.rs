@@ -170,3 +170,30 @@ async fn a_link_attached_to_a_paused_vm_holds_and_never_uses_the_fast_lane() -> 
     link.shutdown().await?;
     Ok(())
 }
+
+/// A manager quits the source QEMU as soon as its migration completed, which can be before
+/// the console's freeze reached the link: the link has lost QEMU, yet the freeze still gets
+/// the journal, every held key in it, so the session moves on instead of dying with QEMU.
+#[tokio::test]
+async fn a_link_that_lost_qemu_still_hands_its_journal_to_a_freeze() -> anyhow::Result<()> {
+    let vm = Vm::launch(false).await?;
+    let (link, events) = QemuLink::connect(LinkConfig::new(&vm.vnc, &vm.qmp)).await?;
+    let mut vm_rx = vm_events(events);
+    vm.qmp().stop().await?;
+    wait_vm(&mut vm_rx, VmEvent::Stopped).await?;
+    let held = letters(12);
+    push_keys(&link, &held).await?;
+    vm.qmp().quit().await.ok();
+    // The link's events end: the console learns that QEMU is gone.
+    while tokio::time::timeout(DEADLINE, vm_rx.recv()).await?.is_some() {}
+    let state = link.freeze().await?;
+    assert_eq!(state.held(), 2 * held.len(), "every held key is in the state");
+    assert!(state.uncertain().is_empty());
+    assert!(
+        link.push(ViewerId(0), key_event(ENTER, true, false)).await.is_err(),
+        "no input is taken for a QEMU that is gone"
+    );
+    let ended = link.shutdown().await;
+    assert!(ended.is_err(), "the link reports how it ended: {ended:?}");
+    Ok(())
+}

@@ -36,8 +36,12 @@ use testbed::qemu::{Qemu, Serial};
 use testbed::service::{ServiceAddr, ServiceError, DEFAULT_OCTET, INTERFACE};
 use tokio::time::Instant;
 
+use crate::bench::input::ps2trace::{self, Ps2Trace};
 use crate::steady::tally::{key_presses, left_clicks};
 use crate::steady::{tally, SteadyLog, SteadyViewer, Tally};
+
+/// The PS/2 trace's file in a QEMU's runtime directory ([`CoBedOptions::ps2_trace`]).
+const PS2_TRACE: &str = "ps2-trace.log";
 
 /// How long a QEMU or console may take to come up, and a console to exit after a takeover.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -86,6 +90,9 @@ pub struct CoBedOptions {
     /// guest's COM2) and each console serves it on the service address at this port
     /// (`--serial-listen`) and on `serial.sock` in its directory (`--serial-attach`).
     pub serial_port: Option<u16>,
+    /// Have every QEMU trace its PS/2 keyboard queue into `ps2-trace.log` in its runtime
+    /// directory ([`ps2trace`]), replayed by [`CoBed::ps2_traces`].
+    pub ps2_trace: bool,
 }
 
 /// The user and group `nobody` and `nogroup` on Debian.
@@ -105,6 +112,7 @@ impl CoBedOptions {
             keymap: None,
             qemu_wait: None,
             serial_port: None,
+            ps2_trace: false,
         }
     }
 }
@@ -767,6 +775,50 @@ impl CoBed {
         }
     }
 
+    /// The PS/2 keyboard queue and mouse of every QEMU the bed started so far, replayed from
+    /// its trace (with [`CoBedOptions::ps2_trace`]; a running QEMU's trace as far as it got),
+    /// each named by its runtime directory, in the order they ran. A destination's replay
+    /// starts where its source's ended (the last trace to end before its own begins): its
+    /// queue and buttons came with the migration.
+    pub fn ps2_traces(&self) -> Vec<(PathBuf, Ps2Trace)> {
+        let vms = std::fs::read_dir(self.testbed.run_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|host| std::fs::read_dir(host.path()).into_iter().flatten())
+            .flatten();
+        let mut logs: Vec<(PathBuf, String, Ps2Trace)> = vms
+            .filter_map(|vm| {
+                let log = std::fs::read_to_string(vm.path().join(PS2_TRACE)).ok()?;
+                let booted = ps2trace::tally(&log);
+                Some((vm.path(), log, booted))
+            })
+            .filter(|(_, _, booted)| booted.span.is_some())
+            .collect();
+        logs.sort_by(|a, b| {
+            let start = |t: &Ps2Trace| t.span.map_or(0.0, |(first, _)| first);
+            start(&a.2).total_cmp(&start(&b.2))
+        });
+        let mut traces: Vec<(PathBuf, Ps2Trace)> = Vec::new();
+        for (vm, log, booted) in logs {
+            let incoming = !log.contains("ps2_keyboard_set_translation");
+            let start = booted.span.map_or(0.0, |(first, _)| first);
+            let source = traces
+                .iter()
+                .filter_map(|(_, t)| t.span.map(|(_, last)| (last, t.end)))
+                .filter(|(last, _)| *last <= start)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, end)| end);
+            let trace = if incoming {
+                ps2trace::replay(&log, Some(source.unwrap_or_default()))
+            } else {
+                booted
+            };
+            traces.push((vm, trace));
+        }
+        traces
+    }
+
     /// After a failed co-migration: kills the prepared destination; the VM stays home.
     pub fn abandon_destination(&mut self) {
         self.dest = None;
@@ -819,6 +871,10 @@ impl CoBed {
         cfg.keymap.clone_from(&self.options.keymap);
         cfg.serial_console = self.options.serial_port.is_some();
         cfg.extra_args = vec!["-qmp".into(), monitor];
+        if self.options.ps2_trace {
+            cfg.extra_args
+                .extend(ps2trace::qemu_args(&dir.join(PS2_TRACE)));
+        }
         let launch = |source| CoBedError::Launch {
             host: host.name(),
             source,

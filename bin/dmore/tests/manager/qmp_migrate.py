@@ -3,10 +3,16 @@
 
 Like libvirt: pause-before-switchover on, and `pre-switchover` answered with migrate-continue
 at once; the `events` capability on or off (--events), or left as it is (--events default: a
-bare `migrate`); the source QEMU ended afterwards.
+bare `migrate`); the source QEMU ended afterwards. Unlike libvirt, if asked:
+--pause-before-switchover off (QEMU switches over on its own, nothing to answer), and
+--postcopy (`postcopy-ram` on both sides, RAM sent at MIB/s so that pre-copy cannot converge
+under a dirtying guest, and `migrate-start-postcopy` once the first pass over RAM is done: the
+destination VM runs while the rest of its RAM follows).
 Python standard library only. Prints one line per step; exits 1 with the reason on failure.
 
     qmp_migrate.py --source SRC.sock --dest DST.sock --uri tcp:10.0.0.2:4444 --events on
+    qmp_migrate.py ... --pause-before-switchover off
+    qmp_migrate.py ... --postcopy 16
 """
 import argparse
 import json
@@ -88,6 +94,8 @@ def main():
     p.add_argument("--dest", required=True, help="the destination QEMU's QMP socket (-incoming defer)")
     p.add_argument("--uri", required=True, help="migration URI, e.g. tcp:10.0.0.2:4444")
     p.add_argument("--events", choices=["on", "off", "default"], default="on")
+    p.add_argument("--pause-before-switchover", choices=["on", "off"], default="on")
+    p.add_argument("--postcopy", type=int, metavar="MIB_S", help="switch to post-copy (see above)")
     p.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args()
     deadline = time.monotonic() + args.timeout
@@ -96,20 +104,44 @@ def main():
         caps = []
     else:
         caps = [{"capability": "events", "state": args.events == "on"}]
+    if args.postcopy:
+        caps.append({"capability": "postcopy-ram", "state": True})
+    if caps:
         dst.execute("migrate-set-capabilities", capabilities=caps)
     dst.execute("migrate-incoming", uri=args.uri)
     # Whether MIGRATION events come is the source QEMU's business now: wait by polling alone
     # unless this script turned them on itself.
     events = args.events == "on"
+    pause = args.pause_before_switchover == "on"
     src.execute(
         "migrate-set-capabilities",
-        capabilities=caps + [{"capability": "pause-before-switchover", "state": True}],
+        capabilities=caps + [{"capability": "pause-before-switchover", "state": pause}],
     )
+    if args.postcopy:
+        src.execute("migrate-set-parameters", **{"max-bandwidth": args.postcopy << 20})
     src.execute("migrate", uri=args.uri)
-    print(f"migrating to {args.uri} (events {args.events})", flush=True)
-    wait_status(src, {"pre-switchover"}, events, deadline)
-    src.execute("migrate-continue", state="pre-switchover")
-    print("pre-switchover answered with migrate-continue", flush=True)
+    print(f"migrating to {args.uri} (events {args.events}, pause-before-switchover "
+          f"{args.pause_before_switchover}, post-copy {'on' if args.postcopy else 'off'})", flush=True)
+    if args.postcopy:
+        while src.execute("query-migrate").get("ram", {}).get("dirty-sync-count", 0) < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the first pass over RAM never ended")
+            time.sleep(0.01)
+        src.execute("migrate-start-postcopy")
+        print("first pass over RAM done: migrate-start-postcopy", flush=True)
+    if pause:
+        wait_status(src, {"pre-switchover"}, events, deadline)
+        src.execute("migrate-continue", state="pre-switchover")
+        print("pre-switchover answered with migrate-continue", flush=True)
+    if args.postcopy:
+        wait_status(src, {"postcopy-active", "completed"}, events, deadline)
+        while dst.execute("query-status").get("status") != "running":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the destination VM never ran in post-copy")
+            time.sleep(0.005)
+        info = src.execute("query-migrate")
+        print(f"post-copy: the destination VM runs (source status {info.get('status')}, "
+              f"{info.get('ram', {}).get('remaining')} bytes of RAM still on the source)", flush=True)
     wait_status(src, {"completed"}, events, deadline)
     info = src.execute("query-migrate")
     while dst.execute("query-status").get("status") != "running":

@@ -352,9 +352,82 @@ impl Link {
         };
         match &result {
             Ok(()) => tracing::debug!("QEMU link shut down"),
-            Err(e) => tracing::error!(error = %e, "QEMU link failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "QEMU link failed");
+                // What QEMU said before it went (a STOP, the migration's end) still reaches
+                // the console, if there is room; then the channel closes.
+                while let Some(event) = self.outbox.pop_front() {
+                    if events.try_send(event).is_err() {
+                        break;
+                    }
+                }
+                drop(events);
+                self.serve_freezes_after_loss(requests, shutdown).await;
+            }
         }
         result.map(|()| self.stats())
+    }
+
+    /// QEMU is gone, but the journal is not: the console may be freezing for a switchover
+    /// that QEMU's exit cut short (a manager quits the source QEMU as soon as the migration
+    /// completed, and the console's freeze can start, or still settle, after that). Until the
+    /// console shuts the link down or drops its handles, every freeze gets the journal's state
+    /// (anything in flight is counted uncertain: QEMU cannot answer any more), so the session
+    /// moves instead of dying with its QEMU. Everything else is refused or ignored. The events
+    /// channel is closed first: the console learns that QEMU is gone.
+    async fn serve_freezes_after_loss(
+        &mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut shutdown: oneshot::Receiver<()>,
+    ) {
+        let pending = match std::mem::replace(&mut self.freeze, Freeze::Frozen) {
+            Freeze::Settling { replies, .. } => replies,
+            _ => Vec::new(),
+        };
+        let mut state = None;
+        if !pending.is_empty() {
+            let frozen = self.journal.freeze();
+            for reply in pending {
+                let _ = reply.send(frozen.clone());
+            }
+            state = Some(frozen);
+        }
+        loop {
+            let request = tokio::select! {
+                _ = &mut shutdown => return,
+                request = requests.recv() => request,
+            };
+            match request {
+                None => return,
+                Some(Request::Freeze { extra, reply }) => {
+                    let frozen = state.get_or_insert_with(|| {
+                        self.journal.freeze_delivery();
+                        let now = Instant::now();
+                        for (viewer, event) in extra {
+                            let _ = self.journal_push(viewer, event, now);
+                        }
+                        let frozen = self.journal.freeze();
+                        tracing::info!(
+                            held = frozen.held(),
+                            uncertain = frozen.uncertain().len(),
+                            "input frozen after QEMU went away"
+                        );
+                        frozen
+                    });
+                    let _ = reply.send(frozen.clone());
+                }
+                Some(Request::Push { reply, .. }) => {
+                    let _ = reply.send(Err(PushError::Closed));
+                }
+                Some(Request::Framebuffer(reply)) => {
+                    let _ = reply.send(self.reader.framebuffer().clone());
+                }
+                Some(Request::Stats(reply)) => {
+                    let _ = reply.send(self.stats());
+                }
+                Some(Request::Migration(_) | Request::Thaw) => {}
+            }
+        }
     }
 
     /// Everything that follows a wake-up: QMP items in QEMU's order, waiting pushes, the
@@ -416,6 +489,7 @@ impl Link {
                     if let VncEvent::Pointer { x, y, .. } = *event {
                         self.pointer = (x, y);
                     }
+                    tracing::trace!(?event, "fast lane");
                     self.out.push(vnc_message(event, ext));
                 }
             }
@@ -436,6 +510,7 @@ impl Link {
                 let list = converted.events;
                 let unmapped = u64::try_from(converted.unmapped).unwrap_or(u64::MAX);
                 self.stats.unmapped_keys += unmapped;
+                tracing::trace!(?batch, ?events, "QMP lane");
                 let keys = events.iter().filter(|e| e.seq.is_some()).count();
                 let keys = u64::try_from(keys).unwrap_or(u64::MAX);
                 if list.is_empty() {
@@ -482,6 +557,7 @@ impl Link {
                 },
                 result,
             ) => {
+                tracing::trace!(?batch, ok = result.is_ok(), "QMP lane answered");
                 let outcome = match result {
                     Ok(_) => {
                         self.stats.qmp_delivered += keys;

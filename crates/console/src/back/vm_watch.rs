@@ -12,7 +12,7 @@
 //!   ┌──────┐ ───────────────────────────────────────────▶ ┌───────────┐
 //!   │ none │                                              │ announced │
 //!   └──────┘ ◀─────────────────────────────────────────── └───────────┘
-//!    │    ▲    MIGRATION completed (from any phase),             ▲
+//!    │    ▲    MIGRATION completed (VM stopped; any phase),      ▲
 //!    │    │    failed or cancelled, announce(false),             │ MIGRATION setup/...,
 //!    │    │    RESUME after a migration's STOP                   │ announce(true)
 //!    │    │                                               ┌──────────┐
@@ -20,6 +20,9 @@
 //!    └── STOP, then query-status finish-migrate ────────▶ │          │
 //!        or postmigrate                                   └──────────┘
 //! ```
+//!
+//! With the VM running, `MIGRATION` `completed` and `postcopy-*` are an incoming migration's
+//! (post-copy's tail on its destination, after the takeover): they move nothing.
 //!
 //! Every end of a migration turns QEMU's `events` capability back on, and so does every
 //! `RESUME` ([`Decision::EventsOn`]); run-state events older than the connect-time
@@ -169,6 +172,20 @@ impl VmWatch {
                     return;
                 };
                 match MigrationStatus::from_name(status) {
+                    // An outgoing migration stops its VM before it completes or enters
+                    // post-copy: with the VM running these are an incoming migration's, the
+                    // tail of post-copy on its destination (the VM runs here while the rest
+                    // of its RAM comes). Not a move of this console's session.
+                    MigrationStatus::Completed if self.running => {
+                        tracing::debug!("an incoming post-copy migration completed");
+                        if self.migration == Migration::None {
+                            self.decide(Decision::EventsOn);
+                        } else {
+                            self.end(VmEvent::MigrationEnded);
+                        }
+                    }
+                    MigrationStatus::Other(other)
+                        if self.running && other.starts_with("postcopy") => {}
                     MigrationStatus::Completed => self.end(VmEvent::MigrationCompleted),
                     MigrationStatus::Failed | MigrationStatus::Cancelled => {
                         // Already ended if the source resumed (or the console said so) first.

@@ -168,6 +168,9 @@ fn a_migration_event_starts_a_migration_once() {
 fn completed_ends_the_migration_from_any_phase() {
     for phase in [Migration::None, Migration::Announced, Migration::Inferred] {
         let mut watch = watch_in(phase);
+        // An outgoing migration completes with its VM stopped.
+        watch.handle_event(&stop());
+        drain(&mut watch);
         watch.handle_event(&migration("completed"));
         assert_eq!(watch.migration, Migration::None, "{phase}");
         assert_eq!(
@@ -180,6 +183,24 @@ fn completed_ends_the_migration_from_any_phase() {
             "{phase}"
         );
     }
+}
+
+#[test]
+fn an_incoming_postcopy_ending_while_the_vm_runs_moves_nothing() {
+    // The destination's link attaches when its VM runs, in post-copy: its own QEMU then
+    // reports the incoming migration's `postcopy-active` and `completed`.
+    let mut watch = watch();
+    for status in ["postcopy-active", "completed"] {
+        watch.handle_event(&migration(status));
+        assert_eq!(watch.migration, Migration::None, "{status}");
+    }
+    assert_eq!(drain(&mut watch), [EventsOn]);
+    assert!(watch.running());
+    // Had it heard the incoming migration start, its end reopens the fast lane, no more.
+    let mut watch = watch_in(Migration::Announced);
+    watch.handle_event(&migration("completed"));
+    assert_eq!(watch.migration, Migration::None);
+    assert_eq!(drain(&mut watch), ENDED);
 }
 
 #[test]

@@ -82,6 +82,8 @@ pub struct CoBedOptions {
     /// The consoles' `--qemu-wait` (how long a session outlives its QEMU); `None`: dmore's
     /// default.
     pub qemu_wait: Option<Duration>,
+    /// More options for every console (e.g. `--lossy`).
+    pub console_args: Vec<String>,
 }
 
 /// The user and group `nobody` and `nogroup` on Debian.
@@ -100,6 +102,7 @@ impl CoBedOptions {
             console_user: nix::unistd::geteuid().is_root().then_some(NOBODY),
             keymap: None,
             qemu_wait: None,
+            console_args: Vec::new(),
         }
     }
 }
@@ -892,6 +895,7 @@ impl CoBed {
         if let Some(wait) = self.options.qemu_wait {
             cmd.arg("--qemu-wait").arg(wait.as_secs().to_string());
         }
+        cmd.args(&self.options.console_args);
         cmd.stdin(Stdio::null())
             .stdout(file("console.stdout")?)
             .stderr(file("console.stderr")?);

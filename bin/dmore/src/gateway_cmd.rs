@@ -26,11 +26,12 @@ Browsers (noVNC): name the console, serve the page and the WebSocket, hand out a
   dmore gateway serve --web-listen 0.0.0.0:6080 --console vm1=10.0.0.2:4800 \\
       --key-file /etc/dmore/gateway.key --token-file /var/lib/dmore/tokens
   dmore gateway token --token-file /var/lib/dmore/tokens --console vm1 --ttl 600
-  # prints the token and the page's URL (path and query) to open on the gateway
+  # prints the token and the page's URL (path and query) to open on the gateway;
+  # with --tls-cert FILE --tls-key FILE the page and its WebSocket are https and wss
 
 The link between gateway and endpoint may break: the gateway reconnects (to the next --console
 address in turn) and the stream resumes where it was, no byte lost or repeated. Not yet: the
-console serving streams itself and carrying them when it moves, TLS.")]
+console serving streams itself and carrying them when it moves, TLS for native viewers.")]
 pub struct GatewayArgs {
     #[command(subcommand)]
     command: GatewayCommand,
@@ -66,6 +67,12 @@ struct ServeArgs {
     /// The file `dmore gateway token` writes grants to, read at each WebSocket upgrade.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Serve browsers over TLS (https, wss) with this certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "web_listen"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// A console's endpoint, `[NAME=]ADDR` (NAME defaults to `default`); repeat a name for
     /// every place that console may be (tried in turn).
     #[arg(long, value_name = "[NAME=]ADDR", required = true, value_parser = parse_console)]
@@ -190,6 +197,18 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             "the web root {} is not a directory (Debian's noVNC: apt install novnc)",
             a.web_root.display()
         );
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => {
+                let read = |f: &PathBuf| {
+                    std::fs::read(f).with_context(|| format!("reading {}", f.display()))
+                };
+                Some(
+                    gateway::tls::acceptor(&read(cert)?, &read(key)?)
+                        .with_context(|| format!("TLS with {}", cert.display()))?,
+                )
+            }
+            _ => None,
+        };
         let web = gateway::web::Web {
             root: a.web_root,
             index: "vnc.html".into(),
@@ -198,7 +217,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         };
         let listener = bind(listen).await?;
         tasks.spawn(async move {
-            gateway::web::serve_web(listener, web)
+            gateway::web::serve_web(listener, web, tls)
                 .await
                 .context("accepting browsers")
         });

@@ -5,7 +5,8 @@
 //!   session id, each session relayed to a local TCP service (e.g. the console's RFB port);
 //! - [`relay`]: one connection of a session, driven;
 //! - [`web`]: browsers: noVNC's static files and the WebSocket into a viewer's session, with
-//!   per-console [`tokens`] checked before the upgrade ([`http`]: the HTTP it takes).
+//!   per-console [`tokens`] checked before the upgrade ([`http`]: the HTTP it takes), over
+//!   [`tls`] when given a certificate.
 //!
 //! The protocol, and the plan for the console and `dmore gateway`: `docs/gateway.md`.
 
@@ -15,6 +16,7 @@ pub mod accept;
 pub mod dial;
 pub mod http;
 pub mod relay;
+pub mod tls;
 pub mod tokens;
 pub mod web;
 

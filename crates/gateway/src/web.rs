@@ -1,4 +1,4 @@
-//! The gateway's web side (tokio): the noVNC page's static files from a directory, and the
+//! The gateway's web side (tokio), over TCP or TLS: the noVNC page's static files from a directory, and the
 //! WebSocket (`/websockify`, subprotocol `binary`, as noVNC and websockify speak it) whose
 //! binary messages carry a viewer's RFB bytes into its resumable session
 //! ([`crate::dial::serve_viewer`]), after its token is checked.
@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
@@ -51,14 +52,33 @@ pub struct Web {
     pub consoles: HashMap<String, Dial>,
 }
 
-/// Accepts browsers on `listener`, each connection on its own task, until the listener fails.
-pub async fn serve_web(listener: TcpListener, web: Web) -> std::io::Result<()> {
+/// A browser's connection: TCP, or TLS over it.
+trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for S {}
+
+/// Accepts browsers on `listener`, each connection on its own task, until the listener fails;
+/// over TLS (https, wss) when given an acceptor ([`crate::tls::acceptor`]).
+pub async fn serve_web(
+    listener: TcpListener,
+    web: Web,
+    tls: Option<TlsAcceptor>,
+) -> std::io::Result<()> {
     let web = Arc::new(web);
     loop {
         let (conn, peer) = listener.accept().await?;
-        let web = web.clone();
+        // The RFB bytes are small and interactive (keys, small updates).
+        let _ = conn.set_nodelay(true);
+        let (web, tls) = (web.clone(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(conn, &web).await {
+            let served = match tls {
+                None => serve_connection(conn, &web).await,
+                Some(tls) => match tokio::time::timeout(HEAD_TIMEOUT, tls.accept(conn)).await {
+                    Ok(Ok(conn)) => serve_connection(conn, &web).await,
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "web connection ended");
             }
         });
@@ -83,7 +103,7 @@ pub enum WebError {
 }
 
 /// Serves one connection: one request.
-async fn serve_connection(mut conn: TcpStream, web: &Web) -> Result<(), WebError> {
+async fn serve_connection<S: Conn>(mut conn: S, web: &Web) -> Result<(), WebError> {
     let mut buf = Vec::new();
     let end = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut conn, &mut buf)).await {
         Err(_) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
@@ -116,7 +136,7 @@ async fn serve_connection(mut conn: TcpStream, web: &Web) -> Result<(), WebError
 }
 
 /// Reads until the head's blank line; returns where it ends in `buf`.
-async fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, WebError> {
+async fn read_head<S: Conn>(conn: &mut S, buf: &mut Vec<u8>) -> Result<usize, WebError> {
     let mut chunk = [0; 2048];
     loop {
         if let Some(end) = http::head_end(buf)? {
@@ -130,7 +150,7 @@ async fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Web
     }
 }
 
-async fn static_file(mut conn: TcpStream, request: &Request, web: &Web) -> Result<(), WebError> {
+async fn static_file<S: Conn>(mut conn: S, request: &Request, web: &Web) -> Result<(), WebError> {
     let file = http::resolve(&web.root, &request.path, &web.index);
     let body = match &file {
         Some(path) => match tokio::fs::metadata(path).await {
@@ -155,7 +175,7 @@ async fn static_file(mut conn: TcpStream, request: &Request, web: &Web) -> Resul
 }
 
 /// The token check, the upgrade, and the viewer's session relayed.
-async fn websocket(mut conn: TcpStream, request: &Request, web: &Web) -> Result<(), WebError> {
+async fn websocket<S: Conn>(mut conn: S, request: &Request, web: &Web) -> Result<(), WebError> {
     let offered: Vec<&str> = request
         .headers
         .iter()
@@ -193,7 +213,7 @@ async fn websocket(mut conn: TcpStream, request: &Request, web: &Web) -> Result<
         derive_accept_key(key.as_bytes())
     );
     conn.write_all(accept.as_bytes()).await?;
-    conn.set_nodelay(true)?;
+    conn.flush().await?;
     let ws = WebSocketStream::from_raw_socket(conn, Role::Server, None).await;
     let (browser, session) = tokio::io::duplex(PIPE);
     let (pumped, served) = tokio::join!(pump(ws, browser), serve_viewer(session, dial));
@@ -241,7 +261,10 @@ async fn authorize<'a>(request: &Request, web: &'a Web) -> Option<&'a Dial> {
 
 /// Carries binary messages into `io` and `io`'s bytes out as binary messages, until either
 /// side ends; then closes the other.
-async fn pump(ws: WebSocketStream<TcpStream>, io: tokio::io::DuplexStream) -> Result<(), WebError> {
+async fn pump<S: Conn>(
+    ws: WebSocketStream<S>,
+    io: tokio::io::DuplexStream,
+) -> Result<(), WebError> {
     let (mut sink, mut messages) = ws.split();
     let (mut from_session, mut to_session) = tokio::io::split(io);
     let mut buf = vec![0; PIPE];

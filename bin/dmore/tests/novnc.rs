@@ -586,8 +586,9 @@ async fn npm_novnc_lossy_psnr() -> anyhow::Result<()> {
 
 /// noVNC (Debian's over https and wss, then npm's over http and ws) served by `dmore gateway
 /// serve --web-listen` itself, its WebSocket relayed over a resumable stream to `dmore gateway endpoint` next to a stationary
-/// console, with a token from `dmore gateway token` (issue 14): every key typed once, the
-/// canvas equal to QEMU's screendump.
+/// console, with a token from `dmore gateway token` (issue 14), the gateway and the endpoint
+/// running as nobody without capabilities: every key typed once, the canvas equal to QEMU's
+/// screendump, the token in no log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn novnc_through_the_gateway() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -611,26 +612,53 @@ async fn through_gateway(dir: &Path) -> anyhow::Result<()> {
         return Ok(());
     };
     let client = bed.testbed().client().clone();
-    let key = dir.join("gateway.key");
-    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n")?;
-    let key = key.to_str().context("key path")?;
-    let tokens = dir.join("tokens");
-    let tokens = tokens.to_str().context("token file path")?;
+    // The gateway and the endpoint need no privilege: as root, the test runs them as nobody
+    // without capabilities (the bed's own copy of dmore, which nobody can reach), and gives
+    // nobody the files they read.
+    let as_root = nix::unistd::geteuid().is_root();
+    let unprivileged = bed.testbed().run_dir().join("dmore");
+    let unprivileged = unprivileged.to_str().context("dmore path")?;
+    let (program, prefix): (&str, Vec<&str>) = if as_root {
+        let user = [
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ];
+        ("setpriv", [&user[..], &["--", unprivileged]].concat())
+    } else {
+        (dmore, Vec::new())
+    };
+    let give = |path: &Path| -> anyhow::Result<()> {
+        if as_root {
+            std::os::unix::fs::chown(path, Some(65534), Some(65534))?;
+        }
+        Ok(())
+    };
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let key_path = dir.join("gateway.key");
+    std::fs::write(&key_path, "0123456789abcdef0123456789abcdef\n")?;
+    give(&key_path)?;
+    let key = key_path.to_str().context("key path")?;
+    let token_path = dir.join("tokens");
+    let tokens = token_path.to_str().context("token file path")?;
     let endpoint = std::net::SocketAddr::from((bed.testbed().a().ip(), 4800));
     let service = bed.service().to_string();
+    let endpoint_addr = endpoint.to_string();
+    let endpoint_args = [
+        "gateway",
+        "endpoint",
+        "--listen",
+        &endpoint_addr,
+        "--service",
+        &service,
+        "--key-file",
+        key,
+    ];
     let mut endpoint_child = spawn_in(
         bed.testbed().a(),
-        dmore,
-        &[
-            "gateway",
-            "endpoint",
-            "--listen",
-            &endpoint.to_string(),
-            "--service",
-            &service,
-            "--key-file",
-            key,
-        ],
+        program,
+        &[&prefix[..], &endpoint_args[..]].concat(),
         Some(&dir.join("endpoint.log")),
     )?;
     wait_listening(&client, &endpoint.to_string(), &mut endpoint_child).await?;
@@ -640,6 +668,7 @@ async fn through_gateway(dir: &Path) -> anyhow::Result<()> {
         .args(["--console", "vm1", "--ttl", "600"])
         .output()?;
     ensure!(out.status.success(), "dmore gateway token: {out:?}");
+    give(&token_path)?;
     let token = String::from_utf8(out.stdout)?
         .lines()
         .next()
@@ -662,6 +691,7 @@ async fn through_gateway(dir: &Path) -> anyhow::Result<()> {
         .arg(&cert)
         .output()?;
     ensure!(made.status.success(), "openssl: {made:?}");
+    give(&cert_key)?;
     let (cert, cert_key) = (
         cert.to_str().context("cert path")?,
         cert_key.to_str().context("key path")?,
@@ -690,8 +720,31 @@ async fn through_gateway(dir: &Path) -> anyhow::Result<()> {
             args.extend(["--tls-cert", cert, "--tls-key", cert_key]);
         }
         let log = dir.join(format!("gateway-{which:?}.log"));
-        let mut gateway = spawn_in(&client, dmore, &args, Some(&log))?;
+        let mut gateway = spawn_in(
+            &client,
+            program,
+            &[&prefix[..], &args[..]].concat(),
+            Some(&log),
+        )?;
         wait_listening(&client, &listen, &mut gateway).await?;
+        if as_root {
+            let pid = gateway.id().context("the gateway's pid")?;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            ensure!(
+                field("Uid:").starts_with("65534") && field("CapEff:") == "0000000000000000",
+                "the gateway runs as uid {:?} with capabilities {:?}",
+                field("Uid:"),
+                field("CapEff:")
+            );
+        }
         let scheme = if tls { "https" } else { "http" };
         let mut page = Page::open(&client, &format!("{scheme}://{listen}/{page_path}")).await?;
         let label = format!("{which:?} through the gateway ({scheme})");

@@ -1,8 +1,10 @@
 // Drives one noVNC page in headless Chromium (Debian's /usr/bin/chromium, never a downloaded
 // browser) for dmore's browser end-to-end tests (bin/dmore/tests/novnc.rs).
 //
-//   node novnc.cjs URL
+//   node novnc.cjs URL [PROFILE_DIR]
 //
+// Chromium's profile goes to PROFILE_DIR (a fresh one, left for the caller to remove), else
+// to a fresh temporary directory removed at exit.
 // Opens URL (a noVNC page that connects on load), waits until it is connected, then answers
 // one JSON request per stdin line with one JSON line on stdout:
 //   {"cmd":"start_typing","pace_ms":N}  types lines of text into the page, a key every N ms,
@@ -29,7 +31,7 @@ const { chromium } = require(path.join(web, 'node_modules', 'playwright-core'));
 
 const url = process.argv[2];
 if (!url) {
-  console.error('usage: node novnc.cjs URL');
+  console.error('usage: node novnc.cjs URL [PROFILE_DIR]');
   process.exit(2);
 }
 
@@ -105,7 +107,9 @@ function say(obj) {
 }
 
 async function main() {
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'dmore-chromium-'));
+  const given = process.argv[3];
+  const profile = given || fs.mkdtempSync(path.join(os.tmpdir(), 'dmore-chromium-'));
+  if (given) fs.mkdirSync(given, { recursive: true });
   const context = await chromium.launchPersistentContext(profile, {
     // Larger than any guest screen: noVNC's app clips its canvas to the window.
     viewport: { width: 1920, height: 1200 },
@@ -119,7 +123,7 @@ async function main() {
   });
   const cleanup = async () => {
     await context.close().catch(() => {});
-    fs.rmSync(profile, { recursive: true, force: true });
+    if (!given) fs.rmSync(profile, { recursive: true, force: true });
   };
   try {
     const page = context.pages()[0] || (await context.newPage());

@@ -189,11 +189,17 @@ struct Page {
 }
 
 impl Page {
-    /// Opens `url` from `host` and waits until noVNC is connected.
-    async fn open(host: &Host, url: &str) -> anyhow::Result<Page> {
+    /// Opens `url` from `host` and waits until noVNC is connected; Chromium's profile goes
+    /// to a fresh directory in `dir` (removed with it, kept with it when a test fails).
+    async fn open(host: &Host, url: &str, dir: &Path) -> anyhow::Result<Page> {
         let script = repo_web().join("novnc.cjs");
         let script = script.to_str().context("driver path")?;
-        let mut child = spawn_in(host, "node", &[script, url], None)?;
+        let profile = tempfile::Builder::new()
+            .prefix("chromium-")
+            .tempdir_in(dir)?
+            .keep();
+        let profile = profile.to_str().context("profile path")?;
+        let mut child = spawn_in(host, "node", &[script, url, profile], None)?;
         let stdin = child.stdin.take().context("driver stdin")?;
         let stdout = child.stdout.take().context("driver stdout")?;
         let mut page = Page {
@@ -412,7 +418,7 @@ async fn check(client: Client, lossy: bool, moves: usize, dir: &Path) -> anyhow:
     let (root, path) = client.site(dir, quality, compression, "websockify")?;
     let _websockify = websockify(&bed, &root, &dir.join("websockify.log")).await?;
     let url = format!("http://{WEBSOCKIFY}/{path}");
-    let mut page = Page::open(bed.testbed().client(), &url).await?;
+    let mut page = Page::open(bed.testbed().client(), &url, dir).await?;
     session(
         &mut bed,
         &mut page,
@@ -746,7 +752,8 @@ async fn through_gateway(dir: &Path) -> anyhow::Result<()> {
             );
         }
         let scheme = if tls { "https" } else { "http" };
-        let mut page = Page::open(&client, &format!("{scheme}://{listen}/{page_path}")).await?;
+        let url = format!("{scheme}://{listen}/{page_path}");
+        let mut page = Page::open(&client, &url, dir).await?;
         let label = format!("{which:?} through the gateway ({scheme})");
         session(&mut bed, &mut page, &label, 0, false, dir).await?;
         page.quit().await?;

@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use gateway::dial::{serve_viewers, Dial};
 use resume::{Config, Role};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,9 +22,16 @@ Example, one console (its viewer port 127.0.0.1:5901) reached through a gateway:
       --key-file /etc/dmore/gateway.key                         # the stationary gateway
   vncviewer gateway-host:5900
 
+Browsers (noVNC): name the console, serve the page and the WebSocket, hand out a token:
+  dmore gateway serve --web-listen 0.0.0.0:6080 --console vm1=10.0.0.2:4800 \\
+      --key-file /etc/dmore/gateway.key --token-file /var/lib/dmore/tokens
+  dmore gateway token --token-file /var/lib/dmore/tokens --console vm1 --ttl 600
+  # prints the token and the page's URL (path and query) to open on the gateway;
+  # with --tls-cert FILE --tls-key FILE the page and its WebSocket are https and wss
+
 The link between gateway and endpoint may break: the gateway reconnects (to the next --console
 address in turn) and the stream resumes where it was, no byte lost or repeated. Not yet: the
-console serving streams itself and carrying them when it moves, tokens, WebSocket and TLS.")]
+console serving streams itself and carrying them when it moves, TLS for native viewers.")]
 pub struct GatewayArgs {
     #[command(subcommand)]
     command: GatewayCommand,
@@ -31,20 +39,44 @@ pub struct GatewayArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum GatewayCommand {
-    /// The stationary gateway: accepts RFB/TCP viewers, one resumable session per viewer.
+    /// The stationary gateway: accepts RFB/TCP viewers and browsers (noVNC over WebSocket),
+    /// one resumable session per viewer.
     Serve(ServeArgs),
     /// Next to a console: accepts resumable streams and relays each to the console's port.
     Endpoint(EndpointArgs),
+    /// A browser's access to one console until it expires: appends its SHA-256 to the token
+    /// file and prints the token (shown only here) and the noVNC URL that uses it.
+    Token(TokenArgs),
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("listeners").required(true).multiple(true)
+    .args(["listen", "web_listen"])))]
 struct ServeArgs {
-    /// TCP address viewers connect to (port 0 picks one; the bound address is printed).
+    /// TCP address RFB viewers connect to (port 0 picks one; the bound address is printed);
+    /// needs exactly one console name.
     #[arg(long, value_name = "ADDR")]
-    listen: SocketAddr,
-    /// Address of the console's endpoint; repeat for every place it may be (tried in turn).
-    #[arg(long, value_name = "ADDR", required = true)]
-    console: Vec<SocketAddr>,
+    listen: Option<SocketAddr>,
+    /// TCP address browsers connect to: the noVNC page from --web-root and its WebSocket
+    /// (`/websockify?token=T`); needs --token-file.
+    #[arg(long, value_name = "ADDR", requires = "token_file")]
+    web_listen: Option<SocketAddr>,
+    /// The directory of the page's static files, served read-only.
+    #[arg(long, value_name = "DIR", default_value = "/usr/share/novnc")]
+    web_root: PathBuf,
+    /// The file `dmore gateway token` writes grants to, read at each WebSocket upgrade.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Serve browsers over TLS (https, wss) with this certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "web_listen"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A console's endpoint, `[NAME=]ADDR` (NAME defaults to `default`); repeat a name for
+    /// every place that console may be (tried in turn).
+    #[arg(long, value_name = "[NAME=]ADDR", required = true, value_parser = parse_console)]
+    console: Vec<(String, SocketAddr)>,
     /// File whose first line is the key shared with the endpoints (at least 16 bytes).
     #[arg(long, value_name = "FILE")]
     key_file: PathBuf,
@@ -72,6 +104,30 @@ struct EndpointArgs {
     replay_cap: u32,
 }
 
+#[derive(clap::Args, Debug)]
+struct TokenArgs {
+    /// The gateway's token file (created, its user's alone, if missing).
+    #[arg(long, value_name = "FILE")]
+    token_file: PathBuf,
+    /// The console the token opens (a name the gateway's --console gives).
+    #[arg(long, value_name = "NAME")]
+    console: String,
+    /// Seconds the token is good for.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    ttl: u64,
+}
+
+fn parse_console(s: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = s.split_once('=').unwrap_or(("default", s));
+    if !gateway::tokens::valid_console_name(name) {
+        return Err(format!(
+            "{name:?} is not a console name (letters, digits, - _ . :)"
+        ));
+    }
+    let addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
+    Ok((name.to_owned(), addr))
+}
+
 fn config(role: Role, key_file: &Path, replay_cap: u32) -> anyhow::Result<Config> {
     let key = read_password(key_file)?.0;
     anyhow::ensure!(
@@ -92,18 +148,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         match args.command {
-            GatewayCommand::Serve(a) => {
-                let dial = Dial {
-                    stream: config(Role::Gateway, &a.key_file, a.replay_cap)?,
-                    consoles: a.console,
-                    max_attempts: a.max_attempts,
-                    retry_after: Duration::from_millis(200),
-                };
-                let listener = bind(a.listen).await?;
-                serve_viewers(listener, dial)
-                    .await
-                    .context("accepting viewers")
-            }
+            GatewayCommand::Serve(a) => serve(a).await,
             GatewayCommand::Endpoint(a) => {
                 let config = config(Role::Console, &a.key_file, a.replay_cap)?;
                 let listener = bind(a.listen).await?;
@@ -111,8 +156,106 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
                     .await
                     .context("accepting the gateway's streams")
             }
+            GatewayCommand::Token(a) => token(&a),
         }
     })
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let stream = config(Role::Gateway, &a.key_file, a.replay_cap)?;
+    let mut consoles: HashMap<String, Dial> = HashMap::new();
+    for (name, addr) in a.console {
+        consoles
+            .entry(name)
+            .or_insert_with(|| Dial {
+                stream: stream.clone(),
+                consoles: Vec::new(),
+                max_attempts: a.max_attempts,
+                retry_after: Duration::from_millis(200),
+            })
+            .consoles
+            .push(addr);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(listen) = a.listen {
+        anyhow::ensure!(
+            consoles.len() == 1,
+            "--listen serves one console; --console names {}",
+            consoles.len()
+        );
+        let dial = consoles.values().next().cloned().context("no console")?;
+        let listener = bind(listen).await?;
+        tasks.spawn(async move {
+            serve_viewers(listener, dial)
+                .await
+                .context("accepting viewers")
+        });
+    }
+    if let (Some(listen), Some(token_file)) = (a.web_listen, a.token_file) {
+        anyhow::ensure!(
+            a.web_root.is_dir(),
+            "the web root {} is not a directory (Debian's noVNC: apt install novnc)",
+            a.web_root.display()
+        );
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => {
+                let read = |f: &PathBuf| {
+                    std::fs::read(f).with_context(|| format!("reading {}", f.display()))
+                };
+                Some(
+                    gateway::tls::acceptor(&read(cert)?, &read(key)?)
+                        .with_context(|| format!("TLS with {}", cert.display()))?,
+                )
+            }
+            _ => None,
+        };
+        let web = gateway::web::Web {
+            root: a.web_root,
+            index: "vnc.html".into(),
+            token_file,
+            consoles,
+        };
+        let listener = bind(listen).await?;
+        tasks.spawn(async move {
+            gateway::web::serve_web(listener, web, tls)
+                .await
+                .context("accepting browsers")
+        });
+    }
+    match tasks.join_next().await {
+        Some(result) => result?,
+        None => Ok(()),
+    }
+}
+
+fn token(a: &TokenArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    anyhow::ensure!(
+        gateway::tokens::valid_console_name(&a.console),
+        "{:?} is not a console name (letters, digits, - _ . :)",
+        a.console
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs();
+    // ThreadRng: a CSPRNG seeded from the operating system.
+    let (token, line) = gateway::tokens::issue(rand::random(), &a.console, now + a.ttl);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&a.token_file)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .with_context(|| format!("writing {}", a.token_file.display()))?;
+    println!("{token}");
+    println!(
+        "vnc.html?path=websockify%3Ftoken%3D{token}&autoconnect=true  (on the gateway's \
+         --web-listen address; good for {} s)",
+        a.ttl
+    );
+    Ok(())
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

@@ -3,7 +3,10 @@
 //!   again (to the next known address) whenever the connection is lost;
 //! - [`accept`]: the console's side: connections routed to their session by the opening's
 //!   session id, each session relayed to a local TCP service (e.g. the console's RFB port);
-//! - [`relay`]: one connection of a session, driven.
+//! - [`relay`]: one connection of a session, driven;
+//! - [`web`]: browsers: noVNC's static files and the WebSocket into a viewer's session, with
+//!   per-console [`tokens`] checked before the upgrade ([`http`]: the HTTP it takes), over
+//!   [`tls`] when given a certificate.
 //!
 //! The protocol, and the plan for the console and `dmore gateway`: `docs/gateway.md`.
 
@@ -11,7 +14,11 @@
 
 pub mod accept;
 pub mod dial;
+pub mod http;
 pub mod relay;
+pub mod tls;
+pub mod tokens;
+pub mod web;
 
 /// Why a session ended other than by both ends closing.
 #[derive(Debug, thiserror::Error)]

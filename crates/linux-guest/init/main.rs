@@ -354,6 +354,33 @@ impl Screen {
             let _ = fb.file.write_at(&row, offset as u64);
         }
     }
+
+    /// A photo-like frame over the whole framebuffer: smooth gradients in red and green, soft
+    /// rings in blue (thousands of colours, no hard edges); on the text console, a line.
+    fn picture(&mut self) {
+        self.frames += 1;
+        let Some(fb) = self.fb.as_ref() else {
+            self.scroll(1);
+            return;
+        };
+        let (w, h) = (fb.width.max(1), fb.height.max(1));
+        for y in 0..fb.height {
+            let row: Vec<u8> = (0..fb.width)
+                .flat_map(|x| {
+                    let r = (x * 255 / w) as u32;
+                    let g = (y * 255 / h) as u32;
+                    let t = ((x * x + y * y) / 97) % 512;
+                    let b = if t < 256 { t } else { 511 - t } as u32;
+                    (r << 16 | g << 8 | b).to_le_bytes()
+                })
+                .collect();
+            // In pieces of 128 pixels, as a frame's square is written: whole rows written at
+            // once never reached the screen here (bochs DRM's fbdev).
+            for (i, piece) in row.chunks(512).enumerate() {
+                let _ = fb.file.write_at(piece, (y * fb.stride + i * 512) as u64);
+            }
+        }
+    }
 }
 
 struct Guest {
@@ -587,6 +614,11 @@ impl Guest {
                 for _ in 0..n.min(10_000) {
                     self.screen.frame();
                 }
+                self.serial
+                    .line(&format!("DREW FRAME {}", self.screen.frames));
+            }
+            ("PICTURE", None) => {
+                self.screen.picture();
                 self.serial
                     .line(&format!("DREW FRAME {}", self.screen.frames));
             }

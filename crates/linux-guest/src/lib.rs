@@ -30,7 +30,8 @@
 //! BTN <n> <dev> <code> <value> button event n (codes 100..15f hex; 110 left, 111 right,
 //!                              112 middle), counted apart from keys
 //! LED <mask>                   the init set the keyboards' LEDs (hex: scroll 1, num 2, caps 4)
-//! DREW LINE|FRAME <k>          a SCROLL / FRAME / ANIM 0 command is drawn: k lines / frames
+//! DREW LINE|FRAME <k>          a SCROLL / FRAME / ANIM 0 / PICTURE command is drawn: k lines /
+//!                              frames
 //! PONG <n>                     answer to PING n
 //! GONE <dev>                   a device went away
 //! ERR <text>                   something failed (a module, a command); the init goes on
@@ -42,7 +43,9 @@
 //! `SCROLL <n>`: `n` numbered lines on the console (tty1: VGA text or framebuffer console),
 //! scrolling it. `FRAME <n>`: `n` animation frames (a 128x128 square in a new colour at a new
 //! place on `/dev/fb0`; a line on the text console). `ANIM <ms>`: one frame every `ms` ms;
-//! `ANIM 0` stops and reports the count. `PING <n>`: answers `PONG <n>`.
+//! `ANIM 0` stops and reports the count. `PICTURE`: one frame that is a photo-like picture
+//! over the whole framebuffer (smooth gradients, thousands of colours: what a viewer that
+//! allowed lossy is sent as JPEG; a line on the text console). `PING <n>`: answers `PONG <n>`.
 //!
 //! # Boot time (TCG)
 //! For graphics under SeaBIOS QEMU boots the uncompressed kernel (`vmlinux`, extracted by

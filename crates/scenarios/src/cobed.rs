@@ -93,6 +93,8 @@ pub struct CoBedOptions {
     /// Have every QEMU trace its PS/2 keyboard queue into `ps2-trace.log` in its runtime
     /// directory ([`ps2trace`]), replayed by [`CoBed::ps2_traces`].
     pub ps2_trace: bool,
+    /// More options for every console (e.g. `--lossy`).
+    pub console_args: Vec<String>,
 }
 
 /// The user and group `nobody` and `nogroup` on Debian.
@@ -113,6 +115,7 @@ impl CoBedOptions {
             qemu_wait: None,
             serial_port: None,
             ps2_trace: false,
+            console_args: Vec::new(),
         }
     }
 }
@@ -980,6 +983,7 @@ impl CoBed {
                 .arg("--serial-attach")
                 .arg(dir.join("serial.sock"));
         }
+        cmd.args(&self.options.console_args);
         cmd.stdin(Stdio::null())
             .stdout(file("console.stdout")?)
             .stderr(file("console.stderr")?);

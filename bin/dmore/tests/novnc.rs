@@ -1,0 +1,765 @@
+//! noVNC in headless Chromium on `dmore console` through co-migrations (issue 18): Debian's
+//! noVNC 1.3.0 (its own app, `/usr/share/novnc/vnc.html`) and a current noVNC from npm (the
+//! library, under `tests/web/novnc.html`), each behind a stationary websockify on the client
+//! host that connects to the console's service address (transparent mode, as `dmore demo`).
+//!
+//! ```text
+//!  client host: Chromium (Playwright, tests/web/novnc.cjs) ─ws─> websockify 127.0.0.1:6080
+//!                                                                 └─TCP─> SERVICE:5900
+//!  A ⇄ B: the tiny guest and its console, co-migrated 10 times while the page types lines
+//!         of text (the guest echoes them: the screen scrolls)
+//! ```
+//!
+//! Checked: every key typed through the page reached the guest once, in order (its serial
+//! reports); the WebSocket never closed and the page never showed "disconnected"; the canvas
+//! read back (`getImageData`) equals QEMU's `screendump` pixel for pixel, opaque, with
+//! lossless settings; with JPEG allowed (`dmore console --lossy`, noVNC's quality 6), on the
+//! Linux guest's framebuffer showing a photo-like picture after 2 co-migrations, its PSNR
+//! against the screendump is at least [`LOSSY_MIN_PSNR`].
+//!
+//! Why a Node script: Playwright (`playwright-core` from npm, driving Debian's chromium)
+//! launches the browser, types real key events into the page and reads its canvas in a few
+//! lines; the DevTools protocol from Rust would need a CDP client crate and its own launch
+//! and input plumbing for the same. The packages come from `.ci/setup` (`/opt/dmore-web`).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use linux_guest::launch::{Display, Firmware, Input, LinuxOptions};
+use linux_guest::report::Report;
+use rfb::framebuffer::PIXEL_ENCODINGS;
+use rfb::Encoding;
+use scenarios::cobed::{CoBed, CoBedOptions};
+use scenarios::steady::tally::{key_presses, tally};
+use testbed::hosts::Host;
+use testbed::qemu::{Qemu, LINUX_MEMORY_MIB};
+use testbed::viewers::Image;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// Co-migrations while the page types (10); `DMORE_MIGRATIONS=N` sets N.
+fn migrations() -> usize {
+    std::env::var("DMORE_MIGRATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10)
+}
+
+/// The lowest PSNR (dB, RGB) accepted between noVNC's canvas and QEMU's screen with JPEG
+/// allowed at noVNC's default quality 6 (TigerVNC's JPEG quality 79).
+const LOSSY_MIN_PSNR: f64 = 30.0;
+/// Where websockify listens on the client host.
+const WEBSOCKIFY: &str = "127.0.0.1:6080";
+/// Bound on each wait (a guard against hanging, not a timed assertion).
+const WAIT: Duration = Duration::from_secs(120);
+/// The page types a key every this many ms.
+const PACE_MS: u64 = 15;
+
+/// One bed at a time: each runs two QEMUs, two consoles and a browser on two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Which noVNC.
+#[derive(Debug, Clone, Copy)]
+enum Client {
+    /// Debian's `novnc` package (1.3.0): its own app page.
+    Debian,
+    /// The npm package `@novnc/novnc` (the library) in dmore's page.
+    Npm,
+}
+
+/// The directory `.ci/setup` installs the npm packages into.
+fn web_dir() -> PathBuf {
+    std::env::var_os("DMORE_WEB").map_or_else(|| PathBuf::from("/opt/dmore-web"), PathBuf::from)
+}
+
+fn repo_web() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/web")
+}
+
+impl Client {
+    /// The web root to serve (made in `dir` for npm) and the page's URL path, the page
+    /// connecting to the WebSocket at `ws_path` (URL-encoded).
+    fn site(
+        self,
+        dir: &Path,
+        quality: u8,
+        compression: u8,
+        ws_path: &str,
+    ) -> anyhow::Result<(PathBuf, String)> {
+        match self {
+            Client::Debian => {
+                let root = PathBuf::from("/usr/share/novnc");
+                ensure!(
+                    root.join("vnc.html").exists(),
+                    "Debian's noVNC is not installed (run .ci/setup)"
+                );
+                Ok((
+                    root,
+                    format!(
+                        "vnc.html?autoconnect=true&path={ws_path}&resize=off\
+                         &quality={quality}&compression={compression}"
+                    ),
+                ))
+            }
+            Client::Npm => {
+                let novnc = web_dir().join("node_modules/@novnc/novnc");
+                ensure!(
+                    novnc.join("core/rfb.js").exists(),
+                    "noVNC from npm is not in {} (run .ci/setup)",
+                    novnc.display()
+                );
+                let root = dir.join("www");
+                if !root.exists() {
+                    std::fs::create_dir_all(&root)?;
+                    for part in ["core", "vendor"] {
+                        std::os::unix::fs::symlink(novnc.join(part), root.join(part))?;
+                    }
+                    std::fs::copy(repo_web().join("novnc.html"), root.join("novnc.html"))?;
+                }
+                Ok((
+                    root,
+                    format!(
+                        "novnc.html?path={ws_path}&quality={quality}&compression={compression}"
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// A child process on `host`, killed on drop (the testbed sweeps what is left in its
+/// namespaces); stdin and stdout piped, or none and its stderr into `log`.
+fn spawn_in(
+    host: &Host,
+    program: &str,
+    args: &[&str],
+    log: Option<&Path>,
+) -> anyhow::Result<Child> {
+    let mut cmd = Command::from(host.command(program));
+    cmd.args(args).kill_on_drop(true);
+    match log {
+        None => cmd.stdin(Stdio::piped()).stdout(Stdio::piped()),
+        // dmore's own servers log everything they would (the token must not be in it).
+        Some(log) => cmd
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?),
+    };
+    cmd.spawn().with_context(|| format!("starting {program}"))
+}
+
+/// websockify on the client host, serving `root` and relaying to the console.
+async fn websockify(bed: &CoBed, root: &Path, log: &Path) -> anyhow::Result<Child> {
+    let target = bed.service().to_string();
+    let root = root.to_str().context("web root path")?;
+    let mut child = spawn_in(
+        bed.testbed().client(),
+        "websockify",
+        &["--web", root, WEBSOCKIFY, &target],
+        Some(log),
+    )?;
+    wait_listening(bed.testbed().client(), WEBSOCKIFY, &mut child).await?;
+    Ok(child)
+}
+
+/// Waits until `child` accepts connections on `addr` from `host`.
+async fn wait_listening(host: &Host, addr: &str, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while scenarios::typist::connect_from(host, addr.parse()?)
+        .await
+        .is_err()
+    {
+        if let Some(status) = child.try_wait()? {
+            bail!("the server for {addr} exited: {status}");
+        }
+        ensure!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// The page in Chromium, driven by `tests/web/novnc.cjs` (one JSON request, one JSON line).
+struct Page {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Page {
+    /// Opens `url` from `host` and waits until noVNC is connected; Chromium's profile goes
+    /// to a fresh directory in `dir` (removed with it, kept with it when a test fails).
+    async fn open(host: &Host, url: &str, dir: &Path) -> anyhow::Result<Page> {
+        let script = repo_web().join("novnc.cjs");
+        let script = script.to_str().context("driver path")?;
+        let profile = tempfile::Builder::new()
+            .prefix("chromium-")
+            .tempdir_in(dir)?
+            .keep();
+        let profile = profile.to_str().context("profile path")?;
+        let mut child = spawn_in(host, "node", &[script, url, profile], None)?;
+        let stdin = child.stdin.take().context("driver stdin")?;
+        let stdout = child.stdout.take().context("driver stdout")?;
+        let mut page = Page {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+        };
+        let ready = page.answer().await.context("opening the page")?;
+        ensure!(ready["ready"] == true, "the page did not connect: {ready}");
+        Ok(page)
+    }
+
+    async fn answer(&mut self) -> anyhow::Result<serde_json::Value> {
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .context("the driver did not answer")??
+            .context("the driver exited")?;
+        let value: serde_json::Value = serde_json::from_str(&line)?;
+        ensure!(value.get("error").is_none(), "the driver failed: {value}");
+        Ok(value)
+    }
+
+    async fn ask(&mut self, request: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        self.stdin
+            .write_all(format!("{request}\n").as_bytes())
+            .await?;
+        self.answer().await
+    }
+
+    /// The canvas, through `file`: RGB pixels and how many were not opaque.
+    async fn canvas(&mut self, file: &Path) -> anyhow::Result<(Image, usize)> {
+        let answer = self
+            .ask(serde_json::json!({ "cmd": "canvas", "file": file }))
+            .await?;
+        let (width, height) = (dimension(&answer, "width")?, dimension(&answer, "height")?);
+        let rgba = std::fs::read(file)?;
+        ensure!(
+            rgba.len() == width * height * 4,
+            "canvas of {} bytes",
+            rgba.len()
+        );
+        let translucent = rgba.chunks_exact(4).filter(|p| p[3] != 255).count();
+        let pixels = rgba
+            .chunks_exact(4)
+            .map(|p| u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]))
+            .collect();
+        Ok((
+            Image {
+                width,
+                height,
+                pixels,
+            },
+            translucent,
+        ))
+    }
+
+    async fn quit(mut self) -> anyhow::Result<()> {
+        self.stdin.write_all(b"{\"cmd\":\"quit\"}\n").await?;
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .context("the driver did not exit")??;
+        ensure!(status.success(), "the driver exited with {status}");
+        Ok(())
+    }
+}
+
+fn dimension(answer: &serde_json::Value, key: &str) -> anyhow::Result<usize> {
+    let n = answer[key]
+        .as_u64()
+        .with_context(|| format!("no {key}: {answer}"))?;
+    Ok(usize::try_from(n)?)
+}
+
+/// QEMU's own `screendump`, through `file`.
+async fn screendump(qemu: &Qemu, file: &Path) -> anyhow::Result<Image> {
+    qemu.qmp()
+        .execute("screendump", serde_json::json!({ "filename": file }))
+        .await?;
+    Ok(testbed::viewers::parse_ppm(&std::fs::read(file)?)?)
+}
+
+/// Pixels that differ (all of them if the sizes differ).
+fn differing(seen: &Image, want: &Image) -> usize {
+    if (seen.width, seen.height) != (want.width, want.height) {
+        return want.width * want.height;
+    }
+    seen.pixels
+        .iter()
+        .zip(&want.pixels)
+        .filter(|(a, b)| a != b)
+        .count()
+}
+
+/// PSNR (dB) over the R, G and B samples; infinite when equal, 0 when the sizes differ.
+fn psnr(seen: &Image, want: &Image) -> f64 {
+    if (seen.width, seen.height) != (want.width, want.height) {
+        return 0.0;
+    }
+    let mut squares = 0u64;
+    for (a, b) in seen.pixels.iter().zip(&want.pixels) {
+        for shift in [0, 8, 16] {
+            let d = i64::from((a >> shift) & 0xff) - i64::from((b >> shift) & 0xff);
+            squares += d.unsigned_abs().pow(2);
+        }
+    }
+    if squares == 0 {
+        return f64::INFINITY;
+    }
+    let mse = squares as f64 / (seen.pixels.len() * 3) as f64;
+    10.0 * (255.0 * 255.0 / mse).log10()
+}
+
+/// The pixel encoding dmore uses for a viewer that sent `list` (the first it implements).
+fn pixel_encoding(list: &[i32]) -> Encoding {
+    list.iter()
+        .map(|&n| Encoding::from(n))
+        .find(|e| PIXEL_ENCODINGS.contains(e))
+        .unwrap_or(Encoding::Raw)
+}
+
+/// The page's canvas against QEMU's screen at one moment.
+struct Comparison {
+    canvas: Image,
+    screen: Image,
+    /// Pixels whose RGB differ.
+    differing: usize,
+    /// Canvas pixels not fully opaque.
+    translucent: usize,
+    /// PSNR (dB).
+    psnr: f64,
+}
+
+/// Reads the canvas and QEMU's screen in turn until they are equal (the guest's cursor
+/// blinks; the page may still be catching up) or [`WAIT`] passes (with JPEG: 20 reads);
+/// returns the closest pair seen.
+async fn closest(
+    page: &mut Page,
+    qemu: &Qemu,
+    dir: &Path,
+    lossy: bool,
+) -> anyhow::Result<Comparison> {
+    let deadline = Instant::now() + WAIT;
+    let mut best: Option<Comparison> = None;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let screen = screendump(qemu, &dir.join("screen.ppm")).await?;
+        let (canvas, translucent) = page.canvas(&dir.join("canvas.rgba")).await?;
+        let now = Comparison {
+            differing: differing(&canvas, &screen),
+            psnr: psnr(&canvas, &screen),
+            canvas,
+            screen,
+            translucent,
+        };
+        // Lossless: the fewest pixels off; with JPEG: the highest PSNR.
+        let better = |b: &Comparison| match lossy {
+            false => (now.differing, now.translucent) < (b.differing, b.translucent),
+            true => now.psnr > b.psnr || (now.psnr == b.psnr && now.translucent < b.translucent),
+        };
+        if best.as_ref().is_none_or(better) {
+            best = Some(now);
+        }
+        let exact = best
+            .as_ref()
+            .is_some_and(|b| b.differing == 0 && b.translucent == 0);
+        // With JPEG, equality may never come: the best of 20 reads is the screen.
+        if exact || (lossy && tries >= 20) || Instant::now() >= deadline {
+            return best.context("no comparison");
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// The whole check for one client; `lossy`: the console allows JPEG, noVNC at quality 6.
+async fn novnc_through_comigrations(
+    client: Client,
+    lossy: bool,
+    moves: usize,
+) -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let started = Instant::now();
+    let dir = tempfile::tempdir()?;
+    match check(client, lossy, moves, dir.path()).await {
+        Ok(()) => {
+            println!(
+                "{client:?} lossy={lossy}: passed in {:?}",
+                started.elapsed()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let kept = dir.keep();
+            Err(e.context(format!("files kept in {}", kept.display())))
+        }
+    }
+}
+
+async fn check(client: Client, lossy: bool, moves: usize, dir: &Path) -> anyhow::Result<()> {
+    let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
+    if lossy {
+        // A picture JPEG is for (text is sent lossless even when lossy is allowed): the Linux
+        // guest's framebuffer.
+        options.console_args.push("--lossy".into());
+        options.memory_mib = LINUX_MEMORY_MIB;
+        options.linux = Some(LinuxOptions {
+            input: Input::Ps2,
+            display: Display::Graphics,
+            firmware: Firmware::SeaBios,
+        });
+    }
+    let Some(mut bed) = CoBed::start_or_skip(options).await? else {
+        return Ok(());
+    };
+    let (quality, compression) = if lossy { (6, 2) } else { (9, 0) };
+    let (root, path) = client.site(dir, quality, compression, "websockify")?;
+    let _websockify = websockify(&bed, &root, &dir.join("websockify.log")).await?;
+    let url = format!("http://{WEBSOCKIFY}/{path}");
+    let mut page = Page::open(bed.testbed().client(), &url, dir).await?;
+    session(
+        &mut bed,
+        &mut page,
+        &format!("{client:?}"),
+        moves,
+        lossy,
+        dir,
+    )
+    .await?;
+    page.quit().await
+}
+
+/// Through an open `page`: types while the VM co-migrates `moves` times (or for 3 s), then
+/// checks every key once, in order, the connection never ended, and the canvas against QEMU's
+/// screen (exact; with `lossy`, the PSNR).
+async fn session(
+    bed: &mut CoBed,
+    page: &mut Page,
+    client: &str,
+    moves: usize,
+    lossy: bool,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let status = page.ask(serde_json::json!({ "cmd": "status" })).await?;
+    let encodings: Vec<i32> = serde_json::from_value(status["encodings"].clone())
+        .with_context(|| format!("the client's SetEncodings: {status}"))?;
+    println!(
+        "{client}: noVNC asked for {encodings:?}: dmore sends {:?}",
+        pixel_encoding(&encodings)
+    );
+
+    // Keys an earlier session typed into this guest are not this one's.
+    let before = key_presses(
+        bed.collect_reports(Duration::from_millis(300), Duration::from_secs(2))
+            .await,
+    )
+    .len();
+    page.ask(serde_json::json!({ "cmd": "start_typing", "pace_ms": PACE_MS }))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if moves == 0 {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+    for n in 1..=moves {
+        let (from, to) = (bed.home(), bed.other());
+        let t = bed.migrate(false).await?;
+        println!(
+            "{client} migration {n} {from:?}->{to:?}: VM downtime {:?} ms, freeze->takeover {:?}",
+            t.vm_downtime_ms, t.freeze_to_takeover
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let typed = page
+        .ask(serde_json::json!({ "cmd": "stop_typing" }))
+        .await?;
+    let typed = typed["typed"].as_str().context("typed text")?.to_owned();
+    let sent: Vec<u16> = typed
+        .chars()
+        .map(|c| guest::keymap::scancode(c).map(u16::from))
+        .collect::<Option<_>>()
+        .context("a typed character has no key")?;
+
+    // Every key once, in order, from the guest's own reports.
+    let deadline = Instant::now() + WAIT;
+    let keys = loop {
+        let reports = bed
+            .collect_reports(Duration::from_millis(500), Duration::from_secs(2))
+            .await;
+        let received = key_presses(reports).split_off(before);
+        if received.len() >= sent.len() || Instant::now() >= deadline {
+            break tally(&sent, &received);
+        }
+    };
+    let status = page.ask(serde_json::json!({ "cmd": "status" })).await?;
+    println!(
+        "{client}: {} keys typed through the page over {moves} co-migrations: {keys:?}; \
+         WebSocket closes {}, \"disconnected\" shown: {}",
+        sent.len(),
+        status["closes"],
+        status["disconnected_shown"]
+    );
+    ensure!(
+        sent.len() > 50,
+        "the page typed too little to judge: {keys:?}"
+    );
+    ensure!(keys.exact(), "every key once, in order: {keys:?}");
+    ensure!(
+        status["closes"] == serde_json::json!([]) && status["connected"] == true,
+        "the page's connection ended: {status}"
+    );
+    ensure!(
+        status["disconnected_shown"] == false,
+        "the page showed \"disconnected\""
+    );
+
+    // The screen: the canvas against QEMU's; with JPEG allowed, a photo-like picture on it.
+    if lossy {
+        let serial = bed.home_serial().context("no home VM")?;
+        serial.send_line("PICTURE").await?;
+        while !matches!(
+            serial.next_linux(WAIT, "DREW FRAME").await?,
+            Report::Drew { frames: true, .. }
+        ) {}
+        // Drawn is not yet shown: the framebuffer reaches QEMU's display a little later.
+        let qemu = bed.home_qemu().context("no home VM")?;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let screen = screendump(qemu, &dir.join("screen.ppm")).await?;
+            let colours: std::collections::HashSet<u32> = screen.pixels.iter().copied().collect();
+            if colours.len() > 10_000 {
+                println!(
+                    "{client}: the guest shows a picture of {} colours",
+                    colours.len()
+                );
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the guest's picture never showed"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let qemu = bed.home_qemu().context("no home VM")?;
+    let Comparison {
+        canvas: seen,
+        screen,
+        differing: diff,
+        translucent,
+        psnr: quality,
+    } = closest(page, qemu, dir, lossy).await?;
+    println!(
+        "{client}: canvas {}x{} against QEMU's screendump {}x{}: {diff} pixels differ, \
+         {translucent} not opaque, PSNR {quality:.1} dB",
+        seen.width, seen.height, screen.width, screen.height
+    );
+    if lossy {
+        ensure!(
+            quality >= LOSSY_MIN_PSNR && translucent == 0,
+            "PSNR {quality:.1} dB below {LOSSY_MIN_PSNR} (or {translucent} pixels not opaque)"
+        );
+    } else if diff != 0 || translucent != 0 {
+        seen.save_png(&dir.join("canvas.png"))?;
+        screen.save_png(&dir.join("screendump.png"))?;
+        bail!(
+            "the canvas differs from QEMU's screendump in {diff} pixels ({translucent} not opaque)"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_novnc_exact_through_comigrations() -> anyhow::Result<()> {
+    novnc_through_comigrations(Client::Debian, false, migrations()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_novnc_exact_through_comigrations() -> anyhow::Result<()> {
+    novnc_through_comigrations(Client::Npm, false, migrations()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_novnc_lossy_psnr() -> anyhow::Result<()> {
+    novnc_through_comigrations(Client::Debian, true, 2).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_novnc_lossy_psnr() -> anyhow::Result<()> {
+    novnc_through_comigrations(Client::Npm, true, migrations().min(2)).await
+}
+
+/// noVNC (Debian's over https and wss, then npm's over http and ws) served by `dmore gateway
+/// serve --web-listen` itself, its WebSocket relayed over a resumable stream to `dmore gateway endpoint` next to a stationary
+/// console, with a token from `dmore gateway token` (issue 14), the gateway and the endpoint
+/// running as nobody without capabilities: every key typed once, the canvas equal to QEMU's
+/// screendump, the token in no log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn novnc_through_the_gateway() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let started = Instant::now();
+    let dir = tempfile::tempdir()?;
+    match through_gateway(dir.path()).await {
+        Ok(()) => {
+            println!("through the gateway: passed in {:?}", started.elapsed());
+            Ok(())
+        }
+        Err(e) => {
+            let kept = dir.keep();
+            Err(e.context(format!("files kept in {}", kept.display())))
+        }
+    }
+}
+
+async fn through_gateway(dir: &Path) -> anyhow::Result<()> {
+    let dmore = env!("CARGO_BIN_EXE_dmore");
+    let Some(mut bed) = CoBed::start_or_skip(CoBedOptions::new(dmore)).await? else {
+        return Ok(());
+    };
+    let client = bed.testbed().client().clone();
+    // The gateway and the endpoint need no privilege: as root, the test runs them as nobody
+    // without capabilities (the bed's own copy of dmore, which nobody can reach), and gives
+    // nobody the files they read.
+    let as_root = nix::unistd::geteuid().is_root();
+    let unprivileged = bed.testbed().run_dir().join("dmore");
+    let unprivileged = unprivileged.to_str().context("dmore path")?;
+    let (program, prefix): (&str, Vec<&str>) = if as_root {
+        let user = [
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ];
+        ("setpriv", [&user[..], &["--", unprivileged]].concat())
+    } else {
+        (dmore, Vec::new())
+    };
+    let give = |path: &Path| -> anyhow::Result<()> {
+        if as_root {
+            std::os::unix::fs::chown(path, Some(65534), Some(65534))?;
+        }
+        Ok(())
+    };
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let key_path = dir.join("gateway.key");
+    std::fs::write(&key_path, "0123456789abcdef0123456789abcdef\n")?;
+    give(&key_path)?;
+    let key = key_path.to_str().context("key path")?;
+    let token_path = dir.join("tokens");
+    let tokens = token_path.to_str().context("token file path")?;
+    let endpoint = std::net::SocketAddr::from((bed.testbed().a().ip(), 4800));
+    let service = bed.service().to_string();
+    let endpoint_addr = endpoint.to_string();
+    let endpoint_args = [
+        "gateway",
+        "endpoint",
+        "--listen",
+        &endpoint_addr,
+        "--service",
+        &service,
+        "--key-file",
+        key,
+    ];
+    let mut endpoint_child = spawn_in(
+        bed.testbed().a(),
+        program,
+        &[&prefix[..], &endpoint_args[..]].concat(),
+        Some(&dir.join("endpoint.log")),
+    )?;
+    wait_listening(&client, &endpoint.to_string(), &mut endpoint_child).await?;
+    let out = client
+        .command(dmore)
+        .args(["gateway", "token", "--token-file", tokens])
+        .args(["--console", "vm1", "--ttl", "600"])
+        .output()?;
+    ensure!(out.status.success(), "dmore gateway token: {out:?}");
+    give(&token_path)?;
+    let token = String::from_utf8(out.stdout)?
+        .lines()
+        .next()
+        .context("no token printed")?
+        .to_owned();
+    let ws_path = format!("websockify%3Ftoken%3D{token}");
+    let (cert, cert_key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&cert_key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?;
+    ensure!(made.status.success(), "openssl: {made:?}");
+    give(&cert_key)?;
+    let (cert, cert_key) = (
+        cert.to_str().context("cert path")?,
+        cert_key.to_str().context("key path")?,
+    );
+    // Debian's noVNC over https and wss (the browser told to accept the test's own
+    // certificate), npm's over http and ws.
+    for (n, which) in [Client::Debian, Client::Npm].into_iter().enumerate() {
+        let (root, page_path) = which.site(dir, 9, 0, &ws_path)?;
+        let listen = format!("127.0.0.1:{}", 6081 + n);
+        let mut args = vec![
+            "gateway",
+            "serve",
+            "--web-listen",
+            &listen,
+            "--web-root",
+            root.to_str().context("web root")?,
+            "--key-file",
+            key,
+            "--token-file",
+            tokens,
+        ];
+        let console = format!("vm1={endpoint}");
+        args.extend(["--console", &console]);
+        let tls = matches!(which, Client::Debian);
+        if tls {
+            args.extend(["--tls-cert", cert, "--tls-key", cert_key]);
+        }
+        let log = dir.join(format!("gateway-{which:?}.log"));
+        let mut gateway = spawn_in(
+            &client,
+            program,
+            &[&prefix[..], &args[..]].concat(),
+            Some(&log),
+        )?;
+        wait_listening(&client, &listen, &mut gateway).await?;
+        if as_root {
+            let pid = gateway.id().context("the gateway's pid")?;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            ensure!(
+                field("Uid:").starts_with("65534") && field("CapEff:") == "0000000000000000",
+                "the gateway runs as uid {:?} with capabilities {:?}",
+                field("Uid:"),
+                field("CapEff:")
+            );
+        }
+        let scheme = if tls { "https" } else { "http" };
+        let url = format!("{scheme}://{listen}/{page_path}");
+        let mut page = Page::open(&client, &url, dir).await?;
+        let label = format!("{which:?} through the gateway ({scheme})");
+        session(&mut bed, &mut page, &label, 0, false, dir).await?;
+        page.quit().await?;
+    }
+    let log = std::fs::read_to_string(dir.join("gateway-Debian.log"))?
+        + &std::fs::read_to_string(dir.join("gateway-Npm.log"))?;
+    ensure!(!log.contains(&token), "a gateway logged the token");
+    Ok(())
+}

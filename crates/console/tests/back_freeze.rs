@@ -185,12 +185,21 @@ async fn a_link_that_lost_qemu_still_hands_its_journal_to_a_freeze() -> anyhow::
     push_keys(&link, &held).await?;
     vm.qmp().quit().await.ok();
     // The link's events end: the console learns that QEMU is gone.
-    while tokio::time::timeout(DEADLINE, vm_rx.recv()).await?.is_some() {}
+    while tokio::time::timeout(DEADLINE, vm_rx.recv())
+        .await?
+        .is_some()
+    {}
     let state = link.freeze().await?;
-    assert_eq!(state.held(), 2 * held.len(), "every held key is in the state");
+    assert_eq!(
+        state.held(),
+        2 * held.len(),
+        "every held key is in the state"
+    );
     assert!(state.uncertain().is_empty());
     assert!(
-        link.push(ViewerId(0), key_event(ENTER, true, false)).await.is_err(),
+        link.push(ViewerId(0), key_event(ENTER, true, false))
+            .await
+            .is_err(),
         "no input is taken for a QEMU that is gone"
     );
     let ended = link.shutdown().await;

@@ -130,6 +130,25 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Reads binary messages from `ws` until `len` bytes came (20 s for each message).
+async fn read_binary<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, len: usize) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut got = Vec::new();
+    while got.len() < len {
+        let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Binary(bytes) = message {
+            got.extend_from_slice(&bytes);
+        }
+    }
+    got
+}
+
 #[tokio::test]
 async fn serves_the_web_root_and_nothing_outside_it() {
     let bed = bed().await;
@@ -188,17 +207,7 @@ async fn a_token_opens_its_console_over_the_websocket() {
         for chunk in sent.chunks(7000) {
             ws.send(Message::binary(chunk.to_vec())).await.unwrap();
         }
-        let mut got = Vec::new();
-        while got.len() < sent.len() {
-            let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            if let Message::Binary(bytes) = message {
-                got.extend_from_slice(&bytes);
-            }
-        }
+        let got = read_binary(&mut ws, sent.len()).await;
         assert!(got == sent, "the echo differs");
         ws.close(None).await.unwrap();
     }
@@ -323,17 +332,7 @@ async fn over_tls_the_page_and_the_websocket() {
         .unwrap();
     let sent: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
     ws.send(Message::binary(sent.clone())).await.unwrap();
-    let mut got = Vec::new();
-    while got.len() < sent.len() {
-        let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Message::Binary(bytes) = message {
-            got.extend_from_slice(&bytes);
-        }
-    }
+    let got = read_binary(&mut ws, sent.len()).await;
     assert!(got == sent, "the echo over wss differs");
 
     // A plain-text client gets no page from a TLS listener.

@@ -4,6 +4,7 @@ use clap::Parser;
 
 mod baseline_cmd;
 mod bench_cmd;
+mod bench_suite_cmd;
 mod console_cmd;
 mod demo_cmd;
 mod gateway_cmd;

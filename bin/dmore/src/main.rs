@@ -35,7 +35,8 @@ enum Command {
     Migrate(migrate_cmd::MigrateArgs),
     /// Show a console surviving live migrations A -> B -> A, with figures, beside a plain one.
     Demo(demo_cmd::DemoArgs),
-    /// Benchmarks (`dmore bench console`: the console against QEMU's own VNC).
+    /// Benchmarks against QEMU's own VNC and `migrate` (`dmore bench all`: the paper's
+    /// evaluation, with `dmore bench report` for docs/results.md).
     Bench(bench_cmd::BenchArgs),
     /// libvirt domains with dmore consoles: patch a domain's XML, install and run the hook.
     Libvirt(libvirt_cmd::LibvirtArgs),

@@ -127,8 +127,9 @@ fn dashed(colour: RGBColor) -> ShapeStyle {
     colour.stroke_width(2)
 }
 
-/// The cumulative distribution of each series' samples (x: value in `unit`; y: share of
-/// samples ≤ x, %), with vertical reference lines.
+/// The cumulative distribution of each series' samples (x: value in `unit`, on a log scale so
+/// that a long tail leaves the body readable; values ≤ 0 are left out; y: share of samples
+/// ≤ x, %), with vertical reference lines.
 pub fn cdf(
     path: &Path,
     title: &str,
@@ -136,20 +137,25 @@ pub fn cdf(
     series: &[(String, Vec<f64>)],
     references: &[Reference],
 ) -> Result<(), PlotError> {
-    let xs = span(
-        series
-            .iter()
-            .flat_map(|(_, v)| v.iter().copied())
-            .chain(references.iter().map(|r| r.at)),
-        false,
-    );
+    let positive = |v: &f64| *v > 0.0 && v.is_finite();
+    let (lo, hi) = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .chain(references.iter().map(|r| r.at))
+        .filter(positive)
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = if lo > hi {
+        (1.0, 10.0)
+    } else {
+        (lo / 1.2, hi * 1.2)
+    };
     canvas(path, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 24))
             .margin(15)
             .x_label_area_size(50)
             .y_label_area_size(70)
-            .build_cartesian_2d(xs, 0.0..100.0)
+            .build_cartesian_2d((lo..hi).log_scale(), 0.0..100.0)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
@@ -160,7 +166,7 @@ pub fn cdf(
             .draw()
             .map_err(|e| e.to_string())?;
         for (i, (name, values)) in series.iter().enumerate() {
-            let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+            let mut sorted: Vec<f64> = values.iter().copied().filter(positive).collect();
             sorted.sort_by(f64::total_cmp);
             let n = sorted.len().max(1) as f64;
             let c = colour(i);
@@ -176,7 +182,11 @@ pub fn cdf(
                 .label(format!("{name} (n = {})", sorted.len()))
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
         }
-        for (i, r) in references.iter().enumerate() {
+        for (i, r) in references
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| positive(&r.at))
+        {
             let c = colour(series.len() + i);
             chart
                 .draw_series(DashedLineSeries::new(
@@ -209,7 +219,9 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
 
 /// Lines with points, x against y, with error bars where a series has `spread`, and
 /// horizontal reference lines (or a reference series: give it as a [`Series`] with the word
-/// "paper" or "target" in its name and it is drawn dashed).
+/// "paper" or "target" in its name and it is drawn dashed; one more than 3× above every
+/// measured point is only named in the legend, "off the scale", so that it does not flatten
+/// the measurements).
 pub fn lines(
     path: &Path,
     title: &str,
@@ -221,9 +233,21 @@ pub fn lines(
         series.iter().flat_map(|s| s.points.iter().map(|p| p.0)),
         false,
     );
+    let is_reference = |s: &Series| s.name.contains("paper") || s.name.contains("target");
+    let measured_max = series
+        .iter()
+        .filter(|s| !is_reference(s))
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(0.0, f64::max);
+    // A reference far above every measurement would flatten them: it keeps its legend entry,
+    // marked as off the scale, and is not drawn.
+    let off_scale = |s: &Series| {
+        is_reference(s) && measured_max > 0.0 && s.points.iter().all(|p| p.1 > 3.0 * measured_max)
+    };
     let ys = span(
         series
             .iter()
+            .filter(|s| !off_scale(s))
             .flat_map(|s| {
                 s.points
                     .iter()
@@ -251,7 +275,16 @@ pub fn lines(
             .map_err(|e| e.to_string())?;
         for (i, s) in series.iter().enumerate() {
             let c = colour(i);
-            let reference = s.name.contains("paper") || s.name.contains("target");
+            let reference = is_reference(s);
+            if off_scale(s) {
+                let top = s.points.iter().map(|p| p.1).fold(0.0, f64::max);
+                chart
+                    .draw_series(std::iter::empty::<PathElement<(f64, f64)>>())
+                    .map_err(|e| e.to_string())?
+                    .label(format!("{} — off the scale (≥ {top:.1})", s.name))
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], dashed(c)));
+                continue;
+            }
             let style = if reference {
                 dashed(c)
             } else {

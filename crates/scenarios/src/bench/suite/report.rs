@@ -147,6 +147,14 @@ pub fn markdown(summaries: &[Summary], plots_dir: &str) -> String {
         );
     }
     if let Some(first) = summaries.first() {
+        let total: f64 = summaries.iter().map(|s| s.seconds).sum();
+        let _ = writeln!(
+            out,
+            "Run: `cargo run --release -p dmore -- bench all --out results`, then `dmore bench \
+             report`; the benches took {:.0} min {:.0} s together.\n",
+            (total / 60.0).floor(),
+            total % 60.0
+        );
         let _ = writeln!(out, "Machine: {}.", first.machine);
         let _ = writeln!(
             out,

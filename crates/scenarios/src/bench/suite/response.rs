@@ -347,7 +347,7 @@ pub fn summarise(
         plot::cdf(
             &run.path(suffix),
             title,
-            "latency (µs)",
+            "latency (µs, log scale)",
             &[
                 ("plain QEMU VNC".to_owned(), q.clone()),
                 ("dmore console".to_owned(), d.clone()),
@@ -357,11 +357,14 @@ pub fn summarise(
         plots.push(run.file_name(suffix));
     }
     let notes = vec![
-        "Keys alternate between the two paths, one at a time, each after the previous          one's echo and release report; both QEMU displays run with key-delay-ms=0."
+        "Keys alternate between the two paths, one at a time, each after the previous \
+         one's echo and release report; both QEMU displays run with key-delay-ms=0."
             .to_owned(),
-        "key → echo includes QEMU's display refresh timer (30 ms when the screen changes),          so its spread is QEMU's; the difference between the paths is dmore's."
+        "key → echo includes QEMU's display refresh timer (30 ms when the screen changes), \
+         so its spread is QEMU's; the difference between the paths is dmore's."
             .to_owned(),
-        "screen update: the same animated-corner update as seen by a Raw viewer on each          path, matched by content (as `dmore bench console`)."
+        "screen update: the same animated-corner update as seen by a Raw viewer on each \
+         path, matched by content (as `dmore bench console`)."
             .to_owned(),
     ];
     run.finish(

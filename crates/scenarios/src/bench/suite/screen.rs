@@ -34,12 +34,14 @@ use tokio::task::JoinHandle;
 use vnc::client::Setup;
 
 use super::plot;
-use super::{Metric, Run, SuiteError, Summary};
+use super::{at_most, Metric, Run, SuiteError, Summary};
 use crate::bench::keys::Typist;
 use crate::bench::process::cpu_time;
 use crate::bench::{rig, BenchError, BenchOptions, ConsoleSockets, Scratch};
 use crate::typist::{keysym_of, plain_client_config};
 
+/// Issue 13: ≤ 8 MiB RSS per console with one viewer.
+pub const TARGET_RSS_MIB: f64 = 8.0;
 /// The Enter key's keysym.
 const KEYSYM_RETURN: u32 = 0xff0d;
 /// Characters per typed line before Enter (the screen scrolls once it is full).
@@ -195,6 +197,8 @@ pub struct EncodingSample {
     pub qemu_cpu_ms: f64,
     /// QEMU's CPU time over as long with the dmore viewer alone, ms.
     pub qemu_cpu_without_direct_ms: f64,
+    /// The console process's `VmRSS` at the end, with its one viewer, KiB.
+    pub console_rss_kib: u64,
 }
 
 impl EncodingSample {
@@ -274,6 +278,7 @@ where
         let (q2, t2) = (cpu_time(qemu_pid)?, Instant::now());
         tokio::time::sleep(window).await;
         let (q3, t3) = (cpu_time(qemu_pid)?, Instant::now());
+        let console_rss_kib = rig.console.rss_kib()?;
         dmore.counts()?;
         let secs = t1.duration_since(t0).as_secs_f64();
         let alone = t3.duration_since(t2).as_secs_f64().max(1e-3);
@@ -287,6 +292,7 @@ where
             console_cpu_ms: super::ms(cc1.saturating_sub(cc0)),
             qemu_cpu_ms: super::ms(q1.saturating_sub(q0)),
             qemu_cpu_without_direct_ms: super::ms(q3.saturating_sub(q2)) * secs / alone,
+            console_rss_kib,
         });
     }
     if typing.is_finished() {
@@ -361,6 +367,20 @@ fn summarise(run: Run, samples: &[EncodingSample], machine: &str) -> Result<Summ
             ),
         );
     }
+    let rss = samples
+        .iter()
+        .map(|s| s.console_rss_kib)
+        .max()
+        .map(|kib| kib as f64 / 1024.0);
+    metrics.push(
+        Metric::new(
+            "console RSS with one viewer (largest over the encodings)",
+            "MiB",
+            None,
+            rss,
+        )
+        .target("≤ 8 MiB", at_most(rss, TARGET_RSS_MIB)),
+    );
     let categories: Vec<String> = samples.iter().map(|s| s.encoding.clone()).collect();
     let kib_s = |f: fn(&EncodingSample) -> u64| -> Vec<f64> {
         samples

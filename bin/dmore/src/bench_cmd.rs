@@ -8,6 +8,10 @@ use scenarios::bench::input::moving::{self, MovingOptions};
 use scenarios::bench::input::{AccelChoice, InputOptions, InputReport, LinuxGuest, TinyGuest};
 use scenarios::bench::{self, BenchOptions, ConsoleSockets};
 
+use crate::bench_suite_cmd::{
+    run_all, run_one, run_report, MigrationArgs, ReportArgs, SuiteArgs, Which,
+};
+
 /// Measure dmore against QEMU's own VNC server.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -25,6 +29,23 @@ enum BenchWhat {
     /// rates into the tiny test guest and the Linux guest, straight into QEMU's own VNC and
     /// through a `dmore console`, side by side.
     Input(InputBenchArgs),
+    /// Key → guest and key → echo in the viewer's framebuffer, QEMU's own VNC vs dmore
+    /// (≥ 1000 keys each), and the screen update's extra time; CDF plots.
+    Response(SuiteArgs),
+    /// Per co-migration: VM downtime, console freeze → takeover, the viewer's gap, keys lost;
+    /// plain QEMU's migrations beside it.
+    Downtime(SuiteArgs),
+    /// Migration time and VM downtime against guest memory, plain `migrate` vs co-migration
+    /// (default and --hold-switchover), idle / typing / dirtying.
+    Migration(MigrationArgs),
+    /// Bytes on the wire, CPU per frame and fps per encoding, QEMU's own VNC vs dmore, one
+    /// session.
+    Screen(SuiteArgs),
+    /// response, downtime, migration and screen in turn, then the page (`OUT/results.md`);
+    /// about 13 min on two cores, --quick about 1 min.
+    All(SuiteArgs),
+    /// Turns a results folder's summaries into a markdown page with the plots beside it.
+    Report(ReportArgs),
 }
 
 /// Per guest, rate and path: events lost, and the lag (the guest's report of an event minus
@@ -103,6 +124,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let args = match args.what {
         BenchWhat::Console(args) => args,
         BenchWhat::Input(args) => return run_input(args),
+        BenchWhat::Response(a) => return run_one(Which::Response, &a, None).map(drop),
+        BenchWhat::Downtime(a) => return run_one(Which::Downtime, &a, None).map(drop),
+        BenchWhat::Migration(m) => return run_one(Which::Migration, &m.suite, Some(&m)).map(drop),
+        BenchWhat::Screen(a) => return run_one(Which::Screen, &a, None).map(drop),
+        BenchWhat::All(a) => return run_all(&a),
+        BenchWhat::Report(r) => return run_report(&r),
     };
     let window = Duration::try_from_secs_f64(args.window_secs)
         .context("--window-secs takes seconds, e.g. 5")?;

@@ -4,6 +4,7 @@ use clap::Parser;
 
 mod baseline_cmd;
 mod bench_cmd;
+mod bench_suite_cmd;
 mod console_cmd;
 mod demo_cmd;
 mod gateway_cmd;
@@ -35,7 +36,8 @@ enum Command {
     Migrate(migrate_cmd::MigrateArgs),
     /// Show a console surviving live migrations A -> B -> A, with figures, beside a plain one.
     Demo(demo_cmd::DemoArgs),
-    /// Benchmarks (`dmore bench console`: the console against QEMU's own VNC).
+    /// Benchmarks against QEMU's own VNC and `migrate` (`dmore bench all`: the paper's
+    /// evaluation, with `dmore bench report` for docs/results.md).
     Bench(bench_cmd::BenchArgs),
     /// libvirt domains with dmore consoles: patch a domain's XML, install and run the hook.
     Libvirt(libvirt_cmd::LibvirtArgs),

@@ -132,7 +132,9 @@ fn free_vnc_port(host: &Host) -> Result<u16, BaselineError> {
     port.ok_or(BaselineError::NoVncPort(host.name()))
 }
 
-async fn launch(
+/// QEMU on `host` with its own VNC display on TCP and no console (plain QEMU), waiting for
+/// the guest unless `incoming`; also the plain side of `dmore bench migration`.
+pub(crate) async fn launch(
     host: &Host,
     name: &str,
     guest: GuestOptions,

@@ -30,7 +30,7 @@ pub struct KeyResults {
 }
 
 /// A key-sending connection; its reader is drained by a task (aborted on drop).
-struct Typist {
+pub(super) struct Typist {
     writer: ClientWriter<TcpStream>,
     drain: tokio::task::JoinHandle<()>,
 }
@@ -42,13 +42,13 @@ impl Drop for Typist {
 }
 
 impl Typist {
-    async fn connect(addr: SocketAddr) -> Result<Typist, BenchError> {
+    pub(super) async fn connect(addr: SocketAddr) -> Result<Typist, BenchError> {
         let (_, mut reader, writer) = connect(addr, &raw_setup()).await?;
         let drain = tokio::spawn(async move { while reader.read_message().await.is_ok() {} });
         Ok(Typist { writer, drain })
     }
 
-    async fn press_release(&mut self, keysym: u32) -> Result<(), BenchError> {
+    pub(super) async fn press_release(&mut self, keysym: u32) -> Result<(), BenchError> {
         self.writer
             .send_all(&[
                 ClientMessage::KeyEvent { down: true, keysym },
@@ -100,7 +100,7 @@ pub async fn measure(
 }
 
 /// Waits for the report of `code` going `down` (or up); any other key is an error.
-async fn wait_key(vm: &mut Qemu, down: bool, code: u16) -> Result<Instant, BenchError> {
+pub(super) async fn wait_key(vm: &mut Qemu, down: bool, code: u16) -> Result<Instant, BenchError> {
     loop {
         match vm.serial().next(REPORT_DEADLINE, "a key report").await? {
             Report::Key {

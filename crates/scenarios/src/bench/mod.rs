@@ -104,6 +104,7 @@ mod keys;
 mod process;
 mod report;
 mod screen;
+pub mod suite;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -113,7 +114,7 @@ use std::time::{Duration, Instant};
 use testbed::qemu::{AccelChoice, Qemu, QemuConfig};
 
 pub use keys::KeyResults;
-pub use process::{open_fds, rss_kib, ConsoleProcess, ConsoleSockets, ProcessError};
+pub use process::{cpu_time, open_fds, rss_kib, ConsoleProcess, ConsoleSockets, ProcessError};
 pub use report::{
     percentile, BenchReport, LoadRow, TARGET_KEY_P50_US, TARGET_RSS_KIB, TARGET_SMALL_P50_US,
 };

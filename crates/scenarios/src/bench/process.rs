@@ -129,35 +129,40 @@ impl ConsoleProcess {
         rss_kib(self.pid())
     }
 
-    /// CPU time used so far, all threads, user + system (`utime + stime` of `/proc/PID/stat`).
+    /// CPU time used so far, all threads, user + system ([`cpu_time`]).
     pub fn cpu_time(&self) -> Result<Duration, ProcessError> {
-        let pid = self.pid();
-        let err = |source| ProcessError::Proc {
-            pid,
-            file: "stat",
-            source,
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(err)?;
-        // Fields after the command name (which may hold spaces and parentheses): state is the
-        // 3rd field overall, utime the 14th, stime the 15th.
-        let ticks = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect::<Vec<_>>())
-            .and_then(|f| {
-                let utime: u64 = f.get(11)?.parse().ok()?;
-                let stime: u64 = f.get(12)?.parse().ok()?;
-                utime.checked_add(stime)
-            })
-            .ok_or_else(|| {
-                err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "utime/stime",
-                ))
-            })?;
-        Ok(Duration::from_millis(
-            ticks.saturating_mul(1000 / CLOCK_TICKS_PER_S),
-        ))
+        cpu_time(self.pid())
     }
+}
+
+/// CPU time process `pid` used so far, all threads, user + system (`utime + stime` of
+/// `/proc/PID/stat`).
+pub fn cpu_time(pid: u32) -> Result<Duration, ProcessError> {
+    let err = |source| ProcessError::Proc {
+        pid,
+        file: "stat",
+        source,
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(err)?;
+    // Fields after the command name (which may hold spaces and parentheses): state is the
+    // 3rd field overall, utime the 14th, stime the 15th.
+    let ticks = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect::<Vec<_>>())
+        .and_then(|f| {
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            utime.checked_add(stime)
+        })
+        .ok_or_else(|| {
+            err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "utime/stime",
+            ))
+        })?;
+    Ok(Duration::from_millis(
+        ticks.saturating_mul(1000 / CLOCK_TICKS_PER_S),
+    ))
 }
 
 /// Resident memory of process `pid` (`VmRSS` in `/proc/PID/status`), KiB.

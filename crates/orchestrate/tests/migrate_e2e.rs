@@ -112,6 +112,7 @@ fn console_config(
         }),
         qemu_wait: console::front::DEFAULT_QEMU_WAIT,
         lossy: false,
+        gateway: None,
     }
 }
 

@@ -31,6 +31,7 @@ fn console_child() {
         migration: None,
         qemu_wait: console::front::DEFAULT_QEMU_WAIT,
         lossy: false,
+        gateway: None,
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let code = match rt.block_on(console::front::run(config)) {

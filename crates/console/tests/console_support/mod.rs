@@ -49,6 +49,7 @@ fn console_child() {
             .and_then(serde_json::Value::as_u64)
             .map_or(console::front::DEFAULT_QEMU_WAIT, Duration::from_millis),
         lossy: false,
+        gateway: None,
     };
     tracing_subscriber_init();
     let rt = tokio::runtime::Runtime::new().expect("runtime");

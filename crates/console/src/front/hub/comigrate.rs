@@ -180,12 +180,13 @@ impl Hub {
         tracing::info!(
             bytes = kept.moved.len(),
             viewers = kept.sockets.len(),
+            gateway_viewers = kept.pipes.len(),
             "frozen for the switchover; checkpoint kept"
         );
         self.with_mig(|m| {
             m.record = Record {
                 snapshot_bytes: u64::try_from(kept.moved.len()).ok(),
-                viewers_moved: u64::try_from(kept.sockets.len()).ok(),
+                viewers_moved: u64::try_from(kept.sockets.len() + kept.pipes.len()).ok(),
                 frozen_at_us: Some(frozen_at),
                 taken_over_at_us: None,
             };
@@ -207,19 +208,32 @@ impl Hub {
             .into_iter()
             .map(|(id, stream, unread)| HandedViewer { id, stream, unread })
             .collect();
-        let sessions = match ConsoleSnapshot::decode(&kept.console)
+        let (sessions, mut streams) = match ConsoleSnapshot::decode(&kept.console)
             .map_err(ConsoleError::from)
             .and_then(
                 |ConsoleSnapshot {
-                     screen, sessions, ..
-                 }| { self.restore_sessions(screen, sessions) },
+                     screen,
+                     sessions,
+                     streams,
+                     ..
+                 }| Ok((self.restore_sessions(screen, sessions)?, streams)),
             ) {
-            Ok(sessions) => sessions,
+            Ok(restored) => restored,
             Err(e) => {
                 migration::abandon_sockets(handed);
                 return Err(e);
             }
         };
+        // The gateway sessions are still live here: served again with the bytes the frozen
+        // readers had taken out of them.
+        let pipes = kept
+            .pipes
+            .into_iter()
+            .map(|(id, pipe)| {
+                let unread = streams.remove(&id).map(|s| s.unread).unwrap_or_default();
+                (id, pipe, unread)
+            })
+            .collect();
         for v in &handed {
             if let Err(e) = tcp::resume(&v.stream) {
                 tracing::error!(viewer = v.id.0, error = %error_chain(&e), "viewer socket cannot leave repair mode");
@@ -230,7 +244,7 @@ impl Hub {
                 tracing::error!(error = %error_chain(&e), "the service address could not come back");
             }
         }
-        self.attach_viewers(sessions, handed);
+        self.attach_viewers(sessions, handed, pipes);
         // The screen moved on while frozen; the restored sessions learn it as damage.
         self.refresh_screen().await;
         if self.link.thaw().await.is_err() {
@@ -283,6 +297,12 @@ impl Hub {
             if let Err(e) = tcp::abandon(sock) {
                 tracing::warn!(viewer = id.0, error = %error_chain(&e), "closing a moved socket");
             }
+        }
+        // The gateway sessions live on the destination now: tell the gateway where.
+        let moved_to = self.gateway_moved_to();
+        for (id, pipe) in kept.pipes {
+            tracing::debug!(viewer = id.0, ?moved_to, "gateway session handed off");
+            pipe.hand_off(moved_to);
         }
     }
 

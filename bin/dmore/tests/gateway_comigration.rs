@@ -8,6 +8,7 @@
 //!   on the client host's `lo`, where the gateway is);
 //! - after the last move the screen the viewer holds is QEMU's screendump but for at most the
 //!   blinking cursor's cell;
+//! - the gateway reattached at each move where the source's Moved frame said (its log);
 //! - printed per move: the VM's downtime, freeze→takeover, and the viewer's longest gap
 //!   between screen updates during the move.
 //!
@@ -74,6 +75,15 @@ async fn a_viewer_through_the_gateway_keeps_its_one_connection_through_co_migrat
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     check_no_privilege("gateway", bed.gateway_pid().context("the gateway")?)?;
+    // Each move's source told the gateway where the session went (no probing).
+    let log = bed.gateway_log().context("the gateway's log")?;
+    let followed = log.matches("the console moved: reattaching there").count();
+    println!("the gateway followed {followed} Moved frame(s)");
+    ensure!(
+        followed == moves.len(),
+        "the gateway followed a Moved frame at each of the {} moves, not {followed}",
+        moves.len()
+    );
     let count = bed.count_session(viewer, Some(capture)).await?;
     for (n, from, to, started, ended, t) in &moves {
         println!(

@@ -499,6 +499,12 @@ impl CoBed {
         self.gateway.as_ref().map(|g| g.child.id())
     }
 
+    /// Gateway mode: what the gateway logged so far (its sessions' events at `info`).
+    pub fn gateway_log(&self) -> Option<String> {
+        let g = self.gateway.as_ref()?;
+        std::fs::read_to_string(&g.stderr).ok()
+    }
+
     /// Starts `dmore gateway serve` on the client host, knowing both hosts' consoles, and
     /// waits until it listens.
     async fn spawn_gateway(&self, key: &Path) -> Result<ConsoleChild, CoBedError> {
@@ -519,7 +525,8 @@ impl CoBed {
                 .arg(SocketAddr::from((ip, GATEWAY_PORT)).to_string());
         }
         let stdout = dir.join("gateway.stdout");
-        cmd.stdin(Stdio::null())
+        cmd.env("RUST_LOG", "gateway=info")
+            .stdin(Stdio::null())
             .stdout(file("gateway.stdout")?)
             .stderr(file("gateway.stderr")?);
         let child = cmd.spawn().map_err(|source| CoBedError::ConsoleSpawn {

@@ -18,6 +18,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
+use console::control::{request, Command};
 use scenarios::cobed::{CoBed, CoBedOptions};
 use scenarios::delivery::{check_count, steady_viewer};
 
@@ -71,6 +72,17 @@ async fn a_viewer_through_the_gateway_keeps_its_one_connection_through_co_migrat
         let t = bed.migrate(false).await?;
         let (_, console) = bed.home_pids().context("home console")?;
         check_no_privilege("console", console)?;
+        let home = request(
+            bed.home_control().context("home console")?,
+            &Command::Status,
+        )
+        .await?;
+        if home["link_uncertain"] != 0 || home["link_dropped"] != 0 {
+            println!(
+                "move {n}: the console reports uncertain {} dropped {}",
+                home["link_uncertain"], home["link_dropped"]
+            );
+        }
         moves.push((n, from, to, started, Instant::now(), t));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

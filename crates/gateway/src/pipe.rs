@@ -102,6 +102,9 @@ impl Shared {
 /// One resumable session as the application's byte pipe. See the module docs.
 pub struct Pipe {
     shared: Arc<Shared>,
+    /// The driver task: awaited after a hand-off, so the Moved frame leaves before the
+    /// process does.
+    driver: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Pipe {
@@ -136,8 +139,11 @@ impl Pipe {
             }),
             driver: Notify::new(),
         });
-        tokio::spawn(drive(shared.clone(), first, connections));
-        Pipe { shared }
+        let driver = tokio::spawn(drive(shared.clone(), first, connections));
+        Pipe {
+            shared,
+            driver: Some(driver),
+        }
     }
 
     /// The session's id.
@@ -152,10 +158,12 @@ impl Pipe {
     }
 
     /// The session lives elsewhere now: the gateway is told `to` (when given) on the current
-    /// connection, which then closes. The stream is never closed here.
-    pub fn hand_off(self, to: Option<SocketAddr>) {
+    /// connection, which then closes. The stream is never closed here. Await the answer
+    /// (the driver task) before the process exits, or the Moved frame may not leave.
+    pub fn hand_off(mut self, to: Option<SocketAddr>) -> Option<tokio::task::JoinHandle<()>> {
         self.shared.lock().app = AppEnd::HandedOff(to);
         self.shared.driver.notify_one();
+        self.driver.take()
     }
 }
 

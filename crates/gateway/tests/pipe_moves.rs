@@ -105,7 +105,7 @@ async fn a_session_follows_its_console_through_moved_frames() {
         // The move: export, tell the gateway where, import there.
         let to = addrs[(m + 1) % 2];
         let state = old.export();
-        old.hand_off(Some(to));
+        let _ = old.hand_off(Some(to));
         pipe = Pipe::import(&routers[(m + 1) % 2], state).unwrap();
     }
     assert_eq!(got.len(), TOTAL);

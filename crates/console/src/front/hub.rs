@@ -71,6 +71,9 @@ pub(super) struct Hub {
     gateway: Option<gateway_front::GatewayFront>,
     /// New gateway sessions, routed, waiting for their handshake.
     gateway_new: gateway_front::NewSessions,
+    /// Gateway sessions handed off to the destination: their Moved frames leave before the
+    /// console exits.
+    handed_off: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// A session the console starts from instead of a fresh one.
@@ -173,6 +176,7 @@ impl Hub {
             written_rx,
             gateway,
             gateway_new,
+            handed_off: Vec::new(),
         };
         match (taken, restored) {
             (Some(taken), Some((screen, sessions, streams))) => {
@@ -347,7 +351,7 @@ impl Hub {
                         // A local successor imports the gateway sessions from the snapshot:
                         // let go of them here (the gateway reattaches there).
                         for (_, pipe) in std::mem::take(&mut h.pipes) {
-                            pipe.hand_off(None);
+                            let _ = pipe.hand_off(None);
                         }
                         let sent = tokio::task::spawn_blocking(move || send_handover(&mut sock, &h))
                             .await

@@ -23,6 +23,9 @@ use crate::front::report::error_chain;
 use crate::front::{ConsoleError, Exit};
 use crate::snapshot::ConsoleSnapshot;
 
+/// Longest an exiting source waits for its gateway sessions' Moved frames to leave.
+const HAND_OFF_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Hub {
     /// Whether the console serves its viewers now (not frozen for a migration).
     pub(super) fn serves(&self) -> bool {
@@ -302,7 +305,7 @@ impl Hub {
         let moved_to = self.gateway_moved_to();
         for (id, pipe) in kept.pipes {
             tracing::debug!(viewer = id.0, ?moved_to, "gateway session handed off");
-            pipe.hand_off(moved_to);
+            self.handed_off.extend(pipe.hand_off(moved_to));
         }
     }
 
@@ -393,8 +396,16 @@ impl Hub {
         let _ = reply.send(line);
     }
 
-    /// Ends the console: the link is shut (if still there).
+    /// Ends the console: the link is shut (if still there), the gateway told where its
+    /// sessions went (bounded by [`HAND_OFF_WAIT`]).
     pub(super) async fn exit(self, exit: Exit) -> Result<Exit, ConsoleError> {
+        let deadline = tokio::time::Instant::now() + HAND_OFF_WAIT;
+        for driver in self.handed_off {
+            if tokio::time::timeout_at(deadline, driver).await.is_err() {
+                tracing::warn!("a gateway session's Moved frame did not leave in time: the gateway finds the destination by retrying");
+                break;
+            }
+        }
         for (_, slot) in self.viewers {
             slot.close();
         }

@@ -370,9 +370,15 @@ fn prepare(
         }
         AppEnd::HandedOff(to) => {
             if !*moved_sent {
-                *moved_sent = true;
-                if let Some(to) = to {
-                    let _ = inner.stream.send_moved(to);
+                match (to, inner.stream.state()) {
+                    (Some(to), State::Open) => {
+                        *moved_sent = inner.stream.send_moved(to).is_ok();
+                    }
+                    // A Moved leaves only on an open connection: wait for it, a while.
+                    (Some(_), State::Opening) => {
+                        closed_at.get_or_insert_with(Instant::now);
+                    }
+                    _ => *moved_sent = true,
                 }
             }
         }

@@ -12,6 +12,10 @@
 //! - printed per move: the VM's downtime, freeze→takeover, and the viewer's longest gap
 //!   between screen updates during the move.
 //!
+//! And a migration cancelled at `pre-switchover`, after the source console froze and sent
+//! its snapshot: the source thaws and serves the same live gateway session again, then a real
+//! move follows; every key once, one connection.
+//!
 //! `DMORE_MIGRATIONS=N` sets N (default 10). Skipped (with a note) where network namespaces
 //! cannot be made (not root); never on CI.
 
@@ -19,8 +23,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
 use console::control::{request, Command};
+use migrate::vm::{Migration, MigrationOptions, Phase};
 use scenarios::cobed::{CoBed, CoBedOptions};
 use scenarios::delivery::{check_count, steady_viewer};
+
+/// Bound on each wait (a guard against hanging, not a timed assertion).
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One bed at a time: each runs two QEMUs, two consoles, a gateway and a viewer on two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A gateway-mode bed, or `None` (with a note) where namespaces cannot be made.
+async fn bed() -> anyhow::Result<Option<CoBed>> {
+    let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
+    options.gateway = true;
+    Ok(CoBed::start_or_skip(options).await?)
+}
 
 /// One character cell of the VGA text screen (9x16): a blinking cursor changes no more.
 const CURSOR_CELL: usize = 9 * 16;
@@ -57,9 +75,8 @@ fn check_no_privilege(what: &str, pid: u32) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_through_the_gateway_keeps_its_one_connection_through_co_migrations(
 ) -> anyhow::Result<()> {
-    let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
-    options.gateway = true;
-    let Some(mut bed) = CoBed::start_or_skip(options).await? else {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(mut bed) = bed().await? else {
         return Ok(());
     };
     let capture = bed.capture("gateway").await?;
@@ -147,5 +164,69 @@ async fn a_viewer_through_the_gateway_keeps_its_one_connection_through_co_migrat
         differing <= CURSOR_CELL,
         "the viewer's screen is QEMU's but for at most the cursor's cell: {differing} pixels differ"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_cancelled_after_the_freeze_thaws_the_gateway_viewer_on_the_source(
+) -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(mut bed) = bed().await? else {
+        return Ok(());
+    };
+    let capture = bed.capture("thaw").await?;
+    let viewer = steady_viewer(&bed).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let plan = bed.announce(true).await?;
+    {
+        let (src, _src_events) = qmp::Connection::connect(&plan.source_qmp).await?;
+        let (dst, _dst_events) = qmp::Connection::connect(&plan.dest_qmp).await?;
+        let options = MigrationOptions {
+            pause_before_switchover: true,
+            ..MigrationOptions::default()
+        };
+        let mut m =
+            Migration::start(src.client(), dst.client(), &plan.incoming_uri, options).await?;
+        ensure!(
+            m.run().await? == Phase::PreSwitchover,
+            "held at pre-switchover"
+        );
+        let sent = Command::Wait {
+            phase: "Sent".into(),
+            timeout: WAIT,
+        };
+        request(&plan.source_console, &sent).await?;
+        // The viewer types into the frozen console meanwhile: its keys wait in the gateway.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        m.cancel().await?;
+        println!("migration cancelled at pre-switchover after the freeze");
+    }
+    bed.abandon_destination();
+    let serving = Command::Wait {
+        phase: "Serving".into(),
+        timeout: WAIT,
+    };
+    request(&plan.source_console, &serving).await?;
+    let status = request(&plan.source_console, &Command::Status).await?;
+    ensure!(
+        status["viewers"] == 1,
+        "the source serves its gateway viewer again: {status}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bed.migrate(false).await?;
+    println!("a real move after the thaw succeeded");
+    let count = bed.count_session(viewer, Some(capture)).await?;
+    let report = count.capture.as_ref().context("the capture")?;
+    let flags = report.total();
+    println!(
+        "viewer-gateway capture: {} connection(s), SYN {}, FIN {}, RST {}",
+        report.connections.len(),
+        flags.syn,
+        flags.fin,
+        flags.rst
+    );
+    check_count(&count)?;
+    ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
+    ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
     Ok(())
 }

@@ -5,8 +5,8 @@
 //! peer's opening, and to `peek_session`. Bit 1 set: after a real opening exchange, the rest is
 //! a sequence of (kind, length u16 BE, body) records that the peer's stream seals with the
 //! connection key (`encode_raw`), so every frame passes the MAC and reaches the frame decoder
-//! and the stream's checks (offsets, windows, acknowledgements, ends). The stream must refuse,
-//! never panic, and never buffer more than its window.
+//! and the stream's checks (offsets, windows, acknowledgements, ends, Moved). The stream must
+//! refuse, never panic, never buffer more than its window, and a console never takes a Moved.
 #![no_main]
 
 use dmore_fuzz::{chunk_size, split};
@@ -65,6 +65,9 @@ fuzz_target!(|data: &[u8]| {
             return;
         };
         let ok = me.handle_input(&frame).is_ok();
+        if me.take_moved().is_some() {
+            assert_eq!(role, Role::Gateway, "a console took a Moved frame");
+        }
         let unread = me.read(&mut got);
         assert!(unread <= WINDOW as usize, "buffered more than the window");
         while me.poll_transmit().is_some() {}

@@ -46,6 +46,22 @@ enum BenchWhat {
     All(SuiteArgs),
     /// Turns a results folder's summaries into a markdown page with the plots beside it.
     Report(ReportArgs),
+    /// The gateway hop's added latency (gateway mode): key response (KeyEvent to the guest's
+    /// serial report) straight to a `dmore console` and through a `dmore gateway serve` in
+    /// front of it, alternating, on one guest.
+    Gateway(GatewayBenchArgs),
+}
+
+/// Key response through the gateway hop against the console directly.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Build in release mode: a debug build measures the wrong thing.
+  cargo run --release -p dmore -- bench gateway
+Takes about 20 s with the defaults. Everything runs on 127.0.0.1.")]
+struct GatewayBenchArgs {
+    /// Keys to send in total (alternating direct and through the gateway).
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
 }
 
 /// Per guest, rate and path: events lost, and the lag (the guest's report of an event minus
@@ -130,6 +146,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchWhat::Screen(a) => return run_one(Which::Screen, &a, None).map(drop),
         BenchWhat::All(a) => return run_all(&a),
         BenchWhat::Report(r) => return run_report(&r),
+        BenchWhat::Gateway(args) => return run_gateway(args),
     };
     let window = Duration::try_from_secs_f64(args.window_secs)
         .context("--window-secs takes seconds, e.g. 5")?;
@@ -156,6 +173,72 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "dmore bench console: {} keys, {} frames, {:.1} s windows\n\n{report}",
         args.keys, args.frames, args.window_secs
     );
+    Ok(())
+}
+
+fn run_gateway(args: GatewayBenchArgs) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "note: this is a debug build; measure with `cargo run --release -p dmore -- bench gateway`"
+        );
+    }
+    let exe = std::env::current_exe().context("finding the dmore binary to run `dmore console`")?;
+    let scratch = bench::Scratch::create()?;
+    let key_file = scratch.path().join("gateway.key");
+    let mut key = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)
+        .context("drawing the gateway key")?;
+    let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&key_file, format!("{key}\n")).context("writing the gateway key")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port for the console's gateway listener")?
+        .port();
+    let console_gateway = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let launch = |s: &ConsoleSockets<'_>| {
+        let mut c = bench::console_command(&exe, s);
+        c.arg("--gateway-listen")
+            .arg(console_gateway.to_string())
+            .arg("--gateway-psk-file")
+            .arg(&key_file);
+        c
+    };
+    let mut gateway = std::process::Command::new(&exe);
+    gateway
+        .args(["gateway", "serve", "--listen", "127.0.0.1:0", "--console"])
+        .arg(console_gateway.to_string())
+        .arg("--key-file")
+        .arg(&key_file);
+    let options = BenchOptions {
+        keys: args.keys,
+        ..BenchOptions::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let (keys, machine) = runtime
+        .block_on(bench::gateway_hop(&options, launch, gateway, |what| {
+            eprintln!("bench: {what}")
+        }))
+        .context("running the gateway benchmark (needs qemu-system-x86_64; see .ci/setup)")?;
+    let row = |name: &str, d: &[Duration]| match bench::duration_p50_p99(d) {
+        Some((p50, p99)) => println!(
+            "{name:<32} {:>5} keys  p50 {p50:>7.0} µs  p99 {p99:>7.0} µs",
+            d.len()
+        ),
+        None => println!("{name:<32} no keys"),
+    };
+    println!("dmore bench gateway: key → guest's serial report, {machine}");
+    row("dmore console, directly", &keys.direct);
+    row("dmore gateway → dmore console", &keys.console);
+    if let (Some((d50, d99)), Some((g50, g99))) = (
+        bench::duration_p50_p99(&keys.direct),
+        bench::duration_p50_p99(&keys.console),
+    ) {
+        println!(
+            "the gateway hop adds p50 {:+.0} µs, p99 {:+.0} µs",
+            g50 - d50,
+            g99 - d99
+        );
+    }
     Ok(())
 }
 

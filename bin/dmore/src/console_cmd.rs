@@ -3,7 +3,7 @@
 
 use anyhow::Context as _;
 use console::back::LinkConfig;
-use console::front::{Access, ConsoleConfig, Exit, MigrationConfig, PeerKey};
+use console::front::{Access, ConsoleConfig, Exit, GatewayConfig, MigrationConfig, PeerKey};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -128,6 +128,14 @@ pub struct ConsoleArgs {
     /// (bytes, or with a KiB/MiB suffix).
     #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
     serial_scrollback: usize,
+    /// Gateway mode: also accept viewers that come through `dmore gateway` over resumable
+    /// streams, on this TCP address (use the same port on every host the VM may move to: a
+    /// moving console tells the gateway the destination's host with this port).
+    #[arg(long, value_name = "ADDR", requires = "gateway_psk_file")]
+    gateway_listen: Option<SocketAddr>,
+    /// File whose first line is the key shared with the gateway (at least 16 bytes).
+    #[arg(long, value_name = "FILE", requires = "gateway_listen")]
+    gateway_psk_file: Option<PathBuf>,
 }
 
 /// A size in bytes, with an optional `KiB` or `MiB` suffix.
@@ -224,6 +232,13 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
                 listen: args.serial_listen,
                 scrollback: args.serial_scrollback,
             }),
+        gateway: match (args.gateway_listen, &args.gateway_psk_file) {
+            (Some(listen), Some(path)) => Some(GatewayConfig {
+                listen,
+                psk: read_password(path)?.0,
+            }),
+            _ => None,
+        },
     };
     // One thread: a key crosses reader → hub → link tasks, and on a multi-thread runtime each
     // hop can wake a parked worker (~25-37 µs each on this 2-core machine, against ~9-20 µs

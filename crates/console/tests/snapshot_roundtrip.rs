@@ -6,7 +6,9 @@ use console::journal::{Button, Config, InputEvent, Journal, ViewerId};
 use console::screen::{Screen, ScreenState};
 use console::serial::SerialState;
 use console::session::{Negotiated, Session, SessionState, SESSION_STATE_VERSION};
-use console::snapshot::{ConsoleSnapshot, SnapshotError, SnapshotReader, SnapshotWriter};
+use console::snapshot::{
+    ConsoleSnapshot, SnapshotError, SnapshotReader, SnapshotWriter, StreamPiece,
+};
 use proptest::prelude::*;
 use rfb::framebuffer::{Framebuffer, UpdateDecoder};
 use rfb::{ClientMessage, Encoding, PixelFormat, RectPayload, Rectangle, ServerMessage, Version};
@@ -149,6 +151,7 @@ fn console_snapshot() -> impl Strategy<Value = ConsoleSnapshot> {
                 screen: screen(w, h, seed, cursor, leds).freeze(),
                 sessions,
                 serial: (seed % 2 == 1).then(|| serial(seed)),
+                streams: BTreeMap::new(),
             }
         })
 }
@@ -201,6 +204,7 @@ fn small_snapshot() -> ConsoleSnapshot {
         screen: screen(72, 40, 9, true, Some(2)).freeze(),
         sessions,
         serial: Some(serial(9)),
+        streams: BTreeMap::from([(ViewerId(4), stream_piece())]),
     }
 }
 
@@ -213,6 +217,28 @@ fn serial(seed: u32) -> SerialState {
     s
 }
 
+/// A gateway viewer's stream with bytes in both directions.
+fn stream_piece() -> StreamPiece {
+    let config = resume::Config::new(resume::Role::Console, vec![7; 32]);
+    let mut s = resume::Stream::new(config, [3; 16]).expect("stream");
+    s.write(b"unacknowledged update bytes").expect("write");
+    StreamPiece {
+        stream: s.export(),
+        unread: b"half a key ev".to_vec(),
+    }
+}
+
+#[test]
+fn a_gateway_viewers_stream_round_trips_and_needs_its_session() {
+    let snap = small_snapshot();
+    let bytes = snap.encode().expect("encodes");
+    assert_eq!(ConsoleSnapshot::decode(&bytes).expect("decodes"), snap);
+    let mut orphan = snap.clone();
+    orphan.streams.insert(ViewerId(9), stream_piece());
+    let err = ConsoleSnapshot::decode(&orphan.encode().expect("encodes")).unwrap_err();
+    assert!(err.to_string().contains("resume-stream/9"), "{err}");
+}
+
 /// Re-frames the pieces of `snap` with `edit` applied to the list of (kind, version, bytes).
 fn reframe(snap: &[u8], edit: impl FnOnce(&mut Vec<(String, u32, Vec<u8>)>)) -> Vec<u8> {
     let mut r = SnapshotReader::parse(snap).expect("parses");
@@ -222,7 +248,7 @@ fn reframe(snap: &[u8], edit: impl FnOnce(&mut Vec<(String, u32, Vec<u8>)>)) -> 
         let version = if k.starts_with("session/") {
             SESSION_STATE_VERSION
         } else {
-            1
+            1 // journal, screen and resume-stream are at 1
         };
         let bytes = r
             .take_bytes(&k, version)
@@ -363,6 +389,7 @@ fn restored_viewer_keeps_decoding(encoding: Encoding) {
     );
     let mut snap = small_snapshot();
     snap.sessions = BTreeMap::from([(ViewerId(1), state)]);
+    snap.streams.clear();
     let back = ConsoleSnapshot::decode(&snap.encode().expect("encodes")).expect("decodes");
     let mut restored = Session::restore(back.sessions[&ViewerId(1)].clone()).expect("restores");
     let other = screen_with_change();

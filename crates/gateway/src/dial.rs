@@ -12,6 +12,9 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::relay::{relay, App, Ended};
 use crate::GatewayError;
 
+/// The longest wait between two attempts to reach a console.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(1);
+
 /// Where and how a gateway reaches a viewer's console.
 #[derive(Debug, Clone)]
 pub struct Dial {
@@ -22,7 +25,8 @@ pub struct Dial {
     /// Consecutive failed attempts (refused connections, or connections lost before any
     /// frame) after which the session gives up.
     pub max_attempts: u32,
-    /// Wait after a failed attempt before the next address.
+    /// Wait after a failed attempt before the next address; it doubles after each round of
+    /// the addresses that failed, up to [`MAX_RETRY_WAIT`].
     pub retry_after: Duration,
 }
 
@@ -43,7 +47,8 @@ pub async fn serve_viewers(listener: TcpListener, dial: Dial) -> std::io::Result
 }
 
 /// Relays one viewer until both ends close: a new session, dialed to the console, and dialed
-/// again (the next address in turn) whenever its connection is lost.
+/// again whenever its connection is lost: where a Moved frame said the session went, else
+/// the same console if it had answered, else the next address in turn.
 pub async fn serve_viewer<V>(viewer: V, dial: &Dial) -> Result<(), GatewayError>
 where
     V: AsyncRead + AsyncWrite + Unpin,
@@ -58,9 +63,16 @@ where
     let mut app = App::new(viewer);
     let mut attempt: usize = 0;
     let mut failures: u32 = 0;
+    // Where the console said the session went (a Moved frame): tried next.
+    let mut moved_to: Option<SocketAddr> = None;
     loop {
-        let addr = dial.consoles[attempt % dial.consoles.len()];
-        attempt = attempt.wrapping_add(1);
+        let addr = match moved_to.take() {
+            Some(to) => to,
+            None => {
+                attempt = attempt.wrapping_add(1);
+                dial.consoles[(attempt - 1) % dial.consoles.len()]
+            }
+        };
         let before = (stream.received(), stream.acknowledged());
         let progressed = match TcpStream::connect(addr).await {
             Err(e) => {
@@ -68,15 +80,22 @@ where
                 false
             }
             Ok(conn) => {
+                let _ = conn.set_nodelay(true);
                 stream.attach(rand::random())?;
                 match relay(&mut stream, conn, &mut app, std::future::pending::<()>()).await? {
                     Ended::Finished => return Ok(()),
                     Ended::Lost(_) | Ended::Interrupted(()) => {
                         stream.detach();
+                        if let Some(to) = stream.take_moved() {
+                            tracing::info!(from = %addr, %to, "the console moved: reattaching there");
+                            moved_to = Some(to);
+                            failures = 0;
+                            continue;
+                        }
                         // The console answered if anything moved; stay with it then.
                         let moved = (stream.received(), stream.acknowledged()) != before;
                         if moved {
-                            attempt = attempt.wrapping_sub(1);
+                            moved_to = Some(addr);
                         }
                         moved
                     }
@@ -94,6 +113,12 @@ where
                 attempts: failures,
             });
         }
-        tokio::time::sleep(dial.retry_after).await;
+        // Capped back-off: each address in turn, waiting longer after each round that failed.
+        let round = (failures - 1) / u32::try_from(dial.consoles.len()).unwrap_or(1).max(1);
+        let wait = dial
+            .retry_after
+            .saturating_mul(1 << round.min(5))
+            .min(MAX_RETRY_WAIT);
+        tokio::time::sleep(wait).await;
     }
 }

@@ -2,7 +2,10 @@
 //! - [`dial`]: the gateway's side: one session per viewer, dialed to the console and dialed
 //!   again (to the next known address) whenever the connection is lost;
 //! - [`accept`]: the console's side: connections routed to their session by the opening's
-//!   session id, each session relayed to a local TCP service (e.g. the console's RFB port);
+//!   session id ([`accept::Router`]), each session relayed to a local TCP service
+//!   (`dmore gateway endpoint`);
+//! - [`pipe`]: the console's side inside the console: a session as the viewer's byte pipe,
+//!   exported when the console moves and imported where it arrives;
 //! - [`relay`]: one connection of a session, driven;
 //! - [`web`]: browsers: noVNC's static files and the WebSocket into a viewer's session, with
 //!   per-console [`tokens`] checked before the upgrade ([`http`]: the HTTP it takes), over
@@ -15,6 +18,7 @@
 pub mod accept;
 pub mod dial;
 pub mod http;
+pub mod pipe;
 pub mod relay;
 pub mod tls;
 pub mod tokens;

@@ -125,6 +125,10 @@ where
                         tracing::debug!(error = %e, "connection refused a frame");
                         return Ok(Ended::Lost(Some(e)));
                     }
+                    if stream.has_moved() {
+                        // The console moved: this connection is done (`take_moved` says where).
+                        return Ok(Ended::Lost(None));
+                    }
                 }
             },
             r = conn_w.write(&to_conn), if !to_conn.is_empty() => match r {

@@ -113,6 +113,7 @@ fn console_config(
         qemu_wait: console::front::DEFAULT_QEMU_WAIT,
         lossy: false,
         serial: None,
+        gateway: None,
     }
 }
 

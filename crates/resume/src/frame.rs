@@ -8,9 +8,12 @@
 //!  kind 3 Data  : offset u64 | bytes (1..=MAX_DATA)
 //!  kind 4 Ack   : acked u64
 //!  kind 5 Close : end u64
+//!  kind 6 Moved : family u8 (4 or 6) | address (4 or 16) | port u16     (console → gateway)
 //! ```
 //!
 //! All integers are big-endian. A body with bytes left over is malformed, never skipped.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::{Error, SessionId, MAX_DATA, NONCE_LEN, SESSION_LEN, VERSION};
 
@@ -22,6 +25,7 @@ pub(crate) const KIND_RESUME: u8 = 2;
 pub(crate) const KIND_DATA: u8 = 3;
 pub(crate) const KIND_ACK: u8 = 4;
 pub(crate) const KIND_CLOSE: u8 = 5;
+pub(crate) const KIND_MOVED: u8 = 6;
 
 /// Length of a Resume body, the longest opening.
 pub(crate) const RESUME_BODY: usize = 4 + 2 + SESSION_LEN + NONCE_LEN + 4 + 8 + 8;
@@ -68,6 +72,12 @@ pub enum Frame {
         /// Length of the sender's whole stream.
         end: u64,
     },
+    /// Console → gateway: the session now lives on the console at `to` (its VM moved there);
+    /// the sender closes this connection next, and the gateway resumes there.
+    Moved {
+        /// Where the destination console accepts the gateway's streams.
+        to: SocketAddr,
+    },
 }
 
 impl Frame {
@@ -79,6 +89,7 @@ impl Frame {
             Frame::Data { .. } => KIND_DATA,
             Frame::Ack { .. } => KIND_ACK,
             Frame::Close { .. } => KIND_CLOSE,
+            Frame::Moved { .. } => KIND_MOVED,
         }
     }
 
@@ -102,6 +113,19 @@ impl Frame {
             }
             Frame::Ack { acked: n } | Frame::Close { end: n } => {
                 out.extend_from_slice(&n.to_be_bytes())
+            }
+            Frame::Moved { to } => {
+                match to.ip() {
+                    IpAddr::V4(a) => {
+                        out.push(4);
+                        out.extend_from_slice(&a.octets());
+                    }
+                    IpAddr::V6(a) => {
+                        out.push(6);
+                        out.extend_from_slice(&a.octets());
+                    }
+                }
+                out.extend_from_slice(&to.port().to_be_bytes());
             }
         }
     }
@@ -172,6 +196,17 @@ impl Frame {
             KIND_ACK => Frame::Ack {
                 acked: u64::from_be_bytes(r.take()?),
             },
+            KIND_MOVED => {
+                let ip = match r.take::<1>()? {
+                    [4] => IpAddr::V4(Ipv4Addr::from(r.take::<4>()?)),
+                    [6] => IpAddr::V6(Ipv6Addr::from(r.take::<16>()?)),
+                    _ => return Err(r.malformed("an address family other than 4 or 6")),
+                };
+                let port = u16::from_be_bytes(r.take()?);
+                Frame::Moved {
+                    to: SocketAddr::new(ip, port),
+                }
+            }
             _ => Frame::Close {
                 end: u64::from_be_bytes(r.take()?),
             },
@@ -191,6 +226,7 @@ fn kind_name(kind: u8) -> Result<&'static str, Error> {
         KIND_DATA => "Data",
         KIND_ACK => "Ack",
         KIND_CLOSE => "Close",
+        KIND_MOVED => "Moved",
         k => return Err(Error::UnknownKind(k)),
     })
 }

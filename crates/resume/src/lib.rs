@@ -27,7 +27,7 @@
 //!
 //! The opening frames start with the magic `DMRS` and a version number; this build speaks
 //! [`VERSION`] only, and refuses any other with [`Error::Version`]. Any change to a frame's
-//! layout is a new version.
+//! layout is a new version. Version 2 added the Moved frame (kind 6).
 
 #![warn(missing_docs)]
 
@@ -39,7 +39,7 @@ pub use stream::{State, Stream, StreamState};
 pub use wire::{peek_session, Peeked};
 
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// Length of a connection nonce, bytes. Draw it from the OS's random generator.
 pub const NONCE_LEN: usize = 32;

@@ -26,6 +26,7 @@
 //! in a cut is sent again after the replay.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 
 use crate::frame::{Frame, Opening};
 use crate::wire::{self, MAX_FRAME, MAX_OPENING_FRAME};
@@ -110,6 +111,8 @@ struct Connection {
     /// The latest acknowledgement we told the peer on this connection.
     ack_told: u64,
     close_sent: bool,
+    /// A Moved frame to send (console only): the session lives at this address now.
+    moving: Option<SocketAddr>,
     /// Bytes read from the connection and not yet parsed (less than one frame between calls).
     inbuf: Vec<u8>,
 }
@@ -135,6 +138,8 @@ pub struct Stream {
     peer_end: Option<u64>,
     conn: Option<Connection>,
     failed: Option<Error>,
+    /// Where the peer said the session moved (gateway only), until taken.
+    moved_to: Option<SocketAddr>,
 }
 
 /// `n` as a stream offset (lossless on every target Rust supports).
@@ -160,6 +165,7 @@ impl Stream {
             peer_end: None,
             conn: None,
             failed: None,
+            moved_to: None,
         })
     }
 
@@ -194,6 +200,7 @@ impl Stream {
             peer_end: state.peer_end,
             conn: None,
             failed: None,
+            moved_to: None,
         })
     }
 
@@ -272,6 +279,7 @@ impl Stream {
             peer_acked: self.base,
             ack_told: self.acked_mark(),
             close_sent: false,
+            moving: None,
             inbuf: Vec::new(),
         });
         Ok(())
@@ -311,6 +319,40 @@ impl Stream {
         let n = self.unread.len();
         out.extend(self.unread.drain(..));
         n
+    }
+
+    /// Moves as many of the peer's bytes as fit into `out`; answers how many (0 when none
+    /// are unread).
+    pub fn read_some(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.unread.len());
+        for (o, b) in out.iter_mut().zip(self.unread.drain(..n)) {
+            *o = b;
+        }
+        n
+    }
+
+    /// Console only: tells the gateway, on the current connection, that the session lives on
+    /// the console at `to` from now on (the VM moved there). Sent after the frames already
+    /// due; close the connection once it is out, and write nothing more here.
+    pub fn send_moved(&mut self, to: SocketAddr) -> Result<(), Error> {
+        self.check_failed()?;
+        if self.config.role != Role::Console {
+            return Err(Error::Unexpected("a Moved frame from the gateway"));
+        }
+        let conn = self.conn.as_mut().ok_or(Error::Detached)?;
+        conn.moving = Some(to);
+        Ok(())
+    }
+
+    /// Gateway only: where the console said the session moved, once (then `None` until the
+    /// next Moved). The connection it came on is done: attach the next one there.
+    pub fn take_moved(&mut self) -> Option<SocketAddr> {
+        self.moved_to.take()
+    }
+
+    /// Whether a Moved frame arrived and was not taken yet.
+    pub fn has_moved(&self) -> bool {
+        self.moved_to.is_some()
     }
 
     /// Whether the peer closed its stream and every byte of it was read.
@@ -472,6 +514,13 @@ impl Stream {
                 self.peer_end = Some(end);
                 Ok(())
             }
+            Frame::Moved { to } => {
+                if self.config.role != Role::Gateway {
+                    return Err(Error::Unexpected("a Moved frame from the gateway"));
+                }
+                self.moved_to = Some(to);
+                Ok(())
+            }
         }
     }
 
@@ -562,6 +611,8 @@ impl Stream {
         } else if acked_mark > conn.ack_told {
             conn.ack_told = acked_mark;
             Frame::Ack { acked: acked_mark }
+        } else if let Some(to) = conn.moving.take() {
+            Frame::Moved { to }
         } else {
             let limit = conn
                 .peer_acked

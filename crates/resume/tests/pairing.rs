@@ -186,9 +186,22 @@ impl Pair {
         self.cut();
     }
 
+    /// The console moves. Its state is exported at its freeze; if its connection is open,
+    /// it then tells the gateway where it went (a Moved frame, after the frames it still
+    /// sends: bytes of the exported state) and closes.
     fn move_console(&mut self) {
-        self.cut();
         let state: StreamState = self.c.stream.export();
+        if self.c.stream.state() == State::Open {
+            let to = std::net::SocketAddr::from(([10, 0, 0, self.nonce], 4800));
+            self.c.stream.send_moved(to).unwrap();
+            while self.deliver(false, usize::MAX) {}
+            assert_eq!(
+                self.g.stream.take_moved(),
+                Some(to),
+                "the gateway learns where"
+            );
+        }
+        self.cut();
         self.c.stream = Stream::import(config(Role::Console, self.cap_c), state).unwrap();
     }
 

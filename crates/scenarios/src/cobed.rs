@@ -11,6 +11,11 @@
 //!               its serial drained; the other host is home now
 //! ```
 //!
+//! Gateway mode ([`CoBedOptions::gateway`]): no service address and no capabilities; each
+//! console also listens for the gateway on its host's address, port [`GATEWAY_PORT`], and a
+//! stationary `dmore gateway serve` on the client host (its address, the viewers' port) knows
+//! both hosts' consoles; viewers connect to the gateway.
+//!
 //! `migrate` runs the three steps; tests that inject faults run them one by one and use the
 //! destination's pids in between. Every QEMU and console is killed on drop, on every path (and
 //! the testbed kills whatever is left in its namespaces, also on SIGINT/SIGTERM).
@@ -95,7 +100,16 @@ pub struct CoBedOptions {
     pub ps2_trace: bool,
     /// More options for every console (e.g. `--lossy`).
     pub console_args: Vec<String>,
+    /// Gateway mode: viewers reach the consoles through a stationary `dmore gateway serve` on
+    /// the client host; no service address moves and the consoles have no capabilities.
+    pub gateway: bool,
 }
+
+/// Where the consoles listen for the gateway on their hosts in gateway mode.
+pub const GATEWAY_PORT: u16 = 4800;
+
+/// The key the gateway and the consoles share, in the bed's directory.
+const GATEWAY_KEY: &str = "gateway.key";
 
 /// The user and group `nobody` and `nogroup` on Debian.
 pub const NOBODY: (u32, u32) = (65534, 65534);
@@ -116,6 +130,7 @@ impl CoBedOptions {
             serial_port: None,
             ps2_trace: false,
             console_args: Vec::new(),
+            gateway: false,
         }
     }
 }
@@ -408,6 +423,8 @@ pub struct CoBed {
     key_file: PathBuf,
     generation: u32,
     service: ServiceAddr,
+    /// Gateway mode: the gateway process.
+    gateway: Option<ConsoleChild>,
     testbed: Testbed,
 }
 
@@ -417,7 +434,9 @@ impl CoBed {
     pub async fn start(options: CoBedOptions) -> Result<CoBed, CoBedError> {
         let testbed = Testbed::create()?;
         let service = ServiceAddr::new(&testbed, DEFAULT_OCTET)?;
-        service.add(testbed.a())?;
+        if !options.gateway {
+            service.add(testbed.a())?;
+        }
         let key_file = testbed.run_dir().join("peer.key");
         let key = random_key().map_err(|source| CoBedError::File {
             path: key_file.clone(),
@@ -427,9 +446,19 @@ impl CoBed {
             path: key_file.clone(),
             source,
         })?;
+        let gateway_key = testbed.run_dir().join(GATEWAY_KEY);
+        let key = random_key().map_err(|source| CoBedError::File {
+            path: gateway_key.clone(),
+            source,
+        })?;
+        std::fs::write(&gateway_key, format!("{key}\n")).map_err(|source| CoBedError::File {
+            path: gateway_key.clone(),
+            source,
+        })?;
         let dmore = match options.console_user {
             Some(user) => {
                 give(&key_file, user)?;
+                give(&gateway_key, user)?;
                 reachable_copy(&options.dmore, &testbed.run_dir().join("dmore"))?
             }
             None => options.dmore.clone(),
@@ -443,10 +472,14 @@ impl CoBed {
             key_file,
             generation: 0,
             service,
+            gateway: None,
             testbed,
         };
         let vm = bed.launch(Role::A, None).await?;
         bed.home = Some(vm);
+        if bed.options.gateway {
+            bed.gateway = Some(bed.spawn_gateway(&gateway_key).await?);
+        }
         Ok(bed)
     }
 
@@ -469,8 +502,11 @@ impl CoBed {
         &self.testbed
     }
 
-    /// Where viewers connect: the service address and port.
+    /// Where viewers connect: the service address and port (gateway mode: the gateway's).
     pub fn service(&self) -> SocketAddr {
+        if self.options.gateway {
+            return SocketAddr::from((self.testbed.client().ip(), self.options.port));
+        }
         SocketAddr::from((self.service.addr(), self.options.port))
     }
 
@@ -485,6 +521,92 @@ impl CoBed {
     pub fn home_serial_attach(&self) -> Option<PathBuf> {
         self.options.serial_port?;
         Some(self.home.as_ref()?.control.parent()?.join("serial.sock"))
+    }
+
+    /// Gateway mode: the gateway's process id.
+    pub fn gateway_pid(&self) -> Option<u32> {
+        self.gateway.as_ref().map(|g| g.child.id())
+    }
+
+    /// Gateway mode: what the gateway logged so far (its sessions' events at `info`).
+    pub fn gateway_log(&self) -> Option<String> {
+        let g = self.gateway.as_ref()?;
+        std::fs::read_to_string(&g.stderr).ok()
+    }
+
+    /// Starts `dmore gateway serve` on the client host, knowing both hosts' consoles, and
+    /// waits until it listens.
+    async fn spawn_gateway(&self, key: &Path) -> Result<ConsoleChild, CoBedError> {
+        let host = self.testbed.client().clone();
+        let dir = host.runtime_dir().to_path_buf();
+        let file = |name: &str| {
+            let path = dir.join(name);
+            std::fs::File::create(&path).map_err(|source| CoBedError::File { path, source })
+        };
+        let mut cmd = self.unprivileged(&host, false);
+        cmd.args(["gateway", "serve", "--listen"])
+            .arg(self.service().to_string())
+            .arg("--key-file")
+            .arg(key);
+        for role in [Role::A, Role::B] {
+            let ip = self.testbed.host(role).ip();
+            cmd.arg("--console")
+                .arg(SocketAddr::from((ip, GATEWAY_PORT)).to_string());
+        }
+        let stdout = dir.join("gateway.stdout");
+        cmd.env("RUST_LOG", "gateway=info")
+            .stdin(Stdio::null())
+            .stdout(file("gateway.stdout")?)
+            .stderr(file("gateway.stderr")?);
+        let child = cmd.spawn().map_err(|source| CoBedError::ConsoleSpawn {
+            host: host.name(),
+            dmore: self.dmore.display().to_string(),
+            source,
+        })?;
+        let mut gateway = ConsoleChild {
+            child,
+            stderr: dir.join("gateway.stderr"),
+        };
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let said = std::fs::read_to_string(&stdout).unwrap_or_default();
+            if said.contains("listening on") {
+                return Ok(gateway);
+            }
+            if let Ok(Some(status)) = gateway.child.try_wait() {
+                return Err(gateway.fail(
+                    host.name(),
+                    "(the gateway) exited at start",
+                    Some(status),
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(gateway.fail(host.name(), "(the gateway) never listened", None));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `dmore` on `host` as the console user (with the capabilities transparent mode needs
+    /// when `caps`, else none), or as the test's own user.
+    fn unprivileged(&self, host: &Host, caps: bool) -> std::process::Command {
+        match self.options.console_user {
+            Some((uid, gid)) => {
+                let mut cmd = host.command("setpriv");
+                cmd.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--clear-groups");
+                if caps {
+                    cmd.arg("--inh-caps=+net_admin,+net_raw")
+                        .arg("--ambient-caps=+net_admin,+net_raw");
+                } else {
+                    cmd.arg("--inh-caps=-all");
+                }
+                cmd.arg("--").arg(&self.dmore);
+                cmd
+            }
+            None => host.command(&self.dmore),
+        }
     }
 
     /// Whether the service address is on `role`'s host now (it must be on the VM's home only).
@@ -608,7 +730,15 @@ impl CoBed {
         };
         let client = self.testbed.client().clone();
         let name = name.to_owned();
-        Ok(tokio::task::spawn_blocking(move || Capture::start(&client, &name, service)).await??)
+        // Gateway mode: the gateway is on the client host itself.
+        let (interface, port) = match self.options.gateway {
+            true => ("lo", Some(self.options.port)),
+            false => ("eth0", None),
+        };
+        Ok(tokio::task::spawn_blocking(move || {
+            Capture::start_on(&client, interface, &name, service, port)
+        })
+        .await??)
     }
 
     /// Counts a steady viewer's session once the guest is quiet ([`count_session`]) from the
@@ -936,30 +1066,27 @@ impl CoBed {
             std::fs::File::create(&path).map_err(|source| CoBedError::File { path, source })
         };
         let stderr = dir.join("console.stderr");
-        let mut cmd = match self.options.console_user {
-            Some((uid, gid)) => {
-                let mut cmd = host.command("setpriv");
-                cmd.arg(format!("--reuid={uid}"))
-                    .arg(format!("--regid={gid}"))
-                    .arg("--clear-groups")
-                    .arg("--inh-caps=+net_admin,+net_raw")
-                    .arg("--ambient-caps=+net_admin,+net_raw")
-                    .arg("--")
-                    .arg(&self.dmore);
-                cmd
-            }
-            None => host.command(&self.dmore),
-        };
+        let mut cmd = self.unprivileged(host, !self.options.gateway);
         cmd.arg("console")
             .arg("--vnc-socket")
             .arg(qemu.vnc_path())
             .arg("--qmp-socket")
-            .arg(qemu.qmp2_path().unwrap_or(Path::new("qmp2.sock")))
-            .arg("--listen")
-            .arg(self.service().to_string())
-            .arg("--service-interface")
-            .arg(INTERFACE)
-            .arg("--control")
+            .arg(qemu.qmp2_path().unwrap_or(Path::new("qmp2.sock")));
+        if self.options.gateway {
+            let key = self.testbed.run_dir().join(GATEWAY_KEY);
+            cmd.arg("--listen")
+                .arg(SocketAddr::from((host.ip(), self.options.port)).to_string())
+                .arg("--gateway-listen")
+                .arg(SocketAddr::from((host.ip(), GATEWAY_PORT)).to_string())
+                .arg("--gateway-psk-file")
+                .arg(key);
+        } else {
+            cmd.arg("--listen")
+                .arg(self.service().to_string())
+                .arg("--service-interface")
+                .arg(INTERFACE);
+        }
+        cmd.arg("--control")
             .arg(control)
             .arg("--peer-key-file")
             .arg(&self.key_file)

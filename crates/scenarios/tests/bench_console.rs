@@ -32,6 +32,7 @@ fn console_child() {
         qemu_wait: console::front::DEFAULT_QEMU_WAIT,
         lossy: false,
         serial: None,
+        gateway: None,
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let code = match rt.block_on(console::front::run(config)) {

@@ -131,14 +131,24 @@ impl std::fmt::Display for CaptureReport {
 /// Parses `tcpdump -nn -r FILE` text into the flags of each connection to `service`.
 /// Lines that are no IPv4 TCP segment are ignored; nothing here panics on odd text.
 pub fn parse_text(text: &str, service: Ipv4Addr) -> CaptureReport {
+    parse_with(text, |a| *a.ip() == service)
+}
+
+/// [`parse_text`] for the connections to one address and port: how a capture on `lo` tells
+/// a client from a service on the same host.
+pub fn parse_text_at(text: &str, service: SocketAddrV4) -> CaptureReport {
+    parse_with(text, |a| a == service)
+}
+
+fn parse_with(text: &str, is_service: impl Fn(SocketAddrV4) -> bool) -> CaptureReport {
     let mut report = CaptureReport::default();
     for line in text.lines() {
         let Some(seg) = parse_segment(line) else {
             continue;
         };
-        let (client, server, from_client) = if *seg.dst.ip() == service {
+        let (client, server, from_client) = if is_service(seg.dst) {
             (seg.src, seg.dst, true)
-        } else if *seg.src.ip() == service {
+        } else if is_service(seg.src) {
             (seg.dst, seg.src, false)
         } else {
             report.other_segments += 1;
@@ -189,6 +199,8 @@ pub struct Capture {
     file: PathBuf,
     host: Host,
     service: Ipv4Addr,
+    /// The service's port, when only connections to it count.
+    port: Option<u16>,
 }
 
 impl Capture {
@@ -196,6 +208,19 @@ impl Capture {
     /// listens. `service` is the address whose connections [`finish`](Self::finish) reports
     /// (and where the end marker goes: it must be reachable from `host`). Blocks briefly.
     pub fn start(host: &Host, name: &str, service: Ipv4Addr) -> Result<Capture, CaptureError> {
+        Capture::start_on(host, "eth0", name, service, None)
+    }
+
+    /// [`Capture::start`] on another of `host`'s interfaces (e.g. `lo`, for connections to
+    /// a service on the host itself: then give its `port`, which tells the service's end
+    /// from the client's).
+    pub fn start_on(
+        host: &Host,
+        interface: &str,
+        name: &str,
+        service: Ipv4Addr,
+        port: Option<u16>,
+    ) -> Result<Capture, CaptureError> {
         let file = host.runtime_dir().join(format!("{name}.pcap"));
         let mut child = host
             .command("tcpdump")
@@ -204,7 +229,7 @@ impl Capture {
             // file as root (Debian's tcpdump would switch to its own user first).
             .args([
                 "-i",
-                "eth0",
+                interface,
                 "-nn",
                 "-U",
                 "--immediate-mode",
@@ -228,6 +253,7 @@ impl Capture {
             file,
             host: host.clone(),
             service,
+            port,
         };
         let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
         // A thread reads stderr to its end, so tcpdump never blocks on it.
@@ -277,7 +303,10 @@ impl Capture {
     /// up), stops tcpdump and returns the connections to the service address. Blocks.
     pub fn finish(mut self) -> Result<CaptureReport, CaptureError> {
         let text = self.finish_text()?;
-        Ok(parse_text(&text, self.service))
+        Ok(match self.port {
+            Some(port) => parse_text_at(&text, SocketAddrV4::new(self.service, port)),
+            None => parse_text(&text, self.service),
+        })
     }
 
     /// Like [`finish`](Self::finish), but returns `tcpdump -nn -r`'s text (TCP lines only).
@@ -370,6 +399,23 @@ mod tests {
 
     fn a(text: &str) -> SocketAddrV4 {
         text.parse().expect("address")
+    }
+
+    /// On `lo` both ends have the service's address: its port tells them apart.
+    #[test]
+    fn a_service_on_the_clients_own_host_is_told_by_its_port() {
+        let text = "\
+12:00:00.000001 IP 10.213.7.100.40000 > 10.213.7.100.5900: Flags [S], seq 1, win 64240, length 0
+12:00:00.000002 IP 10.213.7.100.5900 > 10.213.7.100.40000: Flags [S.], seq 9, ack 2, win 65160, length 0
+12:00:00.000003 IP 10.213.7.100.40000 > 10.213.7.100.5900: Flags [.], ack 1, win 502, length 0
+";
+        let r = parse_text_at(text, a("10.213.7.100:5900"));
+        assert_eq!(r.connections.len(), 1);
+        let c = r.connections[&(a("10.213.7.100:40000"), a("10.213.7.100:5900"))];
+        assert_eq!(
+            (c.segments, c.syn, c.syn_ack, c.fin, c.rst),
+            (3, 1, 1, 0, 0)
+        );
     }
 
     #[test]

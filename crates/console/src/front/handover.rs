@@ -34,6 +34,9 @@ pub struct Handover {
     pub snapshot: Vec<u8>,
     /// The viewers' live connections.
     pub viewers: Vec<HandedViewer>,
+    /// The gateway viewers' live sessions (their state is in the snapshot): handed off once
+    /// the successor serves them, or served again by a thaw. They never cross the socket.
+    pub pipes: Vec<(ViewerId, gateway::pipe::Pipe)>,
 }
 
 /// One viewer's live connection.
@@ -171,6 +174,7 @@ pub fn recv_handover(sock: &mut UnixStream) -> Result<Handover, HandoverError> {
     Ok(Handover {
         snapshot: rest.to_vec(),
         viewers,
+        pipes: Vec::new(),
     })
 }
 
@@ -215,6 +219,7 @@ mod tests {
                     unread: Vec::new(),
                 },
             ],
+            pipes: Vec::new(),
         };
         let (mut tx, mut rx) = UnixStream::pair().expect("pair");
         let sender = std::thread::spawn(move || send_handover(&mut tx, &h).map(|()| h.snapshot));

@@ -4,9 +4,11 @@
 
 mod comigrate;
 mod freeze;
+mod gateway_front;
 mod gone;
 mod viewers;
 
+use super::conn::{Conn, ConnWrite};
 use super::control_server::Request;
 use super::handover::{recv_handover, send_handover, HandedViewer, Handover, HandoverError};
 use super::migration::{self, CoMigration, MovedSession};
@@ -20,6 +22,7 @@ use crate::screen::{Change, Screen, ScreenState};
 use crate::session::{Negotiated, Session, SessionOutput, SessionState};
 use crate::snapshot::ConsoleSnapshot;
 pub(super) use freeze::take_over;
+use gateway::pipe as gateway_pipe;
 use rfb::framebuffer::{UpdateDecoder, UpdateEncoder};
 use rfb::{ClientMessage, PixelFormat, RectPayload, Rectangle, ServerInit, ServerMessage};
 use std::collections::{BTreeMap, VecDeque};
@@ -67,6 +70,13 @@ pub(super) struct Hub {
     written_rx: mpsc::UnboundedReceiver<Written>,
     /// The serial lane, when the console has one.
     serial: Option<SerialLane>,
+    /// Gateway mode: the gateway's listener and its sessions' router.
+    gateway: Option<gateway_front::GatewayFront>,
+    /// New gateway sessions, routed, waiting for their handshake.
+    gateway_new: gateway_front::NewSessions,
+    /// Gateway sessions handed off to the destination: their Moved frames leave before the
+    /// console exits.
+    handed_off: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// A session the console starts from instead of a fresh one.
@@ -110,18 +120,21 @@ impl Hub {
                     screen,
                     sessions,
                     serial,
+                    streams,
                 } = ConsoleSnapshot::decode(t.snapshot())?;
                 tracing::info!(
                     held = journal.held(),
                     "taking over the frozen input journal"
                 );
                 config.link.restore = Some(journal);
-                Some((screen, sessions, serial))
+                Some((screen, sessions, streams, serial))
             }
             None => None,
         };
         let (restored, serial_state) = match restored {
-            Some((screen, sessions, serial)) => (Some((screen, sessions)), serial),
+            Some((screen, sessions, streams, serial)) => {
+                (Some((screen, sessions, streams)), serial)
+            }
             None => (None, None),
         };
         let local = listener
@@ -147,6 +160,13 @@ impl Hub {
         if let (Some(lane), Ok(stats)) = (&serial, link.stats().await) {
             lane.running(stats.vm_running);
         }
+        let (gateway, gateway_new) = match &config.gateway {
+            Some(g) => {
+                let (front, new) = gateway_front::GatewayFront::bind(g).await?;
+                (Some(front), new)
+            }
+            None => (None, mpsc::channel(1).1),
+        };
         let (admit_tx, admit_rx) = mpsc::channel(16);
         let (written_tx, written_rx) = mpsc::unbounded_channel();
         let mut hub = Hub {
@@ -173,15 +193,19 @@ impl Hub {
             written_tx,
             written_rx,
             serial,
+            gateway,
+            gateway_new,
+            handed_off: Vec::new(),
         };
         match (taken, restored) {
-            (Some(taken), Some((screen, sessions))) => {
+            (Some(taken), Some((screen, sessions, streams))) => {
                 let sessions = hub.restore_sessions(screen, sessions)?;
                 let handed = match taken {
                     Taken::Local(h) => h.viewers,
                     Taken::Moved(moved) => hub.restore_moved_sockets(moved)?,
                 };
-                hub.attach_viewers(sessions, handed);
+                let pipes = hub.import_streams(streams);
+                hub.attach_viewers(sessions, handed, pipes);
             }
             _ => hub.fill_screen().await?,
         }
@@ -252,12 +276,14 @@ impl Hub {
         Ok(handed)
     }
 
-    /// Serves the handed connections with their restored sessions. Cannot fail: a connection
-    /// without a session, or whose socket tokio cannot take, is closed and logged.
+    /// Serves the handed connections (sockets, and gateway sessions with their unread bytes)
+    /// with their restored sessions. Cannot fail: a connection without a session, or whose
+    /// socket tokio cannot take, is closed and logged.
     fn attach_viewers(
         &mut self,
         mut sessions: BTreeMap<ViewerId, Session>,
         handed: Vec<HandedViewer>,
+        pipes: Vec<(ViewerId, gateway_pipe::Pipe, Vec<u8>)>,
     ) {
         for HandedViewer { id, stream, unread } in handed {
             let Some(session) = sessions.remove(&id) else {
@@ -278,7 +304,18 @@ impl Hub {
                 }
             };
             self.next_id = self.next_id.max(id.0.saturating_add(1));
-            self.add_viewer(id, session, stream, unread);
+            self.add_viewer(id, session, Conn::Tcp(stream), unread);
+        }
+        for (id, pipe, unread) in pipes {
+            let Some(session) = sessions.remove(&id) else {
+                tracing::warn!(
+                    viewer = id.0,
+                    "a gateway session without a viewer session: closed"
+                );
+                continue;
+            };
+            self.next_id = self.next_id.max(id.0.saturating_add(1));
+            self.add_viewer(id, session, Conn::Gateway(pipe), unread);
         }
         for id in sessions.keys() {
             tracing::warn!(viewer = id.0, "session without a connection: dropped");
@@ -332,7 +369,12 @@ impl Hub {
                     Request::Prepare(addr, reply) => self.prepare(addr, reply),
                     Request::Migration(started, reply) => self.announce_migration(started, reply).await,
                     Request::Freeze(mut sock) => {
-                        let h = self.freeze().await?;
+                        let mut h = self.freeze().await?;
+                        // A local successor imports the gateway sessions from the snapshot:
+                        // let go of them here (the gateway reattaches there).
+                        for (_, pipe) in std::mem::take(&mut h.pipes) {
+                            let _ = pipe.hand_off(None);
+                        }
                         let sent = tokio::task::spawn_blocking(move || send_handover(&mut sock, &h))
                             .await
                             .unwrap_or_else(|e| Err(HandoverError::Io(std::io::Error::other(e))));
@@ -354,9 +396,11 @@ impl Hub {
                     }
                 }
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.handshake(stream, peer),
+                    Ok((stream, peer)) => self.handshake(Conn::Tcp(stream), peer),
                     Err(e) => tracing::warn!(error = %e, "accepting a viewer failed"),
                 },
+                accepted = gateway_front::accept(self.gateway.as_ref()) => self.gateway_accepted(accepted),
+                Some((pipe, peer)) = self.gateway_new.recv() => self.handshake(Conn::Gateway(pipe), peer),
                 Some(a) = self.admit_rx.recv() => self.admitted(a),
                 Some(w) = self.written_rx.recv() => self.written(w),
                 (id, msg) = next_message(&mut self.viewers, &mut self.rotate) => {

@@ -143,6 +143,9 @@ pub(super) struct Kept {
     pub sockets: Vec<(ViewerId, TcpStream, Vec<u8>)>,
     /// Segments caught for the service address during the move.
     pub relay: Option<Relay>,
+    /// The gateway viewers' live sessions (their state is in the snapshot): handed off to the
+    /// destination at `TakenOver`, served again by a thaw.
+    pub pipes: Vec<(ViewerId, gateway::pipe::Pipe)>,
 }
 
 /// Checkpoints a frozen console's viewer sockets (they stay open, in repair mode) and builds
@@ -178,6 +181,7 @@ pub(super) fn checkpoint(handover: Handover, frozen_at_us: u64, relay: Option<Re
         console: handover.snapshot,
         sockets,
         relay,
+        pipes: handover.pipes,
     }
 }
 

@@ -37,6 +37,7 @@
 //! ([`LinkConfig::restore`](crate::back::LinkConfig::restore)), which holds the input until
 //! its VM runs, restores the viewers and carries on.
 
+pub mod conn;
 mod control_server;
 pub mod gate;
 pub mod handover;
@@ -157,6 +158,29 @@ pub struct ConsoleConfig {
     pub lossy: bool,
     /// The serial lane (QEMU's serial chardev and its viewers), if any.
     pub serial: Option<SerialConfig>,
+    /// Gateway mode: also serve viewers that come through `dmore gateway` over resumable
+    /// streams (docs/gateway.md).
+    pub gateway: Option<GatewayConfig>,
+}
+
+/// Where and with which key the console accepts the gateway's resumable streams.
+#[derive(Clone)]
+pub struct GatewayConfig {
+    /// TCP address the gateway connects to. A VM's consoles use the same port on every host:
+    /// a source console tells the gateway the destination's address as the destination
+    /// console's host with this port (the Moved frame).
+    pub listen: SocketAddr,
+    /// The key shared with the gateway (at least [`resume::MIN_PSK`] bytes).
+    pub psk: Vec<u8>,
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("GatewayConfig")
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How this console moves with its VM.
@@ -224,6 +248,17 @@ pub enum ConsoleError {
     Abandoned {
         /// Seconds waited.
         waited_s: u64,
+    },
+    /// The gateway's address could not be bound.
+    #[error(
+        "cannot listen for the gateway on {addr} (address in use? use another --gateway-listen)"
+    )]
+    GatewayListen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
     },
     /// The viewer address could not be bound.
     #[error("cannot listen for viewers on {addr} (address in use? use another --listen)")]
@@ -325,6 +360,15 @@ pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
                  `openssl rand -hex 32 > KEYFILE`",
             ));
         }
+    }
+    if config
+        .gateway
+        .as_ref()
+        .is_some_and(|g| g.psk.len() < resume::MIN_PSK)
+    {
+        return Err(ConsoleError::Config(
+            "the gateway key is shorter than 16 bytes: use e.g. `openssl rand -hex 32 > KEYFILE`",
+        ));
     }
     let incoming = config.migration.as_ref().and_then(|m| m.incoming);
     if incoming.is_some() && config.restore_from.is_some() {

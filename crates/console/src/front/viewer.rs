@@ -2,25 +2,25 @@
 //! a reader task and a writer task that do nothing but socket I/O for the hub.
 //!
 //! ```text
-//!  TcpStream ── handshake ──┬─ reader task: bytes → ClientMessageDecoder → FromViewer ─▶ hub
-//!                           └─ writer task: hub ─▶ Vec<ServerMessage> (channel of 1) → bytes
+//!  Conn ── handshake ──┬─ reader task: bytes → ClientMessageDecoder → FromViewer ─▶ hub
+//!                      └─ writer task: hub ─▶ Vec<ServerMessage> (channel of 1) → bytes
 //!                                           and a `Written` token back once they are out
 //! ```
 //!
 //! The hub stops reading a viewer simply by not polling its channel: the reader then blocks on
 //! a full channel and stops reading the socket, and TCP pushes back on the viewer. Both tasks
 //! hand their socket half back when stopped, so a freeze can pass the connection on, with the
-//! bytes the reader had taken from the socket but not yet handed over ([`ReaderParts`]).
+//! bytes the reader had taken from the socket but not yet handed over ([`ReaderParts`]). The
+//! connection is a TCP socket or a resumable session from the gateway ([`Conn`]).
 
+use super::conn::{ConnRead, ConnWrite};
 use super::Access;
 use crate::journal::ViewerId;
 use rfb::{
     ClientMessage, ClientMessageDecoder, HandshakeError, Limits, SecurityType, ServerConfig,
     ServerDone, ServerHandshake, ServerInit, ServerMessage,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 /// Messages decoded ahead of the hub, per viewer: small, so a viewer the hub stops reading
@@ -62,8 +62,8 @@ pub(crate) struct Admitted {
 /// the response is checked against both: two handshake machines run in lockstep on the same
 /// challenge (their output is identical until the SecurityResult), and the one whose password
 /// matched decides the viewer's access.
-pub(crate) async fn handshake(
-    stream: &mut TcpStream,
+pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     access: &Access,
     init: ServerInit,
 ) -> Result<Admitted, ViewerError> {
@@ -150,8 +150,8 @@ pub(crate) enum FromViewer {
 /// A stopped reader's socket half and the bytes it read but did not hand over.
 #[derive(Debug)]
 pub struct ReaderParts {
-    /// The socket's read half.
-    pub read: OwnedReadHalf,
+    /// The connection's read half.
+    pub read: ConnRead,
     /// Messages decoded but not yet handed over (their bytes are re-encoded on a freeze).
     pub unsent: Option<ClientMessage>,
     /// Bytes read that do not yet make a whole message.
@@ -161,7 +161,7 @@ pub struct ReaderParts {
 /// Reads and decodes the viewer's messages until `stop` fires, the hub goes away or the
 /// connection ends. Stopping is clean at any await point: nothing read is lost.
 pub(crate) async fn reader(
-    read: OwnedReadHalf,
+    read: ConnRead,
     leftover: Vec<u8>,
     to_hub: mpsc::Sender<FromViewer>,
     mut stop: oneshot::Receiver<()>,
@@ -226,10 +226,10 @@ pub(crate) struct Written {
 /// (handing the half back) or a write fails.
 pub(crate) async fn writer(
     viewer: ViewerId,
-    mut write: OwnedWriteHalf,
+    mut write: ConnWrite,
     mut from_hub: mpsc::Receiver<Vec<ServerMessage>>,
     done: mpsc::UnboundedSender<Written>,
-) -> OwnedWriteHalf {
+) -> ConnWrite {
     let mut out = Vec::new();
     while let Some(batch) = from_hub.recv().await {
         out.clear();
@@ -248,7 +248,7 @@ pub(crate) async fn writer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -269,6 +269,7 @@ mod tests {
     async fn a_stopped_reader_hands_back_everything_it_read() {
         let (mut viewer, console) = pair().await;
         let (read, _write) = console.into_split();
+        let read = ConnRead::Tcp(read);
         let (tx, mut rx) = mpsc::channel(1);
         let (stop, stop_rx) = oneshot::channel();
         let leftover = key(1).to_bytes();
@@ -300,7 +301,10 @@ mod tests {
         rest.extend_from_slice(&parts.buffered);
         // Whatever the reader had not read yet stays in the socket, which travels too.
         let mut buf = [0u8; 64];
-        if let Ok(n) = parts.read.try_read(&mut buf) {
+        let ConnRead::Tcp(read) = &parts.read else {
+            panic!("a TCP reader hands back its TCP half");
+        };
+        if let Ok(n) = read.try_read(&mut buf) {
             rest.extend_from_slice(buf.get(..n).unwrap_or_default());
         }
         let mut want = key(3).to_bytes();
@@ -313,6 +317,7 @@ mod tests {
     async fn a_malformed_message_ends_the_reader_with_its_reason() {
         let (mut viewer, console) = pair().await;
         let (read, _write) = console.into_split();
+        let read = ConnRead::Tcp(read);
         let (tx, mut rx) = mpsc::channel(4);
         let (_stop, stop_rx) = oneshot::channel();
         let task = tokio::spawn(reader(read, Vec::new(), tx, stop_rx));

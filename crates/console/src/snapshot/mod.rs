@@ -5,6 +5,7 @@
 //!  piece:  kind_len u8  kind (ASCII)  version u32  len u32  bytes (postcard)
 //!  kinds:  "journal" (JournalState)  "screen" (ScreenState)  "session/<id>" (SessionState)
 //!          "serial" (SerialState, only from a console with a serial lane)
+//!          "resume-stream/<id>" (StreamPiece: a gateway viewer's resumable stream, gateway mode)
 //! ```
 //!
 //! Integers are big-endian. Each piece's bytes are [postcard]: a compact binary serde format
@@ -43,6 +44,23 @@ pub const KIND_SCREEN: &str = "screen";
 pub const KIND_SERIAL: &str = "serial";
 /// Prefix of a viewer session's piece kind; the viewer's id follows.
 pub const KIND_SESSION_PREFIX: &str = "session/";
+
+/// Prefix of a gateway viewer's stream piece kind; the viewer's id follows.
+pub const KIND_STREAM_PREFIX: &str = "resume-stream/";
+/// Version of [`StreamPiece`]'s encoding.
+pub const STREAM_PIECE_VERSION: u32 = 1;
+
+/// A gateway viewer's connection as it travels: its resumable stream's state (`Stream::export`)
+/// and the bytes the console had taken out of the stream but not handled (they come before
+/// the stream's own unread bytes).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StreamPiece {
+    /// The stream's state.
+    pub stream: resume::StreamState,
+    /// The viewer's next bytes, already out of the stream.
+    #[serde(with = "serde_bytes")]
+    pub unread: Vec<u8>,
+}
 
 /// Builds a snapshot piece by piece.
 #[derive(Debug, Default)]
@@ -270,12 +288,19 @@ pub struct ConsoleSnapshot {
     pub sessions: BTreeMap<ViewerId, SessionState>,
     /// The serial lane (scrollback, typed bytes not yet consumed), if the console has one.
     pub serial: Option<SerialState>,
+    /// The gateway viewers' streams, by id (each has a session too).
+    pub streams: BTreeMap<ViewerId, StreamPiece>,
 }
 
 impl ConsoleSnapshot {
     /// The kind of viewer `id`'s session piece.
     pub fn session_kind(id: ViewerId) -> String {
         format!("{KIND_SESSION_PREFIX}{}", id.0)
+    }
+
+    /// The kind of gateway viewer `id`'s stream piece.
+    pub fn stream_kind(id: ViewerId) -> String {
+        format!("{KIND_STREAM_PREFIX}{}", id.0)
     }
 
     /// Writes the snapshot.
@@ -288,6 +313,9 @@ impl ConsoleSnapshot {
         }
         if let Some(serial) = &self.serial {
             w.value(KIND_SERIAL, SERIAL_STATE_VERSION, serial)?;
+        }
+        for (id, s) in &self.streams {
+            w.value(&Self::stream_kind(*id), STREAM_PIECE_VERSION, s)?;
         }
         w.finish()
     }
@@ -317,12 +345,20 @@ impl ConsoleSnapshot {
             }
             sessions.insert(id, s);
         }
+        let mut streams = BTreeMap::new();
+        for id in sessions.keys() {
+            if let Some(s) = r.take(&Self::stream_kind(*id), STREAM_PIECE_VERSION)? {
+                streams.insert(*id, s);
+            }
+        }
+        // A stream piece without a session is left over: `finish` names it.
         r.finish()?;
         Ok(ConsoleSnapshot {
             journal,
             screen,
             sessions,
             serial,
+            streams,
         })
     }
 }

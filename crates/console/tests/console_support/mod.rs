@@ -50,6 +50,7 @@ fn console_child() {
             .map_or(console::front::DEFAULT_QEMU_WAIT, Duration::from_millis),
         lossy: false,
         serial: None,
+        gateway: None,
     };
     tracing_subscriber_init();
     let rt = tokio::runtime::Runtime::new().expect("runtime");

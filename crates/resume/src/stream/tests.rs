@@ -177,3 +177,45 @@ fn a_second_opening_ends_only_the_connection() {
     c.attach([4; 32]).unwrap();
     assert_eq!(c.state(), State::Opening);
 }
+
+#[test]
+fn moved_reaches_the_gateway_after_the_data_and_only_from_the_console() {
+    let (mut g, mut c) = open_pair(DEFAULT_CAP);
+    let to: SocketAddr = "[2001:db8::7]:4800".parse().unwrap();
+    assert_eq!(c.write(b"last"), Ok(4));
+    c.send_moved(to).unwrap();
+    flush(&mut c, &mut g).unwrap();
+    let mut got = Vec::new();
+    g.read(&mut got);
+    assert_eq!(got, b"last");
+    assert_eq!(g.take_moved(), Some(to));
+    assert_eq!(g.take_moved(), None);
+    assert!(g.send_moved(to).is_err(), "the gateway never sends Moved");
+    let forged = forge(&mut g, &Frame::Moved { to });
+    assert_eq!(
+        c.handle_input(&forged),
+        Err(Error::Unexpected("a Moved frame from the gateway"))
+    );
+    assert_eq!(
+        c.state(),
+        State::Detached,
+        "the connection ends, not the session"
+    );
+}
+
+#[test]
+fn moved_frames_round_trip_and_refuse_an_unknown_family() {
+    for to in ["10.1.2.3:4800", "[::1]:1"] {
+        let to: SocketAddr = to.parse().unwrap();
+        let mut body = Vec::new();
+        Frame::Moved { to }.encode_body(&mut body);
+        assert_eq!(
+            Frame::decode(crate::frame::KIND_MOVED, &body),
+            Ok(Frame::Moved { to })
+        );
+        for cut in 0..body.len() {
+            assert!(Frame::decode(crate::frame::KIND_MOVED, &body[..cut]).is_err());
+        }
+    }
+    assert!(Frame::decode(crate::frame::KIND_MOVED, &[5, 1, 2, 3, 4, 0, 1]).is_err());
+}

@@ -116,7 +116,8 @@ use testbed::qemu::{AccelChoice, Qemu, QemuConfig};
 pub use keys::KeyResults;
 pub use process::{cpu_time, open_fds, rss_kib, ConsoleProcess, ConsoleSockets, ProcessError};
 pub use report::{
-    percentile, BenchReport, LoadRow, TARGET_KEY_P50_US, TARGET_RSS_KIB, TARGET_SMALL_P50_US,
+    duration_p50_p99, percentile, BenchReport, LoadRow, TARGET_KEY_P50_US, TARGET_RSS_KIB,
+    TARGET_SMALL_P50_US,
 };
 pub use screen::FrameResults;
 
@@ -310,6 +311,38 @@ where
         },
         machine,
     ))
+}
+
+/// Key response through the gateway hop (gateway mode): the same keys, alternating, to a
+/// `dmore console` directly and through a `dmore gateway serve` (`gateway`, which relays to
+/// that console's `--gateway-listen`), on one guest. `launch` builds the console's command
+/// (with its `--gateway-listen`). Answers the latencies (`direct`: the console, `console`:
+/// through the gateway) and the machine.
+pub async fn gateway_hop<L>(
+    options: &BenchOptions,
+    launch: L,
+    gateway: Command,
+    mut progress: impl FnMut(&str),
+) -> Result<(KeyResults, String), BenchError>
+where
+    L: Fn(&ConsoleSockets<'_>) -> Command,
+{
+    let scratch = Scratch::create()?;
+    progress("booting the 720x400 (text mode) guest and its console");
+    let (mut rig0, machine) = rig(&scratch.0, "t", None, options, &launch).await?;
+    let gateway = ConsoleProcess::spawn_marked(gateway, "listening on ", START_DEADLINE).await?;
+    progress(&format!(
+        "key response: {} keys, alternating the console and the gateway",
+        options.keys
+    ));
+    let results = keys::measure(
+        &mut rig0.vm,
+        rig0.console.addr(),
+        gateway.addr(),
+        options.keys,
+    )
+    .await?;
+    Ok((results, machine))
 }
 
 /// Runs the whole benchmark. `launch` builds the command that runs one console attached to

@@ -69,7 +69,17 @@ impl Drop for ConsoleProcess {
 impl ConsoleProcess {
     /// Spawns `command` (stdout is taken to read the address; stdin is closed) and waits up to
     /// `timeout` for it to listen.
-    pub async fn spawn(mut command: Command, timeout: Duration) -> Result<Self, ProcessError> {
+    pub async fn spawn(command: Command, timeout: Duration) -> Result<Self, ProcessError> {
+        ConsoleProcess::spawn_marked(command, LISTENING, timeout).await
+    }
+
+    /// [`ConsoleProcess::spawn`] for a process that prints `marker` and its address (e.g.
+    /// `dmore gateway serve`'s `listening on ADDR`).
+    pub async fn spawn_marked(
+        mut command: Command,
+        marker: &'static str,
+        timeout: Duration,
+    ) -> Result<Self, ProcessError> {
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -86,9 +96,9 @@ impl ConsoleProcess {
                 .lines()
                 .map_while(Result::ok)
             {
-                if let Some(at) = line.find(LISTENING) {
+                if let Some(at) = line.find(marker) {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(line.get(at + LISTENING.len()..).unwrap_or("").into());
+                        let _ = tx.send(line.get(at + marker.len()..).unwrap_or("").into());
                     }
                 }
             }

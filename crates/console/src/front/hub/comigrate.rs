@@ -23,6 +23,9 @@ use crate::front::report::error_chain;
 use crate::front::{ConsoleError, Exit};
 use crate::snapshot::ConsoleSnapshot;
 
+/// Longest an exiting source waits for its gateway sessions' Moved frames to leave.
+const HAND_OFF_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Hub {
     /// Whether the console serves its viewers now (not frozen for a migration).
     pub(super) fn serves(&self) -> bool {
@@ -180,12 +183,13 @@ impl Hub {
         tracing::info!(
             bytes = kept.moved.len(),
             viewers = kept.sockets.len(),
+            gateway_viewers = kept.pipes.len(),
             "frozen for the switchover; checkpoint kept"
         );
         self.with_mig(|m| {
             m.record = Record {
                 snapshot_bytes: u64::try_from(kept.moved.len()).ok(),
-                viewers_moved: u64::try_from(kept.sockets.len()).ok(),
+                viewers_moved: u64::try_from(kept.sockets.len() + kept.pipes.len()).ok(),
                 frozen_at_us: Some(frozen_at),
                 taken_over_at_us: None,
             };
@@ -207,19 +211,32 @@ impl Hub {
             .into_iter()
             .map(|(id, stream, unread)| HandedViewer { id, stream, unread })
             .collect();
-        let sessions = match ConsoleSnapshot::decode(&kept.console)
+        let (sessions, mut streams) = match ConsoleSnapshot::decode(&kept.console)
             .map_err(ConsoleError::from)
             .and_then(
                 |ConsoleSnapshot {
-                     screen, sessions, ..
-                 }| { self.restore_sessions(screen, sessions) },
+                     screen,
+                     sessions,
+                     streams,
+                     ..
+                 }| Ok((self.restore_sessions(screen, sessions)?, streams)),
             ) {
-            Ok(sessions) => sessions,
+            Ok(restored) => restored,
             Err(e) => {
                 migration::abandon_sockets(handed);
                 return Err(e);
             }
         };
+        // The gateway sessions are still live here: served again with the bytes the frozen
+        // readers had taken out of them.
+        let pipes = kept
+            .pipes
+            .into_iter()
+            .map(|(id, pipe)| {
+                let unread = streams.remove(&id).map(|s| s.unread).unwrap_or_default();
+                (id, pipe, unread)
+            })
+            .collect();
         for v in &handed {
             if let Err(e) = tcp::resume(&v.stream) {
                 tracing::error!(viewer = v.id.0, error = %error_chain(&e), "viewer socket cannot leave repair mode");
@@ -230,7 +247,7 @@ impl Hub {
                 tracing::error!(error = %error_chain(&e), "the service address could not come back");
             }
         }
-        self.attach_viewers(sessions, handed);
+        self.attach_viewers(sessions, handed, pipes);
         if let Some(lane) = &self.serial {
             lane.thaw();
         }
@@ -286,6 +303,12 @@ impl Hub {
             if let Err(e) = tcp::abandon(sock) {
                 tracing::warn!(viewer = id.0, error = %error_chain(&e), "closing a moved socket");
             }
+        }
+        // The gateway sessions live on the destination now: tell the gateway where.
+        let moved_to = self.gateway_moved_to();
+        for (id, pipe) in kept.pipes {
+            tracing::debug!(viewer = id.0, ?moved_to, "gateway session handed off");
+            self.handed_off.extend(pipe.hand_off(moved_to));
         }
     }
 
@@ -376,8 +399,16 @@ impl Hub {
         let _ = reply.send(line);
     }
 
-    /// Ends the console: the link is shut (if still there).
+    /// Ends the console: the link is shut (if still there), the gateway told where its
+    /// sessions went (bounded by [`HAND_OFF_WAIT`]).
     pub(super) async fn exit(self, exit: Exit) -> Result<Exit, ConsoleError> {
+        let deadline = tokio::time::Instant::now() + HAND_OFF_WAIT;
+        for driver in self.handed_off {
+            if tokio::time::timeout_at(deadline, driver).await.is_err() {
+                tracing::warn!("a gateway session's Moved frame did not leave in time: the gateway finds the destination by retrying");
+                break;
+            }
+        }
         for (_, slot) in self.viewers {
             slot.close();
         }

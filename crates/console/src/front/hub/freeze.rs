@@ -1,6 +1,8 @@
 //! Freezing the hub into a hand-over (local, or for a migration) and taking one over.
 
 use super::*;
+use crate::front::conn::{self, Reunited};
+use crate::snapshot::StreamPiece;
 
 /// Longest a freeze waits for the viewers' writers, all of them together: a viewer whose
 /// writer is still in the middle of a batch then is cut (its RFB stream would break
@@ -87,6 +89,8 @@ impl Hub {
         // writers end together; only one still in the middle of a batch at the deadline is cut.
         let mut sessions = BTreeMap::new();
         let mut viewers = Vec::new();
+        let mut streams = BTreeMap::new();
+        let mut pipes = Vec::new();
         let writers: Vec<_> = std::mem::take(&mut self.viewers)
             .into_iter()
             .map(|(id, mut slot)| {
@@ -124,13 +128,21 @@ impl Hub {
                 sessions.remove(&id);
                 continue;
             };
-            match read.reunite(write).map(|s| s.into_std()) {
-                Ok(Ok(stream)) => viewers.push(HandedViewer {
-                    id,
-                    stream,
-                    unread: unread.remove(&id).unwrap_or_default(),
-                }),
-                _ => {
+            let unread = unread.remove(&id).unwrap_or_default();
+            match conn::reunite(read, write) {
+                Some(Reunited::Tcp(stream)) => viewers.push(HandedViewer { id, stream, unread }),
+                Some(Reunited::Gateway(pipe)) => {
+                    // Nothing reads or writes it now: its state is final for the snapshot.
+                    streams.insert(
+                        id,
+                        StreamPiece {
+                            stream: pipe.export(),
+                            unread,
+                        },
+                    );
+                    pipes.push((id, pipe));
+                }
+                None => {
                     sessions.remove(&id);
                 }
             }
@@ -145,14 +157,20 @@ impl Hub {
             screen: self.screen.freeze(),
             sessions,
             serial,
+            streams,
         }
         .encode()?;
         tracing::info!(
             bytes = snapshot.len(),
             viewers = viewers.len(),
+            gateway_viewers = pipes.len(),
             held,
             "frozen"
         );
-        Ok(Handover { snapshot, viewers })
+        Ok(Handover {
+            snapshot,
+            viewers,
+            pipes,
+        })
     }
 }

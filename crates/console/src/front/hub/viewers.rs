@@ -22,7 +22,7 @@ pub(super) struct Slot {
     pub(super) blocked: VecDeque<InputEvent>,
     pub(super) stop_reader: Option<oneshot::Sender<()>>,
     pub(super) reader: JoinHandle<ReaderParts>,
-    pub(super) writer: JoinHandle<tokio::net::tcp::OwnedWriteHalf>,
+    pub(super) writer: JoinHandle<ConnWrite>,
 }
 
 impl Slot {
@@ -38,7 +38,7 @@ impl Slot {
 
 /// A finished handshake, from its task.
 pub(super) struct Admission {
-    pub(super) stream: TcpStream,
+    pub(super) stream: Conn,
     pub(super) peer: SocketAddr,
     pub(super) result: Result<viewer::Admitted, ViewerError>,
 }
@@ -48,14 +48,11 @@ impl Hub {
         &mut self,
         id: ViewerId,
         session: Session,
-        stream: TcpStream,
+        stream: Conn,
         leftover: Vec<u8>,
     ) {
-        let peer = stream
-            .peer_addr()
-            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+        let peer = stream.peer();
+        let (read, write) = stream.split();
         let (from_tx, from) = mpsc::channel(FROM_VIEWER_QUEUE);
         let (to, to_rx) = mpsc::channel(1);
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -94,7 +91,7 @@ impl Hub {
     }
 
     /// A new connection: its handshake runs on a task of its own, if the gate lets it.
-    pub(super) fn handshake(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+    pub(super) fn handshake(&mut self, mut stream: Conn, peer: SocketAddr) {
         if let Err(refusal) = self
             .gate
             .start(peer.ip(), self.viewers.len(), Instant::now())

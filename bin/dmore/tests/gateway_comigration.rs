@@ -1,0 +1,232 @@
+//! Gateway mode (issue 14) on real hosts and QEMU: a stationary `dmore gateway serve` on the
+//! client host, consoles that serve the gateway's resumable streams themselves
+//! (`--gateway-listen`), run as `nobody` with no capability and no service address; a
+//! viewer connected to the gateway types keys and clicks while the VM co-migrates A ⇄ B.
+//!
+//! - every key and click reaches the guest once, in order (the guest's serial reports);
+//! - the viewer's connection to the gateway is one connection: SYN 1, FIN 0, RST 0 (captured
+//!   on the client host's `lo`, where the gateway is);
+//! - after the last move the screen the viewer holds is QEMU's screendump but for at most the
+//!   blinking cursor's cell;
+//! - the gateway reattached at each move where the source's Moved frame said (its log);
+//! - printed per move: the VM's downtime, freeze→takeover, and the viewer's longest gap
+//!   between screen updates during the move.
+//!
+//! And a migration cancelled at `pre-switchover`, after the source console froze and sent
+//! its snapshot: the source thaws and serves the same live gateway session again, then a real
+//! move follows; every key once, one connection.
+//!
+//! `DMORE_MIGRATIONS=N` sets N (default 10). Skipped (with a note) where network namespaces
+//! cannot be made (not root); never on CI.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _};
+use console::control::{request, Command};
+use migrate::vm::{Migration, MigrationOptions, Phase};
+use scenarios::cobed::{CoBed, CoBedOptions};
+use scenarios::delivery::{check_count, steady_viewer};
+
+/// Bound on each wait (a guard against hanging, not a timed assertion).
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One bed at a time: each runs two QEMUs, two consoles, a gateway and a viewer on two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A gateway-mode bed, or `None` (with a note) where namespaces cannot be made.
+async fn bed() -> anyhow::Result<Option<CoBed>> {
+    let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
+    options.gateway = true;
+    Ok(CoBed::start_or_skip(options).await?)
+}
+
+/// One character cell of the VGA text screen (9x16): a blinking cursor changes no more.
+const CURSOR_CELL: usize = 9 * 16;
+
+fn migrations() -> usize {
+    std::env::var("DMORE_MIGRATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10)
+}
+
+/// The process runs as `nobody` with no effective capability.
+fn check_no_privilege(what: &str, pid: u32) -> anyhow::Result<()> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or_else(String::new, |v| v.trim().to_owned())
+    };
+    let (uid, caps) = (field("Uid:"), field("CapEff:"));
+    println!("{what} pid {pid}: Uid {uid}; CapEff {caps}");
+    ensure!(
+        uid.split_whitespace().all(|u| u == "65534"),
+        "{what} runs as nobody: Uid {uid}"
+    );
+    ensure!(
+        caps == "0000000000000000",
+        "{what} has no capability: CapEff {caps}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_through_the_gateway_keeps_its_one_connection_through_co_migrations(
+) -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(mut bed) = bed().await? else {
+        return Ok(());
+    };
+    let capture = bed.capture("gateway").await?;
+    let viewer = steady_viewer(&bed).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut moves = Vec::new();
+    for n in 1..=migrations() {
+        let (from, to) = (bed.home(), bed.other());
+        let started = Instant::now();
+        let t = bed.migrate(false).await?;
+        let (_, console) = bed.home_pids().context("home console")?;
+        check_no_privilege("console", console)?;
+        let home = request(
+            bed.home_control().context("home console")?,
+            &Command::Status,
+        )
+        .await?;
+        if home["link_uncertain"] != 0 || home["link_dropped"] != 0 {
+            println!(
+                "move {n}: the console reports uncertain {} dropped {}",
+                home["link_uncertain"], home["link_dropped"]
+            );
+        }
+        moves.push((n, from, to, started, Instant::now(), t));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    check_no_privilege("gateway", bed.gateway_pid().context("the gateway")?)?;
+    // Each move's source told the gateway where the session went (no probing).
+    let log = bed.gateway_log().context("the gateway's log")?;
+    let followed = log.matches("the console moved: reattaching there").count();
+    println!("the gateway followed {followed} Moved frame(s)");
+    ensure!(
+        followed == moves.len(),
+        "the gateway followed a Moved frame at each of the {} moves, not {followed}",
+        moves.len()
+    );
+    let count = bed.count_session(viewer, Some(capture)).await?;
+    for (n, from, to, started, ended, t) in &moves {
+        println!(
+            "move {n} {from:?}->{to:?}: VM downtime {:?} ms, freeze->takeover {:?}, viewer gap {:?}",
+            t.vm_downtime_ms,
+            t.freeze_to_takeover,
+            count.log.gap(*started, *ended)
+        );
+    }
+    let report = count.capture.as_ref().context("the capture")?;
+    let flags = report.total();
+    println!(
+        "viewer-gateway capture: {} connection(s), SYN {}, FIN {}, RST {}",
+        report.connections.len(),
+        flags.syn,
+        flags.fin,
+        flags.rst
+    );
+    check_count(&count)?;
+    ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
+    ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
+    // The viewer's screen against QEMU's own.
+    let screen = count.screen.as_ref().context("the viewer's screen")?;
+    let qemu = bed.home_qemu().context("home QEMU")?;
+    let file = bed.testbed().run_dir().join("screendump.ppm");
+    qemu.qmp()
+        .execute("screendump", serde_json::json!({ "filename": file }))
+        .await?;
+    let dump = testbed::viewers::parse_ppm(&std::fs::read(&file)?)?;
+    ensure!(
+        (usize::from(screen.width()), usize::from(screen.height())) == (dump.width, dump.height),
+        "the viewer's screen is {}x{}, QEMU's {}x{}",
+        screen.width(),
+        screen.height(),
+        dump.width,
+        dump.height
+    );
+    let differing = screen
+        .pixels()
+        .iter()
+        .zip(&dump.pixels)
+        .filter(|(a, b)| *a & 0x00ff_ffff != **b)
+        .count();
+    println!(
+        "viewer's screen against QEMU's screendump ({}x{}): {differing} pixels differ",
+        dump.width, dump.height
+    );
+    ensure!(
+        differing <= CURSOR_CELL,
+        "the viewer's screen is QEMU's but for at most the cursor's cell: {differing} pixels differ"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_cancelled_after_the_freeze_thaws_the_gateway_viewer_on_the_source(
+) -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(mut bed) = bed().await? else {
+        return Ok(());
+    };
+    let capture = bed.capture("thaw").await?;
+    let viewer = steady_viewer(&bed).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let plan = bed.announce(true).await?;
+    {
+        let (src, _src_events) = qmp::Connection::connect(&plan.source_qmp).await?;
+        let (dst, _dst_events) = qmp::Connection::connect(&plan.dest_qmp).await?;
+        let options = MigrationOptions {
+            pause_before_switchover: true,
+            ..MigrationOptions::default()
+        };
+        let mut m =
+            Migration::start(src.client(), dst.client(), &plan.incoming_uri, options).await?;
+        ensure!(
+            m.run().await? == Phase::PreSwitchover,
+            "held at pre-switchover"
+        );
+        let sent = Command::Wait {
+            phase: "Sent".into(),
+            timeout: WAIT,
+        };
+        request(&plan.source_console, &sent).await?;
+        // The viewer types into the frozen console meanwhile: its keys wait in the gateway.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        m.cancel().await?;
+        println!("migration cancelled at pre-switchover after the freeze");
+    }
+    bed.abandon_destination();
+    let serving = Command::Wait {
+        phase: "Serving".into(),
+        timeout: WAIT,
+    };
+    request(&plan.source_console, &serving).await?;
+    let status = request(&plan.source_console, &Command::Status).await?;
+    ensure!(
+        status["viewers"] == 1,
+        "the source serves its gateway viewer again: {status}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bed.migrate(false).await?;
+    println!("a real move after the thaw succeeded");
+    let count = bed.count_session(viewer, Some(capture)).await?;
+    let report = count.capture.as_ref().context("the capture")?;
+    let flags = report.total();
+    println!(
+        "viewer-gateway capture: {} connection(s), SYN {}, FIN {}, RST {}",
+        report.connections.len(),
+        flags.syn,
+        flags.fin,
+        flags.rst
+    );
+    check_count(&count)?;
+    ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
+    ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
+    Ok(())
+}

@@ -4,7 +4,9 @@
 //! service address while `virsh migrate --live` moves the VM A → B → A … with no dmore command
 //! at all: the source console learns of each migration from its own QMP monitor and finds the
 //! destination console among the domain's `peers`, and the destination's hook started that
-//! console with `--incoming`.
+//! console with `--incoming`. The hook starts each console as `libvirt-qemu` (the user Debian's
+//! libvirt runs QEMU as; QEMU runs as root in that group here) with only `CAP_NET_ADMIN` and
+//! `CAP_NET_RAW`: checked in `/proc` on the first and the last console.
 //!
 //! First a migration cancelled in pre-copy (`virsh domjobabort`): the session stays on A, the
 //! destination's console goes. Then the moves, taking turns with the flags `--live --p2p`,
@@ -160,12 +162,25 @@ async fn wait_for<T>(
 
 /// The hook's configuration on `host`: the console serves the service address in transparent
 /// mode and finds its peer among both hosts' incoming addresses.
-fn hook_config(host: &Host, hosts: &[&Host], service: &ServiceAddr, key: &Path) -> String {
+/// The user the hook runs consoles as: the one Debian's libvirt runs QEMU as (`.ci/setup`
+/// makes it), whose group QEMU runs in here.
+const CONSOLE_USER: &str = "libvirt-qemu";
+
+fn hook_config(
+    host: &Host,
+    hosts: &[&Host],
+    service: &ServiceAddr,
+    key: &Path,
+    dmore: &Path,
+) -> String {
     let peers: Vec<String> = hosts
         .iter()
         .map(|h| format!("{}:{INCOMING_PORT}", h.ip()))
         .collect();
     serde_json::json!({
+        "dmore": dmore,
+        "user": CONSOLE_USER,
+        "dir_group": CONSOLE_USER,
         "peer_key_file": key,
         "domains": { DOMAIN: {
             "listen": format!("{}:{VIEWER_PORT}", service.addr()),
@@ -259,6 +274,19 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
     let domain_dir = shared_dir.join("e2e");
     let key = root.join("peer.key");
     std::fs::write(&key, "libvirt e2e shared secret\n")?;
+    // The consoles run as CONSOLE_USER: they reach the run's directory, read the key (its
+    // group's), and run a dmore outside a checkout that may be root's alone.
+    let run_as = libvirt::hook::RunAs::lookup(CONSOLE_USER)?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
+        std::os::unix::fs::chown(&key, None, Some(run_as.gid))?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640))?;
+    }
+    let dmore = scenarios::cobed::reachable_copy(
+        Path::new(env!("CARGO_BIN_EXE_dmore")),
+        &root.join("dmore-bin"),
+    )?;
     let serial_path = root.join("serial.sock");
     let listener = tokio::net::UnixListener::bind(&serial_path)?;
     let mut serial = Serial::chained(listener, false)?;
@@ -270,7 +298,7 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
         let own_dir = dir.join("dmore");
         std::fs::create_dir_all(&own_dir)?;
         let config = dir.join("dmore.json");
-        std::fs::write(&config, hook_config(host, &hosts, &service, &key))?;
+        std::fs::write(&config, hook_config(host, &hosts, &service, &key, &dmore))?;
         // Installed before libvirtd starts: it looks for hooks only then.
         let install = std::process::Command::new(env!("CARGO_BIN_EXE_dmore"))
             .args(["libvirt", "install-hook", "--hooks-dir"])
@@ -335,6 +363,8 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
         || first.console_log(),
     )
     .await?;
+
+    unprivileged(first, run_as)?;
 
     let capture = Capture::start(bed.client(), "libvirt", service.addr())?;
     let viewer = SteadyViewer::connect_from(
@@ -450,6 +480,8 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
     let seen = count.screen.as_ref().context("the viewer's last screen")?;
     same_screen(seen, &want)?;
 
+    unprivileged(home, run_as)?;
+
     // Destroyed where it runs: the hook stops its console.
     let pid = home.console_pid().context("the last console's pid")?;
     home.virsh(&["destroy", DOMAIN])?;
@@ -465,6 +497,41 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
         side.daemon = None;
     }
     drop(serial);
+    Ok(())
+}
+
+/// `side`'s console runs as `user` (real, effective, saved and file-system ids) with only the
+/// capabilities the service address needs, `CAP_NET_ADMIN` and `CAP_NET_RAW` (bits 12 and 13),
+/// as the hook started it; prints its `ps` line.
+fn unprivileged(side: &Side, user: libvirt::hook::RunAs) -> anyhow::Result<()> {
+    let pid = side.console_pid().context("the console's pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let (uids, gids, cap_eff) = (field("Uid:"), field("Gid:"), field("CapEff:"));
+    let all_are =
+        |ids: &[&str], id: u32| ids.len() == 4 && ids.iter().all(|i| *i == id.to_string());
+    let ps = std::process::Command::new("ps")
+        .args(["-o", "user,pid,cmd", "-p", &pid.to_string()])
+        .output()?;
+    println!(
+        "{}'s console: Uid {uids:?} Gid {gids:?} CapEff {cap_eff:?}\n{}",
+        side.host.name(),
+        String::from_utf8_lossy(&ps.stdout).trim_end()
+    );
+    ensure!(
+        all_are(&uids, user.uid) && all_are(&gids, user.gid),
+        "the console runs as {user:?}: Uid {uids:?} Gid {gids:?}"
+    );
+    ensure!(
+        cap_eff == ["0000000000003000"],
+        "the console keeps CAP_NET_ADMIN and CAP_NET_RAW alone: CapEff {cap_eff:?}"
+    );
     Ok(())
 }
 

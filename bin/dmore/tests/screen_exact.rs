@@ -13,6 +13,10 @@
 //!                        both images saved as PNG (the directory kept, its path printed)
 //! ```
 //!
+//! TigerVNC with its defaults (Tight, automatic quality, continuous updates) through the same
+//! kind of moves on the tiny guest, typed into with `xdotool`: its window equals QEMU's
+//! screendump pixel for pixel, over one TCP connection.
+//!
 //! Text mode under SeaBIOS (VGA text, 720x400), graphics under SeaBIOS too (the bochs DRM
 //! framebuffer: it boots faster than OVMF under TCG); PS/2 input in both (nothing is typed).
 //! Skipped (with a note) where network namespaces cannot be made (not root).
@@ -26,6 +30,7 @@ use linux_guest::report::Report;
 use rfb::framebuffer::Framebuffer;
 use rfb::{ClientConfig, Encoding, PixelFormat, ServerMessage};
 use scenarios::cobed::{CoBed, CoBedOptions};
+use scenarios::steady::tally::{key_presses, tally};
 use testbed::qemu::{Qemu, LINUX_MEMORY_MIB};
 use testbed::viewers::{Image, TigerVnc, ViewerAuth, Xvfb};
 use tokio::net::TcpStream;
@@ -479,6 +484,7 @@ async fn tigervnc_shows_the_screen(bed: &CoBed, file: &Path) -> anyhow::Result<(
         ViewerAuth::None,
         "dmore-demo",
         bed.testbed().client().netns(),
+        &[],
     )
     .await?;
     let qemu = bed.home_qemu().context("no home VM")?;
@@ -505,6 +511,208 @@ async fn tigervnc_shows_the_screen(bed: &CoBed, file: &Path) -> anyhow::Result<(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// What TigerVNC's user types during the moves (lowercase, digits and spaces: no Shift) and
+/// after the last one.
+const TIGER_TEXT: [&str; 2] = [
+    "tigervnc with its defaults types through the moves 0123456789 ",
+    "and after the last one",
+];
+
+/// TigerVNC's viewer with its defaults (no parameters: Tight, automatic quality, an exclusive
+/// session) from the client host while the tiny guest moves A → B → A → B, typed into with
+/// `xdotool` during the moves and after the last: every key reaches the guest once, in order,
+/// over one TCP connection (the client host's capture: one SYN, no RST), and the viewer's
+/// window then equals QEMU's screendump pixel for pixel. The guest's text cursor blinks, so a
+/// dump and a screenshot are taken in turn until a pair agrees (each pair's difference is
+/// printed); the X pointer is not in the window's `xwd` image (Xvfb draws it in software and
+/// takes it out of reads) and `xdotool type` never moves it. Says which encoding TigerVNC
+/// chose (its log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tigervnc_with_its_defaults_through_comigrations() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir()?;
+    let options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
+    let Some(mut bed) = CoBed::start_or_skip(options).await? else {
+        return Ok(());
+    };
+    let capture = bed.capture("tigervnc").await?;
+    let xvfb = Xvfb::start().await?;
+    let server = format!("{}::{}", bed.service().ip(), bed.service().port());
+    let mut viewer = TigerVnc::connect(
+        &xvfb,
+        &server,
+        ViewerAuth::None,
+        "dmore-demo",
+        bed.testbed().client().netns(),
+        &[],
+    )
+    .await?;
+    let moves = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for n in 1..=migrations() {
+            let t = bed.migrate(false).await?;
+            println!(
+                "TigerVNC: move {n}: VM downtime {:?} ms, freeze->takeover {:?}",
+                t.vm_downtime_ms, t.freeze_to_takeover
+            );
+        }
+        anyhow::Ok(())
+    };
+    let (typed, moved) = tokio::join!(viewer.type_text(TIGER_TEXT[0]), moves);
+    typed?;
+    moved?;
+    viewer.type_text(TIGER_TEXT[1]).await?;
+    let typed = Instant::now();
+    let reports = bed
+        .collect_reports(Duration::from_millis(700), WAIT)
+        .await
+        .to_vec();
+    let pcap = capture.file().to_owned();
+    let capture = tokio::task::spawn_blocking(move || capture.finish()).await??;
+    let expected: Vec<u16> = TIGER_TEXT
+        .concat()
+        .chars()
+        .filter_map(|c| guest::keymap::scancode(c).map(u16::from))
+        .collect();
+    let keys = tally(&expected, &key_presses(&reports));
+    println!("TigerVNC: keys {keys:?}; capture: {capture}");
+    ensure!(
+        keys.sent == TIGER_TEXT.concat().len() && keys.exact(),
+        "every key once, in order: {keys:?}"
+    );
+    ensure!(
+        capture.connections.len() == 1
+            && capture.syns_after_first() == 0
+            && capture.total().rst == 0,
+        "one TCP connection, never reset: {capture}"
+    );
+
+    let qemu = bed.home_qemu().context("no home VM")?;
+    let file = dir.path().join("screen.ppm");
+    let deadline = Instant::now() + WAIT;
+    let mut differences = Vec::new();
+    loop {
+        let screen = screendump(qemu, &file).await?;
+        let shot = viewer.screenshot().await?;
+        let seen = shot
+            .crop(0, 0, screen.width, screen.height)
+            .context("the window is smaller than the screen")?;
+        match difference(&seen, &screen) {
+            None => {
+                println!(
+                    "TigerVNC: {}x{} window equals QEMU's screendump pixel for pixel, {:?} \
+                     after the last key (after {} differing pairs: {differences:?})",
+                    screen.width,
+                    screen.height,
+                    typed.elapsed(),
+                    differences.len()
+                );
+                break;
+            }
+            Some(d) if Instant::now() >= deadline => {
+                let kept = dir.keep();
+                save_pair(&kept, "tigervnc", &seen, &screen)?;
+                bail!(
+                    "TigerVNC's window differs from QEMU's screendump: {d:?}; images in {}",
+                    kept.display()
+                );
+            }
+            Some(d) => differences.push(d.pixels),
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    ensure!(viewer.is_running(), "TigerVNC exited");
+
+    // Which encoding TigerVNC asked for and got, from the capture: its SetEncodings, and the
+    // first rectangle of each update that begins a segment from the console.
+    let service = bed.service();
+    let to_service = format!("dst host {} and dst port {}", service.ip(), service.port());
+    let asked = tcp_payloads(&pcap, &to_service)?
+        .into_iter()
+        .find_map(|p| set_encodings(&p))
+        .context("no SetEncodings in the capture")?;
+    let from_service = format!("src host {} and src port {}", service.ip(), service.port());
+    let mut got = std::collections::BTreeMap::<String, usize>::new();
+    for p in tcp_payloads(&pcap, &from_service)? {
+        if let Some(e) = first_rectangle_encoding(&p) {
+            *got.entry(format!("{e:?}")).or_default() += 1;
+        }
+    }
+    println!("TigerVNC asked for {asked:?}; first rectangles of updates: {got:?}");
+    ensure!(
+        asked.iter().find(|e| (0..=16).contains(&i32::from(**e))) == Some(&Encoding::Tight)
+            && got.contains_key("Tight"),
+        "TigerVNC prefers Tight by default and gets it: asked {asked:?}, got {got:?}"
+    );
+    Ok(())
+}
+
+/// The TCP payloads of the segments in `pcap` that `filter` (tcpdump's) selects, in order.
+fn tcp_payloads(pcap: &Path, filter: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let out = std::process::Command::new("tcpdump")
+        .args(["-nn", "-x", "-r"])
+        .arg(pcap)
+        .arg(format!("tcp and ({filter})"))
+        .output()
+        .context("running tcpdump -r")?;
+    ensure!(
+        out.status.success(),
+        "tcpdump -r: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut packets: Vec<Vec<u8>> = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        match line.trim_start().strip_prefix("0x") {
+            Some(hex) => {
+                let bytes = hex.split_whitespace().skip(1).flat_map(|word| {
+                    (0..word.len() / 2).filter_map(move |i| {
+                        u8::from_str_radix(word.get(2 * i..2 * i + 2)?, 16).ok()
+                    })
+                });
+                if let Some(packet) = packets.last_mut() {
+                    packet.extend(bytes);
+                }
+            }
+            None => packets.push(Vec::new()),
+        }
+    }
+    // IPv4: the header's length, the packet's total length, then TCP's data offset.
+    Ok(packets
+        .into_iter()
+        .filter_map(|p| {
+            let ip_header = usize::from(p.first()? & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([*p.get(2)?, *p.get(3)?]));
+            let tcp_header = usize::from(p.get(ip_header + 12)? >> 4) * 4;
+            let payload = p.get(ip_header + tcp_header..total.min(p.len()))?;
+            (!payload.is_empty()).then(|| payload.to_vec())
+        })
+        .collect())
+}
+
+/// The list of a SetEncodings message (type 2) at the start of `payload`.
+fn set_encodings(payload: &[u8]) -> Option<Vec<Encoding>> {
+    let (&[2, _, a, b], rest) = payload.split_first_chunk::<4>()? else {
+        return None;
+    };
+    let list = rest.get(..usize::from(u16::from_be_bytes([a, b])) * 4)?;
+    Some(
+        list.chunks_exact(4)
+            .map(|c| Encoding::from(i32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+    )
+}
+
+/// The encoding of the first rectangle of a FramebufferUpdate (type 0) at the start of
+/// `payload`, if it is a pixel encoding (not a pseudo-encoding).
+fn first_rectangle_encoding(payload: &[u8]) -> Option<Encoding> {
+    let header = payload.get(..16)?;
+    if header[..2] != [0, 0] || header[2..4] == [0, 0] {
+        return None;
+    }
+    let code = i32::from_be_bytes([header[12], header[13], header[14], header[15]]);
+    (0..=16).contains(&code).then(|| Encoding::from(code))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

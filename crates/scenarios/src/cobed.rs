@@ -1172,7 +1172,7 @@ fn give(path: &Path, (uid, gid): (u32, u32)) -> Result<(), CoBedError> {
 
 /// `dmore` at `at`, where any user can run it (its own directory may not be reachable: a
 /// checkout under /root): a hard link, or a copy across file systems.
-fn reachable_copy(dmore: &Path, at: &Path) -> Result<PathBuf, CoBedError> {
+pub fn reachable_copy(dmore: &Path, at: &Path) -> Result<PathBuf, CoBedError> {
     let file = |source| CoBedError::File {
         path: at.to_path_buf(),
         source,

@@ -6,7 +6,8 @@
 //! mount namespace of its own (`unshare --mount`) with a directory bound over each; clients
 //! reach it through `unix_sock_dir`, outside the binds. `.ci/setup` installs the packages, the
 //! `libvirt-qemu` user the daemon looks up even when `qemu.conf` says root, and the mount
-//! points. QEMU runs as root with no security driver and no cgroups.
+//! points. QEMU runs as root (group `libvirt-qemu`) with no security driver, no relabelling
+//! and no cgroups.
 //!
 //! On a test host ([`Libvirtd::start_on`]) the daemon runs inside the host's network namespace
 //! with its own hostname (`unshare --uts`) and host UUID, and listens for other libvirtds on
@@ -106,7 +107,10 @@ impl Libvirtd {
              auth_unix_rw = \"none\"\nauth_unix_ro = \"none\"\n",
             root.join("sock").display()
         );
-        let mut qemu_conf_text = "user = \"root\"\ngroup = \"root\"\nsecurity_driver = \"none\"\n\
+        // QEMU's group is `libvirt-qemu`: its sockets (libvirt starts it with umask 002) are
+        // then open to a console running as that user. No relabelling: files stay as they are.
+        let mut qemu_conf_text = "user = \"root\"\ngroup = \"libvirt-qemu\"\n\
+                    dynamic_ownership = 0\nsecurity_driver = \"none\"\n\
                     cgroup_controllers = [ ]\n"
             .to_owned();
         if let Some(host) = host {

@@ -12,7 +12,7 @@ use rfb::{
     ClientMessage, Encoding, Password, PixelFormat, SecurityType, ServerConfig, ServerInit,
     ServerMessage, Version,
 };
-use testbed::viewers::{Image, TigerVnc, ViewerAuth, Vncdo, VncdoEncoding, Xvfb};
+use testbed::viewers::{Image, TigerVnc, ViewerAuth, Vncdo, VncdoEncoding, Xvfb, FULL_COLOUR};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -244,7 +244,15 @@ async fn tigervnc_round(password: Option<&'static str>) -> anyhow::Result<()> {
         Some(p) => ViewerAuth::Password(p.into()),
         None => ViewerAuth::None,
     };
-    let viewer = TigerVnc::connect(&xvfb, &format!("127.0.0.1::{port}"), auth, NAME, None).await?;
+    let viewer = TigerVnc::connect(
+        &xvfb,
+        &format!("127.0.0.1::{port}"),
+        auth,
+        NAME,
+        None,
+        FULL_COLOUR,
+    )
+    .await?;
     // The window exists before the first frame is drawn: wait until the pattern shows.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 
 pub use image::{decode_png, parse_ppm, parse_xwd, Image};
-pub use tigervnc::{TigerVnc, ViewerAuth, Xvfb};
+pub use tigervnc::{TigerVnc, ViewerAuth, Xvfb, FULL_COLOUR};
 pub use vncdo::{Vncdo, VncdoEncoding, VNCDO};
 
 /// Why a viewer could not be started or read.

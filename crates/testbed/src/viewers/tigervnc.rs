@@ -92,36 +92,41 @@ pub enum ViewerAuth {
     Password(String),
 }
 
+/// TigerVNC parameters that make the viewer keep the server's pixels unchanged: full colour,
+/// no automatic choice of colour level and quality (JPEG stays on at quality 8, TigerVNC's
+/// default; a server sends it only where it chooses lossy).
+pub const FULL_COLOUR: &[&str] = &["-AutoSelect=0", "-FullColor"];
+
 /// A TigerVNC viewer (`vncviewer`) connected to a server, in an [`Xvfb`]; killed on drop.
 pub struct TigerVnc {
     display: String,
     window: String,
     child: Child,
-    _password_dir: Option<tempfile::TempDir>,
+    /// Holds the viewer's log (its stderr) and the password file, if any.
+    dir: tempfile::TempDir,
 }
 
 impl TigerVnc {
     /// Starts `vncviewer` against `server` (`HOST::PORT`, or a `HOST:DISPLAY`) and waits until
     /// its window, titled by the server's desktop `name`, exists. `netns` runs the viewer in
     /// that network namespace (the X server's socket is a file, so it reaches across).
+    /// `parameters` are TigerVNC's own (e.g. [`FULL_COLOUR`]; none: its defaults).
     pub async fn connect(
         xvfb: &Xvfb,
         server: &str,
         auth: ViewerAuth,
         desktop_name: &str,
         netns: Option<&str>,
+        parameters: &[&str],
     ) -> Result<TigerVnc> {
+        let dir = tempfile::Builder::new()
+            .prefix("dmore-tigervnc")
+            .tempdir()
+            .map_err(|source| spawn_error("mktemp", "coreutils", source))?;
         let mut args: Vec<String> = Vec::new();
-        let password_dir = match &auth {
-            ViewerAuth::None => {
-                args.extend(["-SecurityTypes".into(), "None".into()]);
-                None
-            }
+        match &auth {
+            ViewerAuth::None => args.extend(["-SecurityTypes".into(), "None".into()]),
             ViewerAuth::Password(password) => {
-                let dir = tempfile::Builder::new()
-                    .prefix("dmore-vncpasswd")
-                    .tempdir()
-                    .map_err(|source| spawn_error("mktemp", "coreutils", source))?;
                 let file = dir.path().join("passwd");
                 write_vnc_password_file(&file, password).await?;
                 args.extend([
@@ -130,11 +135,13 @@ impl TigerVnc {
                     "-PasswordFile".into(),
                     file.display().to_string(),
                 ]);
-                Some(dir)
             }
-        };
-        // Full-colour, so the screenshot shows the server's pixels unchanged.
-        args.extend(["-AutoSelect=0".into(), "-FullColor".into(), server.into()]);
+        }
+        args.extend(parameters.iter().map(|p| (*p).to_owned()));
+        args.push(server.into());
+        let log_path = dir.path().join("vncviewer.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(|source| spawn_error("vncviewer", "tigervnc-viewer", source))?;
         let mut cmd = match netns {
             Some(ns) => {
                 let mut cmd = Command::new("ip");
@@ -148,7 +155,7 @@ impl TigerVnc {
             .env("DISPLAY", xvfb.display())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| spawn_error("vncviewer", "tigervnc-viewer", source))?;
@@ -174,22 +181,23 @@ impl TigerVnc {
         })
         .await?;
         let Some(window) = window else {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                use tokio::io::AsyncReadExt;
-                let _ = pipe.read_to_string(&mut stderr).await;
-            }
             return Err(ViewerError::Failed {
                 program: "vncviewer".into(),
-                stderr,
+                stderr: std::fs::read_to_string(&log_path).unwrap_or_default(),
             });
         };
         Ok(TigerVnc {
             display,
             window,
             child,
-            _password_dir: password_dir,
+            dir,
         })
+    }
+
+    /// What the viewer logged so far (its stderr: TigerVNC says there which encoding and
+    /// pixel format it uses, e.g. `CConn: Using Tight encoding`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("vncviewer.log")).unwrap_or_default()
     }
 
     /// Types `text` into the viewer's window with `xdotool`, as a person at the keyboard would.

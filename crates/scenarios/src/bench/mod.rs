@@ -104,6 +104,7 @@ mod keys;
 mod process;
 mod report;
 mod screen;
+pub mod serial;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -48,8 +48,12 @@ struct SerialBenchArgs {
     /// Throughput rounds, each one window per path, alternating.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
-    /// A short run: one round of 1 s windows, 100 echoes per path (overrides --seconds,
-    /// --samples and --rounds).
+    /// Co-migrations for the output gap per move (between network-namespace hosts, as root;
+    /// 0: none).
+    #[arg(long, default_value_t = 3)]
+    moves: usize,
+    /// A short run: one round of 1 s windows, 100 echoes per path, one move (overrides
+    /// --seconds, --samples, --rounds and --moves).
     #[arg(long)]
     quick: bool,
 }
@@ -237,11 +241,13 @@ fn run_serial(args: SerialBenchArgs) -> anyhow::Result<()> {
         options.window = Duration::from_secs(1);
         options.samples = 100;
         options.rounds = 1;
+        options.moves = 1;
     } else {
         options.window = Duration::try_from_secs_f64(args.seconds)
             .context("--seconds takes seconds, e.g. 10")?;
         options.samples = args.samples;
         options.rounds = args.rounds;
+        options.moves = args.moves;
     }
     if cfg!(debug_assertions) {
         eprintln!(

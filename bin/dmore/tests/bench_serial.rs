@@ -1,6 +1,6 @@
 //! `dmore bench serial --quick` on real QEMU (the tiny guest's COM2): the run completes and
 //! prints well-formed figures for both paths (bytes arrived on each, echoes measured on each,
-//! both targets judged). No timing is asserted: the figures are printed, not judged here.
+//! both targets judged) and the output gap of one co-migration (network namespaces: root). No timing is asserted: the figures are printed, not judged here.
 
 use std::process::Command;
 
@@ -39,6 +39,7 @@ fn the_quick_serial_bench_prints_both_paths() {
     }
     line("round 1: direct");
     line("console CPU over its windows");
+    line("move 1: output gap");
     for target in ["target throughput", "target echo p50"] {
         let l = line(target);
         assert!(l.contains(": met (") || l.contains(": MISSED ("), "{l}");

@@ -22,12 +22,21 @@
 //!    machine whose load drifts weighs on both paths alike. The console's CPU over its
 //!    windows is printed beside it.
 //!
+//! 3. **Output gap per move**: the tiny guest writing a numbered line every 20 ms
+//!    ([`crate::serial::LINE_MS`]) co-migrates between two network-namespace hosts
+//!    ([`crate::cobed`]) while a client attached to the console's serial lane on the service
+//!    address (resuming across the move) timestamps every read: per move, the longest silence
+//!    that overlaps the move, beside QEMU's VM downtime.
+//!
 //! What limits the guest's rate: QEMU 7.2's 16550 has no baud-rate pacing on output; each byte
 //! is one port write (a VM exit under KVM) and one `write()` on the chardev socket by QEMU.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use console::serial_attach::attach_with;
 
 use testbed::qemu::{AccelChoice, Qemu, QemuConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,18 +72,21 @@ pub struct SerialBenchOptions {
     pub samples: usize,
     /// Throughput rounds (one window per path each).
     pub rounds: usize,
+    /// Co-migrations for the output gap (0: none).
+    pub moves: usize,
     /// Guest memory, MiB.
     pub memory_mib: u32,
 }
 
 impl SerialBenchOptions {
-    /// 2 rounds of 10 s windows, 1000 echoes per path, a 128 MiB guest.
+    /// 2 rounds of 10 s windows, 1000 echoes per path, 3 moves, a 128 MiB guest.
     pub fn new(dmore: impl Into<PathBuf>) -> SerialBenchOptions {
         SerialBenchOptions {
             dmore: dmore.into(),
             window: Duration::from_secs(10),
             samples: 1000,
             rounds: 2,
+            moves: 3,
             memory_mib: 128,
         }
     }
@@ -95,6 +107,8 @@ pub struct SerialBenchReport {
     pub rounds: Vec<(f64, f64)>,
     /// The console's CPU (user + system) over its throughput windows, % of one core.
     pub console_cpu_percent: f64,
+    /// Per move: the longest output silence overlapping it, and QEMU's VM downtime (ms).
+    pub moves: Vec<(Duration, Option<u64>)>,
     /// Echo round trips on QEMU's chardev.
     pub direct_echo: Vec<Duration>,
     /// Echo round trips through the console.
@@ -141,6 +155,16 @@ impl fmt::Display for SerialBenchReport {
             self.dmore_echo.len(),
             m50 - d50
         )?;
+        for (i, (gap, downtime)) in self.moves.iter().enumerate() {
+            writeln!(
+                f,
+                "move {}: output gap {:.1} ms through dmore (a line every {} ms), VM downtime {} ms",
+                i + 1,
+                gap.as_secs_f64() * 1e3,
+                crate::serial::LINE_MS,
+                downtime.map_or("?".to_owned(), |d| d.to_string())
+            )?;
+        }
         let ratio = self.throughput_ratio();
         let met = |ok: bool| if ok { "met" } else { "MISSED" };
         writeln!(
@@ -213,7 +237,85 @@ pub async fn run(
     report.direct_bytes_s = mean(|r| r.0);
     report.dmore_bytes_s = mean(|r| r.1);
     report.console_cpu_percent = cpu.as_secs_f64() / dmore_time.as_secs_f64().max(1e-9) * 100.0;
+    drop(rig);
+    if options.moves > 0 {
+        report.moves = move_gaps(options, &mut progress).await?;
+    }
     Ok(report)
+}
+
+/// The output gap a serial client sees per co-migration (see the module doc, 3).
+async fn move_gaps(
+    options: &SerialBenchOptions,
+    progress: &mut impl FnMut(&str),
+) -> Result<Vec<(Duration, Option<u64>)>, BenchError> {
+    progress(&format!(
+        "output gap: {} co-migrations between two hosts",
+        options.moves
+    ));
+    let mut bed_options = crate::cobed::CoBedOptions::new(&options.dmore);
+    bed_options.guest.uart_ms = crate::serial::LINE_MS;
+    bed_options.serial_port = Some(5901);
+    bed_options.memory_mib = options.memory_mib;
+    let mut bed = crate::cobed::CoBed::start(bed_options).await?;
+    let host = bed.testbed().client().clone();
+    let addr = bed
+        .serial_service()
+        .ok_or(BenchError::Timeout("the bed's serial service"))?;
+    let (output, mut collected) = tokio::io::duplex(1 << 16);
+    let link = tokio::spawn(attach_with(
+        move || {
+            let host = host.clone();
+            async move {
+                let s = crate::typist::connect_from(&host, addr).await?;
+                s.set_nodelay(true)?;
+                Ok(s)
+            }
+        },
+        tokio::io::empty(),
+        output,
+        Some(START_DEADLINE),
+    ));
+    let arrivals = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let seen = Arc::clone(&arrivals);
+    let collector = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = collected.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            seen.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Instant::now());
+        }
+    });
+    let settle = Duration::from_secs(1);
+    tokio::time::sleep(settle).await;
+    let mut windows = Vec::new();
+    for n in 1..=options.moves {
+        progress(&format!("move {n}"));
+        let start = Instant::now();
+        let timeline = bed.migrate(false).await?;
+        windows.push((start, Instant::now(), timeline.vm_downtime_ms));
+        tokio::time::sleep(settle).await;
+    }
+    collector.abort();
+    link.abort();
+    let arrivals = arrivals.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(windows
+        .into_iter()
+        .map(|(start, end, downtime)| (longest_silence(&arrivals, start, end), downtime))
+        .collect())
+}
+
+/// The longest interval between consecutive `arrivals` that overlaps `start..end`.
+fn longest_silence(arrivals: &[Instant], start: Instant, end: Instant) -> Duration {
+    arrivals
+        .windows(2)
+        .filter(|w| w[1] > start && w[0] < end)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default()
 }
 
 /// One guest with its serial console, and a console once asked for.
@@ -375,6 +477,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_silence_is_the_longest_interval_overlapping_the_move() {
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        let arrivals = [ms(0), ms(20), ms(40), ms(140), ms(160), ms(400), ms(420)];
+        assert_eq!(
+            longest_silence(&arrivals, ms(50), ms(150)),
+            Duration::from_millis(100)
+        );
+        // The 240 ms silence after the move is not the move's.
+        assert_eq!(
+            longest_silence(&arrivals, ms(10), ms(30)),
+            Duration::from_millis(20)
+        );
+    }
+
+    #[test]
     fn the_report_prints_the_ratio_and_both_targets() {
         let report = SerialBenchReport {
             machine: "kvm".into(),
@@ -385,6 +503,7 @@ mod tests {
             dmore_echo: vec![Duration::from_micros(2000); 10],
             rounds: vec![(200_000.0, 190_000.0)],
             console_cpu_percent: 12.0,
+            moves: vec![(Duration::from_micros(81_500), Some(40))],
         };
         assert!((report.throughput_ratio() - 0.95).abs() < 1e-9);
         let text = report.to_string();
@@ -394,6 +513,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("throughput >= 90 % of direct: met"), "{text}");
+        assert!(text.contains("move 1: output gap 81.5 ms"), "{text}");
         assert!(text.contains("of direct: MISSED (+1400 µs)"), "{text}");
     }
 }

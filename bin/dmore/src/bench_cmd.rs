@@ -50,6 +50,9 @@ enum BenchWhat {
     /// serial report) straight to a `dmore console` and through a `dmore gateway serve` in
     /// front of it, alternating, on one guest.
     Gateway(GatewayBenchArgs),
+    /// The serial lane: output throughput and keystroke echo through a `dmore console`
+    /// against a client on QEMU's chardev directly, side by side.
+    Serial(SerialBenchArgs),
 }
 
 /// Key response through the gateway hop against the console directly.
@@ -62,6 +65,34 @@ struct GatewayBenchArgs {
     /// Keys to send in total (alternating direct and through the gateway).
     #[arg(long, default_value_t = 1000)]
     keys: usize,
+}
+
+/// Output throughput (the tiny guest writing COM2 as fast as QEMU takes it; bytes/s a client
+/// receives) and keystroke echo (a byte typed until its echo: p50, p99), on QEMU's chardev
+/// socket and through `dmore console --serial-socket`, then the issue's targets.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Build in release mode: a debug console measures the wrong thing.
+  cargo run --release -p dmore -- bench serial
+Takes about a minute with the defaults; --quick about 10 s.")]
+struct SerialBenchArgs {
+    /// Throughput window per path, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Echo samples per path.
+    #[arg(long, default_value_t = 1000)]
+    samples: usize,
+    /// Throughput rounds, each one window per path, alternating.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Co-migrations for the output gap per move (between network-namespace hosts, as root;
+    /// 0: none).
+    #[arg(long, default_value_t = 3)]
+    moves: usize,
+    /// A short run: one round of 1 s windows, 100 echoes per path, one move (overrides
+    /// --seconds, --samples, --rounds and --moves).
+    #[arg(long)]
+    quick: bool,
 }
 
 /// Per guest, rate and path: events lost, and the lag (the guest's report of an event minus
@@ -147,6 +178,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchWhat::All(a) => return run_all(&a),
         BenchWhat::Report(r) => return run_report(&r),
         BenchWhat::Gateway(args) => return run_gateway(args),
+        BenchWhat::Serial(args) => return run_serial(args),
     };
     let window = Duration::try_from_secs_f64(args.window_secs)
         .context("--window-secs takes seconds, e.g. 5")?;
@@ -308,5 +340,34 @@ fn run_input(args: InputBenchArgs) -> anyhow::Result<()> {
             .context("running the stream through co-migrations")?;
         println!("\n{report}");
     }
+    Ok(())
+}
+
+fn run_serial(args: SerialBenchArgs) -> anyhow::Result<()> {
+    use scenarios::bench::serial::{self, SerialBenchOptions};
+    let exe = std::env::current_exe().context("finding the dmore binary to run `dmore console`")?;
+    let mut options = SerialBenchOptions::new(exe);
+    if args.quick {
+        options.window = Duration::from_secs(1);
+        options.samples = 100;
+        options.rounds = 1;
+        options.moves = 1;
+    } else {
+        options.window = Duration::try_from_secs_f64(args.seconds)
+            .context("--seconds takes seconds, e.g. 10")?;
+        options.samples = args.samples;
+        options.rounds = args.rounds;
+        options.moves = args.moves;
+    }
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "note: this is a debug build; measure with `cargo run --release -p dmore -- bench serial`"
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let report = runtime
+        .block_on(serial::run(&options, |what| eprintln!("bench: {what}")))
+        .context("running the serial benchmark (needs qemu-system-x86_64; see .ci/setup)")?;
+    println!("dmore bench serial\n\n{report}");
     Ok(())
 }

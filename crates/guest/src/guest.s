@@ -83,8 +83,10 @@ _start:
     mov $str_ready, %esi
     call serial_puts
 idle:
+    cmpl $0, opt_fill                       # filling: write as fast as the UART takes it
+    jne 1f
     hlt
-    cmpl $0, opt_uart
+1:  cmpl $0, opt_uart
     je idle
     call uart_service
     jmp idle
@@ -145,9 +147,15 @@ parse_cmdline:
     jmp 8f
 4:  mov $kw_uart, %edi
     call match_prefix
-    jnz 5f
+    jnz 41f
     call parse_dec
     mov %eax, opt_uart
+    jmp 8f
+41: mov $kw_fill, %edi
+    call match_prefix
+    jnz 5f
+    call parse_dec
+    mov %eax, opt_fill
     jmp 8f
 5:  mov $kw_vbe, %edi                       # vbe=<width>x<height>
     call match_prefix
@@ -350,7 +358,12 @@ uart_service:
     mov $'\n', %al
     call serial_putc
     incl uart_line
-9:  movl $COM1, putc_port
+9:  mov opt_fill, %ecx                      # `fill=<n>`: n filler bytes per call
+    jecxz 10f
+    mov $'.', %al
+11: call serial_putc
+    loop 11b
+10: movl $COM1, putc_port
     sti
     ret
 
@@ -1432,6 +1445,7 @@ kw_rate:          .asciz "rate="
 kw_animate:       .asciz "animate="
 kw_vbe:           .asciz "vbe="
 kw_uart:          .asciz "uart="
+kw_fill:          .asciz "fill="
 hex_digits:       .ascii "0123456789abcdef"
 
 vga_seq:      .byte 0x03, 0x00, 0x03, 0x00, 0x02
@@ -1476,6 +1490,7 @@ opt_dirty_mib:  .skip 4
 opt_rate:       .skip 4
 opt_animate:    .skip 4
 opt_uart:       .skip 4
+opt_fill:       .skip 4
 uart_received:  .skip 4
 uart_line:      .skip 4
 uart_last:      .skip 4

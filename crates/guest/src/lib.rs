@@ -53,6 +53,9 @@
 //!   and every `<ms>` ms the guest writes `#<line> <received>\n` there (8 lowercase hex digits
 //!   each: the line's number from 0, the bytes received so far). Typed bytes never contain
 //!   `#`, so the stream parses as echoes and numbered lines.
+//! - `fill=<n>` with `uart` ([`GuestOptions::uart_fill`]): the guest no longer halts between
+//!   timer ticks and writes `n` filler bytes `.` on COM2 after each echo-and-line pass: COM2
+//!   as fast as QEMU's UART takes it (throughput benches).
 //! - `vbe=<w>x<h>` (e.g. [`vbe_option`]`(1024, 768)`; not part of [`GuestOptions`], append it
 //!   to [`GuestOptions::cmdline`]): a 32 bpp graphics mode through the Bochs VBE ports, for
 //!   firmware-independent screen sizes (works under qboot). The text echo does not show there;
@@ -112,6 +115,9 @@ pub struct GuestOptions {
     /// The serial console on COM2 (`uart=<ms>`): echo and count received bytes, and write a
     /// numbered line every this many ms (0: COM2 untouched).
     pub uart_ms: u32,
+    /// With `uart_ms`: filler bytes written after each pass over COM2, passes back to back
+    /// (`fill=<n>`; 0: none, the guest halts until the next tick).
+    pub uart_fill: u32,
 }
 
 impl GuestOptions {
@@ -128,6 +134,9 @@ impl GuestOptions {
         }
         if self.uart_ms > 0 {
             line.push_str(&format!(" uart={}", self.uart_ms));
+        }
+        if self.uart_fill > 0 {
+            line.push_str(&format!(" fill={}", self.uart_fill));
         }
         line
     }
@@ -160,6 +169,7 @@ mod tests {
             animate: true,
             vbe: None,
             uart_ms: 0,
+            uart_fill: 0,
         };
         assert_eq!(opts.cmdline(), "dirty=64 rate=100 animate=1");
         let graphics = GuestOptions {
@@ -173,6 +183,15 @@ mod tests {
         assert_eq!(
             GuestOptions::default().cmdline(),
             "dirty=0 rate=0 animate=0"
+        );
+        let flooding = GuestOptions {
+            uart_ms: 1000,
+            uart_fill: 64,
+            ..GuestOptions::default()
+        };
+        assert_eq!(
+            flooding.cmdline(),
+            "dirty=0 rate=0 animate=0 uart=1000 fill=64"
         );
     }
 }

@@ -35,6 +35,9 @@ pub const PID_FILE: &str = "console.pid";
 pub const LOG_FILE: &str = "console.log";
 /// The console's control socket, in the domain's directory.
 pub const CONTROL_SOCKET: &str = "console.ctl";
+/// File name of the console's `--serial-attach` socket in a domain's directory (`dmore serial
+/// attach DIR/serial-attach.sock`), when the domain's serial port is dmore's.
+pub const SERIAL_ATTACH: &str = "serial-attach.sock";
 /// Present while the domain is arriving by migration, in the domain's directory.
 pub const INCOMING_MARK: &str = "incoming";
 
@@ -251,6 +254,10 @@ pub fn console_command(
     arg("--qmp-socket", &dir.qmp_socket());
     if let Some(keymap) = &patched.keymap {
         arg("--keymap", keymap);
+    }
+    if let Some(serial) = &patched.serial_socket {
+        arg("--serial-socket", serial);
+        arg("--serial-attach", &dir.path().join(SERIAL_ATTACH));
     }
     arg("--listen", &domain.listen.to_string());
     arg("--name", &patched.name);

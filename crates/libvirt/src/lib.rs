@@ -14,5 +14,5 @@ mod patch;
 pub use doc::DocError;
 pub use patch::{
     domain_name, patch_domain, read_patched, DomainDir, PatchError, Patched, QEMU_NS, QMP_SOCKET,
-    RUN_DIR, VNC_SOCKET,
+    RUN_DIR, SERIAL_SOCKET, VNC_SOCKET,
 };

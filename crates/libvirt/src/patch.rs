@@ -9,7 +9,14 @@
 //!   namespace is declared on `<domain>` if it is not yet). libvirt 9.0 has no attribute for
 //!   either VNC option; QEMU's `-set vnc.default.OPTION=VALUE` reaches the options of the first
 //!   `-vnc`, which is libvirt's own (it writes one `-vnc` per VNC display, before the
-//!   command-line passthrough, and this patch allows one VNC display).
+//!   command-line passthrough, and this patch allows one VNC display);
+//! - the domain's first serial port is a unix chardev QEMU listens on, `DIR/serial.sock`
+//!   (`<serial type='unix'><source mode='bind' path='…'/><target port='0'/></serial>`), in
+//!   place of a `pty` one (libvirt's default) or added if there is none: the console's serial
+//!   lane attaches there (`--serial-socket`). A first serial port of another kind (a file, a
+//!   socket, TCP) was chosen by someone and stays: that domain's console has no serial lane. libvirt keeps `<console>` a copy of the first serial
+//!   port, so `virsh console` is no longer where the serial console is: `dmore serial attach`
+//!   on the console's `DIR/serial-attach.sock` is.
 //!
 //! Patching a patched domain changes nothing. What the patch cannot handle it refuses, with
 //! the reason: no `<devices>`, several VNC displays, a `dbus-vmstate` object already there
@@ -24,6 +31,8 @@ use std::path::{Path, PathBuf};
 pub const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
 /// File name of QEMU's VNC socket in a domain's directory.
 pub const VNC_SOCKET: &str = "vnc.sock";
+/// File name of QEMU's serial chardev socket in a domain's directory.
+pub const SERIAL_SOCKET: &str = "serial.sock";
 /// File name of dmore's QMP socket in a domain's directory.
 pub const QMP_SOCKET: &str = "qmp.sock";
 /// Where domain directories go unless told otherwise: `/run/dmore/DOMAIN`.
@@ -103,6 +112,11 @@ impl DomainDir {
         self.dir.join(VNC_SOCKET)
     }
 
+    /// QEMU's serial chardev socket (the domain's first serial port).
+    pub fn serial_socket(&self) -> PathBuf {
+        self.dir.join(SERIAL_SOCKET)
+    }
+
     /// dmore's QMP socket.
     pub fn qmp_socket(&self) -> PathBuf {
         self.dir.join(QMP_SOCKET)
@@ -167,6 +181,7 @@ pub fn patch_domain(xml: &str, dir: &DomainDir) -> Result<String, PatchError> {
     let doc = Doc::parse(xml)?;
     name_of(&doc)?;
     let vnc_socket = DomainDir::socket_str(dir.vnc_socket())?;
+    let serial_socket = DomainDir::socket_str(dir.serial_socket())?;
     let args = dir.args()?;
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
 
@@ -203,20 +218,35 @@ pub fn patch_domain(xml: &str, dir: &DomainDir) -> Result<String, PatchError> {
         .children(devices, "graphics")
         .filter(|&i| doc.elements[i].attr("type") == Some("vnc"))
         .collect();
+    let mut appended = Vec::new();
     match vncs.as_slice() {
-        [] => {
-            let graphics = format!(
-                "<graphics type='vnc' socket='{}'/>",
-                escape_attr(&vnc_socket)
-            );
-            edits.push(doc.append_children(devices, &[graphics]));
-        }
+        [] => appended.push(format!(
+            "<graphics type='vnc' socket='{}'/>",
+            escape_attr(&vnc_socket)
+        )),
         [g] => {
             if let Some(edit) = vnc_edit(&doc, *g, &vnc_socket) {
                 edits.push(edit);
             }
         }
         more => return Err(PatchError::SeveralVnc(more.len())),
+    }
+
+    // The serial port.
+    let serial = format!(
+        "<serial type='unix'><source mode='bind' path='{}'/><target port='0'/></serial>",
+        escape_attr(&serial_socket)
+    );
+    match doc.children(devices, "serial").next() {
+        None => appended.push(serial),
+        // libvirt's default; any other kind (a file, a socket, TCP) is someone's and stays.
+        Some(s) if doc.elements[s].attr("type") == Some("pty") => {
+            edits.push((doc.elements[s].span(), serial));
+        }
+        Some(_) => {}
+    }
+    if !appended.is_empty() {
+        edits.push(doc.append_children(devices, &appended));
     }
 
     // dmore's QEMU arguments.
@@ -259,6 +289,17 @@ fn is_prefix(p: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// The socket path serial port `s` listens on, if it is a unix chardev QEMU binds.
+fn serial_on<'d>(doc: &'d Doc, s: usize) -> Option<&'d str> {
+    if doc.elements[s].attr("type") != Some("unix") {
+        return None;
+    }
+    let source = &doc.elements[doc.children(s, "source").next()?];
+    (source.attr("mode") == Some("bind"))
+        .then(|| source.attr("path"))
+        .flatten()
 }
 
 /// The edit that turns VNC display `g` into one on `socket`, or none if it already is.
@@ -313,6 +354,9 @@ pub struct Patched {
     pub dir: DomainDir,
     /// The VNC display's `keymap`, for the console's `--keymap`.
     pub keymap: Option<String>,
+    /// QEMU's serial chardev, for the console's `--serial-socket`: when the domain's first
+    /// serial port is the unix socket the patch puts in the directory.
+    pub serial_socket: Option<PathBuf>,
 }
 
 /// Reads dmore's sockets from a domain's XML: `None` when the domain is not patched for dmore
@@ -346,8 +390,15 @@ pub fn read_patched(xml: &str) -> Result<Option<Patched>, PatchError> {
         .elements
         .iter()
         .any(|e| e.name.ends_with(":arg") && e.attr("value") == Some(qmp.as_str()));
+    let serial_socket = doc
+        .children(devices, "serial")
+        .next()
+        .and_then(|s| serial_on(&doc, s))
+        .map(PathBuf::from)
+        .filter(|p| *p == dir.serial_socket());
     Ok(has_qmp.then(|| Patched {
         name,
+        serial_socket,
         keymap: vnc.attr("keymap").map(str::to_owned),
         dir,
     }))

@@ -1,5 +1,5 @@
 //! Debian's libvirtd runs here, as root, with private directories (`testbed::libvirtd`), and
-//! accepts a domain patched for dmore: the recipe the libvirt end-to-end tests build on.
+//! accepts a domain patched for dmore (its serial port a unix chardev): the recipe the libvirt end-to-end tests build on.
 
 use testbed::libvirtd::Libvirtd;
 
@@ -62,6 +62,12 @@ fn libvirtd_with_private_dirs_accepts_a_patched_domain() {
     assert!(vnc < at("-set vnc.default.key-delay-ms=0"));
     assert!(vnc < at("-set vnc.default.lock-key-sync=off"));
     at("-k de");
+    // The serial port: a chardev QEMU listens on in the domain's directory, the console's
+    // --serial-socket.
+    at(&format!(
+        "path={},server=on,wait=off",
+        dir.serial_socket().display()
+    ));
 
     // Defined and printed back by libvirt, the domain is still patched: patching it changes
     // nothing.
@@ -75,6 +81,12 @@ fn libvirtd_with_private_dirs_accepts_a_patched_domain() {
     let dumped = String::from_utf8_lossy(&dumped.stdout).into_owned();
     println!("libvirt's dumpxml of the patched domain:\n{dumped}");
     assert_eq!(libvirt::patch_domain(&dumped, &dir).unwrap(), dumped);
+    assert_eq!(
+        libvirt::read_patched(&dumped)
+            .unwrap()
+            .and_then(|p| p.serial_socket),
+        Some(dir.serial_socket())
+    );
     assert_eq!(
         libvirt::read_patched(&dumped).unwrap().map(|p| p.dir),
         Some(dir)

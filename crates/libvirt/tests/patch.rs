@@ -33,6 +33,7 @@ fn golden_dumpxml() {
             name: "vm1".into(),
             dir,
             keymap: Some("de".into()),
+            serial_socket: Some("/run/dmore/vm1/serial.sock".into()),
         })
     );
     assert_eq!(
@@ -43,7 +44,8 @@ fn golden_dumpxml() {
 }
 
 /// What `virsh dumpxml` prints once the patched domain runs: libvirt adds a `<listen
-/// type='socket'>` child and keeps the passthrough. Nothing to change.
+/// type='socket'>` child, fills in the serial port's target and mirrors it in `<console>`, and
+/// keeps the passthrough. Nothing to change.
 #[test]
 fn libvirts_own_rendering_of_a_patched_domain_is_left_alone() {
     let xml = "<domain type='qemu' id='1' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
@@ -52,6 +54,18 @@ fn libvirts_own_rendering_of_a_patched_domain_is_left_alone() {
     <graphics type='vnc' socket='/run/dmore/t/vnc.sock'>
       <listen type='socket' socket='/run/dmore/t/vnc.sock'/>
     </graphics>
+    <serial type='unix'>
+      <source mode='bind' path='/run/dmore/t/serial.sock'/>
+      <target type='isa-serial' port='0'>
+        <model name='isa-serial'/>
+      </target>
+      <alias name='serial0'/>
+    </serial>
+    <console type='unix'>
+      <source mode='bind' path='/run/dmore/t/serial.sock'/>
+      <target type='serial' port='0'/>
+      <alias name='serial0'/>
+    </console>
   </devices>
   <qemu:commandline>
     <qemu:arg value='-qmp'/>
@@ -85,6 +99,7 @@ fn other_prefix_existing_args_and_no_display() {
          \t<devices>\n\
          \t\t<graphics type='spice' autoport='yes'/>\n\
          \t\t<graphics type='vnc' socket='/run/x/vnc.sock'/>\n\
+         \t\t<serial type='unix'><source mode='bind' path='/run/x/serial.sock'/><target port='0'/></serial>\n\
          \t</devices>\n\
          \t<q:commandline>\n\
          \t\t<q:arg value='-no-hpet'/>\n\
@@ -99,6 +114,7 @@ fn other_prefix_existing_args_and_no_display() {
     );
     let read = read_patched(&patched).unwrap().unwrap();
     assert_eq!((read.name.as_str(), read.keymap), ("a&b", None));
+    assert_eq!(read.serial_socket, Some("/run/x/serial.sock".into()));
     // A name with a slash cannot be a directory; an explicit one can.
     assert!(matches!(
         DomainDir::under(Path::new("/run/dmore"), "a/b"),
@@ -108,16 +124,24 @@ fn other_prefix_existing_args_and_no_display() {
 
 #[test]
 fn one_line_document_and_vnc_with_children() {
-    let xml = "<domain><name>n</name><devices><graphics type='vnc' port='-1' passwd='it&apos;s'><listen type='network' network='default'/><image compression='off'/></graphics></devices></domain>";
+    let xml = "<domain><name>n</name><devices><graphics type='vnc' port='-1' passwd='it&apos;s'><listen type='network' network='default'/><image compression='off'/></graphics><serial type='pty'/></devices></domain>";
     let patched = patch_domain(xml, &DomainDir::new("/d")).unwrap();
     assert_eq!(
         patched,
-        "<domain xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>n</name><devices><graphics type='vnc' socket='/d/vnc.sock' passwd='it&apos;s'><image compression='off'/></graphics></devices><qemu:commandline><qemu:arg value='-qmp'/><qemu:arg value='unix:/d/qmp.sock,server=on,wait=off'/><qemu:arg value='-set'/><qemu:arg value='vnc.default.key-delay-ms=0'/><qemu:arg value='-set'/><qemu:arg value='vnc.default.lock-key-sync=off'/></qemu:commandline></domain>"
+        "<domain xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>n</name><devices><graphics type='vnc' socket='/d/vnc.sock' passwd='it&apos;s'><image compression='off'/></graphics><serial type='unix'><source mode='bind' path='/d/serial.sock'/><target port='0'/></serial></devices><qemu:commandline><qemu:arg value='-qmp'/><qemu:arg value='unix:/d/qmp.sock,server=on,wait=off'/><qemu:arg value='-set'/><qemu:arg value='vnc.default.key-delay-ms=0'/><qemu:arg value='-set'/><qemu:arg value='vnc.default.lock-key-sync=off'/></qemu:commandline></domain>"
     );
     assert_eq!(
         patch_domain(&patched, &DomainDir::new("/d")).unwrap(),
         patched
+    ); // A serial port someone chose (not libvirt's default pty) stays, and is not dmore's.
+    let file = xml.replace(
+        "<serial type='pty'/>",
+        "<serial type='file'><source path='/l'/></serial>",
     );
+    let patched = patch_domain(&file, &DomainDir::new("/d")).unwrap();
+    assert!(patched.contains("<serial type='file'><source path='/l'/></serial></devices>"));
+    assert!(!patched.contains("serial.sock"));
+    assert_eq!(read_patched(&patched).unwrap().unwrap().serial_socket, None);
 }
 
 #[test]
@@ -289,6 +313,7 @@ fn empty_elements_are_opened() {
          \t<name>e</name>\n\
          \t<devices>\n\
          \t\t<graphics type='vnc' socket='/e/vnc.sock'/>\n\
+         \t\t<serial type='unix'><source mode='bind' path='/e/serial.sock'/><target port='0'/></serial>\n\
          \t</devices>\n\
          \t<qemu:commandline>\n\
          \t\t<qemu:arg value='-qmp'/>\n\
@@ -304,7 +329,10 @@ fn empty_elements_are_opened() {
     let one_line = "<domain><name>e</name><devices /></domain>";
     let patched = patch_domain(one_line, &dir).unwrap();
     assert!(
-        patched.contains("<devices><graphics type='vnc' socket='/e/vnc.sock'/></devices>"),
+        patched.contains(
+            "<devices><graphics type='vnc' socket='/e/vnc.sock'/><serial type='unix'>\
+             <source mode='bind' path='/e/serial.sock'/><target port='0'/></serial></devices>"
+        ),
         "{patched}"
     );
     assert_eq!(patch_domain(&patched, &dir).unwrap(), patched);

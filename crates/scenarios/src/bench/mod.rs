@@ -104,6 +104,7 @@ mod keys;
 mod process;
 mod report;
 mod screen;
+pub mod serial;
 pub mod suite;
 
 use std::net::SocketAddr;

@@ -34,6 +34,7 @@ impl Journal {
     /// The next thing the shell must do, or `None` until something happens or
     /// [`Journal::poll_timeout`] passes. Call it until it returns `None`.
     pub fn poll_action(&mut self, now: Instant) -> Option<Action> {
+        self.note_mouse_answered(now);
         self.maybe_reopen();
         if self.fast_open {
             if let Some(p) = self.pending.front() {
@@ -283,11 +284,32 @@ impl Journal {
     /// Pointer motion to `to` written to a lane: one input sync, with a packet per 127 pixels
     /// of the longer axis (the distance a relative PS/2 mouse is told; an absolute device has
     /// no such queue, and counting it anyway only errs on the safe side).
-    fn note_motion(&mut self, to: (u16, u16), now: Instant) {
+    /// Returns the packets of motion it makes.
+    fn note_motion(&mut self, to: (u16, u16), now: Instant) -> u32 {
         let (x, y) = self.pointer;
         let far = u32::from(x.abs_diff(to.0)).max(u32::from(y.abs_diff(to.1)));
-        self.note_mouse_sync(far.div_ceil(MOUSE_PACKET_MOTION), now);
+        let packets = far.div_ceil(MOUSE_PACKET_MOTION);
+        self.note_mouse_sync(packets, now);
         self.pointer = to;
+        packets
+    }
+
+    /// A QMP batch QEMU answered: its packets may have been queued only just before the
+    /// answer, so the mouse queue is taken to hold them until the guest had time to read
+    /// them from `now` on (see [`ButtonSync`](super::ButtonSync)'s `mouse_answered`).
+    fn note_mouse_answered(&mut self, now: Instant) {
+        let packets = std::mem::take(&mut self.buttons.mouse_answered);
+        if packets == 0 {
+            return;
+        }
+        let per_packet = self.config.button_settle / MOUSE_QUEUE_PACKETS;
+        let held = per_packet * packets.min(MOUSE_QUEUE_PACKETS);
+        let until = now.checked_add(held).unwrap_or(now);
+        let busy = self
+            .buttons
+            .mouse_busy_until
+            .map_or(until, |b| b.max(until));
+        self.buttons.mouse_busy_until = Some(busy);
     }
 
     /// An input sync reaches QEMU at `now` with `motion` packets of new motion (0 for a button
@@ -375,6 +397,7 @@ impl Journal {
             pending: Vec::new(),
             resync: true,
             buttons_before,
+            mouse_packets: 1,
         });
         Action::Qmp {
             batch,
@@ -458,10 +481,15 @@ impl Journal {
         let taken = self.take_due(now, false);
         let batch = BatchId(self.next_id());
         let events: Vec<Entry> = taken.iter().map(|p| p.entry).collect();
+        let mut mouse_packets = 0u32;
         for entry in &events {
             self.note_button(entry, now);
-            if let InputEvent::Motion { x, y } = entry.event {
-                self.note_motion((x, y), now);
+            match entry.event {
+                InputEvent::Motion { x, y } => {
+                    mouse_packets = mouse_packets.saturating_add(self.note_motion((x, y), now));
+                }
+                InputEvent::Button { .. } => mouse_packets = mouse_packets.saturating_add(1),
+                InputEvent::Key { .. } | InputEvent::Resync => {}
             }
         }
         self.stats.qmp_batches += 1;
@@ -470,6 +498,7 @@ impl Journal {
             pending: taken,
             resync: false,
             buttons_before,
+            mouse_packets,
         });
         Action::Qmp { batch, events }
     }

@@ -219,6 +219,8 @@ struct InFlight {
     /// The button bookkeeping before this batch went: back to it if QEMU did not take the
     /// batch (nothing else goes out while it is in flight).
     buttons_before: ButtonSync,
+    /// PS/2 mouse packets the batch's syncs queue (motion and button state).
+    mouse_packets: u32,
 }
 
 /// Which buttons' latest events QEMU may not have reported yet, and since when.
@@ -239,6 +241,11 @@ struct ButtonSync {
     last_button: Option<Instant>,
     /// When the latest re-sync went to a lane.
     last_resync: Option<Instant>,
+    /// Mouse packets of a QMP batch QEMU has just answered, to count again from the next
+    /// poll: the model counted them from the send, but QEMU may have run the batch only just
+    /// before answering (7.5 ms later in a stalled pre-copy, where a click whose press came
+    /// 0.4 ms after such a move was lost), so the queue may hold them until then.
+    mouse_answered: u32,
 }
 
 /// The input journal. See the module docs for the state machine and the call order.

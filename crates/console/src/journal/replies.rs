@@ -21,6 +21,7 @@ impl Journal {
         };
         match outcome {
             Outcome::Delivered => {
+                self.buttons.mouse_answered = inflight.mouse_packets;
                 let n = inflight
                     .pending
                     .iter()

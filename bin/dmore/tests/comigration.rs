@@ -35,6 +35,7 @@ use scenarios::cobed::{CoBed, CoBedOptions};
 use scenarios::delivery::{
     check_nothing_lost, check_nothing_lost_by_dmore, steady_viewer as viewer,
 };
+use scenarios::migrations_from_env;
 use scenarios::steady::tally::{key_presses, tally};
 use testbed::capture::Capture;
 
@@ -108,12 +109,8 @@ fn check_unprivileged(bed: &CoBed) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn migrations() -> usize {
-    std::env::var("DMORE_MIGRATIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(5)
-}
+/// Co-migrations per test; `DMORE_MIGRATIONS=N` sets N.
+const MIGRATIONS: usize = 5;
 
 async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()> {
     let Some(mut bed) = bed(memory_mib, guest).await? else {
@@ -127,7 +124,7 @@ async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()>
     let viewer = viewer(&bed).await?;
     let first_key = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for n in 1..=migrations() {
+    for n in 1..=migrations_from_env(MIGRATIONS) {
         let (from, to) = (bed.home(), bed.other());
         let started = first_key.elapsed();
         let t = bed.migrate(false).await?;

@@ -26,6 +26,7 @@ use console::control::{request, Command};
 use migrate::vm::{Migration, MigrationOptions, Phase};
 use scenarios::cobed::{CoBed, CoBedOptions};
 use scenarios::delivery::{check_count, steady_viewer};
+use scenarios::migrations_from_env;
 
 /// Bound on each wait (a guard against hanging, not a timed assertion).
 const WAIT: Duration = Duration::from_secs(60);
@@ -43,12 +44,8 @@ async fn bed() -> anyhow::Result<Option<CoBed>> {
 /// One character cell of the VGA text screen (9x16): a blinking cursor changes no more.
 const CURSOR_CELL: usize = 9 * 16;
 
-fn migrations() -> usize {
-    std::env::var("DMORE_MIGRATIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10)
-}
+/// Co-migrations per test; `DMORE_MIGRATIONS=N` sets N.
+const MIGRATIONS: usize = 10;
 
 /// The process runs as `nobody` with no effective capability.
 fn check_no_privilege(what: &str, pid: u32) -> anyhow::Result<()> {
@@ -83,7 +80,7 @@ async fn a_viewer_through_the_gateway_keeps_its_one_connection_through_co_migrat
     let viewer = steady_viewer(&bed).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut moves = Vec::new();
-    for n in 1..=migrations() {
+    for n in 1..=migrations_from_env(MIGRATIONS) {
         let (from, to) = (bed.home(), bed.other());
         let started = Instant::now();
         let t = bed.migrate(false).await?;

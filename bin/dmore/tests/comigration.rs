@@ -25,6 +25,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+mod common;
+
 use anyhow::{bail, ensure, Context as _};
 use console::control::{request, Command};
 use guest::report::Report;
@@ -89,24 +91,12 @@ fn check_unprivileged(bed: &CoBed) -> anyhow::Result<()> {
         .args(["-o", "user,pid,args", "-p", &pid.to_string()])
         .output()?;
     print!("{}", String::from_utf8_lossy(&ps.stdout));
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map_or_else(String::new, |v| v.trim().to_owned())
-    };
-    let (uid, caps) = (field("Uid:"), field("CapEff:"));
-    println!("console pid {pid}: Uid {uid}; CapEff {caps}");
-    ensure!(
-        uid.split_whitespace().all(|u| u == "65534"),
-        "the console runs as nobody: Uid {uid}"
-    );
-    ensure!(
-        caps == "0000000000003000",
-        "only CAP_NET_ADMIN and CAP_NET_RAW: CapEff {caps}"
-    );
-    Ok(())
+    common::check_runs_as_nobody(
+        "console",
+        pid,
+        "0000000000003000",
+        "only CAP_NET_ADMIN and CAP_NET_RAW",
+    )
 }
 
 /// Co-migrations per test; `DMORE_MIGRATIONS=N` sets N.

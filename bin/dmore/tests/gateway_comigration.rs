@@ -19,6 +19,8 @@
 //! `DMORE_MIGRATIONS=N` sets N (default 10). Skipped (with a note) where network namespaces
 //! cannot be made (not root); never on CI.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
@@ -49,24 +51,7 @@ const MIGRATIONS: usize = 10;
 
 /// The process runs as `nobody` with no effective capability.
 fn check_no_privilege(what: &str, pid: u32) -> anyhow::Result<()> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map_or_else(String::new, |v| v.trim().to_owned())
-    };
-    let (uid, caps) = (field("Uid:"), field("CapEff:"));
-    println!("{what} pid {pid}: Uid {uid}; CapEff {caps}");
-    ensure!(
-        uid.split_whitespace().all(|u| u == "65534"),
-        "{what} runs as nobody: Uid {uid}"
-    );
-    ensure!(
-        caps == "0000000000000000",
-        "{what} has no capability: CapEff {caps}"
-    );
-    Ok(())
+    common::check_runs_as_nobody(what, pid, "0000000000000000", "no capability")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,17 +122,7 @@ async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()>
             bed.service_is_on(to)? && !bed.service_is_on(from)?,
             "migration {n}: the service address must be on {to:?} alone"
         );
-        let home = request(
-            bed.home_control().context("home console")?,
-            &Command::Status,
-        )
-        .await?;
-        if home["link_uncertain"] != 0 || home["link_dropped"] != 0 {
-            println!(
-                "migration {n}: console reports uncertain {} dropped {}",
-                home["link_uncertain"], home["link_dropped"]
-            );
-        }
+        common::note_link_losses(&bed, n).await?;
         println!(
             "migration {n} ran from {started:?} to {:?} after the viewer connected",
             first_key.elapsed()
@@ -144,17 +134,7 @@ async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()>
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The capture ends before the viewer closes its connection (its own FIN).
-    let report = capture.finish()?;
-    let flags = report.total();
-    println!(
-        "capture: {} connection(s), SYN {}, FIN {}, RST {}",
-        report.connections.len(),
-        flags.syn,
-        flags.fin,
-        flags.rst
-    );
-    ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
-    ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
+    common::check_one_connection("capture", &capture.finish()?)?;
     check_unprivileged(&bed)?;
     check_nothing_lost(&mut bed, viewer).await?;
     Ok(())

@@ -56,17 +56,8 @@ async fn bed_with_viewer(capture: &str) -> anyhow::Result<Option<(CoBed, Capture
 /// was one connection: SYN 1, FIN 0, RST 0.
 fn check_one_connection(count: &SessionCount) -> anyhow::Result<()> {
     let report = count.capture.as_ref().context("the capture")?;
-    let flags = report.total();
-    println!(
-        "viewer-gateway capture: {} connection(s), SYN {}, FIN {}, RST {}",
-        report.connections.len(),
-        flags.syn,
-        flags.fin,
-        flags.rst
-    );
+    common::check_one_connection("viewer-gateway capture", report)?;
     check_count(count)?;
-    ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
-    ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
     Ok(())
 }
 
@@ -95,17 +86,7 @@ async fn a_viewer_through_the_gateway_keeps_its_one_connection_through_co_migrat
         let t = bed.migrate(false).await?;
         let (_, console) = bed.home_pids().context("home console")?;
         check_no_privilege("console", console)?;
-        let home = request(
-            bed.home_control().context("home console")?,
-            &Command::Status,
-        )
-        .await?;
-        if home["link_uncertain"] != 0 || home["link_dropped"] != 0 {
-            println!(
-                "move {n}: the console reports uncertain {} dropped {}",
-                home["link_uncertain"], home["link_dropped"]
-            );
-        }
+        common::note_link_losses(&bed, n).await?;
         moves.push((n, from, to, started, Instant::now(), t));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

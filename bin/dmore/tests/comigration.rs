@@ -25,6 +25,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+mod common;
+
 use anyhow::{bail, ensure, Context as _};
 use console::control::{request, Command};
 use guest::report::Report;
@@ -35,6 +37,7 @@ use scenarios::cobed::{CoBed, CoBedOptions};
 use scenarios::delivery::{
     check_nothing_lost, check_nothing_lost_by_dmore, steady_viewer as viewer,
 };
+use scenarios::migrations_from_env;
 use scenarios::steady::tally::{key_presses, tally};
 use testbed::capture::Capture;
 
@@ -88,32 +91,16 @@ fn check_unprivileged(bed: &CoBed) -> anyhow::Result<()> {
         .args(["-o", "user,pid,args", "-p", &pid.to_string()])
         .output()?;
     print!("{}", String::from_utf8_lossy(&ps.stdout));
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map_or_else(String::new, |v| v.trim().to_owned())
-    };
-    let (uid, caps) = (field("Uid:"), field("CapEff:"));
-    println!("console pid {pid}: Uid {uid}; CapEff {caps}");
-    ensure!(
-        uid.split_whitespace().all(|u| u == "65534"),
-        "the console runs as nobody: Uid {uid}"
-    );
-    ensure!(
-        caps == "0000000000003000",
-        "only CAP_NET_ADMIN and CAP_NET_RAW: CapEff {caps}"
-    );
-    Ok(())
+    common::check_runs_as_nobody(
+        "console",
+        pid,
+        "0000000000003000",
+        "only CAP_NET_ADMIN and CAP_NET_RAW",
+    )
 }
 
-fn migrations() -> usize {
-    std::env::var("DMORE_MIGRATIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(5)
-}
+/// Co-migrations per test; `DMORE_MIGRATIONS=N` sets N.
+const MIGRATIONS: usize = 5;
 
 async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()> {
     let Some(mut bed) = bed(memory_mib, guest).await? else {
@@ -127,7 +114,7 @@ async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()>
     let viewer = viewer(&bed).await?;
     let first_key = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for n in 1..=migrations() {
+    for n in 1..=migrations_from_env(MIGRATIONS) {
         let (from, to) = (bed.home(), bed.other());
         let started = first_key.elapsed();
         let t = bed.migrate(false).await?;
@@ -135,17 +122,7 @@ async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()>
             bed.service_is_on(to)? && !bed.service_is_on(from)?,
             "migration {n}: the service address must be on {to:?} alone"
         );
-        let home = request(
-            bed.home_control().context("home console")?,
-            &Command::Status,
-        )
-        .await?;
-        if home["link_uncertain"] != 0 || home["link_dropped"] != 0 {
-            println!(
-                "migration {n}: console reports uncertain {} dropped {}",
-                home["link_uncertain"], home["link_dropped"]
-            );
-        }
+        common::note_link_losses(&bed, n).await?;
         println!(
             "migration {n} ran from {started:?} to {:?} after the viewer connected",
             first_key.elapsed()
@@ -157,17 +134,7 @@ async fn consecutive(memory_mib: u32, guest: GuestOptions) -> anyhow::Result<()>
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The capture ends before the viewer closes its connection (its own FIN).
-    let report = capture.finish()?;
-    let flags = report.total();
-    println!(
-        "capture: {} connection(s), SYN {}, FIN {}, RST {}",
-        report.connections.len(),
-        flags.syn,
-        flags.fin,
-        flags.rst
-    );
-    ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
-    ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
+    common::check_one_connection("capture", &capture.finish()?)?;
     check_unprivileged(&bed)?;
     check_nothing_lost(&mut bed, viewer).await?;
     Ok(())

@@ -19,13 +19,18 @@
 //! `DMORE_MIGRATIONS=N` sets N (default 10). Skipped (with a note) where network namespaces
 //! cannot be made (not root); never on CI.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
 use console::control::{request, Command};
 use migrate::vm::{Migration, MigrationOptions, Phase};
-use scenarios::cobed::{CoBed, CoBedOptions};
+use scenarios::cobed::{CoBed, CoBedOptions, SessionCount};
 use scenarios::delivery::{check_count, steady_viewer};
+use scenarios::migrations_from_env;
+use scenarios::steady::SteadyViewer;
+use testbed::capture::Capture;
 
 /// Bound on each wait (a guard against hanging, not a timed assertion).
 const WAIT: Duration = Duration::from_secs(60);
@@ -33,73 +38,55 @@ const WAIT: Duration = Duration::from_secs(60);
 /// One bed at a time: each runs two QEMUs, two consoles, a gateway and a viewer on two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A gateway-mode bed, or `None` (with a note) where namespaces cannot be made.
-async fn bed() -> anyhow::Result<Option<CoBed>> {
+/// A gateway-mode bed with a viewer typing and clicking through the gateway, its connection
+/// captured as `capture`; `None` (with a note) where namespaces cannot be made.
+async fn bed_with_viewer(capture: &str) -> anyhow::Result<Option<(CoBed, Capture, SteadyViewer)>> {
     let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
     options.gateway = true;
-    Ok(CoBed::start_or_skip(options).await?)
+    let Some(bed) = CoBed::start_or_skip(options).await? else {
+        return Ok(None);
+    };
+    let capture = bed.capture(capture).await?;
+    let viewer = steady_viewer(&bed).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(Some((bed, capture, viewer)))
+}
+
+/// Every key and click reached the guest once, and the viewer's connection to the gateway
+/// was one connection: SYN 1, FIN 0, RST 0.
+fn check_one_connection(count: &SessionCount) -> anyhow::Result<()> {
+    let report = count.capture.as_ref().context("the capture")?;
+    common::check_one_connection("viewer-gateway capture", report)?;
+    check_count(count)?;
+    Ok(())
 }
 
 /// One character cell of the VGA text screen (9x16): a blinking cursor changes no more.
 const CURSOR_CELL: usize = 9 * 16;
 
-fn migrations() -> usize {
-    std::env::var("DMORE_MIGRATIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10)
-}
+/// Co-migrations per test; `DMORE_MIGRATIONS=N` sets N.
+const MIGRATIONS: usize = 10;
 
 /// The process runs as `nobody` with no effective capability.
 fn check_no_privilege(what: &str, pid: u32) -> anyhow::Result<()> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map_or_else(String::new, |v| v.trim().to_owned())
-    };
-    let (uid, caps) = (field("Uid:"), field("CapEff:"));
-    println!("{what} pid {pid}: Uid {uid}; CapEff {caps}");
-    ensure!(
-        uid.split_whitespace().all(|u| u == "65534"),
-        "{what} runs as nobody: Uid {uid}"
-    );
-    ensure!(
-        caps == "0000000000000000",
-        "{what} has no capability: CapEff {caps}"
-    );
-    Ok(())
+    common::check_runs_as_nobody(what, pid, "0000000000000000", "no capability")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_through_the_gateway_keeps_its_one_connection_through_co_migrations(
 ) -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let Some(mut bed) = bed().await? else {
+    let Some((mut bed, capture, viewer)) = bed_with_viewer("gateway").await? else {
         return Ok(());
     };
-    let capture = bed.capture("gateway").await?;
-    let viewer = steady_viewer(&bed).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut moves = Vec::new();
-    for n in 1..=migrations() {
+    for n in 1..=migrations_from_env(MIGRATIONS) {
         let (from, to) = (bed.home(), bed.other());
         let started = Instant::now();
         let t = bed.migrate(false).await?;
         let (_, console) = bed.home_pids().context("home console")?;
         check_no_privilege("console", console)?;
-        let home = request(
-            bed.home_control().context("home console")?,
-            &Command::Status,
-        )
-        .await?;
-        if home["link_uncertain"] != 0 || home["link_dropped"] != 0 {
-            println!(
-                "move {n}: the console reports uncertain {} dropped {}",
-                home["link_uncertain"], home["link_dropped"]
-            );
-        }
+        common::note_link_losses(&bed, n).await?;
         moves.push((n, from, to, started, Instant::now(), t));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -122,18 +109,7 @@ async fn a_viewer_through_the_gateway_keeps_its_one_connection_through_co_migrat
             count.log.gap(*started, *ended)
         );
     }
-    let report = count.capture.as_ref().context("the capture")?;
-    let flags = report.total();
-    println!(
-        "viewer-gateway capture: {} connection(s), SYN {}, FIN {}, RST {}",
-        report.connections.len(),
-        flags.syn,
-        flags.fin,
-        flags.rst
-    );
-    check_count(&count)?;
-    ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
-    ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
+    check_one_connection(&count)?;
     // The viewer's screen against QEMU's own.
     let screen = count.screen.as_ref().context("the viewer's screen")?;
     let qemu = bed.home_qemu().context("home QEMU")?;
@@ -171,12 +147,9 @@ async fn a_viewer_through_the_gateway_keeps_its_one_connection_through_co_migrat
 async fn a_switchover_cancelled_after_the_freeze_thaws_the_gateway_viewer_on_the_source(
 ) -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let Some(mut bed) = bed().await? else {
+    let Some((mut bed, capture, viewer)) = bed_with_viewer("thaw").await? else {
         return Ok(());
     };
-    let capture = bed.capture("thaw").await?;
-    let viewer = steady_viewer(&bed).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let plan = bed.announce(true).await?;
     {
         let (src, _src_events) = qmp::Connection::connect(&plan.source_qmp).await?;
@@ -216,17 +189,6 @@ async fn a_switchover_cancelled_after_the_freeze_thaws_the_gateway_viewer_on_the
     bed.migrate(false).await?;
     println!("a real move after the thaw succeeded");
     let count = bed.count_session(viewer, Some(capture)).await?;
-    let report = count.capture.as_ref().context("the capture")?;
-    let flags = report.total();
-    println!(
-        "viewer-gateway capture: {} connection(s), SYN {}, FIN {}, RST {}",
-        report.connections.len(),
-        flags.syn,
-        flags.fin,
-        flags.rst
-    );
-    check_count(&count)?;
-    ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
-    ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
+    check_one_connection(&count)?;
     Ok(())
 }

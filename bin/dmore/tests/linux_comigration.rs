@@ -14,6 +14,7 @@ use anyhow::{ensure, Context as _};
 use linux_guest::launch::{Display, Firmware, Input, LinuxOptions};
 use linux_guest::report::Report;
 use scenarios::cobed::{CoBed, CoBedOptions};
+use scenarios::migrations_from_env;
 use scenarios::steady::tally::{key_presses, left_clicks, tally};
 use scenarios::steady::{SteadyConfig, SteadyViewer};
 use testbed::qemu::LINUX_MEMORY_MIB;
@@ -25,12 +26,7 @@ const WAIT: Duration = Duration::from_secs(120);
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Co-migrations per test; `DMORE_MIGRATIONS=N` sets N.
-fn migrations() -> usize {
-    std::env::var("DMORE_MIGRATIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(3)
-}
+const MIGRATIONS: usize = 3;
 
 async fn typed_through_comigrations(
     linux: LinuxOptions,
@@ -45,7 +41,7 @@ async fn typed_through_comigrations(
     };
     let viewer = SteadyViewer::connect_from(bed.testbed().client(), bed.service(), steady).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for n in 1..=migrations() {
+    for n in 1..=migrations_from_env(MIGRATIONS) {
         let (from, to) = (bed.home(), bed.other());
         let t = bed.migrate(false).await?;
         println!(

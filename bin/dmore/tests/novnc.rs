@@ -32,6 +32,7 @@ use linux_guest::report::Report;
 use rfb::framebuffer::PIXEL_ENCODINGS;
 use rfb::Encoding;
 use scenarios::cobed::{CoBed, CoBedOptions};
+use scenarios::migrations_from_env;
 use scenarios::steady::tally::{key_presses, tally};
 use testbed::hosts::Host;
 use testbed::qemu::{Qemu, LINUX_MEMORY_MIB};
@@ -40,12 +41,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// Co-migrations while the page types (10); `DMORE_MIGRATIONS=N` sets N.
-fn migrations() -> usize {
-    std::env::var("DMORE_MIGRATIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10)
-}
+const MIGRATIONS: usize = 10;
 
 /// The lowest PSNR (dB, RGB) accepted between noVNC's canvas and QEMU's screen with JPEG
 /// allowed at noVNC's default quality 6 (TigerVNC's JPEG quality 79).
@@ -572,12 +568,12 @@ async fn session(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debian_novnc_exact_through_comigrations() -> anyhow::Result<()> {
-    novnc_through_comigrations(Client::Debian, false, migrations()).await
+    novnc_through_comigrations(Client::Debian, false, migrations_from_env(MIGRATIONS)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npm_novnc_exact_through_comigrations() -> anyhow::Result<()> {
-    novnc_through_comigrations(Client::Npm, false, migrations()).await
+    novnc_through_comigrations(Client::Npm, false, migrations_from_env(MIGRATIONS)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,7 +583,7 @@ async fn debian_novnc_lossy_psnr() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npm_novnc_lossy_psnr() -> anyhow::Result<()> {
-    novnc_through_comigrations(Client::Npm, true, migrations().min(2)).await
+    novnc_through_comigrations(Client::Npm, true, migrations_from_env(MIGRATIONS).min(2)).await
 }
 
 /// noVNC (Debian's over https and wss, then npm's over http and ws) served by `dmore gateway

@@ -30,6 +30,7 @@ use linux_guest::report::Report;
 use rfb::framebuffer::Framebuffer;
 use rfb::{ClientConfig, Encoding, PixelFormat, ServerMessage};
 use scenarios::cobed::{CoBed, CoBedOptions};
+use scenarios::migrations_from_env;
 use scenarios::steady::tally::{key_presses, tally};
 use testbed::qemu::{Qemu, LINUX_MEMORY_MIB};
 use testbed::viewers::{Image, TigerVnc, ViewerAuth, Xvfb};
@@ -60,12 +61,7 @@ const ANIM_MS: u64 = 50;
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Co-migrations per test (3); `DMORE_MIGRATIONS=N` sets N.
-fn migrations() -> usize {
-    std::env::var("DMORE_MIGRATIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(3)
-}
+const MIGRATIONS: usize = 3;
 
 /// What a viewer holds at one moment.
 struct Snapshot {
@@ -288,7 +284,7 @@ async fn check(linux: LinuxOptions, dir: &Path) -> anyhow::Result<()> {
     serial.send_line(&format!("ANIM {ANIM_MS}")).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut after_move = None;
-    for n in 1..=migrations() {
+    for n in 1..=migrations_from_env(MIGRATIONS) {
         let (from, to) = (bed.home(), bed.other());
         let t = bed.migrate(false).await?;
         println!(

@@ -17,6 +17,7 @@ use anyhow::{ensure, Context as _};
 use guest::GuestOptions;
 use migrate::vm::{self as migration, MigrationOptions};
 use scenarios::cobed::{CoBed, CoBedOptions};
+use scenarios::migrations_from_env;
 use scenarios::serial::{SerialClient, LINE_MS};
 use testbed::hosts::Testbed;
 use testbed::qemu::Qemu;
@@ -30,12 +31,7 @@ const BETWEEN: Duration = Duration::from_millis(700);
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Co-migrations per test; `DMORE_MIGRATIONS=N` sets N.
-fn migrations() -> usize {
-    std::env::var("DMORE_MIGRATIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(3)
-}
+const MIGRATIONS: usize = 3;
 
 fn serial_guest() -> GuestOptions {
     GuestOptions {
@@ -77,7 +73,7 @@ async fn serial_bytes_cross_co_migrations_exactly_once() -> anyhow::Result<()> {
         let st = console::control::request(ctl, &console::control::Command::Status).await?;
         println!("console's serial lane: {}", st["serial"]);
     }
-    let moves = migrations();
+    let moves = migrations_from_env(MIGRATIONS);
     for n in 1..=moves {
         let (from, to) = (bed.home(), bed.other());
         let t = bed.migrate(false).await?;
@@ -215,7 +211,7 @@ async fn baseline_a_client_on_qemus_chardev_loses_bytes_at_each_move() -> anyhow
     )));
     let client = SerialClient::on_qemu(Arc::clone(&path), Duration::from_millis(200));
     tokio::time::sleep(BETWEEN).await;
-    let moves = migrations();
+    let moves = migrations_from_env(MIGRATIONS);
     let mut on_a = true;
     for n in 1..=moves {
         let to = if on_a { testbed.b() } else { testbed.a() };

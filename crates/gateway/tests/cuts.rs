@@ -3,11 +3,14 @@
 //! given number of bytes, not a given time): the viewer gets back exactly what it sent. And a
 //! gateway with the wrong key never reaches the service.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{echo, listener, PSK};
 use gateway::accept::serve_sessions;
 use gateway::dial::{serve_viewer, serve_viewers, Dial};
 use gateway::GatewayError;
@@ -15,31 +18,12 @@ use resume::{Config, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const PSK: &[u8] = b"0123456789abcdef0123456789abcdef";
 /// Bytes the viewer sends (and gets back).
 const TOTAL: usize = 2 << 20;
 /// The link is cut after every this many forwarded bytes...
 const CUT_EVERY: usize = 300_000;
 /// ...this many times.
 const CUTS: usize = 6;
-
-async fn listener() -> (TcpListener, SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    (l, a)
-}
-
-/// Echoes every connection back to itself.
-async fn echo(l: TcpListener) {
-    loop {
-        let (mut s, _) = l.accept().await.unwrap();
-        tokio::spawn(async move {
-            let (mut r, mut w) = s.split();
-            let _ = tokio::io::copy(&mut r, &mut w).await;
-            let _ = w.shutdown().await;
-        });
-    }
-}
 
 /// Forwards connections to `to`, dropping a connection whenever the bytes forwarded by all
 /// connections together pass the next multiple of CUT_EVERY (up to CUTS times).

@@ -4,10 +4,13 @@
 //! expired or other console's token. And all of it over TLS (https, wss) with a certificate
 //! made by `openssl` for the test.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::{echo, listener, PSK};
 use futures_util::{SinkExt as _, StreamExt as _};
 use gateway::accept::serve_sessions;
 use gateway::dial::Dial;
@@ -15,30 +18,12 @@ use gateway::tokens::issue;
 use gateway::web::{serve_web, Web};
 use resume::{Config, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-const PSK: &[u8] = b"0123456789abcdef0123456789abcdef";
 const SECRET: &str = "not for browsers";
 const REFUSED: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-
-async fn listener() -> (TcpListener, SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    (l, a)
-}
-
-async fn echo(l: TcpListener) {
-    loop {
-        let (mut s, _) = l.accept().await.unwrap();
-        tokio::spawn(async move {
-            let (mut r, mut w) = s.split();
-            let _ = tokio::io::copy(&mut r, &mut w).await;
-            let _ = w.shutdown().await;
-        });
-    }
-}
 
 /// A gateway serving `dir/www`, consoles vm1 and vm2 (both the same echo service behind an
 /// endpoint), tokens: vm1's, vm1's expired, vm2's.

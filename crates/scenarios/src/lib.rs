@@ -11,3 +11,11 @@ pub mod serial;
 pub mod soak;
 pub mod steady;
 pub mod typist;
+
+/// Co-migrations per end-to-end test: `DMORE_MIGRATIONS=N` sets N, else `default`.
+pub fn migrations_from_env(default: usize) -> usize {
+    std::env::var("DMORE_MIGRATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}

@@ -96,82 +96,57 @@ pub fn reunite(read: ConnRead, write: ConnWrite) -> Option<Reunited> {
     }
 }
 
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Gateway(p) => Pin::new(p).poll_read(cx, buf),
+/// Implements `AsyncRead` for a connection enum by passing each call to its variant's stream.
+macro_rules! delegate_read {
+    ($conn:ident) => {
+        impl AsyncRead for $conn {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+                    $conn::Gateway(p) => Pin::new(p).poll_read(cx, buf),
+                }
+            }
         }
-    }
+    };
 }
 
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_write(cx, data),
-            Conn::Gateway(p) => Pin::new(p).poll_write(cx, data),
-        }
-    }
+/// Implements `AsyncWrite` for a connection enum by passing each call to its variant's stream.
+macro_rules! delegate_write {
+    ($conn:ident) => {
+        impl AsyncWrite for $conn {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                data: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $conn::Tcp(s) => Pin::new(s).poll_write(cx, data),
+                    $conn::Gateway(p) => Pin::new(p).poll_write(cx, data),
+                }
+            }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Conn::Gateway(p) => Pin::new(p).poll_flush(cx),
-        }
-    }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+                    $conn::Gateway(p) => Pin::new(p).poll_flush(cx),
+                }
+            }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Gateway(p) => Pin::new(p).poll_shutdown(cx),
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+                    $conn::Gateway(p) => Pin::new(p).poll_shutdown(cx),
+                }
+            }
         }
-    }
+    };
 }
 
-impl AsyncRead for ConnRead {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ConnRead::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ConnRead::Gateway(p) => Pin::new(p).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ConnWrite {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ConnWrite::Tcp(s) => Pin::new(s).poll_write(cx, data),
-            ConnWrite::Gateway(p) => Pin::new(p).poll_write(cx, data),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ConnWrite::Tcp(s) => Pin::new(s).poll_flush(cx),
-            ConnWrite::Gateway(p) => Pin::new(p).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ConnWrite::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            ConnWrite::Gateway(p) => Pin::new(p).poll_shutdown(cx),
-        }
-    }
-}
+delegate_read!(Conn);
+delegate_write!(Conn);
+delegate_read!(ConnRead);
+delegate_write!(ConnWrite);

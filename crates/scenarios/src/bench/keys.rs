@@ -49,17 +49,25 @@ impl Typist {
     }
 
     pub(super) async fn press_release(&mut self, keysym: u32) -> Result<(), BenchError> {
-        self.writer
-            .send_all(&[
-                ClientMessage::KeyEvent { down: true, keysym },
-                ClientMessage::KeyEvent {
-                    down: false,
-                    keysym,
-                },
-            ])
-            .await
-            .map_err(BenchError::Vnc)
+        press_release(&mut self.writer, keysym).await
     }
+}
+
+/// Sends `keysym` pressed and released.
+pub(super) async fn press_release(
+    writer: &mut ClientWriter<TcpStream>,
+    keysym: u32,
+) -> Result<(), BenchError> {
+    writer
+        .send_all(&[
+            ClientMessage::KeyEvent { down: true, keysym },
+            ClientMessage::KeyEvent {
+                down: false,
+                keysym,
+            },
+        ])
+        .await
+        .map_err(BenchError::Vnc)
 }
 
 /// Sends `keys` keys, even ones straight to `direct`, odd ones through `console`, each only

@@ -9,6 +9,8 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use plotters::chart::MeshStyle;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -123,6 +125,40 @@ fn span(values: impl Iterator<Item = f64>, from_zero: bool) -> Range<f64> {
     (if from_zero { lo } else { lo - pad })..hi + pad
 }
 
+/// A chart on a PNG canvas over the coordinates `X` and `Y`.
+type Chart<'a, 'b, X, Y> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<X, Y>>;
+
+/// A chart on `root` with the plots' caption, margin and label areas (`y_label_area` pixels
+/// wide for the y labels), over `x` and `y`.
+fn chart<'a, 'b, X: AsRangedCoord, Y: AsRangedCoord>(
+    root: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    title: &str,
+    y_label_area: u32,
+    x: X,
+    y: Y,
+) -> Result<Chart<'a, 'b, X::CoordDescType, Y::CoordDescType>, String> {
+    ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(y_label_area)
+        .build_cartesian_2d(x, y)
+        .map_err(|e| e.to_string())
+}
+
+/// Draws a chart's configured mesh with the plots' label and axis-description fonts.
+fn draw_mesh<X, Y, XT, YT, DB>(mesh: &mut MeshStyle<'_, '_, X, Y, DB>) -> Result<(), String>
+where
+    X: Ranged<ValueType = XT> + ValueFormatter<XT>,
+    Y: Ranged<ValueType = YT> + ValueFormatter<YT>,
+    DB: DrawingBackend,
+{
+    mesh.label_style(("sans-serif", 16))
+        .axis_desc_style(("sans-serif", 18))
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
 fn dashed(colour: RGBColor) -> ShapeStyle {
     colour.stroke_width(2)
 }
@@ -150,21 +186,13 @@ pub fn cdf(
         (lo / 1.2, hi * 1.2)
     };
     canvas(path, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 24))
-            .margin(15)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d((lo..hi).log_scale(), 0.0..100.0)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc("samples ≤ x (%)")
-            .label_style(("sans-serif", 16))
-            .axis_desc_style(("sans-serif", 18))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        let mut chart = chart(root, title, 70, (lo..hi).log_scale(), 0.0..100.0)?;
+        draw_mesh(
+            chart
+                .configure_mesh()
+                .x_desc(x_label)
+                .y_desc("samples ≤ x (%)"),
+        )?;
         for (i, (name, values)) in series.iter().enumerate() {
             let mut sorted: Vec<f64> = values.iter().copied().filter(positive).collect();
             sorted.sort_by(f64::total_cmp);
@@ -258,21 +286,8 @@ pub fn lines(
         true,
     );
     canvas(path, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 24))
-            .margin(15)
-            .x_label_area_size(50)
-            .y_label_area_size(80)
-            .build_cartesian_2d(xs.clone(), ys)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .label_style(("sans-serif", 16))
-            .axis_desc_style(("sans-serif", 18))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        let mut chart = chart(root, title, 80, xs.clone(), ys)?;
+        draw_mesh(chart.configure_mesh().x_desc(x_label).y_desc(y_label))?;
         for (i, s) in series.iter().enumerate() {
             let c = colour(i);
             let reference = is_reference(s);
@@ -349,31 +364,23 @@ pub fn bars(
     let groups = categories.len().max(1) as f64;
     let width = 0.8 / series.len().max(1) as f64;
     canvas(path, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 24))
-            .margin(15)
-            .x_label_area_size(50)
-            .y_label_area_size(80)
-            .build_cartesian_2d(0.0..groups, (lo..hi).log_scale())
-            .map_err(|e| e.to_string())?;
+        let mut chart = chart(root, title, 80, 0.0..groups, (lo..hi).log_scale())?;
         let names = categories.to_vec();
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(categories.len().max(1) * 2 + 1)
-            .x_label_formatter(&|x| {
-                let i = x.floor();
-                if (x - i - 0.5).abs() < 0.01 && i >= 0.0 {
-                    names.get(i as usize).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
-            .y_desc(y_label)
-            .label_style(("sans-serif", 16))
-            .axis_desc_style(("sans-serif", 18))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        draw_mesh(
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(categories.len().max(1) * 2 + 1)
+                .x_label_formatter(&|x| {
+                    let i = x.floor();
+                    if (x - i - 0.5).abs() < 0.01 && i >= 0.0 {
+                        names.get(i as usize).cloned().unwrap_or_default()
+                    } else {
+                        String::new()
+                    }
+                })
+                .y_desc(y_label),
+        )?;
         for (s, (name, values)) in series.iter().enumerate() {
             let c = colour(s);
             chart

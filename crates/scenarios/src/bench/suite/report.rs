@@ -125,6 +125,20 @@ fn cell(text: &str) -> String {
     text.replace('|', "\\|")
 }
 
+/// A metric's table cells from its name to its target (`no_target` where it has none).
+fn figures(m: &Metric, no_target: &str) -> String {
+    format!(
+        "{} ({}) | {} | {} | {} | {} | {}",
+        cell(&m.name),
+        m.unit,
+        cell(m.paper.as_deref().unwrap_or("-")),
+        figure(m.qemu),
+        figure(m.dmore),
+        ratio(m),
+        cell(m.target.as_deref().unwrap_or(no_target))
+    )
+}
+
 /// The markdown page: one summary table of every target, then per bench its table, plots,
 /// notes, machine and command. `plots_dir` is where the page links the PNGs (relative to the
 /// page).
@@ -173,15 +187,9 @@ pub fn markdown(summaries: &[Summary], plots_dir: &str) -> String {
         for m in s.metrics.iter().filter(|m| m.target.is_some()) {
             let _ = writeln!(
                 out,
-                "| {} | {} ({}) | {} | {} | {} | {} | {} | **{}** |",
+                "| {} | {} | **{}** |",
                 s.bench,
-                cell(&m.name),
-                m.unit,
-                cell(m.paper.as_deref().unwrap_or("-")),
-                figure(m.qemu),
-                figure(m.dmore),
-                ratio(m),
-                cell(m.target.as_deref().unwrap_or("")),
+                figures(m, ""),
                 verdict(m)
             );
         }
@@ -202,18 +210,7 @@ pub fn markdown(summaries: &[Summary], plots_dir: &str) -> String {
         );
         let _ = writeln!(out, "|---|---|---|---|---|---|---|");
         for m in &s.metrics {
-            let _ = writeln!(
-                out,
-                "| {} ({}) | {} | {} | {} | {} | {} | {} |",
-                cell(&m.name),
-                m.unit,
-                cell(m.paper.as_deref().unwrap_or("-")),
-                figure(m.qemu),
-                figure(m.dmore),
-                ratio(m),
-                cell(m.target.as_deref().unwrap_or("-")),
-                verdict(m)
-            );
+            let _ = writeln!(out, "| {} | {} |", figures(m, "-"), verdict(m));
         }
         if !s.notes.is_empty() {
             let _ = writeln!(out);

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rfb::framebuffer::Framebuffer;
-use rfb::{ClientMessage, ServerMessage};
+use rfb::ServerMessage;
 use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
@@ -33,7 +33,7 @@ use vnc::client::ClientWriter;
 
 use super::plot::{self, Reference};
 use super::{at_most, pct, us, Metric, Run, Summary};
-use crate::bench::keys::wait_key;
+use crate::bench::keys::{press_release, wait_key};
 use crate::bench::screen::{connect, raw_setup, Watchers};
 use crate::bench::{rig, BenchError, BenchOptions, ConsoleSockets, Scratch};
 use crate::typist::keysym_of;
@@ -176,18 +176,7 @@ impl Viewer {
     }
 
     async fn type_key(&mut self, keysym: u32) -> Result<(), BenchError> {
-        self.writer
-            .lock()
-            .await
-            .send_all(&[
-                ClientMessage::KeyEvent { down: true, keysym },
-                ClientMessage::KeyEvent {
-                    down: false,
-                    keysym,
-                },
-            ])
-            .await
-            .map_err(BenchError::Vnc)
+        press_release(&mut *self.writer.lock().await, keysym).await
     }
 
     /// The first change of the text area after `sent`.

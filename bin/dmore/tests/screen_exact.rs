@@ -547,7 +547,7 @@ async fn tigervnc_with_its_defaults_through_comigrations() -> anyhow::Result<()>
     .await?;
     let moves = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        for n in 1..=migrations() {
+        for n in 1..=migrations_from_env(MIGRATIONS) {
             let t = bed.migrate(false).await?;
             println!(
                 "TigerVNC: move {n}: VM downtime {:?} ms, freeze->takeover {:?}",

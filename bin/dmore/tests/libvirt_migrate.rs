@@ -507,12 +507,15 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
     let keys = check_count_by_dmore(&count, &traces)?;
     // The traces saw the session: one per QEMU that got input (the first and one per move),
     // and between them every key the viewer sent (else nothing would be forgiven rightly).
-    let per_qemu: Vec<(u64, u32)> = traces
+    let per_qemu = traces
         .iter()
-        .map(|(_, t)| (t.presses, t.tally.max_depth))
-        .collect();
-    println!("PS/2 traces, (presses, deepest keyboard queue) of each QEMU in turn: {per_qemu:?}");
-    let presses: u64 = per_qemu.iter().map(|(p, _)| p).sum();
+        .map(|(_, t)| (t.presses, t.tally.max_depth, t.span))
+        .collect::<Vec<_>>();
+    println!(
+        "PS/2 traces, (presses, deepest keyboard queue, first and last event in Unix time) of \
+         each QEMU in turn: {per_qemu:?}"
+    );
+    let presses: u64 = per_qemu.iter().map(|(p, _, _)| p).sum();
     ensure!(
         traces.len() == moves() + 1 && usize::try_from(presses)? == keys.sent,
         "PS/2 traces of {} QEMUs with {presses} presses, for {} moves and {} keys sent",

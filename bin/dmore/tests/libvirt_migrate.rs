@@ -13,7 +13,9 @@
 //! Nova's `--live --p2p --persistent --undefinesource`, the same with `--auto-converge`,
 //! `--live` driven by virsh itself, and `--live --p2p --tunnelled` (`DMORE_MIGRATIONS=N` moves,
 //! default 5: each once). Every key and click reaches the guest once, in order, over one TCP
-//! connection (the client host's capture: one SYN, no FIN, no RST); every source console is
+//! connection (the client host's capture: one SYN, no FIN, no RST), but exactly those QEMU's
+//! PS/2 devices dropped themselves (a vCPU stalled by pre-copy reads nothing while its 16-byte
+//! queue overflows), as each QEMU's PS/2 trace shows (the domain's test-only `-trace` args); every source console is
 //! gone after its move; the viewer's last screen is QEMU's with the typed text on it; `virsh
 //! destroy` stops the last console. Then the baseline: a domain without dmore, its viewer on
 //! libvirt's own VNC, loses its connection at the move.
@@ -37,8 +39,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use console::control::{request, Command};
 use guest::GuestOptions;
+use scenarios::bench::input::ps2trace;
 use scenarios::cobed::{count_session, TimedReports};
-use scenarios::delivery::check_count;
+use scenarios::delivery::check_count_by_dmore;
 use scenarios::steady::{SteadyConfig, SteadyViewer};
 use testbed::capture::Capture;
 use testbed::hosts::{Host, Mode, Testbed};
@@ -52,6 +55,8 @@ const DOMAIN: &str = "dmore-e2e";
 const INCOMING_PORT: u16 = 4700;
 /// The port viewers connect to on the service address.
 const VIEWER_PORT: u16 = 5900;
+/// Each QEMU's PS/2 trace, in the shared domain directory's parent (`%d`: QEMU's pid).
+const PS2_TRACE: &str = "ps2-%d.log";
 /// Bound on each wait (a guard against hanging, not a timed assertion).
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -134,6 +139,24 @@ impl Side {
     }
 }
 
+/// The PS/2 traces `host`'s QEMUs wrote ([`PS2_TRACE`], in the host's own copy of the shared
+/// directory), each with its path.
+fn ps2_logs(root: &Path, host: &Host) -> Vec<(PathBuf, String)> {
+    let dir = root.join(host.name()).join("dmore");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("ps2-") && n.ends_with(".log"))
+        })
+        .filter_map(|p| Some((p.clone(), std::fs::read_to_string(&p).ok()?)))
+        .collect()
+}
+
 fn running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         s.rsplit(')')
@@ -194,11 +217,13 @@ fn hook_config(
 }
 
 /// The test guest as a libvirt domain `name` (KVM and qboot, else TCG; direct kernel boot;
-/// serial to `serial`), with libvirt's own VNC display on every address of its host. No
+/// serial to `serial`), with libvirt's own VNC display on every address of its host; with
+/// `ps2_log`, each of its QEMUs writes a PS/2 trace there (a `%d` in it is QEMU's pid:
+/// libvirt starts a new QEMU at each arrival), a test-only `<qemu:commandline>`. No
 /// animation: the typed text changes the screen every 10 ms; with the guest redrawing a corner
 /// every millisecond besides, a machine under a load average of 6-7 lost keys even with no
 /// migration under way (in 3 runs of 3; 0 of 3 without it, same load).
-fn domain_xml(name: &str, serial: &Path) -> String {
+fn domain_xml(name: &str, serial: &Path, ps2_log: Option<&Path>) -> String {
     let guest = GuestOptions::default();
     // KVM with qboot where KVM works (as the testbed's own QEMUs), else TCG.
     let kvm = testbed::qemu::kvm_usable() && Path::new(testbed::qemu::QBOOT).exists();
@@ -210,8 +235,17 @@ fn domain_xml(name: &str, serial: &Path) -> String {
     } else {
         ("qemu", String::new())
     };
+    let trace: String = ps2_log
+        .map(|log| {
+            let args: String = ps2trace::qemu_args(log)
+                .iter()
+                .map(|a| format!("\n    <qemu:arg value='{}'/>", a.to_string_lossy()))
+                .collect();
+            format!("\n  <qemu:commandline>{args}\n  </qemu:commandline>")
+        })
+        .unwrap_or_default();
     format!(
-        "<domain type='{kind}'>
+        "<domain type='{kind}' xmlns:qemu='{QEMU_NS}'>
   <name>{name}</name>
   <memory unit='KiB'>131072</memory>
   <os>
@@ -230,12 +264,13 @@ fn domain_xml(name: &str, serial: &Path) -> String {
     <video>
       <model type='vga'/>
     </video>
-  </devices>
+  </devices>{trace}
 </domain>
 ",
         kernel = guest::kernel_path().display(),
         cmdline = guest.cmdline(),
         serial = serial.display(),
+        QEMU_NS = libvirt::QEMU_NS,
     )
 }
 
@@ -342,7 +377,7 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
     service.add(bed.a())?;
     let xml_path = root.join("e2e.xml");
     let patched = libvirt::patch_domain(
-        &domain_xml(DOMAIN, &serial_path),
+        &domain_xml(DOMAIN, &serial_path, Some(&shared_dir.join(PS2_TRACE))),
         &libvirt::DomainDir::new(&domain_dir),
     )?;
     std::fs::write(&xml_path, patched)?;
@@ -466,7 +501,28 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
         flags.fin,
         flags.rst
     );
-    check_count(&count)?;
+    // Every key and click once, but those QEMU's PS/2 devices dropped themselves, as the
+    // traces of its QEMUs on both hosts show, replayed in the order they ran.
+    let traces = ps2trace::chain(sides.iter().flat_map(|side| ps2_logs(root, &side.host)));
+    let keys = check_count_by_dmore(&count, &traces)?;
+    // The traces saw the session: one per QEMU that got input (the first and one per move),
+    // and between them every key the viewer sent (else nothing would be forgiven rightly).
+    let per_qemu = traces
+        .iter()
+        .map(|(_, t)| (t.presses, t.tally.max_depth, t.span))
+        .collect::<Vec<_>>();
+    println!(
+        "PS/2 traces, (presses, deepest keyboard queue, first and last event in Unix time) of \
+         each QEMU in turn: {per_qemu:?}"
+    );
+    let presses: u64 = per_qemu.iter().map(|(p, _, _)| p).sum();
+    ensure!(
+        traces.len() == moves() + 1 && usize::try_from(presses)? == keys.sent,
+        "PS/2 traces of {} QEMUs with {presses} presses, for {} moves and {} keys sent",
+        traces.len(),
+        moves(),
+        keys.sent
+    );
     ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
     ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
 
@@ -566,7 +622,7 @@ async fn baseline(bed: &Testbed, sides: &[Side], root: &Path) -> anyhow::Result<
     let listener = tokio::net::UnixListener::bind(&serial_path)?;
     let mut serial = Serial::chained(listener, false)?;
     let xml_path = root.join("plain.xml");
-    std::fs::write(&xml_path, domain_xml(PLAIN, &serial_path))?;
+    std::fs::write(&xml_path, domain_xml(PLAIN, &serial_path, None))?;
     a.virsh(&["create", xml_path.to_str().context("path")?])?;
     serial.wait_ready(WAIT).await.context("the plain guest")?;
     let viewer = SteadyViewer::connect_from(

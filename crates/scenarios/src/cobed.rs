@@ -920,36 +920,11 @@ impl CoBed {
             .flatten()
             .flat_map(|host| std::fs::read_dir(host.path()).into_iter().flatten())
             .flatten();
-        let mut logs: Vec<(PathBuf, String, Ps2Trace)> = vms
-            .filter_map(|vm| {
-                let log = std::fs::read_to_string(vm.path().join(PS2_TRACE)).ok()?;
-                let booted = ps2trace::tally(&log);
-                Some((vm.path(), log, booted))
-            })
-            .filter(|(_, _, booted)| booted.span.is_some())
-            .collect();
-        logs.sort_by(|a, b| {
-            let start = |t: &Ps2Trace| t.span.map_or(0.0, |(first, _)| first);
-            start(&a.2).total_cmp(&start(&b.2))
+        let logs = vms.filter_map(|vm| {
+            let log = std::fs::read_to_string(vm.path().join(PS2_TRACE)).ok()?;
+            Some((vm.path(), log))
         });
-        let mut traces: Vec<(PathBuf, Ps2Trace)> = Vec::new();
-        for (vm, log, booted) in logs {
-            let incoming = !log.contains("ps2_keyboard_set_translation");
-            let start = booted.span.map_or(0.0, |(first, _)| first);
-            let source = traces
-                .iter()
-                .filter_map(|(_, t)| t.span.map(|(_, last)| (last, t.end)))
-                .filter(|(last, _)| *last <= start)
-                .max_by(|a, b| a.0.total_cmp(&b.0))
-                .map(|(_, end)| end);
-            let trace = if incoming {
-                ps2trace::replay(&log, Some(source.unwrap_or_default()))
-            } else {
-                booted
-            };
-            traces.push((vm, trace));
-        }
-        traces
+        ps2trace::chain(logs)
     }
 
     /// After a failed co-migration: kills the prepared destination; the VM stays home.

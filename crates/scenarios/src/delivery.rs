@@ -111,11 +111,21 @@ pub async fn check_nothing_lost_by_dmore(
     viewer: SteadyViewer,
 ) -> Result<Tally, DeliveryError> {
     let count = bed.count_session(viewer, None).await?;
-    let traces = bed.ps2_traces();
-    let qemu = QemuLosses::from_traces(&traces);
-    let checked = check_count_but(&count, &qemu);
+    check_count_by_dmore(&count, &bed.ps2_traces())
+}
+
+/// [`check_count_but`] forgiving exactly what `traces` (the PS/2 replays of the session's
+/// QEMUs, in the order they ran: [`ps2trace::chain`](crate::bench::input::ps2trace::chain))
+/// show QEMU lost on its own; when anything was forgiven, or the check fails, prints each
+/// QEMU's replay: what it dropped and when.
+pub fn check_count_by_dmore(
+    count: &SessionCount,
+    traces: &[(PathBuf, Ps2Trace)],
+) -> Result<Tally, DeliveryError> {
+    let qemu = QemuLosses::from_traces(traces);
+    let checked = check_count_but(count, &qemu);
     if checked.is_err() || qemu != QemuLosses::default() {
-        for (vm, trace) in &traces {
+        for (vm, trace) in traces {
             println!(
                 "{}: PS/2 {:?}; keyboard drops at {:?}; clicks lost at {:?}",
                 vm.display(),

@@ -257,6 +257,42 @@ pub fn replay(log: &str, incoming: Option<Ps2End>) -> Ps2Trace {
     }
 }
 
+/// Replays the trace logs of a chain of QEMUs, each named by `N` (a QEMU's directory or its
+/// log), in the order they ran: by their first timestamped line (logs without one, of QEMUs
+/// that got no input, are left out). A QEMU started with `-incoming` (its log has no
+/// `ps2_keyboard_set_translation`) starts where its source ended: the last replay to end
+/// before its own begins.
+pub fn chain<N>(logs: impl IntoIterator<Item = (N, String)>) -> Vec<(N, Ps2Trace)> {
+    let mut logs: Vec<(N, String, Ps2Trace)> = logs
+        .into_iter()
+        .map(|(name, log)| {
+            let booted = tally(&log);
+            (name, log, booted)
+        })
+        .filter(|(_, _, booted)| booted.span.is_some())
+        .collect();
+    let start = |t: &Ps2Trace| t.span.map_or(0.0, |(first, _)| first);
+    logs.sort_by(|a, b| start(&a.2).total_cmp(&start(&b.2)));
+    let mut traces: Vec<(N, Ps2Trace)> = Vec::new();
+    for (name, log, booted) in logs {
+        let incoming = !log.contains("ps2_keyboard_set_translation");
+        let begins = start(&booted);
+        let source = traces
+            .iter()
+            .filter_map(|(_, t)| t.span.map(|(_, last)| (last, t.end)))
+            .filter(|(last, _)| *last <= begins)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, end)| end);
+        let trace = if incoming {
+            replay(&log, Some(source.unwrap_or_default()))
+        } else {
+            booted
+        };
+        traces.push((name, trace));
+    }
+    traces
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +363,27 @@ mod tests {
         assert_eq!(r.presses, 0, "a key event without `down 1` is no press");
         // Booted, the same log starts empty, untranslated until told.
         assert_eq!(tally(&log).tally.dropped, 0);
+    }
+
+    #[test]
+    fn a_chain_runs_in_order_each_arrival_from_where_its_source_ended() {
+        let mut source = String::from("1@10.0:ps2_keyboard_set_translation 0xk mode 1\n");
+        source.push_str("1@10.1:ps2_keyboard_event 0xk qcode 30 down 1\n");
+        for _ in 0..16 {
+            source.push_str("1@10.2:ps2_put_keycode 0xk keycode 0x1c\n");
+        }
+        // The destination's first key finds the source's 16 bytes still queued.
+        let dest = "2@11.0:ps2_keyboard_event 0xk qcode 30 down 1\n\
+                    2@11.0:ps2_put_keycode 0xk keycode 0x1c\n";
+        let ran = chain([
+            ("dest", dest.to_owned()),
+            ("none", String::new()),
+            ("src", source),
+        ]);
+        let names: Vec<&str> = ran.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["src", "dest"]);
+        assert_eq!(ran[1].1.dropped_press_indices, [0]);
+        assert_eq!(ran[1].1.drop_times, [11.0]);
     }
 
     #[test]

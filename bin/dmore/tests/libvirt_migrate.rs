@@ -78,10 +78,7 @@ const FLAGS: [&[&str]; 5] = [
 ];
 
 fn moves() -> usize {
-    std::env::var("DMORE_MIGRATIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(FLAGS.len())
+    scenarios::migrations_from_env(FLAGS.len())
 }
 
 /// One host's libvirt side: its daemon's tree and its own domain directory.

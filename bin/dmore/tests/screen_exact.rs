@@ -468,14 +468,12 @@ async fn full_text_screen_bytes_per_encoding() -> anyhow::Result<()> {
     tigervnc_shows_the_screen(&bed, &file).await
 }
 
-/// TigerVNC's viewer with its defaults (it prefers Tight, and asks for an exclusive session)
-/// on the console, from the client host: its window shows QEMU's screendump but for at most
-/// the blinking cursor's cell.
-async fn tigervnc_shows_the_screen(bed: &CoBed, file: &Path) -> anyhow::Result<()> {
-    let xvfb = Xvfb::start().await?;
+/// TigerVNC's viewer with its defaults (no parameters) on `xvfb`, from the client host, on
+/// the bed's service address.
+async fn tigervnc_on(bed: &CoBed, xvfb: &Xvfb) -> anyhow::Result<TigerVnc> {
     let server = format!("{}::{}", bed.service().ip(), bed.service().port());
     let viewer = TigerVnc::connect(
-        &xvfb,
+        xvfb,
         &server,
         ViewerAuth::None,
         "dmore-demo",
@@ -483,6 +481,15 @@ async fn tigervnc_shows_the_screen(bed: &CoBed, file: &Path) -> anyhow::Result<(
         &[],
     )
     .await?;
+    Ok(viewer)
+}
+
+/// TigerVNC's viewer with its defaults (it prefers Tight, and asks for an exclusive session)
+/// on the console, from the client host: its window shows QEMU's screendump but for at most
+/// the blinking cursor's cell.
+async fn tigervnc_shows_the_screen(bed: &CoBed, file: &Path) -> anyhow::Result<()> {
+    let xvfb = Xvfb::start().await?;
+    let viewer = tigervnc_on(bed, &xvfb).await?;
     let qemu = bed.home_qemu().context("no home VM")?;
     let deadline = Instant::now() + WAIT;
     loop {
@@ -535,16 +542,7 @@ async fn tigervnc_with_its_defaults_through_comigrations() -> anyhow::Result<()>
     };
     let capture = bed.capture("tigervnc").await?;
     let xvfb = Xvfb::start().await?;
-    let server = format!("{}::{}", bed.service().ip(), bed.service().port());
-    let mut viewer = TigerVnc::connect(
-        &xvfb,
-        &server,
-        ViewerAuth::None,
-        "dmore-demo",
-        bed.testbed().client().netns(),
-        &[],
-    )
-    .await?;
+    let mut viewer = tigervnc_on(&bed, &xvfb).await?;
     let moves = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         for n in 1..=migrations_from_env(MIGRATIONS) {

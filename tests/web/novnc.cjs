@@ -128,13 +128,37 @@ async function main() {
   try {
     const page = context.pages()[0] || (await context.newPage());
     await page.addInitScript(instrument);
-    page.on('pageerror', (e) => console.error('page error:', e.message));
+    // What the page went through, told when it does not connect.
+    const events = [];
+    const note = (what) => events.push(`${((Date.now() - opened) / 1000).toFixed(1)}s ${what}`);
+    const opened = Date.now();
+    page.on('pageerror', (e) => note(`page error: ${e.message}`));
+    page.on('console', (m) => note(`console ${m.type()}: ${m.text()}`));
+    page.on('requestfailed', (r) => note(`request failed: ${r.url()} ${r.failure() && r.failure().errorText}`));
+    page.on('response', (r) => { if (r.status() >= 400) note(`${r.status()} ${r.url()}`); });
+    page.on('websocket', (ws) => {
+      note(`websocket ${ws.url()}`);
+      ws.on('socketerror', (e) => note(`websocket error: ${e}`));
+      ws.on('close', () => note('websocket closed'));
+    });
     await page.goto(url);
     // Connected: noVNC's app marks <html> (our page does the same), and a framebuffer arrived.
-    await page.waitForFunction(
-      () => document.documentElement.classList.contains('noVNC_connected') &&
-        [...document.querySelectorAll('canvas')].some((c) => c.width > 0),
-      null, { timeout: 60000 });
+    try {
+      await page.waitForFunction(
+        () => document.documentElement.classList.contains('noVNC_connected') &&
+          [...document.querySelectorAll('canvas')].some((c) => c.width > 0),
+        null, { timeout: 60000 });
+    } catch (e) {
+      const shown = await page.evaluate(() => ({
+        classes: document.documentElement.className,
+        text: (document.body && document.body.innerText || '').slice(0, 300),
+        canvases: [...document.querySelectorAll('canvas')].map((c) => `${c.width}x${c.height}`),
+        closes: window.__dmore.closes,
+        sent_bytes: window.__dmore.sentBytes,
+      })).catch((err) => `unreadable: ${err}`);
+      throw new Error(`noVNC did not connect in 60 s: the page shows ${JSON.stringify(shown)}; ` +
+        `what happened: ${JSON.stringify(events)}`);
+    }
     const focus = () => page.evaluate(() => {
       const c = [...document.querySelectorAll('canvas')].sort((a, b) => b.width * b.height - a.width * a.height)[0];
       c.focus();

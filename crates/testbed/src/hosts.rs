@@ -314,6 +314,10 @@ impl Testbed {
             }
             let ip = Ipv4Addr::new(10, 213, self.subnet, role.host_octet());
             ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            // No IPv6 link-local address: it would turn valid a second or two after the link
+            // comes up (duplicate address detection), and Chromium, seeing the host's
+            // addresses change, fails what it is loading with ERR_NETWORK_CHANGED.
+            ns.ip(&["link", "set", "eth0", "addrgenmode", "none"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
             ns.ip(&["link", "set", "lo", "up"])?;
             self.hosts.push(Host {

@@ -5,10 +5,8 @@
 
 mod back_support;
 
-use std::time::{Duration, Instant};
-
 use back_support::*;
-use console::back::{LinkConfig, LinkStats, QemuLink, VmEvent};
+use console::back::{LinkConfig, QemuLink, VmEvent};
 use console::journal::ViewerId;
 
 async fn push_keys(link: &QemuLink, keys: &[Key]) -> anyhow::Result<()> {
@@ -27,22 +25,6 @@ async fn reports_until_marker(vm: &mut Vm, link: &QemuLink) -> anyhow::Result<Ve
     let release = vm.serial().key().await?;
     assert_eq!((release.down, release.code), (false, ENTER.code));
     Ok(reports)
-}
-
-async fn wait_stats(
-    link: &QemuLink,
-    what: &str,
-    pred: impl Fn(&LinkStats) -> bool,
-) -> anyhow::Result<LinkStats> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let s = link.stats().await?;
-        if pred(&s) {
-            return Ok(s);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "never {what}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]

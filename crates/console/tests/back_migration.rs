@@ -27,6 +27,13 @@ async fn keys_typed_during_a_held_migration_arrive_once_after_cancel() -> anyhow
             .await?;
     }
     assert_eq!(seen(&src.serial().keys(2).await?), expected(&[ENTER]));
+    // And confirmed by the link (fence and probe answered): with `events` off the migration's
+    // stop is unannounced, and a key whose probe QEMU answers after it is rightly uncertain
+    // (CI, load ~11: the warm-up's release was).
+    wait_stats(&link, "the warm-up confirmed", |s| {
+        s.journal.delivered == s.journal.pushed
+    })
+    .await?;
 
     let port = Vm::free_port()?;
     let uri = format!("tcp:127.0.0.1:{port}");

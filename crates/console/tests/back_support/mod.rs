@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use console::back::{LinkEvent, LinkEvents, VmEvent};
+use console::back::{LinkEvent, LinkEvents, LinkStats, QemuLink, VmEvent};
 use console::journal::InputEvent;
 use rfb::{ClientConfig, ClientMessage, Encoding, PixelFormat, RectPayload, ServerMessage};
 use testbed::qemu::{AccelChoice, Qemu, QemuConfig};
@@ -260,6 +260,23 @@ pub fn vm_events(mut events: LinkEvents) -> mpsc::UnboundedReceiver<LinkEvent> {
         }
     });
     rx
+}
+
+/// Polls the link's counters until `pred` holds (bounded by [`DEADLINE`]).
+pub async fn wait_stats(
+    link: &QemuLink,
+    what: &str,
+    pred: impl Fn(&LinkStats) -> bool,
+) -> anyhow::Result<LinkStats> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let s = link.stats().await?;
+        if pred(&s) {
+            return Ok(s);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "never {what}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Waits for the VM event `want` on `rx`, returning everything else seen before it.

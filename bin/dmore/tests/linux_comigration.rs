@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
+use console::control::{request, Command};
 use linux_guest::launch::{Display, Firmware, Input, LinuxOptions};
 use linux_guest::report::Report;
 use scenarios::cobed::{CoBed, CoBedOptions};
@@ -68,7 +69,16 @@ async fn typed_through_comigrations(
     );
     ensure!(log.connection_kept(), "dropped: {:?}", log.dropped);
     ensure!(keys.sent > 20, "the viewer typed: {keys:?}");
-    ensure!(keys.exact(), "every key once, in order: {keys:?}");
+    if !keys.exact() {
+        // Where the missing keys were: still held by the console, or gone past it.
+        let status = match bed.home_control() {
+            Some(control) => request(control, &Command::Status)
+                .await
+                .map_or_else(|e| format!("no status: {e}"), |s| s.to_string()),
+            None => "no home console".to_owned(),
+        };
+        anyhow::bail!("every key once, in order: {keys:?}; the serving console: {status}");
+    }
     ensure!(clicks.0 == clicks.1, "every click once: {clicks:?}");
 
     // The guest is alive after the last move and still draws (a guest Oops here would be

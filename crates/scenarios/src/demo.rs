@@ -27,6 +27,7 @@ use testbed::hosts::Role;
 
 use crate::baseline::{self, BaselineError, BaselineOptions, BaselineReport, RunResult, Workload};
 use crate::cobed::{CoBed, CoBedError, CoBedOptions};
+use crate::delivery::QemuLosses;
 use crate::steady::tally::{key_presses, left_clicks};
 use crate::steady::{tally, SteadyConfig, SteadyError, SteadyViewer, Tally};
 
@@ -62,6 +63,9 @@ pub struct DemoOptions {
     pub baseline: bool,
     /// The steady viewer's pace.
     pub steady: SteadyConfig,
+    /// Have the QEMUs trace their PS/2 queues, so that keys a stalled guest's queue dropped
+    /// are told apart from keys dmore lost ([`DemoReport::qemu_dropped`]).
+    pub ps2_trace: bool,
 }
 
 impl DemoOptions {
@@ -79,6 +83,7 @@ impl DemoOptions {
             external_interval: Duration::from_secs(5),
             baseline: true,
             steady: SteadyConfig::default(),
+            ps2_trace: true,
         }
     }
 }
@@ -222,6 +227,20 @@ pub struct DemoReport {
     pub capture: Option<CaptureReport>,
     /// The baseline, if it ran.
     pub baseline: Option<BaselineReport>,
+    /// What the QEMUs' PS/2 devices dropped on their own, after dmore handed it over, as their
+    /// traces show ([`DemoOptions::ps2_trace`]; nothing without traces): PS/2 has no flow
+    /// control, and a guest whose vCPU does not run for longer than its 16-byte queue lasts
+    /// loses input from any sender, QEMU's own VNC server included.
+    pub qemu_dropped: QemuLosses,
+}
+
+impl DemoReport {
+    /// Keys lost (or never arrived) that QEMU's PS/2 traces do not show QEMU dropping itself.
+    pub fn keys_lost_by_dmore(&self) -> usize {
+        self.keys
+            .lost_with_pending()
+            .saturating_sub(self.qemu_dropped.key_presses.len())
+    }
 }
 
 impl fmt::Display for DemoReport {
@@ -263,6 +282,13 @@ impl fmt::Display for DemoReport {
         writeln!(
             f,
             "{:<32} {:>14} {:>14}",
+            "  of them dropped by QEMU's PS/2",
+            self.qemu_dropped.key_presses.len(),
+            "-"
+        )?;
+        writeln!(
+            f,
+            "{:<32} {:>14} {:>14}",
             "keys duplicated / reordered",
             format!("{} / {}", self.keys.duplicated, self.keys.reordered),
             "-"
@@ -300,6 +326,7 @@ pub async fn run(
     let mut bed_options = CoBedOptions::new(&options.dmore);
     bed_options.memory_mib = options.memory_mib;
     bed_options.guest = options.guest;
+    bed_options.ps2_trace = options.ps2_trace;
     let mut bed = CoBed::start(bed_options).await?;
     on_event(DemoEvent::Ready {
         service: bed.service(),
@@ -396,6 +423,7 @@ async fn scripted(
         row_start = now;
     }
     let count = bed.count_session(viewer, Some(capture)).await?;
+    report.qemu_dropped = QemuLosses::from_traces(&bed.ps2_traces());
     report.keys = count.keys;
     report.clicks = count.clicks;
     report.connection_kept = count.log.connection_kept();

@@ -261,7 +261,7 @@ pub struct SessionCount {
 /// guest's earlier homes), ends `capture` (before the viewer closes its connection: that FIN
 /// is no news), then stops the viewer.
 pub async fn count_session(
-    mut serial: Option<&mut Serial>,
+    serial: Option<&mut Serial>,
     timed: &mut TimedReports,
     viewer: SteadyViewer,
     capture: Option<Capture>,
@@ -272,8 +272,32 @@ pub async fn count_session(
         let log = viewer.snapshot();
         (log.keys.len(), log.clicks.len())
     };
-    // A guest on a loaded machine can fall seconds behind the viewer: wait until it
-    // reported every key and click, or said nothing for QUIET.
+    await_reports(serial, timed, sent, clicked).await;
+    let reports = timed.reports.clone();
+    let capture = match capture {
+        Some(capture) => Some(tokio::task::spawn_blocking(move || capture.finish()).await??),
+        None => None,
+    };
+    let (log, screen) = viewer.stop_with_screen().await;
+    Ok(SessionCount {
+        keys: tally(&log.key_codes(), &key_presses(&reports)),
+        clicks: (log.clicks.len(), left_clicks(&reports)),
+        log,
+        reports,
+        capture,
+        screen,
+    })
+}
+
+/// Adds the guest's reports from `serial` to `timed` until it reported `keys` key presses and
+/// `clicks` left clicks (counted over all of `timed`), or said nothing for a few seconds: a
+/// guest on a loaded machine can fall seconds behind its viewer.
+pub async fn await_reports(
+    mut serial: Option<&mut Serial>,
+    timed: &mut TimedReports,
+    keys: usize,
+    clicks: usize,
+) {
     let deadline = Instant::now() + QUIET_DEADLINE;
     let mut last_news = Instant::now();
     let mut seen = timed.reports.len();
@@ -293,27 +317,13 @@ pub async fn count_session(
             seen = reports.len();
             last_news = now;
         }
-        if (key_presses(reports).len() >= sent && left_clicks(reports) >= clicked)
+        if (key_presses(reports).len() >= keys && left_clicks(reports) >= clicks)
             || now.duration_since(last_news) >= QUIET
             || now >= deadline
         {
             break;
         }
     }
-    let reports = timed.reports.clone();
-    let capture = match capture {
-        Some(capture) => Some(tokio::task::spawn_blocking(move || capture.finish()).await??),
-        None => None,
-    };
-    let (log, screen) = viewer.stop_with_screen().await;
-    Ok(SessionCount {
-        keys: tally(&log.key_codes(), &key_presses(&reports)),
-        clicks: (log.clicks.len(), left_clicks(&reports)),
-        log,
-        reports,
-        capture,
-        screen,
-    })
 }
 
 /// A guest's serial reports, in order, each with the time its line came out of the port.

@@ -179,22 +179,7 @@ pub fn check_count_but(count: &SessionCount, qemu: &QemuLosses) -> Result<Tally,
     if keys.sent <= 50 {
         return Err(DeliveryError::TooFewKeys(keys));
     }
-    let kept: Vec<u16> = count
-        .log
-        .key_codes()
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !qemu.key_presses.contains(i))
-        .map(|(_, code)| code)
-        .collect();
-    let but_qemu = tally(&kept, &key_presses(&count.reports));
-    if !qemu.key_presses.is_empty() {
-        println!(
-            "without the {} presses QEMU dropped: {but_qemu:?}",
-            qemu.key_presses.len()
-        );
-    }
-    if !but_qemu.exact() {
+    if !keys_but(&count.log.key_codes(), &count.reports, qemu).exact() {
         return Err(DeliveryError::Keys(keys));
     }
     let clicks_lost = usize::try_from(qemu.clicks).unwrap_or(usize::MAX);
@@ -202,6 +187,25 @@ pub fn check_count_but(count: &SessionCount, qemu: &QemuLosses) -> Result<Tally,
         return Err(DeliveryError::Clicks { sent, received });
     }
     Ok(keys)
+}
+
+/// The keys a viewer `sent` (key codes, in order) against the presses the guest `reports`,
+/// without the presses `qemu` dropped on its own (printed when there are any).
+pub fn keys_but(sent: &[u16], reports: &[Report], qemu: &QemuLosses) -> Tally {
+    let kept: Vec<u16> = sent
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !qemu.key_presses.contains(i))
+        .map(|(_, code)| *code)
+        .collect();
+    let but_qemu = tally(&kept, &key_presses(reports));
+    if !qemu.key_presses.is_empty() {
+        println!(
+            "without the {} presses QEMU dropped: {but_qemu:?}",
+            qemu.key_presses.len()
+        );
+    }
+    but_qemu
 }
 
 /// `at` as seconds since the Unix epoch (to match it with QEMU's `-msg timestamp=on` traces).

@@ -6,7 +6,8 @@
 //! ```text
 //!  start ── tcpdump -i eth0 -w FILE ("listening on") ── ... traffic ... ──
 //!  finish ── UDP end marker to the service address, until it shows in FILE ── SIGINT ──
-//!           tcpdump -r FILE -nn ── parse_text ── CaptureReport
+//!           tcpdump -r FILE -nn -tt ── parse_text ── CaptureReport
+//!                                      └─ payload_times: when the service sent data
 //! ```
 //!
 //! The end marker makes `finish` wait until tcpdump has written everything sent before it,
@@ -165,6 +166,21 @@ fn parse_with(text: &str, is_service: impl Fn(SocketAddrV4) -> bool) -> CaptureR
     report
 }
 
+/// When `from` sent a segment with data, in tcpdump's `-tt` text (seconds since the Unix
+/// epoch, as [`Capture::finish_text`] gives it), in the capture's order: what a viewer's host
+/// saw of a server's framebuffer updates. Lines without a `-tt` time or a `length` are
+/// ignored.
+pub fn payload_times(text: &str, from: SocketAddrV4) -> Vec<f64> {
+    text.lines()
+        .filter_map(|line| {
+            let seg = parse_segment(line)?;
+            let length: u64 = line.rsplit_once(" length ")?.1.trim().parse().ok()?;
+            let time: f64 = line.split_whitespace().next()?.parse().ok()?;
+            (seg.src == from && length > 0).then_some(time)
+        })
+        .collect()
+}
+
 /// One TCP segment of tcpdump's text.
 struct Segment<'a> {
     src: SocketAddrV4,
@@ -309,7 +325,8 @@ impl Capture {
         })
     }
 
-    /// Like [`finish`](Self::finish), but returns `tcpdump -nn -r`'s text (TCP lines only).
+    /// Like [`finish`](Self::finish), but returns `tcpdump -nn -tt -r`'s text (TCP lines
+    /// only; each begins with its time in seconds since the Unix epoch).
     pub fn finish_text(&mut self) -> Result<String, CaptureError> {
         let host_name = self.host.name();
         let marker = self
@@ -346,7 +363,7 @@ impl Capture {
         let out = self
             .host
             .command("tcpdump")
-            .args(["-nn", "-r"])
+            .args(["-nn", "-tt", "-r"])
             .arg(&self.file)
             .stdin(Stdio::null())
             .output()
@@ -415,6 +432,22 @@ mod tests {
         assert_eq!(
             (c.segments, c.syn, c.syn_ack, c.fin, c.rst),
             (3, 1, 1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn payload_times_are_the_services_segments_with_data() {
+        let text = "\
+1700000000.000001 IP 10.213.7.100.40000 > 10.213.7.200.5900: Flags [P.], seq 1:9, ack 1, length 8
+1700000000.250000 IP 10.213.7.200.5900 > 10.213.7.100.40000: Flags [P.], seq 1:301, ack 9, length 300
+1700000000.300000 IP 10.213.7.200.5900 > 10.213.7.100.40000: Flags [.], ack 9, win 502, length 0
+1700000001.500000 IP 10.213.7.200.5900 > 10.213.7.100.40000: Flags [P.], seq 301:302, ack 9, length 1
+12:00:02.000000 IP 10.213.7.200.5900 > 10.213.7.100.40000: Flags [P.], seq 302:303, ack 9, length 1
+1700000002.000000 IP 10.213.7.200.5901 > 10.213.7.100.40000: Flags [P.], seq 1:2, ack 9, length 1
+";
+        assert_eq!(
+            payload_times(text, a("10.213.7.200:5900")),
+            [1_700_000_000.25, 1_700_000_001.5]
         );
     }
 

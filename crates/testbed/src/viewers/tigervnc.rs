@@ -200,8 +200,15 @@ impl TigerVnc {
         std::fs::read_to_string(self.dir.path().join("vncviewer.log")).unwrap_or_default()
     }
 
-    /// Types `text` into the viewer's window with `xdotool`, as a person at the keyboard would.
+    /// Types `text` into the viewer's window with `xdotool`, as a person at the keyboard would
+    /// (a key every 30 ms).
     pub async fn type_text(&self, text: &str) -> Result<()> {
+        self.type_keys(text, Duration::from_millis(30)).await
+    }
+
+    /// Types `text` into the viewer's window with `xdotool`, a key every `every` (xdotool
+    /// holds each key half of it).
+    pub async fn type_keys(&self, text: &str, every: Duration) -> Result<()> {
         run_output(
             "xdotool",
             "xdotool",
@@ -209,10 +216,11 @@ impl TigerVnc {
             Some(&self.display),
         )
         .await?;
+        let delay = every.as_millis().to_string();
         run_output(
             "xdotool",
             "xdotool",
-            &["type", "--delay", "30", text],
+            &["type", "--delay", &delay, text],
             Some(&self.display),
         )
         .await?;

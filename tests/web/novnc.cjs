@@ -14,6 +14,8 @@
 //                                       -> {"width","height"}
 //   {"cmd":"status"}                    -> {"connected", "closes": [...], "disconnected_shown",
 //                                           "encodings": [the client's SetEncodings list]}
+//   {"cmd":"updates"}                   -> {"now": Date.now(), "times": [Date.now() at each
+//                                           message from the server (framebuffer updates)]}
 //   {"cmd":"quit"}
 // The first line it prints is {"ready":true,...} once connected, or {"error":...}.
 //
@@ -38,7 +40,8 @@ if (!url) {
 // Runs in the page before its own scripts: watches the WebSocket (closes, the client's first
 // bytes, to read its SetEncodings) and noVNC's status text.
 function instrument() {
-  const d = (window.__dmore = { closes: [], sent: [], sentBytes: 0, disconnectedShown: false });
+  const d = (window.__dmore = { closes: [], sent: [], sentBytes: 0, disconnectedShown: false,
+    updates: [] });
   // A native WebSocket, not a subclass: noVNC 1.3.0 checks the methods on its prototype.
   const Native = window.WebSocket;
   const send = Native.prototype.send;
@@ -54,6 +57,7 @@ function instrument() {
   const Wrapped = function (...args) {
     const ws = new Native(...args);
     ws.addEventListener('close', (e) => d.closes.push({ code: e.code, reason: e.reason }));
+    ws.addEventListener('message', () => d.updates.push(Date.now()));
     return ws;
   };
   Wrapped.prototype = Native.prototype;
@@ -214,6 +218,8 @@ async function main() {
         }));
         say({ connected: s.connected, closes: s.closes, disconnected_shown: s.disconnected_shown,
           encodings: encodingsOf(s.sent) });
+      } else if (req.cmd === 'updates') {
+        say(await page.evaluate(() => ({ now: Date.now(), times: window.__dmore.updates })));
       } else if (req.cmd === 'quit') {
         break;
       } else {

@@ -2,6 +2,10 @@
 //! noVNC 1.3.0 (its own app, `/usr/share/novnc/vnc.html`) and a current noVNC from npm (the
 //! library, under `tests/web/novnc.html`), each behind a stationary websockify on the client
 //! host that connects to the console's service address (transparent mode, as `dmore demo`).
+//! And through `dmore gateway` (issue 14): Debian's noVNC from a gateway-mode bed's stationary
+//! gateway over https and wss while the VM co-migrates, everything of dmore's as `nobody`
+//! without capabilities; npm's through `dmore gateway endpoint` to a stationary console.
+//! Each prints, per move, the page's longest pause between framebuffer updates.
 //!
 //! ```text
 //!  client host: Chromium (Playwright, tests/web/novnc.cjs) ─ws─> websockify 127.0.0.1:6080
@@ -489,11 +493,15 @@ async fn session(
     page.ask(serde_json::json!({ "cmd": "start_typing", "pace_ms": PACE_MS }))
         .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    if moves == 0 {
-        tokio::time::sleep(Duration::from_secs(6)).await;
-    }
     let mut lines = Vec::new();
     let mut windows = Vec::new();
+    if moves == 0 {
+        // The pause a viewer sees with no move at all, for the moves' to be read against.
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        windows.push((started, Instant::now()));
+        lines.push(format!("{client} 6 s with no move"));
+    }
     for n in 1..=moves {
         let (from, to) = (bed.home(), bed.other());
         let started = Instant::now();

@@ -79,7 +79,7 @@ struct ServeArgs {
     serial_console: Vec<(String, SocketAddr)>,
     /// A console's endpoint, `[NAME=]ADDR` (NAME defaults to `default`); repeat a name for
     /// every place that console may be (tried in turn).
-    #[arg(long, value_name = "[NAME=]ADDR", required = true, value_parser = parse_console)]
+    #[arg(long, value_name = "[NAME=]ADDR", required_unless_present = "serial_console", value_parser = parse_console)]
     console: Vec<(String, SocketAddr)>,
     /// File whose first line is the key shared with the endpoints (at least 16 bytes).
     #[arg(long, value_name = "FILE")]

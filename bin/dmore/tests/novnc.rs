@@ -29,22 +29,22 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
+use common::browser::{
+    in_kept_dir, repo_web, spawn_in, wait_listening, web_dir, Dmore, Page, WAIT,
+};
 use linux_guest::launch::{Display, Firmware, Input, LinuxOptions};
 use linux_guest::report::Report;
 use rfb::framebuffer::PIXEL_ENCODINGS;
 use rfb::Encoding;
 use scenarios::cobed::{CoBed, CoBedOptions, GatewayWeb};
 use scenarios::migrations_from_env;
-use scenarios::steady::tally::{key_presses, longest_gap, tally};
-use testbed::hosts::Host;
+use scenarios::steady::tally::{key_presses, tally};
 use testbed::qemu::{Qemu, LINUX_MEMORY_MIB};
 use testbed::viewers::Image;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::Child;
 
 /// Co-migrations while the page types (10); `DMORE_MIGRATIONS=N` sets N.
 const MIGRATIONS: usize = 10;
@@ -54,13 +54,8 @@ const MIGRATIONS: usize = 10;
 const LOSSY_MIN_PSNR: f64 = 30.0;
 /// Where websockify listens on the client host.
 const WEBSOCKIFY: &str = "127.0.0.1:6080";
-/// Bound on each wait (a guard against hanging, not a timed assertion).
-const WAIT: Duration = Duration::from_secs(120);
 /// The page types a key every this many ms.
 const PACE_MS: u64 = 15;
-
-/// One bed at a time: each runs two QEMUs, two consoles and a browser on two cores.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Which noVNC.
 #[derive(Debug, Clone, Copy)]
@@ -69,15 +64,6 @@ enum Client {
     Debian,
     /// The npm package `@novnc/novnc` (the library) in dmore's page.
     Npm,
-}
-
-/// The directory `.ci/setup` installs the npm packages into.
-fn web_dir() -> PathBuf {
-    std::env::var_os("DMORE_WEB").map_or_else(|| PathBuf::from("/opt/dmore-web"), PathBuf::from)
-}
-
-fn repo_web() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/web")
 }
 
 impl Client {
@@ -131,28 +117,6 @@ impl Client {
     }
 }
 
-/// A child process on `host`, killed on drop (the testbed sweeps what is left in its
-/// namespaces); stdin and stdout piped, or none and its stderr into `log`.
-fn spawn_in(
-    host: &Host,
-    program: &str,
-    args: &[&str],
-    log: Option<&Path>,
-) -> anyhow::Result<Child> {
-    let mut cmd = Command::from(host.command(program));
-    cmd.args(args).kill_on_drop(true);
-    match log {
-        None => cmd.stdin(Stdio::piped()).stdout(Stdio::piped()),
-        // dmore's own servers log everything they would (the token must not be in it).
-        Some(log) => cmd
-            .env("RUST_LOG", "trace")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log)?),
-    };
-    cmd.spawn().with_context(|| format!("starting {program}"))
-}
-
 /// websockify on the client host, serving `root` and relaying to the console.
 async fn websockify(bed: &CoBed, root: &Path, log: &Path) -> anyhow::Result<Child> {
     let target = bed.service().to_string();
@@ -167,127 +131,31 @@ async fn websockify(bed: &CoBed, root: &Path, log: &Path) -> anyhow::Result<Chil
     Ok(child)
 }
 
-/// Waits until `child` accepts connections on `addr` from `host`.
-async fn wait_listening(host: &Host, addr: &str, child: &mut Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + WAIT;
-    while scenarios::typist::connect_from(host, addr.parse()?)
-        .await
-        .is_err()
-    {
-        if let Some(status) = child.try_wait()? {
-            bail!("the server for {addr} exited: {status}");
-        }
-        ensure!(Instant::now() < deadline, "nothing listens on {addr}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
-/// The page in Chromium, driven by `tests/web/novnc.cjs` (one JSON request, one JSON line).
-struct Page {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Page {
-    /// Opens `url` from `host` and waits until noVNC is connected; Chromium's profile goes
-    /// to a fresh directory in `dir` (removed with it, kept with it when a test fails).
-    async fn open(host: &Host, url: &str, dir: &Path) -> anyhow::Result<Page> {
-        let script = repo_web().join("novnc.cjs");
-        let script = script.to_str().context("driver path")?;
-        let profile = tempfile::Builder::new()
-            .prefix("chromium-")
-            .tempdir_in(dir)?
-            .keep();
-        let profile = profile.to_str().context("profile path")?;
-        let mut child = spawn_in(host, "node", &[script, url, profile], None)?;
-        let stdin = child.stdin.take().context("driver stdin")?;
-        let stdout = child.stdout.take().context("driver stdout")?;
-        let mut page = Page {
-            child,
-            stdin,
-            lines: BufReader::new(stdout).lines(),
-        };
-        let ready = page.answer().await.context("opening the page")?;
-        ensure!(ready["ready"] == true, "the page did not connect: {ready}");
-        Ok(page)
-    }
-
-    async fn answer(&mut self) -> anyhow::Result<serde_json::Value> {
-        let line = tokio::time::timeout(WAIT, self.lines.next_line())
-            .await
-            .context("the driver did not answer")??
-            .context("the driver exited")?;
-        let value: serde_json::Value = serde_json::from_str(&line)?;
-        ensure!(value.get("error").is_none(), "the driver failed: {value}");
-        Ok(value)
-    }
-
-    async fn ask(&mut self, request: serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        self.stdin
-            .write_all(format!("{request}\n").as_bytes())
-            .await?;
-        self.answer().await
-    }
-
-    /// The canvas, through `file`: RGB pixels and how many were not opaque.
-    async fn canvas(&mut self, file: &Path) -> anyhow::Result<(Image, usize)> {
-        let answer = self
-            .ask(serde_json::json!({ "cmd": "canvas", "file": file }))
-            .await?;
-        let (width, height) = (dimension(&answer, "width")?, dimension(&answer, "height")?);
-        let rgba = std::fs::read(file)?;
-        ensure!(
-            rgba.len() == width * height * 4,
-            "canvas of {} bytes",
-            rgba.len()
-        );
-        let translucent = rgba.chunks_exact(4).filter(|p| p[3] != 255).count();
-        let pixels = rgba
-            .chunks_exact(4)
-            .map(|p| u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]))
-            .collect();
-        Ok((
-            Image {
-                width,
-                height,
-                pixels,
-            },
-            translucent,
-        ))
-    }
-
-    /// The longest pause between the server's messages (framebuffer updates) the page saw
-    /// within each of `windows`, edges included.
-    async fn update_gaps(
-        &mut self,
-        windows: &[(Instant, Instant)],
-    ) -> anyhow::Result<Vec<Duration>> {
-        let answer = self.ask(serde_json::json!({ "cmd": "updates" })).await?;
-        // The page's Date.now() is this machine's wall clock: map it onto Instants.
-        let (here, wall) = (Instant::now(), std::time::SystemTime::now());
-        let wall_ms = u64::try_from(wall.duration_since(std::time::UNIX_EPOCH)?.as_millis())?;
-        let times: Vec<u64> = serde_json::from_value(answer["times"].clone())
-            .with_context(|| format!("the page's update times: {}", answer["now"]))?;
-        let times: Vec<Instant> = times
-            .into_iter()
-            .map(|t| here - Duration::from_millis(wall_ms.saturating_sub(t)))
-            .collect();
-        Ok(windows
-            .iter()
-            .map(|&(from, to)| longest_gap(&times, from, to))
-            .collect())
-    }
-
-    async fn quit(mut self) -> anyhow::Result<()> {
-        self.stdin.write_all(b"{\"cmd\":\"quit\"}\n").await?;
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .context("the driver did not exit")??;
-        ensure!(status.success(), "the driver exited with {status}");
-        Ok(())
-    }
+/// The canvas, through `file`: RGB pixels and how many were not opaque.
+async fn canvas(page: &mut Page, file: &Path) -> anyhow::Result<(Image, usize)> {
+    let answer = page
+        .ask(serde_json::json!({ "cmd": "canvas", "file": file }))
+        .await?;
+    let (width, height) = (dimension(&answer, "width")?, dimension(&answer, "height")?);
+    let rgba = std::fs::read(file)?;
+    ensure!(
+        rgba.len() == width * height * 4,
+        "canvas of {} bytes",
+        rgba.len()
+    );
+    let translucent = rgba.chunks_exact(4).filter(|p| p[3] != 255).count();
+    let pixels = rgba
+        .chunks_exact(4)
+        .map(|p| u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]))
+        .collect();
+    Ok((
+        Image {
+            width,
+            height,
+            pixels,
+        },
+        translucent,
+    ))
 }
 
 fn dimension(answer: &serde_json::Value, key: &str) -> anyhow::Result<usize> {
@@ -371,7 +239,7 @@ async fn closest(
     loop {
         tries += 1;
         let screen = screendump(qemu, &dir.join("screen.ppm")).await?;
-        let (canvas, translucent) = page.canvas(&dir.join("canvas.rgba")).await?;
+        let (canvas, translucent) = canvas(page, &dir.join("canvas.rgba")).await?;
         let now = Comparison {
             differing: differing(&canvas, &screen),
             psnr: psnr(&canvas, &screen),
@@ -395,28 +263,6 @@ async fn closest(
             return best.context("no comparison");
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-}
-
-/// Runs `test` in a fresh directory, one bed at a time, and says how long it took; on failure
-/// the directory is kept and named.
-async fn in_kept_dir<F, Fut>(label: &str, test: F) -> anyhow::Result<()>
-where
-    F: FnOnce(PathBuf) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let started = Instant::now();
-    let dir = tempfile::tempdir()?;
-    match test(dir.path().to_path_buf()).await {
-        Ok(()) => {
-            println!("{label}: passed in {:?}", started.elapsed());
-            Ok(())
-        }
-        Err(e) => {
-            let kept = dir.keep();
-            Err(e.context(format!("files kept in {}", kept.display())))
-        }
     }
 }
 
@@ -452,7 +298,7 @@ async fn check(client: Client, lossy: bool, moves: usize, dir: &Path) -> anyhow:
     let (root, path) = client.site(dir, quality, compression, "websockify")?;
     let _websockify = websockify(&bed, &root, &dir.join("websockify.log")).await?;
     let url = format!("http://{WEBSOCKIFY}/{path}");
-    let mut page = Page::open(bed.testbed().client(), &url, dir).await?;
+    let mut page = Page::open("novnc.cjs", bed.testbed().client(), &url, dir).await?;
     session(
         &mut bed,
         &mut page,
@@ -671,7 +517,7 @@ async fn from_the_gateway(dir: &Path, moves: usize) -> anyhow::Result<()> {
         "the page over TLS: {}",
         web.base
     );
-    let mut page = Page::open(bed.testbed().client(), &url, dir).await?;
+    let mut page = Page::open("novnc.cjs", bed.testbed().client(), &url, dir).await?;
     session(
         &mut bed,
         &mut page,
@@ -711,32 +557,12 @@ async fn through_endpoint(dir: &Path) -> anyhow::Result<()> {
     };
     let client = bed.testbed().client().clone();
     // The gateway and the endpoint need no privilege: as root, the test runs them as nobody
-    // without capabilities (the bed's own copy of dmore, which nobody can reach), and gives
-    // nobody the files they read.
-    let as_root = nix::unistd::geteuid().is_root();
-    let unprivileged = bed.testbed().run_dir().join("dmore");
-    let unprivileged = unprivileged.to_str().context("dmore path")?;
-    let (program, prefix): (&str, Vec<&str>) = if as_root {
-        let user = [
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ];
-        ("setpriv", [&user[..], &["--", unprivileged]].concat())
-    } else {
-        (dmore, Vec::new())
-    };
-    let give = |path: &Path| -> anyhow::Result<()> {
-        if as_root {
-            std::os::unix::fs::chown(path, Some(65534), Some(65534))?;
-        }
-        Ok(())
-    };
+    // without capabilities, and gives nobody the files they read.
+    let servers = Dmore::unprivileged(&bed, dmore)?;
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let key_path = dir.join("gateway.key");
     std::fs::write(&key_path, "0123456789abcdef0123456789abcdef\n")?;
-    give(&key_path)?;
+    servers.give(&key_path)?;
     let key = key_path.to_str().context("key path")?;
     let token_path = dir.join("tokens");
     let tokens = token_path.to_str().context("token file path")?;
@@ -753,12 +579,8 @@ async fn through_endpoint(dir: &Path) -> anyhow::Result<()> {
         "--key-file",
         key,
     ];
-    let mut endpoint_child = spawn_in(
-        bed.testbed().a(),
-        program,
-        &[&prefix[..], &endpoint_args[..]].concat(),
-        Some(&dir.join("endpoint.log")),
-    )?;
+    let mut endpoint_child =
+        servers.spawn(bed.testbed().a(), &endpoint_args, &dir.join("endpoint.log"))?;
     wait_listening(&client, &endpoint.to_string(), &mut endpoint_child).await?;
     let out = client
         .command(dmore)
@@ -766,7 +588,7 @@ async fn through_endpoint(dir: &Path) -> anyhow::Result<()> {
         .args(["--console", "vm1", "--ttl", "600"])
         .output()?;
     ensure!(out.status.success(), "dmore gateway token: {out:?}");
-    give(&token_path)?;
+    servers.give(&token_path)?;
     let token = String::from_utf8(out.stdout)?
         .lines()
         .next()
@@ -791,21 +613,22 @@ async fn through_endpoint(dir: &Path) -> anyhow::Result<()> {
         &console,
     ];
     let log = dir.join("gateway.log");
-    let mut gateway = spawn_in(
-        &client,
-        program,
-        &[&prefix[..], &args[..]].concat(),
-        Some(&log),
-    )?;
+    let mut gateway = servers.spawn(&client, &args, &log)?;
     wait_listening(&client, listen, &mut gateway).await?;
-    if as_root {
+    if servers.is_nobody() {
         common::check_unprivileged("gateway", gateway.id().context("the gateway's pid")?)?;
         common::check_unprivileged(
             "endpoint",
             endpoint_child.id().context("the endpoint's pid")?,
         )?;
     }
-    let mut page = Page::open(&client, &format!("http://{listen}/{page_path}"), dir).await?;
+    let mut page = Page::open(
+        "novnc.cjs",
+        &client,
+        &format!("http://{listen}/{page_path}"),
+        dir,
+    )
+    .await?;
     session(
         &mut bed,
         &mut page,

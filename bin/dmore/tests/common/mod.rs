@@ -3,6 +3,8 @@
 // Each test binary compiles this module and uses some of it.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use anyhow::{ensure, Context as _};
 use console::control::{request, Command};
 use scenarios::cobed::CoBed;

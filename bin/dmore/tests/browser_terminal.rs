@@ -22,7 +22,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
-use common::browser::{in_kept_dir, repo_web, wait_listening, web_dir, Dmore, Page, WAIT};
+use common::browser::{
+    in_kept_dir, repo_web, type_through_moves, wait_listening, web_dir, Dmore, Page, WAIT,
+};
 use guest::GuestOptions;
 use scenarios::cobed::{CoBed, CoBedOptions};
 use scenarios::migrations_from_env;
@@ -87,33 +89,9 @@ async fn terminal(dir: &Path, moves: usize) -> anyhow::Result<()> {
         .serial_service()
         .context("the bed serves the serial lane")?;
     let servers = Dmore::unprivileged(&bed, dmore)?;
-    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let root = site(dir)?;
     // The gateway wants its stream key even when it serves no RFB console.
-    let key = dir.join("gateway.key");
-    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n")?;
-    servers.give(&key)?;
-    let tokens = dir.join("tokens");
-    let out = client
-        .command(dmore)
-        .args([
-            "gateway",
-            "token",
-            "--console",
-            "vm1",
-            "--ttl",
-            "600",
-            "--token-file",
-        ])
-        .arg(&tokens)
-        .output()?;
-    ensure!(out.status.success(), "dmore gateway token: {out:?}");
-    servers.give(&tokens)?;
-    let token = String::from_utf8(out.stdout)?
-        .lines()
-        .next()
-        .context("no token printed")?
-        .to_owned();
+    let (key, tokens, token) = servers.gateway_files(dir, dmore, "vm1")?;
     let serial_console = format!("vm1={lane}");
     let log = dir.join("gateway.log");
     let mut gateway = servers.spawn(
@@ -153,32 +131,20 @@ async fn terminal(dir: &Path, moves: usize) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    page.ask(serde_json::json!({ "cmd": "start_typing", "pace_ms": PACE_MS }))
-        .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (mut lines, mut windows) = (Vec::new(), Vec::new());
-    for n in 1..=moves {
-        let (from, to) = (bed.home(), bed.other());
-        let started = Instant::now();
-        let t = bed.migrate(false).await?;
-        windows.push((started, Instant::now()));
-        lines.push(format!(
-            "terminal migration {n} {from:?}->{to:?}: VM downtime {:?} ms, freeze->takeover {:?}",
-            t.vm_downtime_ms, t.freeze_to_takeover
-        ));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let answer = page
-        .ask(serde_json::json!({ "cmd": "stop_typing" }))
-        .await?;
+    let answer = type_through_moves(
+        &mut bed,
+        &mut page,
+        "terminal",
+        moves,
+        PACE_MS,
+        "in the guest's output",
+    )
+    .await?;
     let sent = answer["sent"]
         .as_str()
         .context("sent bytes")?
         .as_bytes()
         .to_vec();
-    for (line, gap) in lines.iter().zip(page.update_gaps(&windows).await?) {
-        println!("{line}, the terminal's longest pause in the guest's output {gap:?}");
-    }
 
     // The guest counts what it received in each numbered line: wait for the last of it.
     let want = before + u32::try_from(sent.len())?;

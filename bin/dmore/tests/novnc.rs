@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use common::browser::{
-    in_kept_dir, repo_web, spawn_in, wait_listening, web_dir, Dmore, Page, WAIT,
+    in_kept_dir, repo_web, spawn_in, type_through_moves, wait_listening, web_dir, Dmore, Page, WAIT,
 };
 use linux_guest::launch::{Display, Firmware, Input, LinuxOptions};
 use linux_guest::report::Report;
@@ -336,36 +336,15 @@ async fn session(
             .await,
     )
     .len();
-    page.ask(serde_json::json!({ "cmd": "start_typing", "pace_ms": PACE_MS }))
-        .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut lines = Vec::new();
-    let mut windows = Vec::new();
-    if moves == 0 {
-        // The pause a viewer sees with no move at all, for the moves' to be read against.
-        let started = Instant::now();
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        windows.push((started, Instant::now()));
-        lines.push(format!("{client} 6 s with no move"));
-    }
-    for n in 1..=moves {
-        let (from, to) = (bed.home(), bed.other());
-        let started = Instant::now();
-        let t = bed.migrate(false).await?;
-        windows.push((started, Instant::now()));
-        lines.push(format!(
-            "{client} migration {n} {from:?}->{to:?}: VM downtime {:?} ms, freeze->takeover {:?}",
-            t.vm_downtime_ms, t.freeze_to_takeover
-        ));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let typed = page
-        .ask(serde_json::json!({ "cmd": "stop_typing" }))
-        .await?;
-    // What the viewer saw of each move: its longest wait for the screen.
-    for (line, gap) in lines.iter().zip(page.update_gaps(&windows).await?) {
-        println!("{line}, the page's longest pause between framebuffer updates {gap:?}");
-    }
+    let typed = type_through_moves(
+        bed,
+        page,
+        client,
+        moves,
+        PACE_MS,
+        "between framebuffer updates",
+    )
+    .await?;
     let typed = typed["typed"].as_str().context("typed text")?.to_owned();
     let sent: Vec<u16> = typed
         .chars()
@@ -559,12 +538,8 @@ async fn through_endpoint(dir: &Path) -> anyhow::Result<()> {
     // The gateway and the endpoint need no privilege: as root, the test runs them as nobody
     // without capabilities, and gives nobody the files they read.
     let servers = Dmore::unprivileged(&bed, dmore)?;
-    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let key_path = dir.join("gateway.key");
-    std::fs::write(&key_path, "0123456789abcdef0123456789abcdef\n")?;
-    servers.give(&key_path)?;
+    let (key_path, token_path, token) = servers.gateway_files(dir, dmore, "vm1")?;
     let key = key_path.to_str().context("key path")?;
-    let token_path = dir.join("tokens");
     let tokens = token_path.to_str().context("token file path")?;
     let endpoint = std::net::SocketAddr::from((bed.testbed().a().ip(), 4800));
     let service = bed.service().to_string();
@@ -582,18 +557,6 @@ async fn through_endpoint(dir: &Path) -> anyhow::Result<()> {
     let mut endpoint_child =
         servers.spawn(bed.testbed().a(), &endpoint_args, &dir.join("endpoint.log"))?;
     wait_listening(&client, &endpoint.to_string(), &mut endpoint_child).await?;
-    let out = client
-        .command(dmore)
-        .args(["gateway", "token", "--token-file", tokens])
-        .args(["--console", "vm1", "--ttl", "600"])
-        .output()?;
-    ensure!(out.status.success(), "dmore gateway token: {out:?}");
-    servers.give(&token_path)?;
-    let token = String::from_utf8(out.stdout)?
-        .lines()
-        .next()
-        .context("no token printed")?
-        .to_owned();
     let ws_path = format!("websockify%3Ftoken%3D{token}");
     let (root, page_path) = Client::Npm.site(dir, 9, 0, &ws_path)?;
     let listen = "127.0.0.1:6081";

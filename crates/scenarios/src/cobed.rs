@@ -643,14 +643,7 @@ impl CoBed {
         let dir = self.testbed.run_dir();
         let tokens = dir.join("gateway.tokens");
         // The gateway's consoles are unnamed: `default`.
-        let token = run_tool(
-            "dmore gateway token",
-            std::process::Command::new(&self.options.dmore)
-                .args(["gateway", "token", "--console", "default", "--ttl", "600"])
-                .arg("--token-file")
-                .arg(&tokens),
-        )?;
-        let token = token.lines().next().unwrap_or_default().to_owned();
+        let token = issue_token(&self.options.dmore, &tokens, "default")?;
         let listen = SocketAddr::from((self.testbed.client().ip(), web.port));
         cmd.arg("--web-listen")
             .arg(listen.to_string())
@@ -1263,6 +1256,19 @@ pub fn reachable_copy(dmore: &Path, at: &Path) -> Result<PathBuf, CoBedError> {
 }
 
 /// A fresh pre-shared key for the consoles: 16 random bytes in hex.
+/// A token for `console`, good for 10 minutes, from `dmore gateway token` (the executable
+/// `dmore`), added to `token_file`.
+pub fn issue_token(dmore: &Path, token_file: &Path, console: &str) -> Result<String, CoBedError> {
+    let printed = run_tool(
+        "dmore gateway token",
+        std::process::Command::new(dmore)
+            .args(["gateway", "token", "--console", console, "--ttl", "600"])
+            .arg("--token-file")
+            .arg(token_file),
+    )?;
+    Ok(printed.lines().next().unwrap_or_default().to_owned())
+}
+
 /// Runs `cmd` to its end; its stdout if it succeeded.
 fn run_tool(tool: &'static str, cmd: &mut std::process::Command) -> Result<String, CoBedError> {
     let fail = |detail: String| CoBedError::Tool { tool, detail };

@@ -115,6 +115,25 @@ impl Dmore {
         Ok(())
     }
 
+    /// A gateway's files in `dir`, theirs to read: the key it shares with its endpoints, and
+    /// a token file with a token for `console` (issued by `dmore`); answers (key, token
+    /// file, token).
+    pub fn gateway_files(
+        &self,
+        dir: &Path,
+        dmore: &str,
+        console: &str,
+    ) -> anyhow::Result<(PathBuf, PathBuf, String)> {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let key = dir.join("gateway.key");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef\n")?;
+        self.give(&key)?;
+        let tokens = dir.join("tokens");
+        let token = scenarios::cobed::issue_token(Path::new(dmore), &tokens, console)?;
+        self.give(&tokens)?;
+        Ok((key, tokens, token))
+    }
+
     /// Whether the servers run as nobody (the test runs as root).
     pub fn is_nobody(&self) -> bool {
         self.as_root
@@ -202,6 +221,49 @@ impl Page {
         ensure!(status.success(), "the driver exited with {status}");
         Ok(())
     }
+}
+
+/// Has `page` type (a key every `pace_ms`) while `bed` co-migrates `moves` times (with none:
+/// for 6 s), then stops it; prints each move (or the 6 s) with the page's longest pause
+/// between the server's messages then, named by `label` and `pause` (what those messages
+/// are). Answers the driver's answer to `stop_typing`.
+pub async fn type_through_moves(
+    bed: &mut CoBed,
+    page: &mut Page,
+    label: &str,
+    moves: usize,
+    pace_ms: u64,
+    pause: &str,
+) -> anyhow::Result<serde_json::Value> {
+    page.ask(serde_json::json!({ "cmd": "start_typing", "pace_ms": pace_ms }))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut lines, mut windows) = (Vec::new(), Vec::new());
+    if moves == 0 {
+        // The pause a viewer sees with no move at all, for the moves' to be read against.
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        windows.push((started, Instant::now()));
+        lines.push(format!("{label} 6 s with no move"));
+    }
+    for n in 1..=moves {
+        let (from, to) = (bed.home(), bed.other());
+        let started = Instant::now();
+        let t = bed.migrate(false).await?;
+        windows.push((started, Instant::now()));
+        lines.push(format!(
+            "{label} migration {n} {from:?}->{to:?}: VM downtime {:?} ms, freeze->takeover {:?}",
+            t.vm_downtime_ms, t.freeze_to_takeover
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let stopped = page
+        .ask(serde_json::json!({ "cmd": "stop_typing" }))
+        .await?;
+    for (line, gap) in lines.iter().zip(page.update_gaps(&windows).await?) {
+        println!("{line}, the page's longest pause {pause} {gap:?}");
+    }
+    Ok(stopped)
 }
 
 /// One bed at a time: each runs two QEMUs, two consoles and a browser on two cores.

@@ -14,31 +14,23 @@
 //                                       -> {"width","height"}
 //   {"cmd":"status"}                    -> {"connected", "closes": [...], "disconnected_shown",
 //                                           "encodings": [the client's SetEncodings list]}
+//   {"cmd":"updates"}                   -> {"now": Date.now(), "times": [Date.now() at each
+//                                           message from the server (framebuffer updates)]}
+//                                           (browser.cjs)
 //   {"cmd":"quit"}
 // The first line it prints is {"ready":true,...} once connected, or {"error":...}.
 //
-// Playwright comes from the directory .ci/setup installs it into ($DMORE_WEB, default
-// /opt/dmore-web): `npm ci` there, from tests/web/package-lock.json.
+// Chromium, the page's life and the requests' loop: browser.cjs.
 'use strict';
 
-const path = require('path');
 const fs = require('fs');
-const os = require('os');
-const readline = require('readline');
-
-const web = process.env.DMORE_WEB || '/opt/dmore-web';
-const { chromium } = require(path.join(web, 'node_modules', 'playwright-core'));
-
-const url = process.argv[2];
-if (!url) {
-  console.error('usage: node novnc.cjs URL [PROFILE_DIR]');
-  process.exit(2);
-}
+const { drive, typist } = require('./browser.cjs');
 
 // Runs in the page before its own scripts: watches the WebSocket (closes, the client's first
 // bytes, to read its SetEncodings) and noVNC's status text.
 function instrument() {
-  const d = (window.__dmore = { closes: [], sent: [], sentBytes: 0, disconnectedShown: false });
+  const d = (window.__dmore = { closes: [], sent: [], sentBytes: 0, disconnectedShown: false,
+    updates: [] });
   // A native WebSocket, not a subclass: noVNC 1.3.0 checks the methods on its prototype.
   const Native = window.WebSocket;
   const send = Native.prototype.send;
@@ -54,6 +46,7 @@ function instrument() {
   const Wrapped = function (...args) {
     const ws = new Native(...args);
     ws.addEventListener('close', (e) => d.closes.push({ code: e.code, reason: e.reason }));
+    ws.addEventListener('message', () => d.updates.push(Date.now()));
     return ws;
   };
   Wrapped.prototype = Native.prototype;
@@ -102,131 +95,55 @@ function readCanvas() {
   return { width: c.width, height: c.height, rgba: btoa(s) };
 }
 
-function say(obj) {
-  process.stdout.write(JSON.stringify(obj) + '\n');
-}
+const biggestCanvas = () => {
+  const c = [...document.querySelectorAll('canvas')].sort((a, b) => b.width * b.height - a.width * a.height)[0];
+  c.focus();
+};
 
-async function main() {
-  const given = process.argv[3];
-  const profile = given || fs.mkdtempSync(path.join(os.tmpdir(), 'dmore-chromium-'));
-  if (given) fs.mkdirSync(given, { recursive: true });
-  const context = await chromium.launchPersistentContext(profile, {
-    // Larger than any guest screen: noVNC's app clips its canvas to the window.
-    viewport: { width: 1920, height: 1200 },
-    // The tests' gateways serve TLS with a certificate made for the test.
-    ignoreHTTPSErrors: true,
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--ignore-certificate-errors'],
-  });
-  const cleanup = async () => {
-    await context.close().catch(() => {});
-    if (!given) fs.rmSync(profile, { recursive: true, force: true });
-  };
-  try {
-    const page = context.pages()[0] || (await context.newPage());
-    await page.addInitScript(instrument);
-    // What the page went through, told when it does not connect.
-    const events = [];
-    const note = (what) => events.push(`${((Date.now() - opened) / 1000).toFixed(1)}s ${what}`);
-    const opened = Date.now();
-    page.on('pageerror', (e) => note(`page error: ${e.message}`));
-    page.on('console', (m) => note(`console ${m.type()}: ${m.text()}`));
-    page.on('requestfailed', (r) => note(`request failed: ${r.url()} ${r.failure() && r.failure().errorText}`));
-    page.on('response', (r) => { if (r.status() >= 400) note(`${r.status()} ${r.url()}`); });
-    page.on('websocket', (ws) => {
-      note(`websocket ${ws.url()}`);
-      ws.on('socketerror', (e) => note(`websocket error: ${e}`));
-      ws.on('close', () => note('websocket closed'));
-    });
-    await page.goto(url);
-    // Connected: noVNC's app marks <html> (our page does the same), and a framebuffer arrived.
-    try {
-      await page.waitForFunction(
-        () => document.documentElement.classList.contains('noVNC_connected') &&
-          [...document.querySelectorAll('canvas')].some((c) => c.width > 0),
-        null, { timeout: 60000 });
-    } catch (e) {
-      const shown = await page.evaluate(() => ({
-        classes: document.documentElement.className,
-        text: (document.body && document.body.innerText || '').slice(0, 300),
-        canvases: [...document.querySelectorAll('canvas')].map((c) => `${c.width}x${c.height}`),
+let typing = null;
+
+drive({
+  usage: 'node novnc.cjs URL [PROFILE_DIR]',
+  init: instrument,
+  // Connected: noVNC's app marks <html> (our page does the same), and a framebuffer arrived.
+  connected: () => document.documentElement.classList.contains('noVNC_connected') &&
+    [...document.querySelectorAll('canvas')].some((c) => c.width > 0),
+  shown: () => ({
+    classes: document.documentElement.className,
+    text: (document.body && document.body.innerText || '').slice(0, 300),
+    canvases: [...document.querySelectorAll('canvas')].map((c) => `${c.width}x${c.height}`),
+    closes: window.__dmore.closes,
+    sent_bytes: window.__dmore.sentBytes,
+  }),
+  ready: (page) => page.evaluate(biggestCanvas),
+  handlers: {
+    start_typing: async (page, req) => {
+      await page.evaluate(biggestCanvas);
+      typing = typist(page,
+        (n) => `line ${n} the quick brown fox jumps over the lazy dog 0123456789\n`,
+        req.pace_ms || 20);
+      return { ok: true };
+    },
+    stop_typing: async () => {
+      const typed = typing ? await typing.stop() : '';
+      typing = null;
+      return { typed };
+    },
+    canvas: async (page, req) => {
+      const c = await page.evaluate(readCanvas);
+      if (!c) return { error: 'no canvas' };
+      fs.writeFileSync(req.file, Buffer.from(c.rgba, 'base64'));
+      return { width: c.width, height: c.height };
+    },
+    status: async (page) => {
+      const s = await page.evaluate(() => ({
+        connected: document.documentElement.classList.contains('noVNC_connected'),
         closes: window.__dmore.closes,
-        sent_bytes: window.__dmore.sentBytes,
-      })).catch((err) => `unreadable: ${err}`);
-      throw new Error(`noVNC did not connect in 60 s: the page shows ${JSON.stringify(shown)}; ` +
-        `what happened: ${JSON.stringify(events)}`);
-    }
-    const focus = () => page.evaluate(() => {
-      const c = [...document.querySelectorAll('canvas')].sort((a, b) => b.width * b.height - a.width * a.height)[0];
-      c.focus();
-    });
-    await focus();
-    say({ ready: true, userAgent: await page.evaluate(() => navigator.userAgent) });
-
-    let typing = null;
-    let typed = '';
-    const typeLoop = async (pace) => {
-      let line = 0;
-      while (typing && !typing.stop) {
-        const text = `line ${line++} the quick brown fox jumps over the lazy dog 0123456789\n`;
-        for (const ch of text) {
-          if (typing.stop) return;
-          const key = ch === '\n' ? 'Enter' : ch === ' ' ? 'Space' : ch;
-          await page.keyboard.press(key);
-          typed += ch;
-          await new Promise((r) => setTimeout(r, pace));
-        }
-      }
-    };
-    const rl = readline.createInterface({ input: process.stdin });
-    for await (const line of rl) {
-      if (!line.trim()) continue;
-      const req = JSON.parse(line);
-      if (req.cmd === 'start_typing') {
-        await focus();
-        typed = '';
-        typing = { stop: false };
-        typing.done = typeLoop(req.pace_ms || 20);
-        say({ ok: true });
-      } else if (req.cmd === 'stop_typing') {
-        if (typing) {
-          typing.stop = true;
-          await typing.done;
-          typing = null;
-        }
-        say({ typed });
-      } else if (req.cmd === 'canvas') {
-        const c = await page.evaluate(readCanvas);
-        if (!c) say({ error: 'no canvas' });
-        else {
-          fs.writeFileSync(req.file, Buffer.from(c.rgba, 'base64'));
-          say({ width: c.width, height: c.height });
-        }
-      } else if (req.cmd === 'status') {
-        const s = await page.evaluate(() => ({
-          connected: document.documentElement.classList.contains('noVNC_connected'),
-          closes: window.__dmore.closes,
-          disconnected_shown: window.__dmore.disconnectedShown,
-          sent: window.__dmore.sent,
-        }));
-        say({ connected: s.connected, closes: s.closes, disconnected_shown: s.disconnected_shown,
-          encodings: encodingsOf(s.sent) });
-      } else if (req.cmd === 'quit') {
-        break;
-      } else {
-        say({ error: `unknown command ${req.cmd}` });
-      }
-    }
-  } catch (e) {
-    say({ error: String(e && e.stack || e) });
-    process.exitCode = 1;
-  } finally {
-    await cleanup();
-  }
-}
-
-// stdin's reader would keep the process alive after quit.
-main().then(() => process.exit());
+        disconnected_shown: window.__dmore.disconnectedShown,
+        sent: window.__dmore.sent,
+      }));
+      return { connected: s.connected, closes: s.closes, disconnected_shown: s.disconnected_shown,
+        encodings: encodingsOf(s.sent) };
+    },
+  },
+});

@@ -73,9 +73,13 @@ struct ServeArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// A console's serial lane for the browser terminal (`/serial?token=T` on --web-listen),
+    /// `[NAME=]ADDR`: the console's `--serial-listen` address, resumed there after a move.
+    #[arg(long, value_name = "[NAME=]ADDR", value_parser = parse_console, requires = "web_listen")]
+    serial_console: Vec<(String, SocketAddr)>,
     /// A console's endpoint, `[NAME=]ADDR` (NAME defaults to `default`); repeat a name for
     /// every place that console may be (tried in turn).
-    #[arg(long, value_name = "[NAME=]ADDR", required = true, value_parser = parse_console)]
+    #[arg(long, value_name = "[NAME=]ADDR", required_unless_present = "serial_console", value_parser = parse_console)]
     console: Vec<(String, SocketAddr)>,
     /// File whose first line is the key shared with the endpoints (at least 16 bytes).
     #[arg(long, value_name = "FILE")]
@@ -214,6 +218,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             index: "vnc.html".into(),
             token_file,
             consoles,
+            serial: crate::gateway_serial::lanes(&a.serial_console),
         };
         let listener = bind(listen).await?;
         tasks.spawn(async move {

@@ -8,6 +8,7 @@ mod bench_suite_cmd;
 mod console_cmd;
 mod demo_cmd;
 mod gateway_cmd;
+mod gateway_serial;
 mod libvirt_cmd;
 mod migrate_cmd;
 mod serial_cmd;

@@ -67,11 +67,6 @@ const CURSOR_CELL: usize = 9 * 16;
 /// Co-migrations per test; `DMORE_MIGRATIONS=N` sets N.
 const MIGRATIONS: usize = 10;
 
-/// The process runs as `nobody` with no effective capability.
-fn check_no_privilege(what: &str, pid: u32) -> anyhow::Result<()> {
-    common::check_runs_as_nobody(what, pid, "0000000000000000", "no capability")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_through_the_gateway_keeps_its_one_connection_through_co_migrations(
 ) -> anyhow::Result<()> {
@@ -85,21 +80,15 @@ async fn a_viewer_through_the_gateway_keeps_its_one_connection_through_co_migrat
         let started = Instant::now();
         let t = bed.migrate(false).await?;
         let (_, console) = bed.home_pids().context("home console")?;
-        check_no_privilege("console", console)?;
+        common::check_unprivileged("console", console)?;
         common::note_link_losses(&bed, n).await?;
         moves.push((n, from, to, started, Instant::now(), t));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    check_no_privilege("gateway", bed.gateway_pid().context("the gateway")?)?;
+    common::check_unprivileged("gateway", bed.gateway_pid().context("the gateway")?)?;
     // Each move's source told the gateway where the session went (no probing).
     let log = bed.gateway_log().context("the gateway's log")?;
-    let followed = log.matches("the console moved: reattaching there").count();
-    println!("the gateway followed {followed} Moved frame(s)");
-    ensure!(
-        followed == moves.len(),
-        "the gateway followed a Moved frame at each of the {} moves, not {followed}",
-        moves.len()
-    );
+    common::check_followed_moves(&log, moves.len())?;
     let count = bed.count_session(viewer, Some(capture)).await?;
     for (n, from, to, started, ended, t) in &moves {
         println!(

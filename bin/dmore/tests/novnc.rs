@@ -2,6 +2,10 @@
 //! noVNC 1.3.0 (its own app, `/usr/share/novnc/vnc.html`) and a current noVNC from npm (the
 //! library, under `tests/web/novnc.html`), each behind a stationary websockify on the client
 //! host that connects to the console's service address (transparent mode, as `dmore demo`).
+//! And through `dmore gateway` (issue 14): Debian's noVNC from a gateway-mode bed's stationary
+//! gateway over https and wss while the VM co-migrates, everything of dmore's as `nobody`
+//! without capabilities; npm's through `dmore gateway endpoint` to a stationary console.
+//! Each prints, per move, the page's longest pause between framebuffer updates.
 //!
 //! ```text
 //!  client host: Chromium (Playwright, tests/web/novnc.cjs) ─ws─> websockify 127.0.0.1:6080
@@ -22,23 +26,25 @@
 //! lines; the DevTools protocol from Rust would need a CDP client crate and its own launch
 //! and input plumbing for the same. The packages come from `.ci/setup` (`/opt/dmore-web`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
+use common::browser::{
+    in_kept_dir, repo_web, spawn_in, type_through_moves, wait_listening, web_dir, Dmore, Page, WAIT,
+};
 use linux_guest::launch::{Display, Firmware, Input, LinuxOptions};
 use linux_guest::report::Report;
 use rfb::framebuffer::PIXEL_ENCODINGS;
 use rfb::Encoding;
-use scenarios::cobed::{CoBed, CoBedOptions};
+use scenarios::cobed::{CoBed, CoBedOptions, GatewayWeb};
 use scenarios::migrations_from_env;
 use scenarios::steady::tally::{key_presses, tally};
-use testbed::hosts::Host;
 use testbed::qemu::{Qemu, LINUX_MEMORY_MIB};
 use testbed::viewers::Image;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::Child;
 
 /// Co-migrations while the page types (10); `DMORE_MIGRATIONS=N` sets N.
 const MIGRATIONS: usize = 10;
@@ -48,13 +54,8 @@ const MIGRATIONS: usize = 10;
 const LOSSY_MIN_PSNR: f64 = 30.0;
 /// Where websockify listens on the client host.
 const WEBSOCKIFY: &str = "127.0.0.1:6080";
-/// Bound on each wait (a guard against hanging, not a timed assertion).
-const WAIT: Duration = Duration::from_secs(120);
 /// The page types a key every this many ms.
 const PACE_MS: u64 = 15;
-
-/// One bed at a time: each runs two QEMUs, two consoles and a browser on two cores.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Which noVNC.
 #[derive(Debug, Clone, Copy)]
@@ -63,15 +64,6 @@ enum Client {
     Debian,
     /// The npm package `@novnc/novnc` (the library) in dmore's page.
     Npm,
-}
-
-/// The directory `.ci/setup` installs the npm packages into.
-fn web_dir() -> PathBuf {
-    std::env::var_os("DMORE_WEB").map_or_else(|| PathBuf::from("/opt/dmore-web"), PathBuf::from)
-}
-
-fn repo_web() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/web")
 }
 
 impl Client {
@@ -125,28 +117,6 @@ impl Client {
     }
 }
 
-/// A child process on `host`, killed on drop (the testbed sweeps what is left in its
-/// namespaces); stdin and stdout piped, or none and its stderr into `log`.
-fn spawn_in(
-    host: &Host,
-    program: &str,
-    args: &[&str],
-    log: Option<&Path>,
-) -> anyhow::Result<Child> {
-    let mut cmd = Command::from(host.command(program));
-    cmd.args(args).kill_on_drop(true);
-    match log {
-        None => cmd.stdin(Stdio::piped()).stdout(Stdio::piped()),
-        // dmore's own servers log everything they would (the token must not be in it).
-        Some(log) => cmd
-            .env("RUST_LOG", "trace")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log)?),
-    };
-    cmd.spawn().with_context(|| format!("starting {program}"))
-}
-
 /// websockify on the client host, serving `root` and relaying to the console.
 async fn websockify(bed: &CoBed, root: &Path, log: &Path) -> anyhow::Result<Child> {
     let target = bed.service().to_string();
@@ -161,105 +131,31 @@ async fn websockify(bed: &CoBed, root: &Path, log: &Path) -> anyhow::Result<Chil
     Ok(child)
 }
 
-/// Waits until `child` accepts connections on `addr` from `host`.
-async fn wait_listening(host: &Host, addr: &str, child: &mut Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + WAIT;
-    while scenarios::typist::connect_from(host, addr.parse()?)
-        .await
-        .is_err()
-    {
-        if let Some(status) = child.try_wait()? {
-            bail!("the server for {addr} exited: {status}");
-        }
-        ensure!(Instant::now() < deadline, "nothing listens on {addr}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
-/// The page in Chromium, driven by `tests/web/novnc.cjs` (one JSON request, one JSON line).
-struct Page {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Page {
-    /// Opens `url` from `host` and waits until noVNC is connected; Chromium's profile goes
-    /// to a fresh directory in `dir` (removed with it, kept with it when a test fails).
-    async fn open(host: &Host, url: &str, dir: &Path) -> anyhow::Result<Page> {
-        let script = repo_web().join("novnc.cjs");
-        let script = script.to_str().context("driver path")?;
-        let profile = tempfile::Builder::new()
-            .prefix("chromium-")
-            .tempdir_in(dir)?
-            .keep();
-        let profile = profile.to_str().context("profile path")?;
-        let mut child = spawn_in(host, "node", &[script, url, profile], None)?;
-        let stdin = child.stdin.take().context("driver stdin")?;
-        let stdout = child.stdout.take().context("driver stdout")?;
-        let mut page = Page {
-            child,
-            stdin,
-            lines: BufReader::new(stdout).lines(),
-        };
-        let ready = page.answer().await.context("opening the page")?;
-        ensure!(ready["ready"] == true, "the page did not connect: {ready}");
-        Ok(page)
-    }
-
-    async fn answer(&mut self) -> anyhow::Result<serde_json::Value> {
-        let line = tokio::time::timeout(WAIT, self.lines.next_line())
-            .await
-            .context("the driver did not answer")??
-            .context("the driver exited")?;
-        let value: serde_json::Value = serde_json::from_str(&line)?;
-        ensure!(value.get("error").is_none(), "the driver failed: {value}");
-        Ok(value)
-    }
-
-    async fn ask(&mut self, request: serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        self.stdin
-            .write_all(format!("{request}\n").as_bytes())
-            .await?;
-        self.answer().await
-    }
-
-    /// The canvas, through `file`: RGB pixels and how many were not opaque.
-    async fn canvas(&mut self, file: &Path) -> anyhow::Result<(Image, usize)> {
-        let answer = self
-            .ask(serde_json::json!({ "cmd": "canvas", "file": file }))
-            .await?;
-        let (width, height) = (dimension(&answer, "width")?, dimension(&answer, "height")?);
-        let rgba = std::fs::read(file)?;
-        ensure!(
-            rgba.len() == width * height * 4,
-            "canvas of {} bytes",
-            rgba.len()
-        );
-        let translucent = rgba.chunks_exact(4).filter(|p| p[3] != 255).count();
-        let pixels = rgba
-            .chunks_exact(4)
-            .map(|p| u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]))
-            .collect();
-        Ok((
-            Image {
-                width,
-                height,
-                pixels,
-            },
-            translucent,
-        ))
-    }
-
-    async fn quit(mut self) -> anyhow::Result<()> {
-        self.stdin.write_all(b"{\"cmd\":\"quit\"}\n").await?;
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .context("the driver did not exit")??;
-        ensure!(status.success(), "the driver exited with {status}");
-        Ok(())
-    }
+/// The canvas, through `file`: RGB pixels and how many were not opaque.
+async fn canvas(page: &mut Page, file: &Path) -> anyhow::Result<(Image, usize)> {
+    let answer = page
+        .ask(serde_json::json!({ "cmd": "canvas", "file": file }))
+        .await?;
+    let (width, height) = (dimension(&answer, "width")?, dimension(&answer, "height")?);
+    let rgba = std::fs::read(file)?;
+    ensure!(
+        rgba.len() == width * height * 4,
+        "canvas of {} bytes",
+        rgba.len()
+    );
+    let translucent = rgba.chunks_exact(4).filter(|p| p[3] != 255).count();
+    let pixels = rgba
+        .chunks_exact(4)
+        .map(|p| u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]))
+        .collect();
+    Ok((
+        Image {
+            width,
+            height,
+            pixels,
+        },
+        translucent,
+    ))
 }
 
 fn dimension(answer: &serde_json::Value, key: &str) -> anyhow::Result<usize> {
@@ -343,7 +239,7 @@ async fn closest(
     loop {
         tries += 1;
         let screen = screendump(qemu, &dir.join("screen.ppm")).await?;
-        let (canvas, translucent) = page.canvas(&dir.join("canvas.rgba")).await?;
+        let (canvas, translucent) = canvas(page, &dir.join("canvas.rgba")).await?;
         let now = Comparison {
             differing: differing(&canvas, &screen),
             psnr: psnr(&canvas, &screen),
@@ -376,22 +272,10 @@ async fn novnc_through_comigrations(
     lossy: bool,
     moves: usize,
 ) -> anyhow::Result<()> {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let started = Instant::now();
-    let dir = tempfile::tempdir()?;
-    match check(client, lossy, moves, dir.path()).await {
-        Ok(()) => {
-            println!(
-                "{client:?} lossy={lossy}: passed in {:?}",
-                started.elapsed()
-            );
-            Ok(())
-        }
-        Err(e) => {
-            let kept = dir.keep();
-            Err(e.context(format!("files kept in {}", kept.display())))
-        }
-    }
+    in_kept_dir(&format!("{client:?} lossy={lossy}"), |dir| async move {
+        check(client, lossy, moves, &dir).await
+    })
+    .await
 }
 
 async fn check(client: Client, lossy: bool, moves: usize, dir: &Path) -> anyhow::Result<()> {
@@ -414,7 +298,7 @@ async fn check(client: Client, lossy: bool, moves: usize, dir: &Path) -> anyhow:
     let (root, path) = client.site(dir, quality, compression, "websockify")?;
     let _websockify = websockify(&bed, &root, &dir.join("websockify.log")).await?;
     let url = format!("http://{WEBSOCKIFY}/{path}");
-    let mut page = Page::open(bed.testbed().client(), &url, dir).await?;
+    let mut page = Page::open("novnc.cjs", bed.testbed().client(), &url, dir).await?;
     session(
         &mut bed,
         &mut page,
@@ -452,24 +336,15 @@ async fn session(
             .await,
     )
     .len();
-    page.ask(serde_json::json!({ "cmd": "start_typing", "pace_ms": PACE_MS }))
-        .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    if moves == 0 {
-        tokio::time::sleep(Duration::from_secs(6)).await;
-    }
-    for n in 1..=moves {
-        let (from, to) = (bed.home(), bed.other());
-        let t = bed.migrate(false).await?;
-        println!(
-            "{client} migration {n} {from:?}->{to:?}: VM downtime {:?} ms, freeze->takeover {:?}",
-            t.vm_downtime_ms, t.freeze_to_takeover
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let typed = page
-        .ask(serde_json::json!({ "cmd": "stop_typing" }))
-        .await?;
+    let typed = type_through_moves(
+        bed,
+        page,
+        client,
+        moves,
+        PACE_MS,
+        "between framebuffer updates",
+    )
+    .await?;
     let typed = typed["typed"].as_str().context("typed text")?.to_owned();
     let sent: Vec<u16> = typed
         .chars()
@@ -586,63 +461,85 @@ async fn npm_novnc_lossy_psnr() -> anyhow::Result<()> {
     novnc_through_comigrations(Client::Npm, true, migrations_from_env(MIGRATIONS).min(2)).await
 }
 
-/// noVNC (Debian's over https and wss, then npm's over http and ws) served by `dmore gateway
-/// serve --web-listen` itself, its WebSocket relayed over a resumable stream to `dmore gateway endpoint` next to a stationary
-/// console, with a token from `dmore gateway token` (issue 14), the gateway and the endpoint
-/// running as nobody without capabilities: every key typed once, the canvas equal to QEMU's
-/// screendump, the token in no log.
+/// Debian's noVNC served by the stationary gateway of a gateway-mode bed (issue 14) over https
+/// and wss, with a token, typing while the VM co-migrates 10 times; the gateway and the
+/// consoles run as nobody without capabilities: every key once, in order, the WebSocket never
+/// closed, "disconnected" never shown, the canvas equal to QEMU's screendump after the last
+/// move; the gateway followed each move's Moved frame and logged no token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn novnc_through_the_gateway() -> anyhow::Result<()> {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let started = Instant::now();
-    let dir = tempfile::tempdir()?;
-    match through_gateway(dir.path()).await {
-        Ok(()) => {
-            println!("through the gateway: passed in {:?}", started.elapsed());
-            Ok(())
-        }
-        Err(e) => {
-            let kept = dir.keep();
-            Err(e.context(format!("files kept in {}", kept.display())))
-        }
-    }
+async fn debian_novnc_from_the_gateway_over_wss_through_comigrations() -> anyhow::Result<()> {
+    let moves = migrations_from_env(MIGRATIONS);
+    in_kept_dir("Debian from the gateway over wss", |dir| async move {
+        from_the_gateway(&dir, moves).await
+    })
+    .await
 }
 
-async fn through_gateway(dir: &Path) -> anyhow::Result<()> {
+async fn from_the_gateway(dir: &Path, moves: usize) -> anyhow::Result<()> {
+    let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
+    options.gateway = true;
+    let (root, _) = Client::Debian.site(dir, 9, 0, "")?;
+    options.gateway_web = Some(GatewayWeb {
+        port: 6080,
+        root,
+        tls: true,
+    });
+    let Some(mut bed) = CoBed::start_or_skip(options).await? else {
+        return Ok(());
+    };
+    let web = bed.gateway_web().context("the gateway's web side")?.clone();
+    let ws_path = format!("websockify%3Ftoken%3D{}", web.token);
+    let (_, page_path) = Client::Debian.site(dir, 9, 0, &ws_path)?;
+    let url = format!("{}/{page_path}", web.base);
+    ensure!(
+        url.starts_with("https://"),
+        "the page over TLS: {}",
+        web.base
+    );
+    let mut page = Page::open("novnc.cjs", bed.testbed().client(), &url, dir).await?;
+    session(
+        &mut bed,
+        &mut page,
+        "Debian from the gateway (wss)",
+        moves,
+        false,
+        dir,
+    )
+    .await?;
+    page.quit().await?;
+    common::check_unprivileged("gateway", bed.gateway_pid().context("the gateway")?)?;
+    let (_, console) = bed.home_pids().context("home console")?;
+    common::check_unprivileged("console", console)?;
+    let log = bed.gateway_log().context("the gateway's log")?;
+    common::check_followed_moves(&log, moves)?;
+    ensure!(!log.contains(&web.token), "the gateway logged the token");
+    Ok(())
+}
+
+/// npm's noVNC over http and ws, served by `dmore gateway serve --web-listen`, its WebSocket
+/// relayed over a resumable stream to `dmore gateway endpoint` next to a stationary console
+/// (the endpoint relays to the console's TCP service), with a token; the gateway and the
+/// endpoint run as nobody without capabilities: every key typed once, the canvas equal to
+/// QEMU's screendump, the token in no log (at `trace`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_novnc_through_the_gateway_endpoint() -> anyhow::Result<()> {
+    in_kept_dir("npm through the gateway endpoint", |dir| async move {
+        through_endpoint(&dir).await
+    })
+    .await
+}
+
+async fn through_endpoint(dir: &Path) -> anyhow::Result<()> {
     let dmore = env!("CARGO_BIN_EXE_dmore");
     let Some(mut bed) = CoBed::start_or_skip(CoBedOptions::new(dmore)).await? else {
         return Ok(());
     };
     let client = bed.testbed().client().clone();
     // The gateway and the endpoint need no privilege: as root, the test runs them as nobody
-    // without capabilities (the bed's own copy of dmore, which nobody can reach), and gives
-    // nobody the files they read.
-    let as_root = nix::unistd::geteuid().is_root();
-    let unprivileged = bed.testbed().run_dir().join("dmore");
-    let unprivileged = unprivileged.to_str().context("dmore path")?;
-    let (program, prefix): (&str, Vec<&str>) = if as_root {
-        let user = [
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ];
-        ("setpriv", [&user[..], &["--", unprivileged]].concat())
-    } else {
-        (dmore, Vec::new())
-    };
-    let give = |path: &Path| -> anyhow::Result<()> {
-        if as_root {
-            std::os::unix::fs::chown(path, Some(65534), Some(65534))?;
-        }
-        Ok(())
-    };
-    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let key_path = dir.join("gateway.key");
-    std::fs::write(&key_path, "0123456789abcdef0123456789abcdef\n")?;
-    give(&key_path)?;
+    // without capabilities, and gives nobody the files they read.
+    let servers = Dmore::unprivileged(&bed, dmore)?;
+    let (key_path, token_path, token) = servers.gateway_files(dir, dmore, "vm1")?;
     let key = key_path.to_str().context("key path")?;
-    let token_path = dir.join("tokens");
     let tokens = token_path.to_str().context("token file path")?;
     let endpoint = std::net::SocketAddr::from((bed.testbed().a().ip(), 4800));
     let service = bed.service().to_string();
@@ -657,105 +554,58 @@ async fn through_gateway(dir: &Path) -> anyhow::Result<()> {
         "--key-file",
         key,
     ];
-    let mut endpoint_child = spawn_in(
-        bed.testbed().a(),
-        program,
-        &[&prefix[..], &endpoint_args[..]].concat(),
-        Some(&dir.join("endpoint.log")),
-    )?;
+    let mut endpoint_child =
+        servers.spawn(bed.testbed().a(), &endpoint_args, &dir.join("endpoint.log"))?;
     wait_listening(&client, &endpoint.to_string(), &mut endpoint_child).await?;
-    let out = client
-        .command(dmore)
-        .args(["gateway", "token", "--token-file", tokens])
-        .args(["--console", "vm1", "--ttl", "600"])
-        .output()?;
-    ensure!(out.status.success(), "dmore gateway token: {out:?}");
-    give(&token_path)?;
-    let token = String::from_utf8(out.stdout)?
-        .lines()
-        .next()
-        .context("no token printed")?
-        .to_owned();
     let ws_path = format!("websockify%3Ftoken%3D{token}");
-    let (cert, cert_key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .arg("-keyout")
-        .arg(&cert_key)
-        .arg("-out")
-        .arg(&cert)
-        .output()?;
-    ensure!(made.status.success(), "openssl: {made:?}");
-    give(&cert_key)?;
-    let (cert, cert_key) = (
-        cert.to_str().context("cert path")?,
-        cert_key.to_str().context("key path")?,
-    );
-    // Debian's noVNC over https and wss (the browser told to accept the test's own
-    // certificate), npm's over http and ws.
-    for (n, which) in [Client::Debian, Client::Npm].into_iter().enumerate() {
-        let (root, page_path) = which.site(dir, 9, 0, &ws_path)?;
-        let listen = format!("127.0.0.1:{}", 6081 + n);
-        let mut args = vec![
-            "gateway",
-            "serve",
-            "--web-listen",
-            &listen,
-            "--web-root",
-            root.to_str().context("web root")?,
-            "--key-file",
-            key,
-            "--token-file",
-            tokens,
-        ];
-        let console = format!("vm1={endpoint}");
-        args.extend(["--console", &console]);
-        let tls = matches!(which, Client::Debian);
-        if tls {
-            args.extend(["--tls-cert", cert, "--tls-key", cert_key]);
-        }
-        let log = dir.join(format!("gateway-{which:?}.log"));
-        let mut gateway = spawn_in(
-            &client,
-            program,
-            &[&prefix[..], &args[..]].concat(),
-            Some(&log),
+    let (root, page_path) = Client::Npm.site(dir, 9, 0, &ws_path)?;
+    let listen = "127.0.0.1:6081";
+    let console = format!("vm1={endpoint}");
+    let args = [
+        "gateway",
+        "serve",
+        "--web-listen",
+        listen,
+        "--web-root",
+        root.to_str().context("web root")?,
+        "--key-file",
+        key,
+        "--token-file",
+        tokens,
+        "--console",
+        &console,
+    ];
+    let log = dir.join("gateway.log");
+    let mut gateway = servers.spawn(&client, &args, &log)?;
+    wait_listening(&client, listen, &mut gateway).await?;
+    if servers.is_nobody() {
+        common::check_unprivileged("gateway", gateway.id().context("the gateway's pid")?)?;
+        common::check_unprivileged(
+            "endpoint",
+            endpoint_child.id().context("the endpoint's pid")?,
         )?;
-        wait_listening(&client, &listen, &mut gateway).await?;
-        if as_root {
-            let pid = gateway.id().context("the gateway's pid")?;
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(str::trim)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            ensure!(
-                field("Uid:").starts_with("65534") && field("CapEff:") == "0000000000000000",
-                "the gateway runs as uid {:?} with capabilities {:?}",
-                field("Uid:"),
-                field("CapEff:")
-            );
-        }
-        let scheme = if tls { "https" } else { "http" };
-        let url = format!("{scheme}://{listen}/{page_path}");
-        let mut page = Page::open(&client, &url, dir).await?;
-        let label = format!("{which:?} through the gateway ({scheme})");
-        session(&mut bed, &mut page, &label, 0, false, dir).await?;
-        page.quit().await?;
     }
-    let log = std::fs::read_to_string(dir.join("gateway-Debian.log"))?
-        + &std::fs::read_to_string(dir.join("gateway-Npm.log"))?;
-    ensure!(!log.contains(&token), "a gateway logged the token");
+    let mut page = Page::open(
+        "novnc.cjs",
+        &client,
+        &format!("http://{listen}/{page_path}"),
+        dir,
+    )
+    .await?;
+    session(
+        &mut bed,
+        &mut page,
+        "npm through the gateway endpoint",
+        0,
+        false,
+        dir,
+    )
+    .await?;
+    page.quit().await?;
+    let log = std::fs::read_to_string(&log)? + &std::fs::read_to_string(dir.join("endpoint.log"))?;
+    ensure!(
+        !log.contains(&token),
+        "the gateway or the endpoint logged the token"
+    );
     Ok(())
 }

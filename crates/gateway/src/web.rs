@@ -1,19 +1,24 @@
 //! The gateway's web side (tokio), over TCP or TLS: the noVNC page's static files from a directory, and the
 //! WebSocket (`/websockify`, subprotocol `binary`, as noVNC and websockify speak it) whose
 //! binary messages carry a viewer's RFB bytes into its resumable session
-//! ([`crate::dial::serve_viewer`]), after its token is checked.
+//! ([`crate::dial::serve_viewer`]), after its token is checked; and a browser terminal's
+//! WebSocket (`/serial`), whose bytes a caller-given [`SerialService`] carries to the console's
+//! serial lane.
 //!
 //! ```text
 //!  GET /vnc.html, /core/rfb.js, ...     -> the file under the web root (read-only), or 404
 //!  GET /websockify?token=T[&console=N]  -> 403 (wrong, expired or other console's token), or
 //!                                          101 and the WebSocket ⇄ session to T's console
+//!  GET /serial?token=T[&console=N]      -> 403 alike, or 101 and the WebSocket ⇄ SerialService
 //! ```
 //!
 //! Tokens are read from the token file at each upgrade (so `dmore gateway token` needs no
 //! channel to a running gateway) and never logged: the query is never logged at all.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +37,8 @@ use crate::tokens::Tokens;
 
 /// The WebSocket's path.
 pub const WEBSOCKET_PATH: &str = "/websockify";
+/// The browser terminal's WebSocket path (a console's serial lane).
+pub const SERIAL_PATH: &str = "/serial";
 /// The WebSocket subprotocol noVNC and websockify use for RFB bytes.
 pub const SUBPROTOCOL: &str = "binary";
 /// How long a browser may take to send its request head.
@@ -50,6 +57,42 @@ pub struct Web {
     pub token_file: PathBuf,
     /// Each console's name and how to reach it.
     pub consoles: HashMap<String, Dial>,
+    /// The consoles whose serial lane the browser terminal reaches, and what carries it.
+    pub serial: Option<SerialLanes>,
+}
+
+/// What carries a browser terminal to its console's serial lane: called with the console's
+/// name and the far end of a pipe whose other end is the WebSocket's bytes; done when the
+/// pipe is.
+pub type SerialService = Arc<
+    dyn Fn(String, tokio::io::DuplexStream) -> Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The browser terminal's consoles ([`Web::serial`]).
+#[derive(Clone)]
+pub struct SerialLanes {
+    /// The consoles' names (a token for another console is refused).
+    pub consoles: HashSet<String>,
+    /// What carries the bytes.
+    pub service: SerialService,
+}
+
+impl std::fmt::Debug for SerialLanes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialLanes")
+            .field("consoles", &self.consoles)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an upgraded WebSocket goes.
+enum Target<'a> {
+    /// An RFB viewer's session.
+    Viewer(&'a Dial),
+    /// A console's serial lane.
+    Serial(&'a SerialLanes, String),
 }
 
 /// A browser's connection: TCP, or TLS over it.
@@ -125,7 +168,7 @@ async fn serve_connection<S: Conn>(mut conn: S, web: &Web) -> Result<(), WebErro
         }
     };
     match (request.method.as_str(), request.path.as_str()) {
-        ("GET", WEBSOCKET_PATH) => websocket(conn, &request, web).await,
+        ("GET", WEBSOCKET_PATH | SERIAL_PATH) => websocket(conn, &request, web).await,
         ("GET" | "HEAD", _) => static_file(conn, &request, web).await,
         _ => {
             conn.write_all(&http::empty_response("405 Method Not Allowed"))
@@ -174,7 +217,7 @@ async fn static_file<S: Conn>(mut conn: S, request: &Request, web: &Web) -> Resu
     Ok(())
 }
 
-/// The token check, the upgrade, and the viewer's session relayed.
+/// The token check, the upgrade, and the viewer's session (or the serial lane) relayed.
 async fn websocket<S: Conn>(mut conn: S, request: &Request, web: &Web) -> Result<(), WebError> {
     let offered: Vec<&str> = request
         .headers
@@ -197,7 +240,7 @@ async fn websocket<S: Conn>(mut conn: S, request: &Request, web: &Web) -> Result
             .await?;
         return Ok(());
     }
-    let Some(dial) = authorize(request, web).await else {
+    let Some(target) = authorize(request, web).await else {
         conn.write_all(&http::empty_response("403 Forbidden"))
             .await?;
         return Ok(());
@@ -215,17 +258,25 @@ async fn websocket<S: Conn>(mut conn: S, request: &Request, web: &Web) -> Result
     conn.write_all(accept.as_bytes()).await?;
     conn.flush().await?;
     let ws = WebSocketStream::from_raw_socket(conn, Role::Server, None).await;
-    let (browser, session) = tokio::io::duplex(PIPE);
-    let (pumped, served) = tokio::join!(pump(ws, browser), serve_viewer(session, dial));
-    pumped?;
-    served?;
+    let (browser, far) = tokio::io::duplex(PIPE);
+    match target {
+        Target::Viewer(dial) => {
+            let (pumped, served) = tokio::join!(pump(ws, browser), serve_viewer(far, dial));
+            pumped?;
+            served?;
+        }
+        Target::Serial(lanes, console) => {
+            let (pumped, ()) = tokio::join!(pump(ws, browser), (lanes.service)(console, far));
+            pumped?;
+        }
+    }
     Ok(())
 }
 
-/// The console the request's token opens, if it opens one. A wrong, expired or other
-/// console's token, an unreadable token file and a console this gateway does not know are
-/// refused alike.
-async fn authorize<'a>(request: &Request, web: &'a Web) -> Option<&'a Dial> {
+/// Where the request's token leads on its path, if it opens a console there. A wrong,
+/// expired or other console's token, an unreadable token file and a console this gateway does
+/// not know (or whose serial lane it does not serve) are refused alike.
+async fn authorize<'a>(request: &Request, web: &'a Web) -> Option<Target<'a>> {
     let tokens = match tokio::fs::read_to_string(&web.token_file).await {
         Ok(text) => match Tokens::parse(&text) {
             Ok(tokens) => tokens,
@@ -246,11 +297,18 @@ async fn authorize<'a>(request: &Request, web: &'a Web) -> Option<&'a Dial> {
     let console = request.query_param("console");
     match tokens.check(token, console, now) {
         Ok(grant) => {
-            let dial = web.consoles.get(&grant.console);
-            if dial.is_none() {
-                tracing::warn!(console = %grant.console, "a valid token for a console not configured here");
+            let target = if request.path == SERIAL_PATH {
+                web.serial
+                    .as_ref()
+                    .filter(|lanes| lanes.consoles.contains(&grant.console))
+                    .map(|lanes| Target::Serial(lanes, grant.console.clone()))
+            } else {
+                web.consoles.get(&grant.console).map(Target::Viewer)
+            };
+            if target.is_none() {
+                tracing::warn!(console = %grant.console, path = %request.path, "a valid token for a console not configured here");
             }
-            dial
+            target
         }
         Err(_) => {
             tracing::info!("WebSocket refused: access denied");

@@ -6,8 +6,9 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{echo, listener, PSK};
@@ -15,7 +16,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use gateway::accept::serve_sessions;
 use gateway::dial::Dial;
 use gateway::tokens::issue;
-use gateway::web::{serve_web, Web};
+use gateway::web::{serve_web, SerialLanes, Web};
 use resume::{Config, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -75,6 +76,10 @@ async fn bed_over(tls: Option<tokio_rustls::TlsAcceptor>) -> Bed {
         index: "vnc.html".into(),
         token_file,
         consoles: HashMap::from([("vm1".into(), dial.clone()), ("vm2".into(), dial)]),
+        serial: Some(SerialLanes {
+            consoles: HashSet::from(["vm1".to_owned()]),
+            service: Arc::new(|console, pipe| Box::pin(serial_echo(console, pipe))),
+        }),
     };
     let (l, addr) = listener().await;
     tokio::spawn(serve_web(l, web, tls));
@@ -85,6 +90,30 @@ async fn bed_over(tls: Option<tokio_rustls::TlsAcceptor>) -> Bed {
         vm2,
         _dir: dir,
     }
+}
+
+/// A serial lane stand-in: names the console, then echoes.
+async fn serial_echo(console: String, mut pipe: tokio::io::DuplexStream) {
+    let _ = pipe
+        .write_all(format!("serial {console}\n").as_bytes())
+        .await;
+    let (mut from, mut to) = tokio::io::split(pipe);
+    let _ = tokio::io::copy(&mut from, &mut to).await;
+}
+
+/// Opens the WebSocket at `path`, offering the `binary` subprotocol, which it must get.
+async fn open_ws(web: SocketAddr, path: &str) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    let mut request = format!("ws://{web}{path}").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "binary".parse().unwrap());
+    let tcp = TcpStream::connect(web).await.unwrap();
+    let (ws, response) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    assert_eq!(
+        response.headers().get("Sec-WebSocket-Protocol").unwrap(),
+        "binary"
+    );
+    ws
 }
 
 /// Sends `request` and returns everything the gateway answered until it closed.
@@ -176,17 +205,7 @@ async fn a_token_opens_its_console_over_the_websocket() {
         format!("/websockify?token={}", bed.vm1),
         format!("/websockify?token={}&console=vm2", bed.vm2),
     ] {
-        let url = format!("ws://{}{path}", bed.web);
-        let mut request = url.into_client_request().unwrap();
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", "binary".parse().unwrap());
-        let tcp = TcpStream::connect(bed.web).await.unwrap();
-        let (mut ws, response) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
-        assert_eq!(
-            response.headers().get("Sec-WebSocket-Protocol").unwrap(),
-            "binary"
-        );
+        let mut ws = open_ws(bed.web, &path).await;
         // 300 KB in binary messages of up to 7 KB, echoed back through the session.
         let sent: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
         for chunk in sent.chunks(7000) {
@@ -225,6 +244,34 @@ async fn wrong_expired_and_other_consoles_tokens_get_one_refusal() {
     );
     let plain = text(&raw(bed.web, &get(&format!("/websockify?token={}", bed.vm1))).await);
     assert!(plain.starts_with("HTTP/1.1 400"), "{plain}");
+}
+
+#[tokio::test]
+async fn a_token_opens_its_consoles_serial_lane_and_no_other() {
+    let bed = bed().await;
+    let mut ws = open_ws(bed.web, &format!("/serial?token={}", bed.vm1)).await;
+    assert_eq!(read_binary(&mut ws, 11).await, b"serial vm1\n");
+    let sent: Vec<u8> = (0..100_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    for chunk in sent.chunks(3000) {
+        ws.send(Message::binary(chunk.to_vec())).await.unwrap();
+    }
+    assert!(
+        read_binary(&mut ws, sent.len()).await == sent,
+        "the echo differs"
+    );
+    ws.close(None).await.unwrap();
+    // vm2 is a console here, but its serial lane is not served: refused like a wrong token.
+    for path in [
+        format!("/serial?token={}", bed.vm2),
+        format!("/serial?token={}", bed.vm1_expired),
+        format!("/serial?token={}&console=vm1", bed.vm2),
+    ] {
+        assert_eq!(
+            text(&raw(bed.web, &upgrade(&path)).await),
+            text(REFUSED),
+            "{path}"
+        );
+    }
 }
 
 /// The response head only (the connection stays open after a 101).

@@ -14,7 +14,9 @@
 //! Gateway mode ([`CoBedOptions::gateway`]): no service address and no capabilities; each
 //! console also listens for the gateway on its host's address, port [`GATEWAY_PORT`], and a
 //! stationary `dmore gateway serve` on the client host (its address, the viewers' port) knows
-//! both hosts' consoles; viewers connect to the gateway.
+//! both hosts' consoles; viewers connect to the gateway. With [`CoBedOptions::gateway_web`] it
+//! also serves browsers: a web root and the WebSocket into a console's session, opened by a
+//! token the bed issues (over https and wss with a certificate made for the bed, if asked).
 //!
 //! `migrate` runs the three steps; tests that inject faults run them one by one and use the
 //! destination's pids in between. Every QEMU and console is killed on drop, on every path (and
@@ -103,6 +105,28 @@ pub struct CoBedOptions {
     /// Gateway mode: viewers reach the consoles through a stationary `dmore gateway serve` on
     /// the client host; no service address moves and the consoles have no capabilities.
     pub gateway: bool,
+    /// Gateway mode: the gateway also serves browsers (`--web-listen`).
+    pub gateway_web: Option<GatewayWeb>,
+}
+
+/// The gateway's web side ([`CoBedOptions::gateway_web`]).
+#[derive(Debug, Clone)]
+pub struct GatewayWeb {
+    /// The port on the client host's address.
+    pub port: u16,
+    /// The page's static files (`--web-root`); the gateway's user must be able to read them.
+    pub root: PathBuf,
+    /// Serve https and wss, with a certificate `openssl` makes for the bed.
+    pub tls: bool,
+}
+
+/// Where a browser reaches the gateway's web side ([`CoBed::gateway_web`]).
+#[derive(Debug, Clone)]
+pub struct WebEntry {
+    /// `https://ADDR:PORT` or `http://ADDR:PORT`.
+    pub base: String,
+    /// A token for the bed's console (the WebSocket's `?token=`), valid for 10 minutes.
+    pub token: String,
 }
 
 /// Where the consoles listen for the gateway on their hosts in gateway mode.
@@ -131,6 +155,7 @@ impl CoBedOptions {
             ps2_trace: false,
             console_args: Vec::new(),
             gateway: false,
+            gateway_web: None,
         }
     }
 }
@@ -193,6 +218,14 @@ pub enum CoBedError {
         status: Option<ExitStatus>,
         /// The end of its stderr.
         stderr: String,
+    },
+    /// A tool the bed runs (`dmore gateway token`, `openssl`) failed.
+    #[error("{tool} failed: {detail}")]
+    Tool {
+        /// The tool.
+        tool: &'static str,
+        /// Its exit status and stderr, or why it did not start.
+        detail: String,
     },
     /// A step was called out of order.
     #[error("{0}")]
@@ -435,6 +468,8 @@ pub struct CoBed {
     service: ServiceAddr,
     /// Gateway mode: the gateway process.
     gateway: Option<ConsoleChild>,
+    /// Gateway mode with a web side: where browsers go.
+    web: Option<WebEntry>,
     testbed: Testbed,
 }
 
@@ -483,6 +518,7 @@ impl CoBed {
             generation: 0,
             service,
             gateway: None,
+            web: None,
             testbed,
         };
         let vm = bed.launch(Role::A, None).await?;
@@ -538,6 +574,11 @@ impl CoBed {
         self.gateway.as_ref().map(|g| g.child.id())
     }
 
+    /// Gateway mode with [`CoBedOptions::gateway_web`]: where browsers reach the gateway.
+    pub fn gateway_web(&self) -> Option<&WebEntry> {
+        self.web.as_ref()
+    }
+
     /// Gateway mode: what the gateway logged so far (its sessions' events at `info`).
     pub fn gateway_log(&self) -> Option<String> {
         let g = self.gateway.as_ref()?;
@@ -546,7 +587,7 @@ impl CoBed {
 
     /// Starts `dmore gateway serve` on the client host, knowing both hosts' consoles, and
     /// waits until it listens.
-    async fn spawn_gateway(&self, key: &Path) -> Result<ConsoleChild, CoBedError> {
+    async fn spawn_gateway(&mut self, key: &Path) -> Result<ConsoleChild, CoBedError> {
         let host = self.testbed.client().clone();
         let dir = host.runtime_dir().to_path_buf();
         let file = |name: &str| {
@@ -562,6 +603,9 @@ impl CoBed {
             let ip = self.testbed.host(role).ip();
             cmd.arg("--console")
                 .arg(SocketAddr::from((ip, GATEWAY_PORT)).to_string());
+        }
+        if let Some(web) = self.options.gateway_web.clone() {
+            self.web = Some(self.web_side(&web, &mut cmd)?);
         }
         let stdout = dir.join("gateway.stdout");
         cmd.env("RUST_LOG", "gateway=info")
@@ -580,7 +624,9 @@ impl CoBed {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             let said = std::fs::read_to_string(&stdout).unwrap_or_default();
-            if said.contains("listening on") {
+            // The viewers' listener, then the browsers' if any.
+            let listeners = 1 + usize::from(self.web.is_some());
+            if said.matches("listening on").count() >= listeners {
                 return Ok(gateway);
             }
             if let Ok(Some(status)) = gateway.child.try_wait() {
@@ -595,6 +641,57 @@ impl CoBed {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Issues a token and (with TLS) makes a certificate in the bed's directory, both readable
+    /// by the console user, and adds the web side's options to the gateway's `cmd`.
+    fn web_side(
+        &self,
+        web: &GatewayWeb,
+        cmd: &mut std::process::Command,
+    ) -> Result<WebEntry, CoBedError> {
+        let dir = self.testbed.run_dir();
+        let tokens = dir.join("gateway.tokens");
+        // The gateway's consoles are unnamed: `default`.
+        let token = issue_token(&self.options.dmore, &tokens, "default")?;
+        let listen = SocketAddr::from((self.testbed.client().ip(), web.port));
+        cmd.arg("--web-listen")
+            .arg(listen.to_string())
+            .arg("--web-root")
+            .arg(&web.root)
+            .arg("--token-file")
+            .arg(&tokens);
+        let mut scheme = "http";
+        if web.tls {
+            let (cert, cert_key) = (dir.join("web-cert.pem"), dir.join("web-key.pem"));
+            run_tool(
+                "openssl",
+                std::process::Command::new("openssl")
+                    .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+                    .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+                    .args(["-subj", "/CN=dmore-bed"])
+                    .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+                    .arg("-keyout")
+                    .arg(&cert_key)
+                    .arg("-out")
+                    .arg(&cert),
+            )?;
+            if let Some(user) = self.options.console_user {
+                give(&cert_key, user)?;
+            }
+            cmd.arg("--tls-cert")
+                .arg(&cert)
+                .arg("--tls-key")
+                .arg(&cert_key);
+            scheme = "https";
+        }
+        if let Some(user) = self.options.console_user {
+            give(&tokens, user)?;
+        }
+        Ok(WebEntry {
+            base: format!("{scheme}://{listen}"),
+            token,
+        })
     }
 
     /// `dmore` on `host` as the console user (with the capabilities transparent mode needs
@@ -1169,6 +1266,33 @@ pub fn reachable_copy(dmore: &Path, at: &Path) -> Result<PathBuf, CoBedError> {
 }
 
 /// A fresh pre-shared key for the consoles: 16 random bytes in hex.
+/// A token for `console`, good for 10 minutes, from `dmore gateway token` (the executable
+/// `dmore`), added to `token_file`.
+pub fn issue_token(dmore: &Path, token_file: &Path, console: &str) -> Result<String, CoBedError> {
+    let printed = run_tool(
+        "dmore gateway token",
+        std::process::Command::new(dmore)
+            .args(["gateway", "token", "--console", console, "--ttl", "600"])
+            .arg("--token-file")
+            .arg(token_file),
+    )?;
+    Ok(printed.lines().next().unwrap_or_default().to_owned())
+}
+
+/// Runs `cmd` to its end; its stdout if it succeeded.
+fn run_tool(tool: &'static str, cmd: &mut std::process::Command) -> Result<String, CoBedError> {
+    let fail = |detail: String| CoBedError::Tool { tool, detail };
+    let out = cmd.output().map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    String::from_utf8(out.stdout).map_err(|e| fail(e.to_string()))
+}
+
 fn random_key() -> std::io::Result<String> {
     use std::io::Read as _;
     let mut buf = [0u8; 16];

@@ -1,5 +1,10 @@
 //! Checks shared by the end-to-end tests.
 
+// Each test binary compiles this module and uses some of it.
+#![allow(dead_code)]
+
+pub mod browser;
+
 use anyhow::{ensure, Context as _};
 use console::control::{request, Command};
 use scenarios::cobed::CoBed;
@@ -60,5 +65,22 @@ pub fn check_one_connection(what: &str, report: &CaptureReport) -> anyhow::Resul
     );
     ensure!(report.connections.len() == 1, "one 4-tuple: {report:?}");
     ensure!((flags.syn, flags.fin, flags.rst) == (1, 0, 0), "{report:?}");
+    Ok(())
+}
+
+/// Process `pid` runs as `nobody` with no effective capability.
+pub fn check_unprivileged(what: &str, pid: u32) -> anyhow::Result<()> {
+    check_runs_as_nobody(what, pid, "0000000000000000", "no capability")
+}
+
+/// The gateway (its `log`) reattached where the source's Moved frame said at each of `moves`
+/// moves (no probing).
+pub fn check_followed_moves(log: &str, moves: usize) -> anyhow::Result<()> {
+    let followed = log.matches("the console moved: reattaching there").count();
+    println!("the gateway followed {followed} Moved frame(s)");
+    ensure!(
+        followed == moves,
+        "the gateway followed a Moved frame at each of the {moves} moves, not {followed}"
+    );
     Ok(())
 }

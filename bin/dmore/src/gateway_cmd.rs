@@ -41,7 +41,7 @@ pub struct GatewayArgs {
 enum GatewayCommand {
     /// The stationary gateway: accepts RFB/TCP viewers and browsers (noVNC over WebSocket),
     /// one resumable session per viewer.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Next to a console: accepts resumable streams and relays each to the console's port.
     Endpoint(EndpointArgs),
     /// A browser's access to one console until it expires: appends its SHA-256 to the token
@@ -51,7 +51,7 @@ enum GatewayCommand {
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("listeners").required(true).multiple(true)
-    .args(["listen", "web_listen"])))]
+    .args(["listen", "web_listen", "ssh_listen"])))]
 struct ServeArgs {
     /// TCP address RFB viewers connect to (port 0 picks one; the bound address is printed);
     /// needs exactly one console name.
@@ -75,8 +75,24 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
     /// A console's endpoint, `[NAME=]ADDR` (NAME defaults to `default`); repeat a name for
     /// every place that console may be (tried in turn).
-    #[arg(long, value_name = "[NAME=]ADDR", required = true, value_parser = parse_console)]
+    #[arg(long, value_name = "[NAME=]ADDR", required_unless_present = "ssh_listen", value_parser = parse_console)]
     console: Vec<(String, SocketAddr)>,
+    /// TCP address `ssh` clients connect to for a console's serial line: `ssh NAME@GATEWAY`,
+    /// a public key that --ssh-authorized-keys lists for NAME; the bytes go to the console's
+    /// serial lane (--serial-console) and follow it when it moves.
+    #[arg(long, value_name = "ADDR", requires_all = ["ssh_host_key", "ssh_authorized_keys", "serial_console"])]
+    ssh_listen: Option<SocketAddr>,
+    /// The gateway's SSH host key (an unencrypted OpenSSH private key file).
+    #[arg(long, value_name = "FILE")]
+    ssh_host_key: Option<PathBuf>,
+    /// Which keys open which console, one line each: `NAME KEYTYPE BASE64 [comment]` (an
+    /// `authorized_keys` line with the console's name in front); read at each login.
+    #[arg(long, value_name = "FILE")]
+    ssh_authorized_keys: Option<PathBuf>,
+    /// A console's serial lane for SSH users, `NAME=ADDR` (its `--serial-gateway-listen`);
+    /// repeat a name for every place that console may be (tried in turn).
+    #[arg(long, value_name = "NAME=ADDR", value_parser = parse_console)]
+    serial_console: Vec<(String, SocketAddr)>,
     /// File whose first line is the key shared with the endpoints (at least 16 bytes).
     #[arg(long, value_name = "FILE")]
     key_file: PathBuf,
@@ -148,7 +164,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         match args.command {
-            GatewayCommand::Serve(a) => serve(a).await,
+            GatewayCommand::Serve(a) => serve(*a).await,
             GatewayCommand::Endpoint(a) => {
                 let config = config(Role::Console, &a.key_file, a.replay_cap)?;
                 let listener = bind(a.listen).await?;
@@ -163,20 +179,42 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let stream = config(Role::Gateway, &a.key_file, a.replay_cap)?;
-    let mut consoles: HashMap<String, Dial> = HashMap::new();
-    for (name, addr) in a.console {
-        consoles
-            .entry(name)
-            .or_insert_with(|| Dial {
-                stream: stream.clone(),
-                consoles: Vec::new(),
-                max_attempts: a.max_attempts,
-                retry_after: Duration::from_millis(200),
-            })
-            .consoles
-            .push(addr);
-    }
+    let dials = |list: Vec<(String, SocketAddr)>| {
+        let mut dials: HashMap<String, Dial> = HashMap::new();
+        for (name, addr) in list {
+            dials
+                .entry(name)
+                .or_insert_with(|| Dial {
+                    stream: stream.clone(),
+                    consoles: Vec::new(),
+                    max_attempts: a.max_attempts,
+                    retry_after: Duration::from_millis(200),
+                })
+                .consoles
+                .push(addr);
+        }
+        dials
+    };
+    let consoles = dials(a.console);
+    let serial_consoles = dials(a.serial_console);
     let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(listen), Some(host_key), Some(keys)) =
+        (a.ssh_listen, &a.ssh_host_key, a.ssh_authorized_keys)
+    {
+        let config = gateway::ssh::SshConfig {
+            host_key: gateway::ssh::load_host_key(host_key)
+                .with_context(|| format!("the SSH host key {}", host_key.display()))?,
+            authorized_keys: keys,
+            consoles: serial_consoles.keys().cloned().collect(),
+        };
+        let listener = bind(listen).await?;
+        let service = serial_service(serial_consoles);
+        tasks.spawn(async move {
+            gateway::ssh::serve_ssh(listener, config, service)
+                .await
+                .context("accepting SSH clients")
+        });
+    }
     if let Some(listen) = a.listen {
         anyhow::ensure!(
             consoles.len() == 1,
@@ -226,6 +264,51 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         Some(result) => result?,
         None => Ok(()),
     }
+}
+
+/// How long an SSH user's serial session keeps trying to reach its console.
+const SERIAL_RECONNECT: Duration = Duration::from_secs(60);
+
+/// An SSH user's channel carried to its console's serial lane: the resuming serial client
+/// (`console::serial_attach`, the rule of `dmore serial attach --reconnect`), whose every
+/// connection is a resumable session of its own through the gateway's `Dial`. A session the
+/// console closes (it froze to move) is followed by a new one to wherever the console serves
+/// next; the header it sends says what to skip and what to type again.
+fn serial_service(dials: HashMap<String, Dial>) -> gateway::ssh::SerialService {
+    let dials = std::sync::Arc::new(dials);
+    std::sync::Arc::new(move |name: String, channel| {
+        let dials = std::sync::Arc::clone(&dials);
+        Box::pin(async move {
+            let Some(dial) = dials.get(&name).cloned() else {
+                return;
+            };
+            let dial = std::sync::Arc::new(dial);
+            let connect = || {
+                let dial = std::sync::Arc::clone(&dial);
+                async move {
+                    let (ours, theirs) = tokio::io::duplex(64 << 10);
+                    tokio::spawn(async move {
+                        if let Err(e) = gateway::dial::serve_viewer(theirs, &dial).await {
+                            tracing::info!(error = %e, "serial session through the gateway ended");
+                        }
+                    });
+                    Ok::<_, std::io::Error>(ours)
+                }
+            };
+            let (input, output) = tokio::io::split(channel);
+            match console::serial_attach::attach_with(
+                connect,
+                input,
+                output,
+                Some(SERIAL_RECONNECT),
+            )
+            .await
+            {
+                Ok(report) => tracing::info!(console = name, ?report, "SSH serial session ended"),
+                Err(e) => tracing::warn!(console = name, error = %e, "SSH serial session failed"),
+            }
+        })
+    })
 }
 
 fn token(a: &TokenArgs) -> anyhow::Result<()> {

@@ -115,6 +115,12 @@ impl std::fmt::Debug for SshConfig {
     }
 }
 
+/// The gateway's host key from an OpenSSH private key file (unencrypted, e.g. made by
+/// `ssh-keygen -t ed25519 -N '' -f FILE`).
+pub fn load_host_key(path: &std::path::Path) -> Result<PrivateKey, russh::keys::Error> {
+    russh::keys::load_secret_key(path, None)
+}
+
 /// Serves SSH clients on `listener` until it fails.
 pub async fn serve_ssh(
     listener: TcpListener,

@@ -29,6 +29,14 @@ Browsers (noVNC): name the console, serve the page and the WebSocket, hand out a
   # prints the token and the page's URL (path and query) to open on the gateway;
   # with --tls-cert FILE --tls-key FILE the page and its WebSocket are https and wss
 
+A console's serial line over SSH (the console with --serial-gateway-listen 10.0.0.2:4801):
+  ssh-keygen -t ed25519 -N '' -f /etc/dmore/ssh_host_key
+  echo \"vm1 $(cat ~alice/.ssh/id_ed25519.pub)\" >> /etc/dmore/ssh_keys
+  dmore gateway serve --ssh-listen 0.0.0.0:2222 --ssh-host-key /etc/dmore/ssh_host_key \\
+      --ssh-authorized-keys /etc/dmore/ssh_keys --serial-console vm1=10.0.0.2:4801 \\
+      --key-file /etc/dmore/gateway.key
+  ssh -t -p 2222 vm1@gateway-host      # alice's key; the session survives the VM's moves
+
 The link between gateway and endpoint may break: the gateway reconnects (to the next --console
 address in turn) and the stream resumes where it was, no byte lost or repeated. Not yet: the
 console serving streams itself and carrying them when it moves, TLS for native viewers.")]

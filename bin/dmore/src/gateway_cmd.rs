@@ -276,6 +276,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
 
 /// How long an SSH user's serial session keeps trying to reach its console.
 const SERIAL_RECONNECT: Duration = Duration::from_secs(60);
+/// Failed attempts after which one resumable session of a serial line is given up (~1 s):
+/// one whose console moved without closing it (its Close lost) is then replaced by a new one
+/// instead of being retried for --max-attempts.
+const SERIAL_ATTEMPTS: u32 = 6;
 
 /// An SSH user's channel carried to its console's serial lane: the resuming serial client
 /// (`console::serial_attach`, the rule of `dmore serial attach --reconnect`), whose every
@@ -287,10 +291,15 @@ fn serial_service(dials: HashMap<String, Dial>) -> gateway::ssh::SerialService {
     std::sync::Arc::new(move |name: String, channel| {
         let dials = std::sync::Arc::clone(&dials);
         Box::pin(async move {
-            let Some(dial) = dials.get(&name).cloned() else {
+            let Some(dial) = dials.get(&name) else {
                 return;
             };
-            let dial = std::sync::Arc::new(dial);
+            // A session is given up soon: the next one is as good (the header resumes it).
+            let dial = std::sync::Arc::new(Dial {
+                max_attempts: SERIAL_ATTEMPTS,
+                retry_after: Duration::from_millis(100),
+                ..dial.clone()
+            });
             let connect = || {
                 let dial = std::sync::Arc::clone(&dial);
                 async move {

@@ -11,8 +11,9 @@
 //!   echoes equal to what was typed);
 //! - the output `ssh` printed is what the guest wrote: numbered lines with no gap, repeat or
 //!   garbled byte, echoes in between;
-//! - the one `ssh` process and its connection lasted the whole run (one SSH session on the
-//!   gateway);
+//! - the one `ssh` process and its connection lasted the whole run: one SSH session on the
+//!   gateway, SYN 1, FIN 0, RST 0 on the connection (captured on the client host's `lo`);
+//! - the consoles and the gateway run as `nobody` with no capability;
 //! - a key not listed, and the right key for another console, are refused alike.
 //!
 //! And the baseline on the same guest: a client on QEMU's own chardev socket loses its
@@ -23,10 +24,11 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
 use linux_guest::launch::LinuxOptions;
-use scenarios::cobed::{CoBed, CoBedOptions, CONSOLE_NAME};
+use scenarios::cobed::{CoBed, CoBedOptions, CONSOLE_NAME, SSH_PORT};
 use scenarios::migrations_from_env;
 use scenarios::serial::{SerialClient, LINE_MS};
 
+mod common;
 mod serial_baseline;
 
 /// Bound on the wait for the guest to count every typed byte (a guard, not a timing).
@@ -94,6 +96,12 @@ async fn ssh_through_the_gateway_types_into_the_linux_guests_serial_console_acro
         "both refusals read alike"
     );
 
+    let client_host = bed.testbed().client().clone();
+    let client_ip = client_host.ip();
+    let capture = tokio::task::spawn_blocking(move || {
+        testbed::capture::Capture::start_on(&client_host, "lo", "ssh", client_ip, Some(SSH_PORT))
+    })
+    .await??;
     let mut ssh = tokio::process::Command::from(bed.ssh_client(CONSOLE_NAME, &key));
     ssh.stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -118,6 +126,9 @@ async fn ssh_through_the_gateway_types_into_the_linux_guests_serial_console_acro
     for n in 1..=moves {
         let (from, to) = (bed.home(), bed.other());
         let t = bed.migrate(false).await?;
+        let (_, console) = bed.home_pids().context("home console")?;
+        common::check_runs_as_nobody("console", console, "0000000000000000", "no capability")?;
+        common::note_link_losses(&bed, n).await?;
         let s = client.stream();
         println!(
             "move {n} {from:?}->{to:?}: VM downtime {:?} ms; ssh has {} lines, guest counted {:?} of {} typed",
@@ -128,6 +139,10 @@ async fn ssh_through_the_gateway_types_into_the_linux_guests_serial_console_acro
         );
         tokio::time::sleep(BETWEEN).await;
     }
+    let gateway = bed.gateway_pid().context("the gateway")?;
+    common::check_runs_as_nobody("gateway", gateway, "0000000000000000", "no capability")?;
+    // Before ssh is stopped (its end would be a FIN).
+    let connection = tokio::task::spawn_blocking(move || capture.finish()).await??;
     let (typed, output, report) = client.finish(WAIT, |n| n).await;
     let s = scenarios::serial::parse(&output);
     let log = bed.gateway_log().context("the gateway's log")?;
@@ -162,6 +177,7 @@ async fn ssh_through_the_gateway_types_into_the_linux_guests_serial_console_acro
     };
     ensure!(report.connections == 1, "one ssh connection: {report:?}");
     ensure!(ssh_sessions == 1, "one SSH session on the gateway");
+    common::check_one_connection("ssh-gateway capture", &connection)?;
     ensure!(
         s.missing_lines() == 0 && s.repeated_lines() == 0 && s.garbled == 0,
         "output lost, doubled or garbled"

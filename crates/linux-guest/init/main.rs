@@ -10,7 +10,9 @@
 //!
 //! With `dmore.uart=<ms>` it also serves COM2 (`/dev/ttyS1`, raw) as the tiny guest serves
 //! its COM2: every byte received is counted and echoed back, and every `<ms>` a numbered line
-//! `#<line:08x> <received:08x>\n` goes out (parsed by `scenarios::serial::parse`).
+//! `#<line:08x> <received:08x>\n` goes out (parsed by `scenarios::serial::parse`), from the
+//! first byte received on: so a client that types first sees every line from 0 (QEMU drops
+//! what the guest writes before anyone is connected to its chardev).
 
 use std::ffi::{c_char, c_int, c_long, c_short, c_ulong, c_void, CString};
 use std::fs::{File, OpenOptions};
@@ -185,7 +187,8 @@ struct SerialConsole {
     received: u32,
     line: u32,
     period: Duration,
-    due: Instant,
+    /// The next numbered line; none before the first byte received.
+    due: Option<Instant>,
 }
 
 impl SerialConsole {
@@ -207,7 +210,7 @@ impl SerialConsole {
             received: 0,
             line: 0,
             period: Duration::from_millis(ms.max(1)),
-            due: Instant::now(),
+            due: None,
         }
     }
 
@@ -232,20 +235,24 @@ impl SerialConsole {
                 return;
             }
             self.received = self.received.wrapping_add(n as u32);
+            self.due.get_or_insert_with(Instant::now);
             let echo = buf.get(..n).unwrap_or_default().to_vec();
             self.write(&echo);
         }
     }
 
-    /// The numbered line, if due; when the next one is.
+    /// The numbered line, if due; when the next one is (none yet: a second from now).
     fn tick(&mut self, now: Instant) -> Instant {
-        if now >= self.due {
+        let Some(due) = self.due else {
+            return now + Duration::from_secs(1);
+        };
+        if now >= due {
             let line = format!("#{:08x} {:08x}\n", self.line, self.received);
             self.line = self.line.wrapping_add(1);
             self.write(line.as_bytes());
-            self.due = (self.due + self.period).max(now);
+            self.due = Some((due + self.period).max(now));
         }
-        self.due
+        self.due.unwrap_or(now)
     }
 }
 

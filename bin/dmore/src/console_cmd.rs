@@ -124,6 +124,10 @@ pub struct ConsoleArgs {
     /// --reconnect HOST:PORT`).
     #[arg(long, value_name = "ADDR", requires = "serial_socket")]
     serial_listen: Option<SocketAddr>,
+    /// Gateway mode: serial viewers through `dmore gateway serve --ssh-listen` arrive as
+    /// resumable streams on this TCP address (with the key of --gateway-psk-file).
+    #[arg(long, value_name = "ADDR", requires_all = ["serial_socket", "gateway_psk_file"])]
+    serial_gateway_listen: Option<SocketAddr>,
     /// Serial output kept and moved with the console, for viewers that attach later
     /// (bytes, or with a KiB/MiB suffix).
     #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
@@ -209,6 +213,13 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
         }),
         None => None,
     };
+    let gateway = match (args.gateway_listen, &args.gateway_psk_file) {
+        (Some(listen), Some(path)) => Some(GatewayConfig {
+            listen,
+            psk: read_password(path)?.0,
+        }),
+        _ => None,
+    };
     let config = ConsoleConfig {
         link,
         listen: args.listen,
@@ -231,14 +242,15 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
                 attach: args.serial_attach,
                 listen: args.serial_listen,
                 scrollback: args.serial_scrollback,
+                gateway: args
+                    .serial_gateway_listen
+                    .zip(gateway.as_ref())
+                    .map(|(listen, g)| GatewayConfig {
+                        listen,
+                        psk: g.psk.clone(),
+                    }),
             }),
-        gateway: match (args.gateway_listen, &args.gateway_psk_file) {
-            (Some(listen), Some(path)) => Some(GatewayConfig {
-                listen,
-                psk: read_password(path)?.0,
-            }),
-            _ => None,
-        },
+        gateway,
     };
     // One thread: a key crosses reader → hub → link tasks, and on a multi-thread runtime each
     // hop can wake a parked worker (~25-37 µs each on this 2-core machine, against ~9-20 µs

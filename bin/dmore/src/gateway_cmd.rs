@@ -29,6 +29,14 @@ Browsers (noVNC): name the console, serve the page and the WebSocket, hand out a
   # prints the token and the page's URL (path and query) to open on the gateway;
   # with --tls-cert FILE --tls-key FILE the page and its WebSocket are https and wss
 
+A console's serial line over SSH (the console with --serial-gateway-listen 10.0.0.2:4801):
+  ssh-keygen -t ed25519 -N '' -f /etc/dmore/ssh_host_key
+  echo \"vm1 $(cat ~alice/.ssh/id_ed25519.pub)\" >> /etc/dmore/ssh_keys
+  dmore gateway serve --ssh-listen 0.0.0.0:2222 --ssh-host-key /etc/dmore/ssh_host_key \\
+      --ssh-authorized-keys /etc/dmore/ssh_keys --serial-console vm1=10.0.0.2:4801 \\
+      --key-file /etc/dmore/gateway.key
+  ssh -t -p 2222 vm1@gateway-host      # alice's key; the session survives the VM's moves
+
 The link between gateway and endpoint may break: the gateway reconnects (to the next --console
 address in turn) and the stream resumes where it was, no byte lost or repeated. Not yet: the
 console serving streams itself and carrying them when it moves, TLS for native viewers.")]
@@ -41,7 +49,7 @@ pub struct GatewayArgs {
 enum GatewayCommand {
     /// The stationary gateway: accepts RFB/TCP viewers and browsers (noVNC over WebSocket),
     /// one resumable session per viewer.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Next to a console: accepts resumable streams and relays each to the console's port.
     Endpoint(EndpointArgs),
     /// A browser's access to one console until it expires: appends its SHA-256 to the token
@@ -51,7 +59,7 @@ enum GatewayCommand {
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("listeners").required(true).multiple(true)
-    .args(["listen", "web_listen"])))]
+    .args(["listen", "web_listen", "ssh_listen"])))]
 struct ServeArgs {
     /// TCP address RFB viewers connect to (port 0 picks one; the bound address is printed);
     /// needs exactly one console name.
@@ -73,14 +81,27 @@ struct ServeArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// A console's serial lane for the browser terminal (`/serial?token=T` on --web-listen),
-    /// `[NAME=]ADDR`: the console's `--serial-listen` address, resumed there after a move.
-    #[arg(long, value_name = "[NAME=]ADDR", value_parser = parse_console, requires = "web_listen")]
-    serial_console: Vec<(String, SocketAddr)>,
     /// A console's endpoint, `[NAME=]ADDR` (NAME defaults to `default`); repeat a name for
     /// every place that console may be (tried in turn).
     #[arg(long, value_name = "[NAME=]ADDR", required_unless_present = "serial_console", value_parser = parse_console)]
     console: Vec<(String, SocketAddr)>,
+    /// TCP address `ssh` clients connect to for a console's serial line: `ssh NAME@GATEWAY`,
+    /// a public key that --ssh-authorized-keys lists for NAME; the bytes go to the console's
+    /// serial lane (--serial-console) and follow it when it moves.
+    #[arg(long, value_name = "ADDR", requires_all = ["ssh_host_key", "ssh_authorized_keys", "serial_console"])]
+    ssh_listen: Option<SocketAddr>,
+    /// The gateway's SSH host key (an unencrypted OpenSSH private key file).
+    #[arg(long, value_name = "FILE")]
+    ssh_host_key: Option<PathBuf>,
+    /// Which keys open which console, one line each: `NAME KEYTYPE BASE64 [comment]` (an
+    /// `authorized_keys` line with the console's name in front); read at each login.
+    #[arg(long, value_name = "FILE")]
+    ssh_authorized_keys: Option<PathBuf>,
+    /// A console's serial lane, `NAME=ADDR` (its `--serial-gateway-listen`), for SSH users
+    /// (--ssh-listen) and the browser terminal (`/serial?token=T` on --web-listen); repeat a
+    /// name for every place that console may be (tried in turn).
+    #[arg(long, value_name = "NAME=ADDR", value_parser = parse_console)]
+    serial_console: Vec<(String, SocketAddr)>,
     /// File whose first line is the key shared with the endpoints (at least 16 bytes).
     #[arg(long, value_name = "FILE")]
     key_file: PathBuf,
@@ -152,7 +173,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         match args.command {
-            GatewayCommand::Serve(a) => serve(a).await,
+            GatewayCommand::Serve(a) => serve(*a).await,
             GatewayCommand::Endpoint(a) => {
                 let config = config(Role::Console, &a.key_file, a.replay_cap)?;
                 let listener = bind(a.listen).await?;
@@ -167,20 +188,42 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let stream = config(Role::Gateway, &a.key_file, a.replay_cap)?;
-    let mut consoles: HashMap<String, Dial> = HashMap::new();
-    for (name, addr) in a.console {
-        consoles
-            .entry(name)
-            .or_insert_with(|| Dial {
-                stream: stream.clone(),
-                consoles: Vec::new(),
-                max_attempts: a.max_attempts,
-                retry_after: Duration::from_millis(200),
-            })
-            .consoles
-            .push(addr);
-    }
+    let dials = |list: Vec<(String, SocketAddr)>| {
+        let mut dials: HashMap<String, Dial> = HashMap::new();
+        for (name, addr) in list {
+            dials
+                .entry(name)
+                .or_insert_with(|| Dial {
+                    stream: stream.clone(),
+                    consoles: Vec::new(),
+                    max_attempts: a.max_attempts,
+                    retry_after: Duration::from_millis(200),
+                })
+                .consoles
+                .push(addr);
+        }
+        dials
+    };
+    let consoles = dials(a.console);
+    let serial_consoles = dials(a.serial_console);
     let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(listen), Some(host_key), Some(keys)) =
+        (a.ssh_listen, &a.ssh_host_key, a.ssh_authorized_keys)
+    {
+        let config = gateway::ssh::SshConfig {
+            host_key: gateway::ssh::load_host_key(host_key)
+                .with_context(|| format!("the SSH host key {}", host_key.display()))?,
+            authorized_keys: keys,
+            consoles: serial_consoles.keys().cloned().collect(),
+        };
+        let listener = bind(listen).await?;
+        let service = crate::gateway_serial::service(serial_consoles.clone());
+        tasks.spawn(async move {
+            gateway::ssh::serve_ssh(listener, config, service)
+                .await
+                .context("accepting SSH clients")
+        });
+    }
     if let Some(listen) = a.listen {
         anyhow::ensure!(
             consoles.len() == 1,
@@ -218,7 +261,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             index: "vnc.html".into(),
             token_file,
             consoles,
-            serial: crate::gateway_serial::lanes(&a.serial_console),
+            serial: (!serial_consoles.is_empty()).then(|| gateway::web::SerialLanes {
+                consoles: serial_consoles.keys().cloned().collect(),
+                service: crate::gateway_serial::service(serial_consoles.clone()),
+            }),
         };
         let listener = bind(listen).await?;
         tasks.spawn(async move {

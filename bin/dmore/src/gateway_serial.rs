@@ -1,41 +1,64 @@
-//! The gateway's browser terminal (`dmore gateway serve --serial-console NAME=ADDR`): a
-//! terminal's bytes carried to a console's serial lane by the serial lane's own resuming
-//! client ([`console::serial_attach`]), which reconnects when the console moves and resumes
-//! with no byte lost or repeated either way.
+//! The gateway's serial consoles (`dmore gateway serve --serial-console NAME=ADDR`): an SSH
+//! user's channel or a browser terminal's WebSocket carried to the console's serial lane by
+//! the serial lane's resuming client ([`console::serial_attach`], the rule of `dmore serial
+//! attach --reconnect`), each of whose connections is a resumable session of its own through
+//! the gateway's [`Dial`]. A session the console closes (it froze to move) is followed by a
+//! new one to wherever the console serves next; the header the client sends says what to
+//! skip and what to type again, so no byte is lost or repeated either way.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use console::serial_attach::{attach, Target};
-use gateway::web::{SerialLanes, SerialService};
+use gateway::dial::Dial;
+use gateway::serial::SerialService;
 
-/// How long the gateway keeps trying to reach a console's serial lane again after losing it
-/// (a move takes well under a second; a console that stays away longer ends the terminal).
-const RECONNECT: Duration = Duration::from_secs(30);
+/// How long a user's serial session keeps trying to reach its console.
+const SERIAL_RECONNECT: Duration = Duration::from_secs(60);
+/// Failed attempts after which one resumable session of a serial line is given up (~1 s):
+/// one whose console moved without closing it (its Close lost) is then replaced by a new one
+/// instead of being retried for --max-attempts.
+const SERIAL_ATTEMPTS: u32 = 6;
 
-/// The browser terminal's lanes: each console's `--serial-listen` address (where it moves
-/// with the VM, or one the console keeps reachable).
-pub(crate) fn lanes(serial_consoles: &[(String, SocketAddr)]) -> Option<SerialLanes> {
-    if serial_consoles.is_empty() {
-        return None;
-    }
-    let addrs: Arc<HashMap<String, SocketAddr>> =
-        Arc::new(serial_consoles.iter().cloned().collect());
-    let consoles = addrs.keys().cloned().collect();
-    let service: SerialService = Arc::new(move |console, pipe| {
-        let addrs = addrs.clone();
+/// The service that carries users to the consoles `dials` reach (by console name).
+pub(crate) fn service(dials: HashMap<String, Dial>) -> SerialService {
+    let dials = Arc::new(dials);
+    Arc::new(move |name: String, pipe| {
+        let dials = Arc::clone(&dials);
         Box::pin(async move {
-            let Some(addr) = addrs.get(&console).copied() else {
+            let Some(dial) = dials.get(&name) else {
                 return;
             };
+            // A session is given up soon: the next one is as good (the header resumes it).
+            let dial = Arc::new(Dial {
+                max_attempts: SERIAL_ATTEMPTS,
+                retry_after: Duration::from_millis(100),
+                ..dial.clone()
+            });
+            let connect = || {
+                let dial = Arc::clone(&dial);
+                async move {
+                    let (ours, theirs) = tokio::io::duplex(64 << 10);
+                    tokio::spawn(async move {
+                        if let Err(e) = gateway::dial::serve_viewer(theirs, &dial).await {
+                            tracing::info!(error = %e, "serial session through the gateway ended");
+                        }
+                    });
+                    Ok::<_, std::io::Error>(ours)
+                }
+            };
             let (input, output) = tokio::io::split(pipe);
-            match attach(&Target::Tcp(addr), input, output, Some(RECONNECT)).await {
-                Ok(report) => tracing::info!(%console, ?report, "browser terminal ended"),
-                Err(e) => tracing::warn!(%console, error = %e, "browser terminal failed"),
+            match console::serial_attach::attach_with(
+                connect,
+                input,
+                output,
+                Some(SERIAL_RECONNECT),
+            )
+            .await
+            {
+                Ok(report) => tracing::info!(console = name, ?report, "serial session ended"),
+                Err(e) => tracing::warn!(console = name, error = %e, "serial session failed"),
             }
         })
-    });
-    Some(SerialLanes { consoles, service })
+    })
 }

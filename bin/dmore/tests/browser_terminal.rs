@@ -1,11 +1,12 @@
 //! The serial console in a browser terminal through co-migrations (issue 19): xterm.js
-//! (`tests/web/terminal.html`, from npm) in headless Chromium, served by `dmore gateway serve`
-//! with a token, its WebSocket (`/serial`) carried by the gateway to the console's serial lane
-//! (`--serial-console`: the lane's resuming client, which follows the console when it moves).
-//! The gateway runs as nobody without capabilities.
+//! (`tests/web/terminal.html`, from npm) in headless Chromium, served by the bed's stationary
+//! `dmore gateway serve` (gateway mode, run as nobody without capabilities) with a token for
+//! the serial console; its WebSocket (`/serial`) is carried to the console's serial lane
+//! (`--serial-console`, the console's `--serial-gateway-listen`) by the lane's resuming
+//! client over resumable sessions, as SSH users' channels are (`ssh_serial`).
 //!
 //! ```text
-//!  client host: Chromium ─ws─> dmore gateway 127.0.0.1:6082 ─serial lane (resumed)─> SERVICE:5901
+//!  client host: Chromium ─ws─> dmore gateway CLIENT:6082 ─resumable sessions─> A/B:4801
 //!  A ⇄ B: the tiny guest (COM2: echoes and counts what it receives, a numbered line every
 //!         20 ms) and its console, co-migrated 10 times while the page types
 //! ```
@@ -22,11 +23,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
-use common::browser::{
-    in_kept_dir, repo_web, type_through_moves, wait_listening, web_dir, Dmore, Page, WAIT,
-};
+use common::browser::{in_kept_dir, repo_web, type_through_moves, web_dir, Page, WAIT};
 use guest::GuestOptions;
-use scenarios::cobed::{CoBed, CoBedOptions};
+use scenarios::cobed::{CoBed, CoBedOptions, GatewayWeb};
 use scenarios::migrations_from_env;
 use scenarios::serial::{parse, GuestStream, LINE_MS};
 
@@ -34,8 +33,8 @@ use scenarios::serial::{parse, GuestStream, LINE_MS};
 const MIGRATIONS: usize = 10;
 /// The page types a key every this many ms.
 const PACE_MS: u64 = 15;
-/// Where the gateway serves browsers on the client host.
-const WEB: &str = "127.0.0.1:6082";
+/// Where the gateway serves browsers on the client host's address.
+const WEB_PORT: u16 = 6082;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_terminal_through_co_migrations() -> anyhow::Result<()> {
@@ -56,6 +55,13 @@ fn site(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     );
     let root = dir.join("www");
     std::fs::create_dir_all(&root)?;
+    // The gateway's user (nobody, when the test runs as root) reads it.
+    for readable in [dir, &root] {
+        std::fs::set_permissions(
+            readable,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+    }
     std::os::unix::fs::symlink(&xterm, root.join("xterm"))?;
     std::fs::copy(repo_web().join("terminal.html"), root.join("terminal.html"))?;
     Ok(root)
@@ -74,50 +80,31 @@ async fn shown(page: &mut Page) -> anyhow::Result<GuestStream> {
 }
 
 async fn terminal(dir: &Path, moves: usize) -> anyhow::Result<()> {
-    let dmore = env!("CARGO_BIN_EXE_dmore");
-    let mut options = CoBedOptions::new(dmore);
+    let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
     options.guest = GuestOptions {
         uart_ms: LINE_MS,
         ..GuestOptions::default()
     };
-    options.serial_port = Some(5901);
+    // Gateway mode: the consoles take the gateway's serial sessions on this port, the ones
+    // SSH users get too (`ssh_serial`); the gateway serves the terminal's page and `/serial`.
+    options.gateway = true;
+    options.ssh = true;
+    options.serial_port = Some(4801);
+    options.gateway_web = Some(GatewayWeb {
+        port: WEB_PORT,
+        root: site(dir)?,
+        tls: false,
+    });
     let Some(mut bed) = CoBed::start_or_skip(options).await? else {
         return Ok(());
     };
-    let client = bed.testbed().client().clone();
-    let lane = bed
-        .serial_service()
-        .context("the bed serves the serial lane")?;
-    let servers = Dmore::unprivileged(&bed, dmore)?;
-    let root = site(dir)?;
-    // The gateway wants its stream key even when it serves no RFB console.
-    let (key, tokens, token) = servers.gateway_files(dir, dmore, "vm1")?;
-    let serial_console = format!("vm1={lane}");
-    let log = dir.join("gateway.log");
-    let mut gateway = servers.spawn(
-        &client,
-        &[
-            "gateway",
-            "serve",
-            "--web-listen",
-            WEB,
-            "--web-root",
-            root.to_str().context("web root")?,
-            "--token-file",
-            tokens.to_str().context("token file")?,
-            "--key-file",
-            key.to_str().context("key file")?,
-            "--serial-console",
-            &serial_console,
-        ],
-        &log,
-    )?;
-    wait_listening(&client, WEB, &mut gateway).await?;
-    if servers.is_nobody() {
-        common::check_unprivileged("gateway", gateway.id().context("the gateway's pid")?)?;
+    if nix::unistd::geteuid().is_root() {
+        common::check_unprivileged("gateway", bed.gateway_pid().context("the gateway")?)?;
     }
-
-    let url = format!("http://{WEB}/terminal.html?path=serial%3Ftoken%3D{token}");
+    let web = bed.gateway_web().context("the gateway's web side")?.clone();
+    let token = web.serial_token.context("a token for the serial console")?;
+    let client = bed.testbed().client().clone();
+    let url = format!("{}/terminal.html?path=serial%3Ftoken%3D{token}", web.base);
     let mut page = Page::open("terminal.cjs", &client, &url, dir).await?;
     // Bytes the guest counted before the page typed are not the page's.
     let deadline = Instant::now() + WAIT;
@@ -191,7 +178,7 @@ async fn terminal(dir: &Path, moves: usize) -> anyhow::Result<()> {
     );
     page.quit().await?;
     ensure!(
-        !std::fs::read_to_string(&log)?.contains(&token),
+        !bed.gateway_log().unwrap_or_default().contains(&token),
         "the gateway logged the token"
     );
     Ok(())

@@ -9,18 +9,15 @@
 //!
 //! Skipped (with a note) where network namespaces cannot be made (not root).
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
 use guest::GuestOptions;
-use migrate::vm::{self as migration, MigrationOptions};
 use scenarios::cobed::{CoBed, CoBedOptions};
 use scenarios::migrations_from_env;
 use scenarios::serial::{SerialClient, LINE_MS};
-use testbed::hosts::Testbed;
-use testbed::qemu::Qemu;
+
+mod serial_baseline;
 
 /// Bound on the wait for the guest to count every typed byte (a guard, not a timing).
 const WAIT: Duration = Duration::from_secs(60);
@@ -181,77 +178,16 @@ async fn late_viewer(path: &std::path::Path, want: usize) -> anyhow::Result<Vec<
     Ok(got)
 }
 
-/// The baseline: a client on QEMU's own chardev (as `virsh console`), the VM migrated with
-/// plain QEMU migrations between hosts A and B, the client reconnecting to the new QEMU's
-/// socket 200 ms after the old one closed it.
+/// The baseline: a client on QEMU's own chardev (as `virsh console`), reconnecting after each
+/// plain migration, loses its connection and bytes at each move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baseline_a_client_on_qemus_chardev_loses_bytes_at_each_move() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let testbed = match Testbed::create() {
-        Ok(t) => t,
-        Err(e) if !testbed::skip::on_ci() => {
-            println!("skipped: the baseline needs network namespaces ({e})");
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let mut generation = 0;
-    let mut launch = |host: &testbed::hosts::Host, incoming: bool| {
-        generation += 1;
-        let mut cfg = host.qemu_config(&format!("b{generation}"));
-        cfg.guest = serial_guest();
-        cfg.serial_console = true;
-        cfg.incoming = incoming;
-        Qemu::launch(cfg)
-    };
-    let mut home = launch(testbed.a(), false).await?;
-    home.wait_ready(Duration::from_secs(30)).await?;
-    let path = Arc::new(Mutex::new(PathBuf::from(
-        home.serial_console_path().context("serial console")?,
-    )));
-    let client = SerialClient::on_qemu(Arc::clone(&path), Duration::from_millis(200));
-    tokio::time::sleep(BETWEEN).await;
-    let moves = migrations_from_env(MIGRATIONS);
-    let mut on_a = true;
-    for n in 1..=moves {
-        let to = if on_a { testbed.b() } else { testbed.a() };
-        let dst = launch(to, true).await?;
-        let uri = to.incoming_uri()?;
-        let m =
-            migration::migrate(home.qmp(), dst.qmp(), &uri, MigrationOptions::default()).await?;
-        *path.lock().unwrap_or_else(|e| e.into_inner()) =
-            PathBuf::from(dst.serial_console_path().context("serial console")?);
-        let old = std::mem::replace(&mut home, dst);
-        let _ = old.qmp().quit().await;
-        let _ = old.shutdown(Duration::from_secs(5)).await;
-        on_a = !on_a;
-        println!("baseline move {n}: VM downtime {:?} ms", m.downtime_ms);
-        tokio::time::sleep(BETWEEN).await;
-    }
-    let (typed, output, report) = client.finish(Duration::from_secs(5), |n| n).await;
-    let _ = home.shutdown(Duration::from_secs(5)).await;
-    let s = scenarios::serial::parse(&output);
-    let received = s.received().unwrap_or(0) as usize;
-    let lost_in = typed.len().saturating_sub(received);
-    println!(
-        "baseline (QEMU's chardev), {moves} moves: connections {:?}; typed {} B, guest received {} B: {} B lost ({:.1} per move); output lines missing {} ({:.1} per move), repeated {}, garbled {}",
-        report.map(|r| r.connections),
-        typed.len(),
-        received,
-        lost_in,
-        lost_in as f64 / moves as f64,
-        s.missing_lines(),
-        s.missing_lines() as f64 / moves as f64,
-        s.repeated_lines(),
-        s.garbled
-    );
-    ensure!(
-        report.is_some_and(|r| r.connections as usize > moves),
-        "the plain client lost its connection at each move"
-    );
-    ensure!(
-        s.missing_lines() > 0,
-        "the plain client lost output across the moves"
-    );
-    Ok(())
+    serial_baseline::run(
+        "tiny guest",
+        |cfg| cfg.guest = serial_guest(),
+        migrations_from_env(MIGRATIONS),
+        BETWEEN,
+    )
+    .await
 }

@@ -7,6 +7,9 @@
 //! - [`pipe`]: the console's side inside the console: a session as the viewer's byte pipe,
 //!   exported when the console moves and imported where it arrives;
 //! - [`relay`]: one connection of a session, driven;
+//! - [`ssh`]: serial consoles over SSH: the server, public keys per console; what carries
+//!   its channels, and the browser terminal's WebSockets, to the consoles: a [`serial`]
+//!   service;
 //! - [`web`]: browsers: noVNC's static files and the WebSocket into a viewer's session, with
 //!   per-console [`tokens`] checked before the upgrade ([`http`]: the HTTP it takes), over
 //!   [`tls`] when given a certificate.
@@ -20,6 +23,8 @@ pub mod dial;
 pub mod http;
 pub mod pipe;
 pub mod relay;
+pub mod serial;
+pub mod ssh;
 pub mod tls;
 pub mod tokens;
 pub mod web;

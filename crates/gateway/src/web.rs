@@ -2,7 +2,7 @@
 //! WebSocket (`/websockify`, subprotocol `binary`, as noVNC and websockify speak it) whose
 //! binary messages carry a viewer's RFB bytes into its resumable session
 //! ([`crate::dial::serve_viewer`]), after its token is checked; and a browser terminal's
-//! WebSocket (`/serial`), whose bytes a caller-given [`SerialService`] carries to the console's
+//! WebSocket (`/serial`), whose bytes a caller-given [`SerialService`](crate::serial::SerialService) carries to the console's
 //! serial lane.
 //!
 //! ```text
@@ -16,9 +16,7 @@
 //! channel to a running gateway) and never logged: the query is never logged at all.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +31,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::dial::{serve_viewer, Dial};
 use crate::http::{self, Request};
+use crate::serial::SerialService;
 use crate::tokens::Tokens;
 
 /// The WebSocket's path.
@@ -60,15 +59,6 @@ pub struct Web {
     /// The consoles whose serial lane the browser terminal reaches, and what carries it.
     pub serial: Option<SerialLanes>,
 }
-
-/// What carries a browser terminal to its console's serial lane: called with the console's
-/// name and the far end of a pipe whose other end is the WebSocket's bytes; done when the
-/// pipe is.
-pub type SerialService = Arc<
-    dyn Fn(String, tokio::io::DuplexStream) -> Pin<Box<dyn Future<Output = ()> + Send>>
-        + Send
-        + Sync,
->;
 
 /// The browser terminal's consoles ([`Web::serial`]).
 #[derive(Clone)]
@@ -266,7 +256,8 @@ async fn websocket<S: Conn>(mut conn: S, request: &Request, web: &Web) -> Result
             served?;
         }
         Target::Serial(lanes, console) => {
-            let (pumped, ()) = tokio::join!(pump(ws, browser), (lanes.service)(console, far));
+            let (pumped, ()) =
+                tokio::join!(pump(ws, browser), (lanes.service)(console, Box::new(far)));
             pumped?;
         }
     }

@@ -93,7 +93,7 @@ async fn bed_over(tls: Option<tokio_rustls::TlsAcceptor>) -> Bed {
 }
 
 /// A serial lane stand-in: names the console, then echoes.
-async fn serial_echo(console: String, mut pipe: tokio::io::DuplexStream) {
+async fn serial_echo(console: String, mut pipe: Box<dyn gateway::serial::SerialPipe>) {
     let _ = pipe
         .write_all(format!("serial {console}\n").as_bytes())
         .await;

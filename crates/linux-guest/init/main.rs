@@ -7,6 +7,12 @@
 //! Ctrl-Alt-Del, no echo) and reports every `EV_KEY` event on the serial port; it draws on the
 //! screen when the serial port asks. The grammar is in the crate docs (src/lib.rs) and parsed
 //! by `linux_guest::report`.
+//!
+//! With `dmore.uart=<ms>` it also serves COM2 (`/dev/ttyS1`, raw) as the tiny guest serves
+//! its COM2: every byte received is counted and echoed back, and every `<ms>` a numbered line
+//! `#<line:08x> <received:08x>\n` goes out (parsed by `scenarios::serial::parse`), from the
+//! first byte received on: so a client that types first sees every line from 0 (QEMU drops
+//! what the guest writes before anyone is connected to its chardev).
 
 use std::ffi::{c_char, c_int, c_long, c_short, c_ulong, c_void, CString};
 use std::fs::{File, OpenOptions};
@@ -84,7 +90,9 @@ fn main() {
     }
     serial.line(&format!("MODULES {}", uptime_ms()));
     let screen = Screen::open(&mut serial);
+    let console = (opts.uart_ms > 0).then(|| SerialConsole::open(opts.uart_ms));
     let mut guest = Guest {
+        console,
         serial,
         devices: Vec::new(),
         keys: 0,
@@ -131,14 +139,7 @@ impl Serial {
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
         };
-        let mut t = Termios([0; 64]);
-        // SAFETY: `t` is larger than glibc's struct termios and 4-aligned.
-        unsafe {
-            if tcgetattr(port.as_raw_fd(), &mut t) == 0 {
-                cfmakeraw(&mut t);
-                tcsetattr(port.as_raw_fd(), 0, &t);
-            }
-        }
+        make_raw(&port);
         let mut serial = Serial {
             port,
             pending: Vec::new(),
@@ -180,6 +181,93 @@ impl Serial {
     }
 }
 
+/// COM2 as a serial console: raw, non-blocking, every byte counted and echoed.
+struct SerialConsole {
+    port: File,
+    received: u32,
+    line: u32,
+    period: Duration,
+    /// The next numbered line; none before the first byte received.
+    due: Option<Instant>,
+}
+
+impl SerialConsole {
+    fn open(ms: u64) -> SerialConsole {
+        let port = loop {
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(0o4000) // O_NONBLOCK
+                .open("/dev/ttyS1")
+            {
+                Ok(port) => break port,
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        make_raw(&port);
+        SerialConsole {
+            port,
+            received: 0,
+            line: 0,
+            period: Duration::from_millis(ms.max(1)),
+            due: None,
+        }
+    }
+
+    /// Writes all of `bytes` (the UART takes them as fast as the guest writes).
+    fn write(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match self.port.write(bytes) {
+                Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Takes what the UART received: counted, echoed.
+    fn receive(&mut self) {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = self.port.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            self.received = self.received.wrapping_add(n as u32);
+            self.due.get_or_insert_with(Instant::now);
+            let echo = buf.get(..n).unwrap_or_default().to_vec();
+            self.write(&echo);
+        }
+    }
+
+    /// The numbered line, if due; when the next one is (none yet: a second from now).
+    fn tick(&mut self, now: Instant) -> Instant {
+        let Some(due) = self.due else {
+            return now + Duration::from_secs(1);
+        };
+        if now >= due {
+            let line = format!("#{:08x} {:08x}\n", self.line, self.received);
+            self.line = self.line.wrapping_add(1);
+            self.write(line.as_bytes());
+            self.due = Some((due + self.period).max(now));
+        }
+        self.due.unwrap_or(now)
+    }
+}
+
+/// `cfmakeraw` on a tty: no echo, no line editing, no CR/NL translation.
+fn make_raw(port: &File) {
+    let mut t = Termios([0; 64]);
+    // SAFETY: `t` is larger than glibc's struct termios and 4-aligned.
+    unsafe {
+        if tcgetattr(port.as_raw_fd(), &mut t) == 0 {
+            cfmakeraw(&mut t);
+            tcsetattr(port.as_raw_fd(), 0, &t);
+        }
+    }
+}
+
 /// What the kernel command line asks for.
 struct Options {
     /// `dmore.graphics=1`: load the DRM modules (bochs) and wait for its framebuffer.
@@ -187,6 +275,8 @@ struct Options {
     /// `dmore.wait=<bus>:<count>,...`: READY once this many key-capable devices of each bus
     /// type (hex) are open.
     wait: Vec<(u16, usize)>,
+    /// `dmore.uart=<ms>`: serve COM2 (echo, count, a numbered line every `<ms>`).
+    uart_ms: u64,
 }
 
 impl Options {
@@ -194,9 +284,12 @@ impl Options {
         let mut opts = Options {
             graphics: false,
             wait: Vec::new(),
+            uart_ms: 0,
         };
         for word in cmdline.split_whitespace() {
-            if word == "dmore.graphics=1" {
+            if let Some(ms) = word.strip_prefix("dmore.uart=") {
+                opts.uart_ms = ms.parse().unwrap_or(0);
+            } else if word == "dmore.graphics=1" {
                 opts.graphics = true;
             } else if let Some(list) = word.strip_prefix("dmore.wait=") {
                 for item in list.split(',') {
@@ -385,6 +478,8 @@ impl Screen {
 
 struct Guest {
     serial: Serial,
+    /// COM2 as a serial console (`dmore.uart=`).
+    console: Option<SerialConsole>,
     devices: Vec<Device>,
     keys: u64,
     buttons: u64,
@@ -415,9 +510,13 @@ impl Guest {
             if let Some((_, due)) = self.anim {
                 wake = wake.min(due);
             }
+            if let Some(console) = &mut self.console {
+                wake = wake.min(console.tick(now));
+            }
             let timeout = wake.saturating_duration_since(Instant::now()).as_millis();
             let mut fds: Vec<PollFd> = std::iter::once(self.serial.port.as_raw_fd())
                 .chain(self.devices.iter().map(|d| d.file.as_raw_fd()))
+                .chain(self.console.iter().map(|c| c.port.as_raw_fd()))
                 .map(|fd| PollFd {
                     fd,
                     events: POLLIN,
@@ -435,7 +534,12 @@ impl Guest {
             if n <= 0 {
                 continue;
             }
-            let ready: Vec<bool> = fds.iter().map(|p| p.revents != 0).collect();
+            let mut ready: Vec<bool> = fds.iter().map(|p| p.revents != 0).collect();
+            if let Some(console) = &mut self.console {
+                if ready.pop() == Some(true) {
+                    console.receive();
+                }
+            }
             let mut out = String::new();
             for (i, device_ready) in ready.iter().enumerate().skip(1).rev() {
                 if *device_ready {

@@ -55,6 +55,9 @@ pub struct LinuxOptions {
     pub display: Display,
     /// BIOS or UEFI.
     pub firmware: Firmware,
+    /// With a serial console on COM2 (`QemuConfig::serial_console`): the init serves it as the
+    /// tiny guest does with `uart=<ms>` (echo, count, a numbered line every `<ms>`); 0: no.
+    pub uart_ms: u32,
 }
 
 impl LinuxOptions {
@@ -82,6 +85,9 @@ impl LinuxOptions {
         );
         if self.display == Display::Graphics {
             line.push_str(" dmore.graphics=1");
+        }
+        if self.uart_ms > 0 {
+            line.push_str(&format!(" dmore.uart={}", self.uart_ms));
         }
         line
     }
@@ -179,6 +185,7 @@ mod tests {
             input: Input::Usb,
             display: Display::Graphics,
             firmware: Firmware::Ovmf,
+            uart_ms: 0,
         });
         assert!(a.contains("dmore.wait=11:2,3:2 dmore.graphics=1"), "{a}");
         assert!(a.contains(&format!("-bios {OVMF}")), "{a}");

@@ -107,6 +107,12 @@ pub struct CoBedOptions {
     pub gateway: bool,
     /// Gateway mode: the gateway also serves browsers (`--web-listen`).
     pub gateway_web: Option<GatewayWeb>,
+    /// Gateway mode with [`serial_port`](Self::serial_port): the consoles take the gateway's
+    /// serial sessions on that port (`--serial-gateway-listen`) instead of `--serial-listen`,
+    /// and the gateway serves SSH on the client host at [`SSH_PORT`], a key the bed makes
+    /// ([`CoBed::ssh_keys`]) listed for the console [`CONSOLE_NAME`]; with
+    /// [`gateway_web`](Self::gateway_web), its browser terminal (`/serial`) too.
+    pub ssh: bool,
 }
 
 /// The gateway's web side ([`CoBedOptions::gateway_web`]).
@@ -127,7 +133,16 @@ pub struct WebEntry {
     pub base: String,
     /// A token for the bed's console (the WebSocket's `?token=`), valid for 10 minutes.
     pub token: String,
+    /// With [`CoBedOptions::ssh`]: a token for the serial console [`CONSOLE_NAME`] (the
+    /// browser terminal's `/serial?token=`).
+    pub serial_token: Option<String>,
 }
+
+/// Where the gateway serves SSH on the client host ([`CoBedOptions::ssh`]).
+pub const SSH_PORT: u16 = 2222;
+
+/// The bed's console name (`--name`), the SSH user that reaches its serial console.
+pub const CONSOLE_NAME: &str = "dmore-demo";
 
 /// Where the consoles listen for the gateway on their hosts in gateway mode.
 pub const GATEWAY_PORT: u16 = 4800;
@@ -156,6 +171,7 @@ impl CoBedOptions {
             console_args: Vec::new(),
             gateway: false,
             gateway_web: None,
+            ssh: false,
         }
     }
 }
@@ -500,10 +516,17 @@ impl CoBed {
             path: gateway_key.clone(),
             source,
         })?;
+        if options.ssh {
+            ssh_keys(testbed.run_dir())?;
+        }
         let dmore = match options.console_user {
             Some(user) => {
                 give(&key_file, user)?;
                 give(&gateway_key, user)?;
+                if options.ssh {
+                    give(&testbed.run_dir().join(SSH_HOST_KEY), user)?;
+                    give(&testbed.run_dir().join(SSH_AUTHORIZED_KEYS), user)?;
+                }
                 reachable_copy(&options.dmore, &testbed.run_dir().join("dmore"))?
             }
             None => options.dmore.clone(),
@@ -569,6 +592,35 @@ impl CoBed {
         Some(self.home.as_ref()?.control.parent()?.join("serial.sock"))
     }
 
+    /// With [`CoBedOptions::ssh`]: the private key listed for the console, and one that is not.
+    pub fn ssh_keys(&self) -> Option<(PathBuf, PathBuf)> {
+        self.options.ssh.then(|| {
+            let dir = self.testbed.run_dir();
+            (dir.join(SSH_USER_KEY), dir.join(SSH_WRONG_KEY))
+        })
+    }
+
+    /// With [`CoBedOptions::ssh`]: OpenSSH's `ssh` on the client host to the gateway as
+    /// `user` with the private key `key`, no pty (bytes pass unchanged), the gateway's host
+    /// key taken unchecked (the bed made it a moment ago), no agent, no other key.
+    pub fn ssh_client(&self, user: &str, key: &Path) -> std::process::Command {
+        let mut cmd = self.testbed.client().command("ssh");
+        cmd.arg("-T")
+            .arg("-F")
+            .arg("/dev/null")
+            .arg("-i")
+            .arg(key)
+            .args(["-p", &SSH_PORT.to_string()])
+            .args(["-o", "BatchMode=yes"])
+            .args(["-o", "IdentitiesOnly=yes"])
+            .args(["-o", "IdentityAgent=none"])
+            .args(["-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "LogLevel=ERROR"])
+            .arg(format!("{user}@{}", self.testbed.client().ip()));
+        cmd
+    }
+
     /// Gateway mode: the gateway's process id.
     pub fn gateway_pid(&self) -> Option<u32> {
         self.gateway.as_ref().map(|g| g.child.id())
@@ -607,11 +659,29 @@ impl CoBed {
         if let Some(web) = self.options.gateway_web.clone() {
             self.web = Some(self.web_side(&web, &mut cmd)?);
         }
+        if self.options.ssh {
+            let run = self.testbed.run_dir();
+            cmd.arg("--ssh-listen")
+                .arg(SocketAddr::from((host.ip(), SSH_PORT)).to_string())
+                .arg("--ssh-host-key")
+                .arg(run.join(SSH_HOST_KEY))
+                .arg("--ssh-authorized-keys")
+                .arg(run.join(SSH_AUTHORIZED_KEYS));
+            for role in [Role::A, Role::B] {
+                let ip = self.testbed.host(role).ip();
+                let port = self.options.serial_port.unwrap_or(GATEWAY_PORT + 1);
+                cmd.arg("--serial-console")
+                    .arg(format!("{CONSOLE_NAME}={}", SocketAddr::from((ip, port))));
+            }
+        }
         let stdout = dir.join("gateway.stdout");
-        cmd.env("RUST_LOG", "gateway=info")
-            .stdin(Stdio::null())
-            .stdout(file("gateway.stdout")?)
-            .stderr(file("gateway.stderr")?);
+        cmd.env(
+            "RUST_LOG",
+            "gateway=info,dmore=info,console::serial_attach=info",
+        )
+        .stdin(Stdio::null())
+        .stdout(file("gateway.stdout")?)
+        .stderr(file("gateway.stderr")?);
         let child = cmd.spawn().map_err(|source| CoBedError::ConsoleSpawn {
             host: host.name(),
             dmore: self.dmore.display().to_string(),
@@ -654,6 +724,11 @@ impl CoBed {
         let tokens = dir.join("gateway.tokens");
         // The gateway's consoles are unnamed: `default`.
         let token = issue_token(&self.options.dmore, &tokens, "default")?;
+        let serial_token = if self.options.ssh {
+            Some(issue_token(&self.options.dmore, &tokens, CONSOLE_NAME)?)
+        } else {
+            None
+        };
         let listen = SocketAddr::from((self.testbed.client().ip(), web.port));
         cmd.arg("--web-listen")
             .arg(listen.to_string())
@@ -691,6 +766,7 @@ impl CoBed {
         Ok(WebEntry {
             base: format!("{scheme}://{listen}"),
             token,
+            serial_token,
         })
     }
 
@@ -1174,7 +1250,7 @@ impl CoBed {
             .arg(&self.key_file)
             // The bed's viewers reach the service address only from its own namespaces.
             .arg("--insecure-no-auth")
-            .args(["--name", "dmore-demo"]);
+            .args(["--name", CONSOLE_NAME]);
         if let Some(addr) = incoming {
             cmd.arg("--incoming").arg(addr.to_string());
         }
@@ -1185,12 +1261,14 @@ impl CoBed {
             cmd.arg("--qemu-wait").arg(wait.as_secs().to_string());
         }
         if let (Some(socket), Some(addr)) = (qemu.serial_console_path(), self.serial_service()) {
-            cmd.arg("--serial-socket")
-                .arg(socket)
-                .arg("--serial-listen")
-                .arg(addr.to_string())
-                .arg("--serial-attach")
-                .arg(dir.join("serial.sock"));
+            cmd.arg("--serial-socket").arg(socket);
+            if self.options.ssh {
+                cmd.arg("--serial-gateway-listen")
+                    .arg(SocketAddr::from((host.ip(), addr.port())).to_string());
+            } else {
+                cmd.arg("--serial-listen").arg(addr.to_string());
+            }
+            cmd.arg("--serial-attach").arg(dir.join("serial.sock"));
         }
         cmd.args(&self.options.console_args);
         cmd.stdin(Stdio::null())
@@ -1245,6 +1323,43 @@ async fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
 }
 
 /// Makes `path` belong to `user` (uid, gid).
+/// The gateway's SSH host key, the user's key, a key nobody listed, the authorized keys.
+const SSH_HOST_KEY: &str = "ssh-host-key";
+const SSH_USER_KEY: &str = "ssh-user-key";
+const SSH_WRONG_KEY: &str = "ssh-wrong-key";
+const SSH_AUTHORIZED_KEYS: &str = "ssh-authorized-keys";
+
+/// Makes the SSH keys in `dir` with `ssh-keygen` and lists the user's key for the console.
+fn ssh_keys(dir: &Path) -> Result<(), CoBedError> {
+    for name in [SSH_HOST_KEY, SSH_USER_KEY, SSH_WRONG_KEY] {
+        let path = dir.join(name);
+        let made = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .status()
+            .and_then(|s| {
+                s.success()
+                    .then_some(())
+                    .ok_or_else(|| std::io::Error::other(format!("ssh-keygen: {s}")))
+            });
+        made.map_err(|source| CoBedError::File {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let public = dir.join(format!("{SSH_USER_KEY}.pub"));
+    let line = std::fs::read_to_string(&public).map_err(|source| CoBedError::File {
+        path: public,
+        source,
+    })?;
+    let keys = dir.join(SSH_AUTHORIZED_KEYS);
+    std::fs::write(&keys, format!("{CONSOLE_NAME} {line}")).map_err(|source| CoBedError::File {
+        path: keys.clone(),
+        source,
+    })
+}
+
 fn give(path: &Path, (uid, gid): (u32, u32)) -> Result<(), CoBedError> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|source| CoBedError::File {
         path: path.to_path_buf(),

@@ -135,6 +135,16 @@ impl SerialClient {
         SerialClient::start(typist_end, collector_end, link)
     }
 
+    /// Types into and reads from a process's stdin and stdout (OpenSSH's `ssh` to the
+    /// gateway): one connection, which must last until the typing ends; the link's report
+    /// then says 1 connection, and an error if the process exited before.
+    pub fn over_process(child: tokio::process::Child) -> SerialClient {
+        let (input, typist_end) = tokio::io::duplex(1 << 16);
+        let (collector_end, output) = tokio::io::duplex(1 << 16);
+        let link = tokio::spawn(process_link(child, input, output));
+        SerialClient::start(typist_end, collector_end, link)
+    }
+
     fn start(
         mut typist_end: tokio::io::DuplexStream,
         mut collector_end: tokio::io::DuplexStream,
@@ -222,6 +232,59 @@ impl SerialClient {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A process as the link: typed bytes to its stdin, its stdout to the output, until the
+/// collector stops (the process is then stopped) or the process exits first (an error: the
+/// connection dropped).
+async fn process_link(
+    mut child: tokio::process::Child,
+    mut input: tokio::io::DuplexStream,
+    mut output: tokio::io::DuplexStream,
+) -> Result<AttachReport, AttachError> {
+    let dropped = |why: String| AttachError::Connect {
+        target: None,
+        source: std::io::Error::other(why),
+    };
+    let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(dropped("the process has no piped stdin and stdout".into()));
+    };
+    let mut buf = vec![0u8; 4096];
+    let mut typed = vec![0u8; 4096];
+    let mut input_open = true;
+    loop {
+        tokio::select! {
+            n = input.read(&mut typed), if input_open => match n {
+                Ok(0) | Err(_) => input_open = false,
+                Ok(n) => if stdin.write_all(&typed[..n]).await.is_err() {
+                    return Err(dropped("its stdin closed".into()));
+                },
+            },
+            n = stdout.read(&mut buf) => match n {
+                Ok(0) | Err(_) => return Err(dropped("its stdout closed".into())),
+                // The collector stopped: the session is over.
+                Ok(n) => if output.write_all(&buf[..n]).await.is_err() {
+                    break;
+                },
+            },
+            status = child.wait() => {
+                return Err(dropped(format!("the process exited ({status:?})")));
+            }
+        }
+    }
+    if child
+        .try_wait()
+        .map_err(|e| dropped(e.to_string()))?
+        .is_some()
+    {
+        return Err(dropped("the process exited".into()));
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    Ok(AttachReport {
+        connections: 1,
+        ..AttachReport::default()
+    })
 }
 
 /// The baseline's link: raw bytes on QEMU's chardev, reconnecting to the path of the moment.

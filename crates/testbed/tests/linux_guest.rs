@@ -341,6 +341,7 @@ async fn usb_graphics_seabios() -> anyhow::Result<()> {
         input: Input::Usb,
         display: Display::Graphics,
         firmware: Firmware::SeaBios,
+        uart_ms: 0,
     })
     .await
 }
@@ -351,6 +352,7 @@ async fn ps2_graphics_ovmf() -> anyhow::Result<()> {
         input: Input::Ps2,
         display: Display::Graphics,
         firmware: Firmware::Ovmf,
+        uart_ms: 0,
     })
     .await
 }
@@ -361,6 +363,7 @@ async fn usb_text_ovmf() -> anyhow::Result<()> {
         input: Input::Usb,
         display: Display::Text,
         firmware: Firmware::Ovmf,
+        uart_ms: 0,
     })
     .await
 }

@@ -3,7 +3,8 @@
 //! the VM's run state by the hub, frozen into the snapshot with the rest of the console.
 //!
 //! ```text
-//!  viewer (unix --serial-attach / TCP --serial-listen) ─reader task─▶ input ─┐
+//!  viewer (unix --serial-attach / TCP --serial-listen /
+//!          a resumable stream from the gateway, --serial-gateway-listen) ─reader task─▶ input ─┐
 //!                                                                           ▼
 //!   QEMU -chardev socket,server=on ◀─one byte per write()── lane task: SerialState, Gate
 //!                                  ──output──────────────▶   │ header + scrollback, then live
@@ -14,9 +15,17 @@
 //! (`SIOCOUTQ` over the memory of a one-byte write, [`WriteUnit`]). A viewer whose queue is
 //! full (it reads slower than the guest writes) is cut; it reconnects and resumes from the
 //! scrollback (see [`Header`]).
+//!
+//! A gateway's session (`dmore gateway serve --ssh-listen`: an SSH user's channel) is a viewer
+//! like the others, over a [`Pipe`]: authenticated by the gateway's key, cut at a freeze like
+//! every viewer (the stream is closed), and resumed by the gateway with a new session on the
+//! console where the VM runs next, by the same [`Header`] rule (`console::serial_attach`).
 
 use crate::back::VmEvent;
+use crate::front::GatewayConfig;
 use crate::serial::{Gate, Header, SerialState};
+use ::gateway::accept::Router;
+use ::gateway::pipe::Pipe;
 use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -50,6 +59,9 @@ pub struct SerialConfig {
     pub listen: Option<SocketAddr>,
     /// Output bytes kept and moved (`--serial-scrollback`).
     pub scrollback: usize,
+    /// Where the gateway's resumable streams for serial viewers arrive, and their key
+    /// (`--serial-gateway-listen`, `--gateway-psk-file`).
+    pub gateway: Option<GatewayConfig>,
 }
 
 /// Why the serial lane could not start.
@@ -175,16 +187,13 @@ impl SerialLane {
             Some(path) => Some(bind_attach(path)?),
             None => None,
         };
-        let tcp = match config.listen {
-            Some(addr) => {
-                Some(
-                    super::hub::bind_viewers(addr).map_err(|e| SerialError::Listen {
-                        what: addr.to_string(),
-                        source: std::io::Error::other(e.to_string()),
-                    })?,
-                )
+        let tcp = config.listen.map(bind_tcp).transpose()?;
+        let (gateway, pipes) = match &config.gateway {
+            Some(g) => {
+                let (lane, pipes) = GatewayLane::bind(g)?;
+                (Some(lane), Some(pipes))
             }
-            None => None,
+            None => (None, None),
         };
         let (commands, rx) = mpsc::unbounded_channel();
         let (input_tx, input_rx) = mpsc::channel(16);
@@ -199,7 +208,7 @@ impl SerialLane {
             input_rx,
             viewers_cut: 0,
         };
-        let task = tokio::spawn(lane.run(rx, attach, tcp));
+        let task = tokio::spawn(lane.run(rx, attach, tcp, gateway, pipes));
         Ok(SerialLane { commands, task })
     }
 
@@ -234,6 +243,13 @@ impl SerialLane {
         }
         rx.await.unwrap_or(serde_json::Value::Null)
     }
+}
+
+fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, SerialError> {
+    super::hub::bind_viewers(addr).map_err(|e| SerialError::Listen {
+        what: addr.to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 fn bind_attach(path: &Path) -> Result<UnixListener, SerialError> {
@@ -281,6 +297,8 @@ impl Lane {
         mut commands: mpsc::UnboundedReceiver<Command>,
         attach: Option<UnixListener>,
         tcp: Option<TcpListener>,
+        gateway: Option<GatewayLane>,
+        mut pipes: Option<mpsc::Receiver<Pipe>>,
     ) {
         let mut buf = vec![0u8; CHUNK];
         let mut qemu_open = true;
@@ -322,6 +340,18 @@ impl Lane {
                 Some(Ok((s, _))) = accept_tcp(tcp.as_ref()), if !self.gate.frozen => {
                     let _ = s.set_nodelay(true);
                     self.add_viewer(s)
+                }
+                Some(Ok((s, peer))) = accept_tcp(gateway.as_ref().map(|g| &g.listener)) => {
+                    // A frozen lane serves nobody: the gateway tries the next console at once.
+                    if let (false, Some(g)) = (self.gate.frozen, &gateway) {
+                        g.route(s, peer);
+                    }
+                }
+                Some(pipe) = new_pipe(pipes.as_mut()) => {
+                    // Routed while the lane froze: closed, the gateway starts again elsewhere.
+                    if !self.gate.frozen {
+                        self.add_viewer(pipe);
+                    }
                 }
             }
         }
@@ -509,6 +539,56 @@ impl Lane {
         });
         tracing::info!(viewer = id, "serial viewer attached");
         self.viewers.push(Viewer { id, out: tx });
+    }
+}
+
+/// The lane's listener for the gateway's resumable streams, and the sessions routed on it.
+struct GatewayLane {
+    listener: TcpListener,
+    router: Router,
+    pipes_tx: mpsc::Sender<Pipe>,
+}
+
+impl GatewayLane {
+    /// Binds the listener; routed sessions come out of the receiver.
+    fn bind(config: &GatewayConfig) -> Result<(GatewayLane, mpsc::Receiver<Pipe>), SerialError> {
+        let listener = bind_tcp(config.listen)?;
+        let (pipes_tx, pipes) = mpsc::channel(4);
+        let lane = GatewayLane {
+            listener,
+            router: Router::new(resume::Config::new(
+                resume::Role::Console,
+                config.psk.clone(),
+            )),
+            pipes_tx,
+        };
+        Ok((lane, pipes))
+    }
+
+    /// Reads a connection's opening on a task of its own: a new session becomes a viewer, a
+    /// later connection of a session goes to that session.
+    fn route(&self, conn: tokio::net::TcpStream, peer: SocketAddr) {
+        let _ = conn.set_nodelay(true);
+        let (router, tx) = (self.router.clone(), self.pipes_tx.clone());
+        tokio::spawn(async move {
+            let Some(new) = router.route(conn).await else {
+                return;
+            };
+            match Pipe::serve(&router, new) {
+                Ok(pipe) => {
+                    tracing::info!(%peer, "serial viewer through the gateway");
+                    let _ = tx.send(pipe).await;
+                }
+                Err(e) => tracing::info!(%peer, error = %e, "gateway serial session refused"),
+            }
+        });
+    }
+}
+
+async fn new_pipe(pipes: Option<&mut mpsc::Receiver<Pipe>>) -> Option<Pipe> {
+    match pipes {
+        Some(p) => p.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -28,6 +28,7 @@ const OPTIONS: LinuxOptions = LinuxOptions {
     input: Input::Ps2,
     display: Display::Graphics,
     firmware: Firmware::SeaBios,
+    uart_ms: 0,
 };
 
 /// The Linux guest in a QEMU with its VNC on TCP (`key-delay-ms=0`), a second QMP monitor

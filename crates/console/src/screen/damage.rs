@@ -73,6 +73,19 @@ pub struct CopyOp {
     pub dst: Area,
 }
 
+/// How [`Damage::take`] covers the dirty tiles with rectangles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cover {
+    /// Exactly the dirty tiles: runs of tiles in a line, equal runs in consecutive lines
+    /// merged. The fewest pixels, for Raw, where every pixel costs the same.
+    Exact,
+    /// As QEMU's own VNC server: a line's first run is extended down over every following
+    /// line whose tile under the run's start is dirty, taking the clean tiles beside it
+    /// along. Fewer rectangles, for the compressing encodings, whose cost per rectangle
+    /// (header, zlib flush, tile grid) outweighs a few clean pixels that compress to little.
+    Qemu,
+}
+
 /// One viewer's pending damage on a screen of a given size: a bitmap of dirty tiles (16
 /// pixels of one line each; every line starts a new u64) and a short queue of CopyRects to
 /// replay before the dirty tiles.
@@ -174,14 +187,35 @@ impl Damage {
         self.bits.capacity() * 8 + self.copies.capacity() * std::mem::size_of::<CopyOp>()
     }
 
-    /// Takes everything pending: the queued copies in order, then the dirty tiles as few
-    /// rectangles (runs of tiles in a line; equal runs in consecutive lines merged), cut to
-    /// the `clip_w x clip_h` framebuffer the viewer has. Leaves the damage clean.
-    pub fn take(&mut self, clip_w: u16, clip_h: u16) -> (Vec<CopyOp>, Vec<Area>) {
+    /// Takes everything pending: the queued copies in order, then the dirty tiles as
+    /// rectangles made as `cover` says, cut to the `clip_w x clip_h` framebuffer the viewer
+    /// has. Leaves the damage clean.
+    pub fn take(&mut self, clip_w: u16, clip_h: u16, cover: Cover) -> (Vec<CopyOp>, Vec<Area>) {
         let copies = std::mem::take(&mut self.copies);
         let (w, h) = (self.width.min(clip_w), self.height.min(clip_h));
+        let rects = match cover {
+            Cover::Exact => self.exact_rects(),
+            Cover::Qemu => self.qemu_rects(),
+        };
+        self.bits.iter_mut().for_each(|b| *b = 0);
+        let areas = rects
+            .into_iter()
+            .filter_map(|(c0, c1, r0, r1)| {
+                let area = Area::new(
+                    c0.saturating_mul(TILE_WIDTH),
+                    r0,
+                    (c1 - c0).saturating_mul(TILE_WIDTH),
+                    r1 - r0,
+                );
+                area.clip(w, h)
+            })
+            .collect();
+        (copies, areas)
+    }
+
+    /// [`Cover::Exact`]'s rectangles: (first col, end col, first row, end row).
+    fn exact_rects(&self) -> Vec<(u16, u16, u16, u16)> {
         let mut rects = Vec::new();
-        // Open rectangles: (first col, end col, first row, end row).
         let mut open: Vec<(u16, u16, u16, u16)> = Vec::new();
         let mut next = Vec::new();
         let mut runs = Vec::new();
@@ -202,20 +236,30 @@ impl Damage {
             std::mem::swap(&mut open, &mut next);
         }
         rects.extend(open);
-        self.bits.iter_mut().for_each(|b| *b = 0);
-        let areas = rects
-            .into_iter()
-            .filter_map(|(c0, c1, r0, r1)| {
-                let area = Area::new(
-                    c0.saturating_mul(TILE_WIDTH),
-                    r0,
-                    (c1 - c0).saturating_mul(TILE_WIDTH),
-                    r1 - r0,
-                );
-                area.clip(w, h)
-            })
-            .collect();
-        (copies, areas)
+        rects
+    }
+
+    /// [`Cover::Qemu`]'s rectangles (ui/vnc.c's `vnc_update_client` and
+    /// `find_and_clear_dirty_height`), clearing the bitmap as it goes.
+    fn qemu_rects(&mut self) -> Vec<(u16, u16, u16, u16)> {
+        let mut rects = Vec::new();
+        let cols = usize::from(self.cols);
+        for r in 0..self.rows {
+            while let Some(c0) = next_bit(self.line(r), 0, true).filter(|c| *c < cols) {
+                let c1 = next_bit(self.line(r), c0, false).unwrap_or(cols).min(cols);
+                // Both at most `cols`, a u16.
+                let c0 = u16::try_from(c0).unwrap_or(u16::MAX);
+                let c1 = u16::try_from(c1).unwrap_or(u16::MAX);
+                let cap = max_rows(c1 - c0);
+                let mut end = r;
+                while end < self.rows && end - r < cap && (end == r || self.get(end, c0)) {
+                    self.clear(end, c0, c1);
+                    end += 1;
+                }
+                rects.push((c0, c1, r, end));
+            }
+        }
+        rects
     }
 
     /// Checks a restored damage for the invariants `new` establishes.
@@ -248,6 +292,22 @@ impl Damage {
         let n = words_per_line(self.cols);
         let start = usize::from(r) * n;
         self.bits.get_mut(start..start + n).unwrap_or(&mut [])
+    }
+
+    fn get(&self, r: u16, c: u16) -> bool {
+        let c = usize::from(c);
+        self.line(r)
+            .get(c / 64)
+            .is_some_and(|w| w & (1 << (c % 64)) != 0)
+    }
+
+    fn clear(&mut self, r: u16, c0: u16, c1: u16) {
+        let line = self.line_mut(r);
+        for (w, mask) in masks(c0, c1) {
+            if let Some(word) = line.get_mut(w) {
+                *word &= !mask;
+            }
+        }
     }
 
     fn any_dirty(&self, area: Area) -> bool {
@@ -333,7 +393,7 @@ mod tests {
         let mut d = Damage::new(1024, 768, false);
         d.mark(Area::new(130, 10, 150, 100)); // cols 8..18, lines 10..110
         d.mark(Area::new(0, 140, 1, 1)); // col 0, line 140
-        let (copies, rects) = d.take(1024, 768);
+        let (copies, rects) = d.take(1024, 768, Cover::Exact);
         assert!(copies.is_empty());
         assert_eq!(
             rects,
@@ -343,13 +403,25 @@ mod tests {
     }
 
     #[test]
+    fn qemu_cover_extends_a_run_down_while_its_first_tile_is_dirty() {
+        let mut d = Damage::new(64, 4, false);
+        d.mark(Area::new(0, 0, 48, 1)); // line 0: cols 0..3
+        d.mark(Area::new(0, 1, 16, 1)); // line 1: col 0 (cols 1..3 clean, sent along)
+        d.mark(Area::new(32, 2, 16, 1)); // line 2: col 2 (col 0 clean: the run stops)
+        d.mark(Area::new(48, 0, 16, 1)); // line 0: col 3, joins the first run
+        let (_, rects) = d.take(64, 4, Cover::Qemu);
+        assert_eq!(rects, vec![Area::new(0, 0, 64, 2), Area::new(32, 2, 16, 1)]);
+        assert!(d.is_clean());
+    }
+
+    #[test]
     fn edge_tiles_are_clipped_to_the_screen_and_the_viewer() {
         let mut d = Damage::new(727, 400, true);
         assert_eq!(d.dirty_tiles(), 46 * 400);
-        let (_, rects) = d.take(727, 400);
+        let (_, rects) = d.take(727, 400, Cover::Exact);
         assert_eq!(rects, vec![Area::new(0, 0, 727, 400)]);
         d.mark_all();
-        let (_, rects) = d.take(640, 480);
+        let (_, rects) = d.take(640, 480, Cover::Exact);
         assert_eq!(rects, vec![Area::new(0, 0, 640, 400)]);
     }
 
@@ -361,7 +433,7 @@ mod tests {
         d.mark(Area::new(1990, 2, 10, 1)); // col 124, the last
         assert!(d.any_dirty(Area::new(1020, 0, 1, 2)));
         assert!(!d.any_dirty(Area::new(0, 0, 992, 3)));
-        let (_, rects) = d.take(2000, 3);
+        let (_, rects) = d.take(2000, 3, Cover::Exact);
         assert_eq!(
             rects,
             vec![Area::new(992, 1, 112, 1), Area::new(1984, 2, 16, 1)]
@@ -381,7 +453,7 @@ mod tests {
             !d.copy(64, 0, Area::new(128, 0, 64, 64), false),
             "not allowed"
         );
-        let (copies, rects) = d.take(256, 256);
+        let (copies, rects) = d.take(256, 256, Cover::Exact);
         assert_eq!(copies.len(), 1);
         assert_eq!(rects.len(), 3);
     }
@@ -399,7 +471,7 @@ mod tests {
     #[test]
     fn tall_rectangles_are_split() {
         let mut d = Damage::new(16384, 1024, true);
-        let (_, rects) = d.take(16384, 1024);
+        let (_, rects) = d.take(16384, 1024, Cover::Exact);
         assert!(rects.len() > 1);
         assert!(rects
             .iter()

@@ -175,7 +175,7 @@ fn tigervnc_112_session() {
     let plan = s
         .poll_update(&screen)
         .expect("continuous update without request");
-    assert_eq!(plan.items, vec![PlanItem::Pixels(Area::new(0, 5, 16, 1))]);
+    assert_eq!(plan.items, vec![PlanItem::Pixels(Area::new(0, 0, 64, 64))]);
 
     // A pixel-format switch is bracketed by a fence: echoed with the supported flags.
     let out = ok(

@@ -79,12 +79,15 @@ pub enum Cover {
     /// Exactly the dirty tiles: runs of tiles in a line, equal runs in consecutive lines
     /// merged. The fewest pixels, for Raw, where every pixel costs the same.
     Exact,
-    /// As QEMU's own VNC server: a line's first run is extended down over every following
-    /// line whose tile under the run's start is dirty, taking the clean tiles beside it
-    /// along. Fewer rectangles, for the compressing encodings, whose cost per rectangle
-    /// (header, zlib flush, tile grid) outweighs a few clean pixels that compress to little.
-    Qemu,
+    /// Every [`BLOCK`]x[`BLOCK`] block holding a dirty tile, whole: runs of blocks in a row of
+    /// blocks, equal runs in consecutive rows merged. Few, large rectangles for the
+    /// compressing encodings, whose cost per rectangle (header, zlib flush, tile grid)
+    /// outweighs the clean pixels sent along, which compress to little.
+    Blocks,
 }
+
+/// Side of a [`Cover::Blocks`] block in pixels (ZRLE's tile).
+pub const BLOCK: u16 = 64;
 
 /// One viewer's pending damage on a screen of a given size: a bitmap of dirty tiles (16
 /// pixels of one line each; every line starts a new u64) and a short queue of CopyRects to
@@ -193,73 +196,28 @@ impl Damage {
     pub fn take(&mut self, clip_w: u16, clip_h: u16, cover: Cover) -> (Vec<CopyOp>, Vec<Area>) {
         let copies = std::mem::take(&mut self.copies);
         let (w, h) = (self.width.min(clip_w), self.height.min(clip_h));
-        let rects = match cover {
-            Cover::Exact => self.exact_rects(),
-            Cover::Qemu => self.qemu_rects(),
+        let (col_px, row_px, rows) = match cover {
+            Cover::Exact => (TILE_WIDTH, 1, self.rows),
+            Cover::Blocks => (BLOCK, BLOCK, self.rows.div_ceil(BLOCK)),
         };
+        let rects = merge_runs(rows, col_px, row_px, |r, runs| match cover {
+            Cover::Exact => self.runs(r, runs),
+            Cover::Blocks => self.block_runs(r, runs),
+        });
         self.bits.iter_mut().for_each(|b| *b = 0);
         let areas = rects
             .into_iter()
             .filter_map(|(c0, c1, r0, r1)| {
                 let area = Area::new(
-                    c0.saturating_mul(TILE_WIDTH),
-                    r0,
-                    (c1 - c0).saturating_mul(TILE_WIDTH),
-                    r1 - r0,
+                    c0.saturating_mul(col_px),
+                    r0.saturating_mul(row_px),
+                    (c1 - c0).saturating_mul(col_px),
+                    (r1 - r0).saturating_mul(row_px),
                 );
                 area.clip(w, h)
             })
             .collect();
         (copies, areas)
-    }
-
-    /// [`Cover::Exact`]'s rectangles: (first col, end col, first row, end row).
-    fn exact_rects(&self) -> Vec<(u16, u16, u16, u16)> {
-        let mut rects = Vec::new();
-        let mut open: Vec<(u16, u16, u16, u16)> = Vec::new();
-        let mut next = Vec::new();
-        let mut runs = Vec::new();
-        for r in 0..self.rows {
-            runs.clear();
-            self.runs(r, &mut runs);
-            for &(c0, c1) in &runs {
-                let rows_cap = max_rows(c1 - c0);
-                match open.iter().position(|o| o.0 == c0 && o.1 == c1) {
-                    Some(i) if open[i].3 - open[i].2 < rows_cap => {
-                        let o = open.swap_remove(i);
-                        next.push((o.0, o.1, o.2, r + 1));
-                    }
-                    _ => next.push((c0, c1, r, r + 1)),
-                }
-            }
-            rects.append(&mut open);
-            std::mem::swap(&mut open, &mut next);
-        }
-        rects.extend(open);
-        rects
-    }
-
-    /// [`Cover::Qemu`]'s rectangles (ui/vnc.c's `vnc_update_client` and
-    /// `find_and_clear_dirty_height`), clearing the bitmap as it goes.
-    fn qemu_rects(&mut self) -> Vec<(u16, u16, u16, u16)> {
-        let mut rects = Vec::new();
-        let cols = usize::from(self.cols);
-        for r in 0..self.rows {
-            while let Some(c0) = next_bit(self.line(r), 0, true).filter(|c| *c < cols) {
-                let c1 = next_bit(self.line(r), c0, false).unwrap_or(cols).min(cols);
-                // Both at most `cols`, a u16.
-                let c0 = u16::try_from(c0).unwrap_or(u16::MAX);
-                let c1 = u16::try_from(c1).unwrap_or(u16::MAX);
-                let cap = max_rows(c1 - c0);
-                let mut end = r;
-                while end < self.rows && end - r < cap && (end == r || self.get(end, c0)) {
-                    self.clear(end, c0, c1);
-                    end += 1;
-                }
-                rects.push((c0, c1, r, end));
-            }
-        }
-        rects
     }
 
     /// Checks a restored damage for the invariants `new` establishes.
@@ -294,22 +252,6 @@ impl Damage {
         self.bits.get_mut(start..start + n).unwrap_or(&mut [])
     }
 
-    fn get(&self, r: u16, c: u16) -> bool {
-        let c = usize::from(c);
-        self.line(r)
-            .get(c / 64)
-            .is_some_and(|w| w & (1 << (c % 64)) != 0)
-    }
-
-    fn clear(&mut self, r: u16, c0: u16, c1: u16) {
-        let line = self.line_mut(r);
-        for (w, mask) in masks(c0, c1) {
-            if let Some(word) = line.get_mut(w) {
-                *word &= !mask;
-            }
-        }
-    }
-
     fn any_dirty(&self, area: Area) -> bool {
         let Some(a) = area.clip(self.width, self.height) else {
             return false;
@@ -319,6 +261,31 @@ impl Damage {
             let line = self.line(r);
             masks(c0, c1).any(|(w, mask)| line.get(w).is_some_and(|word| word & mask != 0))
         })
+    }
+
+    /// Appends the runs of dirty blocks in row of blocks `r`, as (first block, end block).
+    fn block_runs(&self, r: u16, out: &mut Vec<(u16, u16)>) {
+        let per_block = usize::from(BLOCK / TILE_WIDTH);
+        let first = r.saturating_mul(BLOCK);
+        let end = first.saturating_add(BLOCK).min(self.rows);
+        let mut any = vec![0u64; words_per_line(self.cols)];
+        for line in first..end {
+            for (a, w) in any.iter_mut().zip(self.line(line)) {
+                *a |= w;
+            }
+        }
+        let cols = usize::from(self.cols);
+        let mut c = 0;
+        while let Some(start) = next_bit(&any, c, true).filter(|s| *s < cols) {
+            let block = start / per_block;
+            // Both at most `cols / per_block + 1`, within u16.
+            let b = u16::try_from(block).unwrap_or(u16::MAX);
+            match out.last_mut() {
+                Some(last) if last.1 == b => last.1 = b + 1,
+                _ => out.push((b, b + 1)),
+            }
+            c = (block + 1) * per_block;
+        }
     }
 
     /// Appends the runs of dirty tiles in line `r`, as (first col, end col).
@@ -339,6 +306,40 @@ impl Damage {
             c = end;
         }
     }
+}
+
+/// Rectangles over the runs `runs_of` gives for each of `rows` rows (columns `col_px`
+/// pixels wide, rows `row_px` tall): equal runs of consecutive rows merged, as (first col,
+/// end col, first row, end row).
+fn merge_runs(
+    rows: u16,
+    col_px: u16,
+    row_px: u16,
+    mut runs_of: impl FnMut(u16, &mut Vec<(u16, u16)>),
+) -> Vec<(u16, u16, u16, u16)> {
+    let mut rects = Vec::new();
+    // Open rectangles: (first col, end col, first row, end row).
+    let mut open: Vec<(u16, u16, u16, u16)> = Vec::new();
+    let mut next = Vec::new();
+    let mut runs = Vec::new();
+    for r in 0..rows {
+        runs.clear();
+        runs_of(r, &mut runs);
+        for &(c0, c1) in &runs {
+            let rows_cap = max_rows(c1 - c0, col_px, row_px);
+            match open.iter().position(|o| o.0 == c0 && o.1 == c1) {
+                Some(i) if open[i].3 - open[i].2 < rows_cap => {
+                    let o = open.swap_remove(i);
+                    next.push((o.0, o.1, o.2, r + 1));
+                }
+                _ => next.push((c0, c1, r, r + 1)),
+            }
+        }
+        rects.append(&mut open);
+        std::mem::swap(&mut open, &mut next);
+    }
+    rects.extend(open);
+    rects
 }
 
 /// u64 words holding one line of `cols` tiles.
@@ -377,10 +378,11 @@ fn next_bit(line: &[u64], from: usize, set: bool) -> Option<usize> {
     }
 }
 
-/// Most lines merged into one rectangle `cols` tiles wide, so that no rectangle holds more
-/// than 4 Mi pixels (16 MiB raw at 32 bpp, well inside a viewer's limits).
-fn max_rows(cols: u16) -> u16 {
-    let px_per_row = u32::from(cols.max(1)) * u32::from(TILE_WIDTH);
+/// Most rows of `row_px` lines merged into one rectangle `cols` columns of `col_px` wide, so
+/// that no rectangle holds more than 4 Mi pixels (16 MiB raw at 32 bpp, well inside a
+/// viewer's limits).
+fn max_rows(cols: u16, col_px: u16, row_px: u16) -> u16 {
+    let px_per_row = u32::from(cols.max(1)) * u32::from(col_px) * u32::from(row_px);
     u16::try_from(((4u32 << 20) / px_per_row).max(1)).unwrap_or(u16::MAX)
 }
 
@@ -403,14 +405,21 @@ mod tests {
     }
 
     #[test]
-    fn qemu_cover_extends_a_run_down_while_its_first_tile_is_dirty() {
-        let mut d = Damage::new(64, 4, false);
-        d.mark(Area::new(0, 0, 48, 1)); // line 0: cols 0..3
-        d.mark(Area::new(0, 1, 16, 1)); // line 1: col 0 (cols 1..3 clean, sent along)
-        d.mark(Area::new(32, 2, 16, 1)); // line 2: col 2 (col 0 clean: the run stops)
-        d.mark(Area::new(48, 0, 16, 1)); // line 0: col 3, joins the first run
-        let (_, rects) = d.take(64, 4, Cover::Qemu);
-        assert_eq!(rects, vec![Area::new(0, 0, 64, 2), Area::new(32, 2, 16, 1)]);
+    fn blocks_cover_every_64_pixel_block_with_a_dirty_tile_whole() {
+        let mut d = Damage::new(200, 130, false);
+        d.mark(Area::new(10, 70, 1, 1)); // block (0, 1)
+        d.mark(Area::new(70, 127, 60, 1)); // blocks (1, 1) and (2, 1)
+        d.mark(Area::new(199, 0, 1, 1)); // block (3, 0), cut to the screen
+        d.mark(Area::new(150, 129, 1, 1)); // block (2, 2), one line tall
+        let (_, rects) = d.take(200, 130, Cover::Blocks);
+        assert_eq!(
+            rects,
+            vec![
+                Area::new(192, 0, 8, 64),
+                Area::new(0, 64, 192, 64),
+                Area::new(128, 128, 64, 2),
+            ]
+        );
         assert!(d.is_clean());
     }
 

@@ -142,7 +142,7 @@ impl Session {
         let cover = if self.encoder.pixel_encoding() == Encoding::Raw {
             Cover::Exact
         } else {
-            Cover::Qemu
+            Cover::Blocks
         };
         let (copies, rects) = self.damage.take(self.size.0, self.size.1, cover);
         items.extend(copies.into_iter().map(|c| PlanItem::CopyRect {

@@ -362,7 +362,8 @@ impl UpdateEncoder {
         self.encodings = encodings.to_vec();
         let level = self.compress_level();
         if !self.zlib.state().header_sent {
-            self.zlib = ZlibEncoder::new(level);
+            let asked = self.requested_level();
+            self.zlib = ZlibEncoder::new(asked.unwrap_or(ZlibEncoder::DEFAULT_LEVEL));
         }
         if !self.zrle.state().header_sent {
             self.zrle = ZrleEncoder::new(level);
@@ -390,15 +391,18 @@ impl UpdateEncoder {
     }
 
     /// The zlib level the viewer asked for (its first compression-level pseudo-encoding),
-    /// else [`ZrleEncoder::DEFAULT_LEVEL`].
+    /// else [`ZrleEncoder::DEFAULT_LEVEL`] (Zlib's own default is
+    /// [`ZlibEncoder::DEFAULT_LEVEL`]).
     pub fn compress_level(&self) -> u32 {
-        self.encodings
-            .iter()
-            .find_map(|e| match e {
-                Encoding::CompressLevel(l) => Some(u32::from(*l)),
-                _ => None,
-            })
-            .unwrap_or(ZrleEncoder::DEFAULT_LEVEL)
+        self.requested_level().unwrap_or(ZrleEncoder::DEFAULT_LEVEL)
+    }
+
+    /// The viewer's first compression-level pseudo-encoding, if any.
+    fn requested_level(&self) -> Option<u32> {
+        self.encodings.iter().find_map(|e| match e {
+            Encoding::CompressLevel(l) => Some(u32::from(*l)),
+            _ => None,
+        })
     }
 
     /// Whether the viewer listed this (pseudo-)encoding.

@@ -88,3 +88,22 @@ fn system_zlib_reads_a_stream_continued_after_freeze() {
         assert!(theirs == ours, "level {level}: zlib and flate2 disagree");
     }
 }
+
+/// Zlib at the level the viewer names, else at QEMU's own default (9), so that a viewer that
+/// names none gets no more bytes from dmore than from QEMU's VNC (issue 18).
+#[test]
+fn zlib_compresses_at_the_viewers_level_else_at_qemus() {
+    use rfb::framebuffer::UpdateEncoder;
+    use rfb::Encoding;
+    let level = |list: &[Encoding]| {
+        let mut e = UpdateEncoder::new();
+        e.set_encodings(list);
+        e.freeze().zlib.level
+    };
+    assert_eq!(level(&[Encoding::Zlib, Encoding::Raw]), 9);
+    assert_eq!(level(&[Encoding::Zlib, Encoding::CompressLevel(3)]), 3);
+    // ZRLE and Tight keep theirs.
+    let mut e = UpdateEncoder::new();
+    e.set_encodings(&[Encoding::Zrle]);
+    assert_eq!(e.freeze().zrle.level, 6);
+}

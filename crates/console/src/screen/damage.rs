@@ -1,20 +1,23 @@
 //! What one viewer has not received yet, in bounded memory whatever the viewer does.
 //!
 //! ```text
-//!   screen 1024x768  ->  16 x 12 tiles of 64x64 = 192 bits
+//!   screen 720x400  ->  45 runs of 16 pixels per line x 400 lines = one u64 per line
 //!
-//!   row 0  . . X X X . . .        rects: (2..5, rows 0..2)   one 192x128 rectangle
-//!   row 1  . . X X X . . .               (0..1, row 2)       one 64x64 rectangle
-//!   row 2  X . . . . . . .
+//!   line 32..46   . . . . . . . . . . . X . . .      rects: (176, 32, 16x14)
+//!   line 46..48   . . . . . . . . . . . X X . .             (176, 46, 32x2)
 //! ```
 //!
-//! A dirty tile stays one bit however often it changes, so a viewer that never reads costs
-//! at most one bit per tile plus [`MAX_COPIES`] queued CopyRects.
+//! The granularity is QEMU's own VNC server's (`VNC_DIRTY_PIXELS_PER_BIT` in ui/vnc.h: 16
+//! pixels of one line), which is also the granularity of the rectangles QEMU sends the
+//! console: so a viewer is sent what changed and no more than QEMU's VNC would send it. A
+//! dirty run stays one bit however often it changes, so a viewer that never reads costs at
+//! most one bit per 16 pixels of each line (one u64 per line up to 1024 pixels wide) plus
+//! [`MAX_COPIES`] queued CopyRects.
 
 use serde::{Deserialize, Serialize};
 
-/// Side of a damage tile in pixels (the same as ZRLE's tiles).
-pub const TILE: u16 = 64;
+/// Width of a damage tile in pixels; a tile is one line high (QEMU's VNC granularity).
+pub const TILE_WIDTH: u16 = 16;
 
 /// Most CopyRects queued for one viewer; beyond it a copy's destination is marked dirty.
 pub const MAX_COPIES: usize = 16;
@@ -70,8 +73,25 @@ pub struct CopyOp {
     pub dst: Area,
 }
 
-/// One viewer's pending damage on a screen of a given size: a bitmap of dirty tiles and a
-/// short queue of CopyRects to replay before the dirty tiles.
+/// How [`Damage::take`] covers the dirty tiles with rectangles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cover {
+    /// Exactly the dirty tiles: runs of tiles in a line, equal runs in consecutive lines
+    /// merged. The fewest pixels, for Raw, where every pixel costs the same.
+    Exact,
+    /// Every [`BLOCK`]x[`BLOCK`] block holding a dirty tile, whole: runs of blocks in a row of
+    /// blocks, equal runs in consecutive rows merged. Few, large rectangles for the
+    /// compressing encodings, whose cost per rectangle (header, zlib flush, tile grid)
+    /// outweighs the clean pixels sent along, which compress to little.
+    Blocks,
+}
+
+/// Side of a [`Cover::Blocks`] block in pixels (ZRLE's tile).
+pub const BLOCK: u16 = 64;
+
+/// One viewer's pending damage on a screen of a given size: a bitmap of dirty tiles (16
+/// pixels of one line each; every line starts a new u64) and a short queue of CopyRects to
+/// replay before the dirty tiles.
 ///
 /// Invariant: the viewer's framebuffer, once the queued copies are applied in order, equals
 /// the screen cache in every clean tile.
@@ -79,7 +99,9 @@ pub struct CopyOp {
 pub struct Damage {
     width: u16,
     height: u16,
+    /// Tiles per line.
     cols: u16,
+    /// Lines (the height).
     rows: u16,
     bits: Vec<u64>,
     copies: Vec<CopyOp>,
@@ -88,15 +110,13 @@ pub struct Damage {
 impl Damage {
     /// Damage for a `width x height` screen, all dirty or all clean.
     pub fn new(width: u16, height: u16, dirty: bool) -> Self {
-        let cols = width.div_ceil(TILE);
-        let rows = height.div_ceil(TILE);
-        let words = (usize::from(cols) * usize::from(rows)).div_ceil(64);
+        let cols = width.div_ceil(TILE_WIDTH);
         let mut d = Damage {
             width,
             height,
             cols,
-            rows,
-            bits: vec![0; words],
+            rows: height,
+            bits: vec![0; words_per_line(cols) * usize::from(height)],
             copies: Vec::new(),
         };
         if dirty {
@@ -117,9 +137,7 @@ impl Damage {
 
     /// Marks every tile dirty (the copies stay valid: the tiles will be sent after them).
     pub fn mark_all(&mut self) {
-        for t in 0..self.tile_count() {
-            self.set(t);
-        }
+        self.mark(Area::new(0, 0, self.width, self.height));
     }
 
     /// Marks the tiles `area` touches dirty (the part outside the screen is ignored).
@@ -127,10 +145,13 @@ impl Damage {
         let Some(a) = area.clip(self.width, self.height) else {
             return;
         };
-        let (c0, c1, r0, r1) = tile_span(a);
-        for r in r0..r1 {
-            for c in c0..c1 {
-                self.set(self.index(c, r));
+        let (c0, c1) = col_span(a);
+        for r in a.y..a.y + a.height {
+            let line = self.line_mut(r);
+            for (w, mask) in masks(c0, c1) {
+                if let Some(word) = line.get_mut(w) {
+                    *word |= mask;
+                }
             }
         }
     }
@@ -159,7 +180,7 @@ impl Damage {
         self.copies.is_empty() && self.bits.iter().all(|w| *w == 0)
     }
 
-    /// How many tiles are dirty.
+    /// How many tiles (16 pixels of a line) are dirty.
     pub fn dirty_tiles(&self) -> usize {
         self.bits.iter().map(|w| w.count_ones() as usize).sum()
     }
@@ -169,41 +190,29 @@ impl Damage {
         self.bits.capacity() * 8 + self.copies.capacity() * std::mem::size_of::<CopyOp>()
     }
 
-    /// Takes everything pending: the queued copies in order, then the dirty tiles as few
-    /// rectangles (runs of tiles in a row; equal runs in consecutive rows merged), cut to the
-    /// `clip_w x clip_h` framebuffer the viewer has. Leaves the damage clean.
-    pub fn take(&mut self, clip_w: u16, clip_h: u16) -> (Vec<CopyOp>, Vec<Area>) {
+    /// Takes everything pending: the queued copies in order, then the dirty tiles as
+    /// rectangles made as `cover` says, cut to the `clip_w x clip_h` framebuffer the viewer
+    /// has. Leaves the damage clean.
+    pub fn take(&mut self, clip_w: u16, clip_h: u16, cover: Cover) -> (Vec<CopyOp>, Vec<Area>) {
         let copies = std::mem::take(&mut self.copies);
         let (w, h) = (self.width.min(clip_w), self.height.min(clip_h));
-        let mut rects = Vec::new();
-        // Open rectangles: (first col, end col, first row, end row).
-        let mut open: Vec<(u16, u16, u16, u16)> = Vec::new();
-        for r in 0..self.rows {
-            let runs = self.runs(r);
-            let mut next = Vec::with_capacity(runs.len());
-            for (c0, c1) in runs {
-                let rows_cap = max_rows(c1 - c0);
-                match open.iter().position(|o| o.0 == c0 && o.1 == c1) {
-                    Some(i) if open[i].3 - open[i].2 < rows_cap => {
-                        let o = open.swap_remove(i);
-                        next.push((o.0, o.1, o.2, r + 1));
-                    }
-                    _ => next.push((c0, c1, r, r + 1)),
-                }
-            }
-            rects.append(&mut open);
-            open = next;
-        }
-        rects.extend(open);
+        let (col_px, row_px, rows) = match cover {
+            Cover::Exact => (TILE_WIDTH, 1, self.rows),
+            Cover::Blocks => (BLOCK, BLOCK, self.rows.div_ceil(BLOCK)),
+        };
+        let rects = merge_runs(rows, col_px, row_px, |r, runs| match cover {
+            Cover::Exact => self.runs(r, runs),
+            Cover::Blocks => self.block_runs(r, runs),
+        });
         self.bits.iter_mut().for_each(|b| *b = 0);
         let areas = rects
             .into_iter()
             .filter_map(|(c0, c1, r0, r1)| {
                 let area = Area::new(
-                    c0.saturating_mul(TILE),
-                    r0.saturating_mul(TILE),
-                    (c1 - c0).saturating_mul(TILE),
-                    (r1 - r0).saturating_mul(TILE),
+                    c0.saturating_mul(col_px),
+                    r0.saturating_mul(row_px),
+                    (c1 - c0).saturating_mul(col_px),
+                    (r1 - r0).saturating_mul(row_px),
                 );
                 area.clip(w, h)
             })
@@ -231,71 +240,149 @@ impl Damage {
         Ok(())
     }
 
-    fn tile_count(&self) -> usize {
-        usize::from(self.cols) * usize::from(self.rows)
+    fn line(&self, r: u16) -> &[u64] {
+        let n = words_per_line(self.cols);
+        let start = usize::from(r) * n;
+        self.bits.get(start..start + n).unwrap_or(&[])
     }
 
-    fn index(&self, c: u16, r: u16) -> usize {
-        usize::from(r) * usize::from(self.cols) + usize::from(c)
-    }
-
-    fn set(&mut self, t: usize) {
-        if let Some(w) = self.bits.get_mut(t / 64) {
-            *w |= 1 << (t % 64);
-        }
-    }
-
-    fn get(&self, t: usize) -> bool {
-        self.bits
-            .get(t / 64)
-            .is_some_and(|w| w & (1 << (t % 64)) != 0)
+    fn line_mut(&mut self, r: u16) -> &mut [u64] {
+        let n = words_per_line(self.cols);
+        let start = usize::from(r) * n;
+        self.bits.get_mut(start..start + n).unwrap_or(&mut [])
     }
 
     fn any_dirty(&self, area: Area) -> bool {
         let Some(a) = area.clip(self.width, self.height) else {
             return false;
         };
-        let (c0, c1, r0, r1) = tile_span(a);
-        (r0..r1).any(|r| (c0..c1).any(|c| self.get(self.index(c, r))))
+        let (c0, c1) = col_span(a);
+        (a.y..a.y + a.height).any(|r| {
+            let line = self.line(r);
+            masks(c0, c1).any(|(w, mask)| line.get(w).is_some_and(|word| word & mask != 0))
+        })
     }
 
-    /// Runs of dirty tiles in row `r`, as (first col, end col).
-    fn runs(&self, r: u16) -> Vec<(u16, u16)> {
-        let mut runs = Vec::new();
-        let mut start = None;
-        for c in 0..=self.cols {
-            let dirty = c < self.cols && self.get(self.index(c, r));
-            match (dirty, start) {
-                (true, None) => start = Some(c),
-                (false, Some(s)) => {
-                    runs.push((s, c));
-                    start = None;
-                }
-                _ => {}
+    /// Appends the runs of dirty blocks in row of blocks `r`, as (first block, end block).
+    fn block_runs(&self, r: u16, out: &mut Vec<(u16, u16)>) {
+        let per_block = usize::from(BLOCK / TILE_WIDTH);
+        let first = r.saturating_mul(BLOCK);
+        let end = first.saturating_add(BLOCK).min(self.rows);
+        let mut any = vec![0u64; words_per_line(self.cols)];
+        for line in first..end {
+            for (a, w) in any.iter_mut().zip(self.line(line)) {
+                *a |= w;
             }
         }
-        runs
+        let cols = usize::from(self.cols);
+        let mut c = 0;
+        while let Some(start) = next_bit(&any, c, true).filter(|s| *s < cols) {
+            let block = start / per_block;
+            // Both at most `cols / per_block + 1`, within u16.
+            let b = u16::try_from(block).unwrap_or(u16::MAX);
+            match out.last_mut() {
+                Some(last) if last.1 == b => last.1 = b + 1,
+                _ => out.push((b, b + 1)),
+            }
+            c = (block + 1) * per_block;
+        }
+    }
+
+    /// Appends the runs of dirty tiles in line `r`, as (first col, end col).
+    fn runs(&self, r: u16, out: &mut Vec<(u16, u16)>) {
+        let line = self.line(r);
+        let cols = usize::from(self.cols);
+        let mut c = 0;
+        while let Some(start) = next_bit(line, c, true) {
+            if start >= cols {
+                break;
+            }
+            let end = next_bit(line, start, false).unwrap_or(cols).min(cols);
+            // Both fit: they are at most `cols`, a u16.
+            out.push((
+                u16::try_from(start).unwrap_or(u16::MAX),
+                u16::try_from(end).unwrap_or(u16::MAX),
+            ));
+            c = end;
+        }
     }
 }
 
-/// Tiles an in-screen area touches: (first col, end col, first row, end row).
-fn tile_span(a: Area) -> (u16, u16, u16, u16) {
-    let end = |start: u16, len: u16| {
-        u16::try_from((u32::from(start) + u32::from(len)).div_ceil(u32::from(TILE)))
-            .unwrap_or(u16::MAX)
-    };
-    (
-        a.x / TILE,
-        end(a.x, a.width),
-        a.y / TILE,
-        end(a.y, a.height),
-    )
+/// Rectangles over the runs `runs_of` gives for each of `rows` rows (columns `col_px`
+/// pixels wide, rows `row_px` tall): equal runs of consecutive rows merged, as (first col,
+/// end col, first row, end row).
+fn merge_runs(
+    rows: u16,
+    col_px: u16,
+    row_px: u16,
+    mut runs_of: impl FnMut(u16, &mut Vec<(u16, u16)>),
+) -> Vec<(u16, u16, u16, u16)> {
+    let mut rects = Vec::new();
+    // Open rectangles: (first col, end col, first row, end row).
+    let mut open: Vec<(u16, u16, u16, u16)> = Vec::new();
+    let mut next = Vec::new();
+    let mut runs = Vec::new();
+    for r in 0..rows {
+        runs.clear();
+        runs_of(r, &mut runs);
+        for &(c0, c1) in &runs {
+            let rows_cap = max_rows(c1 - c0, col_px, row_px);
+            match open.iter().position(|o| o.0 == c0 && o.1 == c1) {
+                Some(i) if open[i].3 - open[i].2 < rows_cap => {
+                    let o = open.swap_remove(i);
+                    next.push((o.0, o.1, o.2, r + 1));
+                }
+                _ => next.push((c0, c1, r, r + 1)),
+            }
+        }
+        rects.append(&mut open);
+        std::mem::swap(&mut open, &mut next);
+    }
+    rects.extend(open);
+    rects
 }
 
-/// Most tile rows merged into one rectangle `cols` tiles wide, so that no rectangle holds
-/// more than 4 Mi pixels (16 MiB raw at 32 bpp, well inside a viewer's limits).
-fn max_rows(cols: u16) -> u16 {
-    let px_per_row = u32::from(cols.max(1)) * u32::from(TILE) * u32::from(TILE);
+/// u64 words holding one line of `cols` tiles.
+fn words_per_line(cols: u16) -> usize {
+    usize::from(cols).div_ceil(64)
+}
+
+/// The tile columns an in-screen area touches: (first col, end col).
+fn col_span(a: Area) -> (u16, u16) {
+    let end = (u32::from(a.x) + u32::from(a.width)).div_ceil(u32::from(TILE_WIDTH));
+    (a.x / TILE_WIDTH, u16::try_from(end).unwrap_or(u16::MAX))
+}
+
+/// The bits of columns `c0..c1` of a line: (word index, mask) for each word they touch.
+fn masks(c0: u16, c1: u16) -> impl Iterator<Item = (usize, u64)> {
+    let (c0, c1) = (usize::from(c0), usize::from(c1));
+    (c0 / 64..c1.div_ceil(64)).map(move |w| {
+        let lo = c0.max(w * 64) - w * 64;
+        let hi = c1.min(w * 64 + 64) - w * 64;
+        let upper = if hi == 64 { u64::MAX } else { (1u64 << hi) - 1 };
+        (w, upper & !((1u64 << lo) - 1))
+    })
+}
+
+/// The first column at or after `from` whose bit is `set` (one, or zero) in `line`.
+fn next_bit(line: &[u64], from: usize, set: bool) -> Option<usize> {
+    let word = |i: usize| line.get(i).map(|w| if set { *w } else { !*w });
+    let mut i = from / 64;
+    let mut bits = word(i)? & (u64::MAX << (from % 64));
+    loop {
+        if bits != 0 {
+            return Some(i * 64 + bits.trailing_zeros() as usize);
+        }
+        i += 1;
+        bits = word(i)?;
+    }
+}
+
+/// Most rows of `row_px` lines merged into one rectangle `cols` columns of `col_px` wide, so
+/// that no rectangle holds more than 4 Mi pixels (16 MiB raw at 32 bpp, well inside a
+/// viewer's limits).
+fn max_rows(cols: u16, col_px: u16, row_px: u16) -> u16 {
+    let px_per_row = u32::from(cols.max(1)) * u32::from(col_px) * u32::from(row_px);
     u16::try_from(((4u32 << 20) / px_per_row).max(1)).unwrap_or(u16::MAX)
 }
 
@@ -304,28 +391,62 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_in_a_row_and_equal_rows_merge() {
+    fn runs_in_a_line_and_equal_lines_merge() {
         let mut d = Damage::new(1024, 768, false);
-        d.mark(Area::new(130, 10, 150, 100)); // cols 2..5, rows 0..2
-        d.mark(Area::new(0, 140, 1, 1)); // col 0, row 2
-        let (copies, rects) = d.take(1024, 768);
+        d.mark(Area::new(130, 10, 150, 100)); // cols 8..18, lines 10..110
+        d.mark(Area::new(0, 140, 1, 1)); // col 0, line 140
+        let (copies, rects) = d.take(1024, 768, Cover::Exact);
         assert!(copies.is_empty());
         assert_eq!(
             rects,
-            vec![Area::new(128, 0, 192, 128), Area::new(0, 128, 64, 64)]
+            vec![Area::new(128, 10, 160, 100), Area::new(0, 140, 16, 1)]
+        );
+        assert!(d.is_clean());
+    }
+
+    #[test]
+    fn blocks_cover_every_64_pixel_block_with_a_dirty_tile_whole() {
+        let mut d = Damage::new(200, 130, false);
+        d.mark(Area::new(10, 70, 1, 1)); // block (0, 1)
+        d.mark(Area::new(70, 127, 60, 1)); // blocks (1, 1) and (2, 1)
+        d.mark(Area::new(199, 0, 1, 1)); // block (3, 0), cut to the screen
+        d.mark(Area::new(150, 129, 1, 1)); // block (2, 2), one line tall
+        let (_, rects) = d.take(200, 130, Cover::Blocks);
+        assert_eq!(
+            rects,
+            vec![
+                Area::new(192, 0, 8, 64),
+                Area::new(0, 64, 192, 64),
+                Area::new(128, 128, 64, 2),
+            ]
         );
         assert!(d.is_clean());
     }
 
     #[test]
     fn edge_tiles_are_clipped_to_the_screen_and_the_viewer() {
-        let mut d = Damage::new(720, 400, true);
-        assert_eq!(d.dirty_tiles(), 12 * 7);
-        let (_, rects) = d.take(720, 400);
-        assert_eq!(rects, vec![Area::new(0, 0, 720, 400)]);
+        let mut d = Damage::new(727, 400, true);
+        assert_eq!(d.dirty_tiles(), 46 * 400);
+        let (_, rects) = d.take(727, 400, Cover::Exact);
+        assert_eq!(rects, vec![Area::new(0, 0, 727, 400)]);
         d.mark_all();
-        let (_, rects) = d.take(640, 480);
+        let (_, rects) = d.take(640, 480, Cover::Exact);
         assert_eq!(rects, vec![Area::new(0, 0, 640, 400)]);
+    }
+
+    #[test]
+    fn lines_wider_than_a_word_keep_their_runs() {
+        // 2000 pixels: 125 tiles, two words per line; a run across the word boundary.
+        let mut d = Damage::new(2000, 3, false);
+        d.mark(Area::new(1000, 1, 100, 1)); // cols 62..69
+        d.mark(Area::new(1990, 2, 10, 1)); // col 124, the last
+        assert!(d.any_dirty(Area::new(1020, 0, 1, 2)));
+        assert!(!d.any_dirty(Area::new(0, 0, 992, 3)));
+        let (_, rects) = d.take(2000, 3, Cover::Exact);
+        assert_eq!(
+            rects,
+            vec![Area::new(992, 1, 112, 1), Area::new(1984, 2, 16, 1)]
+        );
     }
 
     #[test]
@@ -341,7 +462,7 @@ mod tests {
             !d.copy(64, 0, Area::new(128, 0, 64, 64), false),
             "not allowed"
         );
-        let (copies, rects) = d.take(256, 256);
+        let (copies, rects) = d.take(256, 256, Cover::Exact);
         assert_eq!(copies.len(), 1);
         assert_eq!(rects.len(), 3);
     }
@@ -353,13 +474,13 @@ mod tests {
             assert!(d.copy(0, 0, Area::new(64, 0, 8, 8), true));
         }
         assert!(!d.copy(0, 0, Area::new(64, 0, 8, 8), true));
-        assert_eq!(d.dirty_tiles(), 1);
+        assert_eq!(d.dirty_tiles(), 8);
     }
 
     #[test]
     fn tall_rectangles_are_split() {
         let mut d = Damage::new(16384, 1024, true);
-        let (_, rects) = d.take(16384, 1024);
+        let (_, rects) = d.take(16384, 1024, Cover::Exact);
         assert!(rects.len() > 1);
         assert!(rects
             .iter()

@@ -21,7 +21,7 @@
 pub mod damage;
 mod state;
 
-pub use damage::{Area, CopyOp, Damage, MAX_COPIES, TILE};
+pub use damage::{Area, CopyOp, Cover, Damage, MAX_COPIES, TILE_WIDTH};
 pub use state::{ScreenRestoreError, ScreenState, SCREEN_STATE_VERSION};
 
 use rfb::encoding::cursor::Cursor;

@@ -8,8 +8,9 @@ use rfb::framebuffer::{EncoderStreams, UpdateEncoder};
 use rfb::{Encoding, PixelFormat, Version};
 use serde::{Deserialize, Serialize};
 
-/// Version of [`SessionState`]'s layout; [`Session::restore`] refuses any other.
-pub const SESSION_STATE_VERSION: u32 = 2;
+/// Version of [`SessionState`]'s layout; [`Session::restore`] refuses any other. Version 3:
+/// the damage bitmap holds 16 pixels of one line per bit (64x64 tiles before).
+pub const SESSION_STATE_VERSION: u32 = 3;
 
 /// A session's whole state, serde-serialisable. Made by [`Session::freeze`], consumed by
 /// [`Session::restore`].

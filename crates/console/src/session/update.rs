@@ -1,7 +1,7 @@
 //! Screen changes into a viewer's damage, and damage into FramebufferUpdates.
 
 use super::{Session, SessionError};
-use crate::screen::{Area, Change, Screen};
+use crate::screen::{Area, Change, Cover, Screen};
 use rfb::encoding::cursor;
 use rfb::framebuffer::ApplyError;
 use rfb::translate::Translator;
@@ -138,7 +138,13 @@ impl Session {
                 });
             }
         }
-        let (copies, rects) = self.damage.take(self.size.0, self.size.1);
+        // Raw pays for every pixel; the others pay per rectangle (see `Cover`).
+        let cover = if self.encoder.pixel_encoding() == Encoding::Raw {
+            Cover::Exact
+        } else {
+            Cover::Blocks
+        };
+        let (copies, rects) = self.damage.take(self.size.0, self.size.1, cover);
         items.extend(copies.into_iter().map(|c| PlanItem::CopyRect {
             src_x: c.src_x,
             src_y: c.src_y,

@@ -19,6 +19,10 @@ pub struct ZlibEncoder {
 }
 
 impl ZlibEncoder {
+    /// The level for a viewer that names none: QEMU's own VNC compresses Zlib at 9 then
+    /// (ui/vnc.c `set_encodings`), so a viewer gets no more bytes from dmore than from it.
+    pub const DEFAULT_LEVEL: u32 = 9;
+
     /// An encoder for a new connection at zlib `level` (0..=9).
     pub fn new(level: u32) -> Self {
         Self::resume(&StreamState {

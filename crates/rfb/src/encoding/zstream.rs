@@ -42,7 +42,9 @@ pub struct StreamState {
 
 /// The server side of one zlib stream.
 pub struct DeflateStream {
-    deflate: Compress,
+    /// Made for the first rectangle: a viewer's encoder holds a stream for each encoding it
+    /// might be sent (ZRLE, Zlib, Tight's four), and a compressor takes ~320 KiB.
+    deflate: Option<Compress>,
     state: StreamState,
 }
 
@@ -71,7 +73,7 @@ impl DeflateStream {
             header_sent: state.header_sent,
         };
         DeflateStream {
-            deflate: Compress::new(Compression::new(state.level), !state.header_sent),
+            deflate: None,
             state,
         }
     }
@@ -84,6 +86,10 @@ impl DeflateStream {
     /// Compresses all of `input` onto `out` and sync-flushes, so the bytes appended are
     /// complete on their own. On an error the stream is broken.
     pub fn compress(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        let StreamState { level, header_sent } = self.state;
+        let deflate = self
+            .deflate
+            .get_or_insert_with(|| Compress::new(Compression::new(level), !header_sent));
         let mut pos = 0;
         loop {
             // Room for all of it and the flush in one call: deflate's worst case adds a few
@@ -93,11 +99,11 @@ impl DeflateStream {
             // by `zrle_round_trips`).
             let left = input.len() - pos;
             out.reserve(left + left / 8 + 1024);
-            let before = self.deflate.total_in();
-            self.deflate
+            let before = deflate.total_in();
+            deflate
                 .compress_vec(input.get(pos..).unwrap_or(&[]), out, FlushCompress::Sync)
                 .map_err(Error::Deflate)?;
-            pos += usize::try_from(self.deflate.total_in() - before).unwrap_or(usize::MAX);
+            pos += usize::try_from(deflate.total_in() - before).unwrap_or(usize::MAX);
             if pos >= input.len() && out.len() < out.capacity() {
                 break;
             }
@@ -109,13 +115,14 @@ impl DeflateStream {
 
 /// The client side of one zlib stream.
 pub struct InflateStream {
-    inflate: Decompress,
+    /// Made for the first rectangle, as [`DeflateStream`]'s compressor (~43 KiB).
+    inflate: Option<Decompress>,
 }
 
 impl std::fmt::Debug for InflateStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InflateStream")
-            .field("total_in", &self.inflate.total_in())
+            .field("total_in", &self.inflate.as_ref().map(Decompress::total_in))
             .finish_non_exhaustive()
     }
 }
@@ -129,15 +136,14 @@ impl Default for InflateStream {
 impl InflateStream {
     /// A stream that starts with a zlib header.
     pub fn new() -> Self {
-        InflateStream {
-            inflate: Decompress::new(true),
-        }
+        InflateStream { inflate: None }
     }
 
     /// Inflates all of `data` into `buf` (cleared first), refusing to produce more than
     /// `limit` bytes ([`Error::InflateLimit`] with a zero size: callers fill in theirs).
     pub fn inflate(&mut self, data: &[u8], limit: usize, buf: &mut Vec<u8>) -> Result<(), Error> {
         buf.clear();
+        let inflate = self.inflate.get_or_insert_with(|| Decompress::new(true));
         let too_much = || Error::InflateLimit {
             limit,
             width: 0,
@@ -149,13 +155,12 @@ impl InflateStream {
                 return Err(too_much());
             }
             buf.reserve((limit + 1 - buf.len()).min(CHUNK));
-            let (in0, out0) = (self.inflate.total_in(), self.inflate.total_out());
-            let status = self
-                .inflate
+            let (in0, out0) = (inflate.total_in(), inflate.total_out());
+            let status = inflate
                 .decompress_vec(data.get(pos..).unwrap_or(&[]), buf, FlushDecompress::Sync)
                 .map_err(Error::Inflate)?;
-            let read = usize::try_from(self.inflate.total_in() - in0).unwrap_or(usize::MAX);
-            let wrote = self.inflate.total_out() - out0;
+            let read = usize::try_from(inflate.total_in() - in0).unwrap_or(usize::MAX);
+            let wrote = inflate.total_out() - out0;
             pos = pos.saturating_add(read);
             if status == Status::StreamEnd {
                 return Err(Error::StreamEnded);

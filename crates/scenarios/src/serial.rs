@@ -59,6 +59,94 @@ impl GuestStream {
     pub fn received(&self) -> Option<u32> {
         self.lines.last().map(|l| l.1)
     }
+
+    /// One line for a test's log: what was typed against what the guest received and echoed,
+    /// and the numbered lines of `output` (the whole output the client got).
+    pub fn summary(&self, typed: &[u8], output: &[u8]) -> String {
+        format!(
+            "typed {} B, guest received {:?} B, echoed back {} B; output {} B in {} numbered \
+             lines (first {:?}), missing {}, repeated {}, garbled {}",
+            typed.len(),
+            self.received(),
+            self.echoed.len(),
+            output.len(),
+            self.lines.len(),
+            self.lines.first().map(|l| l.0),
+            self.missing_lines(),
+            self.repeated_lines(),
+            self.garbled
+        )
+    }
+
+    /// Exactly once both ways: the output whole (no line missing, repeated or garbled), the
+    /// guest's count of received bytes equal to what was `typed`, and its echoes equal to
+    /// `typed` (every byte received once, in order, and its echo delivered once).
+    pub fn check_exact(&self, typed: &[u8]) -> Result<(), SerialMismatch> {
+        if self.missing_lines() != 0 || self.repeated_lines() != 0 || self.garbled != 0 {
+            return Err(SerialMismatch::Output {
+                missing: self.missing_lines(),
+                repeated: self.repeated_lines(),
+                garbled: self.garbled,
+            });
+        }
+        if self.received() != u32::try_from(typed.len()).ok() {
+            return Err(SerialMismatch::Count {
+                received: self.received(),
+                typed: typed.len(),
+            });
+        }
+        if self.echoed != typed {
+            let at = self
+                .echoed
+                .iter()
+                .zip(typed)
+                .position(|(a, b)| a != b)
+                .unwrap_or(typed.len().min(self.echoed.len()));
+            let around = |b: &[u8]| {
+                String::from_utf8_lossy(&b[at.saturating_sub(40)..(at + 40).min(b.len())])
+                    .into_owned()
+            };
+            return Err(SerialMismatch::Echo {
+                at,
+                typed: around(typed),
+                echoed: around(&self.echoed),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How a serial session was not exactly once ([`GuestStream::check_exact`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SerialMismatch {
+    /// The guest's numbered output lines were not whole and once.
+    #[error("output lost, doubled or garbled: {missing} lines missing, {repeated} repeated, {garbled} bytes garbled")]
+    Output {
+        /// Line numbers missing.
+        missing: u64,
+        /// Lines seen again.
+        repeated: u64,
+        /// Bytes that fit no line.
+        garbled: usize,
+    },
+    /// The guest did not count every typed byte once.
+    #[error("the guest counted {received:?} bytes, {typed} were typed")]
+    Count {
+        /// The guest's count.
+        received: Option<u32>,
+        /// Bytes typed.
+        typed: usize,
+    },
+    /// The echoes differ from what was typed.
+    #[error("the guest's echoes differ from the typed bytes at byte {at}: typed {typed:?}, echoed {echoed:?}")]
+    Echo {
+        /// First differing byte.
+        at: usize,
+        /// Typed bytes around it.
+        typed: String,
+        /// Echoed bytes around it.
+        echoed: String,
+    },
 }
 
 /// Parses the guest's COM2 output (a cut line at the end is left out).

@@ -120,6 +120,17 @@ impl Pipe {
         Ok(Pipe::spawn(stream, Some(new.first), new.connections))
     }
 
+    /// Routes a connection the gateway opened here by its opening ([`Router::route`]): a new
+    /// session is served as a pipe (`Some`); a later connection of a known session is handed
+    /// to that session, and a bad opening dropped (`None`).
+    pub async fn accept(
+        router: &Router,
+        conn: tokio::net::TcpStream,
+    ) -> Option<Result<Pipe, GatewayError>> {
+        let new = router.route(conn).await?;
+        Some(Pipe::serve(router, new))
+    }
+
     /// Serves a session that moved here (its state from [`Pipe::export`] on the console it
     /// left): registered with `router`, it waits for the gateway to reattach.
     pub fn import(router: &Router, state: StreamState) -> Result<Pipe, GatewayError> {

@@ -29,8 +29,8 @@ async fn console(router: Router) -> (SocketAddr, mpsc::Receiver<Pipe>) {
             let (conn, _) = l.accept().await.unwrap();
             let (router, tx) = (router.clone(), tx.clone());
             tokio::spawn(async move {
-                if let Some(new) = router.route(conn).await {
-                    let _ = tx.send(Pipe::serve(&router, new).unwrap()).await;
+                if let Some(pipe) = Pipe::accept(&router, conn).await {
+                    let _ = tx.send(pipe.unwrap()).await;
                 }
             });
         }

@@ -571,15 +571,13 @@ impl GatewayLane {
         let _ = conn.set_nodelay(true);
         let (router, tx) = (self.router.clone(), self.pipes_tx.clone());
         tokio::spawn(async move {
-            let Some(new) = router.route(conn).await else {
-                return;
-            };
-            match Pipe::serve(&router, new) {
-                Ok(pipe) => {
+            match Pipe::accept(&router, conn).await {
+                Some(Ok(pipe)) => {
                     tracing::info!(%peer, "serial viewer through the gateway");
                     let _ = tx.send(pipe).await;
                 }
-                Err(e) => tracing::info!(%peer, error = %e, "gateway serial session refused"),
+                Some(Err(e)) => tracing::info!(%peer, error = %e, "gateway serial session refused"),
+                None => {}
             }
         });
     }

@@ -66,16 +66,14 @@ impl GatewayFront {
     fn route(&self, conn: TcpStream, peer: SocketAddr) {
         let (router, tx) = (self.router.clone(), self.new_tx.clone());
         tokio::spawn(async move {
-            let Some(new) = router.route(conn).await else {
-                return;
-            };
-            match Pipe::serve(&router, new) {
-                Ok(pipe) => {
+            match Pipe::accept(&router, conn).await {
+                Some(Ok(pipe)) => {
                     let _ = tx.send((pipe, peer)).await;
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     tracing::info!(%peer, error = %error_chain(&e), "gateway session refused")
                 }
+                None => {}
             }
         });
     }

@@ -206,6 +206,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let consoles = dials(a.console);
     let serial_consoles = dials(a.serial_console);
+    // One service carries SSH users and browser terminals alike.
+    let serial_names: Vec<String> = serial_consoles.keys().cloned().collect();
+    let serial_service = crate::gateway_serial::service(serial_consoles);
     let mut tasks = tokio::task::JoinSet::new();
     if let (Some(listen), Some(host_key), Some(keys)) =
         (a.ssh_listen, &a.ssh_host_key, a.ssh_authorized_keys)
@@ -214,10 +217,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             host_key: gateway::ssh::load_host_key(host_key)
                 .with_context(|| format!("the SSH host key {}", host_key.display()))?,
             authorized_keys: keys,
-            consoles: serial_consoles.keys().cloned().collect(),
+            consoles: serial_names.clone(),
         };
         let listener = bind(listen).await?;
-        let service = crate::gateway_serial::service(serial_consoles.clone());
+        let service = serial_service.clone();
         tasks.spawn(async move {
             gateway::ssh::serve_ssh(listener, config, service)
                 .await
@@ -261,9 +264,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             index: "vnc.html".into(),
             token_file,
             consoles,
-            serial: (!serial_consoles.is_empty()).then(|| gateway::web::SerialLanes {
-                consoles: serial_consoles.keys().cloned().collect(),
-                service: crate::gateway_serial::service(serial_consoles.clone()),
+            serial: (!serial_names.is_empty()).then(|| gateway::web::SerialLanes {
+                consoles: serial_names.iter().cloned().collect(),
+                service: serial_service.clone(),
             }),
         };
         let listener = bind(listen).await?;

@@ -113,5 +113,8 @@ fn received_name(m: &crate::protocol::Message) -> &'static str {
         Message::TakenOver { .. } => "Received(TakenOver)",
         Message::ResendSnapshot => "Received(ResendSnapshot)",
         Message::Abort { .. } => "Received(Abort)",
+        // Answered by the serving console outside the phase machines.
+        Message::Announce => "Received(Announce)",
+        Message::Announced => "Received(Announced)",
     }
 }

@@ -196,11 +196,17 @@ impl Codec {
         if matches!(msg, Message::Hello(_)) {
             return Err(ProtocolError::Unexpected("Hello outside start"));
         }
-        let Some((_, key)) = self.session else {
+        let Some((version, key)) = self.session else {
             return Err(ProtocolError::Unexpected(
                 "a message before the Hello exchange",
             ));
         };
+        if msg.since_version() > version {
+            return Err(ProtocolError::NotInVersion {
+                message: msg.name(),
+                version,
+            });
+        }
         let mut payload = Vec::new();
         let kind = msg.encode_payload(&mut payload)?;
         self.frame(&key, kind, &payload)
@@ -313,6 +319,12 @@ impl Codec {
             }
             (Message::Hello(_), Some(_)) => {
                 return Err(ProtocolError::Unexpected("a second Hello"))
+            }
+            (m, Some((version, _))) if m.since_version() > version => {
+                return Err(ProtocolError::NotInVersion {
+                    message: m.name(),
+                    version,
+                })
             }
             (_, Some(_)) => {}
         }

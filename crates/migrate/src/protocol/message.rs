@@ -11,6 +11,8 @@ const KIND_SNAPSHOT: u8 = 2;
 const KIND_TAKEN_OVER: u8 = 3;
 const KIND_ABORT: u8 = 4;
 const KIND_RESEND_SNAPSHOT: u8 = 5;
+const KIND_ANNOUNCE: u8 = 6;
+const KIND_ANNOUNCED: u8 = 7;
 
 /// The first message of each side: what it speaks and which VM it migrates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +65,14 @@ pub enum Message {
         /// Why.
         reason: AbortReason,
     },
+    /// To the console serving the VM, from its destination host before the migration starts
+    /// (libvirt's hook there): a migration of this VM is being prepared. The serving console
+    /// moves input to the exactly-once lane and answers [`Message::Announced`] once nothing it
+    /// sent on the fast lane is unconfirmed. Version 2.
+    Announce,
+    /// The answer to [`Message::Announce`]: from now until the migration ends, a switchover
+    /// `STOP` leaves no input uncertain. Version 2.
+    Announced,
 }
 
 impl Message {
@@ -74,6 +84,16 @@ impl Message {
             Message::TakenOver { .. } => "TakenOver",
             Message::ResendSnapshot => "ResendSnapshot",
             Message::Abort { .. } => "Abort",
+            Message::Announce => "Announce",
+            Message::Announced => "Announced",
+        }
+    }
+
+    /// The first protocol version that has this message.
+    pub fn since_version(&self) -> u16 {
+        match self {
+            Message::Announce | Message::Announced => super::VERSION_2,
+            _ => super::VERSION_1,
         }
     }
 
@@ -103,6 +123,8 @@ impl Message {
                 KIND_TAKEN_OVER
             }
             Message::ResendSnapshot => KIND_RESEND_SNAPSHOT,
+            Message::Announce => KIND_ANNOUNCE,
+            Message::Announced => KIND_ANNOUNCED,
             Message::Abort { reason } => {
                 let (code, detail) = match reason {
                     AbortReason::SourceResumed => (1, ""),
@@ -166,6 +188,8 @@ impl Message {
                 Message::TakenOver { relay_to }
             }
             KIND_RESEND_SNAPSHOT => Message::ResendSnapshot,
+            KIND_ANNOUNCE => Message::Announce,
+            KIND_ANNOUNCED => Message::Announced,
             _ => {
                 // KIND_ABORT: `kind_name` refused every other value.
                 let code = r.u8()?;
@@ -214,6 +238,8 @@ fn kind_name(kind: u8) -> Result<&'static str, ProtocolError> {
         KIND_TAKEN_OVER => "TakenOver",
         KIND_ABORT => "Abort",
         KIND_RESEND_SNAPSHOT => "ResendSnapshot",
+        KIND_ANNOUNCE => "Announce",
+        KIND_ANNOUNCED => "Announced",
         other => return Err(ProtocolError::UnknownMessage(other)),
     })
 }

@@ -51,7 +51,9 @@
 //!   neighbouring releases can migrate in both directions during an upgrade.
 //! - An unknown message kind or a payload with bytes left over is an error, never skipped:
 //!   console state that one side cannot read must not be dropped silently.
-//! - Version 1 is [`VERSION_1`], described by the types in this module.
+//! - Version 1 is [`VERSION_1`], described by the types in this module; [`VERSION_2`] adds
+//!   [`Message::Announce`] and [`Message::Announced`] ([`Message::since_version`]). A message
+//!   of a later version than the connection's is refused both ways.
 
 mod codec;
 mod message;
@@ -62,8 +64,11 @@ pub use message::{AbortReason, Hello, Message};
 /// Protocol version 1: the messages of [`Message`].
 pub const VERSION_1: u16 = 1;
 
+/// Protocol version 2: version 1 and the migration's announcement from the destination host
+/// ([`Message::Announce`], [`Message::Announced`]).
+pub const VERSION_2: u16 = 2;
 /// The versions this build speaks, lowest first.
-pub const SUPPORTED_VERSIONS: &[u16] = &[VERSION_1];
+pub const SUPPORTED_VERSIONS: &[u16] = &[VERSION_1, VERSION_2];
 
 /// Length of a connection nonce, bytes. Draw it from the OS's random generator.
 pub const NONCE_LEN: usize = 32;
@@ -146,6 +151,15 @@ pub enum ProtocolError {
     /// message before the peer's Hello).
     #[error("{0} is not allowed at this point of the exchange")]
     Unexpected(&'static str),
+    /// A message the connection's negotiated version does not have (the other side runs an
+    /// older release).
+    #[error("{message} needs a later protocol version than this connection's ({version})")]
+    NotInVersion {
+        /// The message.
+        message: &'static str,
+        /// The connection's version.
+        version: u16,
+    },
     /// The configuration cannot be used (no versions, too many, VM id too long...).
     #[error("invalid configuration: {0}")]
     BadConfig(&'static str),

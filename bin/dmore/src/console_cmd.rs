@@ -94,6 +94,17 @@ pub struct ConsoleArgs {
     /// Destination console: wait here for the source console's session (like QEMU's -incoming).
     #[arg(long, value_name = "ADDR", requires = "peer_key_file")]
     incoming: Option<SocketAddr>,
+    /// Serving console: listen here for this VM's destination host announcing a migration
+    /// before QEMU migrates (libvirt's hook does, `dmore libvirt`), so that input leaves the
+    /// fast lane however soon the switchover follows. Give it this host's --incoming address:
+    /// a console started with --incoming listens there for announcements once it serves.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "peer_key_file",
+        conflicts_with = "incoming"
+    )]
+    announce_listen: Option<SocketAddr>,
     /// Where this VM's console listens (its --incoming) on another host; repeat for each host.
     /// When the VM starts migrating and no `prepare` named the destination (libvirt migrates
     /// without a word to the console), the source console tries these in turn: only the
@@ -209,6 +220,7 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
             },
             service_interface: args.service_interface.clone(),
             incoming: args.incoming,
+            announce_listen: args.announce_listen,
             peers: args.peers.clone(),
         }),
         None => None,

@@ -321,6 +321,8 @@ struct Move {
     took: Duration,
     downtime_ms: Option<u64>,
     freeze_to_takeover_ms: Option<f64>,
+    /// From the destination hook's announcement to the source console's answer.
+    announce_ms: Option<f64>,
     state_bytes: serde_json::Value,
 }
 
@@ -379,8 +381,9 @@ impl Move {
             .map(|t| t.drop_times.iter().map(|d| d - from).collect())
             .unwrap_or_default();
         println!(
-            "move {} {} ({}): virsh {:?}, VM downtime {:?} ms, console freeze->takeover {:?} ms, \
-             viewer gap {:.1} ms, state {} B; source QEMU: {:?} dirty-page syncs, \
+            "move {} {} ({}): virsh {:?}, announced (fast lane confirmed) in {:?} ms, VM \
+             downtime {:?} ms, console freeze->takeover {:?} ms, viewer gap {:.1} ms, state {} \
+             B; source QEMU: {:?} dirty-page syncs, \
              auto-converge throttled it {:?} steps (to {:?} % at QEMU's default steps) from \
              {:?} s after virsh started; forgiven: it dropped {:?} \
              key presses, {} PS/2 bytes, {} of them during the move, from {:?} s to {:?} s \
@@ -389,6 +392,7 @@ impl Move {
             self.route,
             self.flags,
             self.took,
+            self.announce_ms,
             self.downtime_ms,
             self.freeze_to_takeover_ms,
             longest_gap(updates, self.at.0, self.at.1).as_secs_f64() * 1000.0,
@@ -411,6 +415,7 @@ impl Move {
 /// the destination alone.
 async fn one_move(n: usize, from: &Side, to: &Side, service: &ServiceAddr) -> anyhow::Result<Move> {
     let source_pid = from.console_pid().context("the source console's pid")?;
+    let announced_before = announcements(&from.console_log());
     let flags = FLAGS[(n - 1) % FLAGS.len()];
     let uri = to.daemon().uri().context("a host's libvirtd")?;
     let mut args = vec!["migrate"];
@@ -428,7 +433,7 @@ async fn one_move(n: usize, from: &Side, to: &Side, service: &ServiceAddr) -> an
         from.console_log(),
         to.console_log()
     );
-    let status = serving(to).await?;
+    let status = serving(to, from).await?;
     wait_for(
         "the source console to exit",
         || (!running(source_pid)).then_some(()),
@@ -444,6 +449,21 @@ async fn one_move(n: usize, from: &Side, to: &Side, service: &ServiceAddr) -> an
         "move {n}: the new home console's input counters {}",
         counters(&status)
     );
+    // B's hook announced the migration before libvirt had A's QEMU migrate, and A's console
+    // closed its fast lane then (docs/libvirt.md).
+    ensure!(
+        announcements(&from.console_log()) == announced_before + 1,
+        "move {n}: the source console heard no announcement from the destination's hook\n{}",
+        from.console_log()
+    );
+    ensure!(
+        status["link_uncertain"] == 0,
+        "move {n}: input the console cannot vouch for (sent, but perhaps dropped by a QEMU \
+         that stopped): {}\nsource console:\n{}\ndestination console:\n{}",
+        counters(&status),
+        from.console_log(),
+        to.console_log()
+    );
     let jobinfo = to.virsh(&["domjobinfo", "--completed", DOMAIN]).ok();
     let mig = &status["comigration"];
     Ok(Move {
@@ -458,8 +478,29 @@ async fn one_move(n: usize, from: &Side, to: &Side, service: &ServiceAddr) -> an
             .as_u64()
             .zip(mig["frozen_at_us"].as_u64())
             .map(|(t, f)| t.saturating_sub(f) as f64 / 1000.0),
+        announce_ms: announce_ms(&from.console_log()),
         state_bytes: mig["snapshot_bytes"].clone(),
     })
+}
+
+/// How many migrations a console's log says the destination's hook announced.
+fn announcements(log: &str) -> usize {
+    log.matches("the destination host announced a migration")
+        .count()
+}
+
+/// How long the last announcement in a console's log took to be confirmed, in ms.
+fn announce_ms(log: &str) -> Option<f64> {
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("announced migration: the fast lane is confirmed"))?;
+    let tail = line.split("took_us").nth(1)?;
+    let digits: String = tail
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Some(digits.parse::<f64>().ok()? / 1000.0)
 }
 
 /// Now, in seconds since the Unix epoch.
@@ -831,7 +872,7 @@ fn unprivileged(side: &Side, user: libvirt::hook::RunAs) -> anyhow::Result<()> {
 
 /// The console's `status` once it serves the session (phase `Serving`, role `source`: it took
 /// over, and is the one to migrate next).
-async fn serving(side: &Side) -> anyhow::Result<serde_json::Value> {
+async fn serving(side: &Side, from: &Side) -> anyhow::Result<serde_json::Value> {
     let start = Instant::now();
     loop {
         if let Ok(status) = request(&side.control(), &Command::Status).await {
@@ -841,9 +882,14 @@ async fn serving(side: &Side) -> anyhow::Result<serde_json::Value> {
         }
         if start.elapsed() > WAIT {
             bail!(
-                "the console on {} did not take over:\n{}",
+                "the console on {} did not take over:\n{}\nthe source console on {}:\n{}\n\
+                 libvirtd on {}:\n{}",
                 side.host.name(),
-                side.console_log()
+                side.console_log(),
+                from.host.name(),
+                from.console_log(),
+                from.host.name(),
+                std::fs::read_to_string(from.daemon().log()).unwrap_or_default()
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -10,7 +10,10 @@
 //! ```text
 //!   migrate begin   -> mark the domain as incoming (its console waits for the source's session)
 //!   prepare begin   -> make the domain's directory (QEMU creates its sockets there)
-//!   started begin   -> start the console, detached (QEMU's sockets exist from here on)
+//!   started begin   -> start the console, detached (QEMU's sockets exist from here on); if
+//!                      incoming, announce the migration to the console serving the VM and
+//!                      wait for its answer (`crate::announce`): the source QEMU has not
+//!                      started migrating yet
 //!   reconnect begin -> the same, if it is not running (libvirtd restarted)
 //!   release end     -> stop the console, forget the incoming mark
 //! ```
@@ -38,6 +41,9 @@ pub const CONTROL_SOCKET: &str = "console.ctl";
 /// File name of the console's `--serial-attach` socket in a domain's directory (`dmore serial
 /// attach DIR/serial-attach.sock`), when the domain's serial port is dmore's.
 pub const SERIAL_ATTACH: &str = "serial-attach.sock";
+/// What a console started by the hook logs to [`LOG_FILE`] (its `RUST_LOG`), unless the hook
+/// itself was given a `RUST_LOG`.
+pub const CONSOLE_LOG_LEVEL: &str = "info";
 /// Present while the domain is arriving by migration, in the domain's directory.
 pub const INCOMING_MARK: &str = "incoming";
 
@@ -273,8 +279,15 @@ pub fn console_command(
         if let Some(iface) = &domain.service_interface {
             arg("--service-interface", iface);
         }
-        if let (true, Some(addr)) = (incoming, domain.incoming) {
-            arg("--incoming", &addr.to_string());
+        if let Some(addr) = domain.incoming {
+            // Arriving, it waits there for the source's session; serving, it hears this
+            // VM's next destination announce the migration there (an arrived console too).
+            let flag = if incoming {
+                "--incoming"
+            } else {
+                "--announce-listen"
+            };
+            arg(flag, &addr.to_string());
         }
         for peer in domain.peers.iter().filter(|p| Some(**p) != domain.incoming) {
             arg("--peer", &peer.to_string());
@@ -369,7 +382,8 @@ pub fn run(
             }
             let dmore = config.dmore.as_deref().unwrap_or(dmore);
             let run_as = config.user.as_deref().map(RunAs::lookup).transpose()?;
-            let cmd = console_command(config, domain, &patched, dmore, run_as, mark.exists());
+            let arriving = mark.exists();
+            let cmd = console_command(config, domain, &patched, dmore, run_as, arriving);
             report.push(format!("start console: {}", shell_words(&cmd)));
             if act {
                 // Also when `prepare` found no configuration yet (it was added since).
@@ -379,6 +393,9 @@ pub fn run(
                         .map_err(io("writing", &pid_file))?;
                     report.push(format!("console pid {pid}"));
                 }
+            }
+            if arriving && call.operation == "started" {
+                announce_migration(config, domain, &patched.name, mode, &mut report);
             }
         }
         Action::StopConsole => {
@@ -408,6 +425,65 @@ pub fn run(
         }
     }
     Ok(report)
+}
+
+/// Tells the console serving the domain on another host that it migrates here
+/// ([`crate::announce`]) and waits for its answer. Never fails the hook: without the
+/// announcement the source console learns of the migration from QEMU, as before.
+fn announce_migration(
+    config: &HookConfig,
+    domain: &DomainConfig,
+    vm_id: &str,
+    mode: Mode,
+    report: &mut Report,
+) {
+    let peers: Vec<SocketAddr> = domain
+        .peers
+        .iter()
+        .copied()
+        .filter(|p| Some(*p) != domain.incoming)
+        .collect();
+    let Some(key_file) = config
+        .peer_key_file
+        .as_deref()
+        .filter(|_| !peers.is_empty())
+    else {
+        return;
+    };
+    report.push(format!(
+        "announce the migration to the console serving {vm_id} at one of {peers:?}"
+    ));
+    if mode == Mode::DryRun {
+        return;
+    }
+    let key = match std::fs::read(key_file) {
+        Ok(text) => text
+            .split(|b| *b == b'\n')
+            .next()
+            .unwrap_or_default()
+            .to_vec(),
+        Err(e) => {
+            report.push(format!(
+                "not announced: reading {}: {e}",
+                key_file.display()
+            ));
+            return;
+        }
+    };
+    match crate::announce::announce(&peers, &key, vm_id, crate::announce::ANNOUNCE_WAIT) {
+        Ok(a) => report.push(format!(
+            "announced: the console at {} closed its fast lane in {:?}",
+            a.console, a.took
+        )),
+        Err(failed) => report.push(format!(
+            "not announced (the source console will learn of the migration from QEMU): {}",
+            failed
+                .iter()
+                .map(|(peer, why)| format!("{peer}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+    }
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HookError {
@@ -468,7 +544,13 @@ fn spawn_detached(cmd: &[OsString], log: &Path) -> Result<Option<u32>, HookError
     let Some((program, args)) = cmd.split_first() else {
         return Ok(None);
     };
-    let child = std::process::Command::new(program)
+    let mut command = std::process::Command::new(program);
+    if std::env::var_os("RUST_LOG").is_none() {
+        // libvirtd runs hooks with a bare environment: the console's log says what it did at
+        // each migration (a few lines each), not only its errors.
+        command.env("RUST_LOG", CONSOLE_LOG_LEVEL);
+    }
+    let child = command
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(out)

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod announce;
 mod doc;
 pub mod hook;
 mod patch;

@@ -108,6 +108,7 @@ fn console_config(
             },
             service_interface: Some(INTERFACE.into()),
             incoming,
+            announce_listen: None,
             peers: vec![],
         }),
         qemu_wait: console::front::DEFAULT_QEMU_WAIT,

@@ -224,6 +224,11 @@ impl Libvirtd {
         self.root.join("etc/hooks")
     }
 
+    /// The daemon's own output (its stdout and stderr).
+    pub fn log(&self) -> PathBuf {
+        self.root.join("libvirtd.log")
+    }
+
     /// A QEMU domain's log (`/var/log/libvirt/qemu/NAME.log` inside).
     pub fn domain_log(&self, name: &str) -> PathBuf {
         self.root.join("log/qemu").join(format!("{name}.log"))

@@ -285,6 +285,9 @@ enum Request {
     Stats(oneshot::Sender<LinkStats>),
     /// The console itself started (true) or ended (false) a migration.
     Migration(bool),
+    /// A migration is being prepared (its destination host announced it): as
+    /// `Migration(true)`, answered once nothing sent on the fast lane awaits confirmation.
+    MigrationFenced(oneshot::Sender<()>),
     /// Freeze, journaling these events first (beyond the usual bound), and answer the state.
     Freeze {
         extra: Vec<(ViewerId, InputEvent)>,
@@ -309,6 +312,7 @@ impl std::fmt::Debug for Request {
             Request::Framebuffer(_) => "Framebuffer",
             Request::Stats(_) => "Stats",
             Request::Migration(_) => "Migration",
+            Request::MigrationFenced(_) => "MigrationFenced",
             Request::Freeze { .. } => "Freeze",
             Request::Thaw => "Thaw",
         })
@@ -476,6 +480,16 @@ impl QemuLink {
     /// before QEMU's `MIGRATION` events (which need the `events` capability) could say so.
     pub async fn migration_started(&self) -> Result<(), PushError> {
         self.send(Request::Migration(true)).await
+    }
+
+    /// A migration of this VM is being prepared on another host, which announced it before
+    /// QEMU migrates: as [`Self::migration_started`], and the answer comes once nothing the
+    /// link sent on the fast lane awaits confirmation, so that the switchover's `STOP` leaves
+    /// no input uncertain however soon it follows. Dropped unanswered if the link ends.
+    pub async fn migration_fenced(&self) -> Result<oneshot::Receiver<()>, PushError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::MigrationFenced(reply)).await?;
+        Ok(answer)
     }
 
     /// dmore's own migration ended without moving the VM (failed or cancelled).

@@ -198,6 +198,7 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         mouse,
         pointer,
         mice_asked: false,
+        fenced: Vec::new(),
     };
     // The watch's first decision: turn `events` on at attach.
     link.apply_vm();
@@ -286,6 +287,9 @@ struct Link {
     pointer: (u16, u16),
     /// A `query-mice` is in flight.
     mice_asked: bool,
+    /// Announced migrations waiting for the fast lane to be confirmed
+    /// ([`Request::MigrationFenced`]).
+    fenced: Vec<oneshot::Sender<()>>,
 }
 
 impl Link {
@@ -425,7 +429,7 @@ impl Link {
                 Some(Request::Stats(reply)) => {
                     let _ = reply.send(self.stats());
                 }
-                Some(Request::Migration(_) | Request::Thaw) => {}
+                Some(Request::Migration(_) | Request::MigrationFenced(_) | Request::Thaw) => {}
             }
         }
     }
@@ -448,6 +452,7 @@ impl Link {
             self.execute(action)?;
         }
         self.settle(now);
+        self.answer_fenced();
         while let Some(range) = self.journal.poll_uncertain() {
             self.emit(LinkEvent::Uncertain(range));
         }
@@ -822,6 +827,11 @@ impl Link {
                 self.vm.handle_announced(migrating);
                 self.apply_vm();
             }
+            Request::MigrationFenced(reply) => {
+                self.vm.handle_announced(true);
+                self.apply_vm();
+                self.fenced.push(reply);
+            }
             Request::Freeze { extra, reply } => self.start_freeze(extra, reply, now),
             Request::Thaw => self.thaw(),
         }
@@ -865,6 +875,19 @@ impl Link {
                 waiting = self.waiting.len(),
                 "freeze: the journal cannot carry this input (beyond its restore bound)"
             );
+        }
+    }
+
+    /// Answers the announcements waiting for the fast lane to be closed and confirmed.
+    fn answer_fenced(&mut self) {
+        if !self.fenced.is_empty()
+            && !self.journal.fast_lane_open()
+            && self.journal.fast_lane_confirmed()
+        {
+            tracing::debug!("announced migration: the fast lane is closed and confirmed");
+            for reply in self.fenced.drain(..) {
+                let _ = reply.send(());
+            }
         }
     }
 

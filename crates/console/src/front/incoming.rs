@@ -54,7 +54,12 @@ pub(super) async fn arrive(
         tokio::select! {
             input = mig.next() => match input {
                 MigrationInput::Destination(e) => pending.push(e),
-                MigrationInput::Source(_) | MigrationInput::Nothing => {}
+                // Nothing to announce to a console that does not serve yet: the announcer
+                // hears nothing and the migration goes on as QEMU says.
+                MigrationInput::Source(_)
+                | MigrationInput::Announce(_)
+                | MigrationInput::AnnouncementExpired
+                | MigrationInput::Nothing => {}
             },
             event = events.recv() => match event.as_ref().map(|e| e.name.as_str()) {
                 Some("RESUME") => pending.push(DestinationEvent::Resumed),

@@ -225,9 +225,24 @@ pub(super) enum MigrationInput {
     Source(SourceEvent),
     /// An event for the destination machine.
     Destination(DestinationEvent),
+    /// The destination host announced a migration of this VM on a connection to the peer
+    /// port (libvirt's hook there, before QEMU migrates): answer [`Message::Announced`] here
+    /// once the fast lane is confirmed.
+    Announce(mpsc::UnboundedSender<Message>),
+    /// An announced migration never started within [`ANNOUNCE_HOLD`]: the fast lane may
+    /// reopen.
+    AnnouncementExpired,
     /// Nothing to do (a replaced connection's report, a new connection accepted).
     Nothing,
 }
+
+/// How long an announced migration may take to start (QEMU's `MIGRATION` `setup`) before
+/// the console stops waiting for it. libvirt announces from the destination's `started`
+/// hook, and only finishing its preparation there and setting the source's migration
+/// parameters come between; a migration aborted in that gap (`virsh domjobabort` soon
+/// enough) never starts, and the console hears nothing else of it. Until then input takes
+/// the exactly-once lane, slower but never lost; after, the fast lane reopens.
+pub(super) const ANNOUNCE_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The console's co-migration state: both phase machines, the peer connections, the kept
 /// checkpoint.
@@ -246,7 +261,12 @@ pub(super) struct CoMigration {
     /// Connections accepted on `incoming` whose Hellos are not done: one replaces `inbound`
     /// only once it has authenticated, so a stranger cannot cut the source's connection.
     candidates: Vec<Peer>,
+    /// The peer port: an arriving console's source connects here; once serving (or from the
+    /// start, with `--announce-listen`), the destination host's announcements come here.
     incoming: Option<TcpListener>,
+    /// When an announced migration that has not started stops holding input on the
+    /// exactly-once lane ([`ANNOUNCE_HOLD`]).
+    pub announce_expiry: Option<tokio::time::Instant>,
     generation: u64,
     events_tx: mpsc::UnboundedSender<(u64, PeerEvent)>,
     events_rx: mpsc::UnboundedReceiver<(u64, PeerEvent)>,
@@ -260,17 +280,19 @@ pub(super) struct CoMigration {
 }
 
 impl CoMigration {
-    /// A console that can migrate out (to `prepare`'s destination, else to one of `peers`)
-    /// and, with `incoming`, is arriving.
+    /// A console that can migrate out (to `prepare`'s destination, else to one of `peers`),
+    /// listening on its peer port `incoming` if given; `arriving`: it waits there for the
+    /// source console's session.
     pub fn new(
         key: PeerKey,
         service: Option<ServiceAddress>,
         incoming: Option<TcpListener>,
+        arriving: bool,
         peers: Vec<SocketAddr>,
         phase: watch::Sender<&'static str>,
     ) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let destination = incoming.as_ref().map(|_| DestinationState::Waiting);
+        let destination = (arriving && incoming.is_some()).then_some(DestinationState::Waiting);
         let mut m = CoMigration {
             key,
             service,
@@ -284,6 +306,7 @@ impl CoMigration {
             inbound: None,
             candidates: Vec::new(),
             incoming,
+            announce_expiry: None,
             generation: 0,
             events_tx,
             events_rx,
@@ -307,10 +330,16 @@ impl CoMigration {
     }
 
     /// Whether this console is (still) arriving: not yet serving a session.
+    pub fn arriving(&self) -> bool {
+        self.destination.as_ref().is_some_and(|d| !d.serves())
+    }
+
+    /// `status`'s role: `destination` while arriving, else `source`.
     pub fn role(&self) -> &'static str {
-        match &self.destination {
-            Some(d) if !d.serves() => "destination",
-            _ => "source",
+        if self.arriving() {
+            "destination"
+        } else {
+            "source"
         }
     }
 
@@ -331,7 +360,17 @@ impl CoMigration {
                 None => std::future::pending().await,
             }
         };
+        let expiry = async {
+            match self.announce_expiry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = expiry => {
+                self.announce_expiry = None;
+                MigrationInput::AnnouncementExpired
+            }
             Some((generation, event)) = self.events_rx.recv() => self.peer_event(generation, event),
             accepted = accept => {
                 match accepted {
@@ -377,6 +416,11 @@ impl CoMigration {
         let incoming = self.inbound.as_ref().map(Peer::generation) == Some(generation);
         if !outgoing && !incoming {
             return MigrationInput::Nothing;
+        }
+        if let (true, PeerEvent::Received(Message::Announce), Some(inbound)) =
+            (incoming, &event, &self.inbound)
+        {
+            return MigrationInput::Announce(inbound.sender());
         }
         if let PeerEvent::Refused(why) = &event {
             // Still trying (the phase machine's Connect lasts until the peer answers); a
@@ -545,7 +589,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (phase, _) = watch::channel("Waiting");
-        let mut dest = CoMigration::new(key.clone(), None, Some(listener), vec![], phase);
+        let mut dest = CoMigration::new(key.clone(), None, Some(listener), true, vec![], phase);
         let (source_tx, mut source_rx) = mpsc::unbounded_channel();
         let _source = Peer::connect(vec![addr], key, 1, source_tx);
         while !matches!(
@@ -574,6 +618,43 @@ mod tests {
         );
     }
 
+    /// The destination host's hook announces a migration on a serving console's peer port
+    /// (`--announce-listen`): the hub hears it with the connection to answer on.
+    #[tokio::test]
+    async fn an_announcement_on_the_peer_port_reaches_a_serving_console() {
+        let key = PeerKey {
+            psk: vec![7; 32],
+            vm_id: "vm".into(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (phase, _) = watch::channel("Serving");
+        let mut serving = CoMigration::new(key.clone(), None, Some(listener), false, vec![], phase);
+        assert!(!serving.arriving(), "it serves");
+        let (hook_tx, mut hook_rx) = mpsc::unbounded_channel();
+        let hook = Peer::connect(vec![addr], key, 1, hook_tx);
+        let answer = loop {
+            tokio::select! {
+                input = serving.next() => if let MigrationInput::Announce(answer) = input {
+                    break answer;
+                },
+                Some((_, event)) = hook_rx.recv() => if matches!(event, PeerEvent::Connected) {
+                    hook.send(Message::Announce);
+                },
+            }
+        };
+        answer.send(Message::Announced).unwrap();
+        loop {
+            tokio::select! {
+                _ = serving.next() => {}
+                Some((_, event)) = hook_rx.recv() => {
+                    assert!(matches!(event, PeerEvent::Received(Message::Announced)), "{event:?}");
+                    break;
+                }
+            }
+        }
+    }
+
     /// A migration nobody prepared: the source tries its peers in turn and connects to the
     /// one console waiting for this VM, past a closed port and another VM's console.
     #[tokio::test]
@@ -593,14 +674,15 @@ mod tests {
         let (other_l, other_addr) = bind().await;
         let (dest_l, dest_addr) = bind().await;
         let (phase, _) = watch::channel("Waiting");
-        let mut other = CoMigration::new(key("other"), None, Some(other_l), vec![], phase);
+        let mut other = CoMigration::new(key("other"), None, Some(other_l), true, vec![], phase);
         let (phase, _) = watch::channel("Waiting");
-        let mut dest = CoMigration::new(key("vm"), None, Some(dest_l), vec![], phase);
+        let mut dest = CoMigration::new(key("vm"), None, Some(dest_l), true, vec![], phase);
         let (phase, _) = watch::channel("Serving");
         let mut source = CoMigration::new(
             key("vm"),
             None,
             None,
+            false,
             vec![closed_addr, other_addr, dest_addr],
             phase,
         );

@@ -190,8 +190,14 @@ pub struct MigrationConfig {
     pub key: PeerKey,
     /// Transparent mode: `listen`'s address moves with the VM on this interface.
     pub service_interface: Option<String>,
-    /// A destination console: listen here for the source console and wait for its session.
+    /// A destination console: listen here for the source console and wait for its session
+    /// (and, once serving, for announcements as `announce_listen`).
     pub incoming: Option<SocketAddr>,
+    /// A serving console: listen here for its VM's destination host announcing a migration
+    /// before QEMU migrates (libvirt's hook; protocol version 2), so that input leaves the
+    /// fast lane however soon the switchover follows. Not with `incoming`, which listens
+    /// for both.
+    pub announce_listen: Option<SocketAddr>,
     /// Where this VM's destination console may listen (its `incoming` on the other hosts),
     /// tried in turn when the VM starts migrating and no `prepare` named the destination: a
     /// manager such as libvirt migrates without telling the console where to.
@@ -312,7 +318,7 @@ pub enum ConsoleError {
     Config(&'static str),
     /// The address for the source console could not be bound.
     #[error(
-        "cannot listen for the source console on {addr} (address in use? use another --incoming)"
+        "cannot listen for the other host's console on {addr} (address in use? use another --incoming or --announce-listen)"
     )]
     Incoming {
         /// The address.
@@ -412,7 +418,13 @@ pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
     };
     let mut mig = match &config.migration {
         Some(m) => {
-            let incoming = match m.incoming {
+            if m.incoming.is_some() && m.announce_listen.is_some() {
+                return Err(ConsoleError::Config(
+                    "--announce-listen is for a console that serves from the start: an arriving \
+                     one (--incoming) takes announcements on its incoming address once it serves",
+                ));
+            }
+            let incoming = match m.incoming.or(m.announce_listen) {
                 Some(addr) => Some(
                     tokio::net::TcpListener::bind(addr)
                         .await
@@ -436,6 +448,7 @@ pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
                 m.key.clone(),
                 service,
                 incoming,
+                m.incoming.is_some(),
                 m.peers.clone(),
                 phase_tx,
             ))

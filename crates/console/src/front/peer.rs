@@ -168,6 +168,11 @@ impl Peer {
         self.generation
     }
 
+    /// Where messages for this connection are queued, for an answer given later.
+    pub(super) fn sender(&self) -> mpsc::UnboundedSender<Message> {
+        self.to.clone()
+    }
+
     /// Queues a message (dropped if the connection has ended: its `Lost` is on the way).
     pub(super) fn send(&self, msg: Message) {
         let _ = self.to.send(msg);

@@ -90,14 +90,71 @@ impl Hub {
                 self.destination_actions(actions);
                 Ok(None)
             }
+            MigrationInput::Announce(reply) => {
+                self.announced(reply).await;
+                Ok(None)
+            }
+            MigrationInput::AnnouncementExpired => {
+                tracing::warn!(
+                    "the announced migration did not start within {} s: input takes the fast \
+                     lane again",
+                    migration::ANNOUNCE_HOLD.as_secs()
+                );
+                if self.link.migration_ended().await.is_err() {
+                    tracing::warn!("the QEMU link has ended");
+                }
+                Ok(None)
+            }
             MigrationInput::Nothing => Ok(None),
         }
+    }
+
+    /// The destination host announced a migration of this VM (libvirt's hook there, before
+    /// QEMU migrates): input moves to the exactly-once lane now, and the announcer hears
+    /// [`Message::Announced`] once nothing sent on the fast lane awaits confirmation. With
+    /// QEMU's `MIGRATION` `setup` alone the lane closes only as the migration starts, and a
+    /// small VM's switchover `STOP` can follow within 20 ms (measured under libvirt), before
+    /// a loaded console has confirmed its last fast-lane keys: those would be uncertain.
+    async fn announced(&mut self, reply: tokio::sync::mpsc::UnboundedSender<Message>) {
+        let serving = self
+            .mig
+            .as_ref()
+            .is_some_and(|m| !m.arriving() && matches!(m.source, SourceState::Serving { .. }));
+        if !serving {
+            tracing::warn!("a migration announced while this console does not serve: ignored");
+            return;
+        }
+        let fenced = match self.link.migration_fenced().await {
+            Ok(fenced) => fenced,
+            Err(_) => {
+                tracing::warn!("the QEMU link has ended: the migration is not announced to it");
+                return;
+            }
+        };
+        tracing::info!(
+            "the destination host announced a migration: input takes the exactly-once lane"
+        );
+        self.with_mig(|m| {
+            m.announce_expiry = Some(tokio::time::Instant::now() + migration::ANNOUNCE_HOLD);
+        });
+        let start = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            if fenced.await.is_ok() {
+                let took_us = start.elapsed().as_micros();
+                tracing::info!(took_us, "announced migration: the fast lane is confirmed");
+                let _ = reply.send(Message::Announced);
+            }
+        });
     }
 
     /// A run-state change of this console's VM.
     pub(super) async fn vm_event(&mut self, v: VmEvent) -> Result<Option<Exit>, ConsoleError> {
         if self.mig.is_none() {
             return Ok(None);
+        }
+        if v == VmEvent::MigrationStarted {
+            // The announced migration has come: it ends as QEMU says.
+            self.with_mig(|m| m.announce_expiry = None);
         }
         let event = match v {
             VmEvent::Stopped => SourceEvent::Stopped,

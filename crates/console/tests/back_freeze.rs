@@ -27,6 +27,14 @@ async fn reports_until_marker(vm: &mut Vm, link: &QemuLink) -> anyhow::Result<Ve
     Ok(reports)
 }
 
+/// Checks the reports before the marker are `keys` ([`Vm::check_keys`]: QEMU's PS/2 queue
+/// traced since `mark`, the marker typed after them).
+fn check(vm: &Vm, what: &str, mark: usize, keys: &[Key], got: &[Report]) -> anyhow::Result<()> {
+    let typed = expected(&[keys, &[ENTER]].concat());
+    let reported = [seen(got), expected(&[ENTER])].concat();
+    vm.check_keys(what, mark, &typed, &reported)
+}
+
 #[tokio::test]
 async fn freeze_then_thaw_delivers_every_key_once() -> anyhow::Result<()> {
     let mut vm = Vm::launch(false).await?;
@@ -35,6 +43,7 @@ async fn freeze_then_thaw_delivers_every_key_once() -> anyhow::Result<()> {
 
     // 1. Freeze mid-stream on a running VM: what is in flight resolves, nothing is uncertain.
     let flowing = letters(40);
+    let mark = vm.ps2_mark()?;
     push_keys(&link, &flowing).await?;
     let first = vm.serial().key().await?;
     let state = link.freeze().await?;
@@ -54,7 +63,7 @@ async fn freeze_then_thaw_delivers_every_key_once() -> anyhow::Result<()> {
     link.thaw().await?;
     let mut got = vec![first];
     got.extend(reports_until_marker(&mut vm, &link).await?);
-    assert_eq!(seen(&got), expected(&flowing), "mid-stream freeze and thaw");
+    check(&vm, "mid-stream freeze and thaw", mark, &flowing, &got)?;
 
     // 2. The aborted migration: input held for a paused VM, frozen, the VM runs again here.
     // (Once the fast lane's keys are confirmed: the stop below is unannounced.)
@@ -65,6 +74,7 @@ async fn freeze_then_thaw_delivers_every_key_once() -> anyhow::Result<()> {
     vm.qmp().stop().await?;
     wait_vm(&mut vm_rx, VmEvent::Stopped).await?;
     let held = digits(25);
+    let mark = vm.ps2_mark()?;
     push_keys(&link, &held).await?;
     let state = link.freeze().await?;
     assert_eq!(state.held(), 2 * held.len());
@@ -80,7 +90,7 @@ async fn freeze_then_thaw_delivers_every_key_once() -> anyhow::Result<()> {
     assert_eq!(after.journal.fast_sent, before.journal.fast_sent);
     link.thaw().await?;
     let got = reports_until_marker(&mut vm, &link).await?;
-    assert_eq!(seen(&got), expected(&held), "held keys after the thaw");
+    check(&vm, "held keys after the thaw", mark, &held, &got)?;
     let s = link.stats().await?;
     assert_eq!(s.journal.uncertain, 0);
     println!(
@@ -102,6 +112,7 @@ async fn a_restored_link_holds_until_the_vm_runs_and_delivers_once() -> anyhow::
     vm.qmp().stop().await?;
     wait_vm(&mut vm_rx, VmEvent::Stopped).await?;
     let keys = letters(30);
+    let mark = vm.ps2_mark()?;
     push_keys(&old, &keys).await?;
     let state = old.freeze().await?;
     assert_eq!(state.held(), 2 * keys.len());
@@ -117,7 +128,7 @@ async fn a_restored_link_holds_until_the_vm_runs_and_delivers_once() -> anyhow::
     vm.qmp().cont().await?;
     wait_vm(&mut vm_rx, VmEvent::Resumed).await?;
     let got = reports_until_marker(&mut vm, &new).await?;
-    assert_eq!(seen(&got), expected(&keys));
+    check(&vm, "restored link", mark, &keys, &got)?;
     new.shutdown().await?;
     Ok(())
 }
@@ -131,6 +142,7 @@ async fn a_link_attached_to_a_paused_vm_holds_and_never_uses_the_fast_lane() -> 
     let s = link.stats().await?;
     assert!(!s.vm_running, "query-status at connect: {s:?}");
     let keys = letters(10);
+    let mark = vm.ps2_mark()?;
     push_keys(&link, &keys).await?;
     let s = link.stats().await?;
     assert_eq!(s.journal.held, 2 * keys.len());
@@ -143,7 +155,7 @@ async fn a_link_attached_to_a_paused_vm_holds_and_never_uses_the_fast_lane() -> 
     let s = wait_stats(&link, "delivered", |s| s.journal.held == 0).await?;
     assert!(s.vm_running);
     let got = reports_until_marker(&mut vm, &link).await?;
-    assert_eq!(seen(&got), expected(&keys));
+    check(&vm, "attached to a paused VM", mark, &keys, &got)?;
     assert_eq!(
         link.stats().await?.journal.fast_sent,
         2,

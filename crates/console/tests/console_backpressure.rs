@@ -1,6 +1,7 @@
 //! Held input at its bound: with the VM paused, a viewer types more keys than the journal
 //! holds; the console stops reading that viewer (nothing dropped), and after `cont` every key
-//! arrives exactly once, in order.
+//! arrives exactly once, in order (or, QEMU's PS/2 trace shows, was dropped by QEMU's own
+//! queue while the guest did not run: `ps2_support`).
 
 mod console_support;
 
@@ -24,6 +25,7 @@ async fn console_full_journal_stops_reading_the_viewer_and_loses_nothing() -> an
         .cycle()
         .take(2100)
         .collect();
+    let mark = ps2_mark(dir.path())?;
     viewer.type_text(&text).await?;
     let s = console
         .wait_status("the journal full and the viewer refused", |s| {
@@ -36,11 +38,10 @@ async fn console_full_journal_stops_reading_the_viewer_and_loses_nothing() -> an
     screens_match(&direct, &[&other]).await?;
 
     vm.qmp().cont().await?;
-    let got = read_keys(&mut vm, 2 * text.len()).await?;
-    let want = expected_keys(&text);
-    let first_diff = got.iter().zip(&want).position(|(g, w)| g != w);
-    assert_eq!(first_diff, None, "reports differ from the typed order");
-    assert_eq!(got.len(), want.len());
+    // Every key once, in order, then the marker the same viewer typed after them.
+    let got = read_keys_through(&mut vm, &viewer, "1").await?;
+    let typed = expected_keys(&format!("{text}1"));
+    check_keys(dir.path(), "4,200 held keys", mark, &typed, &got)?;
     assert_no_more_keys(&mut vm, &other, "z").await?;
     let s = console.status().await?;
     eprintln!("after the resume: {s}");

@@ -7,6 +7,7 @@ pub mod capture;
 pub mod hosts;
 pub mod libvirtd;
 mod netns;
+pub mod ps2trace;
 pub mod qemu;
 mod runs;
 pub mod service;

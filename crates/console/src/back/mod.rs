@@ -77,6 +77,7 @@
 mod convert;
 mod qmp_port;
 mod run;
+pub mod throttle;
 mod vm_watch;
 
 use std::path::PathBuf;

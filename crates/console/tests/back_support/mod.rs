@@ -1,6 +1,9 @@
-//! Shared harness of the `back_*` tests: the test guest in QEMU (testbed's launcher), its
-//! serial key reports, link events, and key sequences.
+//! Shared harness of the `back_*` tests: the test guest in QEMU (testbed's launcher) with a
+//! trace of its PS/2 keyboard queue, its serial key reports, link events, and key sequences.
 #![allow(dead_code)]
+
+#[path = "../ps2_support/mod.rs"]
+pub mod ps2;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -38,6 +41,8 @@ pub struct Vm {
     pub vnc: PathBuf,
     /// The QMP socket left for the link.
     pub qmp: PathBuf,
+    /// QEMU's PS/2 trace ([`ps2`]).
+    trace: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -67,6 +72,8 @@ impl Vm {
         cfg.extra_qmp = true;
         cfg.accel = accel;
         cfg.guest = guest;
+        let trace = dir.path().join("ps2-trace.log");
+        cfg.extra_args.extend(ps2::qemu_args(&trace));
         let mut qemu = Qemu::launch(cfg).await?;
         if !incoming {
             qemu.wait_ready(DEADLINE).await?;
@@ -80,8 +87,26 @@ impl Vm {
             qemu,
             vnc,
             qmp,
+            trace,
             _dir: dir,
         })
+    }
+
+    /// QEMU's key events so far (its PS/2 trace): where the keys typed next start, for
+    /// [`check_keys`](Self::check_keys).
+    pub fn ps2_mark(&self) -> anyhow::Result<usize> {
+        ps2::mark(&self.trace)
+    }
+
+    /// [`ps2::check_keys`] on this QEMU's trace, from `mark` ([`ps2_mark`](Self::ps2_mark)).
+    pub fn check_keys(
+        &self,
+        what: &str,
+        mark: usize,
+        typed: &[(bool, u16)],
+        reported: &[(bool, u16)],
+    ) -> anyhow::Result<()> {
+        ps2::check_keys(&self.trace, what, mark, typed, reported)
     }
 
     /// The test's own QMP client (the launcher's monitor).

@@ -1,7 +1,11 @@
 //! Shared harness of the `console_*` tests: a console *process* (this test binary re-executed
 //! into [`console_child`], killed on drop), scripted viewers on the RFB crate, the test guest
-//! on real QEMU (testbed's launcher), and guest key reports.
+//! on real QEMU (testbed's launcher) with a trace of its PS/2 keyboard queue ([`ps2`]), and
+//! guest key reports.
 #![allow(dead_code)]
+
+#[path = "../ps2_support/mod.rs"]
+pub mod ps2;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -255,12 +259,27 @@ impl ConsoleProc {
 }
 
 /// The test guest on real QEMU (KVM+qboot where it works, else TCG) with a second QMP
-/// monitor for the console.
+/// monitor for the console, tracing its PS/2 queue into [`ps2_log`]`(dir)`.
 pub async fn launch_vm(dir: &Path, animate: bool) -> anyhow::Result<Qemu> {
+    let guest = guest::GuestOptions {
+        animate,
+        ..guest::GuestOptions::default()
+    };
+    launch_vm_with(dir, guest, Vec::new()).await
+}
+
+/// [`launch_vm`] with the guest's options and more QEMU arguments (e.g. trace events).
+pub async fn launch_vm_with(
+    dir: &Path,
+    guest: guest::GuestOptions,
+    extra_args: Vec<std::ffi::OsString>,
+) -> anyhow::Result<Qemu> {
     let mut cfg = QemuConfig::new(dir.join("vm"));
     cfg.key_delay_ms = Some(0);
     cfg.extra_qmp = true;
-    cfg.guest.animate = animate;
+    cfg.guest = guest;
+    cfg.extra_args.extend(ps2::qemu_args(&ps2_log(dir)));
+    cfg.extra_args.extend(extra_args);
     let mut vm = Qemu::launch(cfg).await?;
     vm.wait_ready(DEADLINE).await?;
     Ok(vm)
@@ -472,6 +491,46 @@ pub async fn read_keys(vm: &mut Qemu, n: usize) -> anyhow::Result<Vec<(bool, u16
         }
     }
     Ok(out)
+}
+
+/// Where [`launch_vm`]`(dir)`'s QEMU traces its PS/2 keyboard queue.
+pub fn ps2_log(dir: &Path) -> PathBuf {
+    dir.join("ps2-trace.log")
+}
+
+/// QEMU's key events so far ([`launch_vm`]`(dir)`'s trace): where the keys typed next start,
+/// for [`check_keys`].
+pub fn ps2_mark(dir: &Path) -> anyhow::Result<usize> {
+    ps2::mark(&ps2_log(dir))
+}
+
+/// [`ps2::check_keys`] on [`launch_vm`]`(dir)`'s trace: the guest reported every key `typed`
+/// since `mark`, or the trace forgives what is missing.
+pub fn check_keys(
+    dir: &Path,
+    what: &str,
+    mark: usize,
+    typed: &[(bool, u16)],
+    reported: &[(bool, u16)],
+) -> anyhow::Result<()> {
+    ps2::check_keys(&ps2_log(dir), what, mark, typed, reported)
+}
+
+/// Types `marker` through `viewer` and reads key reports until they end with its keys: every
+/// report since the last one read, the marker's included (keys may be missing: see
+/// [`check_keys`]). `marker` must not occur in what came before.
+pub async fn read_keys_through(
+    vm: &mut Qemu,
+    viewer: &Viewer,
+    marker: &str,
+) -> anyhow::Result<Vec<(bool, u16)>> {
+    viewer.type_text(marker).await?;
+    let end = expected_keys(marker);
+    let mut got = Vec::new();
+    while !got.ends_with(&end) {
+        got.extend(read_keys(vm, 1).await?);
+    }
+    Ok(got)
 }
 
 /// No further key report arrives while the guest handles a marker key: types `marker` through

@@ -12,7 +12,7 @@
 
 mod linux;
 pub mod moving;
-pub mod ps2trace;
+pub use testbed::ps2trace;
 pub mod stream;
 mod tiny;
 mod traced;

@@ -17,25 +17,34 @@
 //! carrying the press between them are one click the guest never sees; a release never
 //! reported before the next press loses that press the same way.
 //!
+//! Each dropped byte comes with its evidence ([`Ps2Drop`]): how long the guest had read nothing
+//! from the keyboard queue, how many key events QEMU got meanwhile, and whether the VM ran
+//! all that time (`runstate_set`). [`attribute`] uses it to tell, for keys typed and keys a
+//! guest reported, which QEMU's queue dropped because the guest did not run (not the
+//! sender's fault when it kept its pacing) from what the sender lost.
+//!
 //! A QEMU started with `-incoming` logs no `ps2_keyboard_set_translation` (the i8042's mode,
 //! its queues and the last reported buttons come with the migrated state): give its replay
 //! the [`Ps2End`] of the QEMU it came from ([`replay`]); the replay takes translation on, as
 //! every guest here runs it.
 
 use std::ffi::OsString;
+use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 /// QEMU 7.2's `PS2_QUEUE_SIZE`.
 pub const PS2_QUEUE_SIZE: u32 = 16;
 
 /// The trace events the replay reads.
-const TRACE_EVENTS: [&str; 6] = [
+const TRACE_EVENTS: [&str; 7] = [
     "ps2_put_keycode",
     "ps2_read_data",
     "ps2_keyboard_set_translation",
     "ps2_keyboard_event",
     "ps2_mouse_send_packet",
     "input_event_btn",
+    "runstate_set",
 ];
 
 /// QEMU's arguments to write the trace [`tally`] replays into `log`, with wall-clock
@@ -86,8 +95,95 @@ pub struct Ps2Trace {
     pub dropped_press_indices: Vec<u64>,
     /// The state the log ends in, for the replay of a QEMU this one migrated to.
     pub end: Ps2End,
+    /// Every key event QEMU's input layer handed the keyboard (`ps2_keyboard_event`), in
+    /// order: whether it was a press and whether a byte of it was dropped.
+    pub key_events: Vec<KeyEvent>,
+    /// Each dropped byte with its evidence, in order.
+    pub drops: Vec<Ps2Drop>,
     /// Wall-clock times of the log's first and last lines.
     pub span: Option<(f64, f64)>,
+}
+
+/// One key event QEMU's keyboard got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyEvent {
+    /// A press (`down 1`).
+    pub down: bool,
+    /// A byte of it did not fit in the queue.
+    pub dropped: bool,
+}
+
+/// A byte QEMU's keyboard queue dropped, with what the trace shows about why.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ps2Drop {
+    /// Wall-clock time (seconds since the Unix epoch), when the log has timestamps.
+    pub time: Option<f64>,
+    /// The key event it belonged to (index into [`Ps2Trace::key_events`]).
+    pub event: usize,
+    /// A key press's make code.
+    pub press: bool,
+    /// How long the guest had read nothing from the keyboard queue (since its last
+    /// `ps2_read_data`, or the log's first line), seconds; `None` without timestamps.
+    pub unread_for: Option<f64>,
+    /// Key events QEMU got in that time, this one included.
+    pub events_unread: u64,
+    /// The VM ran (`runstate_set ... (running)`) all that time: the guest could have read.
+    pub ran: bool,
+}
+
+/// The fastest a sender may hand QEMU key events by its documented pacing: a bucket of
+/// `burst` events back to back, then one per `drain` (dmore's `journal::Config`:
+/// `max_paced_per_batch`, `key_drain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    /// Events that may go back to back.
+    pub burst: u64,
+    /// Time per further event.
+    pub drain: Duration,
+}
+
+impl Pacing {
+    /// The least time `events` key events take at this pacing.
+    pub fn least_time(&self, events: u64) -> Duration {
+        let spaced = u32::try_from(events.saturating_sub(self.burst)).unwrap_or(u32::MAX);
+        self.drain.saturating_mul(spaced)
+    }
+}
+
+impl Ps2Drop {
+    /// Whether the trace proves the guest starved, not the sender: the VM ran, the guest read
+    /// nothing from the queue for at least as long as `pacing` needs to hand QEMU the key
+    /// events that came meanwhile. A sender keeping its pacing overflows the 16-byte queue
+    /// only when the guest's vCPU does not run; a drop after less time means the events came
+    /// faster than the pacing allows (or to a stopped VM), which no pacing forgives.
+    pub fn guest_starved(&self, pacing: &Pacing) -> bool {
+        let least = pacing.least_time(self.events_unread).as_secs_f64();
+        self.ran && self.unread_for.is_some_and(|unread| unread >= least)
+    }
+}
+
+impl fmt::Display for Ps2Drop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.press { "press" } else { "byte" };
+        write!(f, "event {} ({what}", self.event)?;
+        if let Some(t) = self.time {
+            write!(f, " at {t:.6}")?;
+        }
+        match self.unread_for {
+            Some(u) => write!(f, "): guest read nothing for {:.1} ms", u * 1e3)?,
+            None => write!(f, "): no timestamps")?,
+        }
+        let ran = if self.ran {
+            "ran"
+        } else {
+            "did not run throughout"
+        };
+        write!(
+            f,
+            ", {} key events came meanwhile, the VM {ran}",
+            self.events_unread
+        )
+    }
 }
 
 /// What a QEMU hands the QEMU it migrates to, as far as the replay knows it.
@@ -168,12 +264,28 @@ pub fn replay(log: &str, incoming: Option<Ps2End>) -> Ps2Trace {
     let mut span: Option<(f64, f64)> = None;
     let mut presses = 0u64;
     let mut dropped_press_indices = Vec::new();
+    let mut key_events: Vec<KeyEvent> = Vec::new();
+    let mut drops = Vec::new();
+    // The VM's run state as traced (a booted QEMU logs its start; an incoming one is not
+    // running until its migration completes), and since the guest's last read of the queue:
+    // its time, the key events since, and whether the VM ran all along.
+    let mut running = false;
+    let mut last_read: Option<f64> = None;
+    let mut events_unread = 0u64;
+    let mut ran_since_read = false;
     for line in log.lines() {
         let Some((time, name, mut words)) = split_line(line) else {
             continue;
         };
         if let Some(time) = time {
             span = Some(span.map_or((time, time), |(first, _)| (first, time)));
+            last_read.get_or_insert(time);
+        }
+        if name == "runstate_set" {
+            // `current_run_state N (OLD) new_state M (NEW)`
+            running = words.nth(5) == Some("(running)");
+            ran_since_read &= running;
+            continue;
         }
         if name == "input_event_btn" {
             // `con N, button left, down D`
@@ -200,10 +312,16 @@ pub fn replay(log: &str, incoming: Option<Ps2End>) -> Ps2Trace {
             "ps2_keyboard_event" => {
                 started = true;
                 t.key_events += 1;
+                events_unread += 1;
                 // `qcode N down D ...`
-                if words.nth(3) == Some("1") {
+                let down = words.nth(3) == Some("1");
+                if down {
                     presses += 1;
                 }
+                key_events.push(KeyEvent {
+                    down,
+                    dropped: false,
+                });
             }
             "ps2_put_keycode" if started && keyboard == Some(device) => {
                 // `keycode 0xNN`
@@ -222,14 +340,30 @@ pub fn replay(log: &str, incoming: Option<Ps2End>) -> Ps2Trace {
                         dropped_press_indices.push(presses.saturating_sub(1));
                     }
                     drop_times.extend(time);
+                    if let Some(event) = key_events.last_mut() {
+                        event.dropped = true;
+                    }
+                    drops.push(Ps2Drop {
+                        time,
+                        event: key_events.len().saturating_sub(1),
+                        press,
+                        unread_for: time.zip(last_read).map(|(now, read)| now - read),
+                        events_unread,
+                        ran: ran_since_read && running,
+                    });
                 } else {
                     depth += 1;
                     t.queued += 1;
                     t.max_depth = t.max_depth.max(depth);
                 }
             }
-            "ps2_read_data" if started && keyboard == Some(device) => {
-                depth = depth.saturating_sub(1);
+            "ps2_read_data" if keyboard == Some(device) => {
+                if started {
+                    depth = depth.saturating_sub(1);
+                }
+                last_read = time.or(last_read);
+                events_unread = 0;
+                ran_since_read = running;
             }
             "ps2_mouse_send_packet" if mouse == Some(device) => {
                 // `x DX y DY z DZ bs 0xNN`
@@ -253,6 +387,8 @@ pub fn replay(log: &str, incoming: Option<Ps2End>) -> Ps2Trace {
             depth,
             left_reported,
         },
+        key_events,
+        drops,
         span,
     }
 }
@@ -291,6 +427,147 @@ pub fn chain<N>(logs: impl IntoIterator<Item = (N, String)>) -> Vec<(N, Ps2Trace
         traces.push((name, trace));
     }
     traces
+}
+
+/// Replays the trace log QEMU is writing at `log` (QEMU flushes each line), as far as it goes.
+pub fn read(log: &Path) -> std::io::Result<Ps2Trace> {
+    Ok(tally(&std::fs::read_to_string(log)?))
+}
+
+/// Keys typed against the keys a guest reported, explained by a trace: see [`attribute`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attribution {
+    /// Key events typed (sent to the sender under test).
+    pub typed: usize,
+    /// Key events QEMU's keyboard got from it.
+    pub qemu_got: usize,
+    /// Key events the guest reported.
+    pub reported: usize,
+    /// Dropped by QEMU's queue while the guest starved ([`Ps2Drop::guest_starved`]): the
+    /// typed event's index and the evidence.
+    pub forgiven: Vec<(usize, Ps2Drop)>,
+    /// Dropped by QEMU's queue, but the trace does not show the guest starved: the sender
+    /// went faster than its pacing, or sent to a stopped VM.
+    pub paced_too_fast: Vec<(usize, Ps2Drop)>,
+    /// What the sender lost or changed, beyond the queue's drops (`None`: nothing).
+    pub sender_lost: Option<String>,
+}
+
+impl Attribution {
+    /// Every typed key arrived, or the trace proves QEMU's queue dropped it while the guest
+    /// did not run and the sender kept its pacing.
+    pub fn ok(&self) -> bool {
+        self.paced_too_fast.is_empty() && self.sender_lost.is_none()
+    }
+}
+
+impl fmt::Display for Attribution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} key events typed, QEMU's keyboard got {}, the guest reported {}; \
+             QEMU's PS/2 queue dropped {} while the guest did not run (forgiven), {} faster \
+             than the pacing or to a stopped VM",
+            self.typed,
+            self.qemu_got,
+            self.reported,
+            self.forgiven.len(),
+            self.paced_too_fast.len()
+        )?;
+        if let Some(lost) = &self.sender_lost {
+            write!(f, "; the sender: {lost}")?;
+        }
+        for (i, d) in &self.forgiven {
+            write!(f, "\n  forgiven: typed #{i}, QEMU {d}")?;
+        }
+        for (i, d) in &self.paced_too_fast {
+            write!(f, "\n  not forgiven: typed #{i}, QEMU {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which of the key events `typed` the guest did not report (`reported`, each key event one
+/// report) QEMU's keyboard queue dropped, and whether the trace forgives each; the rest the
+/// sender lost. `since`: QEMU's key events before the first typed one (the length of
+/// [`Ps2Trace::key_events`] before typing); the sender must have sent nothing else since.
+///
+/// The trace proves a drop only if QEMU got exactly the typed events (one key event per
+/// typed one, in order) and the reports are exactly the typed events without those QEMU's
+/// queue dropped; anything else is the sender's, and no drop is forgiven then.
+pub fn attribute<K: PartialEq + fmt::Debug>(
+    typed: &[K],
+    reported: &[K],
+    trace: &Ps2Trace,
+    since: usize,
+    pacing: &Pacing,
+) -> Attribution {
+    let got = trace.key_events.get(since..).unwrap_or_default();
+    let mut a = Attribution {
+        typed: typed.len(),
+        qemu_got: got.len(),
+        reported: reported.len(),
+        forgiven: Vec::new(),
+        paced_too_fast: Vec::new(),
+        sender_lost: None,
+    };
+    let survived: Vec<&K> = typed
+        .iter()
+        .zip(got)
+        .filter(|(_, e)| !e.dropped)
+        .map(|(k, _)| k)
+        .collect();
+    if got.len() != typed.len() {
+        a.sender_lost = Some(format!(
+            "QEMU got {} key events of {} typed; {}",
+            got.len(),
+            typed.len(),
+            first_difference(typed.iter(), reported)
+        ));
+        return a;
+    }
+    if survived.len() != reported.len() || survived.iter().zip(reported).any(|(s, r)| *s != r) {
+        a.sender_lost = Some(format!(
+            "the reports are not the typed keys QEMU's queue kept; {}",
+            first_difference(survived.into_iter(), reported)
+        ));
+        return a;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for d in &trace.drops {
+        let Some(i) = d.event.checked_sub(since) else {
+            continue;
+        };
+        if !seen.insert(i) {
+            continue; // another byte of the same key event
+        }
+        if d.guest_starved(pacing) {
+            a.forgiven.push((i, *d));
+        } else {
+            a.paced_too_fast.push((i, *d));
+        }
+    }
+    a
+}
+
+/// Where `reported` first departs from `want`, for a failure message.
+fn first_difference<'a, K: PartialEq + fmt::Debug + 'a>(
+    want: impl Iterator<Item = &'a K>,
+    reported: &[K],
+) -> String {
+    let want: Vec<&K> = want.collect();
+    let at = want
+        .iter()
+        .zip(reported)
+        .position(|(w, r)| *w != r)
+        .unwrap_or(want.len().min(reported.len()));
+    format!(
+        "first difference at report {at} of {} expected, {} reported: expected {:?}, reported {:?}",
+        want.len(),
+        reported.len(),
+        want.get(at),
+        reported.get(at)
+    )
 }
 
 #[cfg(test)]
@@ -333,7 +610,7 @@ mod tests {
             args.join(" "),
             "-trace ps2_put_keycode -trace ps2_read_data -trace ps2_keyboard_set_translation \
              -trace ps2_keyboard_event -trace ps2_mouse_send_packet -trace input_event_btn \
-             -D /t/ps2.log -msg timestamp=on"
+             -trace runstate_set -D /t/ps2.log -msg timestamp=on"
         );
     }
 
@@ -434,5 +711,93 @@ mod tests {
         assert_eq!(t.drop_times, [117.0]);
         assert_eq!(t.dropped_between(110.0, 118.0), 1);
         assert_eq!(t.dropped_between(100.0, 117.0), 0);
+    }
+    /// A running VM whose guest reads once at 10.000, then `keys` key presses (one byte
+    /// each, no releases) `gap` seconds apart from 10.001.
+    fn typed_into_a_silent_guest(keys: usize, gap: f64) -> String {
+        let mut log = String::from(
+            "1@9.0:runstate_set current_run_state 0 (prelaunch) new_state 9 (running)\n\
+             1@9.0:ps2_keyboard_set_translation 0xk mode 1\n1@10.0:ps2_read_data 0xk\n",
+        );
+        for i in 0..keys {
+            let t = 10.001 + gap * i as f64;
+            log.push_str(&format!(
+                "1@{t:.6}:ps2_keyboard_event 0xk qcode 30 down 1\n"
+            ));
+            log.push_str(&format!("1@{t:.6}:ps2_put_keycode 0xk keycode 0x1c\n"));
+        }
+        log
+    }
+
+    const PACING: Pacing = Pacing {
+        burst: 1,
+        drain: Duration::from_millis(2),
+    };
+
+    #[test]
+    fn a_paced_key_dropped_while_the_guest_did_not_run_is_forgiven() {
+        // 2.5 ms apart, slower than the 2 ms pacing: the 17th press finds the queue full
+        // after 40 ms without a read.
+        let trace = tally(&typed_into_a_silent_guest(17, 0.0025));
+        let typed: Vec<usize> = (0..17).collect();
+        let a = attribute(&typed, &typed[..16], &trace, 0, &PACING);
+        assert!(a.ok(), "{a}");
+        assert_eq!(a.forgiven.len(), 1);
+        let (i, d) = a.forgiven[0];
+        assert_eq!((i, d.event, d.events_unread, d.ran), (16, 16, 17, true));
+        assert!((d.unread_for.unwrap_or_default() - 0.041).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_key_dropped_after_a_burst_faster_than_the_pacing_is_not_forgiven() {
+        let trace = tally(&typed_into_a_silent_guest(17, 0.0001));
+        let typed: Vec<usize> = (0..17).collect();
+        let a = attribute(&typed, &typed[..16], &trace, 0, &PACING);
+        assert!(!a.ok());
+        assert_eq!(a.paced_too_fast.len(), 1);
+        assert!(a.forgiven.is_empty());
+    }
+
+    #[test]
+    fn a_key_dropped_by_a_stopped_vm_is_not_forgiven() {
+        // The VM paused after the last read: the guest could not read, the sender should
+        // have held its keys.
+        let mut log = String::from(
+            "1@9.0:runstate_set current_run_state 0 (prelaunch) new_state 9 (running)\n\
+             1@9.0:ps2_keyboard_set_translation 0xk mode 1\n1@10.0:ps2_read_data 0xk\n\
+             1@10.0005:runstate_set current_run_state 9 (running) new_state 4 (paused)\n",
+        );
+        let keys = typed_into_a_silent_guest(17, 0.0025);
+        log.extend(keys.lines().skip(3).map(|l| format!("{l}\n")));
+        let trace = tally(&log);
+        let typed: Vec<usize> = (0..17).collect();
+        let a = attribute(&typed, &typed[..16], &trace, 0, &PACING);
+        assert_eq!(a.paced_too_fast.len(), 1, "{a}");
+        assert!(!a.paced_too_fast[0].1.ran);
+    }
+
+    #[test]
+    fn keys_missing_beyond_the_queue_drops_are_the_senders() {
+        let trace = tally(&typed_into_a_silent_guest(17, 0.0025));
+        let typed: Vec<usize> = (0..18).collect();
+        // 18 typed, QEMU got 17: one never reached QEMU.
+        let a = attribute(&typed, &typed[..16], &trace, 0, &PACING);
+        assert!(!a.ok());
+        assert!(a
+            .sender_lost
+            .is_some_and(|l| l.contains("QEMU got 17 key events of 18")));
+        // QEMU got all 17, dropped the last, but the guest also misses the 3rd.
+        let typed: Vec<usize> = (0..17).collect();
+        let reported: Vec<usize> = (0..16).filter(|&k| k != 2).collect();
+        let a = attribute(&typed, &reported, &trace, 0, &PACING);
+        assert!(a.sender_lost.is_some(), "{a}");
+        assert!(
+            a.forgiven.is_empty(),
+            "no drop is forgiven when the sender lost keys too"
+        );
+        // Counted from `since`: the first 10 key events were someone else's.
+        let a = attribute(&typed[..7], &typed[..6], &trace, 10, &PACING);
+        assert!(a.ok(), "{a}");
+        assert_eq!(a.forgiven[0].0, 6);
     }
 }

@@ -289,6 +289,8 @@ enum Request {
     /// A migration is being prepared (its destination host announced it): as
     /// `Migration(true)`, answered once nothing sent on the fast lane awaits confirmation.
     MigrationFenced(oneshot::Sender<()>),
+    /// The announced migration did not start in time: it ends unless QEMU started it.
+    AnnouncementExpired,
     /// Freeze, journaling these events first (beyond the usual bound), and answer the state.
     Freeze {
         extra: Vec<(ViewerId, InputEvent)>,
@@ -314,6 +316,7 @@ impl std::fmt::Debug for Request {
             Request::Stats(_) => "Stats",
             Request::Migration(_) => "Migration",
             Request::MigrationFenced(_) => "MigrationFenced",
+            Request::AnnouncementExpired => "AnnouncementExpired",
             Request::Freeze { .. } => "Freeze",
             Request::Thaw => "Thaw",
         })
@@ -491,6 +494,12 @@ impl QemuLink {
         let (reply, answer) = oneshot::channel();
         self.send(Request::MigrationFenced(reply)).await?;
         Ok(answer)
+    }
+
+    /// The migration announced by [`Self::migration_fenced`] has not started in time: it
+    /// ends (the fast lane may reopen), unless QEMU's own events showed it under way.
+    pub async fn announcement_expired(&self) -> Result<(), PushError> {
+        self.send(Request::AnnouncementExpired).await
     }
 
     /// dmore's own migration ended without moving the VM (failed or cancelled).

@@ -429,7 +429,12 @@ impl Link {
                 Some(Request::Stats(reply)) => {
                     let _ = reply.send(self.stats());
                 }
-                Some(Request::Migration(_) | Request::MigrationFenced(_) | Request::Thaw) => {}
+                Some(
+                    Request::Migration(_)
+                    | Request::MigrationFenced(_)
+                    | Request::AnnouncementExpired
+                    | Request::Thaw,
+                ) => {}
             }
         }
     }
@@ -825,6 +830,10 @@ impl Link {
             }
             Request::Migration(migrating) => {
                 self.vm.handle_announced(migrating);
+                self.apply_vm();
+            }
+            Request::AnnouncementExpired => {
+                self.vm.handle_announcement_expired();
                 self.apply_vm();
             }
             Request::MigrationFenced(reply) => {

@@ -113,6 +113,9 @@ pub(super) struct VmWatch {
     /// The last `STOP` was a migration's (classified by `query-status`): the next `RESUME`
     /// ends that migration, since QEMU resumes a source only once its migration is over.
     stopped_for_migration: bool,
+    /// QEMU's own `MIGRATION` events showed the migration under way (not only an
+    /// announcement): an announcement that expires then changes nothing.
+    qemu_migrating: bool,
     decisions: VecDeque<Decision>,
 }
 
@@ -125,6 +128,7 @@ impl VmWatch {
             status_seq,
             migration: Migration::None,
             stopped_for_migration: false,
+            qemu_migrating: false,
             decisions: VecDeque::from([Decision::EventsOn]),
         }
     }
@@ -198,7 +202,10 @@ impl VmWatch {
                     | MigrationStatus::Active
                     | MigrationStatus::PreSwitchover
                     | MigrationStatus::Device
-                    | MigrationStatus::Other(_) => self.announce(),
+                    | MigrationStatus::Other(_) => {
+                        self.qemu_migrating = true;
+                        self.announce();
+                    }
                 }
             }
             _ => {}
@@ -231,6 +238,16 @@ impl VmWatch {
         }
     }
 
+    /// An announcement from the destination host ([`Self::handle_announced`]) that QEMU
+    /// never followed with a migration of its own (libvirt aborted before migrating): the
+    /// migration ends here. Nothing changes once QEMU's `MIGRATION` events took over.
+    pub(super) fn handle_announcement_expired(&mut self) {
+        if self.migration == Migration::Announced && !self.qemu_migrating {
+            tracing::debug!("the announced migration never started in QEMU");
+            self.end(VmEvent::MigrationEnded);
+        }
+    }
+
     /// A migration is announced: it starts here unless the watch already knew of it.
     fn announce(&mut self) {
         if self.migration == Migration::None {
@@ -243,6 +260,7 @@ impl VmWatch {
     /// The migration ended, `how`.
     fn end(&mut self, how: VmEvent) {
         self.set_phase(Migration::None);
+        self.qemu_migrating = false;
         // After `completed` the VM stays stopped here, so the fast lane stays closed anyway.
         self.decide(Decision::Journal(JournalCall::MigrationEnded));
         self.decide(Decision::Tell(how));

@@ -15,8 +15,11 @@ pub struct Xvfb {
 }
 
 impl Xvfb {
-    /// Starts Xvfb (1280x1024 at 24 bits) on a display number it picks itself (`-displayfd`),
-    /// so parallel tests never race for one.
+    /// Starts Xvfb (1280x1024 at 24 bits) on a display number drawn at random among 30,000,
+    /// so parallel servers do not meet on one; `-displayfd` says when it is ready. (Left to
+    /// pick itself, Xvfb took `:0` every time on these machines: it wrote no
+    /// `/tmp/.X0-lock` while it ran, so a second server on `:0` replaced the first's socket
+    /// and its viewer failed with "Can't open display: :0".)
     pub async fn start() -> Result<Xvfb> {
         use std::os::fd::{AsRawFd, OwnedFd};
         use tokio::io::AsyncReadExt;
@@ -25,8 +28,13 @@ impl Xvfb {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| spawn_error("Xvfb", "xvfb", e.into()))?;
         let write_raw = write_end.as_raw_fd();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let display = format!(":{}", 1000 + (nanos ^ std::process::id()) % 30_000);
         let mut cmd = Command::new("Xvfb");
         cmd.args([
+            display.as_str(),
             "-displayfd",
             "3",
             "-screen",

@@ -423,3 +423,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_announcement_qemu_never_followed_ends_when_it_expires() {
+    let mut watch = watch_in(Migration::Announced);
+    watch.handle_announcement_expired();
+    assert_eq!(drain(&mut watch), ENDED);
+    assert_eq!(watch.migration, Migration::None);
+}
+
+#[test]
+fn an_announcement_expiring_changes_nothing_once_qemu_migrates() {
+    let mut watch = watch_in(Migration::Announced);
+    watch.handle_event(&migration("setup"));
+    assert_eq!(drain(&mut watch), [], "already under way");
+    watch.handle_announcement_expired();
+    assert_eq!(drain(&mut watch), [], "QEMU's events end it, not the timer");
+    assert_eq!(watch.migration, Migration::Announced);
+    // Its end, then a new announcement that QEMU does not follow.
+    watch.handle_event(&migration("cancelled"));
+    assert_eq!(drain(&mut watch), ENDED);
+    watch.handle_announced(true);
+    assert_eq!(drain(&mut watch), STARTED);
+    watch.handle_announcement_expired();
+    assert_eq!(drain(&mut watch), ENDED);
+}

@@ -95,12 +95,11 @@ impl Hub {
                 Ok(None)
             }
             MigrationInput::AnnouncementExpired => {
-                tracing::warn!(
-                    "the announced migration did not start within {} s: input takes the fast \
-                     lane again",
+                tracing::info!(
+                    "{} s since the migration was announced: unless QEMU migrates, it is over",
                     migration::ANNOUNCE_HOLD.as_secs()
                 );
-                if self.link.migration_ended().await.is_err() {
+                if self.link.announcement_expired().await.is_err() {
                     tracing::warn!("the QEMU link has ended");
                 }
                 Ok(None)
@@ -151,10 +150,6 @@ impl Hub {
     pub(super) async fn vm_event(&mut self, v: VmEvent) -> Result<Option<Exit>, ConsoleError> {
         if self.mig.is_none() {
             return Ok(None);
-        }
-        if v == VmEvent::MigrationStarted {
-            // The announced migration has come: it ends as QEMU says.
-            self.with_mig(|m| m.announce_expiry = None);
         }
         let event = match v {
             VmEvent::Stopped => SourceEvent::Stopped,

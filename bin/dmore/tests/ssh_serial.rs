@@ -1,9 +1,11 @@
 //! The serial console over SSH through the stationary gateway (issue 19), on the real Linux
-//! guest: its init serves COM2 (`/dev/ttyS1`, `dmore.uart=20`: every received byte counted and
-//! echoed, a numbered line `#<n> <received>` every 20 ms from the first byte received; COM1
-//! stays the init's report line the bed reads). OpenSSH's `ssh` on the client host logs in to `dmore gateway serve
-//! --ssh-listen` with the key listed for the console, and types a command line every 50 ms
-//! while the VM co-migrates A ⇄ B (consoles as `nobody` with no capability, gateway mode). The
+//! guest: its init serves its serial console on COM1 (`/dev/ttyS0`, the port of users'
+//! `console=ttyS0`; `dmore.uart=20`: every received byte counted and echoed, a numbered line
+//! `#<n> <received>` every 20 ms from the first byte received; its reports, which the bed
+//! reads, and the kernel's console go to COM2). OpenSSH's `ssh` on the client host logs in to
+//! `dmore gateway serve --ssh-listen` with the key listed for the console, and types a command
+//! line every 50 ms while the VM co-migrates A ⇄ B (consoles as `nobody` with no capability,
+//! gateway mode). The
 //! gateway carries the channel to the console's serial lane over resumable streams
 //! (`--serial-gateway-listen`), resuming at each move.
 //!

@@ -4,15 +4,17 @@
 //! It mounts devtmpfs, proc and sysfs, loads the kernel modules the image lists (in the image
 //! builder's order), opens every `/dev/input/event*` as it appears (grabbing it, so the
 //! kernel's own console keyboard handler never acts on a key: no VT switch, no reboot on
-//! Ctrl-Alt-Del, no echo) and reports every `EV_KEY` event on the serial port; it draws on the
-//! screen when the serial port asks. The grammar is in the crate docs (src/lib.rs) and parsed
-//! by `linux_guest::report`.
+//! Ctrl-Alt-Del, no echo) and reports every `EV_KEY` event on its report port (COM1,
+//! `/dev/ttyS0`); it draws on the screen when the report port asks. The grammar is in the crate
+//! docs (src/lib.rs) and parsed by `linux_guest::report`.
 //!
-//! With `dmore.uart=<ms>` it also serves COM2 (`/dev/ttyS1`, raw) as the tiny guest serves
-//! its COM2: every byte received is counted and echoed back, and every `<ms>` a numbered line
-//! `#<line:08x> <received:08x>\n` goes out (parsed by `scenarios::serial::parse`), from the
-//! first byte received on: so a client that types first sees every line from 0 (QEMU drops
-//! what the guest writes before anyone is connected to its chardev).
+//! With `dmore.uart=<ms>` it serves a serial console on COM1 (`/dev/ttyS0`, raw: the port of
+//! users' `console=ttyS0` and of libvirt's first `<serial>`) and reports on COM2
+//! (`/dev/ttyS1`) instead. The console works as the tiny guest's COM2: every byte received is
+//! counted and echoed, and every `<ms>` a numbered line `#<line:08x> <received:08x>\n` goes
+//! out (parsed by `scenarios::serial::parse`), from the first byte received on: so a client
+//! that types first sees every line from 0 (QEMU drops what the guest writes before anyone is
+//! connected to its chardev).
 
 use std::ffi::{c_char, c_int, c_long, c_short, c_ulong, c_void, CString};
 use std::fs::{File, OpenOptions};
@@ -75,12 +77,18 @@ const EVIOCGRAB: c_ulong = evioc(1, 0x90, 4);
 /// One `struct input_event` on x86_64: a 16-byte timeval, type, code, value.
 const EVENT_SIZE: usize = 24;
 
+/// The report port; with `dmore.uart=`, the serial console's.
+const COM1: &str = "/dev/ttyS0";
+/// The report port with `dmore.uart=`.
+const COM2: &str = "/dev/ttyS1";
+
 fn main() {
-    let mut serial = Serial::open();
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    serial.line(&format!("INIT {} {}", release.trim(), uptime_ms()));
+    mount_pseudo_file_systems();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let opts = Options::parse(&cmdline);
+    let mut serial = Serial::open(if opts.uart_ms > 0 { COM2 } else { COM1 });
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    serial.line(&format!("INIT {} {}", release.trim(), uptime_ms()));
     let mut lists = vec!["/lib/dmore/input.list"];
     if opts.graphics {
         lists.push("/lib/dmore/graphics.list");
@@ -106,35 +114,39 @@ fn main() {
     guest.run();
 }
 
-/// Mounts the pseudo file systems and opens COM1 raw; everything else reports through it.
+/// Mounts devtmpfs, proc and sysfs; from then on the kernel prints only emergencies on its
+/// console (a kernel message must not cut a report line in two) and Ctrl-Alt-Del signals init
+/// instead of rebooting.
+fn mount_pseudo_file_systems() {
+    for (fstype, dir) in [("devtmpfs", "/dev"), ("proc", "/proc"), ("sysfs", "/sys")] {
+        let _ = std::fs::create_dir_all(dir);
+        let (src, target, fs) = (cstr(fstype), cstr(dir), cstr(fstype));
+        // SAFETY: valid NUL-terminated strings that outlive the call; no data argument.
+        unsafe {
+            mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fs.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+    }
+    let _ = std::fs::write("/proc/sys/kernel/printk", "1 4 1 7");
+    // SAFETY: a plain syscall.
+    unsafe { reboot(RB_DISABLE_CAD) };
+}
+
+/// The report port, raw; everything else reports through it.
 struct Serial {
     port: File,
     pending: Vec<u8>,
 }
 
 impl Serial {
-    fn open() -> Serial {
-        for (fstype, dir) in [("devtmpfs", "/dev"), ("proc", "/proc"), ("sysfs", "/sys")] {
-            let _ = std::fs::create_dir_all(dir);
-            let (src, target, fs) = (cstr(fstype), cstr(dir), cstr(fstype));
-            // SAFETY: valid NUL-terminated strings that outlive the call; no data argument.
-            unsafe {
-                mount(
-                    src.as_ptr(),
-                    target.as_ptr(),
-                    fs.as_ptr(),
-                    0,
-                    std::ptr::null(),
-                )
-            };
-        }
-        // Only emergencies on the console from here on: a kernel message must not cut a report
-        // line in two.
-        let _ = std::fs::write("/proc/sys/kernel/printk", "1 4 1 7");
-        // SAFETY: a plain syscall; Ctrl-Alt-Del then signals init instead of rebooting.
-        unsafe { reboot(RB_DISABLE_CAD) };
+    fn open(path: &str) -> Serial {
         let port = loop {
-            match OpenOptions::new().read(true).write(true).open("/dev/ttyS0") {
+            match OpenOptions::new().read(true).write(true).open(path) {
                 Ok(port) => break port,
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
@@ -181,7 +193,7 @@ impl Serial {
     }
 }
 
-/// COM2 as a serial console: raw, non-blocking, every byte counted and echoed.
+/// COM1 as a serial console: raw, non-blocking, every byte counted and echoed.
 struct SerialConsole {
     port: File,
     received: u32,
@@ -198,7 +210,7 @@ impl SerialConsole {
                 .read(true)
                 .write(true)
                 .custom_flags(0o4000) // O_NONBLOCK
-                .open("/dev/ttyS1")
+                .open(COM1)
             {
                 Ok(port) => break port,
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -275,7 +287,8 @@ struct Options {
     /// `dmore.wait=<bus>:<count>,...`: READY once this many key-capable devices of each bus
     /// type (hex) are open.
     wait: Vec<(u16, usize)>,
-    /// `dmore.uart=<ms>`: serve COM2 (echo, count, a numbered line every `<ms>`).
+    /// `dmore.uart=<ms>`: serve COM1 (echo, count, a numbered line every `<ms>`) and report on
+    /// COM2.
     uart_ms: u64,
 }
 
@@ -478,7 +491,7 @@ impl Screen {
 
 struct Guest {
     serial: Serial,
-    /// COM2 as a serial console (`dmore.uart=`).
+    /// COM1 as a serial console (`dmore.uart=`).
     console: Option<SerialConsole>,
     devices: Vec<Device>,
     keys: u64,

@@ -55,8 +55,10 @@ pub struct LinuxOptions {
     pub display: Display,
     /// BIOS or UEFI.
     pub firmware: Firmware,
-    /// With a serial console on COM2 (`QemuConfig::serial_console`): the init serves it as the
-    /// tiny guest does with `uart=<ms>` (echo, count, a numbered line every `<ms>`); 0: no.
+    /// A serial console on COM1 (`ttyS0`, QEMU's first `-serial`: `QemuConfig::serial_console`),
+    /// served by the init as the tiny guest serves its COM2 with `uart=<ms>` (echo, count, a
+    /// numbered line every `<ms>`); the reports, and the kernel's console, move to COM2
+    /// (`ttyS1`). 0: no serial console, the reports on COM1.
     pub uart_ms: u32,
 }
 
@@ -70,17 +72,27 @@ impl LinuxOptions {
         }
     }
 
-    /// The kernel command line: the console on COM1 only (the screen is the init's), no
-    /// console blanking, no cursor, `panic=-1` (with QEMU's `-no-reboot` a panic ends QEMU),
-    /// and the init's options.
+    /// Whether COM1 is the serial console and COM2 the report port ([`uart_ms`](Self::uart_ms)).
+    pub fn console_on_com1(&self) -> bool {
+        self.uart_ms > 0
+    }
+
+    /// The kernel command line: the kernel's console on the report port only (the screen is
+    /// the init's; the serial console stays free of kernel messages), no console blanking, no
+    /// cursor, `panic=-1` (with QEMU's `-no-reboot` a panic ends QEMU), and the init's options.
     pub fn cmdline(&self) -> String {
         let wait: Vec<String> = self
             .wanted_devices()
             .iter()
             .map(|(bus, n)| format!("{bus:x}:{n}"))
             .collect();
+        let reports = if self.console_on_com1() {
+            "ttyS1"
+        } else {
+            "ttyS0"
+        };
         let mut line = format!(
-            "console=ttyS0 panic=-1 consoleblank=0 vt.global_cursor_default=0 dmore.wait={}",
+            "console={reports} panic=-1 consoleblank=0 vt.global_cursor_default=0 dmore.wait={}",
             wait.join(",")
         );
         if self.display == Display::Graphics {
@@ -177,6 +189,17 @@ mod tests {
         assert_eq!(kernel(Firmware::SeaBios, Display::Text), "/bz");
         assert_eq!(kernel(Firmware::Ovmf, Display::Graphics), "/bz");
         assert_eq!(kernel(Firmware::Ovmf, Display::Text), "/bz");
+    }
+
+    #[test]
+    fn a_serial_console_takes_com1_and_the_kernel_reports_on_com2() {
+        let a = joined(LinuxOptions {
+            uart_ms: 20,
+            ..LinuxOptions::default()
+        });
+        assert!(a.contains("-append console=ttyS1 "), "{a}");
+        assert!(a.ends_with("dmore.wait=11:2 dmore.uart=20"), "{a}");
+        assert!(!LinuxOptions::default().console_on_com1());
     }
 
     #[test]

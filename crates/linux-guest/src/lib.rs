@@ -15,7 +15,11 @@
 //! framebuffer console, SeaBIOS or OVMF. It runs under TCG: the Linux kernel does not boot
 //! under this machine's nested `kvm-pvm` (DESIGN.md).
 //!
-//! # Serial grammar (COM1, one report per `\n`-terminated line; [`report::parse_line`])
+//! With [`launch::LinuxOptions::uart_ms`] the init also serves a serial console on COM1
+//! (`ttyS0`: echo, count, numbered lines, as the tiny guest's COM2 does) and the reports, and
+//! the kernel's console, move to COM2 (`ttyS1`); the testbed wires QEMU's chardevs to match.
+//!
+//! # Serial grammar (the report port, one report per `\n`-terminated line; [`report::parse_line`])
 //! ```text
 //! INIT <release> <ms>          init started; kernel release, ms since the kernel started
 //! MODULES <ms>                 every listed module loaded (or an ERR line said why not)

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
 use common::browser::{in_kept_dir, repo_web, type_through_moves, web_dir, Page, WAIT};
-use linux_guest::launch::LinuxOptions;
+use linux_guest::launch::{LinuxOptions, SerialConsole};
 use scenarios::cobed::{CoBed, CoBedOptions, GatewayWeb};
 use scenarios::migrations_from_env;
 use scenarios::serial::{parse, GuestStream, LINE_MS};
@@ -79,7 +79,7 @@ async fn shown(page: &mut Page) -> anyhow::Result<GuestStream> {
 async fn terminal(dir: &Path, moves: usize) -> anyhow::Result<()> {
     let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
     options.linux = Some(LinuxOptions {
-        uart_ms: LINE_MS,
+        serial: SerialConsole::Lines(LINE_MS),
         ..LinuxOptions::default()
     });
     options.memory_mib = testbed::qemu::LINUX_MEMORY_MIB;

@@ -55,11 +55,23 @@ pub struct LinuxOptions {
     pub display: Display,
     /// BIOS or UEFI.
     pub firmware: Firmware,
-    /// A serial console on COM1 (`ttyS0`, QEMU's first `-serial`: `QemuConfig::serial_console`),
-    /// served by the init as the tiny guest serves its COM2 with `uart=<ms>` (echo, count, a
-    /// numbered line every `<ms>`); the reports, and the kernel's console, move to COM2
-    /// (`ttyS1`). 0: no serial console, the reports on COM1.
-    pub uart_ms: u32,
+    /// What the init serves on COM1.
+    pub serial: SerialConsole,
+}
+
+/// A serial console on COM1 (`ttyS0`, QEMU's first `-serial`: `QemuConfig::serial_console`);
+/// with one, the reports and the kernel's console move to COM2 (`ttyS1`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SerialConsole {
+    /// None: COM1 is the report port.
+    #[default]
+    None,
+    /// The init's counting service, as the tiny guest's COM2 with `uart=<ms>`: every byte
+    /// received counted and echoed, a numbered line every this many ms (`dmore.uart=`).
+    Lines(u32),
+    /// busybox's `sh` on a pty, the init relaying it to COM1 and counting both ways
+    /// (`dmore.shell=1`; the `SERIAL` command reports the counts).
+    Shell,
 }
 
 impl LinuxOptions {
@@ -72,9 +84,9 @@ impl LinuxOptions {
         }
     }
 
-    /// Whether COM1 is the serial console and COM2 the report port ([`uart_ms`](Self::uart_ms)).
+    /// Whether COM1 is the serial console and COM2 the report port ([`serial`](Self::serial)).
     pub fn console_on_com1(&self) -> bool {
-        self.uart_ms > 0
+        self.serial != SerialConsole::None
     }
 
     /// The kernel command line: the kernel's console on the report port only (the screen is
@@ -98,8 +110,10 @@ impl LinuxOptions {
         if self.display == Display::Graphics {
             line.push_str(" dmore.graphics=1");
         }
-        if self.uart_ms > 0 {
-            line.push_str(&format!(" dmore.uart={}", self.uart_ms));
+        match self.serial {
+            SerialConsole::None => {}
+            SerialConsole::Lines(ms) => line.push_str(&format!(" dmore.uart={ms}")),
+            SerialConsole::Shell => line.push_str(" dmore.shell=1"),
         }
         line
     }
@@ -194,11 +208,17 @@ mod tests {
     #[test]
     fn a_serial_console_takes_com1_and_the_kernel_reports_on_com2() {
         let a = joined(LinuxOptions {
-            uart_ms: 20,
+            serial: SerialConsole::Lines(20),
             ..LinuxOptions::default()
         });
         assert!(a.contains("-append console=ttyS1 "), "{a}");
         assert!(a.ends_with("dmore.wait=11:2 dmore.uart=20"), "{a}");
+        let a = joined(LinuxOptions {
+            serial: SerialConsole::Shell,
+            ..LinuxOptions::default()
+        });
+        assert!(a.contains("-append console=ttyS1 "), "{a}");
+        assert!(a.ends_with("dmore.wait=11:2 dmore.shell=1"), "{a}");
         assert!(!LinuxOptions::default().console_on_com1());
     }
 
@@ -208,7 +228,7 @@ mod tests {
             input: Input::Usb,
             display: Display::Graphics,
             firmware: Firmware::Ovmf,
-            uart_ms: 0,
+            serial: SerialConsole::None,
         });
         assert!(a.contains("dmore.wait=11:2,3:2 dmore.graphics=1"), "{a}");
         assert!(a.contains(&format!("-bios {OVMF}")), "{a}");

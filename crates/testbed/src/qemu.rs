@@ -116,7 +116,7 @@ pub struct QemuConfig {
     pub keymap: Option<String>,
     /// A serial console on `serial-console.sock`, `-chardev socket,...,server=on,wait=off`,
     /// that dmore's serial lane attaches to: the tiny guest's COM2; the Linux guest's COM1
-    /// (`ttyS0`) when it serves one ([`LinuxOptions::uart_ms`], its reports then on COM2).
+    /// (`ttyS0`) when it serves one ([`LinuxOptions::serial`], its reports then on COM2).
     pub serial_console: bool,
     /// Extra arguments appended to QEMU's command line.
     pub extra_args: Vec<OsString>,
@@ -314,7 +314,8 @@ impl Qemu {
         let boot = match &cfg.linux {
             None => args::Boot::Tiny(guest::kernel_path()),
             Some(options) => {
-                let image = linux_guest::image::Image::build(&cfg.runtime_dir)?;
+                let shell = options.serial == linux_guest::launch::SerialConsole::Shell;
+                let image = linux_guest::image::Image::build(&cfg.runtime_dir, shell)?;
                 args::Boot::Linux(options.qemu_args(&image))
             }
         };

@@ -151,7 +151,7 @@ fn vnc_tcp(addr: SocketAddr, key_delay_ms: Option<u32>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use linux_guest::launch::LinuxOptions;
+    use linux_guest::launch::{LinuxOptions, SerialConsole};
     use std::path::PathBuf;
 
     fn paths(dir: &str, qmp2: bool) -> Paths {
@@ -241,10 +241,10 @@ mod tests {
     #[test]
     fn the_linux_guests_serial_console_is_com1_and_its_reports_com2() {
         let boot = Boot::Linux(Vec::new());
-        let serial = |uart_ms, console| {
+        let serial = |serial, console| {
             let mut cfg = QemuConfig::new("/r");
             cfg.linux = Some(LinuxOptions {
-                uart_ms,
+                serial,
                 ..LinuxOptions::default()
             });
             let a = joined(&qemu_args(
@@ -260,10 +260,16 @@ mod tests {
                 .collect();
             ports.join(" ")
         };
-        assert_eq!(serial(20, true), "chardev:ser1 chardev:ser");
-        assert_eq!(serial(20, false), "null chardev:ser");
-        assert_eq!(serial(0, true), "chardev:ser chardev:ser1");
-        assert_eq!(serial(0, false), "chardev:ser");
+        assert_eq!(
+            serial(SerialConsole::Lines(20), true),
+            "chardev:ser1 chardev:ser"
+        );
+        assert_eq!(serial(SerialConsole::Shell, false), "null chardev:ser");
+        assert_eq!(
+            serial(SerialConsole::None, true),
+            "chardev:ser chardev:ser1"
+        );
+        assert_eq!(serial(SerialConsole::None, false), "chardev:ser");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=init/main.rs");
+    println!("cargo:rerun-if-changed=src/fnv.rs");
     println!("cargo:rerun-if-changed=build.rs");
     if let Err(e) = build() {
         eprintln!("error: building the Linux test guest's init failed: {e}");

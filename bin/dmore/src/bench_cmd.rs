@@ -69,12 +69,15 @@ struct GatewayBenchArgs {
 
 /// Output throughput (the tiny guest writing COM2 as fast as QEMU takes it; bytes/s a client
 /// receives) and keystroke echo (a byte typed until its echo: p50, p99), on QEMU's chardev
-/// socket and through `dmore console --serial-socket`, then the issue's targets.
+/// socket and through `dmore console --serial-socket`, then the issue's targets; then the
+/// output gap per co-migration (a line every 20 ms) for a client of the console's serial lane
+/// and for OpenSSH's `ssh` through the gateway's SSH front, each in its own two-host bed.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
 Build in release mode: a debug console measures the wrong thing.
   cargo run --release -p dmore -- bench serial
-Takes about a minute with the defaults; --quick about 10 s.")]
+Takes about 1.5 minutes with the defaults; --quick about 30 s. The moves run between
+network-namespace hosts as root; the SSH side needs OpenSSH's ssh and ssh-keygen.")]
 struct SerialBenchArgs {
     /// Throughput window per path, seconds.
     #[arg(long, default_value_t = 10.0)]
@@ -85,8 +88,8 @@ struct SerialBenchArgs {
     /// Throughput rounds, each one window per path, alternating.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
-    /// Co-migrations for the output gap per move (between network-namespace hosts, as root;
-    /// 0: none).
+    /// Co-migrations for the output gap per move, through the lane and through SSH each
+    /// (between network-namespace hosts, as root; 0: none).
     #[arg(long, default_value_t = 3)]
     moves: usize,
     /// A short run: one round of 1 s windows, 100 echoes per path, one move (overrides

@@ -142,6 +142,24 @@ struct TokenArgs {
     ttl: u64,
 }
 
+impl ServeArgs {
+    /// Refuses serial lanes nothing would serve: `--serial-console` reaches users only through
+    /// `--ssh-listen` or `--web-listen` (clap's groups cannot say "needs one of these" with a
+    /// cause and a fix).
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.serial_console.is_empty()
+                || self.ssh_listen.is_some()
+                || self.web_listen.is_some(),
+            "--serial-console is served to SSH users (--ssh-listen, with --ssh-host-key and \
+             --ssh-authorized-keys) and to the browser terminal (--web-listen, with \
+             --token-file), and neither is given: nobody could reach the serial console. Add \
+             one of them, or drop --serial-console"
+        );
+        Ok(())
+    }
+}
+
 fn parse_console(s: &str) -> Result<(String, SocketAddr), String> {
     let (name, addr) = s.split_once('=').unwrap_or(("default", s));
     if !gateway::tokens::valid_console_name(name) {
@@ -187,6 +205,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    a.check()?;
     let stream = config(Role::Gateway, &a.key_file, a.replay_cap)?;
     let dials = |list: Vec<(String, SocketAddr)>| {
         let mut dials: HashMap<String, Dial> = HashMap::new();
@@ -318,4 +337,75 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("listening on {addr} (is the address local and free?)"))?;
     println!("listening on {}", listener.local_addr()?);
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: GatewayArgs,
+    }
+
+    /// `dmore gateway serve` with `extra`, parsed and checked.
+    fn serve_with(extra: &[&str]) -> anyhow::Result<()> {
+        let argv = ["dmore", "serve", "--key-file", "/k"].iter().chain(extra);
+        let cli = Cli::try_parse_from(argv)?;
+        let GatewayCommand::Serve(args) = cli.args.command else {
+            anyhow::bail!("not serve");
+        };
+        args.check()
+    }
+
+    #[test]
+    fn a_serial_console_without_ssh_or_web_is_refused_with_its_cause_and_fix() {
+        let err = serve_with(&[
+            "--listen",
+            "127.0.0.1:5900",
+            "--console",
+            "10.0.0.2:4800",
+            "--serial-console",
+            "vm1=10.0.0.2:4801",
+        ])
+        .expect_err("nothing serves the serial console");
+        let text = err.to_string();
+        assert!(
+            text.contains("nobody could reach the serial console"),
+            "{text}"
+        );
+        assert!(
+            text.contains("--ssh-listen") && text.contains("--web-listen"),
+            "{text}"
+        );
+        assert!(text.contains("drop --serial-console"), "{text}");
+    }
+
+    #[test]
+    fn a_serial_console_with_ssh_or_web_or_none_at_all_passes() {
+        let ssh = [
+            "--ssh-listen",
+            "127.0.0.1:2222",
+            "--ssh-host-key",
+            "/h",
+            "--ssh-authorized-keys",
+            "/a",
+            "--serial-console",
+            "vm1=10.0.0.2:4801",
+        ];
+        serve_with(&ssh).expect("SSH serves it");
+        let web = [
+            "--web-listen",
+            "127.0.0.1:6080",
+            "--token-file",
+            "/t",
+            "--serial-console",
+            "vm1=10.0.0.2:4801",
+        ];
+        serve_with(&web).expect("the browser terminal serves it");
+        serve_with(&["--listen", "127.0.0.1:5900", "--console", "10.0.0.2:4800"])
+            .expect("no serial console, nothing to serve");
+    }
 }

@@ -1,6 +1,8 @@
 //! `dmore bench serial --quick` on real QEMU (the tiny guest's COM2): the run completes and
 //! prints well-formed figures for both paths (bytes arrived on each, echoes measured on each,
-//! both targets judged) and the output gap of one co-migration (network namespaces: root). No timing is asserted: the figures are printed, not judged here.
+//! both targets judged) and the output gap of one co-migration through the serial lane and
+//! through `ssh` at the gateway (network namespaces: root). No timing is asserted: the figures
+//! are printed, not judged here.
 
 use std::process::Command;
 
@@ -39,7 +41,11 @@ fn the_quick_serial_bench_prints_both_paths() {
     }
     line("round 1: direct");
     line("console CPU over its windows");
-    line("move 1: output gap");
+    let gap = line("move 1: output gap");
+    for key in ["serial lane", "ssh via the gateway"] {
+        let v = figure(gap, key, "ms").unwrap_or_else(|| panic!("{key} in {gap:?}"));
+        assert!(v > 0.0, "no output gap measured through the {key}: {gap}");
+    }
     for target in ["target throughput", "target echo p50"] {
         let l = line(target);
         assert!(l.contains(": met (") || l.contains(": MISSED ("), "{l}");

@@ -7,8 +7,8 @@
 //!
 //! ```text
 //!  client host: Chromium ─ws─> dmore gateway CLIENT:6082 ─resumable sessions─> A/B:4801
-//!  A ⇄ B: the tiny guest (COM2: echoes and counts what it receives, a numbered line every
-//!         20 ms) and its console, co-migrated 10 times while the page types
+//!  A ⇄ B: the Linux guest (its init on ttyS0, COM1: echoes and counts what it receives, a
+//!         numbered line every 20 ms) and its console, co-migrated 10 times while the page types
 //! ```
 //!
 //! Checked by reading the terminal's buffer (scrollback included): the guest received every
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
 use common::browser::{in_kept_dir, repo_web, type_through_moves, web_dir, Page, WAIT};
-use guest::GuestOptions;
+use linux_guest::launch::{LinuxOptions, SerialConsole};
 use scenarios::cobed::{CoBed, CoBedOptions, GatewayWeb};
 use scenarios::migrations_from_env;
 use scenarios::serial::{parse, GuestStream, LINE_MS};
@@ -67,24 +67,22 @@ fn site(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     Ok(root)
 }
 
-/// What the terminal shows, as the guest's stream: from its first numbered line on (the lane
-/// may start the page mid-line, in the scrollback of what the guest wrote before).
+/// What the terminal shows, as the guest's stream: all of it (the guest writes nothing before
+/// it receives its first byte, and the page was connected before it typed) but the screen's
+/// blank rows below the cursor (newlines no echo has: the page types none).
 async fn shown(page: &mut Page) -> anyhow::Result<GuestStream> {
     let answer = page.ask(serde_json::json!({ "cmd": "buffer" })).await?;
     let text = answer["text"].as_str().context("the terminal's text")?;
-    Ok(parse(
-        text.get(text.find('#').unwrap_or(text.len())..)
-            .unwrap_or_default()
-            .as_bytes(),
-    ))
+    Ok(parse(text.trim_end_matches('\n').as_bytes()))
 }
 
 async fn terminal(dir: &Path, moves: usize) -> anyhow::Result<()> {
     let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
-    options.guest = GuestOptions {
-        uart_ms: LINE_MS,
-        ..GuestOptions::default()
-    };
+    options.linux = Some(LinuxOptions {
+        serial: SerialConsole::Lines(LINE_MS),
+        ..LinuxOptions::default()
+    });
+    options.memory_mib = testbed::qemu::LINUX_MEMORY_MIB;
     // Gateway mode: the consoles take the gateway's serial sessions on this port, the ones
     // SSH users get too (`ssh_serial`); the gateway serves the terminal's page and `/serial`.
     options.gateway = true;
@@ -106,18 +104,12 @@ async fn terminal(dir: &Path, moves: usize) -> anyhow::Result<()> {
     let client = bed.testbed().client().clone();
     let url = format!("{}/terminal.html?path=serial%3Ftoken%3D{token}", web.base);
     let mut page = Page::open("terminal.cjs", &client, &url, dir).await?;
-    // Bytes the guest counted before the page typed are not the page's.
-    let deadline = Instant::now() + WAIT;
-    let before = loop {
-        if let Some(n) = shown(&mut page).await?.received() {
-            break n;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the terminal shows no numbered line"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // The guest writes from the first byte it receives on: before the page types, nothing.
+    let before = shown(&mut page).await?;
+    ensure!(
+        before == GuestStream::default(),
+        "the guest wrote before the terminal typed: {before:?}"
+    );
     let answer = type_through_moves(
         &mut bed,
         &mut page,
@@ -134,7 +126,7 @@ async fn terminal(dir: &Path, moves: usize) -> anyhow::Result<()> {
         .to_vec();
 
     // The guest counts what it received in each numbered line: wait for the last of it.
-    let want = before + u32::try_from(sent.len())?;
+    let want = u32::try_from(sent.len())?;
     let deadline = Instant::now() + WAIT;
     let stream = loop {
         let stream = shown(&mut page).await?;
@@ -145,7 +137,7 @@ async fn terminal(dir: &Path, moves: usize) -> anyhow::Result<()> {
     };
     let status = page.ask(serde_json::json!({ "cmd": "status" })).await?;
     println!(
-        "terminal: {} bytes sent over {moves} co-migrations; the guest counted {:?} (from {before}), \
+        "terminal: {} bytes sent over {moves} co-migrations; the guest counted {:?}, \
          echoed {} bytes (equal: {}); {} numbered lines, {} missing, {} repeated, {} garbled; \
          WebSocket closes {}",
         sent.len(),
@@ -169,8 +161,11 @@ async fn terminal(dir: &Path, moves: usize) -> anyhow::Result<()> {
         "the guest's echo is what the terminal sent"
     );
     ensure!(
-        stream.missing_lines() == 0 && stream.repeated_lines() == 0 && stream.garbled == 0,
-        "the guest's output, whole and once"
+        stream.lines.first().map(|l| l.0) == Some(0)
+            && stream.missing_lines() == 0
+            && stream.repeated_lines() == 0
+            && stream.garbled == 0,
+        "the guest's output, whole (from its first line) and once"
     );
     ensure!(
         status["closes"] == serde_json::json!([]) && status["connected"] == true,

@@ -108,7 +108,7 @@ async fn ps2_graphics_ovmf_linux_guest_typed_through_comigrations_loses_nothing(
         input: Input::Ps2,
         display: Display::Graphics,
         firmware: Firmware::Ovmf,
-        uart_ms: 0,
+        ..LinuxOptions::default()
     };
     typed_through_comigrations(linux, SteadyConfig::default()).await
 }
@@ -140,7 +140,7 @@ async fn usb_graphics_ovmf_linux_guest_typed_through_comigrations_loses_nothing(
         input: Input::Usb,
         display: Display::Graphics,
         firmware: Firmware::Ovmf,
-        uart_ms: 0,
+        ..LinuxOptions::default()
     };
     typed_through_comigrations(linux, usb_pace()).await
 }

@@ -289,7 +289,7 @@ async fn check(client: Client, lossy: bool, moves: usize, dir: &Path) -> anyhow:
             input: Input::Ps2,
             display: Display::Graphics,
             firmware: Firmware::SeaBios,
-            uart_ms: 0,
+            ..LinuxOptions::default()
         });
     }
     let Some(mut bed) = CoBed::start_or_skip(options).await? else {

@@ -720,7 +720,7 @@ async fn graphics_screen_exact_after_comigrations_in_every_encoding() -> anyhow:
         input: Input::Ps2,
         display: Display::Graphics,
         firmware: Firmware::SeaBios,
-        uart_ms: 0,
+        ..LinuxOptions::default()
     })
     .await
 }

@@ -1,29 +1,34 @@
 //! The serial console over SSH through the stationary gateway (issue 19), on the real Linux
-//! guest: its init serves COM2 (`/dev/ttyS1`, `dmore.uart=20`: every received byte counted and
-//! echoed, a numbered line `#<n> <received>` every 20 ms from the first byte received; COM1
-//! stays the init's report line the bed reads). OpenSSH's `ssh` on the client host logs in to `dmore gateway serve
-//! --ssh-listen` with the key listed for the console, and types a command line every 50 ms
-//! while the VM co-migrates A ⇄ B (consoles as `nobody` with no capability, gateway mode). The
-//! gateway carries the channel to the console's serial lane over resumable streams
-//! (`--serial-gateway-listen`), resuming at each move.
+//! guest with a real shell on ttyS0 (COM1, the port of users' `console=ttyS0`): busybox's `sh`
+//! (Debian's busybox-static, copied into the initramfs at test time) on a pty whose master the
+//! guest's init relays to ttyS0 and back, counting the bytes each way and hashing what it wrote
+//! (`dmore.shell=1`; the guest's reports, which the bed reads, and the kernel's console are on
+//! COM2). OpenSSH's `ssh` on the client host logs in to `dmore gateway serve --ssh-listen` with
+//! the key listed for the console and types an `echo` command every 50 ms while the VM
+//! co-migrates A ⇄ B (consoles as `nobody` with no capability, gateway mode). The gateway
+//! carries the channel to the console's serial lane over resumable streams
+//! (`--serial-gateway-listen`), resuming at each move. Checked against the guest's own counts:
 //!
-//! - every typed byte reached the guest exactly once, in order (the guest's count, and its
-//!   echoes equal to what was typed);
-//! - the output `ssh` printed is what the guest wrote: numbered lines from the first (0) with
-//!   no gap, repeat or garbled byte, echoes in between;
+//! - every typed byte reached the guest exactly once (the init's count equals what was typed)
+//!   and each command was answered exactly once;
+//! - the output `ssh` received is what the guest wrote, byte for byte (the same length and
+//!   FNV-1a 64 as the init's);
 //! - the one `ssh` process and its connection lasted the whole run: one SSH session on the
 //!   gateway, SYN 1, FIN 0, RST 0 on the connection (captured on the client host's `lo`);
 //! - the consoles and the gateway run as `nobody` with no capability;
 //! - a key not listed, and the right key for another console, are refused alike.
 //!
-//! And the baseline on the same guest: a client on QEMU's own chardev socket loses its
-//! connection and bytes at each move. `DMORE_MIGRATIONS=N` sets the moves (default 10).
+//! And the baseline on the same guest (its init's counting service on ttyS0, `dmore.uart=20`:
+//! every byte counted and echoed, a numbered line every 20 ms): a client on QEMU's own chardev
+//! socket loses its connection and bytes at each move. `DMORE_MIGRATIONS=N` sets the moves
+//! (default 10).
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
-use linux_guest::launch::LinuxOptions;
+use linux_guest::launch::{LinuxOptions, SerialConsole};
+use linux_guest::report::{Report, SerialCount};
 use scenarios::cobed::{CoBed, CoBedOptions, CONSOLE_NAME, SSH_PORT};
 use scenarios::migrations_from_env;
 use scenarios::serial::{SerialClient, LINE_MS};
@@ -41,9 +46,11 @@ const MIGRATIONS: usize = 10;
 /// One bed at a time: each runs two QEMUs, two consoles and a gateway on two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn linux() -> LinuxOptions {
+/// The baseline's guest: its init's counting service on ttyS0 (numbered lines tell what a
+/// client lost).
+fn counting_guest() -> LinuxOptions {
     LinuxOptions {
-        uart_ms: LINE_MS,
+        serial: SerialConsole::Lines(LINE_MS),
         ..LinuxOptions::default()
     }
 }
@@ -63,17 +70,129 @@ async fn ssh_once(
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ssh_through_the_gateway_types_into_the_linux_guests_serial_console_across_co_migrations(
-) -> anyhow::Result<()> {
-    let _turn = ONE_AT_A_TIME.lock().await;
+/// A gateway-mode bed on the Linux guest with its shell on ttyS0, and the gateway's SSH front.
+async fn start_bed() -> anyhow::Result<Option<CoBed>> {
     let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
-    options.linux = Some(linux());
+    options.linux = Some(LinuxOptions {
+        serial: SerialConsole::Shell,
+        ..LinuxOptions::default()
+    });
     options.memory_mib = testbed::qemu::LINUX_MEMORY_MIB;
     options.serial_port = Some(4801);
     options.gateway = true;
     options.ssh = true;
-    let Some(mut bed) = CoBed::start_or_skip(options).await? else {
+    Ok(CoBed::start_or_skip(options).await?)
+}
+
+/// One `ssh` session through the gateway, typing, with its connection captured on the client
+/// host's `lo`.
+struct SshSession {
+    client: SerialClient,
+    capture: testbed::capture::Capture,
+    stderr: tokio::process::ChildStderr,
+}
+
+impl SshSession {
+    async fn start(bed: &CoBed, key: &std::path::Path) -> anyhow::Result<SshSession> {
+        let client_host = bed.testbed().client().clone();
+        let client_ip = client_host.ip();
+        let capture = tokio::task::spawn_blocking(move || {
+            testbed::capture::Capture::start_on(
+                &client_host,
+                "lo",
+                "ssh",
+                client_ip,
+                Some(SSH_PORT),
+            )
+        })
+        .await??;
+        let mut ssh = tokio::process::Command::from(bed.ssh_client(CONSOLE_NAME, key));
+        ssh.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = ssh.spawn().context("starting ssh")?;
+        let stderr = child.stderr.take().context("ssh's stderr")?;
+        Ok(SshSession {
+            client: SerialClient::over_process(child),
+            capture,
+            stderr,
+        })
+    }
+
+    /// Ends the session (typing stopped and the guest done, see the callers): what was typed
+    /// and received, after checking the gateway ran as nobody and the one `ssh` connection
+    /// lasted the whole run (one SSH session on the gateway, SYN 1, FIN 0, RST 0).
+    async fn finish(self, bed: &CoBed) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+        let gateway = bed.gateway_pid().context("the gateway")?;
+        common::check_runs_as_nobody("gateway", gateway, "0000000000000000", "no capability")?;
+        // Before ssh is stopped (its end would be a FIN).
+        let capture = self.capture;
+        let connection = tokio::task::spawn_blocking(move || capture.finish()).await??;
+        let (typed, output, report) = self.client.finish(Duration::ZERO, |n| n).await;
+        let log = bed.gateway_log().context("the gateway's log")?;
+        let ssh_sessions = log.matches("SSH serial session started").count();
+        // Each resumable session the console closed (it froze to move) was followed by a new one.
+        let reconnections = log.matches("serial connection lost: reconnecting").count();
+        println!(
+            "ssh link {report:?}; SSH sessions on the gateway {ssh_sessions}, serial sessions to the consoles resumed {reconnections} times"
+        );
+        let Some(report) = report else {
+            let mut err = String::new();
+            use tokio::io::AsyncReadExt as _;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::io::BufReader::new(self.stderr).read_to_string(&mut err),
+            )
+            .await;
+            anyhow::bail!("the ssh connection lasted the whole run (ssh's stderr: {err:?})");
+        };
+        ensure!(report.connections == 1, "one ssh connection: {report:?}");
+        ensure!(ssh_sessions == 1, "one SSH session on the gateway");
+        common::check_one_connection("ssh-gateway capture", &connection)?;
+        Ok((typed, output))
+    }
+}
+
+/// Co-migrates `bed` [`MIGRATIONS`] times (`DMORE_MIGRATIONS`), typing [`BETWEEN`] after each
+/// move, each console as nobody without capabilities; `show` says how far things got.
+async fn move_while_typing(bed: &mut CoBed, show: impl Fn() -> String) -> anyhow::Result<usize> {
+    tokio::time::sleep(BETWEEN).await;
+    println!("before the moves: {}", show());
+    let moves = migrations_from_env(MIGRATIONS);
+    for n in 1..=moves {
+        let (from, to) = (bed.home(), bed.other());
+        let t = bed.migrate(false).await?;
+        let (_, console) = bed.home_pids().context("home console")?;
+        common::check_runs_as_nobody("console", console, "0000000000000000", "no capability")?;
+        common::note_link_losses(bed, n).await?;
+        println!(
+            "move {n} {from:?}->{to:?}: VM downtime {:?} ms; {}",
+            t.vm_downtime_ms,
+            show()
+        );
+        tokio::time::sleep(BETWEEN).await;
+    }
+    Ok(moves)
+}
+
+/// The guest's counts of its shell's serial console (`SERIAL`, on its report port).
+async fn shell_count(bed: &mut CoBed) -> anyhow::Result<SerialCount> {
+    let serial = bed.home_serial().context("no home VM")?;
+    serial.send_line("SERIAL").await?;
+    loop {
+        if let Report::Serial(count) = serial.next_linux(WAIT, "SERIAL").await? {
+            return Ok(count);
+        }
+    }
+}
+
+/// The module doc's test: `ssh` into busybox's `sh` on ttyS0 through co-migrations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_through_the_gateway_into_busybox_sh_on_the_linux_guests_ttys0_across_co_migrations(
+) -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(mut bed) = start_bed().await? else {
         return Ok(());
     };
     let (key, wrong) = bed.ssh_keys().context("the bed's SSH keys")?;
@@ -96,84 +215,73 @@ async fn ssh_through_the_gateway_types_into_the_linux_guests_serial_console_acro
         "both refusals read alike"
     );
 
-    let client_host = bed.testbed().client().clone();
-    let client_ip = client_host.ip();
-    let capture = tokio::task::spawn_blocking(move || {
-        testbed::capture::Capture::start_on(&client_host, "lo", "ssh", client_ip, Some(SSH_PORT))
-    })
-    .await??;
-    let mut ssh = tokio::process::Command::from(bed.ssh_client(CONSOLE_NAME, &key));
-    ssh.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = ssh.spawn().context("starting ssh")?;
-    let stderr = child.stderr.take().context("ssh's stderr")?;
-    let client = SerialClient::over_process(child);
-    tokio::time::sleep(BETWEEN).await;
-    let s = client.stream();
-    println!(
-        "before the moves: ssh has {} lines, guest counted {:?} of {} typed",
-        s.lines.len(),
-        s.received(),
-        client.typed().len()
-    );
-    ensure!(
-        !s.lines.is_empty(),
-        "the guest's numbered lines reach ssh through the gateway"
-    );
-    let moves = migrations_from_env(MIGRATIONS);
-    for n in 1..=moves {
-        let (from, to) = (bed.home(), bed.other());
-        let t = bed.migrate(false).await?;
-        let (_, console) = bed.home_pids().context("home console")?;
-        common::check_runs_as_nobody("console", console, "0000000000000000", "no capability")?;
-        common::note_link_losses(&bed, n).await?;
-        let s = client.stream();
-        println!(
-            "move {n} {from:?}->{to:?}: VM downtime {:?} ms; ssh has {} lines, guest counted {:?} of {} typed",
-            t.vm_downtime_ms,
-            s.lines.len(),
-            s.received(),
+    let mut session = SshSession::start(&bed, &key).await?;
+    let client = &session.client;
+    let show = || {
+        format!(
+            "ssh received {} B, {} B typed",
+            client.output().len(),
             client.typed().len()
-        );
-        tokio::time::sleep(BETWEEN).await;
-    }
-    let gateway = bed.gateway_pid().context("the gateway")?;
-    common::check_runs_as_nobody("gateway", gateway, "0000000000000000", "no capability")?;
-    // Before ssh is stopped (its end would be a FIN).
-    let connection = tokio::task::spawn_blocking(move || capture.finish()).await??;
-    let (typed, output, report) = client.finish(WAIT, |n| n).await;
-    let s = scenarios::serial::parse(&output);
-    let log = bed.gateway_log().context("the gateway's log")?;
-    let ssh_sessions = log.matches("SSH serial session started").count();
-    // Each resumable session the console closed (it froze to move) was followed by a new one.
-    let reconnections = log.matches("serial connection lost: reconnecting").count();
-    println!(
-        "ssh through the gateway, {moves} moves: {}; ssh link {report:?}; SSH sessions on the gateway {ssh_sessions}, serial sessions to the consoles resumed {reconnections} times",
-        s.summary(&typed, &output)
-    );
-    let report = match report {
-        Some(r) => r,
-        None => {
-            let mut err = String::new();
-            use tokio::io::AsyncReadExt as _;
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                tokio::io::BufReader::new(stderr).read_to_string(&mut err),
-            )
-            .await;
-            anyhow::bail!("the ssh connection lasted the whole run (ssh's stderr: {err:?})");
-        }
+        )
     };
-    ensure!(report.connections == 1, "one ssh connection: {report:?}");
-    ensure!(ssh_sessions == 1, "one SSH session on the gateway");
-    common::check_one_connection("ssh-gateway capture", &connection)?;
-    ensure!(
-        s.lines.first().map(|l| l.0) == Some(0),
-        "the output from the guest's first line on"
+    let moves = move_while_typing(&mut bed, show).await?;
+    // Done once the guest read every typed byte, `ssh` has all it wrote, and the shell is back
+    // at its prompt after answering the last command (it had read them all).
+    let typed = session.client.stop_typing().await;
+    let last = typed
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        .saturating_sub(1);
+    let last_answer = scenarios::serial::typed_answer(last as u64);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        let count = shell_count(&mut bed).await?;
+        let output = session.client.output();
+        if count.received == typed.len() as u64
+            && count.written == output.len() as u64
+            && output.ends_with(b"$ ")
+            && String::from_utf8_lossy(&output).contains(&last_answer)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (typed, output) = session.finish(&bed).await?;
+    let count = shell_count(&mut bed).await?;
+    let hash = linux_guest::fnv::update(linux_guest::fnv::OFFSET, &output);
+    let commands = typed.iter().filter(|b| **b == b'\n').count();
+    // Each answer once, wherever it lands: the terminal echoes typed-ahead bytes (and the
+    // shell's line editor redraws them) between the shell's answers.
+    let text = String::from_utf8_lossy(&output);
+    let answered_once = (0..commands)
+        .filter(|n| {
+            text.matches(&scenarios::serial::typed_answer(*n as u64))
+                .count()
+                == 1
+        })
+        .count();
+    println!(
+        "busybox sh on ttyS0 through ssh and the gateway, {moves} moves: typed {} B in {commands} \
+         commands, the guest read {} B; ssh received {} B, the guest wrote {} B (FNV-1a {:016x}, \
+         the guest's {:016x}); commands answered once {answered_once} of {commands}",
+        typed.len(),
+        count.received,
+        output.len(),
+        count.written,
+        hash,
+        count.hash,
     );
-    s.check_exact(&typed)?;
+    ensure!(commands > 50, "too few commands typed to judge");
+    ensure!(
+        count.received == typed.len() as u64,
+        "every typed byte reached the shell once"
+    );
+    ensure!(
+        count.written == output.len() as u64 && count.hash == hash,
+        "ssh received what the guest wrote, byte for byte"
+    );
+    ensure!(answered_once == commands, "each command answered once");
     Ok(())
 }
 
@@ -186,7 +294,7 @@ async fn baseline_a_client_on_the_linux_guests_chardev_loses_bytes_at_each_move(
     serial_baseline::run(
         "Linux guest",
         |cfg| {
-            cfg.linux = Some(linux());
+            cfg.linux = Some(counting_guest());
             cfg.memory_mib = testbed::qemu::LINUX_MEMORY_MIB;
         },
         migrations_from_env(MIGRATIONS),

@@ -4,21 +4,33 @@
 //! It mounts devtmpfs, proc and sysfs, loads the kernel modules the image lists (in the image
 //! builder's order), opens every `/dev/input/event*` as it appears (grabbing it, so the
 //! kernel's own console keyboard handler never acts on a key: no VT switch, no reboot on
-//! Ctrl-Alt-Del, no echo) and reports every `EV_KEY` event on the serial port; it draws on the
-//! screen when the serial port asks. The grammar is in the crate docs (src/lib.rs) and parsed
-//! by `linux_guest::report`.
+//! Ctrl-Alt-Del, no echo) and reports every `EV_KEY` event on its report port (COM1,
+//! `/dev/ttyS0`); it draws on the screen when the report port asks. The grammar is in the crate
+//! docs (src/lib.rs) and parsed by `linux_guest::report`.
 //!
-//! With `dmore.uart=<ms>` it also serves COM2 (`/dev/ttyS1`, raw) as the tiny guest serves
-//! its COM2: every byte received is counted and echoed back, and every `<ms>` a numbered line
-//! `#<line:08x> <received:08x>\n` goes out (parsed by `scenarios::serial::parse`), from the
-//! first byte received on: so a client that types first sees every line from 0 (QEMU drops
-//! what the guest writes before anyone is connected to its chardev).
+//! With `dmore.uart=<ms>` it serves a serial console on COM1 (`/dev/ttyS0`, raw: the port of
+//! users' `console=ttyS0` and of libvirt's first `<serial>`) and reports on COM2
+//! (`/dev/ttyS1`) instead. The console works as the tiny guest's COM2: every byte received is
+//! counted and echoed, and every `<ms>` a numbered line `#<line:08x> <received:08x>\n` goes
+//! out (parsed by `scenarios::serial::parse`), from the first byte received on: so a client
+//! that types first sees every line from 0 (QEMU drops what the guest writes before anyone is
+//! connected to its chardev).
+//!
+//! With `dmore.shell=1` COM1 is a real shell instead: busybox's `sh` (the initramfs's
+//! `/bin/busybox`), started at the first byte COM1 receives, on a pty whose master the init
+//! relays to COM1 and back, counting the bytes each way and hashing what it wrote (FNV-1a 64),
+//! which the `SERIAL` command reports.
 
 use std::ffi::{c_char, c_int, c_long, c_short, c_ulong, c_void, CString};
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+use std::os::unix::process::CommandExt as _;
+use std::process::{Child, Command, Stdio};
+
+#[path = "../src/fnv.rs"]
+mod fnv;
 use std::time::{Duration, Instant};
 
 #[repr(C)]
@@ -47,11 +59,17 @@ extern "C" {
     fn tcgetattr(fd: c_int, t: *mut Termios) -> c_int;
     fn cfmakeraw(t: *mut Termios);
     fn tcsetattr(fd: c_int, when: c_int, t: *const Termios) -> c_int;
+    fn setsid() -> c_int;
 }
 
 const SYS_FINIT_MODULE: c_long = 313;
 const RB_DISABLE_CAD: c_int = 0;
 const POLLIN: c_short = 1;
+const O_NONBLOCK: i32 = 0o4000;
+const O_NOCTTY: i32 = 0o400;
+const TIOCSCTTY: c_ulong = 0x540e;
+const TIOCGPTN: c_ulong = 0x8004_5430;
+const TIOCSPTLCK: c_ulong = 0x4004_5431;
 
 const EV_SYN: u16 = 0;
 const EV_KEY: u16 = 1;
@@ -75,12 +93,19 @@ const EVIOCGRAB: c_ulong = evioc(1, 0x90, 4);
 /// One `struct input_event` on x86_64: a 16-byte timeval, type, code, value.
 const EVENT_SIZE: usize = 24;
 
+/// The report port; with `dmore.uart=` or `dmore.shell=1`, the serial console's.
+const COM1: &str = "/dev/ttyS0";
+/// The report port with a serial console.
+const COM2: &str = "/dev/ttyS1";
+
 fn main() {
-    let mut serial = Serial::open();
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    serial.line(&format!("INIT {} {}", release.trim(), uptime_ms()));
+    mount_pseudo_file_systems();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let opts = Options::parse(&cmdline);
+    let console_on_com1 = opts.uart_ms > 0 || opts.shell;
+    let mut serial = Serial::open(if console_on_com1 { COM2 } else { COM1 });
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    serial.line(&format!("INIT {} {}", release.trim(), uptime_ms()));
     let mut lists = vec!["/lib/dmore/input.list"];
     if opts.graphics {
         lists.push("/lib/dmore/graphics.list");
@@ -90,7 +115,11 @@ fn main() {
     }
     serial.line(&format!("MODULES {}", uptime_ms()));
     let screen = Screen::open(&mut serial);
-    let console = (opts.uart_ms > 0).then(|| SerialConsole::open(opts.uart_ms));
+    let console = if opts.shell {
+        Some(Console::Shell(Shell::open()))
+    } else {
+        (opts.uart_ms > 0).then(|| Console::Lines(SerialConsole::open(opts.uart_ms)))
+    };
     let mut guest = Guest {
         console,
         serial,
@@ -106,35 +135,39 @@ fn main() {
     guest.run();
 }
 
-/// Mounts the pseudo file systems and opens COM1 raw; everything else reports through it.
+/// Mounts devtmpfs, proc and sysfs; from then on the kernel prints only emergencies on its
+/// console (a kernel message must not cut a report line in two) and Ctrl-Alt-Del signals init
+/// instead of rebooting.
+fn mount_pseudo_file_systems() {
+    for (fstype, dir) in [("devtmpfs", "/dev"), ("proc", "/proc"), ("sysfs", "/sys")] {
+        let _ = std::fs::create_dir_all(dir);
+        let (src, target, fs) = (cstr(fstype), cstr(dir), cstr(fstype));
+        // SAFETY: valid NUL-terminated strings that outlive the call; no data argument.
+        unsafe {
+            mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fs.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+    }
+    let _ = std::fs::write("/proc/sys/kernel/printk", "1 4 1 7");
+    // SAFETY: a plain syscall.
+    unsafe { reboot(RB_DISABLE_CAD) };
+}
+
+/// The report port, raw; everything else reports through it.
 struct Serial {
     port: File,
     pending: Vec<u8>,
 }
 
 impl Serial {
-    fn open() -> Serial {
-        for (fstype, dir) in [("devtmpfs", "/dev"), ("proc", "/proc"), ("sysfs", "/sys")] {
-            let _ = std::fs::create_dir_all(dir);
-            let (src, target, fs) = (cstr(fstype), cstr(dir), cstr(fstype));
-            // SAFETY: valid NUL-terminated strings that outlive the call; no data argument.
-            unsafe {
-                mount(
-                    src.as_ptr(),
-                    target.as_ptr(),
-                    fs.as_ptr(),
-                    0,
-                    std::ptr::null(),
-                )
-            };
-        }
-        // Only emergencies on the console from here on: a kernel message must not cut a report
-        // line in two.
-        let _ = std::fs::write("/proc/sys/kernel/printk", "1 4 1 7");
-        // SAFETY: a plain syscall; Ctrl-Alt-Del then signals init instead of rebooting.
-        unsafe { reboot(RB_DISABLE_CAD) };
+    fn open(path: &str) -> Serial {
         let port = loop {
-            match OpenOptions::new().read(true).write(true).open("/dev/ttyS0") {
+            match OpenOptions::new().read(true).write(true).open(path) {
                 Ok(port) => break port,
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
@@ -181,7 +214,7 @@ impl Serial {
     }
 }
 
-/// COM2 as a serial console: raw, non-blocking, every byte counted and echoed.
+/// COM1 as a serial console: raw, non-blocking, every byte counted and echoed.
 struct SerialConsole {
     port: File,
     received: u32,
@@ -193,20 +226,8 @@ struct SerialConsole {
 
 impl SerialConsole {
     fn open(ms: u64) -> SerialConsole {
-        let port = loop {
-            match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(0o4000) // O_NONBLOCK
-                .open("/dev/ttyS1")
-            {
-                Ok(port) => break port,
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        };
-        make_raw(&port);
         SerialConsole {
-            port,
+            port: open_com1(),
             received: 0,
             line: 0,
             period: Duration::from_millis(ms.max(1)),
@@ -214,17 +235,8 @@ impl SerialConsole {
         }
     }
 
-    /// Writes all of `bytes` (the UART takes them as fast as the guest writes).
-    fn write(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            match self.port.write(bytes) {
-                Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(1))
-                }
-                Err(_) => return,
-            }
-        }
+    fn write(&mut self, bytes: &[u8]) {
+        write_all(&mut self.port, bytes);
     }
 
     /// Takes what the UART received: counted, echoed.
@@ -256,6 +268,223 @@ impl SerialConsole {
     }
 }
 
+/// Writes all of `bytes` to a non-blocking file (a UART or a pty takes them as fast as the
+/// guest writes, a pty as fast as its reader reads).
+fn write_all(file: &mut File, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        match file.write(bytes) {
+            Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// COM1, raw and non-blocking (waiting for the driver to register it).
+fn open_com1() -> File {
+    let port = loop {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(O_NONBLOCK)
+            .open(COM1)
+        {
+            Ok(port) => break port,
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    make_raw(&port);
+    port
+}
+
+/// COM1 as a real shell: busybox's `sh` on a pty, the init relaying between COM1 and the pty's
+/// master, counting both ways. The shell starts at the first byte received, as a getty's
+/// "press Enter": what it prints first (a banner, the prompt) reaches someone (QEMU drops what
+/// the guest writes while no client is connected to its chardev).
+struct Shell {
+    port: File,
+    /// The pty's master and the shell (kept so it is reaped; not restarted), once started.
+    pty: Option<(File, Child)>,
+    /// Bytes read from COM1 (all handed to the shell).
+    received: u64,
+    /// Bytes written to COM1 (all the shell's output).
+    written: u64,
+    /// FNV-1a 64 of the bytes written to COM1.
+    hash: u64,
+    /// The shell could not start, or its pty ended (it exited): nothing more to relay.
+    ended: bool,
+}
+
+impl Shell {
+    fn open() -> Shell {
+        Shell {
+            port: open_com1(),
+            pty: None,
+            received: 0,
+            written: 0,
+            hash: fnv::OFFSET,
+            ended: false,
+        }
+    }
+
+    /// busybox's `sh` on a new pty: the master.
+    fn spawn() -> std::io::Result<(File, Child)> {
+        let _ = std::fs::create_dir_all("/dev/pts");
+        let (src, target) = (cstr("devpts"), cstr("/dev/pts"));
+        // SAFETY: valid NUL-terminated strings that outlive the call; no data argument.
+        unsafe {
+            mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        let master = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(O_NONBLOCK | O_NOCTTY)
+            .open("/dev/ptmx")?;
+        let (unlock, mut number): (c_int, c_int) = (0, 0);
+        // SAFETY: both ioctls take a pointer to an int, valid for the call.
+        let ok = unsafe {
+            ioctl(master.as_raw_fd(), TIOCSPTLCK, &unlock) == 0
+                && ioctl(master.as_raw_fd(), TIOCGPTN, &mut number) == 0
+        };
+        if !ok {
+            return Err(std::io::Error::last_os_error());
+        }
+        let pts = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(O_NOCTTY)
+            .open(format!("/dev/pts/{number}"))?;
+        let mut command = Command::new("/bin/busybox");
+        command
+            .arg("sh")
+            .env_clear()
+            .env("PATH", "/bin")
+            .env("HOME", "/")
+            .env("TERM", "vt100")
+            .env("PS1", "$ ")
+            .stdin(Stdio::from(pts.try_clone()?))
+            .stdout(Stdio::from(pts.try_clone()?))
+            .stderr(Stdio::from(pts));
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                // A session of its own with the pty (its stdin) as controlling terminal: job
+                // control and Ctrl-C work as on a getty's shell.
+                if setsid() < 0 || ioctl(0, TIOCSCTTY, 0 as c_int) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        Ok((master, command.spawn()?))
+    }
+
+    /// COM1 to the shell (started at the first byte): counted.
+    fn receive(&mut self, serial: &mut Serial) {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.port.read(&mut buf) {
+            if n == 0 || self.ended {
+                return;
+            }
+            if self.pty.is_none() {
+                match Shell::spawn() {
+                    Ok(pty) => self.pty = Some(pty),
+                    Err(e) => {
+                        serial.line(&format!("ERR shell {e}"));
+                        self.ended = true;
+                        return;
+                    }
+                }
+            }
+            let Some((master, _)) = self.pty.as_mut() else {
+                return;
+            };
+            self.received += n as u64;
+            write_all(master, buf.get(..n).unwrap_or_default());
+        }
+    }
+
+    /// The shell to COM1: counted and hashed.
+    fn send(&mut self) {
+        let Some((master, _)) = self.pty.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        loop {
+            match master.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let bytes = buf.get(..n).unwrap_or_default();
+                    self.written += n as u64;
+                    self.hash = fnv::update(self.hash, bytes);
+                    write_all(&mut self.port, bytes);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    // EIO: the shell and every other holder of its pty are gone.
+                    self.ended = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What serves COM1, if anything.
+enum Console {
+    /// The counting service (`dmore.uart=`).
+    Lines(SerialConsole),
+    /// The shell (`dmore.shell=1`).
+    Shell(Shell),
+}
+
+impl Console {
+    /// The files to poll for input.
+    fn fds(&self) -> Vec<c_int> {
+        match self {
+            Console::Lines(c) => vec![c.port.as_raw_fd()],
+            Console::Shell(s) => std::iter::once(s.port.as_raw_fd())
+                .chain(s.pty.iter().filter(|_| !s.ended).map(|p| p.0.as_raw_fd()))
+                .collect(),
+        }
+    }
+
+    /// Handles what `ready` (one flag per [`fds`](Self::fds)) says is readable.
+    fn ready(&mut self, ready: &[bool], serial: &mut Serial) {
+        match self {
+            Console::Lines(c) => {
+                if ready.first() == Some(&true) {
+                    c.receive();
+                }
+            }
+            Console::Shell(s) => {
+                if ready.get(1) == Some(&true) {
+                    s.send();
+                }
+                if ready.first() == Some(&true) {
+                    s.receive(serial);
+                }
+            }
+        }
+    }
+
+    /// The next numbered line, if due; when to wake for the next one.
+    fn tick(&mut self, now: Instant) -> Option<Instant> {
+        match self {
+            Console::Lines(c) => Some(c.tick(now)),
+            Console::Shell(_) => None,
+        }
+    }
+}
+
 /// `cfmakeraw` on a tty: no echo, no line editing, no CR/NL translation.
 fn make_raw(port: &File) {
     let mut t = Termios([0; 64]);
@@ -275,8 +504,11 @@ struct Options {
     /// `dmore.wait=<bus>:<count>,...`: READY once this many key-capable devices of each bus
     /// type (hex) are open.
     wait: Vec<(u16, usize)>,
-    /// `dmore.uart=<ms>`: serve COM2 (echo, count, a numbered line every `<ms>`).
+    /// `dmore.uart=<ms>`: serve COM1 (echo, count, a numbered line every `<ms>`) and report on
+    /// COM2.
     uart_ms: u64,
+    /// `dmore.shell=1`: a shell on COM1 (over `uart_ms`), reports on COM2.
+    shell: bool,
 }
 
 impl Options {
@@ -285,10 +517,13 @@ impl Options {
             graphics: false,
             wait: Vec::new(),
             uart_ms: 0,
+            shell: false,
         };
         for word in cmdline.split_whitespace() {
             if let Some(ms) = word.strip_prefix("dmore.uart=") {
                 opts.uart_ms = ms.parse().unwrap_or(0);
+            } else if word == "dmore.shell=1" {
+                opts.shell = true;
             } else if word == "dmore.graphics=1" {
                 opts.graphics = true;
             } else if let Some(list) = word.strip_prefix("dmore.wait=") {
@@ -478,8 +713,8 @@ impl Screen {
 
 struct Guest {
     serial: Serial,
-    /// COM2 as a serial console (`dmore.uart=`).
-    console: Option<SerialConsole>,
+    /// COM1 as a serial console (`dmore.uart=`, `dmore.shell=1`).
+    console: Option<Console>,
     devices: Vec<Device>,
     keys: u64,
     buttons: u64,
@@ -510,13 +745,13 @@ impl Guest {
             if let Some((_, due)) = self.anim {
                 wake = wake.min(due);
             }
-            if let Some(console) = &mut self.console {
-                wake = wake.min(console.tick(now));
+            if let Some(due) = self.console.as_mut().and_then(|c| c.tick(now)) {
+                wake = wake.min(due);
             }
             let timeout = wake.saturating_duration_since(Instant::now()).as_millis();
             let mut fds: Vec<PollFd> = std::iter::once(self.serial.port.as_raw_fd())
                 .chain(self.devices.iter().map(|d| d.file.as_raw_fd()))
-                .chain(self.console.iter().map(|c| c.port.as_raw_fd()))
+                .chain(self.console.iter().flat_map(Console::fds))
                 .map(|fd| PollFd {
                     fd,
                     events: POLLIN,
@@ -536,9 +771,8 @@ impl Guest {
             }
             let mut ready: Vec<bool> = fds.iter().map(|p| p.revents != 0).collect();
             if let Some(console) = &mut self.console {
-                if ready.pop() == Some(true) {
-                    console.receive();
-                }
+                let at = ready.len().saturating_sub(console.fds().len());
+                console.ready(&ready.split_off(at), &mut self.serial);
             }
             let mut out = String::new();
             for (i, device_ready) in ready.iter().enumerate().skip(1).rev() {
@@ -736,6 +970,13 @@ impl Guest {
                 self.anim = Some((period, Instant::now()));
             }
             ("PING", Some(n)) => self.serial.line(&format!("PONG {n}")),
+            ("SERIAL", None) => match &self.console {
+                Some(Console::Shell(s)) => self.serial.line(&format!(
+                    "SERIAL {} {} {:016x}",
+                    s.received, s.written, s.hash
+                )),
+                _ => self.serial.line("ERR no shell on COM1"),
+            },
             _ => self.serial.line(&format!("ERR command {command:?}")),
         }
     }

@@ -19,6 +19,10 @@ pub const INPUT_MODULES: &[&str] = &["psmouse", "evdev", "xhci_pci", "usbhid", "
 /// Modules for graphics mode: QEMU's `-vga std` as a DRM device, with a framebuffer console.
 pub const GRAPHICS_MODULES: &[&str] = &["bochs"];
 
+/// Debian's busybox-static: one static binary with a shell, copied into the initramfs for the
+/// shell on COM1 ([`crate::launch::SerialConsole::Shell`]).
+pub const BUSYBOX: &str = "/bin/busybox";
+
 /// Why the boot files cannot be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -28,6 +32,12 @@ pub enum ImageError {
          there), or point DMORE_LINUX_GUEST at such a directory"
     )]
     NoKernel(PathBuf),
+    /// The shell is wanted and busybox is not installed.
+    #[error(
+        "no {BUSYBOX} for the guest's shell: run `bash .ci/setup` as root (it installs \
+         busybox-static)"
+    )]
+    NoBusybox,
     /// A wanted module is not in `modules.dep`.
     #[error("module {0} is not in the kernel's modules.dep")]
     NoModule(String),
@@ -221,8 +231,8 @@ pub struct Image {
 impl Image {
     /// Writes `initramfs.cpio` into `dir` for the kernel [`Kernel::find`] finds: the init,
     /// the input and graphics modules and their load lists (the init reads the graphics list
-    /// only when asked for graphics).
-    pub fn build(dir: &Path) -> Result<Image, ImageError> {
+    /// only when asked for graphics), and with `shell`, [`BUSYBOX`] as `/bin/busybox`.
+    pub fn build(dir: &Path, shell: bool) -> Result<Image, ImageError> {
         let kernel = Kernel::find()?;
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -241,6 +251,11 @@ impl Image {
         cpio.char_device("dev/console", 0o600, 5, 1);
         let init = crate::init_path();
         cpio.file("init", 0o755, &std::fs::read(init).map_err(io(init))?);
+        if shell {
+            let busybox = std::fs::read(BUSYBOX).map_err(|_| ImageError::NoBusybox)?;
+            cpio.dir("bin", 0o755);
+            cpio.file("bin/busybox", 0o755, &busybox);
+        }
         for (list, modules) in [("input", &input), ("graphics", &graphics)] {
             let mut paths = String::new();
             for module in modules.iter() {

@@ -55,9 +55,23 @@ pub struct LinuxOptions {
     pub display: Display,
     /// BIOS or UEFI.
     pub firmware: Firmware,
-    /// With a serial console on COM2 (`QemuConfig::serial_console`): the init serves it as the
-    /// tiny guest does with `uart=<ms>` (echo, count, a numbered line every `<ms>`); 0: no.
-    pub uart_ms: u32,
+    /// What the init serves on COM1.
+    pub serial: SerialConsole,
+}
+
+/// A serial console on COM1 (`ttyS0`, QEMU's first `-serial`: `QemuConfig::serial_console`);
+/// with one, the reports and the kernel's console move to COM2 (`ttyS1`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SerialConsole {
+    /// None: COM1 is the report port.
+    #[default]
+    None,
+    /// The init's counting service, as the tiny guest's COM2 with `uart=<ms>`: every byte
+    /// received counted and echoed, a numbered line every this many ms (`dmore.uart=`).
+    Lines(u32),
+    /// busybox's `sh` on a pty, the init relaying it to COM1 and counting both ways
+    /// (`dmore.shell=1`; the `SERIAL` command reports the counts).
+    Shell,
 }
 
 impl LinuxOptions {
@@ -70,24 +84,36 @@ impl LinuxOptions {
         }
     }
 
-    /// The kernel command line: the console on COM1 only (the screen is the init's), no
-    /// console blanking, no cursor, `panic=-1` (with QEMU's `-no-reboot` a panic ends QEMU),
-    /// and the init's options.
+    /// Whether COM1 is the serial console and COM2 the report port ([`serial`](Self::serial)).
+    pub fn console_on_com1(&self) -> bool {
+        self.serial != SerialConsole::None
+    }
+
+    /// The kernel command line: the kernel's console on the report port only (the screen is
+    /// the init's; the serial console stays free of kernel messages), no console blanking, no
+    /// cursor, `panic=-1` (with QEMU's `-no-reboot` a panic ends QEMU), and the init's options.
     pub fn cmdline(&self) -> String {
         let wait: Vec<String> = self
             .wanted_devices()
             .iter()
             .map(|(bus, n)| format!("{bus:x}:{n}"))
             .collect();
+        let reports = if self.console_on_com1() {
+            "ttyS1"
+        } else {
+            "ttyS0"
+        };
         let mut line = format!(
-            "console=ttyS0 panic=-1 consoleblank=0 vt.global_cursor_default=0 dmore.wait={}",
+            "console={reports} panic=-1 consoleblank=0 vt.global_cursor_default=0 dmore.wait={}",
             wait.join(",")
         );
         if self.display == Display::Graphics {
             line.push_str(" dmore.graphics=1");
         }
-        if self.uart_ms > 0 {
-            line.push_str(&format!(" dmore.uart={}", self.uart_ms));
+        match self.serial {
+            SerialConsole::None => {}
+            SerialConsole::Lines(ms) => line.push_str(&format!(" dmore.uart={ms}")),
+            SerialConsole::Shell => line.push_str(" dmore.shell=1"),
         }
         line
     }
@@ -180,12 +206,29 @@ mod tests {
     }
 
     #[test]
+    fn a_serial_console_takes_com1_and_the_kernel_reports_on_com2() {
+        let a = joined(LinuxOptions {
+            serial: SerialConsole::Lines(20),
+            ..LinuxOptions::default()
+        });
+        assert!(a.contains("-append console=ttyS1 "), "{a}");
+        assert!(a.ends_with("dmore.wait=11:2 dmore.uart=20"), "{a}");
+        let a = joined(LinuxOptions {
+            serial: SerialConsole::Shell,
+            ..LinuxOptions::default()
+        });
+        assert!(a.contains("-append console=ttyS1 "), "{a}");
+        assert!(a.ends_with("dmore.wait=11:2 dmore.shell=1"), "{a}");
+        assert!(!LinuxOptions::default().console_on_com1());
+    }
+
+    #[test]
     fn usb_graphics_ovmf() {
         let a = joined(LinuxOptions {
             input: Input::Usb,
             display: Display::Graphics,
             firmware: Firmware::Ovmf,
-            uart_ms: 0,
+            serial: SerialConsole::None,
         });
         assert!(a.contains("dmore.wait=11:2,3:2 dmore.graphics=1"), "{a}");
         assert!(a.contains(&format!("-bios {OVMF}")), "{a}");

@@ -15,7 +15,13 @@
 //! framebuffer console, SeaBIOS or OVMF. It runs under TCG: the Linux kernel does not boot
 //! under this machine's nested `kvm-pvm` (DESIGN.md).
 //!
-//! # Serial grammar (COM1, one report per `\n`-terminated line; [`report::parse_line`])
+//! With a serial console ([`launch::SerialConsole`]) the init serves COM1 (`ttyS0`): its
+//! counting service (echo, count, numbered lines, as the tiny guest's COM2 does) or a real
+//! shell (busybox's `sh` on a pty, `/bin/busybox` from Debian's busybox-static copied into the
+//! initramfs, the init relaying and counting); the reports, and the kernel's console, move to
+//! COM2 (`ttyS1`); the testbed wires QEMU's chardevs to match.
+//!
+//! # Serial grammar (the report port, one report per `\n`-terminated line; [`report::parse_line`])
 //! ```text
 //! INIT <release> <ms>          init started; kernel release, ms since the kernel started
 //! MODULES <ms>                 every listed module loaded (or an ERR line said why not)
@@ -33,6 +39,9 @@
 //! DREW LINE|FRAME <k>          a SCROLL / FRAME / ANIM 0 / PICTURE command is drawn: k lines /
 //!                              frames
 //! PONG <n>                     answer to PING n
+//! SERIAL <in> <out> <hash>     answer to SERIAL with the shell on COM1 (`dmore.shell=1`):
+//!                              bytes read from COM1 for the shell, bytes of its output
+//!                              written to COM1, their FNV-1a 64 ([`fnv`], 16 hex digits)
 //! GONE <dev>                   a device went away
 //! ERR <text>                   something failed (a module, a command); the init goes on
 //! ```
@@ -46,6 +55,7 @@
 //! `ANIM 0` stops and reports the count. `PICTURE`: one frame that is a photo-like picture
 //! over the whole framebuffer (smooth gradients, thousands of colours: what a viewer that
 //! allowed lossy is sent as JPEG; a line on the text console). `PING <n>`: answers `PONG <n>`.
+//! `SERIAL`: answers `SERIAL ...` (with the shell on COM1; `ERR` otherwise).
 //!
 //! # Boot time (TCG)
 //! For graphics under SeaBIOS QEMU boots the uncompressed kernel (`vmlinux`, extracted by
@@ -66,6 +76,7 @@
 //! when the viewer repeats the key).
 #![warn(missing_docs)]
 
+pub mod fnv;
 pub mod image;
 pub mod keymap;
 pub mod launch;

@@ -68,6 +68,8 @@ pub enum Report {
     },
     /// `PONG <n>`.
     Pong(u64),
+    /// `SERIAL <received> <written> <hash>`: the shell's serial console so far.
+    Serial(SerialCount),
     /// `GONE <dev>`: the device went away.
     Gone(u32),
     /// `ERR <text>`: something failed in the guest.
@@ -87,6 +89,17 @@ pub struct Input {
     pub code: u16,
     /// 0 release, 1 press, 2 repeat.
     pub value: i32,
+}
+
+/// The shell's serial console (`dmore.shell=1`) as the init relayed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SerialCount {
+    /// Bytes the init read from COM1 and handed to the shell.
+    pub received: u64,
+    /// Bytes of the shell's output the init wrote to COM1.
+    pub written: u64,
+    /// Their FNV-1a 64 ([`crate::fnv`]).
+    pub hash: u64,
 }
 
 /// Why a line is not a [`Report`].
@@ -200,6 +213,14 @@ pub fn parse_line(line: &str) -> Result<Report, ReportError> {
             count: dec(count).ok_or_else(|| bad("DREW"))?,
         }),
         ("PONG", [n]) => Ok(Report::Pong(dec(n).ok_or_else(|| bad("PONG"))?)),
+        ("SERIAL", [received, written, hash]) => Ok(Report::Serial(SerialCount {
+            received: dec(received).ok_or_else(|| bad("SERIAL"))?,
+            written: dec(written).ok_or_else(|| bad("SERIAL"))?,
+            hash: u64::from_str_radix(hash, 16)
+                .ok()
+                .filter(|_| hash.len() == 16)
+                .ok_or_else(|| bad("SERIAL"))?,
+        })),
         ("GONE", [n]) => Ok(Report::Gone(
             dec(n)
                 .and_then(|d| u32::try_from(d).ok())
@@ -208,7 +229,7 @@ pub fn parse_line(line: &str) -> Result<Report, ReportError> {
         ("ERR", [_, ..]) => Ok(Report::Error(rest.to_owned())),
         (
             kind @ ("INIT" | "MODULES" | "BOOTED" | "READY" | "DEV" | "FB" | "KEY" | "BTN" | "LED"
-            | "DREW" | "PONG" | "GONE" | "ERR"),
+            | "DREW" | "PONG" | "SERIAL" | "GONE" | "ERR"),
             _,
         ) => Err(bad(known(kind))),
         _ => Err(ReportError::Unknown(first.chars().take(16).collect())),
@@ -223,7 +244,7 @@ fn is_digits(w: &str) -> bool {
 fn known(kind: &str) -> &'static str {
     [
         "INIT", "MODULES", "BOOTED", "READY", "DEV", "FB", "KEY", "BTN", "LED", "DREW", "PONG",
-        "GONE", "ERR",
+        "SERIAL", "GONE", "ERR",
     ]
     .into_iter()
     .find(|k| *k == kind)
@@ -302,6 +323,7 @@ impl fmt::Display for Report {
                 write!(f, "DREW {} {count}", if *frames { "FRAME" } else { "LINE" })
             }
             Report::Pong(n) => write!(f, "PONG {n}"),
+            Report::Serial(c) => write!(f, "SERIAL {} {} {:016x}", c.received, c.written, c.hash),
             Report::Gone(n) => write!(f, "GONE {n}"),
             Report::Error(text) => write!(f, "ERR {text}"),
         }
@@ -374,6 +396,14 @@ mod tests {
         assert_eq!(parse_line("READY"), Ok(Report::Ready));
         assert_eq!(parse_line("PONG 3"), Ok(Report::Pong(3)));
         assert_eq!(parse_line("GONE 3"), Ok(Report::Gone(3)));
+        assert_eq!(
+            parse_line("SERIAL 12 345 00000000000000ff"),
+            Ok(Report::Serial(SerialCount {
+                received: 12,
+                written: 345,
+                hash: 0xff
+            }))
+        );
     }
 
     #[test]
@@ -393,6 +423,8 @@ mod tests {
             "DEV 1 11 1 0",
             "FB 1280 32 x",
             "DREW PIXEL 1",
+            "SERIAL 1 2 ff",
+            "SERIAL 1 2",
             "ERR",
             "\x1b[01;01H\x1b[=3h",
             "key 1 2 1e 1",
@@ -470,6 +502,7 @@ mod tests {
                 Report::Drew { frames: value == 1, count },
                 Report::Gone(device),
                 Report::Pong(count),
+                Report::Serial(SerialCount { received: count, written: ms, hash: count ^ ms }),
             ] {
                 prop_assert_eq!(parse_line(&r.to_string()), Ok(r));
             }

@@ -182,9 +182,15 @@ pub fn parse(stream: &[u8]) -> GuestStream {
     out
 }
 
-/// The `n`th line the typist types (no `#`: the guest's stream stays parseable).
+/// The `n`th line the typist types (no `#`: the guest's stream stays parseable): a shell
+/// command whose answer ([`typed_answer`]) is not in its own echo (the quotes).
 pub fn typed_line(n: u64) -> Vec<u8> {
-    format!("echo {n:06} abcdefghijklmnopqrstuvwxyz\n").into_bytes()
+    format!("echo {n:06} \"abcdefghijklmnopqrstuvwxyz\"\n").into_bytes()
+}
+
+/// What a shell prints for [`typed_line`]`(n)` (before its newline).
+pub fn typed_answer(n: u64) -> String {
+    format!("{n:06} abcdefghijklmnopqrstuvwxyz")
 }
 
 /// A serial client: a typist, a collector, and whatever carries them to the guest.
@@ -193,7 +199,8 @@ pub struct SerialClient {
     typed: Arc<Mutex<Vec<u8>>>,
     output: Arc<Mutex<Vec<u8>>>,
     typing: Arc<AtomicBool>,
-    typist: JoinHandle<()>,
+    /// `None` once typing stopped.
+    typist: Option<JoinHandle<()>>,
     collector: JoinHandle<()>,
     link: JoinHandle<Result<AttachReport, AttachError>>,
 }
@@ -269,7 +276,7 @@ impl SerialClient {
             typed,
             output,
             typing,
-            typist,
+            typist: Some(typist),
             collector,
             link,
         }
@@ -285,6 +292,20 @@ impl SerialClient {
         lock(&self.typed).clone()
     }
 
+    /// Everything the client received so far, raw.
+    pub fn output(&self) -> Vec<u8> {
+        lock(&self.output).clone()
+    }
+
+    /// Stops typing after the line being typed: everything typed.
+    pub async fn stop_typing(&mut self) -> Vec<u8> {
+        self.typing.store(false, Ordering::Relaxed);
+        if let Some(typist) = self.typist.take() {
+            let _ = typist.await;
+        }
+        self.typed()
+    }
+
     /// Stops typing, waits until the guest counted `expect(typed)` bytes or `within` passed,
     /// then stops: what was typed, what was received, and the link's report.
     pub async fn finish(
@@ -292,9 +313,7 @@ impl SerialClient {
         within: Duration,
         expect: impl Fn(usize) -> usize,
     ) -> (Vec<u8>, Vec<u8>, Option<AttachReport>) {
-        self.typing.store(false, Ordering::Relaxed);
-        let _ = (&mut self.typist).await;
-        let typed = lock(&self.typed).clone();
+        let typed = self.stop_typing().await;
         let want = expect(typed.len());
         let deadline = Instant::now() + within;
         loop {
@@ -339,6 +358,7 @@ async fn process_link(
     };
     let mut buf = vec![0u8; 4096];
     let mut typed = vec![0u8; 4096];
+    let mut probe = [0u8; 1];
     let mut input_open = true;
     loop {
         tokio::select! {
@@ -348,6 +368,9 @@ async fn process_link(
                     return Err(dropped("its stdin closed".into()));
                 },
             },
+            // The collector never writes: a read ends only when it stopped (its end dropped),
+            // which ends the session even when the process has nothing more to say.
+            _ = output.read(&mut probe) => break,
             n = stdout.read(&mut buf) => match n {
                 Ok(0) | Err(_) => return Err(dropped("its stdout closed".into())),
                 // The collector stopped: the session is over.
@@ -452,5 +475,7 @@ mod tests {
         assert_eq!(g.repeated_lines(), 0);
         assert_eq!(g.received(), Some(3));
         assert!(!typed_line(7).contains(&b'#'));
+        let (line, answer) = (typed_line(7), typed_answer(7));
+        assert!(!line.windows(answer.len()).any(|w| w == answer.as_bytes()));
     }
 }

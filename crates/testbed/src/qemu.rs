@@ -114,8 +114,9 @@ pub struct QemuConfig {
     pub extra_qmp: bool,
     /// The keyboard layout of QEMU's VNC server (`-k LAYOUT`, a file in QEMU's keymaps).
     pub keymap: Option<String>,
-    /// A second serial port (the guest's COM2) on `serial-console.sock`, `-chardev
-    /// socket,...,server=on,wait=off`: the serial console dmore's serial lane attaches to.
+    /// A serial console on `serial-console.sock`, `-chardev socket,...,server=on,wait=off`,
+    /// that dmore's serial lane attaches to: the tiny guest's COM2; the Linux guest's COM1
+    /// (`ttyS0`) when it serves one ([`LinuxOptions::serial`], its reports then on COM2).
     pub serial_console: bool,
     /// Extra arguments appended to QEMU's command line.
     pub extra_args: Vec<OsString>,
@@ -313,7 +314,8 @@ impl Qemu {
         let boot = match &cfg.linux {
             None => args::Boot::Tiny(guest::kernel_path()),
             Some(options) => {
-                let image = linux_guest::image::Image::build(&cfg.runtime_dir)?;
+                let shell = options.serial == linux_guest::launch::SerialConsole::Shell;
+                let image = linux_guest::image::Image::build(&cfg.runtime_dir, shell)?;
                 args::Boot::Linux(options.qemu_args(&image))
             }
         };
@@ -398,7 +400,7 @@ impl Qemu {
         self.paths.qmp2.as_deref()
     }
 
-    /// The serial console's chardev socket (COM2), if configured.
+    /// The serial console's chardev socket ([`QemuConfig::serial_console`]), if configured.
     pub fn serial_console_path(&self) -> Option<&Path> {
         self.paths.serial_console.as_deref()
     }

@@ -341,7 +341,7 @@ async fn usb_graphics_seabios() -> anyhow::Result<()> {
         input: Input::Usb,
         display: Display::Graphics,
         firmware: Firmware::SeaBios,
-        uart_ms: 0,
+        ..LinuxOptions::default()
     })
     .await
 }
@@ -352,7 +352,7 @@ async fn ps2_graphics_ovmf() -> anyhow::Result<()> {
         input: Input::Ps2,
         display: Display::Graphics,
         firmware: Firmware::Ovmf,
-        uart_ms: 0,
+        ..LinuxOptions::default()
     })
     .await
 }
@@ -363,7 +363,7 @@ async fn usb_text_ovmf() -> anyhow::Result<()> {
         input: Input::Usb,
         display: Display::Text,
         firmware: Firmware::Ovmf,
-        uart_ms: 0,
+        ..LinuxOptions::default()
     })
     .await
 }

@@ -206,6 +206,9 @@ pub enum BenchError {
     /// A client task panicked or was cancelled.
     #[error("a client task failed")]
     Task(#[from] tokio::task::JoinError),
+    /// OpenSSH's `ssh` did not start (Debian's openssh-client; see .ci/setup).
+    #[error("starting OpenSSH's ssh on the client host")]
+    Ssh(#[source] std::io::Error),
 }
 
 /// A directory removed with everything in it on drop.

@@ -24,15 +24,19 @@
 //!
 //! 3. **Output gap per move**: the tiny guest writing a numbered line every 20 ms
 //!    ([`crate::serial::LINE_MS`]) co-migrates between two network-namespace hosts
-//!    ([`crate::cobed`]) while a client attached to the console's serial lane on the service
-//!    address (resuming across the move) timestamps every read: per move, the longest silence
-//!    that overlaps the move, beside QEMU's VM downtime.
+//!    ([`crate::cobed`]) while a client timestamps every read: per move, the longest silence
+//!    that overlaps the move, beside QEMU's VM downtime. Twice, in two beds: a client attached
+//!    to the console's serial lane on the service address (resuming across the move), then
+//!    OpenSSH's `ssh` on the client host logged in to the stationary gateway's SSH front
+//!    (gateway mode: the gateway's resumable sessions to the consoles'
+//!    `--serial-gateway-listen`), what SSH users see.
 //!
 //! What limits the guest's rate: QEMU 7.2's 16550 has no baud-rate pacing on output; each byte
 //! is one port write (a VM exit under KVM) and one `write()` on the chardev socket by QEMU.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,8 +111,11 @@ pub struct SerialBenchReport {
     pub rounds: Vec<(f64, f64)>,
     /// The console's CPU (user + system) over its throughput windows, % of one core.
     pub console_cpu_percent: f64,
-    /// Per move: the longest output silence overlapping it, and QEMU's VM downtime (ms).
+    /// Per move: the longest output silence overlapping it, and QEMU's VM downtime (ms), for
+    /// a client of the console's serial lane.
     pub moves: Vec<(Duration, Option<u64>)>,
+    /// The same for `ssh` through the gateway's SSH front (its own bed and moves).
+    pub ssh_moves: Vec<(Duration, Option<u64>)>,
     /// Echo round trips on QEMU's chardev.
     pub direct_echo: Vec<Duration>,
     /// Echo round trips through the console.
@@ -155,14 +162,21 @@ impl fmt::Display for SerialBenchReport {
             self.dmore_echo.len(),
             m50 - d50
         )?;
-        for (i, (gap, downtime)) in self.moves.iter().enumerate() {
+        let ms = |gap: &Duration| format!("{:.1} ms", gap.as_secs_f64() * 1e3);
+        let downtime = |d: &Option<u64>| d.map_or("?".to_owned(), |d| d.to_string());
+        for i in 0..self.moves.len().max(self.ssh_moves.len()) {
+            let side = |moves: &[(Duration, Option<u64>)]| {
+                moves.get(i).map_or("-".to_owned(), |(gap, d)| {
+                    format!("{} (VM downtime {} ms)", ms(gap), downtime(d))
+                })
+            };
             writeln!(
                 f,
-                "move {}: output gap {:.1} ms through dmore (a line every {} ms), VM downtime {} ms",
+                "move {}: output gap (a line every {} ms)   serial lane {}   ssh via the gateway {}",
                 i + 1,
-                gap.as_secs_f64() * 1e3,
                 crate::serial::LINE_MS,
-                downtime.map_or("?".to_owned(), |d| d.to_string())
+                side(&self.moves),
+                side(&self.ssh_moves)
             )?;
         }
         let ratio = self.throughput_ratio();
@@ -239,30 +253,27 @@ pub async fn run(
     report.console_cpu_percent = cpu.as_secs_f64() / dmore_time.as_secs_f64().max(1e-9) * 100.0;
     drop(rig);
     if options.moves > 0 {
-        report.moves = move_gaps(options, &mut progress).await?;
+        (report.moves, report.ssh_moves) = move_gaps(options, &mut progress).await?;
     }
     Ok(report)
 }
 
-/// The output gap a serial client sees per co-migration (see the module doc, 3).
+/// The output gap per co-migration (see the module doc, 3): through the console's serial lane,
+/// then through SSH at the gateway.
 async fn move_gaps(
     options: &SerialBenchOptions,
     progress: &mut impl FnMut(&str),
-) -> Result<Vec<(Duration, Option<u64>)>, BenchError> {
+) -> Result<(Vec<Gap>, Vec<Gap>), BenchError> {
     progress(&format!(
-        "output gap: {} co-migrations between two hosts",
+        "output gap: {} co-migrations between two hosts, a client on the serial lane",
         options.moves
     ));
-    let mut bed_options = crate::cobed::CoBedOptions::new(&options.dmore);
-    bed_options.guest.uart_ms = crate::serial::LINE_MS;
-    bed_options.serial_port = Some(5901);
-    bed_options.memory_mib = options.memory_mib;
-    let mut bed = crate::cobed::CoBed::start(bed_options).await?;
+    let mut bed = crate::cobed::CoBed::start(bed_options(options, false)).await?;
     let host = bed.testbed().client().clone();
     let addr = bed
         .serial_service()
         .ok_or(BenchError::Timeout("the bed's serial service"))?;
-    let (output, mut collected) = tokio::io::duplex(1 << 16);
+    let (output, collected) = tokio::io::duplex(1 << 16);
     let link = tokio::spawn(attach_with(
         move || {
             let host = host.clone();
@@ -276,11 +287,62 @@ async fn move_gaps(
         output,
         Some(START_DEADLINE),
     ));
+    let lane = gaps_over_moves(&mut bed, collected, options.moves, progress).await;
+    link.abort();
+    drop(bed);
+    let lane = lane?;
+
+    progress(&format!(
+        "output gap: {} co-migrations between two hosts, ssh through the gateway",
+        options.moves
+    ));
+    let mut bed = crate::cobed::CoBed::start(bed_options(options, true)).await?;
+    let (key, _) = bed
+        .ssh_keys()
+        .ok_or(BenchError::Timeout("the bed's SSH keys"))?;
+    let mut ssh = tokio::process::Command::from(bed.ssh_client(crate::cobed::CONSOLE_NAME, &key));
+    // stdin stays open (and silent) for the whole run: its end would end the session.
+    ssh.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = ssh.spawn().map_err(BenchError::Ssh)?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or(BenchError::Timeout("ssh's stdout"))?;
+    let ssh = gaps_over_moves(&mut bed, stdout, options.moves, progress).await;
+    drop(child);
+    Ok((lane, ssh?))
+}
+
+/// Per move: the longest output silence overlapping it, and QEMU's VM downtime (ms).
+type Gap = (Duration, Option<u64>);
+
+/// A bed whose guest writes a numbered line every [`crate::serial::LINE_MS`]; with `ssh`, in
+/// gateway mode with the gateway's SSH front.
+fn bed_options(options: &SerialBenchOptions, ssh: bool) -> crate::cobed::CoBedOptions {
+    let mut bed = crate::cobed::CoBedOptions::new(&options.dmore);
+    bed.guest.uart_ms = crate::serial::LINE_MS;
+    bed.serial_port = Some(5901);
+    bed.memory_mib = options.memory_mib;
+    bed.gateway = ssh;
+    bed.ssh = ssh;
+    bed
+}
+
+/// Timestamps every read of `output` while `bed` co-migrates `moves` times, a second apart.
+async fn gaps_over_moves(
+    bed: &mut crate::cobed::CoBed,
+    mut output: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    moves: usize,
+    progress: &mut impl FnMut(&str),
+) -> Result<Vec<Gap>, BenchError> {
     let arrivals = Arc::new(Mutex::new(Vec::<Instant>::new()));
     let seen = Arc::clone(&arrivals);
     let collector = tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
-        while let Ok(n) = collected.read(&mut buf).await {
+        while let Ok(n) = output.read(&mut buf).await {
             if n == 0 {
                 break;
             }
@@ -292,15 +354,15 @@ async fn move_gaps(
     let settle = Duration::from_secs(1);
     tokio::time::sleep(settle).await;
     let mut windows = Vec::new();
-    for n in 1..=options.moves {
+    for n in 1..=moves {
         progress(&format!("move {n}"));
         let start = Instant::now();
+        // On an error the collector ends with `output`, which the caller closes.
         let timeline = bed.migrate(false).await?;
         windows.push((start, Instant::now(), timeline.vm_downtime_ms));
         tokio::time::sleep(settle).await;
     }
     collector.abort();
-    link.abort();
     let arrivals = arrivals.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(windows
         .into_iter()
@@ -504,6 +566,7 @@ mod tests {
             rounds: vec![(200_000.0, 190_000.0)],
             console_cpu_percent: 12.0,
             moves: vec![(Duration::from_micros(81_500), Some(40))],
+            ssh_moves: vec![(Duration::from_micros(95_000), Some(42))],
         };
         assert!((report.throughput_ratio() - 0.95).abs() < 1e-9);
         let text = report.to_string();
@@ -513,7 +576,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("throughput >= 90 % of direct: met"), "{text}");
-        assert!(text.contains("move 1: output gap 81.5 ms"), "{text}");
+        assert!(
+            text.contains(
+                "move 1: output gap (a line every 20 ms)   serial lane 81.5 ms (VM downtime 40 \
+                 ms)   ssh via the gateway 95.0 ms (VM downtime 42 ms)"
+            ),
+            "{text}"
+        );
         assert!(text.contains("of direct: MISSED (+1400 µs)"), "{text}");
     }
 }

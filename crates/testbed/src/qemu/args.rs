@@ -62,18 +62,25 @@ pub(crate) fn qemu_args(
         }
         Boot::Linux(args) => a.extend(args.iter().cloned()),
     }
-    // The harness connects to the serial socket first; `wait=on` holds the guest until then,
-    // so no line is lost.
+    // The harness connects to the report port's socket first; `wait=on` holds the guest until
+    // then, so no line is lost. The serial console, for dmore's serial lane, holds nobody.
     a.push("-chardev".into());
     a.push(chardev_socket("ser", &paths.serial, true));
-    a.push("-serial".into());
-    a.push("chardev:ser".into());
-    // The serial console (the guest's COM2), for dmore's serial lane: nobody holds the guest.
     if let Some(path) = &paths.serial_console {
         a.push("-chardev".into());
         a.push(chardev_socket("ser1", path, false));
+    }
+    // QEMU numbers the ports in order. The Linux guest serving its console on ttyS0 reports
+    // on ttyS1, so its COM1 is there even without a console chardev (`null`).
+    let console = paths.serial_console.as_ref().map(|_| "chardev:ser1");
+    let ports = if cfg.linux.is_some_and(|l| l.console_on_com1()) {
+        [Some(console.unwrap_or("null")), Some("chardev:ser")]
+    } else {
+        [Some("chardev:ser"), console]
+    };
+    for port in ports.into_iter().flatten() {
         a.push("-serial".into());
-        a.push("chardev:ser1".into());
+        a.push(port.into());
     }
     a.push("-qmp".into());
     a.push(unix_server(&paths.qmp));
@@ -144,6 +151,7 @@ fn vnc_tcp(addr: SocketAddr, key_delay_ms: Option<u32>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use linux_guest::launch::{LinuxOptions, SerialConsole};
     use std::path::PathBuf;
 
     fn paths(dir: &str, qmp2: bool) -> Paths {
@@ -228,6 +236,40 @@ mod tests {
         let a = joined(&qemu_args(&cfg, Accel::Kvm, &paths("/r", false), &boot));
         assert!(a.contains("-accel kvm -kernel /vmlinuz -chardev"), "{a}");
         assert!(!a.contains("-bios") && !a.contains("-append"), "{a}");
+    }
+
+    #[test]
+    fn the_linux_guests_serial_console_is_com1_and_its_reports_com2() {
+        let boot = Boot::Linux(Vec::new());
+        let serial = |serial, console| {
+            let mut cfg = QemuConfig::new("/r");
+            cfg.linux = Some(LinuxOptions {
+                serial,
+                ..LinuxOptions::default()
+            });
+            let a = joined(&qemu_args(
+                &cfg,
+                Accel::Tcg,
+                &Paths::new(Path::new("/r"), false, console),
+                &boot,
+            ));
+            let ports: Vec<String> = a
+                .split(" -serial ")
+                .skip(1)
+                .map(|p| p.split(' ').next().unwrap_or_default().to_owned())
+                .collect();
+            ports.join(" ")
+        };
+        assert_eq!(
+            serial(SerialConsole::Lines(20), true),
+            "chardev:ser1 chardev:ser"
+        );
+        assert_eq!(serial(SerialConsole::Shell, false), "null chardev:ser");
+        assert_eq!(
+            serial(SerialConsole::None, true),
+            "chardev:ser chardev:ser1"
+        );
+        assert_eq!(serial(SerialConsole::None, false), "chardev:ser");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use linux_guest::keymap::{evdev_from_set1, BTN_LEFT};
-use linux_guest::launch::{Display, Firmware, Input, LinuxOptions};
+use linux_guest::launch::{Display, Firmware, Input, LinuxOptions, SerialConsole};
 use linux_guest::report::Report;
 use testbed::qemu::{QemuConfig, SerialError};
 
@@ -28,7 +28,7 @@ const OPTIONS: LinuxOptions = LinuxOptions {
     input: Input::Ps2,
     display: Display::Graphics,
     firmware: Firmware::SeaBios,
-    uart_ms: 0,
+    serial: SerialConsole::None,
 };
 
 /// The Linux guest in a QEMU with its VNC on TCP (`key-delay-ms=0`), a second QMP monitor

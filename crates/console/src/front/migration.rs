@@ -242,7 +242,7 @@ pub(super) enum MigrationInput {
 /// parameters come between; a migration aborted in that gap (`virsh domjobabort` soon
 /// enough) never starts, and the console hears nothing else of it. Until then input takes
 /// the exactly-once lane, slower but never lost; after, the fast lane reopens.
-pub(super) const ANNOUNCE_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
+pub(super) const ANNOUNCE_HOLD: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The console's co-migration state: both phase machines, the peer connections, the kept
 /// checkpoint.

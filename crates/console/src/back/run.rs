@@ -150,6 +150,7 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         "attached to QEMU"
     );
 
+    let took_over = config.restore.is_some();
     let journal = match config.restore {
         Some(state) => {
             let mut j = Journal::restore(state, Instant::now())?;
@@ -189,6 +190,7 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         outbox: VecDeque::new(),
         events_gone: false,
         want_update: Some(false),
+        wake_display: took_over,
         leds: None,
         waiting: VecDeque::new(),
         stats: LinkStats::default(),
@@ -268,6 +270,9 @@ struct Link {
     events_gone: bool,
     /// An update request to send (`true`: incremental) once the console took the last one.
     want_update: Option<bool>,
+    /// Write a display wake right behind the first update request (a takeover's link; see
+    /// [`Link::turn`]).
+    wake_display: bool,
     leds: Option<u8>,
     waiting: VecDeque<Waiting>,
     stats: LinkStats,
@@ -479,6 +484,14 @@ impl Link {
                     width: fb.width(),
                     height: fb.height(),
                 });
+                if std::mem::take(&mut self.wake_display) {
+                    // A takeover's link attaches to a VM that already runs, so no RESUME
+                    // brings the journal's display wake, and QEMU's refresh timer may have
+                    // backed off (its refresh at the link's connect found no request yet).
+                    // The wake, read after this request, resets it to its base interval.
+                    let wake = self.journal.display_wake(Instant::now());
+                    self.out.push(vnc_message(&wake, self.ext_keys));
+                }
             }
         }
         if !self.out.is_empty() {

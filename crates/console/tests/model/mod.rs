@@ -1,8 +1,8 @@
 //! The simulated QEMU (and its pipes to the journal) that `journal_exactly_once` drives.
 
 use console::journal::{
-    Action, BatchId, Button, Entry, FenceId, InputEvent, Journal, JournalState, Outcome, ProbeId,
-    ViewerId, VncEvent,
+    Action, BatchId, Button, Config, Entry, FenceId, InputEvent, Journal, JournalState, Outcome,
+    ProbeId, ViewerId, VncEvent,
 };
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -103,9 +103,51 @@ pub struct Sim {
     pub uncertain: BTreeSet<u64>,
     pub unannounced: bool,
     pub max_held: usize,
+    /// QEMU's main loop is busy until then (µs): it reads neither its VNC socket nor its QMP
+    /// monitor, and handles what queued there all at once afterwards. The guest runs on and
+    /// keeps reading its PS/2 queue.
+    pub stalled_until: u64,
 }
 
 impl Sim {
+    /// A running VM, a journal with `max_held`, the guest reading `drain_per_ms` PS/2 bytes
+    /// per ms, and latencies (µs) `lat`: VNC each way, QMP requests, QMP replies.
+    pub fn new(drain_per_ms: u64, max_held: usize, lat: (u64, u64, u64)) -> Sim {
+        let config = Config {
+            max_held,
+            ..Config::default()
+        };
+        Sim {
+            t0: Instant::now(),
+            t: 0,
+            j: Journal::new(config, true),
+            running: true,
+            migrating: false,
+            kbd_down: BTreeSet::new(),
+            vnc_mask: 0,
+            ps2: 0,
+            drain_per_ms,
+            drain_acc: 0,
+            overflow: false,
+            guest: Vec::new(),
+            to_vnc: Pipe::new(lat.0),
+            from_vnc: Pipe::new(lat.0),
+            to_qmp: Pipe::new(lat.1),
+            from_qmp: Pipe::new(lat.2),
+            outbox: VecDeque::new(),
+            pushed: Vec::new(),
+            uncertain: BTreeSet::new(),
+            unannounced: false,
+            max_held,
+            stalled_until: 0,
+        }
+    }
+
+    /// When QEMU handles what `pipe` brings it next (not before its main loop is free).
+    fn qemu_head<T>(&self, pipe: &Pipe<T>) -> Option<u64> {
+        pipe.head().map(|h| h.max(self.stalled_until))
+    }
+
     pub fn now(&self) -> Instant {
         self.t0 + Duration::from_micros(self.t)
     }
@@ -171,9 +213,9 @@ impl Sim {
                 us
             });
             let heads = [
-                self.to_vnc.head(),
+                self.qemu_head(&self.to_vnc),
                 self.from_vnc.head(),
-                self.to_qmp.head(),
+                self.qemu_head(&self.to_qmp),
                 self.from_qmp.head(),
             ];
             let next = heads.iter().flatten().chain(timeout.iter()).copied().min();
@@ -191,7 +233,7 @@ impl Sim {
     /// Delivers every message due now, earliest first.
     pub fn deliver(&mut self) {
         let t = self.t;
-        if self.to_vnc.head().is_some_and(|h| h <= t) {
+        if self.qemu_head(&self.to_vnc).is_some_and(|h| h <= t) {
             let Some((_, m)) = self.to_vnc.q.pop_front() else {
                 return;
             };
@@ -229,7 +271,7 @@ impl Sim {
                 return;
             };
             self.j.handle_fence_answered(f).unwrap();
-        } else if self.to_qmp.head().is_some_and(|h| h <= t) {
+        } else if self.qemu_head(&self.to_qmp).is_some_and(|h| h <= t) {
             let Some((_, m)) = self.to_qmp.q.pop_front() else {
                 return;
             };

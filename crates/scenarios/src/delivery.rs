@@ -190,8 +190,15 @@ pub fn check_count_but(count: &SessionCount, qemu: &QemuLosses) -> Result<Tally,
 }
 
 /// The keys a viewer `sent` (key codes, in order) against the presses the guest `reports`,
-/// without the presses `qemu` dropped on its own (printed when there are any).
+/// without the presses `qemu` dropped on its own (printed when there are any). Every key
+/// arriving is exact whatever the traces say: a libvirt run's trace once counted a dropped
+/// press while all 2,145 keys arrived, and taking it out of what was sent left the guest's
+/// report of it "unexpected".
 pub fn keys_but(sent: &[u16], reports: &[Report], qemu: &QemuLosses) -> Tally {
+    let all = tally(sent, &key_presses(reports));
+    if all.exact() {
+        return all;
+    }
     let kept: Vec<u16> = sent
         .iter()
         .enumerate()

@@ -14,6 +14,15 @@ const MOUSE_QUEUE_PACKETS: u32 = 4;
 /// Most motion one PS/2 mouse packet carries per axis; a longer motion is cut into several.
 const MOUSE_PACKET_MOTION: u32 = 127;
 
+/// Key and button events of the journal's own pacing (a replay, input behind others) that may
+/// be on the fast lane unanswered: written, their fence not answered yet. QEMU handles what
+/// sits in its VNC socket all at once when its main loop was busy (a migration's setup, a
+/// loaded host): in a co-migration test a replay paced into the socket reached the PS/2 queue
+/// as 15 keys within 0.2 ms, and QEMU dropped 41 bytes. A window clocks the replay on QEMU's
+/// answers, as the QMP lane's one batch in flight does. Live input at the viewer's pace is not
+/// held to it: it reaches QEMU as it would through QEMU's own VNC server.
+const FAST_UNANSWERED: u64 = 4;
+
 /// How late a shell may wake for an event that was due and still count as on time: timer
 /// grain (tokio's is 1 ms) and scheduling, not a hold.
 const LATE_WAKE_SLACK: Duration = Duration::from_millis(5);
@@ -35,6 +44,7 @@ impl Journal {
     /// [`Journal::poll_timeout`] passes. Call it until it returns `None`.
     pub fn poll_action(&mut self, now: Instant) -> Option<Action> {
         self.note_mouse_answered(now);
+        self.note_running(now);
         self.maybe_reopen();
         if self.fast_open {
             if let Some(p) = self.pending.front() {
@@ -67,6 +77,9 @@ impl Journal {
             return None;
         }
         if self.fast_open {
+            if self.fast_window_full(head) {
+                return None;
+            }
             Some(self.send_fast(now))
         } else if self.qmp_ready() {
             Some(self.send_qmp(now))
@@ -83,7 +96,7 @@ impl Journal {
         }
         let head = self.pending.front()?;
         let lane_ready = if self.fast_open {
-            !self.needs_qmp(&head.entry)
+            !self.needs_qmp(&head.entry) && !self.fast_window_full(head)
         } else {
             self.qmp_ready()
         };
@@ -133,6 +146,31 @@ impl Journal {
         }
     }
 
+    /// Key and button events written on the fast lane whose fence QEMU has not answered: for
+    /// all the journal knows, still waiting in QEMU's VNC socket.
+    fn fast_unanswered(&self) -> u64 {
+        let fencing = self
+            .confirm
+            .as_ref()
+            .filter(|c| matches!(c.stage, Stage::Fence(_)))
+            .and_then(|c| c.range)
+            .map_or(0, |r| r.len());
+        fencing + self.unfenced.range.map_or(0, |r| r.len())
+    }
+
+    /// `p` is of the journal's own pacing and [`FAST_UNANSWERED`] such events already wait
+    /// for QEMU's answer: it waits for the fence's.
+    fn fast_window_full(&self, p: &Pending) -> bool {
+        self.fast_window_full_with(p, 0)
+    }
+
+    /// [`Journal::fast_window_full`] with `more` events about to join the unanswered ones.
+    fn fast_window_full_with(&self, p: &Pending, more: u64) -> bool {
+        p.entry.seq.is_some()
+            && !p.spaced
+            && self.fast_unanswered().saturating_add(more) >= FAST_UNANSWERED
+    }
+
     /// The QMP lane may send: fast lane closed and fully confirmed (so nothing written there
     /// can be handled after what QMP delivers), VM running, nothing else in flight.
     fn qmp_ready(&self) -> bool {
@@ -140,7 +178,7 @@ impl Journal {
     }
 
     /// A release whose press did not go on the fast lane in its current open period.
-    fn needs_qmp(&self, entry: &Entry) -> bool {
+    pub(super) fn needs_qmp(&self, entry: &Entry) -> bool {
         match Control::of(&entry.event) {
             Some((control, false)) => {
                 self.down.get(&control) != Some(&PressLane::Fast { epoch: self.epoch })
@@ -431,7 +469,9 @@ impl Journal {
                     || (seqd && paced >= self.config.max_paced_per_batch)
                     || due > now
                     || bit & changed != 0
-                    || (fast && self.needs_qmp(&p.entry)))
+                    || (fast && self.needs_qmp(&p.entry))
+                    || (fast
+                        && self.fast_window_full_with(p, u64::try_from(paced).unwrap_or(u64::MAX))))
             {
                 break;
             }

@@ -389,3 +389,60 @@ fn a_late_send_does_not_make_later_live_keys_wait_out_their_gaps() {
     assert_eq!(sent.len(), 1, "the live key waited: {:?}", j.poll_timeout());
     assert_eq!(sent[0].1, seq.0);
 }
+
+#[test]
+fn held_input_replays_through_qmp_until_the_vm_has_run_a_while_then_on_the_fast_lane() {
+    // A manager's `stop`/`cont` blips: held input right after a `cont` goes through QMP, which
+    // stays exact if the next `stop` comes at once; once the VM has run `REPLAY_SETTLE`, the
+    // rest replays on the fast lane, clocked by QEMU's answers to the fences (QEMU handles
+    // what waits in its VNC socket all at once after its main loop stalled).
+    let mut j = Journal::new(Config::default(), false);
+    let n = 3000u16;
+    for i in 0..n {
+        j.push(V, key(i % 2 == 0, i / 2 % 50), at(u64::from(i)))
+            .unwrap();
+    }
+    j.handle_vm_resumed();
+    let settle = u64::try_from(REPLAY_SETTLE.as_millis()).unwrap();
+    let mut early = Vec::new();
+    for ms in 4000..4000 + settle {
+        early.extend(run(&mut j, at(ms)));
+    }
+    assert!(!early.is_empty(), "the backlog drains meanwhile");
+    assert!(
+        early.iter().all(|(lane, _, _)| *lane == Lane::Qmp),
+        "through QMP while the VM has run less than REPLAY_SETTLE: {early:?}"
+    );
+    let (mut written, mut fences, mut qmp) = (0, Vec::new(), 0);
+    for ms in 4000 + settle..6000 {
+        while let Some(a) = j.poll_action(at(ms)) {
+            match a {
+                Action::Vnc { events } => written += events.len(),
+                Action::Fence { fence } => fences.push(fence),
+                Action::Qmp { batch, events } => {
+                    qmp += events.iter().filter(|e| e.seq.is_some()).count();
+                    j.handle_qmp_reply(batch, Outcome::Delivered).unwrap()
+                }
+                Action::Status { probe } => j.handle_status(probe, true, false).unwrap(),
+            }
+        }
+    }
+    assert!(written > 0, "then the fast lane");
+    assert!(
+        written <= 4,
+        "a window's worth while QEMU does not answer: {written}"
+    );
+    assert_eq!(fences.len(), 1);
+    j.handle_fence_answered(fences[0]).unwrap();
+    let rest = run_until_idle(&mut j, at(6000));
+    assert!(
+        rest.iter().all(|(lane, _, _)| *lane == Lane::Fast),
+        "{rest:?}"
+    );
+    assert!(qmp <= 1, "at most the release of a press QMP sent");
+    assert_eq!(
+        early.len() + qmp + written + rest.len(),
+        usize::from(n),
+        "each once"
+    );
+}

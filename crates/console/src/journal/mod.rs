@@ -20,7 +20,9 @@
 //!   |      | <-------------------------------------------------    |        |  held while the
 //!   +------+  VM running, no migration, no QMP batch in flight,    +--------+  VM is stopped
 //!             every fast event confirmed, next event no release
-//!             pressed on another lane (held events follow, paced)
+//!             pressed on another lane, and nothing held or the VM
+//!             has run REPLAY_SETTLE (held events follow, paced, at
+//!             most FAST_UNANSWERED of them unanswered)
 //!
 //!  confirming fast-lane events (one fence at a time, also while OPEN):
 //!
@@ -559,10 +561,11 @@ impl Journal {
     /// Opens the fast lane when that cannot reorder anything: nothing in flight on QMP (QEMU
     /// answers a batch once its events are in its input layer, so what the fast lane writes
     /// next comes after them), every fast-lane event confirmed, and the next event not a
-    /// release whose press went through QMP (QEMU's VNC server would drop it). Events still
-    /// held follow on the fast lane, paced as a replay: a backlog drained through QMP alone
-    /// goes one batch per round trip, slower than a fast typist on a loaded host (under load
-    /// ~5 the lane stayed closed for good with 792 events held after a libvirt move).
+    /// release whose press went through QMP (QEMU's VNC server would drop it). With events
+    /// still held, only once the VM has run [`REPLAY_SETTLE`]; they follow on the fast lane,
+    /// paced as a replay: a backlog drained through QMP alone goes one batch per round trip,
+    /// slower than a fast typist on a loaded host (under load ~5 the lane stayed closed for
+    /// good with 792 events held after a libvirt move).
     fn maybe_reopen(&mut self) {
         if !self.fast_open
             && !self.delivery_frozen

@@ -75,9 +75,9 @@
 //! [`LinkEvents::recv`] then returns `None` and [`QemuLink::shutdown`] returns the error.
 
 mod convert;
+mod guest_clock;
 mod qmp_port;
 mod run;
-pub mod throttle;
 mod vm_watch;
 
 use std::path::PathBuf;

@@ -18,6 +18,7 @@ use tracing::Instrument;
 use vnc::client::{ClientReader, ClientWriter, Setup};
 
 use super::convert::{names_input_handler, qmp_events, vnc_message, Mouse};
+use super::guest_clock::GuestClock;
 use super::qmp_port::{Item, Kind, QmpPort};
 use super::vm_watch::{Decision, JournalCall, VmWatch};
 use super::{
@@ -54,6 +55,10 @@ const ENCODINGS: [Encoding; 5] = [
 /// counted uncertain a little more often (`console_stop` prints how often).
 const FENCE_DELAY: Duration = Duration::from_millis(1);
 
+/// How often the guest's vCPU time is sampled while the journal waits for the guest to read
+/// (`journal::guest`): tokio's timer grain.
+const GUEST_CLOCK_SAMPLE: Duration = Duration::from_millis(1);
+
 /// Where the link is between delivering and frozen (module docs of `back`).
 enum Freeze {
     /// Delivering.
@@ -87,12 +92,13 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
             what: "QMP monitor",
         })?
         .map_err(LinkError::QmpConnect)?;
-    // Both in flight at once: the mice cost no extra round trip.
+    // All in flight at once: the mice and the vCPUs cost no extra round trip.
     let client = conn.client();
-    let (reply, mice) = timeout(limit, async {
+    let (reply, mice, cpus) = timeout(limit, async {
         tokio::join!(
             client.execute_at("query-status", Value::Null),
             client.execute("query-mice", Value::Null),
+            client.execute("query-cpus-fast", Value::Null),
         )
     })
     .await
@@ -110,6 +116,14 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
     }
     // Unknown: a PS/2 mouse, which every PC machine has; a refusal asks again.
     .unwrap_or(Mouse::Relative);
+    let guest_clock = match cpus {
+        Ok(reply) => GuestClock::of_vcpus(&reply, &config.qmp_socket),
+        Err(e @ qmp::Error::Qmp { .. }) => {
+            tracing::info!(error = %e, "query-cpus-fast failed: input goes without the guest's clock");
+            None
+        }
+        Err(e) => return Err(LinkError::Qmp(e)),
+    };
     let status_seq = reply.seq;
     let status: qmp::StatusInfo = serde_json::from_value(reply.value).map_err(|source| {
         LinkError::Qmp(qmp::Error::Decode {
@@ -201,7 +215,10 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         pointer,
         mice_asked: false,
         fenced: Vec::new(),
+        guest_clock,
     };
+    // The first sample turns the journal's gate on the guest's clock on.
+    link.sample_guest_clock(true);
     // The watch's first decision: turn `events` on at attach.
     link.apply_vm();
     let (events_tx, events_rx) = mpsc::channel(config.event_queue.max(1));
@@ -295,6 +312,8 @@ struct Link {
     /// Announced migrations waiting for the fast lane to be confirmed
     /// ([`Request::MigrationFenced`]).
     fenced: Vec<oneshot::Sender<()>>,
+    /// The guest's vCPU time, for the journal's gate (`None`: not visible from here).
+    guest_clock: Option<GuestClock>,
 }
 
 impl Link {
@@ -313,10 +332,14 @@ impl Link {
                 Freeze::Settling { deadline, .. } => Some(*deadline),
                 _ => self.journal.poll_timeout(),
             };
-            let timer = match (timer, self.fence_due) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let sample_due = self
+                .journal
+                .wants_guest_runtime()
+                .then(|| Instant::now() + GUEST_CLOCK_SAMPLE);
+            let timer = [timer, self.fence_due, sample_due]
+                .into_iter()
+                .flatten()
+                .min();
             let deadline = timer.map_or_else(tokio::time::Instant::now, |t| {
                 tokio::time::Instant::from_std(t)
             });
@@ -453,6 +476,7 @@ impl Link {
         if self.qmp.ended() {
             return Err(LinkError::QmpClosed);
         }
+        self.sample_guest_clock(false);
         let now = Instant::now();
         self.retry_waiting(now);
         if self.fence_due.is_some_and(|due| due <= now) {
@@ -502,6 +526,17 @@ impl Link {
             self.out.clear();
         }
         Ok(())
+    }
+
+    /// Hands the journal the guest's vCPU time when it waits for it (or `always`), after every
+    /// reply this turn handled.
+    fn sample_guest_clock(&mut self, always: bool) {
+        if !always && !self.journal.wants_guest_runtime() {
+            return;
+        }
+        if let Some(runtime) = self.guest_clock.as_ref().and_then(GuestClock::sample) {
+            self.journal.observe_guest_runtime(runtime, Instant::now());
+        }
     }
 
     fn execute(&mut self, action: Action) -> Result<(), LinkError> {

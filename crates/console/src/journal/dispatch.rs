@@ -73,7 +73,7 @@ impl Journal {
                 None
             };
         }
-        if self.due(head) > now {
+        if self.due(head) > now || self.guest_full(head) {
             return None;
         }
         if self.fast_open {
@@ -95,11 +95,14 @@ impl Journal {
             return None;
         }
         let head = self.pending.front()?;
-        let lane_ready = if self.fast_open {
-            !self.needs_qmp(&head.entry) && !self.fast_window_full(head)
-        } else {
-            self.qmp_ready()
-        };
+        // Waiting for the guest to read is no timeout: the shell's samples of its clock
+        // wake the journal.
+        let lane_ready = !self.guest_full(head)
+            && if self.fast_open {
+                !self.needs_qmp(&head.entry) && !self.fast_window_full(head)
+            } else {
+                self.qmp_ready()
+            };
         let due = if self.needs_resync(&head.entry) {
             self.resync_due(head)
         } else {
@@ -169,6 +172,15 @@ impl Journal {
         p.entry.seq.is_some()
             && !p.spaced
             && self.fast_unanswered().saturating_add(more) >= FAST_UNANSWERED
+    }
+
+    /// `p` is a key or button event and the guest has not read enough of what QEMU holds
+    /// for one more ([`GUEST_UNREAD`](super::GUEST_UNREAD)): it waits for the guest's vCPUs
+    /// to run. Live input too: a guest that does not run reads nothing, whoever sends.
+    fn guest_full(&self, p: &Pending) -> bool {
+        let in_flight =
+            self.fast_unanswered() + self.qmp.as_ref().map_or(0, |f| f.seq_count() as u64);
+        p.entry.seq.is_some() && self.guest.full_with(in_flight, 1)
     }
 
     /// The QMP lane may send: fast lane closed and fully confirmed (so nothing written there

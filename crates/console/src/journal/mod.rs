@@ -60,6 +60,12 @@
 //! since QEMU hands everything waiting in its VNC socket to the PS/2 queue at once after its
 //! main loop stalled.
 //!
+//! All of that assumes a guest that reads. When the shell can see the guest's vCPU time
+//! ([`Journal::observe_guest_runtime`]), every key and button event — live input too — also
+//! waits while [`GUEST_UNREAD`] events are unread: sent, or taken by QEMU with no vCPU time
+//! since (a starved or throttled vCPU reads nothing, and QEMU drops what does not fit). See
+//! the `guest` module.
+//!
 //! # Freezing delivery
 //! [`Journal::freeze_delivery`] stops delivery (a console about to snapshot itself): the fast
 //! lane closes and no new `Vnc` or `Qmp` action comes, but fences and status probes still do,
@@ -85,12 +91,14 @@
 //! migration, when every click waits so (the guest's pace of reading is not known then).
 
 mod dispatch;
+mod guest;
 mod replies;
 mod state;
 #[cfg(test)]
 mod tests;
 mod types;
 
+pub use guest::{GUEST_STALL, GUEST_UNREAD};
 pub use state::{JournalState, RestoreError, STATE_VERSION};
 pub use types::{
     Action, BatchId, Button, Config, Entry, FenceId, InputEvent, JournalError, JournalFull,
@@ -307,6 +315,8 @@ pub struct Journal {
     pointer: (u16, u16),
     buttons: ButtonSync,
     uncertain: VecDeque<SeqRange>,
+    /// What QEMU took and the guest may not have read (the gate on its vCPU time).
+    guest: guest::GuestReads,
     stats: Stats,
 }
 
@@ -340,6 +350,7 @@ impl Journal {
             pointer: (0, 0),
             buttons: ButtonSync::default(),
             uncertain: VecDeque::new(),
+            guest: guest::GuestReads::default(),
             stats: Stats::default(),
         }
     }
@@ -445,6 +456,21 @@ impl Journal {
     pub fn handle_vm_resumed(&mut self) {
         self.vm_running = true;
         self.maybe_reopen();
+    }
+
+    /// The guest's vCPUs have run `runtime` in all (their threads' CPU time), sampled at `now`
+    /// after every reply the shell has handed over. The first call turns on the gate on the
+    /// guest's clock ([`GUEST_UNREAD`]); a shell that cannot sample never calls it, and input
+    /// is paced as before.
+    pub fn observe_guest_runtime(&mut self, runtime: Duration, now: Instant) {
+        let ns = u64::try_from(runtime.as_nanos()).unwrap_or(u64::MAX);
+        self.guest.observe(ns, now);
+    }
+
+    /// Input waits for the guest to read what QEMU took: sample its vCPU time now and then
+    /// ([`Journal::observe_guest_runtime`]), about every millisecond.
+    pub fn wants_guest_runtime(&self) -> bool {
+        self.guest.wants_samples()
     }
 
     /// A migration started (dmore's own `migrate`, or `MIGRATION` `setup`/`active`): the fast

@@ -28,6 +28,7 @@ impl Journal {
                     .filter(|p| p.entry.seq.is_some())
                     .count();
                 self.stats.delivered += n as u64;
+                self.guest.took(n as u64);
             }
             Outcome::VmNotRunning => {
                 tracing::debug!(?batch, "VM not running; input held until RESUME");
@@ -121,6 +122,8 @@ impl Journal {
         match &mut self.confirm {
             Some(c) if c.stage == Stage::Fence(fence) => {
                 c.stage = Stage::NeedProbe;
+                let taken = c.range.map_or(0, |r| r.len());
+                self.guest.took(taken);
                 Ok(())
             }
             _ => Err(JournalError::UnknownFence(fence)),

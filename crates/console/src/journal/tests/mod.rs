@@ -1,6 +1,7 @@
 //! Unit tests, one or more per rule of the journal, in simulated time.
 
 mod buttons;
+mod guest;
 mod held;
 mod lanes;
 mod pace;

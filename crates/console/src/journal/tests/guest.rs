@@ -1,0 +1,117 @@
+//! Rule 8: the gate on the guest's clock. At most `GUEST_UNREAD` key/button events wait
+//! unread (sent, or taken by QEMU with no vCPU time since); a guest that runs reads them, one
+//! that does not holds input back, until `GUEST_STALL`.
+
+use super::*;
+
+/// Pushes a key every 2.25 ms (445 events/s) and runs the journal at each push, every reply
+/// at once; after each run the guest's vCPUs have run `ran(i)` ns in all. Returns what went.
+fn type_keys(j: &mut Journal, n: u32, ran: impl Fn(u32) -> u64) -> Vec<(Lane, u64, Instant)> {
+    let mut sent = Vec::new();
+    for i in 0..n {
+        let now = at(0) + Duration::from_micros(2250) * i;
+        j.push(V, key(i % 2 == 0, 1), now).unwrap();
+        sent.extend(run(j, now));
+        j.observe_guest_runtime(Duration::from_nanos(ran(i)), now);
+        sent.extend(run(j, now));
+    }
+    sent
+}
+
+#[test]
+fn a_guest_that_runs_takes_live_keys_as_they_come() {
+    let mut j = Journal::new(Config::default(), true);
+    j.observe_guest_runtime(Duration::ZERO, at(0));
+    let sent = type_keys(&mut j, 400, |i| 1_000 * u64::from(i + 1));
+    assert_eq!(sent.len(), 400);
+    for (i, (lane, seq, t)) in sent.iter().enumerate() {
+        let pushed = at(0) + Duration::from_micros(2250) * i as u32;
+        assert_eq!(
+            (*lane, *seq, *t),
+            (Lane::Fast, i as u64 + 1, pushed),
+            "key {i} waited"
+        );
+    }
+}
+
+#[test]
+fn a_guest_that_does_not_run_gets_no_more_than_its_queue_holds() {
+    let mut j = Journal::new(Config::default(), true);
+    j.observe_guest_runtime(Duration::from_nanos(500), at(0));
+    let sent = type_keys(&mut j, 40, |_| 500);
+    assert_eq!(sent.len() as u64, GUEST_UNREAD, "{sent:?}");
+    assert_eq!(j.held(), 40 - GUEST_UNREAD as usize);
+    // vCPU time sampled again without growth reads nothing...
+    let later = at(200);
+    j.observe_guest_runtime(Duration::from_nanos(500), later);
+    assert!(run(&mut j, later).is_empty());
+    assert!(j.wants_guest_runtime(), "the shell keeps sampling");
+    // ...the vCPUs running read it all, and the next events follow.
+    j.observe_guest_runtime(Duration::from_nanos(501), later);
+    let next = run_until_idle(&mut j, later);
+    assert!(!next.is_empty(), "the held keys go once the guest ran");
+    assert!(next.len() as u64 <= GUEST_UNREAD, "{next:?}");
+}
+
+#[test]
+fn vcpu_time_before_qemu_took_the_events_does_not_count_as_reading_them() {
+    let mut j = Journal::new(Config::default(), true);
+    j.observe_guest_runtime(Duration::from_nanos(100), at(0));
+    for i in 0..GUEST_UNREAD {
+        j.push(V, key(i % 2 == 0, 1), at(0)).unwrap();
+    }
+    let first = run_until_idle(&mut j, at(0));
+    assert_eq!(first.len() as u64, GUEST_UNREAD);
+    j.push(V, key(true, 2), at(30)).unwrap();
+    // The first sample after QEMU took them is their baseline, however much the vCPUs ran
+    // before it.
+    j.observe_guest_runtime(Duration::from_nanos(9_000), at(30));
+    assert!(
+        run(&mut j, at(30)).is_empty(),
+        "no vCPU time since they were taken"
+    );
+    j.observe_guest_runtime(Duration::from_nanos(9_001), at(31));
+    assert_eq!(
+        lanes(&run(&mut j, at(31))),
+        [(Lane::Fast, GUEST_UNREAD + 1)]
+    );
+}
+
+#[test]
+fn a_guest_stalled_for_good_no_longer_holds_input_back() {
+    let mut j = Journal::new(Config::default(), true);
+    j.observe_guest_runtime(Duration::ZERO, at(0));
+    let sent = type_keys(&mut j, 20, |_| 0);
+    assert_eq!(sent.len() as u64, GUEST_UNREAD);
+    let stalled = at(0) + GUEST_STALL + Duration::from_millis(50);
+    j.observe_guest_runtime(Duration::ZERO, stalled);
+    let next = run_until_idle(&mut j, stalled);
+    assert!(!next.is_empty(), "input goes on after GUEST_STALL");
+}
+
+#[test]
+fn without_the_guests_clock_input_goes_as_before() {
+    let mut j = Journal::new(Config::default(), true);
+    let mut sent = Vec::new();
+    for i in 0..40u32 {
+        let now = at(0) + Duration::from_micros(2250) * i;
+        j.push(V, key(i % 2 == 0, 1), now).unwrap();
+        sent.extend(run(&mut j, now));
+    }
+    assert_eq!(sent.len(), 40);
+    assert!(!j.wants_guest_runtime());
+}
+
+#[test]
+fn a_backlog_through_qmp_waits_for_the_guest_too() {
+    let mut j = Journal::new(Config::default(), false);
+    j.observe_guest_runtime(Duration::ZERO, at(0));
+    for i in 0..30u32 {
+        j.push(V, key(i % 2 == 0, 1), at(0)).unwrap();
+    }
+    j.handle_vm_resumed();
+    // The VM just resumed: held input replays through QMP until REPLAY_SETTLE.
+    let sent = run_until_idle(&mut j, at(10));
+    assert!(sent.iter().all(|(l, _, _)| *l == Lane::Qmp), "{sent:?}");
+    assert_eq!(sent.len() as u64, GUEST_UNREAD, "{sent:?}");
+}

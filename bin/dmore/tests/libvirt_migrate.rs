@@ -33,7 +33,8 @@
 //! ```
 //!
 //! Each host's domain directory is its own (a bind in its libvirtd's mount namespace), as on
-//! real hosts: the domain's XML names one path on both. Skipped (with a note) when not root;
+//! real hosts: the domain's XML names one path on both. `DMORE_KEEP=DIR` keeps each QEMU's
+//! PS/2 trace and both hosts' console logs in DIR, for a run whose keys did not add up. Skipped (with a note) when not root;
 //! on CI (`CI=true`) that is a failure.
 
 mod common;
@@ -154,6 +155,10 @@ impl Side {
             .trim()
             .parse()
             .ok()
+    }
+
+    fn hook_log(&self) -> String {
+        std::fs::read_to_string(self.domain_dir.join(libvirt::hook::HOOK_LOG)).unwrap_or_default()
     }
 
     fn console_log(&self) -> String {
@@ -416,6 +421,7 @@ impl Move {
 async fn one_move(n: usize, from: &Side, to: &Side, service: &ServiceAddr) -> anyhow::Result<Move> {
     let source_pid = from.console_pid().context("the source console's pid")?;
     let announced_before = announcements(&from.console_log());
+    let hook_answered_before = hook_answers(to);
     let flags = FLAGS[(n - 1) % FLAGS.len()];
     let uri = to.daemon().uri().context("a host's libvirtd")?;
     let mut args = vec!["migrate"];
@@ -456,6 +462,13 @@ async fn one_move(n: usize, from: &Side, to: &Side, service: &ServiceAddr) -> an
         "move {n}: the source console heard no announcement from the destination's hook\n{}",
         from.console_log()
     );
+    // ...and the hook waited for its answer before libvirt went on (it once took a console's
+    // greeting for a refusal and returned at once).
+    ensure!(
+        hook_answers(to) == hook_answered_before + 1,
+        "move {n}: the destination's hook did not get the source console's answer; its log:\n{}",
+        to.hook_log()
+    );
     ensure!(
         status["link_uncertain"] == 0,
         "move {n}: input the console cannot vouch for (sent, but perhaps dropped by a QEMU \
@@ -489,6 +502,11 @@ async fn one_move(n: usize, from: &Side, to: &Side, service: &ServiceAddr) -> an
         announce_ms: announce_ms(&from.console_log()),
         state_bytes: mig["snapshot_bytes"].clone(),
     })
+}
+
+/// How many announcements the hook on `side` says a console answered (its log).
+fn hook_answers(side: &Side) -> usize {
+    side.hook_log().matches("announced: the console at").count()
 }
 
 /// How many migrations a console's log says the destination's hook announced.
@@ -790,6 +808,15 @@ async fn virsh_migrate_live_keeps_the_console_session() -> anyhow::Result<()> {
                 trace.drop_times
             );
         }
+    }
+    if let Ok(keep) = std::env::var("DMORE_KEEP") {
+        let keep = PathBuf::from(keep);
+        std::fs::create_dir_all(&keep)?;
+        for (path, log) in &logs {
+            std::fs::write(keep.join(path.file_name().unwrap()), log)?;
+        }
+        std::fs::write(keep.join("a-console.log"), sides[0].console_log())?;
+        std::fs::write(keep.join("b-console.log"), sides[1].console_log())?;
     }
     ensure!(
         but_qemu.exact() && keys.sent > 50,

@@ -304,12 +304,21 @@ uart_init:
     ret
 
 # %al = byte, to the UART at putc_port (COM1 but while uart_service writes, interrupts off).
-# Preserves everything but flags.
+# Preserves everything but flags. With interrupts off (every report: the handlers write them),
+# first moves what the controller holds into the ring: each byte out is a VM exit, which waits
+# for QEMU's main loop on a loaded host, so a report of ~15 bytes can take tens of ms, and the
+# keyboard must not wait for whole reports (as a real guest's handler, this guest reads its
+# keyboard whenever it runs).
 serial_putc:
     push %edx
     push %ecx
     push %eax
-    mov putc_port, %edx
+    pushfl
+    pop %ecx
+    test $0x200, %ecx                       # IF set: main context; the handlers own the ring
+    jnz 2f
+    call kbc_pull
+2:  mov putc_port, %edx
     add $5, %dx
     mov $100000, %ecx
 0:  in %dx, %al

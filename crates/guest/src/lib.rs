@@ -8,11 +8,11 @@
 //!   remaps the 8259s, puts the local APIC in virtual-wire mode, runs the PIT at 1 kHz and
 //!   idles in `hlt`, taking IRQ0 (timer), IRQ1 (keyboard) and IRQ12 (mouse);
 //! - reports every key press and release, every mouse button edge and every LED change on
-//!   COM1 (grammar below, parsed by [`report::parse_line`]); before each report it moves
-//!   every byte the controller holds into a ring (4096 bytes, each with its status), at each
-//!   keyboard or mouse interrupt and each timer tick, so QEMU's 16-byte PS/2 queues empty at
-//!   the pace it takes interrupts, as a real guest's handler empties them, not at the pace
-//!   of its reports;
+//!   COM1 (grammar below, parsed by [`report::parse_line`]); before each byte of a report it
+//!   moves every byte the controller holds into a ring (4096 bytes, each with its status), at
+//!   each keyboard or mouse interrupt and each timer tick, so QEMU's 16-byte PS/2 queues empty
+//!   whenever its vCPU runs, as a real guest's handler empties them, not at the pace of its
+//!   reports (each report byte is a VM exit that may wait for QEMU's main loop);
 //! - sends the keyboard the LED command (`0xED`, mask) when Caps, Num or Scroll Lock is
 //!   pressed, and reports the mask once the keyboard has acknowledged both bytes;
 //! - sets VGA text mode 3 itself (registers, EGA palette, the 8x16 font `build.rs` takes from

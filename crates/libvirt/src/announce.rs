@@ -119,6 +119,10 @@ fn announce_to(peer: SocketAddr, psk: &[u8], vm_id: &str, deadline: Instant) -> 
                     .write_all(&codec.encode(&Message::Announce).map_err(protocol)?)
                     .map_err(io)?,
                 Message::Announced => return Ok(()),
+                // A console that arrived by a migration greets every connection to its port
+                // with `TakenOver`, for a source console that lost that answer; for the hook
+                // it means nothing, and its `Announced` follows.
+                Message::TakenOver { .. } => {}
                 other => return Err(format!("answered {}", other.name())),
             }
         }

@@ -44,6 +44,10 @@ pub const SERIAL_ATTACH: &str = "serial-attach.sock";
 /// What a console started by the hook logs to [`LOG_FILE`] (its `RUST_LOG`), unless the hook
 /// itself was given a `RUST_LOG`.
 pub const CONSOLE_LOG_LEVEL: &str = "info";
+/// What the hook did, a line per step with the libvirt call it answered, appended in the
+/// domain's directory (libvirt does not keep a hook's stderr): whether each migration was
+/// announced, and why not.
+pub const HOOK_LOG: &str = "hook.log";
 /// Present while the domain is arriving by migration, in the domain's directory.
 pub const INCOMING_MARK: &str = "incoming";
 
@@ -424,7 +428,34 @@ pub fn run(
             }
         }
     }
+    if act && dir.is_dir() {
+        append_log(&dir.join(HOOK_LOG), call, &report);
+    }
     Ok(report)
+}
+
+/// Appends `report` to the hook's log; a log that cannot be written is no reason to fail
+/// libvirt's call (the lines still go to stderr).
+fn append_log(path: &Path, call: &Call, report: &Report) {
+    use std::io::Write as _;
+    let Ok(mut file) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    else {
+        return;
+    };
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    for line in report {
+        let _ = writeln!(
+            file,
+            "{at:.6} {} {} {}: {line}",
+            call.object, call.operation, call.sub_operation
+        );
+    }
 }
 
 /// Tells the console serving the domain on another host that it migrates here

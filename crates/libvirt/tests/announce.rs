@@ -13,6 +13,13 @@ const KEY: &[u8] = b"peer key";
 /// A console's peer port: Hellos as `vm` with `versions`, then `Announced` for `Announce`
 /// (unless `answer` is false). Serves one connection.
 fn console(vm: &'static str, versions: Vec<u16>, answer: bool) -> SocketAddr {
+    console_that(vm, versions, answer, false)
+}
+
+/// [`console`], greeting the connection with `TakenOver` after the Hellos if `arrived` (as a
+/// console that arrived by a migration greets every peer) and answering `Announce` 50 ms
+/// later (the time its fast lane takes to be confirmed under load).
+fn console_that(vm: &'static str, versions: Vec<u16>, answer: bool, arrived: bool) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -32,7 +39,17 @@ fn console(vm: &'static str, versions: Vec<u16>, answer: bool) -> SocketAddr {
             codec.feed(&buf[..n]);
             loop {
                 match codec.poll_message() {
+                    Ok(Some(Message::Hello(_))) if arrived => {
+                        let _ = s.write_all(
+                            &codec
+                                .encode(&Message::TakenOver { relay_to: None })
+                                .unwrap(),
+                        );
+                    }
                     Ok(Some(Message::Announce)) if answer => {
+                        if arrived {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
                         let _ = s.write_all(&codec.encode(&Message::Announced).unwrap());
                     }
                     Ok(Some(_)) => {}
@@ -58,6 +75,17 @@ fn the_console_serving_the_vm_answers_among_the_peers() {
     let peers = [closed_port(), other_vm, ours];
     let done = announce(&peers, KEY, "vm1", Duration::from_secs(3)).unwrap();
     assert_eq!(done.console, ours);
+}
+
+/// A console that arrived here by a migration greets the hook with `TakenOver` before it
+/// answers: the hook waits for the answer (it once took the greeting for a refusal, returned
+/// at once, and libvirt migrated while the console was still closing its fast lane).
+#[test]
+fn a_console_that_arrived_by_a_migration_is_announced_to() {
+    let ours = console_that("vm1", vec![1, 2], true, true);
+    let done = announce(&[ours], KEY, "vm1", Duration::from_secs(3)).unwrap();
+    assert_eq!(done.console, ours);
+    assert!(done.took >= Duration::from_millis(50), "{done:?}");
 }
 
 #[test]

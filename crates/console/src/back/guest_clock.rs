@@ -1,6 +1,7 @@
-//! The guest's clock for the journal's input gate (`journal::guest`): the CPU time of QEMU's
-//! vCPU threads, which QEMU names in `query-cpus-fast` (`thread-id`) and the kernel counts in
-//! `/proc/<tid>/schedstat` (first field: ns on a CPU), readable without privilege.
+//! The guest's clock for the journal's input gate (`journal::guest`): what the kernel counts
+//! for QEMU's vCPU threads, which QEMU names in `query-cpus-fast` (`thread-id`), in
+//! `/proc/<tid>/schedstat` (ns on a CPU, ns waiting, times switched in), readable without
+//! privilege.
 //!
 //! A thread id means something only in QEMU's PID namespace. The clock is used only if each
 //! thread belongs to a process whose command line names the QMP socket the console attached
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::journal::VcpuTime;
 
 /// Sums the CPU time of a VM's vCPU threads.
 #[derive(Debug)]
@@ -56,20 +59,28 @@ impl GuestClock {
         Some(clock)
     }
 
-    /// The vCPUs' CPU time in all; `None` if a thread is gone (QEMU exited).
-    pub(super) fn sample(&self) -> Option<Duration> {
-        let mut total: u64 = 0;
+    /// The vCPU threads' counts, summed; `None` if a thread is gone (QEMU exited).
+    pub(super) fn sample(&self) -> Option<VcpuTime> {
+        let mut total = VcpuTime::default();
         for path in &self.schedstats {
             let text = std::fs::read_to_string(path).ok()?;
-            total = total.saturating_add(on_cpu_ns(&text)?);
+            let one = parse_schedstat(&text)?;
+            total.on_cpu = total.on_cpu.saturating_add(one.on_cpu);
+            total.switch_ins = total.switch_ins.saturating_add(one.switch_ins);
         }
-        Some(Duration::from_nanos(total))
+        Some(total)
     }
 }
 
-/// The first field of a `schedstat` line: time on a CPU, ns.
-fn on_cpu_ns(schedstat: &str) -> Option<u64> {
-    schedstat.split_whitespace().next()?.parse().ok()
+/// A `schedstat` line: ns on a CPU, ns waiting for one, times switched in.
+fn parse_schedstat(schedstat: &str) -> Option<VcpuTime> {
+    let mut fields = schedstat.split_whitespace();
+    let on_cpu = fields.next()?.parse().ok()?;
+    let switch_ins = fields.nth(1)?.parse().ok()?;
+    Some(VcpuTime {
+        on_cpu: Duration::from_nanos(on_cpu),
+        switch_ins,
+    })
 }
 
 /// Checks that thread `tid` belongs to a process whose command line mentions `qmp_socket`.
@@ -96,10 +107,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_first_schedstat_field_is_the_time_on_a_cpu() {
-        assert_eq!(on_cpu_ns("254143977 50982094 1413\n"), Some(254_143_977));
-        assert_eq!(on_cpu_ns(""), None);
-        assert_eq!(on_cpu_ns("x 1 2"), None);
+    fn a_schedstat_line_gives_the_time_on_a_cpu_and_the_switch_ins() {
+        assert_eq!(
+            parse_schedstat("254143977 50982094 1413\n"),
+            Some(VcpuTime {
+                on_cpu: Duration::from_nanos(254_143_977),
+                switch_ins: 1413
+            })
+        );
+        assert_eq!(parse_schedstat(""), None);
+        assert_eq!(parse_schedstat("1 2"), None);
+        assert_eq!(parse_schedstat("x 1 2"), None);
     }
 
     #[test]
@@ -119,11 +137,12 @@ mod tests {
         let reply = serde_json::json!([{ "cpu-index": 0, "thread-id": tid }]);
         let clock = GuestClock::of_vcpus(&reply, Path::new(&exe)).expect("a clock");
         let before = clock.sample().expect("a sample");
-        let spin = std::time::Instant::now();
-        while spin.elapsed() < Duration::from_millis(30) {
-            std::hint::black_box(0u64);
-        }
-        assert!(clock.sample().expect("a sample") > before, "the thread ran");
+        std::thread::sleep(Duration::from_millis(5));
+        let after = clock.sample().expect("a sample");
+        assert!(
+            after.switch_ins > before.switch_ins,
+            "switched in after the sleep: {after:?}"
+        );
     }
 
     #[test]

@@ -9,8 +9,13 @@
 //! a quiet host and a starved vCPU, and nothing QEMU says over QMP or VNC tells when the guest
 //! read. Its vCPU threads' CPU time does: QEMU names them (`query-cpus-fast`, `thread-id`) and
 //! the kernel counts their time on a CPU (`/proc/<tid>/schedstat`, readable by any user). An
-//! interrupt QEMU raised is taken as soon as the vCPU runs again, so once the vCPUs' time has
-//! grown after QEMU took an event, the guest has been in its handler since.
+//! interrupt QEMU raised is taken as soon as the vCPU enters the guest again: once a vCPU
+//! thread was switched in after QEMU took an event (the third `schedstat` field counts that
+//! exactly), or has been on a CPU for longer since than the kernel may be late in counting a
+//! running thread's time (it refreshes that at scheduler ticks, so growth seen after QEMU took
+//! an event may have come before), the guest has been in its handler since. The time alone
+//! misled: under load the queue reached 16 bytes and dropped keys while the gate, trusting
+//! growth a tick late, counted them read.
 //!
 //! The gate: at most [`GUEST_UNREAD`] key and button events may be "unread" — sent to QEMU
 //! and not yet answered, or answered with no vCPU time seen since. The shell samples the
@@ -37,12 +42,34 @@ pub const GUEST_UNREAD: u64 = 8;
 /// must outlast that.
 pub const GUEST_STALL: Duration = Duration::from_millis(1500);
 
+/// How much vCPU time counts as the guest having run when no vCPU thread was switched in:
+/// more than the kernel may lag in counting a running thread's time (one scheduler tick, 10 ms
+/// at the lowest common rate of 100 Hz).
+const STALE_ON_CPU: Duration = Duration::from_millis(10);
+
+/// What the kernel counts for a VM's vCPU threads, summed (`/proc/<tid>/schedstat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VcpuTime {
+    /// Time on a CPU (first field); refreshed for a running thread only at scheduler ticks.
+    pub on_cpu: Duration,
+    /// Times a thread was switched in (third field), counted as it happens.
+    pub switch_ins: u64,
+}
+
+impl VcpuTime {
+    /// The guest ran since `base` was sampled: a vCPU thread was switched in since, or ran
+    /// longer than the kernel lags in counting.
+    fn ran_since(&self, base: &VcpuTime) -> bool {
+        self.switch_ins > base.switch_ins || self.on_cpu >= base.on_cpu.saturating_add(STALE_ON_CPU)
+    }
+}
+
 /// Events QEMU took at one time, and the vCPU time first sampled after that.
 #[derive(Debug, Clone, Copy)]
 struct Taken {
     events: u64,
-    /// vCPU time (ns) and when it was sampled; `None` until the first sample after taking.
-    base: Option<(u64, Instant)>,
+    /// vCPU time and when it was sampled; `None` until the first sample after taking.
+    base: Option<(VcpuTime, Instant)>,
 }
 
 /// The gate's state: what QEMU took and the guest may not have read. See the module docs.
@@ -62,23 +89,41 @@ impl GuestReads {
         }
     }
 
-    /// The guest's vCPUs have run `runtime_ns` in all, sampled at `now` (after every reply
-    /// the shell handed over before). Turns the gate on.
-    pub(super) fn observe(&mut self, runtime_ns: u64, now: Instant) {
-        self.clocked = true;
+    /// The guest's vCPUs' `time`, sampled at `now` (after every reply
+    /// the shell handed over before). The first sample turns the gate on, with the guest's
+    /// queue taken to be full until its vCPUs run: what an earlier sender left there (the
+    /// source console, which handed its session over at a migration's switchover with up to
+    /// [`GUEST_UNREAD`] events unread in a queue QEMU migrated) is read only once the guest
+    /// runs here. Without that the queue could hold twice what fits: a 10-move libvirt run
+    /// under load dropped 13 bytes in 21 ms on one destination.
+    pub(super) fn observe(&mut self, time: VcpuTime, now: Instant) {
+        if !self.clocked {
+            self.clocked = true;
+            self.taken.push_front(Taken {
+                events: GUEST_UNREAD,
+                base: None,
+            });
+        }
         for t in self.taken.iter_mut().filter(|t| t.base.is_none()) {
-            t.base = Some((runtime_ns, now));
+            t.base = Some((time, now));
         }
         while let Some(&Taken {
             events,
             base: Some((base, since)),
         }) = self.taken.front()
         {
-            let ran = runtime_ns > base;
+            let ran = time.ran_since(&base);
             let stalled = now.saturating_duration_since(since) >= GUEST_STALL;
             if !ran && !stalled {
                 break;
             }
+            tracing::trace!(
+                events,
+                waited_us = now.saturating_duration_since(since).as_micros(),
+                switch_ins = time.switch_ins.saturating_sub(base.switch_ins),
+                on_cpu_us = time.on_cpu.saturating_sub(base.on_cpu).as_micros(),
+                "the guest read"
+            );
             if stalled && !ran {
                 tracing::warn!(
                     events,

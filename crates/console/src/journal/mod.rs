@@ -98,7 +98,7 @@ mod state;
 mod tests;
 mod types;
 
-pub use guest::{GUEST_STALL, GUEST_UNREAD};
+pub use guest::{VcpuTime, GUEST_STALL, GUEST_UNREAD};
 pub use state::{JournalState, RestoreError, STATE_VERSION};
 pub use types::{
     Action, BatchId, Button, Config, Entry, FenceId, InputEvent, JournalError, JournalFull,
@@ -458,13 +458,12 @@ impl Journal {
         self.maybe_reopen();
     }
 
-    /// The guest's vCPUs have run `runtime` in all (their threads' CPU time), sampled at `now`
-    /// after every reply the shell has handed over. The first call turns on the gate on the
-    /// guest's clock ([`GUEST_UNREAD`]); a shell that cannot sample never calls it, and input
-    /// is paced as before.
-    pub fn observe_guest_runtime(&mut self, runtime: Duration, now: Instant) {
-        let ns = u64::try_from(runtime.as_nanos()).unwrap_or(u64::MAX);
-        self.guest.observe(ns, now);
+    /// What the kernel counts for the guest's vCPU threads, sampled at `now` after every
+    /// reply the shell has handed over. The first call turns on the gate on the guest's clock
+    /// ([`GUEST_UNREAD`]); a shell that cannot sample never calls it, and input is paced as
+    /// before.
+    pub fn observe_guest_runtime(&mut self, time: VcpuTime, now: Instant) {
+        self.guest.observe(time, now);
     }
 
     /// Input waits for the guest to read what QEMU took: sample its vCPU time now and then

@@ -4,15 +4,25 @@
 
 use super::*;
 
+/// The vCPU threads switched in `n` times in all (time on a CPU alone, less than a
+/// scheduler tick, proves nothing).
+fn switched_in(n: u64) -> VcpuTime {
+    VcpuTime {
+        on_cpu: Duration::from_micros(20 * n),
+        switch_ins: n,
+    }
+}
+
 /// Pushes a key every 2.25 ms (445 events/s) and runs the journal at each push, every reply
-/// at once; after each run the guest's vCPUs have run `ran(i)` ns in all. Returns what went.
+/// at once; after each run the guest's vCPU threads were switched in `ran(i)` times in all.
+/// Returns what went.
 fn type_keys(j: &mut Journal, n: u32, ran: impl Fn(u32) -> u64) -> Vec<(Lane, u64, Instant)> {
     let mut sent = Vec::new();
     for i in 0..n {
         let now = at(0) + Duration::from_micros(2250) * i;
         j.push(V, key(i % 2 == 0, 1), now).unwrap();
         sent.extend(run(j, now));
-        j.observe_guest_runtime(Duration::from_nanos(ran(i)), now);
+        j.observe_guest_runtime(switched_in(ran(i)), now);
         sent.extend(run(j, now));
     }
     sent
@@ -21,7 +31,8 @@ fn type_keys(j: &mut Journal, n: u32, ran: impl Fn(u32) -> u64) -> Vec<(Lane, u6
 #[test]
 fn a_guest_that_runs_takes_live_keys_as_they_come() {
     let mut j = Journal::new(Config::default(), true);
-    j.observe_guest_runtime(Duration::ZERO, at(0));
+    j.observe_guest_runtime(switched_in(0), at(0));
+    j.observe_guest_runtime(switched_in(1), at(0));
     let sent = type_keys(&mut j, 400, |i| 1_000 * u64::from(i + 1));
     assert_eq!(sent.len(), 400);
     for (i, (lane, seq, t)) in sent.iter().enumerate() {
@@ -37,17 +48,18 @@ fn a_guest_that_runs_takes_live_keys_as_they_come() {
 #[test]
 fn a_guest_that_does_not_run_gets_no_more_than_its_queue_holds() {
     let mut j = Journal::new(Config::default(), true);
-    j.observe_guest_runtime(Duration::from_nanos(500), at(0));
+    j.observe_guest_runtime(switched_in(499), at(0));
+    j.observe_guest_runtime(switched_in(500), at(0));
     let sent = type_keys(&mut j, 40, |_| 500);
     assert_eq!(sent.len() as u64, GUEST_UNREAD, "{sent:?}");
     assert_eq!(j.held(), 40 - GUEST_UNREAD as usize);
     // vCPU time sampled again without growth reads nothing...
     let later = at(200);
-    j.observe_guest_runtime(Duration::from_nanos(500), later);
+    j.observe_guest_runtime(switched_in(500), later);
     assert!(run(&mut j, later).is_empty());
     assert!(j.wants_guest_runtime(), "the shell keeps sampling");
     // ...the vCPUs running read it all, and the next events follow.
-    j.observe_guest_runtime(Duration::from_nanos(501), later);
+    j.observe_guest_runtime(switched_in(501), later);
     let next = run_until_idle(&mut j, later);
     assert!(!next.is_empty(), "the held keys go once the guest ran");
     assert!(next.len() as u64 <= GUEST_UNREAD, "{next:?}");
@@ -56,7 +68,8 @@ fn a_guest_that_does_not_run_gets_no_more_than_its_queue_holds() {
 #[test]
 fn vcpu_time_before_qemu_took_the_events_does_not_count_as_reading_them() {
     let mut j = Journal::new(Config::default(), true);
-    j.observe_guest_runtime(Duration::from_nanos(100), at(0));
+    j.observe_guest_runtime(switched_in(99), at(0));
+    j.observe_guest_runtime(switched_in(100), at(0));
     for i in 0..GUEST_UNREAD {
         j.push(V, key(i % 2 == 0, 1), at(0)).unwrap();
     }
@@ -65,12 +78,12 @@ fn vcpu_time_before_qemu_took_the_events_does_not_count_as_reading_them() {
     j.push(V, key(true, 2), at(30)).unwrap();
     // The first sample after QEMU took them is their baseline, however much the vCPUs ran
     // before it.
-    j.observe_guest_runtime(Duration::from_nanos(9_000), at(30));
+    j.observe_guest_runtime(switched_in(9_000), at(30));
     assert!(
         run(&mut j, at(30)).is_empty(),
         "no vCPU time since they were taken"
     );
-    j.observe_guest_runtime(Duration::from_nanos(9_001), at(31));
+    j.observe_guest_runtime(switched_in(9_001), at(31));
     assert_eq!(
         lanes(&run(&mut j, at(31))),
         [(Lane::Fast, GUEST_UNREAD + 1)]
@@ -80,11 +93,12 @@ fn vcpu_time_before_qemu_took_the_events_does_not_count_as_reading_them() {
 #[test]
 fn a_guest_stalled_for_good_no_longer_holds_input_back() {
     let mut j = Journal::new(Config::default(), true);
-    j.observe_guest_runtime(Duration::ZERO, at(0));
-    let sent = type_keys(&mut j, 20, |_| 0);
+    j.observe_guest_runtime(switched_in(0), at(0));
+    j.observe_guest_runtime(switched_in(1), at(0));
+    let sent = type_keys(&mut j, 20, |_| 1);
     assert_eq!(sent.len() as u64, GUEST_UNREAD);
     let stalled = at(0) + GUEST_STALL + Duration::from_millis(50);
-    j.observe_guest_runtime(Duration::ZERO, stalled);
+    j.observe_guest_runtime(switched_in(0), stalled);
     let next = run_until_idle(&mut j, stalled);
     assert!(!next.is_empty(), "input goes on after GUEST_STALL");
 }
@@ -105,7 +119,8 @@ fn without_the_guests_clock_input_goes_as_before() {
 #[test]
 fn a_backlog_through_qmp_waits_for_the_guest_too() {
     let mut j = Journal::new(Config::default(), false);
-    j.observe_guest_runtime(Duration::ZERO, at(0));
+    j.observe_guest_runtime(switched_in(0), at(0));
+    j.observe_guest_runtime(switched_in(1), at(0));
     for i in 0..30u32 {
         j.push(V, key(i % 2 == 0, 1), at(0)).unwrap();
     }
@@ -114,4 +129,58 @@ fn a_backlog_through_qmp_waits_for_the_guest_too() {
     let sent = run_until_idle(&mut j, at(10));
     assert!(sent.iter().all(|(l, _, _)| *l == Lane::Qmp), "{sent:?}");
     assert_eq!(sent.len() as u64, GUEST_UNREAD, "{sent:?}");
+}
+
+/// A console that takes over at a migration finds the guest's queue as the source left it
+/// (QEMU migrates it, with up to `GUEST_UNREAD` events the source sent unread): until the
+/// guest's vCPUs run here, nothing goes.
+#[test]
+fn a_taken_over_guest_s_queue_counts_as_full_until_its_vcpus_run() {
+    let state = {
+        let mut source = Journal::new(Config::default(), true);
+        source.freeze_delivery();
+        for i in 0..20u32 {
+            source.push(V, key(i % 2 == 0, 1), at(0)).unwrap();
+        }
+        source.freeze()
+    };
+    let mut j = Journal::restore(state, at(10)).unwrap();
+    j.handle_vm_resumed();
+    j.observe_guest_runtime(switched_in(7_000), at(10));
+    assert!(
+        run_until_idle(&mut j, at(10)).is_empty(),
+        "the vCPUs have not run here yet"
+    );
+    j.observe_guest_runtime(switched_in(7_001), at(11));
+    let sent = run_until_idle(&mut j, at(11));
+    assert!(
+        !sent.is_empty() && sent.len() as u64 <= GUEST_UNREAD,
+        "{sent:?}"
+    );
+}
+
+/// The kernel counts a running thread's time only at scheduler ticks, so time seen growing
+/// after QEMU took events may have been spent before: it counts only beyond a tick's worth.
+#[test]
+fn time_on_a_cpu_counts_only_beyond_what_the_kernel_may_count_late() {
+    let mut j = Journal::new(Config::default(), true);
+    let running = |ms: u64| VcpuTime {
+        on_cpu: Duration::from_millis(ms),
+        switch_ins: 3,
+    };
+    j.observe_guest_runtime(running(100), at(0));
+    j.observe_guest_runtime(running(120), at(0));
+    for i in 0..GUEST_UNREAD {
+        j.push(V, key(i % 2 == 0, 1), at(0)).unwrap();
+    }
+    assert_eq!(run_until_idle(&mut j, at(0)).len() as u64, GUEST_UNREAD);
+    j.push(V, key(true, 2), at(1)).unwrap();
+    j.observe_guest_runtime(running(121), at(1));
+    j.observe_guest_runtime(running(125), at(5));
+    assert!(
+        run(&mut j, at(5)).is_empty(),
+        "4 ms of a running thread may predate the answer"
+    );
+    j.observe_guest_runtime(running(131), at(11));
+    assert_eq!(run(&mut j, at(11)).len(), 1);
 }

@@ -630,9 +630,11 @@ async fn sigterm_to_a_frozen_source_console_waits_for_the_handover() -> anyhow::
 }
 
 /// Fault: the destination console's takeover fails late — its VM runs, the snapshot is in, and
-/// QEMU's VNC socket cannot be reached (hidden for the test). The console must fail before it
-/// restores a viewer socket: the connections stay with the source's checkpoint, and a console
-/// restarted once the socket is back takes over with nothing lost and no reset.
+/// the console's QMP socket cannot be reached again (hidden for the test; the console watched
+/// the VM on it and attached to QEMU's VNC before, and its link reconnects to it after the
+/// switchover). The console must fail before it restores a viewer socket: the connections stay
+/// with the source's checkpoint, and a console restarted once the socket is back takes over
+/// with nothing lost and no reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_that_fails_late_leaves_the_session_to_a_restarted_console() -> anyhow::Result<()>
 {
@@ -643,15 +645,33 @@ async fn a_takeover_that_fails_late_leaves_the_session_to_a_restarted_console() 
     let viewer = viewer(&bed).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let plan = bed.announce(false).await?;
-    let vnc = bed
+    let qmp = bed
         .destination_qemu()
         .context("destination")?
-        .vnc_path()
+        .qmp2_path()
+        .context("the console's QMP socket")?
         .to_path_buf();
-    let hidden = vnc.with_extension("hidden");
-    std::fs::rename(&vnc, &hidden)?;
     let (src, _src_events) = qmp::Connection::connect(&plan.source_qmp).await?;
     let (dst, _dst_events) = qmp::Connection::connect(&plan.dest_qmp).await?;
+    // The arriving console watches on its QMP socket first, then attaches to QEMU's VNC: once
+    // QEMU lists that VNC client, hiding the socket hits only the link's reconnect.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let vnc = dst
+            .client()
+            .execute("query-vnc", serde_json::Value::Null)
+            .await?;
+        if vnc["clients"].as_array().is_some_and(|c| !c.is_empty()) {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the destination console never attached to QEMU's VNC: {vnc}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hidden = qmp.with_extension("hidden");
+    std::fs::rename(&qmp, &hidden)?;
     let mut m = Migration::start(
         src.client(),
         dst.client(),
@@ -663,14 +683,14 @@ async fn a_takeover_that_fails_late_leaves_the_session_to_a_restarted_console() 
     let (status, stderr) = bed
         .destination_console_exit(WAIT)
         .await
-        .context("the destination console did not fail without QEMU's VNC socket")?;
+        .context("the destination console did not fail without its QMP socket")?;
     println!("destination console failed as it must ({status}):\n{stderr}");
     ensure!(!status.success(), "it exits non-zero");
     ensure!(
-        stderr.contains(&vnc.display().to_string()),
-        "its error names the VNC socket it could not reach"
+        stderr.contains(&qmp.display().to_string()),
+        "its error names the QMP socket it could not reach"
     );
-    std::fs::rename(&hidden, &vnc)?;
+    std::fs::rename(&hidden, &qmp)?;
     bed.restart_destination_console().await?;
     let serving = Command::Wait {
         phase: "Serving".into(),

@@ -5,6 +5,10 @@
 //! The first test turns `events` off (as a manager may, after the link turned it on), so the
 //! link must tell the migration's stop from a plain one by itself (`query-status` →
 //! `finish-migrate`).
+//!
+//! A destination console attaches to its QEMU's VNC server while the VM is incoming; the link
+//! it starts over that connection once the VM runs shows the running VM's screen and takes
+//! keys.
 
 mod back_support;
 
@@ -234,6 +238,62 @@ async fn the_link_turns_migration_events_on_whenever_no_migration_runs() -> anyh
     assert_eq!(seen(&src.serial().keys(20).await?), expected(&keys));
     let stats = link.stats().await?;
     assert_eq!(stats.journal.uncertain, 0);
+    link.shutdown().await?;
+    Ok(())
+}
+
+/// The arriving console's early VNC connection ([`QemuLink::attach_vnc`] while `inmigrate`)
+/// survives the incoming migration and carries the link started over it once the VM runs:
+/// its screen is the running VM's (the size a fresh client sees, not the blank 640x480 of
+/// the incoming QEMU), and a key through it reaches the guest.
+#[tokio::test]
+async fn a_link_over_vnc_attached_while_incoming_works_once_the_vm_runs() -> anyhow::Result<()> {
+    let src = Vm::launch(false).await?;
+    let mut dst = Vm::launch(true).await?;
+    let config = LinkConfig::new(&dst.vnc, &dst.qmp);
+    let vnc = QemuLink::attach_vnc(&config).await?;
+    assert_eq!(dst.qmp().query_status().await?.status, "inmigrate");
+
+    let port = Vm::free_port()?;
+    let uri = format!("tcp:127.0.0.1:{port}");
+    dst.qmp().migrate_incoming(&uri).await?;
+    src.qmp().migrate(&uri).await?;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !dst.qmp().query_status().await?.running {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the destination VM never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    let (link, events) = QemuLink::connect_attached(config, vnc).await?;
+    let _vm_rx = vm_events(events);
+    let (reader, _writer) = plain_client(&dst).await?;
+    let (width, height) = (reader.framebuffer().width(), reader.framebuffer().height());
+    assert_ne!(
+        (width, height),
+        (640, 480),
+        "the running VM's own screen size"
+    );
+    loop {
+        let fb = link.framebuffer().await?;
+        if (fb.width(), fb.height()) == (width, height) {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the link's screen stayed {}x{}, a fresh client sees {width}x{height}",
+            fb.width(),
+            fb.height()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    for down in [true, false] {
+        link.push(ViewerId(0), key_event(ENTER, down, false))
+            .await?;
+    }
+    assert_eq!(seen(&dst.serial().keys(2).await?), expected(&[ENTER]));
     link.shutdown().await?;
     Ok(())
 }

@@ -398,10 +398,65 @@ pub struct QemuLink {
     task: JoinHandle<Result<LinkStats, LinkError>>,
 }
 
+/// A connection to QEMU's VNC server, its RFB handshake done and nothing requested yet: QEMU
+/// sends no pixels over it until a link started with it ([`QemuLink::connect_attached`]) asks.
+/// A destination console attaches while its VM is still incoming, so that attaching is not
+/// part of the takeover and QEMU's refresh timer is not reset by a new connection just then.
+pub struct VncAttached {
+    width: u16,
+    height: u16,
+    reader: vnc::client::ClientReader<tokio::net::UnixStream>,
+    writer: vnc::client::ClientWriter<tokio::net::UnixStream>,
+}
+
+impl VncAttached {
+    /// Resets QEMU's VNC refresh timer to its base interval (30 ms) without reaching the
+    /// guest: any client message above type 3 resets it (`protocol_client_msg`), and this one
+    /// is a KeyEvent releasing Shift_L, which nobody pressed on this display (no link has used
+    /// it yet), so QEMU's per-display key state drops it (`ui/kbd-state.c` drops a key-up
+    /// whose key-down it did not see); while the VM is incoming QEMU's input layer drops it
+    /// anyway. An arriving console writes it every few tens of milliseconds while a migration
+    /// comes, so the refresh is at its base when the VM runs here.
+    pub async fn wake(&mut self) -> Result<(), LinkError> {
+        const SHIFT_L: u32 = 0xffe1;
+        self.writer
+            .send(&rfb::ClientMessage::KeyEvent {
+                down: false,
+                keysym: SHIFT_L,
+            })
+            .await
+            .map_err(LinkError::Vnc)
+    }
+}
+
+impl std::fmt::Debug for VncAttached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VncAttached")
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .finish_non_exhaustive()
+    }
+}
+
 impl QemuLink {
     /// Attaches to QEMU's QMP monitor and VNC server and starts the link task.
     pub async fn connect(config: LinkConfig) -> Result<(QemuLink, LinkEvents), LinkError> {
-        run::start(config).await
+        run::start(config, None).await
+    }
+
+    /// Connects to QEMU's VNC server (`config.vnc_socket`) and finishes the handshake, for
+    /// [`QemuLink::connect_attached`] later.
+    pub async fn attach_vnc(config: &LinkConfig) -> Result<VncAttached, LinkError> {
+        run::attach_vnc(config).await
+    }
+
+    /// [`QemuLink::connect`] over a VNC connection made earlier by [`QemuLink::attach_vnc`]
+    /// with the same configuration.
+    pub async fn connect_attached(
+        config: LinkConfig,
+        vnc: VncAttached,
+    ) -> Result<(QemuLink, LinkEvents), LinkError> {
+        run::start(config, Some(vnc)).await
     }
 
     /// A cloneable input handle.

@@ -23,7 +23,7 @@ use super::qmp_port::{Item, Kind, QmpPort};
 use super::vm_watch::{Decision, JournalCall, VmWatch};
 use super::{
     LinkConfig, LinkError, LinkEvent, LinkEvents, LinkInput, LinkStats, PushError, QemuLink,
-    Request,
+    Request, VncAttached,
 };
 use crate::journal::{
     Action, FenceId, InputEvent, Journal, JournalFull, JournalState, Outcome, Seq, ViewerId,
@@ -72,6 +72,14 @@ enum Freeze {
     Frozen,
 }
 
+/// A takeover link's display wakes still to write.
+struct WakeDisplay {
+    /// The next one.
+    next: Instant,
+    /// The last one is written before this.
+    until: Instant,
+}
+
 /// A `push` waiting for room in the journal.
 struct Waiting {
     viewer: ViewerId,
@@ -79,9 +87,55 @@ struct Waiting {
     reply: oneshot::Sender<Result<Option<Seq>, PushError>>,
 }
 
-/// Attaches to QEMU and spawns the link task.
-pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), LinkError> {
-    let layout = match config.layout {
+/// How often a takeover's link writes the display wake (see [`Link::wake_display`]): within
+/// QEMU's base refresh interval (30 ms), so that it never backs off.
+const WAKE_EVERY: Duration = Duration::from_millis(25);
+
+/// For how long after it starts a takeover's link keeps writing the display wake: past the
+/// first input after the takeover and its echo.
+const WAKE_FOR: Duration = Duration::from_millis(100);
+
+/// Connects to QEMU's VNC server and finishes the RFB handshake (pixel format and encodings
+/// set, nothing requested yet: QEMU sends no pixels until the link asks).
+pub(super) async fn attach_vnc(config: &LinkConfig) -> Result<VncAttached, LinkError> {
+    let limit = config.connect_timeout;
+    let stream = timeout(limit, UnixStream::connect(&config.vnc_socket))
+        .await
+        .map_err(|_| LinkError::Timeout { what: "VNC server" })?
+        .map_err(|source| LinkError::VncConnect {
+            path: config.vnc_socket.clone(),
+            source,
+        })?;
+    let client = ClientConfig {
+        version: Version::V3_8,
+        security: vec![SecurityType::None, SecurityType::VncAuth],
+        password: config.vnc_password.clone(),
+        shared: true,
+        limits: Limits::DEFAULT,
+    };
+    let setup = Setup {
+        pixel_format: Some(PixelFormat::RGBX32_LE),
+        encodings: ENCODINGS.to_vec(),
+    };
+    let (done, reader, writer) = timeout(limit, vnc::client::connect(stream, client, &setup))
+        .await
+        .map_err(|_| LinkError::Timeout { what: "VNC server" })?
+        .map_err(LinkError::VncHandshake)?;
+    Ok(VncAttached {
+        width: done.server_init.width,
+        height: done.server_init.height,
+        reader,
+        writer,
+    })
+}
+
+/// Attaches to QEMU (its VNC server through `vnc` when already attached) and spawns the link
+/// task.
+pub(super) async fn start(
+    mut config: LinkConfig,
+    vnc: Option<VncAttached>,
+) -> Result<(QemuLink, LinkEvents), LinkError> {
+    let layout = match config.layout.take() {
         Some(layout) => layout,
         None => Layout::load(None)?,
     };
@@ -132,35 +186,24 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         })
     })?;
 
-    let stream = timeout(limit, UnixStream::connect(&config.vnc_socket))
-        .await
-        .map_err(|_| LinkError::Timeout { what: "VNC server" })?
-        .map_err(|source| LinkError::VncConnect {
-            path: config.vnc_socket.clone(),
-            source,
-        })?;
-    let client = ClientConfig {
-        version: Version::V3_8,
-        security: vec![SecurityType::None, SecurityType::VncAuth],
-        password: config.vnc_password.clone(),
-        shared: true,
-        limits: Limits::DEFAULT,
+    let early = vnc.is_some();
+    let VncAttached {
+        width,
+        height,
+        reader,
+        writer,
+    } = match vnc {
+        Some(attached) => attached,
+        None => attach_vnc(&config).await?,
     };
-    let setup = Setup {
-        pixel_format: Some(PixelFormat::RGBX32_LE),
-        encodings: ENCODINGS.to_vec(),
-    };
-    let (done, reader, writer) = timeout(limit, vnc::client::connect(stream, client, &setup))
-        .await
-        .map_err(|_| LinkError::Timeout { what: "VNC server" })?
-        .map_err(LinkError::VncHandshake)?;
     let translator = Translator::new(PixelFormat::RGBX32_LE)
         .map_err(|e| LinkError::Vnc(vnc::Error::Update(e.into())))?;
     tracing::debug!(
-        width = done.server_init.width,
-        height = done.server_init.height,
+        width,
+        height,
         running = status.running,
         ?mouse,
+        early,
         "attached to QEMU"
     );
 
@@ -204,7 +247,13 @@ pub(super) async fn start(config: LinkConfig) -> Result<(QemuLink, LinkEvents), 
         outbox: VecDeque::new(),
         events_gone: false,
         want_update: Some(false),
-        wake_display: took_over,
+        wake_display: took_over.then(|| {
+            let now = Instant::now();
+            WakeDisplay {
+                next: now,
+                until: now + WAKE_FOR,
+            }
+        }),
         leds: None,
         waiting: VecDeque::new(),
         stats: LinkStats::default(),
@@ -287,9 +336,9 @@ struct Link {
     events_gone: bool,
     /// An update request to send (`true`: incremental) once the console took the last one.
     want_update: Option<bool>,
-    /// Write a display wake right behind the first update request (a takeover's link; see
-    /// [`Link::turn`]).
-    wake_display: bool,
+    /// A takeover's link attaches to a VM that already runs, so no RESUME brings the journal's
+    /// display wake: it writes its own (see [`Link::wake_display`]).
+    wake_display: Option<WakeDisplay>,
     leds: Option<u8>,
     waiting: VecDeque<Waiting>,
     stats: LinkStats,
@@ -336,7 +385,8 @@ impl Link {
                 .journal
                 .wants_guest_runtime()
                 .then(|| Instant::now() + GUEST_CLOCK_SAMPLE);
-            let timer = [timer, self.fence_due, sample_due]
+            let wake = self.wake_display.as_ref().map(|w| w.next);
+            let timer = [timer, self.fence_due, sample_due, wake]
                 .into_iter()
                 .flatten()
                 .min();
@@ -508,16 +558,9 @@ impl Link {
                     width: fb.width(),
                     height: fb.height(),
                 });
-                if std::mem::take(&mut self.wake_display) {
-                    // A takeover's link attaches to a VM that already runs, so no RESUME
-                    // brings the journal's display wake, and QEMU's refresh timer may have
-                    // backed off (its refresh at the link's connect found no request yet).
-                    // The wake, read after this request, resets it to its base interval.
-                    let wake = self.journal.display_wake(Instant::now());
-                    self.out.push(vnc_message(&wake, self.ext_keys));
-                }
             }
         }
+        self.wake_display(now);
         if !self.out.is_empty() {
             self.writer
                 .send_all(&self.out)
@@ -537,6 +580,31 @@ impl Link {
         if let Some(runtime) = self.guest_clock.as_ref().and_then(GuestClock::sample) {
             self.journal.observe_guest_runtime(runtime, Instant::now());
         }
+    }
+
+    /// A takeover's display wakes. QEMU's VNC server refreshes every 30 ms while the screen
+    /// changes or a client sends input, and backs off (+50 ms per refresh that sent nothing,
+    /// up to 3 s) otherwise; a client message resets it, and then the refresh comes at once if
+    /// the last one is 30 ms old. After a takeover that refresh comes too early: the first one
+    /// after the link's first (full) update request, or the one the first fast-lane key brings,
+    /// finds the guest's answer not drawn yet, and it waits a whole interval more (80 ms if that
+    /// refresh found nothing new). Written right behind the first update request and then every
+    /// [`WAKE_EVERY`] for [`WAKE_FOR`], the wakes keep the refresh at its 30 ms base through
+    /// the takeover, so the first answer shows at the next refresh (the arriving console keeps
+    /// it there before, `front::incoming`).
+    fn wake_display(&mut self, now: Instant) {
+        let Some(w) = &mut self.wake_display else {
+            return;
+        };
+        if now < w.next {
+            return;
+        }
+        w.next = now + WAKE_EVERY;
+        if w.next >= w.until {
+            self.wake_display = None;
+        }
+        let wake = self.journal.display_wake(now);
+        self.out.push(vnc_message(&wake, self.ext_keys));
     }
 
     fn execute(&mut self, action: Action) -> Result<(), LinkError> {

@@ -16,7 +16,7 @@ use super::report::error_chain;
 use super::serial::{SerialLane, SerialPort};
 use super::viewer::{self, FromViewer, ReaderParts, ViewerError, Written, FROM_VIEWER_QUEUE};
 use super::{ConsoleConfig, ConsoleError, Exit};
-use crate::back::{LinkError, LinkEvent, LinkEvents, LinkInput, PushError, QemuLink};
+use crate::back::{LinkError, LinkEvent, LinkEvents, LinkInput, PushError, QemuLink, VncAttached};
 use crate::journal::{InputEvent, ViewerId};
 use crate::screen::{Change, Screen, ScreenState};
 use crate::session::{Negotiated, Session, SessionOutput, SessionState};
@@ -98,7 +98,8 @@ impl Taken {
 }
 
 impl Hub {
-    /// Attaches to QEMU and starts serving: fresh, or from a taken session.
+    /// Attaches to QEMU and starts serving: fresh, or from a taken session; over `vnc` when
+    /// the VNC connection was attached ahead (an arriving console's).
     ///
     /// Everything that can fail (decoding the snapshot, attaching to QEMU, restoring the screen
     /// and the sessions, binding facts) runs before a moved session's sockets are restored: a
@@ -107,6 +108,7 @@ impl Hub {
     pub(super) async fn start(
         mut config: ConsoleConfig,
         taken: Option<Taken>,
+        vnc: Option<VncAttached>,
         listener: TcpListener,
         requests: mpsc::Receiver<Request>,
         mig: Option<CoMigration>,
@@ -143,16 +145,18 @@ impl Hub {
                 addr: config.listen,
                 source,
             })?;
-        let (link, events) = QemuLink::connect(config.link.clone())
-            .await
-            .map_err(|source| match source {
-                LinkError::Restore(e) => ConsoleError::RestoreJournal(e),
-                source => ConsoleError::Attach {
-                    vnc: config.link.vnc_socket.display().to_string(),
-                    qmp: config.link.qmp_socket.display().to_string(),
-                    source: Box::new(source),
-                },
-            })?;
+        let connected = match vnc {
+            Some(vnc) => QemuLink::connect_attached(config.link.clone(), vnc).await,
+            None => QemuLink::connect(config.link.clone()).await,
+        };
+        let (link, events) = connected.map_err(|source| match source {
+            LinkError::Restore(e) => ConsoleError::RestoreJournal(e),
+            source => ConsoleError::Attach {
+                vnc: config.link.vnc_socket.display().to_string(),
+                qmp: config.link.qmp_socket.display().to_string(),
+                source: Box::new(source),
+            },
+        })?;
         let serial = match (serial_port, &config.serial) {
             (Some(port), Some(cfg)) => Some(SerialLane::start(port, cfg, serial_state)?),
             _ => None,

@@ -7,6 +7,17 @@
 //! console restarted after the switchover) and lets go of that monitor before the hub's link
 //! attaches to it. It delivers no input (there is none before the takeover: the viewers are
 //! still the source's).
+//!
+//! It attaches to QEMU's VNC server at once (QEMU serves it while `inmigrate`) and hands that
+//! connection to the hub's link, so the takeover does not wait for that attach. While a
+//! migration comes (a source console connected), it keeps QEMU's VNC refresh at its 30 ms base
+//! with a wake that reaches no guest ([`VncAttached::wake`]): QEMU backs the refresh off while
+//! nothing changes, and when the VM runs here, the first key a viewer types after the takeover
+//! (a client message, which resets that timer) would otherwise bring a refresh at once, before
+//! the guest drew its echo, and the echo would wait a whole interval more. Nothing is asked of
+//! the connection before the link starts, after the VM runs: what QEMU's framebuffer holds
+//! before the switchover never reaches a viewer. If the migration fails, the connection closes
+//! with this console; the source never sees it.
 
 use migrate::phase::{DestinationAction, DestinationEvent};
 use migrate::protocol::Message;
@@ -14,15 +25,22 @@ use tokio::sync::mpsc;
 
 use super::control_server::Request;
 use super::migration::{CoMigration, MigrationInput, MovedSession};
+use super::report::error_chain;
 use super::ConsoleError;
+use crate::back::{LinkConfig, QemuLink, VncAttached};
 use crate::control;
 
-/// Waits for the session; returns it as it came (nothing restored yet).
+/// How often an arriving console wakes QEMU's VNC refresh: within its base interval (30 ms).
+const WAKE_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Waits for the session; returns it as it came (nothing restored yet), with the VNC
+/// connection attached meanwhile (`None` if that failed: the link attaches itself).
 pub(super) async fn arrive(
-    qmp_socket: &std::path::Path,
+    link: &LinkConfig,
     mig: &mut CoMigration,
     requests: &mut mpsc::Receiver<Request>,
-) -> Result<MovedSession, ConsoleError> {
+) -> Result<(MovedSession, Option<VncAttached>), ConsoleError> {
+    let qmp_socket = link.qmp_socket.as_path();
     let watch_err = |source: qmp::Error| ConsoleError::Watch {
         path: qmp_socket.to_path_buf(),
         source,
@@ -30,6 +48,17 @@ pub(super) async fn arrive(
     let (qmp, mut events) = qmp::Connection::connect(qmp_socket)
         .await
         .map_err(watch_err)?;
+    let mut vnc = match QemuLink::attach_vnc(link).await {
+        Ok(vnc) => {
+            tracing::debug!("attached to QEMU's VNC server ahead of the takeover");
+            Some(vnc)
+        }
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e),
+                "attaching to QEMU's VNC server ahead of the takeover failed; the link retries then");
+            None
+        }
+    };
     let mut pending = Vec::new();
     if qmp
         .client()
@@ -40,6 +69,8 @@ pub(super) async fn arrive(
     {
         pending.push(DestinationEvent::Resumed);
     }
+    let mut wake = tokio::time::interval(WAKE_EVERY);
+    wake.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         for event in pending.drain(..) {
             for action in mig.step_destination(event) {
@@ -47,7 +78,7 @@ pub(super) async fn arrive(
                     if let Err(e) = qmp.close().await {
                         tracing::debug!(error = %e, "closing the watch monitor");
                     }
-                    return Ok(moved);
+                    return Ok((moved, vnc));
                 }
             }
         }
@@ -70,6 +101,15 @@ pub(super) async fn arrive(
                 }),
             },
             Some(request) = requests.recv() => answer(mig, request),
+            _ = wake.tick(), if vnc.is_some() && matches!(mig.phase(), "Connected" | "Ready") => {
+                if let Some(attached) = vnc.as_mut() {
+                    if let Err(e) = attached.wake().await {
+                        tracing::warn!(error = %error_chain(&e),
+                            "QEMU's VNC connection failed while arriving; the link attaches again");
+                        vnc = None;
+                    }
+                }
+            }
         }
     }
 }

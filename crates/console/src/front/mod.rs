@@ -455,22 +455,24 @@ pub async fn run(config: ConsoleConfig) -> Result<Exit, ConsoleError> {
         }
         None => None,
     };
-    let taken = match (&config.restore_from, incoming, mig.as_mut()) {
-        (Some(path), _, _) => Some(hub::Taken::Local(hub::take_over(path).await.map_err(
-            |source| ConsoleError::TakeOver {
-                path: path.clone(),
-                source,
-            },
-        )?)),
+    let (taken, vnc) = match (&config.restore_from, incoming, mig.as_mut()) {
+        (Some(path), _, _) => (
+            Some(hub::Taken::Local(hub::take_over(path).await.map_err(
+                |source| ConsoleError::TakeOver {
+                    path: path.clone(),
+                    source,
+                },
+            )?)),
+            None,
+        ),
         (None, Some(addr), Some(m)) => {
             println!("dmore console: waiting for the source console on {addr}");
-            Some(hub::Taken::Moved(
-                incoming::arrive(&config.link.qmp_socket, m, &mut requests).await?,
-            ))
+            let (moved, vnc) = incoming::arrive(&config.link, m, &mut requests).await?;
+            (Some(hub::Taken::Moved(moved)), vnc)
         }
-        _ => None,
+        _ => (None, None),
     };
-    let result = hub::Hub::start(config, taken, listener, requests, mig, serial_port)
+    let result = hub::Hub::start(config, taken, vnc, listener, requests, mig, serial_port)
         .await?
         .run()
         .await;

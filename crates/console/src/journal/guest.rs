@@ -9,13 +9,15 @@
 //! a quiet host and a starved vCPU, and nothing QEMU says over QMP or VNC tells when the guest
 //! read. Its vCPU threads' CPU time does: QEMU names them (`query-cpus-fast`, `thread-id`) and
 //! the kernel counts their time on a CPU (`/proc/<tid>/schedstat`, readable by any user). An
-//! interrupt QEMU raised is taken as soon as the vCPU enters the guest again: once a vCPU
-//! thread was switched in after QEMU took an event (the third `schedstat` field counts that
-//! exactly), or has been on a CPU for longer since than the kernel may be late in counting a
-//! running thread's time (it refreshes that at scheduler ticks, so growth seen after QEMU took
-//! an event may have come before), the guest has been in its handler since. The time alone
-//! misled: under load the queue reached 16 bytes and dropped keys while the gate, trusting
-//! growth a tick late, counted them read.
+//! interrupt QEMU raised is taken as soon as the vCPU enters the guest again, so once the
+//! vCPUs have been on a CPU for [`GUEST_RAN`] since QEMU took an event, the guest has been in
+//! its handler since. Two weaker signs misled, both measured with QEMU's PS/2 trace:
+//! - any growth at all: the kernel counts a running thread's time only at scheduler ticks, so
+//!   growth seen after QEMU took an event may have come before;
+//! - a thread switched in (the third `schedstat` field): under load a vCPU thread wakes for
+//!   QEMU's big lock and loses it again, running no guest code, and the guest read nothing for
+//!   227 ms while such wakes let 12 events through. A wake like that costs microseconds;
+//!   guest code that takes an interrupt (and KVM's halt polling after it) costs hundreds.
 //!
 //! The gate: at most [`GUEST_UNREAD`] key and button events may be "unread" — sent to QEMU
 //! and not yet answered, or answered with no vCPU time seen since. The shell samples the
@@ -42,25 +44,26 @@ pub const GUEST_UNREAD: u64 = 8;
 /// must outlast that.
 pub const GUEST_STALL: Duration = Duration::from_millis(1500);
 
-/// How much vCPU time counts as the guest having run when no vCPU thread was switched in:
-/// more than the kernel may lag in counting a running thread's time (one scheduler tick, 10 ms
-/// at the lowest common rate of 100 Hz).
-const STALE_ON_CPU: Duration = Duration::from_millis(10);
+/// vCPU time on a CPU that counts as the guest having run: far more than a thread waking for
+/// QEMU's lock costs, and less than taking an interrupt and halting again costs a KVM vCPU
+/// (its halt polling alone is up to 200 µs by default), so an idle guest that reads is seen
+/// to within a few ms.
+pub const GUEST_RAN: Duration = Duration::from_micros(500);
 
 /// What the kernel counts for a VM's vCPU threads, summed (`/proc/<tid>/schedstat`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VcpuTime {
     /// Time on a CPU (first field); refreshed for a running thread only at scheduler ticks.
     pub on_cpu: Duration,
-    /// Times a thread was switched in (third field), counted as it happens.
+    /// Times a thread was switched in (third field); for the trace only (see the module docs
+    /// for why it proves nothing).
     pub switch_ins: u64,
 }
 
 impl VcpuTime {
-    /// The guest ran since `base` was sampled: a vCPU thread was switched in since, or ran
-    /// longer than the kernel lags in counting.
+    /// The guest ran since `base` was sampled: [`GUEST_RAN`] more time on a CPU.
     fn ran_since(&self, base: &VcpuTime) -> bool {
-        self.switch_ins > base.switch_ins || self.on_cpu >= base.on_cpu.saturating_add(STALE_ON_CPU)
+        self.on_cpu >= base.on_cpu.saturating_add(GUEST_RAN)
     }
 }
 

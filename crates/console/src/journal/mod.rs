@@ -98,7 +98,7 @@ mod state;
 mod tests;
 mod types;
 
-pub use guest::{VcpuTime, GUEST_STALL, GUEST_UNREAD};
+pub use guest::{VcpuTime, GUEST_RAN, GUEST_STALL, GUEST_UNREAD};
 pub use state::{JournalState, RestoreError, STATE_VERSION};
 pub use types::{
     Action, BatchId, Button, Config, Entry, FenceId, InputEvent, JournalError, JournalFull,

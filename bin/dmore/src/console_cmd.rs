@@ -182,7 +182,6 @@ pub(crate) fn read_password(path: &Path) -> anyhow::Result<rfb::Password> {
 
 /// Runs the console until it stops; an error names the cause.
 pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
-    return_large_blocks();
     // Before any thread exists: capabilities are per thread, and inherited when one is made.
     let transparent = args.service_interface.is_some();
     let dropped = console::privilege::keep_only(&console::privilege::needed(transparent))?;
@@ -277,22 +276,4 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<()> {
         Exit::HandedOver => tracing::info!("console handed over"),
     }
     Ok(())
-}
-
-/// Every block of 128 KiB or more gets its own mapping, unmapped when freed, and the heap's
-/// free top goes back above 128 KiB. glibc's default raises both thresholds as soon as such a
-/// block is freed, so the 1.1 MiB screen-sized buffers a full update passes through (the link's
-/// read buffer, its Raw rectangles, a Tight viewer's pixel scratch) were then carved from the
-/// heap and stayed resident after it (`dmore bench screen`: the console's heap 4.3 -> 1.6 MiB).
-/// Setting glibc's default threshold only turns that adjustment off. Not a glibc: nothing to do.
-fn return_large_blocks() {
-    #[cfg(target_env = "gnu")]
-    {
-        const THRESHOLD: libc::c_int = 128 * 1024;
-        // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
-        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
-        if ok != 1 {
-            tracing::debug!("mallopt(M_MMAP_THRESHOLD) refused: the heap keeps what it grows to");
-        }
-    }
 }

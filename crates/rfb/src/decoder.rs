@@ -51,6 +51,11 @@ impl Pending {
             Ok(msg) => {
                 self.start += r.pos();
                 self.need = 0;
+                if self.start >= self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                    crate::scratch::release_large(&mut self.buf);
+                }
                 Ok(Some(msg))
             }
             Err(Stop::Incomplete(need)) => {

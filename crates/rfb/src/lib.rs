@@ -23,6 +23,7 @@ pub mod handshake;
 mod limits;
 pub mod pixel_format;
 mod rect;
+pub mod scratch;
 mod security;
 mod server_msg;
 pub mod translate;

@@ -237,6 +237,7 @@ pub(crate) async fn writer(
             m.encode(&mut out);
         }
         let result = write.write_all(&out).await;
+        rfb::scratch::release_large(&mut out);
         let failed = result.is_err();
         if done.send(Written { viewer, result }).is_err() || failed {
             break;

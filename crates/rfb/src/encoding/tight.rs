@@ -251,6 +251,19 @@ impl TightEncoder {
         src: Pixels<'_>,
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
+        let result = self.encode_scratch(tr, src, out);
+        crate::scratch::release_large(&mut self.values);
+        crate::scratch::release_large(&mut self.data);
+        result
+    }
+
+    /// [`encode`](Self::encode), through the scratch buffers `values` and `data`.
+    fn encode_scratch(
+        &mut self,
+        tr: &Translator,
+        src: Pixels<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
         let (w, h) = (src.width(), src.height());
         if w > MAX_WIDTH {
             return Err(Error::TooLarge {

@@ -147,7 +147,9 @@ impl ZrleEncoder {
             }
         }
         let start = out.len();
-        self.stream.compress(&self.raw, out)?;
+        let compressed = self.stream.compress(&self.raw, out);
+        crate::scratch::release_large(&mut self.raw);
+        compressed?;
         if u32::try_from(out.len() - start).is_err() {
             return Err(Error::TooLarge {
                 width: src.width(),

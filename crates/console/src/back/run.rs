@@ -72,28 +72,12 @@ enum Freeze {
     Frozen,
 }
 
-/// A takeover link's display wakes still to write.
-struct WakeDisplay {
-    /// The next one.
-    next: Instant,
-    /// The last one is written before this.
-    until: Instant,
-}
-
 /// A `push` waiting for room in the journal.
 struct Waiting {
     viewer: ViewerId,
     event: InputEvent,
     reply: oneshot::Sender<Result<Option<Seq>, PushError>>,
 }
-
-/// How often a takeover's link writes the display wake (see [`Link::wake_display`]): within
-/// QEMU's base refresh interval (30 ms), so that it never backs off.
-const WAKE_EVERY: Duration = Duration::from_millis(25);
-
-/// For how long after it starts a takeover's link keeps writing the display wake: past the
-/// first input after the takeover and its echo.
-const WAKE_FOR: Duration = Duration::from_millis(100);
 
 /// Connects to QEMU's VNC server and finishes the RFB handshake (pixel format and encodings
 /// set, nothing requested yet: QEMU sends no pixels until the link asks).
@@ -247,13 +231,7 @@ pub(super) async fn start(
         outbox: VecDeque::new(),
         events_gone: false,
         want_update: Some(false),
-        wake_display: took_over.then(|| {
-            let now = Instant::now();
-            WakeDisplay {
-                next: now,
-                until: now + WAKE_FOR,
-            }
-        }),
+        wake_display: took_over,
         leds: None,
         waiting: VecDeque::new(),
         stats: LinkStats::default(),
@@ -338,7 +316,7 @@ struct Link {
     want_update: Option<bool>,
     /// A takeover's link attaches to a VM that already runs, so no RESUME brings the journal's
     /// display wake: it writes its own (see [`Link::wake_display`]).
-    wake_display: Option<WakeDisplay>,
+    wake_display: bool,
     leds: Option<u8>,
     waiting: VecDeque<Waiting>,
     stats: LinkStats,
@@ -385,8 +363,7 @@ impl Link {
                 .journal
                 .wants_guest_runtime()
                 .then(|| Instant::now() + GUEST_CLOCK_SAMPLE);
-            let wake = self.wake_display.as_ref().map(|w| w.next);
-            let timer = [timer, self.fence_due, sample_due, wake]
+            let timer = [timer, self.fence_due, sample_due]
                 .into_iter()
                 .flatten()
                 .min();
@@ -582,29 +559,19 @@ impl Link {
         }
     }
 
-    /// A takeover's display wakes. QEMU's VNC server refreshes every 30 ms while the screen
-    /// changes or a client sends input, and backs off (+50 ms per refresh that sent nothing,
-    /// up to 3 s) otherwise; a client message resets it, and then the refresh comes at once if
-    /// the last one is 30 ms old. After a takeover that refresh comes too early: the first one
-    /// after the link's first (full) update request, or the one the first fast-lane key brings,
-    /// finds the guest's answer not drawn yet, and it waits a whole interval more (80 ms if that
-    /// refresh found nothing new). Written right behind the first update request and then every
-    /// [`WAKE_EVERY`] for [`WAKE_FOR`], the wakes keep the refresh at its 30 ms base through
-    /// the takeover, so the first answer shows at the next refresh (the arriving console keeps
-    /// it there before, `front::incoming`).
+    /// A takeover's display wake, once, at the end of the link's first turn (behind its first
+    /// update request). QEMU's VNC server refreshes every 30 ms while the screen changes or a
+    /// client sends input, and backs off (+50 ms per refresh that sent nothing, up to 3 s)
+    /// otherwise; a client message resets it. The arriving console kept it at its base until
+    /// the takeover (`front::incoming`); this wake keeps it there for the first answer.
+    /// Writing it every 25 ms for 100 ms gained ~11 ms of viewer gap (p50, helper gap's A/B),
+    /// but each wake is a PS/2 mouse packet the just-resumed guest must read: CI's demo test
+    /// then lost a click (23 sent, 22 received), so there is one.
     fn wake_display(&mut self, now: Instant) {
-        let Some(w) = &mut self.wake_display else {
-            return;
-        };
-        if now < w.next {
-            return;
+        if std::mem::take(&mut self.wake_display) {
+            let wake = self.journal.display_wake(now);
+            self.out.push(vnc_message(&wake, self.ext_keys));
         }
-        w.next = now + WAKE_EVERY;
-        if w.next >= w.until {
-            self.wake_display = None;
-        }
-        let wake = self.journal.display_wake(now);
-        self.out.push(vnc_message(&wake, self.ext_keys));
     }
 
     fn execute(&mut self, action: Action) -> Result<(), LinkError> {

@@ -33,10 +33,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Most key and button events unread at once. The keyboard queue takes 16 bytes and a key
-/// event is 1–2 with the i8042's translation (as guests run it): 8 fit even if all are
-/// extended keys. A mouse button is a packet in the mouse's queue of its own; counted here
-/// too, which only errs on the safe side.
+/// Most key and button events unread at once before a key waits. The keyboard queue takes
+/// 16 bytes and a key event is 1–2 with the i8042's translation (as guests run it): 8 fit
+/// even if all are extended keys. A mouse button is a packet in the mouse's queue of its own;
+/// counted here too (erring on the safe side), but never held (`Journal::guest_full`).
 pub const GUEST_UNREAD: u64 = 8;
 
 /// How long events may wait for the guest's vCPUs to run before the gate gives up on them.

@@ -61,10 +61,10 @@
 //! main loop stalled.
 //!
 //! All of that assumes a guest that reads. When the shell can see the guest's vCPU time
-//! ([`Journal::observe_guest_runtime`]), every key and button event — live input too — also
-//! waits while [`GUEST_UNREAD`] events are unread: sent, or taken by QEMU with no vCPU time
-//! since (a starved or throttled vCPU reads nothing, and QEMU drops what does not fit). See
-//! the `guest` module.
+//! ([`Journal::observe_guest_runtime`]), every key event — live input too — also waits while
+//! [`GUEST_UNREAD`] key and button events are unread: sent, or taken by QEMU with no vCPU
+//! time since (a starved or throttled vCPU reads nothing, and QEMU drops what does not fit).
+//! Buttons are left to the mouse queue's model below. See the `guest` module.
 //!
 //! # Freezing delivery
 //! [`Journal::freeze_delivery`] stops delivery (a console about to snapshot itself): the fast

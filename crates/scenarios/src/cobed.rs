@@ -251,12 +251,17 @@ pub enum CoBedError {
     Control(#[from] console::control::ControlError),
     /// A co-migration by [`CoBed::migrate`] failed (the VM and console stay home unless the
     /// cause says otherwise); the destination, now gone, said this.
-    #[error("the move failed; the destination console {state}; its stderr ends:\n{stderr}")]
+    #[error(
+        "the move failed; the destination console {state}; its stderr ends:\n{stderr}\n\
+         the source QEMU {source_qemu}"
+    )]
     Move {
         /// Whether the destination console had exited ("exited (status)") or still ran.
         state: String,
         /// The end of the destination console's stderr.
         stderr: String,
+        /// Whether the source QEMU still ran, or how it ended.
+        source_qemu: SourceQemu,
         /// Why the move failed.
         #[source]
         source: Box<CoBedError>,
@@ -285,6 +290,52 @@ impl CoBedError {
     /// root): tests skip then.
     pub fn needs_namespaces(&self) -> bool {
         matches!(self, CoBedError::Service(ServiceError::Loopback))
+    }
+
+    /// Whether a move failed because the guest's kernel had panicked at home: QEMU's own TCG
+    /// migration corrupts a Linux guest now and then (DESIGN.md), which is not the console's.
+    pub fn guest_kernel_panicked(&self) -> bool {
+        matches!(self, CoBedError::Move { source_qemu, .. } if source_qemu.guest_kernel_panicked())
+    }
+}
+
+/// How the home QEMU stood when a move failed.
+#[derive(Debug)]
+pub enum SourceQemu {
+    /// It still ran.
+    Ran,
+    /// It had exited: a guest kernel that panics ends QEMU (`-no-reboot`).
+    Exited {
+        /// Its exit status.
+        status: ExitStatus,
+        /// The end of its stderr.
+        stderr: String,
+        /// The last lines its guest printed on the report port (the Linux guest's kernel
+        /// console).
+        serial: String,
+    },
+}
+
+impl SourceQemu {
+    /// Whether the guest printed a kernel panic before QEMU ended.
+    pub fn guest_kernel_panicked(&self) -> bool {
+        matches!(self, SourceQemu::Exited { serial, .. } if serial.contains("Kernel panic"))
+    }
+}
+
+impl std::fmt::Display for SourceQemu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceQemu::Ran => f.write_str("still ran"),
+            SourceQemu::Exited {
+                status,
+                stderr,
+                serial,
+            } => write!(
+                f,
+                "had exited ({status}); its stderr ends:\n{stderr}\nits guest's serial ends:\n{serial}"
+            ),
+        }
     }
 }
 
@@ -1137,9 +1188,25 @@ impl CoBed {
                         format!("exited ({status})")
                     }),
                     stderr,
+                    source_qemu: self.home_qemu_state(),
                     source: Box::new(e),
                 })
             }
+        }
+    }
+
+    /// Whether the home QEMU still runs, or how it ended.
+    fn home_qemu_state(&mut self) -> SourceQemu {
+        let Some(home) = self.home.as_mut() else {
+            return SourceQemu::Ran;
+        };
+        match home.qemu.exit_status() {
+            None => SourceQemu::Ran,
+            Some(status) => SourceQemu::Exited {
+                status,
+                stderr: home.qemu.stderr(),
+                serial: home.qemu.serial().log_tail(),
+            },
         }
     }
 

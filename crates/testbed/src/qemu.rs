@@ -420,6 +420,12 @@ impl Qemu {
         self.serial.wait_ready(timeout).await
     }
 
+    /// QEMU's exit status if it has exited (a guest that panics under `-no-reboot` ends it),
+    /// without waiting.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// What QEMU printed on stderr so far (the last 8 KiB).
     pub fn stderr(&self) -> String {
         read_tail(&self.paths.stderr)

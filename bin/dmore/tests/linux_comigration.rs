@@ -10,13 +10,13 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Context as _};
+use anyhow::Context as _;
 use console::control::{request, Command};
 use linux_guest::launch::{Display, Firmware, Input, LinuxOptions};
 use linux_guest::report::Report;
 use scenarios::cobed::{CoBed, CoBedError, CoBedOptions};
+use scenarios::delivery::check_nothing_lost_by_dmore;
 use scenarios::migrations_from_env;
-use scenarios::steady::tally::{key_presses, left_clicks, tally};
 use scenarios::steady::{SteadyConfig, SteadyViewer};
 use testbed::qemu::LINUX_MEMORY_MIB;
 
@@ -59,6 +59,7 @@ async fn typed_through_comigrations_once(
     let mut options = CoBedOptions::new(env!("CARGO_BIN_EXE_dmore"));
     options.memory_mib = LINUX_MEMORY_MIB;
     options.linux = Some(linux);
+    options.ps2_trace = linux.input == Input::Ps2;
     let Some(mut bed) = CoBed::start_or_skip(options).await? else {
         return Ok(());
     };
@@ -73,25 +74,9 @@ async fn typed_through_comigrations_once(
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    viewer.set_typing(false);
-    // Let what is in flight arrive: USB HID hands the guest one event per poll.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let reports = bed
-        .collect_reports(Duration::from_secs(2), WAIT)
-        .await
-        .to_vec();
-    let log = viewer.stop().await;
-    let keys = tally(&log.key_codes(), &key_presses(&reports));
-    let clicks = (log.clicks.len(), left_clicks(&reports));
-    println!(
-        "{linux:?}: keys {keys:?}; clicks sent {} received {}; connection kept: {}",
-        clicks.0,
-        clicks.1,
-        log.connection_kept()
-    );
-    ensure!(log.connection_kept(), "dropped: {:?}", log.dropped);
-    ensure!(keys.sent > 20, "the viewer typed: {keys:?}");
-    if !keys.exact() {
+    // Counted from the guest's own reports; what QEMU's PS/2 trace shows it dropped on its
+    // own is forgiven and printed (USB HID has no trace: nothing is forgiven).
+    if let Err(e) = check_nothing_lost_by_dmore(&mut bed, viewer).await {
         // Where the missing keys were: still held by the console, or gone past it.
         let status = match bed.home_control() {
             Some(control) => request(control, &Command::Status)
@@ -99,9 +84,8 @@ async fn typed_through_comigrations_once(
                 .map_or_else(|e| format!("no status: {e}"), |s| s.to_string()),
             None => "no home console".to_owned(),
         };
-        anyhow::bail!("every key once, in order: {keys:?}; the serving console: {status}");
+        anyhow::bail!("{linux:?}: {e}; the serving console: {status}");
     }
-    ensure!(clicks.0 == clicks.1, "every click once: {clicks:?}");
 
     // The guest is alive after the last move and still draws (a guest Oops here would be
     // QEMU's TCG migration, see DESIGN.md, not dmore).

@@ -26,6 +26,7 @@
 //! testbed falls back to [`Mode::Loopback`]: every host is 127.0.0.1 with its own runtime
 //! directory, and services must use distinct ports ([`Host::free_port`]). The runs' root is
 //! made sticky and world-writable (like `/tmp`) so root and unprivileged runs can share it.
+//! With `DMORE_KEEP=DIR` ([`KEEP_ENV`]) a run's files are copied to `DIR/<run>/` first.
 
 mod signals;
 
@@ -395,10 +396,37 @@ impl Drop for Testbed {
         // hold fds; deleting the names is what frees them once nothing is inside).
         self.hosts.clear();
         self.switch = None;
+        if let Some(keep) = std::env::var_os(KEEP_ENV) {
+            let to = Path::new(&keep).join(&self.run_id);
+            if let Err(e) = copy_files(&self.dir, &to) {
+                tracing::warn!(to = %to.display(), "keeping the run's files: {e}");
+            }
+        }
         let report = crate::sweep::remove_run(&self.run_id, &self.dir);
         signals::unregister(&self.run_id);
         tracing::info!(run = %self.run_id, ?report, "testbed removed");
     }
+}
+
+/// `DMORE_KEEP=DIR`: a testbed copies its run directory's regular files (logs, traces, QEMU's
+/// and the consoles' stderr) to `DIR/<run>/` before removing it, for a run that failed.
+pub const KEEP_ENV: &str = "DMORE_KEEP";
+
+/// Copies the regular files under `from` to `to`, keeping the tree (sockets and the like are
+/// left out).
+fn copy_files(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_files(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates a fresh run directory with `owner.pid` in it, and returns the run id and path.

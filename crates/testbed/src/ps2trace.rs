@@ -11,11 +11,15 @@
 //! `ps2_keyboard_event` (the first key a viewer sent, the queue empty: the guest has read its
 //! setup replies long before).
 //!
-//! The mouse never drops a byte: QEMU reports its state in a packet (`ps2_mouse_send_packet`,
-//! the left button in bit 0 of `bs`) only when the queue has room, so a left press and its
-//! release that reach QEMU (`input_event_btn ... button left, down 1|0`) with no packet
-//! carrying the press between them are one click the guest never sees; a release never
-//! reported before the next press loses that press the same way.
+//! The mouse never drops a byte: QEMU reports its state in a packet (`ps2_mouse_send_packet`)
+//! only when the queue has room, so a left press and its release that reach QEMU
+//! (`input_event_btn ... button left, down 1|0`) with no packet carrying the press between
+//! them are one click the guest never sees; a release never reported before the next press
+//! loses that press the same way. A packet carries the buttons as they are when it is sent,
+//! which the replay follows from `input_event_btn` (traced before the mouse takes the event,
+//! under the same lock). The packet's traced `bs` is no help: it is the packet's last byte,
+//! which for the IntelliMouse Explorer mode Linux's `psmouse` sets holds the wheel and the
+//! fourth and fifth buttons, never the left one.
 //!
 //! Each dropped byte comes with its evidence ([`Ps2Drop`]): how long the guest had read nothing
 //! from the keyboard queue, how many key events QEMU got meanwhile, and whether the VM ran
@@ -193,6 +197,8 @@ pub struct Ps2End {
     pub depth: u32,
     /// The left button as last reported to the guest.
     pub left_reported: bool,
+    /// The left button as QEMU's input layer last set it (reported or not).
+    pub left_down: bool,
 }
 
 impl Ps2Trace {
@@ -260,6 +266,7 @@ pub fn replay(log: &str, incoming: Option<Ps2End>) -> Ps2Trace {
     let start = incoming.unwrap_or_default();
     let mut depth = start.depth;
     let mut left_reported = start.left_reported;
+    let mut left_down = start.left_down;
     let mut breaking = false;
     let mut span: Option<(f64, f64)> = None;
     let mut presses = 0u64;
@@ -298,6 +305,7 @@ pub fn replay(log: &str, incoming: Option<Ps2End>) -> Ps2Trace {
                     t.lost_clicks += 1;
                     lost_click_times.extend(time);
                 }
+                left_down = down;
             }
             continue;
         }
@@ -366,13 +374,7 @@ pub fn replay(log: &str, incoming: Option<Ps2End>) -> Ps2Trace {
                 ran_since_read = running;
             }
             "ps2_mouse_send_packet" if mouse == Some(device) => {
-                // `x DX y DY z DZ bs 0xNN`
-                let bs = words
-                    .nth(7)
-                    .and_then(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).ok());
-                if let Some(bs) = bs {
-                    left_reported = bs & 1 == 1;
-                }
+                left_reported = left_down;
             }
             _ => {}
         }
@@ -386,6 +388,7 @@ pub fn replay(log: &str, incoming: Option<Ps2End>) -> Ps2Trace {
         end: Ps2End {
             depth,
             left_reported,
+            left_down,
         },
         key_events,
         drops,
@@ -396,8 +399,9 @@ pub fn replay(log: &str, incoming: Option<Ps2End>) -> Ps2Trace {
 /// Replays the trace logs of a chain of QEMUs, each named by `N` (a QEMU's directory or its
 /// log), in the order they ran: by their first timestamped line (logs without one, of QEMUs
 /// that got no input, are left out). A QEMU started with `-incoming` (its log has no
-/// `ps2_keyboard_set_translation`) starts where its source ended: the last replay to end
-/// before its own begins.
+/// `ps2_keyboard_set_translation`) starts where its source ended: the last replay to begin
+/// before its own. (Not the last to end: a source logs its `postmigrate` after its
+/// destination already runs.)
 pub fn chain<N>(logs: impl IntoIterator<Item = (N, String)>) -> Vec<(N, Ps2Trace)> {
     let mut logs: Vec<(N, String, Ps2Trace)> = logs
         .into_iter()
@@ -415,8 +419,8 @@ pub fn chain<N>(logs: impl IntoIterator<Item = (N, String)>) -> Vec<(N, Ps2Trace
         let begins = start(&booted);
         let source = traces
             .iter()
-            .filter_map(|(_, t)| t.span.map(|(_, last)| (last, t.end)))
-            .filter(|(last, _)| *last <= begins)
+            .filter_map(|(_, t)| t.span.map(|(first, _)| (first, t.end)))
+            .filter(|(first, _)| *first < begins)
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, end)| end);
         let trace = if incoming {
@@ -626,7 +630,7 @@ mod tests {
         // The source's queue was full when it stopped; translation comes with it.
         let source = Ps2End {
             depth: 16,
-            left_reported: false,
+            ..Ps2End::default()
         };
         let mut log = String::from("ps2_read_data 0xk\n"); // the guest reads one migrated byte
         log.push_str("ps2_keyboard_event 0xk\nps2_put_keycode 0xk keycode 0x1c\n");
@@ -649,6 +653,10 @@ mod tests {
         for _ in 0..16 {
             source.push_str("1@10.2:ps2_put_keycode 0xk keycode 0x1c\n");
         }
+        // Logged once its destination already runs.
+        source.push_str(
+            "1@11.5:runstate_set current_run_state 7 (finish-migrate) new_state 5 (postmigrate)\n",
+        );
         // The destination's first key finds the source's 16 bytes still queued.
         let dest = "2@11.0:ps2_keyboard_event 0xk qcode 30 down 1\n\
                     2@11.0:ps2_put_keycode 0xk keycode 0x1c\n";
@@ -682,17 +690,18 @@ mod tests {
     #[test]
     fn a_click_with_no_packet_between_press_and_release_is_lost() {
         let btn = |down: u8| format!("input_event_btn con -1, button left, down {down}\n");
-        let packet = |bs: &str| format!("ps2_mouse_send_packet 0xm x 0 y 0 z 0 bs {bs}\n");
+        // As an IntelliMouse Explorer traces them: `bs` is the last byte, no left button.
+        let packet = "ps2_mouse_send_packet 0xm x 0 y 0 z 0 bs 0x0\n";
         // Reported: press, packet with the button, release, packet without.
-        let mut log = btn(1) + &packet("0x9") + &btn(0) + &packet("0x8");
+        let mut log = btn(1) + packet + &btn(0) + packet;
         assert_eq!(tally(&log).tally.lost_clicks, 0);
         // A press and release while the queue had no room: one click lost.
-        log += &(btn(1) + &btn(0) + &packet("0x8"));
+        log += &(btn(1) + &btn(0) + packet);
         // A release never reported before the next press: that press is lost.
-        log += &(btn(1) + &packet("0x9") + &btn(0) + &btn(1) + &packet("0x9"));
+        log += &(btn(1) + packet + &btn(0) + &btn(1) + packet);
         let r = tally(&log);
         assert_eq!(r.tally.lost_clicks, 2);
-        assert!(r.end.left_reported);
+        assert!(r.end.left_reported && r.end.left_down);
         // Another button's events are not the left's.
         let right = "input_event_btn con -1, button right, down 1\n";
         assert_eq!(tally(right).tally.lost_clicks, 0);

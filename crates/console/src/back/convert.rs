@@ -30,6 +30,33 @@ pub fn vnc_message(event: &VncEvent, ext_keys: bool) -> ClientMessage {
     }
 }
 
+/// Where a fast-lane PointerEvent must put the pointer for QEMU's VNC server to move the
+/// guest's pointer from `at` (where both lanes left it) to `to`. With a relative mouse QEMU
+/// moves it by the difference to the last PointerEvent *its VNC server* read (`last_sent`),
+/// which knows nothing of what the QMP lane moved since: the position is shifted by that
+/// (clamped to RFB's range). Without the shift, the first fast-lane motion after QMP-lane
+/// motion repeated it: the guest's pointer jumped, and the PS/2 mouse queue filled with
+/// packets the journal's model did not count, so that a click right after was lost. An
+/// absolute pointer goes where it is told; so does the first PointerEvent of a connection
+/// (QEMU moves nothing for it).
+pub fn vnc_position(
+    mouse: Mouse,
+    last_sent: Option<(u16, u16)>,
+    at: (u16, u16),
+    to: (u16, u16),
+) -> (u16, u16) {
+    match (mouse, last_sent) {
+        (Mouse::Relative, Some(last)) => {
+            let shift = |last: u16, at: u16, to: u16| {
+                let moved = i32::from(last) + i32::from(to) - i32::from(at);
+                u16::try_from(moved.clamp(0, i32::from(u16::MAX))).unwrap_or(u16::MAX)
+            };
+            (shift(last.0, at.0, to.0), shift(last.1, at.1, to.1))
+        }
+        _ => to,
+    }
+}
+
 /// How the guest's current mouse takes motion, from QMP `query-mice`: the device QEMU routes
 /// motion to first (the one its VNC server also decides absolute or relative by).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,5 +469,34 @@ mod tests {
         assert_eq!(scale(u16::MAX, 1), 0x7fff);
         assert_eq!(scale(u16::MAX, u16::MAX), 0x7fff);
         assert_eq!(scale(360, 721), 0x3fff);
+    }
+
+    #[test]
+    fn a_relative_pointer_moved_on_qmp_is_not_moved_again_by_the_vnc_server() {
+        // QEMU's VNC server last read (100, 100); QMP since moved the guest's pointer to
+        // (300, 150): a motion to (310, 150) must reach QEMU as +10, 0.
+        let sent = vnc_position(Mouse::Relative, Some((100, 100)), (300, 150), (310, 150));
+        assert_eq!(sent, (110, 100));
+        // Nothing moved on QMP: the position as given.
+        assert_eq!(
+            vnc_position(Mouse::Relative, Some((5, 6)), (5, 6), (9, 1)),
+            (9, 1)
+        );
+        // Clamped to RFB's range rather than wrapped.
+        assert_eq!(
+            vnc_position(Mouse::Relative, Some((0, 0)), (500, 500), (10, 10)),
+            (0, 0)
+        );
+        // An absolute pointer, or a connection's first PointerEvent: where it is told.
+        for (mouse, last) in [
+            (Mouse::Absolute, Some((100, 100))),
+            (Mouse::Relative, None),
+            (Mouse::Missing, Some((1, 1))),
+        ] {
+            assert_eq!(
+                vnc_position(mouse, last, (300, 150), (310, 150)),
+                (310, 150)
+            );
+        }
     }
 }

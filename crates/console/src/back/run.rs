@@ -17,7 +17,7 @@ use tokio::time::timeout;
 use tracing::Instrument;
 use vnc::client::{ClientReader, ClientWriter, Setup};
 
-use super::convert::{names_input_handler, qmp_events, vnc_message, Mouse};
+use super::convert::{names_input_handler, qmp_events, vnc_message, vnc_position, Mouse};
 use super::guest_clock::GuestClock;
 use super::qmp_port::{Item, Kind, QmpPort};
 use super::vm_watch::{Decision, JournalCall, VmWatch};
@@ -240,6 +240,7 @@ pub(super) async fn start(
         fence_due: None,
         mouse,
         pointer,
+        vnc_pointer: None,
         mice_asked: false,
         fenced: Vec::new(),
         guest_clock,
@@ -329,11 +330,11 @@ struct Link {
     /// How the guest's mouse takes QMP-lane motion (`query-mice`).
     mouse: Mouse,
     /// The last pointer position written to QEMU on either lane (a QMP batch's once it was
-    /// delivered): where relative QMP motion starts from. (QEMU's VNC server turns fast-lane
-    /// positions into relative motion from the last PointerEvent *it* read, so the first
-    /// fast-lane motion after QMP-lane motion repeats that difference: a relative pointer
-    /// drifts from the viewer's anyway, by the guest's acceleration.)
+    /// delivered), in the viewers' coordinates: where relative QMP motion starts from.
     pointer: (u16, u16),
+    /// The position of the last PointerEvent written to QEMU's VNC socket, as written (see
+    /// [`vnc_position`]); `None` before the first.
+    vnc_pointer: Option<(u16, u16)>,
     /// A `query-mice` is in flight.
     mice_asked: bool,
     /// Announced migrations waiting for the fast lane to be confirmed
@@ -570,20 +571,29 @@ impl Link {
     fn wake_display(&mut self, now: Instant) {
         if std::mem::take(&mut self.wake_display) {
             let wake = self.journal.display_wake(now);
-            self.out.push(vnc_message(&wake, self.ext_keys));
+            self.write_vnc(wake);
         }
+    }
+
+    /// Queues `event` for QEMU's VNC socket; a PointerEvent's position as QEMU's VNC server
+    /// must read it ([`vnc_position`]).
+    fn write_vnc(&mut self, mut event: VncEvent) {
+        if let VncEvent::Pointer { x, y, .. } = &mut event {
+            let to = (*x, *y);
+            let sent = vnc_position(self.mouse, self.vnc_pointer, self.pointer, to);
+            (*x, *y) = sent;
+            self.vnc_pointer = Some(sent);
+            self.pointer = to;
+        }
+        tracing::trace!(?event, "fast lane");
+        self.out.push(vnc_message(&event, self.ext_keys));
     }
 
     fn execute(&mut self, action: Action) -> Result<(), LinkError> {
         match action {
             Action::Vnc { events } => {
-                let ext = self.ext_keys;
-                for event in &events {
-                    if let VncEvent::Pointer { x, y, .. } = *event {
-                        self.pointer = (x, y);
-                    }
-                    tracing::trace!(?event, "fast lane");
-                    self.out.push(vnc_message(event, ext));
+                for event in events {
+                    self.write_vnc(event);
                 }
             }
             Action::Fence { fence } => {
@@ -718,7 +728,7 @@ impl Link {
                 Decision::Journal(JournalCall::VmResumed) => {
                     self.journal.handle_vm_resumed();
                     let wake = self.journal.display_wake(Instant::now());
-                    self.out.push(vnc_message(&wake, self.ext_keys));
+                    self.write_vnc(wake);
                 }
                 Decision::Journal(JournalCall::MigrationStarted) => {
                     self.journal.handle_migration_started()

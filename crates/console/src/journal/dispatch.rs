@@ -329,6 +329,7 @@ impl Journal {
         let bit = Self::state_bit(entry);
         if bit != 0 {
             if may_be_full {
+                tracing::debug!(seq = ?entry.seq, "a button event may have met a full mouse queue");
                 self.buttons.unsynced |= bit;
             }
             self.buttons.last_button = Some(now);

@@ -15,7 +15,7 @@ use console::control::{request, Command};
 use linux_guest::launch::{Display, Firmware, Input, LinuxOptions};
 use linux_guest::report::Report;
 use scenarios::cobed::{CoBed, CoBedError, CoBedOptions};
-use scenarios::delivery::check_nothing_lost_by_dmore;
+use scenarios::delivery::{check_nothing_lost_by_dmore, ENOUGH_KEYS};
 use scenarios::migrations_from_env;
 use scenarios::steady::{SteadyConfig, SteadyViewer};
 use testbed::qemu::LINUX_MEMORY_MIB;
@@ -73,6 +73,10 @@ async fn typed_through_comigrations_once(
             t.vm_downtime_ms, t.freeze_to_takeover, t.state_bytes
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Enough typed to judge, at USB HID's slow pace too.
+    while viewer.snapshot().keys.len() < ENOUGH_KEYS {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Counted from the guest's own reports; what QEMU's PS/2 trace shows it dropped on its
     // own is forgiven and printed (USB HID has no trace: nothing is forgiven).

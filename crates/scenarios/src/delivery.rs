@@ -18,6 +18,9 @@ use crate::cobed::{CoBed, CoBedError, SessionCount};
 use crate::steady::tally::{first_mismatch, key_presses, tally, Tally};
 use crate::steady::{SteadyConfig, SteadyError, SteadyViewer};
 
+/// The keys a viewer must have typed, at least, for a session's count to prove anything.
+pub const ENOUGH_KEYS: usize = 51;
+
 /// Why a session did not deliver exactly once.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -176,7 +179,7 @@ pub fn check_count_but(count: &SessionCount, qemu: &QemuLosses) -> Result<Tally,
     if sent != received {
         print_click_gaps(&count.reports);
     }
-    if keys.sent <= 50 {
+    if keys.sent < ENOUGH_KEYS {
         return Err(DeliveryError::TooFewKeys(keys));
     }
     if !keys_but(&count.log.key_codes(), &count.reports, qemu).exact() {

@@ -211,6 +211,11 @@ pub(super) async fn start(
     };
     let room = Arc::new(Notify::new());
     let pointer = journal.pointer();
+    // A restored journal's keys down came with it (the source's keyboard state).
+    let mut keyboard = Keyboard::new(layout);
+    for number in journal.keys_down() {
+        keyboard.apply(number, true);
+    }
     let mut link = Link {
         reader,
         writer,
@@ -235,7 +240,7 @@ pub(super) async fn start(
         leds: None,
         waiting: VecDeque::new(),
         stats: LinkStats::default(),
-        keyboard: Keyboard::new(layout),
+        keyboard,
         delayed_fences: Vec::new(),
         fence_due: None,
         mouse,

@@ -106,7 +106,7 @@ pub use types::{
 };
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// At most this many uncertain ranges wait for [`Journal::poll_uncertain`]; older ones are
@@ -509,6 +509,36 @@ impl Journal {
     /// The tunables this journal runs with (a restored one: the snapshot's).
     pub fn config(&self) -> Config {
         self.config
+    }
+
+    /// The keys (QEMU key numbers) down once everything the journal took is delivered: pressed
+    /// and not released, whether the press went or still waits. A restored journal's link
+    /// rebuilds its keyboard state from it, so that a release is the key its press was (a
+    /// keysym with several keys on the layout is released as the one down).
+    pub fn keys_down(&self) -> Vec<u16> {
+        let mut down: BTreeSet<u16> = self
+            .down
+            .keys()
+            .filter_map(|control| match control {
+                Control::Code(number) => Some(*number),
+                Control::Sym(_) | Control::Button(_) => None,
+            })
+            .collect();
+        for pending in &self.pending {
+            if let InputEvent::Key {
+                down: pressed,
+                scancode: Some(number),
+                ..
+            } = pending.entry.event
+            {
+                if pressed {
+                    down.insert(number);
+                } else {
+                    down.remove(&number);
+                }
+            }
+        }
+        down.into_iter().collect()
     }
 
     /// The latest pointer position written to either lane (a restored journal: the source's),

@@ -446,3 +446,20 @@ fn held_input_replays_through_qmp_until_the_vm_has_run_a_while_then_on_the_fast_
         "each once"
     );
 }
+
+#[test]
+fn a_restored_journal_knows_the_keys_down_whether_their_press_went_or_waits() {
+    let mut j = Journal::new(Config::default(), true);
+    j.push(V, key(true, 0), at(0)).unwrap();
+    j.push(V, key(true, 1), at(0)).unwrap();
+    run(&mut j, at(0));
+    j.handle_migration_started();
+    j.handle_vm_stopped();
+    // Held: key 1 released, key 2 pressed, key 3 pressed and released.
+    for (down, k) in [(false, 1), (true, 2), (true, 3), (false, 3)] {
+        j.push(V, key(down, k), at(10)).unwrap();
+    }
+    run(&mut j, at(10));
+    let d = Journal::restore(j.freeze(), at(20)).unwrap();
+    assert_eq!(d.keys_down(), [0x10, 0x12], "keys 0 (sent) and 2 (held)");
+}

@@ -7,6 +7,8 @@ use super::{
 };
 use std::time::{Duration, Instant};
 
+use crate::keymap::MODIFIER_KEYS;
+
 /// Packets QEMU's PS/2 mouse queue takes: it queues a 3-byte packet only while fewer than 12
 /// of its 16 bytes are held (`ps2_mouse_sync`, `hw/input/ps2.c`).
 const MOUSE_QUEUE_PACKETS: u32 = 4;
@@ -193,14 +195,25 @@ impl Journal {
         !self.fast_open && self.vm_running && self.qmp.is_none() && self.fast_resolved()
     }
 
-    /// A release whose press did not go on the fast lane in its current open period.
+    /// A release whose press did not go on the fast lane in its current open period; or any
+    /// key while a modifier is down that did not: QEMU run with a keymap (`-k`) turns a
+    /// fast-lane key's keysym into a key by the modifiers *its VNC server* saw pressed, and
+    /// it never saw those (a German `°` is Shift+`^`; without the Shift it became `0`'s key,
+    /// once in ~10 runs of the German text test, the Shift pressed on QMP after a takeover).
     pub(super) fn needs_qmp(&self, entry: &Entry) -> bool {
         match Control::of(&entry.event) {
-            Some((control, false)) => {
-                self.down.get(&control) != Some(&PressLane::Fast { epoch: self.epoch })
-            }
+            Some((control, false)) if !self.down_on_fast_lane(control) => true,
+            Some((Control::Code(_) | Control::Sym(_), _)) => MODIFIER_KEYS
+                .iter()
+                .map(|&number| Control::Code(number))
+                .any(|m| self.down.contains_key(&m) && !self.down_on_fast_lane(m)),
             _ => false,
         }
+    }
+
+    /// Whether `control`'s press went on the fast lane in its current open period.
+    fn down_on_fast_lane(&self, control: Control) -> bool {
+        self.down.get(&control) == Some(&PressLane::Fast { epoch: self.epoch })
     }
 
     /// When `p` may be sent: motion at once; live keys and buttons at the viewer's pace at

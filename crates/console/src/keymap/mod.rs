@@ -28,7 +28,7 @@
 mod names;
 mod state;
 
-pub use state::Keyboard;
+pub use state::{Keyboard, MODIFIER_KEYS};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

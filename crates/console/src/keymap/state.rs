@@ -2,6 +2,10 @@
 
 use super::{Layout, ALTGR, CTRL, MODIFIERS, SHIFT};
 
+/// The modifier keys QEMU's VNC keyboard state watches to pick a keysym's key: Shift, AltGr
+/// and Ctrl.
+pub const MODIFIER_KEYS: [u16; 5] = [SHIFT_L, SHIFT_R, CTRL_L, CTRL_R, ALT_R];
+
 /// Key numbers of the modifier keys QEMU's keyboard state watches.
 const SHIFT_L: u16 = 0x2a;
 const SHIFT_R: u16 = 0x36;

@@ -334,3 +334,38 @@ fn a_release_in_the_same_write_as_its_press_is_judged_by_that_press() {
         "the stray release"
     );
 }
+
+/// QEMU with a keymap (`-k`) picks a fast-lane key by the modifiers its VNC server saw: a key
+/// typed while Shift is down through QMP goes on QMP too, until the Shift is released.
+#[test]
+fn keys_follow_a_modifier_pressed_on_qmp_onto_qmp_until_it_is_released() {
+    let shift = |down| InputEvent::Key {
+        down,
+        keysym: 0xffe1,
+        scancode: Some(0x2a),
+    };
+    let mut j = Journal::new(Config::default(), true);
+    j.handle_migration_started();
+    j.handle_vm_stopped();
+    j.push(V, shift(true), at(0)).unwrap();
+    let mut d = Journal::restore(j.freeze(), at(10)).unwrap();
+    d.handle_vm_resumed();
+    let mut sent = run_until_idle(&mut d, at(10));
+    let mut t = 1000;
+    for event in [
+        key(true, 1),
+        key(false, 1),
+        shift(false),
+        key(true, 2),
+        key(false, 2),
+    ] {
+        d.push(V, event, at(t)).unwrap();
+        sent.extend(run_until_idle(&mut d, at(t)));
+        t += 100;
+    }
+    let on = |seq| sent.iter().find(|s| s.1 == seq).map(|s| s.0);
+    for seq in 1..=4 {
+        assert_eq!(on(seq), Some(Lane::Qmp), "seq {seq}: {:?}", lanes(&sent));
+    }
+    assert_eq!(on(5), Some(Lane::Fast), "{:?}", lanes(&sent));
+}

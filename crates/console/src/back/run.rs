@@ -249,6 +249,7 @@ pub(super) async fn start(
         mice_asked: false,
         fenced: Vec::new(),
         guest_clock,
+        guest_sampled: None,
     };
     // The first sample turns the journal's gate on the guest's clock on.
     link.sample_guest_clock(true);
@@ -347,6 +348,8 @@ struct Link {
     fenced: Vec<oneshot::Sender<()>>,
     /// The guest's vCPU time, for the journal's gate (`None`: not visible from here).
     guest_clock: Option<GuestClock>,
+    /// When `guest_clock` was last sampled.
+    guest_sampled: Option<Instant>,
 }
 
 impl Link {
@@ -555,13 +558,19 @@ impl Link {
     }
 
     /// Hands the journal the guest's vCPU time when it waits for it (or `always`), after every
-    /// reply this turn handled.
+    /// reply this turn handled; at most once per [`GUEST_CLOCK_SAMPLE`] (a busy link turns
+    /// many times a millisecond, and each sample reads `/proc` for every vCPU).
     fn sample_guest_clock(&mut self, always: bool) {
-        if !always && !self.journal.wants_guest_runtime() {
+        let now = Instant::now();
+        let recent = self
+            .guest_sampled
+            .is_some_and(|at| now.saturating_duration_since(at) < GUEST_CLOCK_SAMPLE);
+        if !always && (recent || !self.journal.wants_guest_runtime()) {
             return;
         }
         if let Some(runtime) = self.guest_clock.as_ref().and_then(GuestClock::sample) {
-            self.journal.observe_guest_runtime(runtime, Instant::now());
+            self.guest_sampled = Some(now);
+            self.journal.observe_guest_runtime(runtime, now);
         }
     }
 

@@ -26,7 +26,7 @@
 //! longer holds input back: it goes on as QEMU's own VNC server would hand it over.
 //!
 //! ```text
-//!   sent ── QEMU answers (fence / QMP) ──▶ taken ── vCPU time grew since ──▶ read
+//!   sent ── QEMU answers (fence / QMP) ──▶ taken ── GUEST_RAN of vCPU time since ──▶ read
 //!                                                └─ GUEST_STALL without ──▶ read (given up)
 //! ```
 

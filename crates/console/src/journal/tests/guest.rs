@@ -4,16 +4,26 @@
 
 use super::*;
 
-/// The vCPU threads ran `n` × [`GUEST_RAN`] in all, each time switched in.
-fn switched_in(n: u64) -> VcpuTime {
+/// The vCPU threads ran `n` × [`GUEST_RAN`] in all, switched in `n` times.
+fn vcpu_ran(n: u64) -> VcpuTime {
     VcpuTime {
         on_cpu: GUEST_RAN * u32::try_from(n).unwrap(),
         switch_ins: n,
     }
 }
 
+/// A journal (the VM `running` or not) whose gate is on, sampled twice at 0 ms with the
+/// vCPUs at `n` and then `n + 1` × [`GUEST_RAN`]: the taken-over queue counted full at the
+/// first sample is read at the second.
+fn clocked(running: bool, n: u64) -> Journal {
+    let mut j = Journal::new(Config::default(), running);
+    j.observe_guest_runtime(vcpu_ran(n), at(0));
+    j.observe_guest_runtime(vcpu_ran(n + 1), at(0));
+    j
+}
+
 /// Pushes a key every 2.25 ms (445 events/s) and runs the journal at each push, every reply
-/// at once; after each run the guest's vCPU threads were switched in `ran(i)` times in all.
+/// at once; after each run the guest's vCPU threads ran `ran(i)` × [`GUEST_RAN`] in all.
 /// Returns what went.
 fn type_keys(j: &mut Journal, n: u32, ran: impl Fn(u32) -> u64) -> Vec<(Lane, u64, Instant)> {
     let mut sent = Vec::new();
@@ -21,7 +31,7 @@ fn type_keys(j: &mut Journal, n: u32, ran: impl Fn(u32) -> u64) -> Vec<(Lane, u6
         let now = at(0) + Duration::from_micros(2250) * i;
         j.push(V, key(i % 2 == 0, 1), now).unwrap();
         sent.extend(run(j, now));
-        j.observe_guest_runtime(switched_in(ran(i)), now);
+        j.observe_guest_runtime(vcpu_ran(ran(i)), now);
         sent.extend(run(j, now));
     }
     sent
@@ -29,9 +39,7 @@ fn type_keys(j: &mut Journal, n: u32, ran: impl Fn(u32) -> u64) -> Vec<(Lane, u6
 
 #[test]
 fn a_guest_that_runs_takes_live_keys_as_they_come() {
-    let mut j = Journal::new(Config::default(), true);
-    j.observe_guest_runtime(switched_in(0), at(0));
-    j.observe_guest_runtime(switched_in(1), at(0));
+    let mut j = clocked(true, 0);
     let sent = type_keys(&mut j, 400, |i| 1_000 * u64::from(i + 1));
     assert_eq!(sent.len(), 400);
     for (i, (lane, seq, t)) in sent.iter().enumerate() {
@@ -46,19 +54,17 @@ fn a_guest_that_runs_takes_live_keys_as_they_come() {
 
 #[test]
 fn a_guest_that_does_not_run_gets_no_more_than_its_queue_holds() {
-    let mut j = Journal::new(Config::default(), true);
-    j.observe_guest_runtime(switched_in(499), at(0));
-    j.observe_guest_runtime(switched_in(500), at(0));
+    let mut j = clocked(true, 499);
     let sent = type_keys(&mut j, 40, |_| 500);
     assert_eq!(sent.len() as u64, GUEST_UNREAD, "{sent:?}");
     assert_eq!(j.held(), 40 - GUEST_UNREAD as usize);
     // vCPU time sampled again without growth reads nothing...
     let later = at(200);
-    j.observe_guest_runtime(switched_in(500), later);
+    j.observe_guest_runtime(vcpu_ran(500), later);
     assert!(run(&mut j, later).is_empty());
     assert!(j.wants_guest_runtime(), "the shell keeps sampling");
     // ...the vCPUs running read it all, and the next events follow.
-    j.observe_guest_runtime(switched_in(501), later);
+    j.observe_guest_runtime(vcpu_ran(501), later);
     let next = run_until_idle(&mut j, later);
     assert!(!next.is_empty(), "the held keys go once the guest ran");
     assert!(next.len() as u64 <= GUEST_UNREAD, "{next:?}");
@@ -66,9 +72,7 @@ fn a_guest_that_does_not_run_gets_no_more_than_its_queue_holds() {
 
 #[test]
 fn vcpu_time_before_qemu_took_the_events_does_not_count_as_reading_them() {
-    let mut j = Journal::new(Config::default(), true);
-    j.observe_guest_runtime(switched_in(99), at(0));
-    j.observe_guest_runtime(switched_in(100), at(0));
+    let mut j = clocked(true, 99);
     for i in 0..GUEST_UNREAD {
         j.push(V, key(i % 2 == 0, 1), at(0)).unwrap();
     }
@@ -77,12 +81,12 @@ fn vcpu_time_before_qemu_took_the_events_does_not_count_as_reading_them() {
     j.push(V, key(true, 2), at(30)).unwrap();
     // The first sample after QEMU took them is their baseline, however much the vCPUs ran
     // before it.
-    j.observe_guest_runtime(switched_in(9_000), at(30));
+    j.observe_guest_runtime(vcpu_ran(9_000), at(30));
     assert!(
         run(&mut j, at(30)).is_empty(),
         "no vCPU time since they were taken"
     );
-    j.observe_guest_runtime(switched_in(9_001), at(31));
+    j.observe_guest_runtime(vcpu_ran(9_001), at(31));
     assert_eq!(
         lanes(&run(&mut j, at(31))),
         [(Lane::Fast, GUEST_UNREAD + 1)]
@@ -91,13 +95,11 @@ fn vcpu_time_before_qemu_took_the_events_does_not_count_as_reading_them() {
 
 #[test]
 fn a_guest_stalled_for_good_no_longer_holds_input_back() {
-    let mut j = Journal::new(Config::default(), true);
-    j.observe_guest_runtime(switched_in(0), at(0));
-    j.observe_guest_runtime(switched_in(1), at(0));
+    let mut j = clocked(true, 0);
     let sent = type_keys(&mut j, 20, |_| 1);
     assert_eq!(sent.len() as u64, GUEST_UNREAD);
     let stalled = at(0) + GUEST_STALL + Duration::from_millis(50);
-    j.observe_guest_runtime(switched_in(0), stalled);
+    j.observe_guest_runtime(vcpu_ran(0), stalled);
     let next = run_until_idle(&mut j, stalled);
     assert!(!next.is_empty(), "input goes on after GUEST_STALL");
 }
@@ -117,9 +119,7 @@ fn without_the_guests_clock_input_goes_as_before() {
 
 #[test]
 fn a_backlog_through_qmp_waits_for_the_guest_too() {
-    let mut j = Journal::new(Config::default(), false);
-    j.observe_guest_runtime(switched_in(0), at(0));
-    j.observe_guest_runtime(switched_in(1), at(0));
+    let mut j = clocked(false, 0);
     for i in 0..30u32 {
         j.push(V, key(i % 2 == 0, 1), at(0)).unwrap();
     }
@@ -145,12 +145,12 @@ fn a_taken_over_guest_s_queue_counts_as_full_until_its_vcpus_run() {
     };
     let mut j = Journal::restore(state, at(10)).unwrap();
     j.handle_vm_resumed();
-    j.observe_guest_runtime(switched_in(7_000), at(10));
+    j.observe_guest_runtime(vcpu_ran(7_000), at(10));
     assert!(
         run_until_idle(&mut j, at(10)).is_empty(),
         "the vCPUs have not run here yet"
     );
-    j.observe_guest_runtime(switched_in(7_001), at(11));
+    j.observe_guest_runtime(vcpu_ran(7_001), at(11));
     let sent = run_until_idle(&mut j, at(11));
     assert!(
         !sent.is_empty() && sent.len() as u64 <= GUEST_UNREAD,
